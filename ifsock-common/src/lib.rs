@@ -1,0 +1,469 @@
+//! `#[repr(C)]` records shared by ifsock's eBPF programs (`ifsock-ebpf`) and userspace (`ifsock`).
+//!
+//! Every record has a fixed size and layout so the kernel side can write it with
+//! `bpf_seq_write` (iterators) or into the ring buffer, and userspace can read it back with
+//! [`read_record`]. Ring-buffer events start with a `u32` [`EventKind`] so userspace can dispatch
+//! on the first four bytes.
+#![no_std]
+
+/// Name of the ring buffer map carrying [`LinkRequestEvent`], [`RecvDoneEvent`] and [`SendErrorEvent`].
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the per-CPU `u64` counter array indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the hash map `tid (u32) -> InFlightRecv` holding receives that have not returned yet.
+pub const MAP_INFLIGHT: &str = "INFLIGHT_RECV";
+/// Name of the read-only global holding [`KernelOffsets`].
+pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+/// Name of the read-only global `u64`: receives shorter than this many ns emit no [`RecvDoneEvent`].
+pub const GLOBAL_RECV_REPORT_MIN_NS: &str = "RECV_REPORT_MIN_NS";
+
+/// Capacity of [`MAP_INFLIGHT`] (entries; one per thread currently inside a receive syscall).
+pub const INFLIGHT_CAPACITY: u32 = 16384;
+/// Size of the events ring buffer in bytes (power of two, multiple of the page size).
+pub const EVENTS_RINGBUF_BYTES: u32 = 1 << 20;
+
+/// Marker for an offset the running kernel's BTF does not have.
+pub const OFFSET_NONE: u32 = u32::MAX;
+/// Task command length (`TASK_COMM_LEN`, bytes).
+pub const COMM_LEN: usize = 16;
+/// Interface name length (`IFNAMSIZ`, bytes).
+pub const IFNAME_LEN: usize = 16;
+/// Bytes of a netlink request copied from user memory by the syscall tracepoints.
+pub const NL_CAPTURE_LEN: usize = 128;
+
+/// Byte offsets into kernel structures, read from the running kernel's BTF by userspace and
+/// handed to the programs as a read-only global ([`GLOBAL_OFFSETS`]).
+///
+/// Rust eBPF programs get no CO-RE relocations, so these replace them. A field the running
+/// kernel lacks holds [`OFFSET_NONE`] and the programs skip what depends on it. Names are
+/// `<struct>_<field>`; nested paths are flattened (`net_ns_inum` = `net.ns.inum`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock_common.skc_daddr` (`__be32`).
+    pub skc_daddr: u32,
+    /// `sock_common.skc_rcv_saddr` (`__be32`).
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_dport` (`__be16`).
+    pub skc_dport: u32,
+    /// `sock_common.skc_num` (`__u16`, host order local port).
+    pub skc_num: u32,
+    /// `sock_common.skc_family` (`unsigned short`).
+    pub skc_family: u32,
+    /// `sock_common.skc_state` (`unsigned char`).
+    pub skc_state: u32,
+    /// `sock_common.skc_bound_dev_if` (`int`, ifindex set by `SO_BINDTODEVICE`, 0 if unbound).
+    pub skc_bound_dev_if: u32,
+    /// `sock_common.skc_net` (`possible_net_t`, a `struct net *`).
+    pub skc_net: u32,
+    /// `sock_common.skc_v6_daddr` (`struct in6_addr`).
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr` (`struct in6_addr`).
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock.sk_socket` (`struct socket *`).
+    pub sk_socket: u32,
+    /// `sock.sk_receive_queue.qlen` (`__u32`, queued skbs).
+    pub sk_rcvq_len: u32,
+    /// `sock.sk_drops` (`atomic_t`).
+    pub sk_drops: u32,
+    /// Word holding the IP_PKTINFO flag: `inet_sock.inet_flags` (>= 6.5) or `inet_sock.cmsg_flags` (< 6.5).
+    pub inet_pktinfo_word: u32,
+    /// Size in bytes of that word (8 for `inet_flags`, 1 or 2 for `cmsg_flags`).
+    pub inet_pktinfo_size: u32,
+    /// Bit of IP_PKTINFO in that word (`INET_FLAGS_PKTINFO` on >= 6.5, `IP_CMSG_PKTINFO` = bit 0 before).
+    pub inet_pktinfo_bit: u32,
+    /// `inet_sock.pinet6` (`struct ipv6_pinfo *`).
+    pub inet_pinet6: u32,
+    /// `ipv6_pinfo.rxopt` (a `u16` of bitfields).
+    pub ipv6_rxopt: u32,
+    /// Bit of `rxopt.bits.rxinfo` (IPV6_RECVPKTINFO) inside `ipv6_pinfo.rxopt`.
+    pub ipv6_rxinfo_bit: u32,
+    /// `socket.sk` (`struct sock *`).
+    pub socket_sk: u32,
+    /// `socket_alloc.vfs_inode - socket_alloc.socket`: from a `struct socket *` to its inode.
+    pub socket_to_inode: u32,
+    /// `inode.i_ino` (`unsigned long`).
+    pub inode_i_ino: u32,
+    /// `inode.i_mode` (`umode_t`, u16).
+    pub inode_i_mode: u32,
+    /// `inode.i_rdev` (`dev_t`, u32).
+    pub inode_i_rdev: u32,
+    /// `net.ns.inum` (`unsigned int`, the netns inode number).
+    pub net_ns_inum: u32,
+    /// `task_struct.tgid` (pid_t).
+    pub task_tgid: u32,
+    /// `task_struct.pid` (pid_t, the thread id).
+    pub task_pid: u32,
+    /// `task_struct.comm` (`char[16]`).
+    pub task_comm: u32,
+    /// `task_struct.files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `task_struct.nsproxy` (`struct nsproxy *`).
+    pub task_nsproxy: u32,
+    /// `nsproxy.net_ns` (`struct net *`).
+    pub nsproxy_net_ns: u32,
+    /// `files_struct.fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (`unsigned int`).
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (`struct file **`).
+    pub fdt_fd: u32,
+    /// `file.f_inode` (`struct inode *`).
+    pub file_f_inode: u32,
+    /// `file.private_data` (`void *`: `struct socket *` for sockets, `struct tun_file *` for tun).
+    pub file_private_data: u32,
+    /// `tun_file.tun` (`struct tun_struct *`, NULL while the queue is detached).
+    pub tfile_tun: u32,
+    /// `tun_file.queue_index` (u16).
+    pub tfile_queue_index: u32,
+    /// `tun_file.detached` (`struct tun_struct *`, set while detached by `IFF_DETACH_QUEUE`).
+    pub tfile_detached: u32,
+    /// `tun_file.tx_ring` (`struct ptr_ring`: packets waiting for the reader).
+    pub tfile_tx_ring: u32,
+    /// `ptr_ring.producer` (int).
+    pub ring_producer: u32,
+    /// `ptr_ring.consumer_head` (int).
+    pub ring_consumer_head: u32,
+    /// `ptr_ring.size` (int).
+    pub ring_size: u32,
+    /// `ptr_ring.queue` (`void **`).
+    pub ring_queue: u32,
+    /// `tun_struct.flags` (`unsigned int`, TUN_* / IFF_* bits).
+    pub tun_flags: u32,
+    /// `tun_struct.numqueues` (`unsigned int`, attached queues).
+    pub tun_numqueues: u32,
+    /// `tun_struct.numdisabled` (`unsigned int`, detached queues).
+    pub tun_numdisabled: u32,
+    /// `tun_struct.dev` (`struct net_device *`).
+    pub tun_dev: u32,
+    /// `tun_struct.owner` (`kuid_t`).
+    pub tun_owner: u32,
+    /// `tun_struct.group` (`kgid_t`).
+    pub tun_group: u32,
+    /// `net_device.ifindex` (int).
+    pub dev_ifindex: u32,
+    /// `net_device.name` (`char[16]`).
+    pub dev_name: u32,
+}
+
+impl KernelOffsets {
+    /// Every offset set to [`OFFSET_NONE`].
+    pub const NONE: KernelOffsets = KernelOffsets {
+        skc_daddr: OFFSET_NONE,
+        skc_rcv_saddr: OFFSET_NONE,
+        skc_dport: OFFSET_NONE,
+        skc_num: OFFSET_NONE,
+        skc_family: OFFSET_NONE,
+        skc_state: OFFSET_NONE,
+        skc_bound_dev_if: OFFSET_NONE,
+        skc_net: OFFSET_NONE,
+        skc_v6_daddr: OFFSET_NONE,
+        skc_v6_rcv_saddr: OFFSET_NONE,
+        sk_socket: OFFSET_NONE,
+        sk_rcvq_len: OFFSET_NONE,
+        sk_drops: OFFSET_NONE,
+        inet_pktinfo_word: OFFSET_NONE,
+        inet_pktinfo_size: OFFSET_NONE,
+        inet_pktinfo_bit: OFFSET_NONE,
+        inet_pinet6: OFFSET_NONE,
+        ipv6_rxopt: OFFSET_NONE,
+        ipv6_rxinfo_bit: OFFSET_NONE,
+        socket_sk: OFFSET_NONE,
+        socket_to_inode: OFFSET_NONE,
+        inode_i_ino: OFFSET_NONE,
+        inode_i_mode: OFFSET_NONE,
+        inode_i_rdev: OFFSET_NONE,
+        net_ns_inum: OFFSET_NONE,
+        task_tgid: OFFSET_NONE,
+        task_pid: OFFSET_NONE,
+        task_comm: OFFSET_NONE,
+        task_files: OFFSET_NONE,
+        task_nsproxy: OFFSET_NONE,
+        nsproxy_net_ns: OFFSET_NONE,
+        files_fdt: OFFSET_NONE,
+        fdt_max_fds: OFFSET_NONE,
+        fdt_fd: OFFSET_NONE,
+        file_f_inode: OFFSET_NONE,
+        file_private_data: OFFSET_NONE,
+        tfile_tun: OFFSET_NONE,
+        tfile_queue_index: OFFSET_NONE,
+        tfile_detached: OFFSET_NONE,
+        tfile_tx_ring: OFFSET_NONE,
+        ring_producer: OFFSET_NONE,
+        ring_consumer_head: OFFSET_NONE,
+        ring_size: OFFSET_NONE,
+        ring_queue: OFFSET_NONE,
+        tun_flags: OFFSET_NONE,
+        tun_numqueues: OFFSET_NONE,
+        tun_numdisabled: OFFSET_NONE,
+        tun_dev: OFFSET_NONE,
+        tun_owner: OFFSET_NONE,
+        tun_group: OFFSET_NONE,
+        dev_ifindex: OFFSET_NONE,
+        dev_name: OFFSET_NONE,
+    };
+}
+
+/// Bits of [`SockRecord::flags`].
+pub mod sock_flags {
+    /// IP_PKTINFO is set (`inet_sock` flags, see [`super::KernelOffsets::inet_pktinfo_word`]).
+    pub const PKTINFO: u32 = 1 << 0;
+    /// IPV6_RECVPKTINFO is set (`ipv6_pinfo.rxopt.bits.rxinfo`).
+    pub const RECVPKTINFO6: u32 = 1 << 1;
+    /// The socket has no `struct socket` (orphaned by the kernel, e.g. a TCP socket after close).
+    pub const NO_SOCKET: u32 = 1 << 2;
+}
+
+/// One TCP or UDP socket, written by the `iter/tcp` and `iter/udp` programs with `bpf_seq_write`.
+///
+/// Addresses are in network byte order; IPv4 addresses occupy the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockRecord {
+    /// Kernel address of the `struct sock` (identity within one snapshot; never printed).
+    pub sk: u64,
+    /// Socket inode number (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 when there is no `struct socket`.
+    pub ino: u64,
+    /// Inode of the socket's netns (`sk->sk_net->ns.inum`).
+    pub netns: u32,
+    /// Owner uid as given by the iterator context (`bpf_iter__udp.uid`).
+    pub uid: u32,
+    /// `sk_bound_dev_if`: ifindex from SO_BINDTODEVICE, 0 when unbound.
+    pub bound_dev_if: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// `IPPROTO_TCP` (6) or `IPPROTO_UDP` (17).
+    pub protocol: u8,
+    /// `skc_state` (TCP states; UDP uses 7 = CLOSE for unconnected and 1 = ESTABLISHED for connected).
+    pub state: u8,
+    /// Local port, host order.
+    pub lport: u16,
+    /// Remote port, host order (converted from `skc_dport`).
+    pub rport: u16,
+    /// [`sock_flags`] bits.
+    pub flags: u32,
+    /// Local address (network order).
+    pub laddr: [u8; 16],
+    /// Remote address (network order).
+    pub raddr: [u8; 16],
+    /// Queued skbs in `sk_receive_queue`.
+    pub rx_queue: u32,
+    /// `sk_drops`: datagrams dropped on this socket.
+    pub drops: u32,
+}
+
+/// Kinds of [`TaskFileRecord`].
+pub mod file_kind {
+    /// The file is a socket (`S_ISSOCK(inode->i_mode)`).
+    pub const SOCKET: u32 = 1;
+    /// The file is `/dev/net/tun` (char device 10:200) with a `struct tun_file`.
+    pub const TUN: u32 = 2;
+}
+
+/// One open file of interest in a task's fd table, written by the `iter/task_file` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskFileRecord {
+    /// [`file_kind`] value.
+    pub kind: u32,
+    /// Thread-group id (the pid users see).
+    pub pid: u32,
+    /// Thread id of the task the iterator visited.
+    pub tid: u32,
+    /// File descriptor number.
+    pub fd: u32,
+    /// Inode number of the file (socket inode for sockets).
+    pub ino: u64,
+    /// Task command (`task_struct.comm`), NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// Inode of the task's netns (`task->nsproxy->net_ns->ns.inum`), 0 if the task is exiting.
+    pub netns: u32,
+    /// Tun only: ifindex of the device (`tun->dev->ifindex`, or of `detached`), 0 if none.
+    pub tun_ifindex: u32,
+    /// Tun only: device name (`net_device.name`).
+    pub tun_name: [u8; IFNAME_LEN],
+    /// Tun only: `tun_struct.flags` (IFF_TUN=1, IFF_TAP=2, IFF_MULTI_QUEUE=0x100, TUN_PERSIST=0x800, IFF_VNET_HDR=0x4000…).
+    pub tun_flags: u32,
+    /// Tun only: `tun_file.queue_index`.
+    pub tun_queue: u32,
+    /// Tun only: 1 when the queue is detached (`tun_file.detached` set), else 0.
+    pub tun_detached: u32,
+    /// Tun only: packets waiting in `tun_file.tx_ring` (read without the ring lock: a snapshot).
+    pub tun_backlog: u32,
+    /// Tun only: `tx_ring.size` (slots).
+    pub tun_ring_size: u32,
+    /// Tun only: `tun_struct.numqueues`.
+    pub tun_numqueues: u32,
+    /// Tun only: `tun_struct.numdisabled`.
+    pub tun_numdisabled: u32,
+    /// Tun only: `tun_struct.owner` uid (u32::MAX = unset).
+    pub tun_owner: u32,
+    /// Tun only: `tun_struct.group` gid (u32::MAX = unset).
+    pub tun_group: u32,
+    /// Padding to a multiple of 8 bytes.
+    pub _pad: u32,
+}
+
+/// Ring-buffer event kinds (the first `u32` of every event).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`LinkRequestEvent`]: a task asked the kernel to change a link.
+    LinkRequest = 1,
+    /// [`RecvDoneEvent`]: a receive that had been in flight returned.
+    RecvDone = 2,
+    /// [`SendErrorEvent`]: a send on a socket failed.
+    SendError = 3,
+}
+
+/// How a [`LinkRequestEvent`] was captured.
+pub mod link_request_via {
+    /// `syscalls:sys_enter_sendmsg` on a netlink message (first iovec).
+    pub const SENDMSG: u32 = 1;
+    /// `syscalls:sys_enter_sendto` on a netlink message.
+    pub const SENDTO: u32 = 2;
+    /// `syscalls:sys_enter_ioctl` with `SIOCSIFFLAGS`.
+    pub const IOCTL_SIOCSIFFLAGS: u32 = 3;
+}
+
+/// A task's request to change a link, captured at syscall entry (before the kernel acts on it).
+///
+/// For netlink, `data` holds the first [`NL_CAPTURE_LEN`] bytes of the message (`nlmsghdr`,
+/// `ifinfomsg`, attributes) for userspace to parse; for `SIOCSIFFLAGS` it holds the `struct ifreq`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LinkRequestEvent {
+    /// [`EventKind::LinkRequest`].
+    pub kind: u32,
+    /// [`link_request_via`] value.
+    pub via: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns).
+    pub ts_ns: u64,
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Inode of the task's netns.
+    pub netns: u32,
+    /// Bytes of `data` that are valid.
+    pub len: u32,
+    /// Task command.
+    pub comm: [u8; COMM_LEN],
+    /// Captured request bytes.
+    pub data: [u8; NL_CAPTURE_LEN],
+}
+
+/// Receive syscalls tracked by the recv tracepoints.
+pub mod recv_syscall {
+    /// read(2)
+    pub const READ: u32 = 0;
+    /// recvfrom(2)
+    pub const RECVFROM: u32 = 45;
+    /// recvmsg(2)
+    pub const RECVMSG: u32 = 47;
+    /// recvmmsg(2)
+    pub const RECVMMSG: u32 = 299;
+}
+
+/// A receive on a socket that has not returned yet, recorded at `sys_enter_*` and deleted at
+/// `sys_exit_*`; value of [`MAP_INFLIGHT`] keyed by tid.
+///
+/// `sk` and `ino` are resolved from the fd at entry, so closing the fd later cannot hide them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InFlightRecv {
+    /// Entry time, `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns).
+    pub since_ns: u64,
+    /// Kernel address of the `struct sock`.
+    pub sk: u64,
+    /// Socket inode number.
+    pub ino: u64,
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// File descriptor passed to the syscall.
+    pub fd: u32,
+    /// [`recv_syscall`] value.
+    pub syscall: u32,
+    /// Inode of the task's netns.
+    pub netns: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Task command.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A receive that returned after being in flight for at least `RECV_REPORT_MIN_NS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecvDoneEvent {
+    /// [`EventKind::RecvDone`].
+    pub kind: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Return time (CLOCK_MONOTONIC, ns).
+    pub ts_ns: u64,
+    /// Syscall return value (bytes, or `-errno`).
+    pub ret: i64,
+    /// What was recorded at entry.
+    pub entry: InFlightRecv,
+}
+
+/// A send syscall on a socket that failed (`sys_exit_sendto`/`sys_exit_sendmsg` with `ret < 0`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SendErrorEvent {
+    /// [`EventKind::SendError`].
+    pub kind: u32,
+    /// Thread-group id.
+    pub pid: u32,
+    /// Time of the return (CLOCK_MONOTONIC, ns).
+    pub ts_ns: u64,
+    /// Syscall return value (`-errno`).
+    pub ret: i64,
+    /// Socket inode number resolved from the fd at entry.
+    pub ino: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// File descriptor.
+    pub fd: u32,
+    /// Task command.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Indexes of the per-CPU [`MAP_COUNTERS`] array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events not written because the ring buffer was full.
+    RingbufDrops = 0,
+    /// Receives not tracked because [`MAP_INFLIGHT`] was full.
+    InflightFull = 1,
+    /// Iterator records lost because the seq buffer overflowed.
+    IterOverflow = 2,
+    /// Link requests captured.
+    LinkRequests = 3,
+}
+
+/// Number of counters in [`MAP_COUNTERS`].
+pub const COUNTERS_LEN: u32 = 4;
+
+/// Reads a `#[repr(C)]` record from the start of `bytes`; `None` if `bytes` is too short.
+///
+/// # Safety
+/// `T` must be one of this crate's plain-old-data records (every bit pattern valid).
+pub unsafe fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is POD per the caller's contract; read_unaligned has no alignment needs.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] with only integer / integer-array fields.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::InFlightRecv {}
+}

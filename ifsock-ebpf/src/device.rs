@@ -1,0 +1,1 @@
+//! Device-path probes (fentry / kprobe sets): filled in by the probes issue.

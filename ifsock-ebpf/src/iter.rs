@@ -1,0 +1,260 @@
+//! BPF iterators: `iter/udp`, `iter/tcp` write one `SockRecord` per socket, `iter/task_file`
+//! one `TaskFileRecord` per socket or tun fd. Userspace reads them from the iterator's seq file.
+//!
+//! aya-ebpf has no `#[iter]` macro: the functions are placed in `iter/<target>` sections by hand.
+//! `ctx->meta->seq` is read by direct dereference (a trusted BTF pointer); reading it with
+//! `bpf_probe_read_kernel` would make the verifier reject `bpf_seq_write`.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_seq_write;
+use ifsock_common::{
+    file_kind, sock_flags, Counter, SockRecord, TaskFileRecord, IFNAME_LEN,
+};
+
+use crate::{
+    kernel::{file_socket, net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, TUN_RDEV},
+    maps::count,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: mini sockets with only `sock_common`, no owner.
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// `struct bpf_iter_meta` (include/linux/bpf.h): only `seq` is used.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut c_void,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// First two pointers shared by every iterator context: `meta`, then the object.
+#[repr(C)]
+struct IterCtxHead {
+    meta: *const IterMeta,
+    object: u64,
+}
+
+#[inline(always)]
+fn seq_write<T>(ctx: *mut c_void, record: &T) -> i32 {
+    // SAFETY: ctx is the iterator context; meta is a trusted non-NULL BTF pointer.
+    let seq = unsafe { (*(*ctx.cast::<IterCtxHead>()).meta).seq };
+    // SAFETY: record is a live stack value of size_of::<T>() bytes.
+    let ret = unsafe {
+        bpf_seq_write(
+            seq.cast(),
+            (record as *const T).cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if ret != 0 {
+        count(Counter::IterOverflow);
+    }
+    0
+}
+
+/// Fills a `SockRecord` from a `struct sock *` (or a mini socket when `full` is false).
+#[inline(always)]
+fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord> {
+    let family = rd::<u16>(sk, off!(skc_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let mut rec = SockRecord {
+        sk,
+        ino: 0,
+        netns: net_inum(rd::<u64>(sk, off!(skc_net)).unwrap_or(0)),
+        uid,
+        bound_dev_if: rd::<u32>(sk, off!(skc_bound_dev_if)).unwrap_or(0),
+        family,
+        protocol,
+        state: rd::<u8>(sk, off!(skc_state)).unwrap_or(0),
+        lport: rd::<u16>(sk, off!(skc_num)).unwrap_or(0),
+        rport: u16::from_be(rd::<u16>(sk, off!(skc_dport)).unwrap_or(0)),
+        flags: 0,
+        laddr: [0; 16],
+        raddr: [0; 16],
+        rx_queue: 0,
+        drops: 0,
+    };
+    if family == AF_INET {
+        let l = rd::<[u8; 4]>(sk, off!(skc_rcv_saddr)).unwrap_or([0; 4]);
+        let r = rd::<[u8; 4]>(sk, off!(skc_daddr)).unwrap_or([0; 4]);
+        rec.laddr[..4].copy_from_slice(&l);
+        rec.raddr[..4].copy_from_slice(&r);
+    } else {
+        rec.laddr = rd::<[u8; 16]>(sk, off!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        rec.raddr = rd::<[u8; 16]>(sk, off!(skc_v6_daddr)).unwrap_or([0; 16]);
+    }
+    if !full {
+        rec.flags |= sock_flags::NO_SOCKET;
+        return Some(rec);
+    }
+    let socket = rd::<u64>(sk, off!(sk_socket)).unwrap_or(0);
+    if socket == 0 {
+        rec.flags |= sock_flags::NO_SOCKET;
+    } else {
+        rec.ino = rd::<u64>(socket + off!(socket_to_inode) as u64, off!(inode_i_ino)).unwrap_or(0);
+    }
+    rec.rx_queue = rd::<u32>(sk, off!(sk_rcvq_len)).unwrap_or(0);
+    rec.drops = rd::<u32>(sk, off!(sk_drops)).unwrap_or(0);
+    let word_off = off!(inet_pktinfo_word);
+    let word: u64 = match off!(inet_pktinfo_size) {
+        8 => rd::<u64>(sk, word_off).unwrap_or(0),
+        4 => rd::<u32>(sk, word_off).unwrap_or(0) as u64,
+        2 => rd::<u16>(sk, word_off).unwrap_or(0) as u64,
+        1 => rd::<u8>(sk, word_off).unwrap_or(0) as u64,
+        _ => 0,
+    };
+    let bit = off!(inet_pktinfo_bit);
+    if bit < 64 && (word >> bit) & 1 == 1 {
+        rec.flags |= sock_flags::PKTINFO;
+    }
+    if family == AF_INET6 {
+        let pinet6 = rd::<u64>(sk, off!(inet_pinet6)).unwrap_or(0);
+        let rxopt = rd::<u16>(pinet6, off!(ipv6_rxopt)).unwrap_or(0);
+        let rxbit = off!(ipv6_rxinfo_bit);
+        if rxbit < 16 && (rxopt >> rxbit) & 1 == 1 {
+            rec.flags |= sock_flags::RECVPKTINFO6;
+        }
+    }
+    Some(rec)
+}
+
+/// `iter/udp`: context `struct bpf_iter__udp { meta; udp_sk; uid_t uid; int bucket; }`.
+#[unsafe(link_section = "iter/udp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn iter_udp_sockets(ctx: *mut c_void) -> i32 {
+    // SAFETY: iterator context layout per include/net/udp.h / net/ipv4/udp.c.
+    let (sk, uid) = unsafe { ((*ctx.cast::<IterCtxHead>()).object, *ctx.cast::<u8>().add(16).cast::<u32>()) };
+    if sk == 0 {
+        return 0;
+    }
+    match sock_record(sk, IPPROTO_UDP, uid, true) {
+        Some(rec) => seq_write(ctx, &rec),
+        None => 0,
+    }
+}
+
+/// `iter/tcp`: context `struct bpf_iter__tcp { meta; sk_common; uid_t uid; }`.
+/// TIME_WAIT and NEW_SYN_RECV mini sockets are skipped: they have no owner and no binding of their own.
+#[unsafe(link_section = "iter/tcp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
+    // SAFETY: iterator context layout per net/ipv4/tcp_ipv4.c.
+    let (sk, uid) = unsafe { ((*ctx.cast::<IterCtxHead>()).object, *ctx.cast::<u8>().add(16).cast::<u32>()) };
+    if sk == 0 {
+        return 0;
+    }
+    let state = rd::<u8>(sk, off!(skc_state)).unwrap_or(0);
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return 0;
+    }
+    match sock_record(sk, IPPROTO_TCP, uid, true) {
+        Some(rec) => seq_write(ctx, &rec),
+        None => 0,
+    }
+}
+
+/// `iter/task_file`: context `struct bpf_iter__task_file { meta; task; u32 fd; file; }`.
+/// Threads sharing one fd table are visited once (the kernel skips duplicate `files`).
+#[unsafe(link_section = "iter/task_file")]
+#[unsafe(no_mangle)]
+pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
+    // SAFETY: iterator context layout per kernel/bpf/task_iter.c.
+    let (task, fd, file) = unsafe {
+        let base = ctx.cast::<u8>();
+        (
+            (*ctx.cast::<IterCtxHead>()).object,
+            *base.add(16).cast::<u32>(),
+            *base.add(24).cast::<u64>(),
+        )
+    };
+    if task == 0 || file == 0 {
+        return 0;
+    }
+    let (pid, tid, comm) = task_ids(task);
+    let mut rec = TaskFileRecord {
+        kind: 0,
+        pid,
+        tid,
+        fd,
+        ino: 0,
+        comm,
+        netns: task_netns(task),
+        tun_ifindex: 0,
+        tun_name: [0; IFNAME_LEN],
+        tun_flags: 0,
+        tun_queue: 0,
+        tun_detached: 0,
+        tun_backlog: 0,
+        tun_ring_size: 0,
+        tun_numqueues: 0,
+        tun_numdisabled: 0,
+        tun_owner: u32::MAX,
+        tun_group: u32::MAX,
+        _pad: 0,
+    };
+    if let Some((_sk, ino)) = file_socket(file) {
+        rec.kind = file_kind::SOCKET;
+        rec.ino = ino;
+        return seq_write(ctx, &rec);
+    }
+    let inode = rd::<u64>(file, off!(file_f_inode)).unwrap_or(0);
+    let mode = rd::<u16>(inode, off!(inode_i_mode)).unwrap_or(0);
+    if mode & S_IFMT != S_IFCHR || rd::<u32>(inode, off!(inode_i_rdev)).unwrap_or(0) != TUN_RDEV {
+        return 0;
+    }
+    rec.kind = file_kind::TUN;
+    rec.ino = rd::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
+    let tfile = rd::<u64>(file, off!(file_private_data)).unwrap_or(0);
+    if tfile != 0 {
+        tun_file(tfile, &mut rec);
+    }
+    seq_write(ctx, &rec)
+}
+
+/// Fills the tun fields from a `struct tun_file *` (drivers/net/tun.c).
+#[inline(always)]
+fn tun_file(tfile: u64, rec: &mut TaskFileRecord) {
+    let attached = rd::<u64>(tfile, off!(tfile_tun)).unwrap_or(0);
+    let detached = rd::<u64>(tfile, off!(tfile_detached)).unwrap_or(0);
+    rec.tun_detached = (attached == 0 && detached != 0) as u32;
+    rec.tun_queue = rd::<u16>(tfile, off!(tfile_queue_index)).unwrap_or(0) as u32;
+    let ring_off = off!(tfile_tx_ring);
+    if ring_off != ifsock_common::OFFSET_NONE {
+        let ring = tfile + ring_off as u64;
+        let producer = rd::<i32>(ring, off!(ring_producer)).unwrap_or(0);
+        let head = rd::<i32>(ring, off!(ring_consumer_head)).unwrap_or(0);
+        let size = rd::<i32>(ring, off!(ring_size)).unwrap_or(0);
+        rec.tun_ring_size = size as u32;
+        if size > 0 && producer >= 0 && head >= 0 {
+            rec.tun_backlog = if producer > head {
+                (producer - head) as u32
+            } else if producer < head {
+                (size - head + producer) as u32
+            } else {
+                // producer == consumer_head: empty, or full when the slot is occupied.
+                let queue = rd::<u64>(ring, off!(ring_queue)).unwrap_or(0);
+                let slot = rd::<u64>(queue + (producer as u64 & 0xffff) * 8, 0).unwrap_or(0);
+                if slot != 0 { size as u32 } else { 0 }
+            };
+        }
+    }
+    let tun = if attached != 0 { attached } else { detached };
+    if tun == 0 {
+        return;
+    }
+    rec.tun_flags = rd::<u32>(tun, off!(tun_flags)).unwrap_or(0);
+    rec.tun_numqueues = rd::<u32>(tun, off!(tun_numqueues)).unwrap_or(0);
+    rec.tun_numdisabled = rd::<u32>(tun, off!(tun_numdisabled)).unwrap_or(0);
+    rec.tun_owner = rd::<u32>(tun, off!(tun_owner)).unwrap_or(u32::MAX);
+    rec.tun_group = rd::<u32>(tun, off!(tun_group)).unwrap_or(u32::MAX);
+    let dev = rd::<u64>(tun, off!(tun_dev)).unwrap_or(0);
+    rec.tun_ifindex = rd::<u32>(dev, off!(dev_ifindex)).unwrap_or(0);
+    rec.tun_name = rd::<[u8; IFNAME_LEN]>(dev, off!(dev_name)).unwrap_or([0; IFNAME_LEN]);
+}

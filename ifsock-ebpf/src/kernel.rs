@@ -1,0 +1,111 @@
+//! Reads of kernel structures at offsets taken from the running kernel's BTF (no CO-RE in Rust
+//! eBPF): userspace fills `OFFSETS` before load.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    Global,
+};
+use ifsock_common::{KernelOffsets, COMM_LEN, OFFSET_NONE};
+
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::NONE);
+
+/// `S_IFMT`, `S_IFSOCK`, `S_IFCHR` from `include/uapi/linux/stat.h`.
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFSOCK: u16 = 0o140000;
+pub const S_IFCHR: u16 = 0o020000;
+/// Kernel-internal `MKDEV(10, 200)` (MINORBITS = 20): `/dev/net/tun`.
+pub const TUN_RDEV: u32 = (10 << 20) | 200;
+
+/// One offset from `OFFSETS`, read field by field so the whole table never lands on the stack.
+macro_rules! off {
+    ($field:ident) => {{
+        let table = core::ptr::addr_of!($crate::kernel::OFFSETS).cast::<ifsock_common::KernelOffsets>();
+        // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T` in .rodata.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*table).$field)) }
+    }};
+}
+pub(crate) use off;
+
+/// Reads a `T` at `base + off` in kernel memory; `None` for a NULL base, a missing offset or a fault.
+#[inline(always)]
+pub fn rd<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel faults safely.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Netns inode of a `struct net *`.
+#[inline(always)]
+pub fn net_inum(net: u64) -> u32 {
+    rd::<u32>(net, off!(net_ns_inum)).unwrap_or(0)
+}
+
+/// Netns inode of a task (`task->nsproxy->net_ns->ns.inum`), 0 while the task exits.
+#[inline(always)]
+pub fn task_netns(task: u64) -> u32 {
+    let nsproxy = rd::<u64>(task, off!(task_nsproxy)).unwrap_or(0);
+    let net = rd::<u64>(nsproxy, off!(nsproxy_net_ns)).unwrap_or(0);
+    net_inum(net)
+}
+
+/// Task identity: (tgid, tid, comm).
+#[inline(always)]
+pub fn task_ids(task: u64) -> (u32, u32, [u8; COMM_LEN]) {
+    let tgid = rd::<u32>(task, off!(task_tgid)).unwrap_or(0);
+    let tid = rd::<u32>(task, off!(task_pid)).unwrap_or(0);
+    let comm = rd::<[u8; COMM_LEN]>(task, off!(task_comm)).unwrap_or([0; COMM_LEN]);
+    (tgid, tid, comm)
+}
+
+/// The current task (`struct task_struct *`).
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// A socket behind an fd: (`struct sock *`, socket inode number).
+#[inline(always)]
+pub fn file_socket(file: u64) -> Option<(u64, u64)> {
+    let inode = rd::<u64>(file, off!(file_f_inode))?;
+    let mode = rd::<u16>(inode, off!(inode_i_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let ino = rd::<u64>(inode, off!(inode_i_ino))?;
+    let socket = rd::<u64>(file, off!(file_private_data))?;
+    let sk = rd::<u64>(socket, off!(socket_sk)).unwrap_or(0);
+    Some((sk, ino))
+}
+
+/// `current->files->fdt->fd[fd]`, or `None` if the fd is not open.
+#[inline(always)]
+pub fn current_fd_file(fd: u32) -> Option<u64> {
+    let files = rd::<u64>(current_task(), off!(task_files))?;
+    let fdt = rd::<u64>(files, off!(files_fdt))?;
+    let max = rd::<u32>(fdt, off!(fdt_max_fds))?;
+    if fd >= max {
+        return None;
+    }
+    let array = rd::<u64>(fdt, off!(fdt_fd))?;
+    let file = rd::<u64>(array + (fd as u64) * 8, 0)?;
+    if file == 0 {
+        None
+    } else {
+        Some(file)
+    }
+}
+
+/// The socket behind one of the current task's fds: (`struct sock *`, inode).
+#[inline(always)]
+pub fn current_fd_socket(fd: u32) -> Option<(u64, u64)> {
+    file_socket(current_fd_file(fd)?)
+}
+
+/// `skc_family` of a `struct sock *`.
+#[inline(always)]
+pub fn sk_family(sk: u64) -> u16 {
+    rd::<u16>(sk, off!(skc_family)).unwrap_or(0)
+}

@@ -1,0 +1,32 @@
+//! Maps shared by the programs. Names match the `MAP_*` constants in `ifsock-common`.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use ifsock_common::{Counter, InFlightRecv, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY};
+
+/// Events to userspace: link requests, finished long receives, send errors, device events.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RINGBUF_BYTES, 0);
+
+/// Per-CPU counters indexed by `ifsock_common::Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// tid -> receive in flight.
+#[map]
+pub static INFLIGHT_RECV: HashMap<u32, InFlightRecv> =
+    HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+/// tid -> fd of a send in flight (only while the send-error programs are attached).
+#[map]
+pub static SEND_FD: HashMap<u32, u32> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}

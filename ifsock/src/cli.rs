@@ -1,0 +1,31 @@
+//! Command-line interface.
+use clap::{Parser, Subcommand};
+
+use crate::views::{doctor::DoctorArgs, sockets::SocketsArgs, watch::WatchArgs};
+
+/// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path.
+    #[arg(long, short = 'n', global = true)]
+    pub netns: Option<String>,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(long, short, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List TCP/UDP sockets and the interface each is tied to (device, address, wildcard), with owners.
+    Sockets(SocketsArgs),
+    /// Stream interface changes (created, up/down, renamed, deleted, recreated, moved) with the
+    /// sockets tied to the interface and the task that caused the change.
+    Watch(WatchArgs),
+    /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
+    Doctor(DoctorArgs),
+}

@@ -1,0 +1,327 @@
+//! Kernel structure offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`, plus the
+//! `tun` module's split BTF when tun is a module). Rust eBPF programs get no CO-RE relocations,
+//! so these offsets are computed here and handed to the programs as `KernelOffsets`.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use fallible_iterator::FallibleIterator;
+use ifsock_common::{KernelOffsets, OFFSET_NONE};
+
+/// Path of the kernel's own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Errors reading kernel BTF.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    /// The kernel exposes no BTF.
+    #[error("no kernel BTF at {VMLINUX_BTF}: ifsock needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    Missing,
+    /// The BTF could not be parsed.
+    #[error("cannot parse kernel BTF {path}: {source}")]
+    Parse {
+        /// File that failed.
+        path: String,
+        /// Parser error.
+        source: btf_rs::Error,
+    },
+    /// A field every probe needs is absent.
+    #[error("kernel BTF lacks {0}: this kernel's layout is not supported")]
+    Required(&'static str),
+}
+
+/// Parsed kernel BTF: vmlinux plus optional module split BTF.
+pub struct KernelBtf {
+    vmlinux: Btf,
+    modules: Vec<Btf>,
+}
+
+impl KernelBtf {
+    /// Loads `/sys/kernel/btf/vmlinux` and the split BTF of `modules` that exist
+    /// (`/sys/kernel/btf/<module>`; absent when the module is built in or not loaded).
+    ///
+    /// # Errors
+    /// [`BtfError::Missing`] without kernel BTF, [`BtfError::Parse`] when unreadable.
+    pub fn load(modules: &[&str]) -> Result<Self, BtfError> {
+        if !Path::new(VMLINUX_BTF).exists() {
+            return Err(BtfError::Missing);
+        }
+        let vmlinux = Btf::from_file(VMLINUX_BTF)
+            .map_err(|source| BtfError::Parse { path: VMLINUX_BTF.into(), source })?;
+        let mut split = Vec::new();
+        for module in modules {
+            let path = format!("/sys/kernel/btf/{module}");
+            if Path::new(&path).exists() {
+                let btf = Btf::from_split_file(&path, &vmlinux)
+                    .map_err(|source| BtfError::Parse { path: path.clone(), source })?;
+                split.push(btf);
+            }
+        }
+        Ok(Self { vmlinux, modules: split })
+    }
+
+    fn sources(&self) -> impl Iterator<Item = &Btf> {
+        std::iter::once(&self.vmlinux).chain(self.modules.iter())
+    }
+
+    /// True when the kernel has a function (`BTF_KIND_FUNC`) of that name: the probe-point test
+    /// used to pick fentry/kprobe targets (no kernel version checks).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.sources().any(|btf| {
+            btf.resolve_types_by_name(name)
+                .map(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+                .unwrap_or(false)
+        })
+    }
+
+    /// Value of an enumerator (e.g. `INET_FLAGS_PKTINFO`), if any enum defines it.
+    pub fn enum_value(&self, name: &str) -> Option<u64> {
+        for btf in self.sources() {
+            let mut types = btf.type_iter();
+            while let Ok(Some(ty)) = types.next() {
+                match &ty {
+                    Type::Enum(e) => {
+                        for m in &e.members {
+                            if btf.resolve_name(m).ok().as_deref() == Some(name) {
+                                return Some(m.val() as u64);
+                            }
+                        }
+                    }
+                    Type::Enum64(e) => {
+                        for m in &e.members {
+                            if btf.resolve_name(m).ok().as_deref() == Some(name) {
+                                return Some(m.val());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// Bit offset and bitfield size of a member path inside a struct (`"sock_common"`,
+    /// `"skc_daddr"` or `"ns.inum"`), descending through anonymous structs and unions.
+    pub fn member_bits(&self, strukt: &str, path: &str) -> Option<(u32, Option<u32>)> {
+        self.sources().find_map(|btf| member_bits_in(btf, strukt, path))
+    }
+
+    /// Byte offset of a member path, or [`OFFSET_NONE`] when absent.
+    pub fn offset(&self, strukt: &str, path: &str) -> u32 {
+        self.member_bits(strukt, path).map_or(OFFSET_NONE, |(bits, _)| bits / 8)
+    }
+
+    /// Size in bytes of a member's type (after typedefs/qualifiers), if known.
+    pub fn member_size(&self, strukt: &str, path: &str) -> Option<usize> {
+        self.sources().find_map(|btf| {
+            let ty = member_type_in(btf, strukt, path)?;
+            type_size(btf, &ty)
+        })
+    }
+
+    /// Every offset ifsock's programs use.
+    ///
+    /// # Errors
+    /// [`BtfError::Required`] when a field the socket iterators depend on is missing.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        let o = |s: &str, p: &str| self.offset(s, p);
+        let mut k = KernelOffsets::NONE;
+        k.skc_daddr = o("sock_common", "skc_daddr");
+        k.skc_rcv_saddr = o("sock_common", "skc_rcv_saddr");
+        k.skc_dport = o("sock_common", "skc_dport");
+        k.skc_num = o("sock_common", "skc_num");
+        k.skc_family = o("sock_common", "skc_family");
+        k.skc_state = o("sock_common", "skc_state");
+        k.skc_bound_dev_if = o("sock_common", "skc_bound_dev_if");
+        k.skc_net = o("sock_common", "skc_net");
+        k.skc_v6_daddr = o("sock_common", "skc_v6_daddr");
+        k.skc_v6_rcv_saddr = o("sock_common", "skc_v6_rcv_saddr");
+        k.sk_socket = o("sock", "sk_socket");
+        k.sk_rcvq_len = o("sock", "sk_receive_queue.qlen");
+        k.sk_drops = o("sock", "sk_drops");
+        // inet_sock.inet_flags bit INET_FLAGS_PKTINFO (>= 6.5); inet_sock.cmsg_flags bit 0 before.
+        if let (Some((bits, _)), Some(bit)) =
+            (self.member_bits("inet_sock", "inet_flags"), self.enum_value("INET_FLAGS_PKTINFO"))
+        {
+            k.inet_pktinfo_word = bits / 8;
+            k.inet_pktinfo_size = self.member_size("inet_sock", "inet_flags").unwrap_or(8) as u32;
+            k.inet_pktinfo_bit = bit as u32;
+        } else if let Some((bits, field)) = self.member_bits("inet_sock", "cmsg_flags") {
+            k.inet_pktinfo_word = bits / 8;
+            k.inet_pktinfo_size = match field {
+                Some(_) => 1,
+                None => self.member_size("inet_sock", "cmsg_flags").unwrap_or(1) as u32,
+            };
+            k.inet_pktinfo_bit = bits % 8;
+        }
+        k.inet_pinet6 = o("inet_sock", "pinet6");
+        if let (Some((rxopt, _)), Some((rxinfo, _))) = (
+            self.member_bits("ipv6_pinfo", "rxopt"),
+            self.member_bits("ipv6_pinfo", "rxopt.bits.rxinfo"),
+        ) {
+            k.ipv6_rxopt = rxopt / 8;
+            k.ipv6_rxinfo_bit = rxinfo - rxopt;
+        }
+        k.socket_sk = o("socket", "sk");
+        let (sock_at, inode_at) = (o("socket_alloc", "socket"), o("socket_alloc", "vfs_inode"));
+        if sock_at != OFFSET_NONE && inode_at != OFFSET_NONE {
+            k.socket_to_inode = inode_at - sock_at;
+        }
+        k.inode_i_ino = o("inode", "i_ino");
+        k.inode_i_mode = o("inode", "i_mode");
+        k.inode_i_rdev = o("inode", "i_rdev");
+        k.net_ns_inum = o("net", "ns.inum");
+        k.task_tgid = o("task_struct", "tgid");
+        k.task_pid = o("task_struct", "pid");
+        k.task_comm = o("task_struct", "comm");
+        k.task_files = o("task_struct", "files");
+        k.task_nsproxy = o("task_struct", "nsproxy");
+        k.nsproxy_net_ns = o("nsproxy", "net_ns");
+        k.files_fdt = o("files_struct", "fdt");
+        k.fdt_max_fds = o("fdtable", "max_fds");
+        k.fdt_fd = o("fdtable", "fd");
+        k.file_f_inode = o("file", "f_inode");
+        k.file_private_data = o("file", "private_data");
+        k.tfile_tun = o("tun_file", "tun");
+        k.tfile_queue_index = o("tun_file", "queue_index");
+        k.tfile_detached = o("tun_file", "detached");
+        k.tfile_tx_ring = o("tun_file", "tx_ring");
+        k.ring_producer = o("ptr_ring", "producer");
+        k.ring_consumer_head = o("ptr_ring", "consumer_head");
+        k.ring_size = o("ptr_ring", "size");
+        k.ring_queue = o("ptr_ring", "queue");
+        k.tun_flags = o("tun_struct", "flags");
+        k.tun_numqueues = o("tun_struct", "numqueues");
+        k.tun_numdisabled = o("tun_struct", "numdisabled");
+        k.tun_dev = o("tun_struct", "dev");
+        k.tun_owner = o("tun_struct", "owner");
+        k.tun_group = o("tun_struct", "group");
+        k.dev_ifindex = o("net_device", "ifindex");
+        k.dev_name = o("net_device", "name");
+
+        let required = [
+            (k.skc_family, "sock_common.skc_family"),
+            (k.skc_num, "sock_common.skc_num"),
+            (k.skc_rcv_saddr, "sock_common.skc_rcv_saddr"),
+            (k.skc_bound_dev_if, "sock_common.skc_bound_dev_if"),
+            (k.skc_net, "sock_common.skc_net"),
+            (k.sk_socket, "sock.sk_socket"),
+            (k.socket_to_inode, "socket_alloc.vfs_inode"),
+            (k.inode_i_ino, "inode.i_ino"),
+            (k.inode_i_mode, "inode.i_mode"),
+            (k.net_ns_inum, "net.ns.inum"),
+            (k.task_tgid, "task_struct.tgid"),
+            (k.task_files, "task_struct.files"),
+            (k.file_f_inode, "file.f_inode"),
+            (k.file_private_data, "file.private_data"),
+        ];
+        if let Some((_, name)) = required.iter().find(|(v, _)| *v == OFFSET_NONE) {
+            return Err(BtfError::Required(name));
+        }
+        Ok(k)
+    }
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn strip(btf: &Btf, mut ty: Type) -> Option<Type> {
+    for _ in 0..16 {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t).ok()?,
+            Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => btf.resolve_chained_type(t).ok()?,
+            Type::TypeTag(t) => btf.resolve_chained_type(t).ok()?,
+            _ => return Some(ty),
+        };
+    }
+    None
+}
+
+fn type_size(btf: &Btf, ty: &Type) -> Option<usize> {
+    match strip(btf, ty.clone())? {
+        Type::Int(i) => Some(i.size()),
+        Type::Ptr(_) => Some(8),
+        Type::Struct(s) | Type::Union(s) => Some(s.size()),
+        Type::Enum(e) => Some(e.size()),
+        _ => None,
+    }
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Option<btf_rs::Struct> {
+    btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+        Type::Struct(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// Finds `name` among the members of `s`, descending into anonymous members.
+/// Returns (bit offset, bitfield size, member type).
+fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str, depth: u32) -> Option<(u32, Option<u32>, Type)> {
+    if depth > 8 {
+        return None;
+    }
+    for m in &s.members {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        if mname == name {
+            return Some((m.bit_offset(), m.bitfield_size(), btf.resolve_chained_type(m).ok()?));
+        }
+        if mname.is_empty() {
+            if let Some(Type::Struct(inner) | Type::Union(inner)) =
+                btf.resolve_chained_type(m).ok().and_then(|t| strip(btf, t))
+            {
+                if let Some((bits, size, ty)) = find_member(btf, &inner, name, depth + 1) {
+                    return Some((m.bit_offset() + bits, size, ty));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn walk(btf: &Btf, strukt: &str, path: &str) -> Option<(u32, Option<u32>, Type)> {
+    let mut current = find_struct(btf, strukt)?;
+    let mut total = 0;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (bits, size, ty) = find_member(btf, &current, part, 0)?;
+        total += bits;
+        if i + 1 == parts.len() {
+            return Some((total, size, ty));
+        }
+        current = match strip(btf, ty)? {
+            Type::Struct(s) | Type::Union(s) => s,
+            _ => return None,
+        };
+    }
+    None
+}
+
+fn member_bits_in(btf: &Btf, strukt: &str, path: &str) -> Option<(u32, Option<u32>)> {
+    walk(btf, strukt, path).map(|(bits, size, _)| (bits, size))
+}
+
+fn member_type_in(btf: &Btf, strukt: &str, path: &str) -> Option<Type> {
+    walk(btf, strukt, path).map(|(_, _, ty)| ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs only where the kernel has BTF (every CI machine does); asserts layouts that hold on
+    /// all supported kernels (sock_common starts struct sock; net.ns.inum is resolvable).
+    #[test]
+    fn running_kernel_offsets_are_consistent() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF} on this kernel (needs CONFIG_DEBUG_INFO_BTF)");
+            return;
+        }
+        let btf = KernelBtf::load(&["tun"]).expect("parse BTF");
+        let k = btf.kernel_offsets().expect("required offsets");
+        assert_eq!(btf.offset("sock", "__sk_common"), 0);
+        assert!(k.skc_num > k.skc_daddr, "skc_portpair follows skc_addrpair");
+        assert!(k.inet_pktinfo_size == 8 || k.inet_pktinfo_size <= 2);
+        assert_ne!(k.ipv6_rxopt, OFFSET_NONE);
+        assert!(k.ipv6_rxinfo_bit < 16);
+        assert!(btf.has_function("skb_recv_datagram") || btf.has_function("__skb_recv_datagram"));
+        assert!(!btf.has_function("no_such_kernel_function_ifsock"));
+    }
+}

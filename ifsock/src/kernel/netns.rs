@@ -1,0 +1,130 @@
+//! Network namespaces: resolving names and pids to namespace files, reading their inode, and
+//! running work inside one (BPF socket iterators and netlink sockets take the netns of the
+//! thread that opens them).
+use std::{
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use nix::sched::{setns, CloneFlags};
+
+use crate::model::ids::NetnsIno;
+
+/// Directory of named namespaces (`ip netns add`).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// An open network namespace.
+#[derive(Debug)]
+pub struct NetnsHandle {
+    file: File,
+    /// Inode number (`net.ns.inum`).
+    pub ino: NetnsIno,
+    /// Name under /run/netns, when it has one.
+    pub name: Option<String>,
+    /// Where it was opened from.
+    pub path: PathBuf,
+}
+
+impl NetnsHandle {
+    /// Opens a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    ///
+    /// # Errors
+    /// The file does not exist or is not readable.
+    pub fn open(path: &Path, name: Option<String>) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+        let ino = NetnsIno(file.metadata()?.ino() as u32);
+        Ok(NetnsHandle { file, ino, name, path: path.to_path_buf() })
+    }
+
+    /// Opens a namespace by name (`/run/netns/NAME`), by pid (`pid:1234`), or by path.
+    ///
+    /// # Errors
+    /// Unknown name, with the list of known ones.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        if let Some(pid) = spec.strip_prefix("pid:") {
+            let pid: u32 = pid.parse().map_err(|_| anyhow!("--netns pid:{pid}: not a pid"))?;
+            return Self::open(Path::new(&format!("/proc/{pid}/ns/net")), None);
+        }
+        if spec.contains('/') {
+            return Self::open(Path::new(spec), None);
+        }
+        let path = Path::new(NETNS_RUN_DIR).join(spec);
+        if !path.exists() {
+            let known: Vec<String> = named().into_iter().map(|(n, _)| n).collect();
+            bail!("no network namespace named {spec:?} in {NETNS_RUN_DIR} (known: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
+        }
+        Self::open(&path, Some(spec.to_string()))
+    }
+
+    /// Moves the calling thread into this namespace.
+    ///
+    /// # Errors
+    /// `setns` failed (needs CAP_SYS_ADMIN).
+    pub fn enter(&self) -> Result<()> {
+        setns(&self.file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", self.path.display()))
+    }
+
+    /// Runs `f` on a short-lived thread inside this namespace and returns its result.
+    ///
+    /// # Errors
+    /// Entering the namespace failed or the thread panicked.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter()?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow!("netns worker thread panicked"))?
+        })
+    }
+}
+
+/// The inode of the calling thread's netns.
+pub fn current_ino() -> Result<NetnsIno> {
+    Ok(NetnsIno(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32))
+}
+
+/// Named namespaces in /run/netns with their inodes.
+pub fn named() -> Vec<(String, NetnsIno)> {
+    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else { return Vec::new() };
+    let mut out: Vec<(String, NetnsIno)> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ino = std::fs::metadata(e.path()).ok()?.ino() as u32;
+            Some((name, NetnsIno(ino)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every network namespace on the host: named ones and those of running processes, one handle
+/// per inode (a named one keeps its name).
+pub fn all() -> Vec<NetnsHandle> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (name, _) in named() {
+        if let Ok(h) = NetnsHandle::open(&Path::new(NETNS_RUN_DIR).join(&name), Some(name)) {
+            if seen.insert(h.ino) {
+                out.push(h);
+            }
+        }
+    }
+    if let Ok(procs) = procfs::process::all_processes() {
+        for p in procs.flatten() {
+            let path = PathBuf::from(format!("/proc/{}/ns/net", p.pid));
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if seen.insert(NetnsIno(meta.ino() as u32)) {
+                    if let Ok(h) = NetnsHandle::open(&path, None) {
+                        out.push(h);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,47 @@
+//! ifsock command-line entry point: parse, set up logging and the netns, run one view.
+use std::process::ExitCode;
+
+use clap::Parser;
+use ifsock::{
+    cli::{Cli, Command},
+    kernel::netns::NetnsHandle,
+    views,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ifsock: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // Enter the netns while single-threaded: every thread the runtime starts inherits it.
+    if let Some(spec) = &cli.netns {
+        NetnsHandle::resolve(spec)?.enter()?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Sockets(a) => views::sockets::run(a).await,
+            Command::Watch(a) => views::watch::run(a).await,
+            Command::Doctor(a) => views::doctor::run(a).await,
+        }
+    })
+}

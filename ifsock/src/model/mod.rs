@@ -1,0 +1,5 @@
+//! What ifsock knows: interfaces, sockets and their owners, tasks, and interface events.
+pub mod event;
+pub mod ids;
+pub mod link;
+pub mod socket;

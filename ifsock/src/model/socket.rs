@@ -1,0 +1,201 @@
+//! Sockets as the iterators saw them, their owners, and how a socket is tied to an interface.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ifsock_common::{sock_flags, SockRecord, TaskFileRecord};
+use serde::Serialize;
+
+use super::ids::{comm_str, IfIndex, NetnsIno, SockInode};
+
+/// Transport protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// IPPROTO_TCP
+    Tcp,
+    /// IPPROTO_UDP
+    Udp,
+}
+
+/// How a socket is tied to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Binding {
+    /// `SO_BINDTODEVICE`: `sk_bound_dev_if` equals the interface's ifindex.
+    Device,
+    /// Bound to an address currently (or, for a deleted interface, last) on the interface.
+    Address,
+    /// Bound to 0.0.0.0 / :: without a device: receives on every interface of its netns.
+    Wildcard,
+}
+
+/// A process holding the socket in its fd table (`iter/task_file`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Task command.
+    pub comm: String,
+    /// File descriptor number.
+    pub fd: u32,
+}
+
+/// One TCP/UDP socket from `iter/tcp` / `iter/udp`, joined with its owners.
+#[derive(Clone, Debug, Serialize)]
+pub struct Socket {
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// 4 or 6.
+    pub family: u8,
+    /// Local address.
+    pub local_addr: IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Remote address (unspecified when not connected).
+    pub remote_addr: IpAddr,
+    /// Remote port (0 when not connected).
+    pub remote_port: u16,
+    /// State name (`LISTEN`, `ESTABLISHED`, `UNCONN` for unconnected UDP, …).
+    pub state: &'static str,
+    /// Socket inode (0: the kernel socket has no `struct socket`).
+    pub inode: SockInode,
+    /// Netns inode.
+    pub netns: NetnsIno,
+    /// Owner uid.
+    pub uid: u32,
+    /// `sk_bound_dev_if` (0 when not bound to a device).
+    pub bound_dev_if: u32,
+    /// IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6) is set.
+    pub pktinfo: bool,
+    /// Packets queued in `sk_receive_queue`.
+    pub rx_queue: u32,
+    /// `sk_drops`.
+    pub drops: u32,
+    /// Processes holding an fd to it (empty: no fd references it).
+    pub owners: Vec<Owner>,
+    /// Kernel address of the `struct sock` (correlation only; not serialised).
+    #[serde(skip)]
+    pub sk: u64,
+}
+
+const TCP_STATES: [&str; 13] = [
+    "UNKNOWN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+    "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+];
+
+fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == 2 {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        let v6 = Ipv6Addr::from(*raw);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if !v6.is_unspecified() => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    }
+}
+
+impl Socket {
+    /// Decodes an iterator record (owners are joined later by [`join_owners`]).
+    pub fn from_record(r: &SockRecord) -> Self {
+        let protocol = if r.protocol == 6 { Protocol::Tcp } else { Protocol::Udp };
+        let state = match (protocol, r.state) {
+            (Protocol::Udp, 1) => "ESTABLISHED",
+            (Protocol::Udp, _) => "UNCONN",
+            (Protocol::Tcp, s) => TCP_STATES.get(s as usize).copied().unwrap_or("UNKNOWN"),
+        };
+        let pktinfo_flags = sock_flags::PKTINFO | sock_flags::RECVPKTINFO6;
+        Socket {
+            protocol,
+            family: if r.family == 2 { 4 } else { 6 },
+            local_addr: addr(r.family, &r.laddr),
+            local_port: r.lport,
+            remote_addr: addr(r.family, &r.raddr),
+            remote_port: r.rport,
+            state,
+            inode: SockInode(r.ino),
+            netns: NetnsIno(r.netns),
+            uid: r.uid,
+            bound_dev_if: r.bound_dev_if,
+            pktinfo: r.flags & pktinfo_flags != 0,
+            rx_queue: r.rx_queue,
+            drops: r.drops,
+            owners: Vec::new(),
+            sk: r.sk,
+        }
+    }
+
+    /// How this socket is tied to an interface with `ifindex` and `addrs` in netns `netns`, if at all.
+    pub fn binding_to(&self, netns: NetnsIno, ifindex: IfIndex, addrs: &[IpAddr]) -> Option<Binding> {
+        if self.netns != netns {
+            return None;
+        }
+        if self.bound_dev_if != 0 {
+            return (self.bound_dev_if == ifindex.0).then_some(Binding::Device);
+        }
+        if self.local_addr.is_unspecified() {
+            // A TCP socket bound to the wildcard that is not listening is not a receiver.
+            let listening = self.protocol == Protocol::Udp || self.state == "LISTEN";
+            return listening.then_some(Binding::Wildcard);
+        }
+        addrs.contains(&self.local_addr).then_some(Binding::Address)
+    }
+}
+
+/// Attaches owners from `iter/task_file` socket records to sockets, by socket inode.
+pub fn join_owners(sockets: &mut [Socket], files: &[TaskFileRecord]) {
+    let mut by_ino: HashMap<u64, Vec<Owner>> = HashMap::new();
+    for f in files.iter().filter(|f| f.kind == ifsock_common::file_kind::SOCKET) {
+        by_ino.entry(f.ino).or_default().push(Owner { pid: f.pid, comm: comm_str(&f.comm), fd: f.fd });
+    }
+    for s in sockets.iter_mut().filter(|s| s.inode.0 != 0) {
+        if let Some(owners) = by_ino.get(&s.inode.0) {
+            s.owners = owners.clone();
+            s.owners.sort_by_key(|o| (o.pid, o.fd));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp(laddr: [u8; 4], bound: u32) -> Socket {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&laddr);
+        let rec = SockRecord {
+            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: bound, family: 2, protocol: 17, state: 7,
+            lport: 5000, rport: 0, flags: sock_flags::PKTINFO, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        Socket::from_record(&rec)
+    }
+
+    #[test]
+    fn binding_kinds_follow_device_then_address_then_wildcard() {
+        let addrs = [IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1))];
+        let ns = NetnsIno(7);
+        assert_eq!(udp([10, 9, 0, 1], 0).binding_to(ns, IfIndex(5), &addrs), Some(Binding::Address));
+        assert_eq!(udp([0, 0, 0, 0], 5).binding_to(ns, IfIndex(5), &addrs), Some(Binding::Device));
+        assert_eq!(udp([0, 0, 0, 0], 6).binding_to(ns, IfIndex(5), &addrs), None);
+        assert_eq!(udp([0, 0, 0, 0], 0).binding_to(ns, IfIndex(5), &addrs), Some(Binding::Wildcard));
+        assert_eq!(udp([10, 9, 0, 2], 0).binding_to(ns, IfIndex(5), &addrs), None);
+        assert_eq!(udp([10, 9, 0, 1], 0).binding_to(NetnsIno(8), IfIndex(5), &addrs), None);
+        assert!(udp([0, 0, 0, 0], 0).pktinfo);
+    }
+
+    #[test]
+    fn owners_join_by_inode() {
+        let mut socks = vec![udp([0, 0, 0, 0], 0)];
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"serv");
+        let f = TaskFileRecord {
+            kind: ifsock_common::file_kind::SOCKET, pid: 10, tid: 10, fd: 3, ino: 42, comm, netns: 7,
+            tun_ifindex: 0, tun_name: [0; 16], tun_flags: 0, tun_queue: 0, tun_detached: 0, tun_backlog: 0,
+            tun_ring_size: 0, tun_numqueues: 0, tun_numdisabled: 0, tun_owner: 0, tun_group: 0, _pad: 0,
+        };
+        join_owners(&mut socks, &[f]);
+        assert_eq!(socks[0].owners, vec![Owner { pid: 10, comm: "serv".into(), fd: 3 }]);
+    }
+}

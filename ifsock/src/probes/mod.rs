@@ -1,0 +1,235 @@
+//! Loading ifsock's eBPF object, choosing the probe set, attaching programs, and reading what
+//! they produce (iterator snapshots, ring-buffer events, counters, in-flight receives).
+pub mod events;
+pub mod select;
+
+use std::{
+    fs::File,
+    io::Read,
+    path::Path,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{Iter, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use ifsock_common::{
+    InFlightRecv, KernelOffsets, SockRecord, TaskFileRecord, COUNTERS_LEN, GLOBAL_OFFSETS,
+    GLOBAL_RECV_REPORT_MIN_NS, MAP_COUNTERS, MAP_INFLIGHT,
+};
+
+use crate::kernel::{btf::KernelBtf, netns::NetnsHandle, system};
+pub use select::{ProbeSet, Selection};
+
+/// The compiled eBPF object, built by `aya-build` from `ifsock-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ifsock"));
+
+/// Iterator program names (section `iter/<target>`).
+pub const ITER_UDP: &str = "iter_udp_sockets";
+/// `iter/tcp` program.
+pub const ITER_TCP: &str = "iter_tcp_sockets";
+/// `iter/task_file` program.
+pub const ITER_TASK_FILE: &str = "iter_task_files";
+
+/// Counters from the per-CPU counter map, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Receives not tracked because the in-flight map was full.
+    pub inflight_full: u64,
+    /// Iterator records lost to a full seq buffer.
+    pub iter_overflow: u64,
+    /// Link requests captured.
+    pub link_requests: u64,
+}
+
+/// Raw iterator output of one netns.
+#[derive(Clone, Debug, Default)]
+pub struct RawSnapshot {
+    /// `iter/udp` and `iter/tcp` records.
+    pub sockets: Vec<SockRecord>,
+    /// `iter/task_file` records (system-wide: the task iterator is not netns-scoped).
+    pub files: Vec<TaskFileRecord>,
+}
+
+/// A loaded eBPF object with the running kernel's offsets.
+pub struct Probes {
+    ebpf: Ebpf,
+    btf: Btf,
+    kernel_btf: KernelBtf,
+    /// Offsets handed to the programs.
+    pub offsets: KernelOffsets,
+    iters_loaded: bool,
+    /// Tracepoints attached, as `category:name` (for `doctor` and the watch banner).
+    pub attached: Vec<String>,
+}
+
+impl Probes {
+    /// Checks privileges and BTF, mounts tracefs/bpffs when missing, reads offsets from BTF,
+    /// and loads the object. `recv_report_min_ns`: receives in flight at least this long emit
+    /// an event at return (`u64::MAX`: never).
+    ///
+    /// # Errors
+    /// Not root / no CAP_BPF, no BTF, or the kernel refused the object (the message says which).
+    pub fn load(recv_report_min_ns: u64) -> Result<Self> {
+        system::require_root()?;
+        system::ensure_mounts()?;
+        let kernel_btf = KernelBtf::load(&["tun"])?;
+        let offsets = kernel_btf.kernel_offsets()?;
+        let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux for the loader")?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(&btf)
+            .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
+        let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
+        Ok(Probes { ebpf, btf, kernel_btf, offsets, iters_loaded: false, attached: Vec::new() })
+    }
+
+    /// The parsed kernel BTF.
+    pub fn kernel_btf(&self) -> &KernelBtf {
+        &self.kernel_btf
+    }
+
+    fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
+        let prog = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        Ok(prog.try_into()?)
+    }
+
+    /// Loads the three iterator programs (`iter/udp`, `iter/tcp`, `iter/task_file`).
+    ///
+    /// # Errors
+    /// The kernel lacks BPF iterators (< 5.9 for tcp/udp) or the verifier refused a program.
+    pub fn load_iterators(&mut self) -> Result<()> {
+        if self.iters_loaded {
+            return Ok(());
+        }
+        for (name, target) in [(ITER_UDP, "udp"), (ITER_TCP, "tcp"), (ITER_TASK_FILE, "task_file")] {
+            let btf = self.btf.clone();
+            self.iter_mut(name)?
+                .load(target, &btf)
+                .with_context(|| format!("loading iterator iter/{target} ({name})"))?;
+        }
+        self.iters_loaded = true;
+        Ok(())
+    }
+
+    fn iter_link(&mut self, name: &str) -> Result<aya::programs::iter::IterLink> {
+        let prog = self.iter_mut(name)?;
+        let id = prog.attach().with_context(|| format!("attaching {name}"))?;
+        Ok(prog.take_link(id)?)
+    }
+
+    /// Runs the iterators and returns their records. Sockets are those of `netns` (the
+    /// iterators walk the netns of the thread that opens them), or of ifsock's own netns.
+    ///
+    /// # Errors
+    /// Iterator attach/read failures, or entering `netns` failed.
+    pub fn snapshot(&mut self, netns: Option<&NetnsHandle>) -> Result<RawSnapshot> {
+        self.load_iterators()?;
+        let udp = self.iter_link(ITER_UDP)?;
+        let tcp = self.iter_link(ITER_TCP)?;
+        let files = self.iter_link(ITER_TASK_FILE)?;
+        let read_sockets = move || -> Result<Vec<SockRecord>> {
+            let mut out = read_records::<SockRecord>(udp.into_file()?)?;
+            out.extend(read_records::<SockRecord>(tcp.into_file()?)?);
+            Ok(out)
+        };
+        let sockets = match netns {
+            None => read_sockets()?,
+            Some(ns) => ns.run(read_sockets)??,
+        };
+        let files = read_records::<TaskFileRecord>(files.into_file()?)?;
+        Ok(RawSnapshot { sockets, files })
+    }
+
+    /// Attaches a tracepoint program to `category:name`. Several attachments of one program are fine.
+    ///
+    /// # Errors
+    /// The tracepoint does not exist on this kernel, or the program was refused.
+    pub fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().with_context(|| format!("loading {program}"))?;
+        }
+        prog.attach(category, name).with_context(|| format!("attaching {program} to {category}:{name}"))?;
+        self.attached.push(format!("{category}:{name}"));
+        Ok(())
+    }
+
+    /// Attaches the syscall tracepoints that name the task behind a link change
+    /// (`sys_enter_sendmsg`, `sys_enter_sendto` for netlink, `sys_enter_ioctl` for SIOCSIFFLAGS).
+    pub fn attach_link_requests(&mut self) -> Result<()> {
+        self.attach_tracepoint("link_enter_sendmsg", "syscalls", "sys_enter_sendmsg")?;
+        self.attach_tracepoint("link_enter_sendto", "syscalls", "sys_enter_sendto")?;
+        self.attach_tracepoint("link_enter_ioctl", "syscalls", "sys_enter_ioctl")
+    }
+
+    /// Attaches receive tracking (`sys_enter/exit_{recvmsg,recvfrom,recvmmsg,read}`).
+    pub fn attach_recv(&mut self) -> Result<()> {
+        for sc in ["recvmsg", "recvfrom", "recvmmsg", "read"] {
+            self.attach_tracepoint("recv_exit", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tracepoint("recv_enter", "syscalls", &format!("sys_enter_{sc}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches send-error tracking (`sys_enter/exit_{sendto,sendmsg}`).
+    pub fn attach_send_errors(&mut self) -> Result<()> {
+        for sc in ["sendto", "sendmsg"] {
+            self.attach_tracepoint("send_exit", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tracepoint("send_enter", "syscalls", &format!("sys_enter_{sc}"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the events ring buffer for an [`events::EventStream`].
+    pub fn events(&mut self) -> Result<events::EventStream> {
+        let map = self
+            .ebpf
+            .take_map(ifsock_common::MAP_EVENTS)
+            .ok_or_else(|| anyhow!("events map already taken"))?;
+        events::EventStream::new(map)
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters> {
+        let map = self.ebpf.map(MAP_COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let mut sums = [0u64; COUNTERS_LEN as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = arr.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(Counters { ringbuf_drops: sums[0], inflight_full: sums[1], iter_overflow: sums[2], link_requests: sums[3] })
+    }
+
+    /// Receives currently in flight (recorded at syscall entry), keyed by tid.
+    pub fn inflight(&self) -> Result<Vec<InFlightRecv>> {
+        let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
+        let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;
+        Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
+    }
+}
+
+fn read_records<T: Copy>(mut file: File) -> Result<Vec<T>> {
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).context("reading BPF iterator output")?;
+    let size = std::mem::size_of::<T>();
+    if buf.len() % size != 0 {
+        return Err(anyhow!("iterator returned {} bytes, not a multiple of {size}", buf.len()));
+    }
+    // SAFETY: the iterator writes whole `T` records; T is one of ifsock-common's POD records.
+    Ok(buf.chunks_exact(size).filter_map(|c| unsafe { ifsock_common::read_record::<T>(c) }).collect())
+}
+
+/// True when a path exists (used by capability probes).
+pub(crate) fn exists(p: &str) -> bool {
+    Path::new(p).exists()
+}

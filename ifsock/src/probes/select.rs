@@ -1,0 +1,117 @@
+//! Which probe set this kernel allows, best first: fentry/fexit, kprobe/kretprobe, tracepoints.
+//! Decided from what the kernel exposes and what it refuses, never from version numbers.
+use serde::Serialize;
+
+/// A family of probe points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeSet {
+    /// BTF trampolines (`fentry`/`fexit`) on kernel functions.
+    Fentry,
+    /// `kprobe`/`kretprobe` on kernel functions.
+    Kprobe,
+    /// Tracepoints only (`syscalls:*`, `sock:*`, `skb:*`) plus BPF iterators.
+    Tracepoint,
+}
+
+/// What the running kernel allows, as measured by [`probe_capabilities`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `Ok` when fentry programs can be loaded; else the refusal.
+    pub fentry: Result<(), String>,
+    /// `Ok` when kprobes exist; else why not.
+    pub kprobe: Result<(), String>,
+}
+
+/// The chosen set and why each better one was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Selection {
+    /// The set in use.
+    pub chosen: ProbeSet,
+    /// Better sets that were refused, with the reason (`fentry: EPERM (lockdown=integrity)`).
+    pub refused: Vec<(ProbeSet, String)>,
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "probe set: {:?}", self.chosen)?;
+        for (set, why) in &self.refused {
+            write!(f, "; {set:?} refused: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Picks the best set allowed by `caps`, or `forced` when given (refused if unavailable).
+///
+/// # Errors
+/// A forced set the kernel does not allow, with the reason.
+pub fn select(caps: &Capabilities, forced: Option<ProbeSet>) -> Result<Selection, String> {
+    let order = [ProbeSet::Fentry, ProbeSet::Kprobe, ProbeSet::Tracepoint];
+    let status = |set: ProbeSet| match set {
+        ProbeSet::Fentry => caps.fentry.clone(),
+        ProbeSet::Kprobe => caps.kprobe.clone(),
+        ProbeSet::Tracepoint => Ok(()),
+    };
+    if let Some(set) = forced {
+        return status(set)
+            .map(|()| Selection { chosen: set, refused: Vec::new() })
+            .map_err(|why| format!("probe set {set:?} was forced but this kernel refuses it: {why}"));
+    }
+    let mut refused = Vec::new();
+    for set in order {
+        match status(set) {
+            Ok(()) => return Ok(Selection { chosen: set, refused }),
+            Err(why) => refused.push((set, why)),
+        }
+    }
+    Ok(Selection { chosen: ProbeSet::Tracepoint, refused })
+}
+
+/// Measures the kernel's capabilities: kprobes need the `kprobe` PMU
+/// (`/sys/bus/event_source/devices/kprobe/type`); fentry needs BTF trampolines, which
+/// lockdown or a missing `CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS` refuse.
+pub fn probe_capabilities() -> Capabilities {
+    let lockdown = crate::kernel::system::lockdown();
+    let kprobe = if super::exists("/sys/bus/event_source/devices/kprobe/type") {
+        Ok(())
+    } else {
+        Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe/type missing: kernel without CONFIG_KPROBES)".to_string())
+    };
+    let fentry = if !super::exists("/sys/kernel/btf/vmlinux") {
+        Err("no kernel BTF".to_string())
+    } else if lockdown.as_deref().is_some_and(|l| l != "none") {
+        Err(format!("EPERM (lockdown={})", lockdown.unwrap_or_default()))
+    } else if kprobe.is_err() {
+        // fentry trampolines depend on ftrace; a kernel without kprobes here also refuses them.
+        Err("EPERM (BTF trampolines unavailable on this kernel)".to_string())
+    } else {
+        Err("this build carries no fentry programs yet".to_string())
+    };
+    Capabilities { fentry, kprobe }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockdown_kernel_falls_back_to_tracepoints_with_reasons() {
+        let caps = Capabilities { fentry: Err("EPERM (lockdown=integrity)".into()), kprobe: Err("no kprobe PMU".into()) };
+        let sel = select(&caps, None).unwrap();
+        assert_eq!(sel.chosen, ProbeSet::Tracepoint);
+        assert_eq!(sel.refused.len(), 2);
+        assert_eq!(sel.refused[0], (ProbeSet::Fentry, "EPERM (lockdown=integrity)".to_string()));
+        assert!(sel.to_string().contains("Fentry refused: EPERM"));
+    }
+
+    #[test]
+    fn best_allowed_set_wins_and_forcing_an_unavailable_set_fails() {
+        let caps = Capabilities { fentry: Err("EPERM".into()), kprobe: Ok(()) };
+        assert_eq!(select(&caps, None).unwrap().chosen, ProbeSet::Kprobe);
+        let full = Capabilities { fentry: Ok(()), kprobe: Ok(()) };
+        assert_eq!(select(&full, None).unwrap().chosen, ProbeSet::Fentry);
+        assert_eq!(select(&full, Some(ProbeSet::Kprobe)).unwrap().chosen, ProbeSet::Kprobe);
+        assert!(select(&caps, Some(ProbeSet::Fentry)).unwrap_err().contains("forced"));
+    }
+}

@@ -1,0 +1,89 @@
+//! `ifsock doctor`: what this kernel allows and which probes ifsock can use.
+use anyhow::Result;
+use serde::Serialize;
+
+use super::output::json_line;
+use crate::{
+    kernel::system,
+    probes::{select, Probes},
+};
+
+/// Options of `doctor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct ProbeStatus {
+    probe: String,
+    loaded: bool,
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    kernel_release: String,
+    btf: bool,
+    lockdown: Option<String>,
+    tracefs_mounted: bool,
+    bpffs_mounted: bool,
+    mounted_now: system::MountReport,
+    probe_set: select::Selection,
+    probes: Vec<ProbeStatus>,
+}
+
+/// Runs `doctor`: checks, mounts what is missing, and tries every probe.
+///
+/// # Errors
+/// Only for output failures; every check failure is reported in the output instead.
+pub async fn run(args: DoctorArgs) -> Result<()> {
+    system::require_root()?;
+    let mounted_now = system::ensure_mounts().unwrap_or_default();
+    let selection = select::select(&select::probe_capabilities(), None).map_err(anyhow::Error::msg)?;
+    let mut probes_status = Vec::new();
+    match Probes::load(u64::MAX) {
+        Err(e) => probes_status.push(ProbeStatus { probe: "object".into(), loaded: false, reason: Some(format!("{e:#}")) }),
+        Ok(mut probes) => {
+            for (name, res) in [
+                ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),
+                ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", probes.attach_link_requests()),
+                ("tracepoint syscalls:sys_{enter,exit}_{recvmsg,recvfrom,recvmmsg,read} (receives)", probes.attach_recv()),
+                ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", probes.attach_send_errors()),
+            ] {
+                probes_status.push(ProbeStatus { probe: name.into(), loaded: res.is_ok(), reason: res.err().map(|e| format!("{e:#}")) });
+            }
+            for (set, why) in &selection.refused {
+                probes_status.push(ProbeStatus { probe: format!("{set:?} set"), loaded: false, reason: Some(why.clone()) });
+            }
+        }
+    }
+    let report = Report {
+        kernel_release: system::kernel_release(),
+        btf: std::path::Path::new(crate::kernel::btf::VMLINUX_BTF).exists(),
+        lockdown: system::lockdown(),
+        tracefs_mounted: system::is_mounted(system::TRACEFS, "tracefs"),
+        bpffs_mounted: system::is_mounted(system::BPFFS, "bpf"),
+        mounted_now,
+        probe_set: selection,
+        probes: probes_status,
+    };
+    if args.json {
+        return json_line(&report);
+    }
+    println!("kernel:    {}", report.kernel_release);
+    println!("BTF:       {}", if report.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "MISSING: ifsock needs CONFIG_DEBUG_INFO_BTF=y" });
+    println!("lockdown:  {}", report.lockdown.as_deref().unwrap_or("not available"));
+    println!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" });
+    println!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" });
+    println!("{}", report.probe_set);
+    for p in &report.probes {
+        match &p.reason {
+            None => println!("  ok      {}", p.probe),
+            Some(r) => println!("  refused {}: {r}", p.probe),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! What users see: one module per subcommand, plus shared snapshot and output helpers.
+pub mod doctor;
+pub mod output;
+pub mod snapshot;
+pub mod sockets;
+pub mod watch;

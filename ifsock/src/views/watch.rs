@@ -1,0 +1,317 @@
+//! `ifsock watch`: a live stream of interface changes with the sockets tied to the interface
+//! at that moment and the task that caused the change.
+//!
+//! Start-up race (seed 004): we subscribe to the rtnetlink groups *before* dumping, so a change
+//! that happens during the dump is queued on the subscription and applied on top of the dump.
+//! Loss (seed 002): `ENOBUFS` triggers an immediate re-dump and diff (`source: resync`); a
+//! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{
+    output::{clock, json_line, parse_duration, unix_ns},
+    snapshot::{self, TiedSocket},
+};
+use crate::{
+    kernel::{
+        netlink::{self, Received, Subscription},
+        netns,
+    },
+    model::{
+        event::{parse_request, Cause, CauseTracker},
+        ids::NetnsIno,
+        link::{Change, ChangeKind, Link, LinkTable},
+        socket::Socket,
+    },
+    probes::{events::Event, select, Counters, Probes},
+};
+
+/// Options of `watch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Only events of this interface (by current or previous name).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Receive buffer of the rtnetlink subscription socket, bytes (kernel default if unset).
+    #[arg(long)]
+    pub rcvbuf: Option<usize>,
+    /// Re-dump and diff this often to catch silently lost events (0 = off).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_every: Duration,
+    /// Do not attach socket snapshots to events (cheaper under bursts).
+    #[arg(long)]
+    pub no_sockets: bool,
+    /// Stop after this many change events (for scripts and tests).
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// Where a change was learned.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A live rtnetlink notification.
+    Netlink,
+    /// A re-dump after `ENOBUFS`.
+    Resync,
+    /// The periodic reconcile re-dump.
+    Reconcile,
+}
+
+/// One watch event (JSON field names match the table).
+#[derive(Debug, Serialize)]
+pub struct WatchEvent {
+    /// `"change"`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Wall-clock time, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+    /// Where it was learned.
+    pub source: Source,
+    /// Netns inode.
+    pub netns: NetnsIno,
+    /// The change.
+    #[serde(flatten)]
+    pub change: Change,
+    /// Task that requested it (syscall tracepoint evidence), if one did.
+    pub cause: Option<Cause>,
+    /// Sockets tied to the interface at that moment (for a deletion: those tied to it when it went).
+    pub sockets: Vec<TiedSocket>,
+}
+
+/// Counters shown on exit and in the `counters` line.
+#[derive(Debug, Default, Serialize, Clone, Copy)]
+pub struct WatchCounters {
+    /// rtnetlink datagrams received.
+    pub netlink_messages: u64,
+    /// Change events emitted.
+    pub events: u64,
+    /// `ENOBUFS` on the subscription socket.
+    pub enobufs: u64,
+    /// Re-dumps after `ENOBUFS`.
+    pub resyncs: u64,
+    /// Changes found by resync re-dumps.
+    pub resync_changes: u64,
+    /// Periodic reconciles run.
+    pub reconciles: u64,
+    /// Changes found only by reconcile (missed events).
+    pub reconcile_changes: u64,
+    /// eBPF-side counters.
+    #[serde(flatten)]
+    pub bpf: Counters,
+}
+
+struct Watcher {
+    args: WatchArgs,
+    netns: NetnsIno,
+    table: LinkTable,
+    probes: Probes,
+    causes: CauseTracker,
+    counters: WatchCounters,
+    /// Sockets of the current batch (taken once per batch, lazily).
+    batch_sockets: Option<Vec<Socket>>,
+}
+
+/// Runs `watch` until Ctrl-C (or `--count` events).
+///
+/// # Errors
+/// Probe loading, netlink subscription or dump failures.
+pub async fn run(args: WatchArgs) -> Result<()> {
+    let mut probes = Probes::load(u64::MAX)?;
+    let selection = select::select(&select::probe_capabilities(), None).map_err(anyhow::Error::msg)?;
+    let link_evidence = probes.attach_link_requests();
+    if let Err(e) = &link_evidence {
+        tracing::warn!("link-request tracepoints unavailable, events will carry no cause: {e:#}");
+    }
+    let mut events = probes.events()?;
+    // Subscribe first, then dump: see the module docs.
+    let mut sub = Subscription::open(args.rcvbuf)?;
+    let handle = netlink::connect()?;
+    let table = LinkTable::from_links(netlink::dump_links(&handle).await?);
+    let netns = netns::current_ino()?;
+    let mut w = Watcher { args, netns, table, probes, causes: CauseTracker::default(), counters: WatchCounters::default(), batch_sockets: None };
+    let banner = format!("{selection}; rtnetlink rcvbuf {} bytes; {} links", sub.rcvbuf(), w.table.links().count());
+    if w.args.json {
+        json_line(&serde_json::json!({"type": "ready", "netns": netns, "probe_set": selection, "rcvbuf": sub.rcvbuf(), "links": w.table.links().count()}))?;
+    } else {
+        eprintln!("watching netns {netns}: {banner} (Ctrl-C to stop)");
+    }
+    let mut reconcile = (!w.args.reconcile_every.is_zero()).then(|| {
+        let mut t = tokio::time::interval(w.args.reconcile_every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    if let Some(t) = reconcile.as_mut() {
+        t.tick().await;
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if w.args.count.is_some_and(|c| w.counters.events >= c) {
+            break;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            batch = events.next_batch() => {
+                for ev in batch? { w.on_bpf_event(ev); }
+            }
+            received = sub.recv() => {
+                // Evidence is written at syscall entry, before the kernel acts: drain it first.
+                for ev in events.drain() { w.on_bpf_event(ev); }
+                w.batch_sockets = None;
+                match received? {
+                    Received::Updates(updates) => {
+                        w.counters.netlink_messages += 1;
+                        for u in updates {
+                            let prior = prior_link(&w.table, &u);
+                            let changes = w.table.apply(u);
+                            for c in changes { w.emit(c, Source::Netlink, prior.as_ref())?; }
+                        }
+                    }
+                    Received::Overrun => {
+                        w.counters.enobufs += 1;
+                        w.counters.resyncs += 1;
+                        tracing::warn!("rtnetlink ENOBUFS: events were lost, re-dumping");
+                        let n = w.redump(&handle, Source::Resync).await?;
+                        w.counters.resync_changes += n;
+                    }
+                }
+            }
+            _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
+                w.counters.reconciles += 1;
+                w.batch_sockets = None;
+                let n = w.redump(&handle, Source::Reconcile).await?;
+                w.counters.reconcile_changes += n;
+            }
+        }
+    }
+    w.counters.bpf = w.probes.counters().unwrap_or_default();
+    if w.args.json {
+        json_line(&serde_json::json!({"type": "counters", "counters": w.counters}))?;
+    }
+    let c = w.counters;
+    eprintln!(
+        "counters: netlink_messages={} events={} enobufs={} resyncs={} resync_changes={} reconciles={} reconcile_changes={} ringbuf_drops={} link_requests={}",
+        c.netlink_messages, c.events, c.enobufs, c.resyncs, c.resync_changes, c.reconciles, c.reconcile_changes, c.bpf.ringbuf_drops, c.bpf.link_requests
+    );
+    Ok(())
+}
+
+/// The link as it was before `u` (for deletions: its name and addresses).
+fn prior_link(table: &LinkTable, u: &crate::model::link::Update) -> Option<Link> {
+    use crate::model::link::Update::*;
+    let ifindex = match u {
+        NewLink { ifindex, .. } | DelLink { ifindex, .. } | NewAddr { ifindex, .. } | DelAddr { ifindex, .. } => *ifindex,
+    };
+    table.get(ifindex).cloned()
+}
+
+impl Watcher {
+    fn on_bpf_event(&mut self, ev: Event) {
+        if let Event::LinkRequest(req) = ev {
+            if let Some(r) = parse_request(&req) {
+                self.causes.push(r);
+            }
+        }
+    }
+
+    async fn redump(&mut self, handle: &rtnetlink::Handle, source: Source) -> Result<u64> {
+        let fresh = netlink::dump_links(handle).await.context("re-dumping links")?;
+        let before: Vec<Link> = self.table.links().cloned().collect();
+        let changes = self.table.diff_and_replace(fresh);
+        let n = changes.len() as u64;
+        for c in changes {
+            let prior = before.iter().find(|l| l.ifindex == c.ifindex).cloned();
+            self.emit(c, source, prior.as_ref())?;
+        }
+        Ok(n)
+    }
+
+    fn wanted(&self, c: &Change) -> bool {
+        match &self.args.iface {
+            None => true,
+            Some(name) => &c.name == name || c.old_name.as_ref() == Some(name),
+        }
+    }
+
+    fn emit(&mut self, change: Change, source: Source, prior: Option<&Link>) -> Result<()> {
+        if !self.wanted(&change) {
+            return Ok(());
+        }
+        self.counters.events += 1;
+        let cause = self.causes.cause_of(&change, self.netns);
+        let sockets = if self.args.no_sockets || matches!(change.kind, ChangeKind::AddressAdded | ChangeKind::AddressRemoved) {
+            Vec::new()
+        } else {
+            self.sockets_for(&change, prior)
+        };
+        let ev = WatchEvent { ty: "change", ts_unix_ns: unix_ns(), source, netns: self.netns, change, cause, sockets };
+        if self.args.json {
+            return json_line(&ev);
+        }
+        print_human(&ev);
+        Ok(())
+    }
+
+    /// Sockets tied to the changed interface: for a deletion the interface is gone, so its last
+    /// known addresses (from `prior`) and its old ifindex (still in `sk_bound_dev_if`) are used.
+    fn sockets_for(&mut self, change: &Change, prior: Option<&Link>) -> Vec<TiedSocket> {
+        if self.batch_sockets.is_none() {
+            match snapshot::sockets(&mut self.probes, None) {
+                Ok(s) => self.batch_sockets = Some(s),
+                Err(e) => {
+                    tracing::warn!("socket snapshot failed: {e:#}");
+                    return Vec::new();
+                }
+            }
+        }
+        let sockets = self.batch_sockets.as_deref().unwrap_or_default();
+        let current = self.table.get(change.ifindex);
+        let addrs: Vec<IpAddr> = current.or(prior).map(|l| l.addrs.iter().copied().collect()).unwrap_or_default();
+        let links: Vec<Link> = self.table.links().cloned().collect();
+        snapshot::tied_to(sockets, self.netns, change.ifindex, &change.name, &addrs, &links)
+    }
+}
+
+fn print_human(ev: &WatchEvent) {
+    let c = &ev.change;
+    let mut line = format!("{} {:<15} ifindex {:<4} {}", clock(ev.ts_unix_ns), format!("{:?}", c.kind).to_lowercase(), c.ifindex, c.name);
+    if let Some(old) = &c.old_name {
+        line.push_str(&format!(" (was {old})"));
+    }
+    if let Some(old) = c.old_ifindex {
+        line.push_str(&format!(" (was ifindex {old})"));
+    }
+    if let Some(a) = c.address {
+        line.push_str(&format!(" {a}"));
+    }
+    if ev.source != Source::Netlink {
+        line.push_str(&format!(" [{:?}]", ev.source).to_lowercase());
+    }
+    if let Some(cause) = &ev.cause {
+        line.push_str(&format!(" by {}[{}] {}", cause.comm, cause.pid, cause.request));
+    }
+    let bound: Vec<&TiedSocket> = ev.sockets.iter().filter(|s| !matches!(s.binding, Some(crate::model::socket::Binding::Wildcard))).collect();
+    let wildcard = ev.sockets.len() - bound.len();
+    if !ev.sockets.is_empty() {
+        line.push_str(&format!("; sockets: {} bound, {} wildcard", bound.len(), wildcard));
+    }
+    println!("{line}");
+    for s in bound {
+        let owners: Vec<String> = s.socket.owners.iter().map(|o| format!("{}[{}]/fd{}", o.comm, o.pid, o.fd)).collect();
+        println!(
+            "    {:?} {:<8} {}:{} inode {} {}",
+            s.socket.protocol,
+            s.binding.map_or("none".into(), |b| format!("{b:?}").to_lowercase()),
+            s.socket.local_addr,
+            s.socket.local_port,
+            s.socket.inode,
+            if owners.is_empty() { "no owner".into() } else { owners.join(",") }
+        );
+    }
+}
