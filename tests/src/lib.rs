@@ -1,1 +1,219 @@
-pub fn placeholder() {}
+//! Helpers for ifsock's privileged integration tests: unique network namespaces and links that
+//! are removed in `Drop` (even when a test fails), sockets created inside a namespace, and a
+//! line-oriented reader for long-running ifsock subcommands.
+use std::{
+    io::{BufRead, BufReader},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name (`<prefix><pid%10000><n>`), at most 15 bytes (IFNAMSIZ - 1).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "interface name too long: {name}");
+    name
+}
+
+/// The ifsock binary under test: `$IFSOCK_BIN`, else `target/debug/ifsock`.
+pub fn ifsock_bin() -> PathBuf {
+    std::env::var_os("IFSOCK_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ifsock")
+    })
+}
+
+/// Fails the test unless running as root: the privileged tests are the real proof and must
+/// not pass silently where they cannot run.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "privileged test: run as root (cargo xtask test does in CI)");
+}
+
+/// Runs a command and fails with its stderr when it fails.
+pub fn sh(args: &[&str]) -> Result<Output> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+/// A network namespace created for one test and deleted on drop.
+pub struct Netns {
+    /// Name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// `ip netns add <unique>` and brings `lo` up inside.
+    pub fn new() -> Result<Self> {
+        let name = unique("ifsk");
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// ifindex of a link in this namespace.
+    pub fn ifindex(&self, link: &str) -> Result<u32> {
+        let out = self.ip(&["-j", "link", "show", "dev", link])?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        v[0]["ifindex"].as_u64().map(|i| i as u32).context("no ifindex in ip -j output")
+    }
+
+    /// A veth pair `a`/`b` inside this namespace, `a` up with `addr` (CIDR), `b` up.
+    pub fn veth(&self, a: &str, b: &str, addr: Option<&str>) -> Result<()> {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        if let Some(addr) = addr {
+            self.ip(&["addr", "add", addr, "dev", a])?;
+        }
+        self.ip(&["link", "set", a, "up"])?;
+        self.ip(&["link", "set", b, "up"])?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets created there stay in it).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<T> {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+        })
+    }
+
+    /// Inode of this namespace.
+    pub fn ino(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(format!("/run/netns/{}", self.name))?.ino())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes every link created inside it.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A socket option call on a raw fd.
+pub fn setsockopt(fd: &impl AsRawFd, level: i32, name: i32, value: &[u8]) -> Result<()> {
+    // SAFETY: value is a valid buffer of value.len() bytes.
+    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as u32) };
+    if rc != 0 {
+        bail!("setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_BINDTODEVICE` to `dev`.
+pub fn bind_to_device(fd: &impl AsRawFd, dev: &str) -> Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes())
+}
+
+/// `IP_PKTINFO` on.
+pub fn set_pktinfo(fd: &impl AsRawFd) -> Result<()> {
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, &1i32.to_ne_bytes())
+}
+
+/// Runs ifsock to completion.
+pub fn ifsock(args: &[&str]) -> Result<Output> {
+    Command::new(ifsock_bin()).args(args).output().with_context(|| format!("running ifsock {args:?}"))
+}
+
+/// Parses JSON lines of a finished ifsock run, failing with stderr when it failed.
+pub fn ifsock_json(args: &[&str]) -> Result<Vec<Value>> {
+    let out = ifsock(args)?;
+    if !out.status.success() {
+        bail!("ifsock {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+/// A running ifsock whose stdout JSON lines are read on a thread.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Running {
+    /// Starts ifsock with piped stdout.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(ifsock_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting ifsock")?;
+        let stdout: ChildStdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Running { child, lines: rx })
+    }
+
+    /// Waits for the next line matching `pred`; `timeout` is a failure bound, not a delay.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if pred(&v) => return Ok(v),
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!("timed out after {timeout:?} waiting for {what}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("ifsock exited while waiting for {what}: {:?}", self.child.try_wait()),
+            }
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for exit; returns the exit status.
+    pub fn interrupt(&mut self) -> Result<std::process::ExitStatus> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT)?;
+        Ok(self.child.wait()?)
+    }
+
+    /// Every remaining line after exit.
+    pub fn rest(&mut self) -> Vec<Value> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wraps a raw fd that the test owns.
+pub fn owned(fd: i32) -> OwnedFd {
+    // SAFETY: the caller transfers ownership of a valid fd.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -1,1 +1,109 @@
-fn main(){}
+//! Project tasks: toolchain setup, build, run, tests, benchmarks and the VM test. The only place
+//! that knows about toolchains and QEMU.
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ifsock project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: apt packages, Rust toolchains, bpf-linker.
+    Setup,
+    /// Build (release) and run ifsock with the given arguments: `cargo xtask run -- sockets --iface eth0`.
+    Run {
+        /// Do not install missing toolchain pieces; stop and print the commands instead.
+        #[arg(long)]
+        no_install: bool,
+        /// Arguments for ifsock.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run unit tests and the privileged integration tests (root, real kernel).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks (ratios against a baseline measured in the same run).
+    Bench {
+        /// Arguments for the bench binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn may_install() -> bool {
+    // A developer laptop: install only when root (apt needs it); otherwise print the commands.
+    std::env::var_os("CI").is_some() || Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+fn build(profile_release: bool) -> Result<PathBuf> {
+    let root = workspace_root();
+    let mut cmd = toolchain::cargo();
+    cmd.current_dir(&root).args(["build", "-p", "ifsock"]);
+    if profile_release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)?;
+    Ok(root.join("target").join(if profile_release { "release" } else { "debug" }).join("ifsock"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => toolchain::install(),
+        Task::Run { no_install, args } => {
+            toolchain::ensure(!no_install && may_install())?;
+            let bin = build(true)?;
+            let st = Command::new(&bin).args(&args).status().with_context(|| format!("starting {}", bin.display()))?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            toolchain::ensure(may_install())?;
+            let bin = build(false)?;
+            let mut cmd = toolchain::cargo();
+            cmd.current_dir(&root)
+                .args(["test", "--workspace", "--exclude", "ifsock-ebpf"])
+                .env("IFSOCK_BIN", &bin)
+                .arg("--")
+                .arg("--test-threads=1")
+                .args(&args);
+            status(&mut cmd)
+        }
+        Task::Bench { args } => {
+            toolchain::ensure(may_install())?;
+            let bin = build(true)?;
+            let mut cmd = toolchain::cargo();
+            cmd.current_dir(&root)
+                .args(["run", "--release", "-p", "ifsock-tests", "--bin", "ifsock-bench", "--"])
+                .env("IFSOCK_BIN", &bin)
+                .args(&args);
+            status(&mut cmd)
+        }
+    }
+}

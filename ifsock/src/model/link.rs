@@ -114,7 +114,8 @@ pub enum ChangeKind {
 /// One classified change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// What happened.
+    /// What happened (JSON field `event`).
+    #[serde(rename = "event")]
     pub kind: ChangeKind,
     /// ifindex (the new one for `recreated`).
     pub ifindex: IfIndex,

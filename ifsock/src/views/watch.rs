@@ -5,7 +5,11 @@
 //! that happens during the dump is queued on the subscription and applied on top of the dump.
 //! Loss (seed 002): `ENOBUFS` triggers an immediate re-dump and diff (`source: resync`); a
 //! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
-use std::{net::IpAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -21,7 +25,7 @@ use crate::{
     },
     model::{
         event::{parse_request, Cause, CauseTracker},
-        ids::NetnsIno,
+        ids::{IfIndex, NetnsIno},
         link::{Change, ChangeKind, Link, LinkTable},
         socket::Socket,
     },
@@ -115,7 +119,13 @@ struct Watcher {
     counters: WatchCounters,
     /// Sockets of the current batch (taken once per batch, lazily).
     batch_sockets: Option<Vec<Socket>>,
+    /// Addresses removed recently, per ifindex: on unregister the kernel sends `RTM_DELADDR`
+    /// before `RTM_DELLINK`, and sockets bound to those addresses belong to the deleted link.
+    removed_addrs: HashMap<IfIndex, Vec<(IpAddr, Instant)>>,
 }
+
+/// How long a removed address still ties sockets to its (now deleted) interface.
+const REMOVED_ADDR_MEMORY: Duration = Duration::from_secs(2);
 
 /// Runs `watch` until Ctrl-C (or `--count` events).
 ///
@@ -134,7 +144,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let handle = netlink::connect()?;
     let table = LinkTable::from_links(netlink::dump_links(&handle).await?);
     let netns = netns::current_ino()?;
-    let mut w = Watcher { args, netns, table, probes, causes: CauseTracker::default(), counters: WatchCounters::default(), batch_sockets: None };
+    let mut w = Watcher { args, netns, table, probes, causes: CauseTracker::default(), counters: WatchCounters::default(), batch_sockets: None, removed_addrs: HashMap::new() };
     let banner = format!("{selection}; rtnetlink rcvbuf {} bytes; {} links", sub.rcvbuf(), w.table.links().count());
     if w.args.json {
         json_line(&serde_json::json!({"type": "ready", "netns": netns, "probe_set": selection, "rcvbuf": sub.rcvbuf(), "links": w.table.links().count()}))?;
@@ -240,6 +250,14 @@ impl Watcher {
     }
 
     fn emit(&mut self, change: Change, source: Source, prior: Option<&Link>) -> Result<()> {
+        if change.kind == ChangeKind::AddressRemoved {
+            if let Some(addr) = change.address {
+                let now = Instant::now();
+                let list = self.removed_addrs.entry(change.ifindex).or_default();
+                list.retain(|(_, at)| now.duration_since(*at) < REMOVED_ADDR_MEMORY);
+                list.push((addr, now));
+            }
+        }
         if !self.wanted(&change) {
             return Ok(());
         }
@@ -272,7 +290,13 @@ impl Watcher {
         }
         let sockets = self.batch_sockets.as_deref().unwrap_or_default();
         let current = self.table.get(change.ifindex);
-        let addrs: Vec<IpAddr> = current.or(prior).map(|l| l.addrs.iter().copied().collect()).unwrap_or_default();
+        let mut addrs: Vec<IpAddr> = current.or(prior).map(|l| l.addrs.iter().copied().collect()).unwrap_or_default();
+        if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
+            let now = Instant::now();
+            if let Some(removed) = self.removed_addrs.remove(&change.ifindex) {
+                addrs.extend(removed.into_iter().filter(|(_, at)| now.duration_since(*at) < REMOVED_ADDR_MEMORY).map(|(a, _)| a));
+            }
+        }
         let links: Vec<Link> = self.table.links().cloned().collect();
         snapshot::tied_to(sockets, self.netns, change.ifindex, &change.name, &addrs, &links)
     }

@@ -1,0 +1,32 @@
+//! Bad input: a clear one-line error and a non-zero exit, never a panic or partial output.
+use ifsock_tests::*;
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = ifsock(args).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ifsock {args:?} succeeded");
+    assert!(stderr.contains(needle), "ifsock {args:?}: stderr {stderr:?} lacks {needle:?}");
+    assert!(!stderr.contains("panicked"), "ifsock {args:?} panicked: {stderr}");
+    assert!(out.stdout.is_empty(), "ifsock {args:?} printed partial output: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn unknown_interface_is_an_error() {
+    require_root();
+    fails_with(&["sockets", "--iface", "nosuchif0"], "unknown interface \"nosuchif0\"");
+    fails_with(&["sockets", "--ifindex", "999999"], "unknown ifindex 999999");
+}
+
+#[test]
+fn malformed_flags_are_errors() {
+    fails_with(&["sockets", "--ifindex", "abc"], "invalid value 'abc'");
+    fails_with(&["watch", "--reconcile-every", "5x"], "unknown unit");
+    fails_with(&["sockets", "--iface", "a", "--ifindex", "1"], "cannot be used with");
+    fails_with(&["frobnicate"], "unrecognized subcommand");
+}
+
+#[test]
+fn unknown_netns_is_an_error() {
+    require_root();
+    fails_with(&["--netns", "ifsock-no-such-ns", "sockets"], "no network namespace named");
+}

@@ -1,0 +1,92 @@
+//! `ifsock sockets` against the real kernel, in a namespace of the test's own.
+use std::{
+    net::{TcpListener, UdpSocket},
+    os::fd::AsRawFd,
+};
+
+use ifsock_tests::*;
+use serde_json::Value;
+
+fn find<'a>(rows: &'a [Value], proto: &str, port: u16) -> Option<&'a Value> {
+    rows.iter().find(|r| r["protocol"] == proto && r["local_port"] == port)
+}
+
+#[test]
+fn sockets_reports_device_address_and_wildcard_bindings_with_owners() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b, c, d) = (unique("va"), unique("vb"), unique("vc"), unique("vd"));
+    ns.veth(&a, &b, Some("10.201.0.1/24")).unwrap();
+    ns.veth(&c, &d, Some("10.202.0.1/24")).unwrap();
+    let tun = unique("tn");
+    ns.ip(&["tuntap", "add", "mode", "tun", "name", &tun]).unwrap();
+    let a_index = ns.ifindex(&a).unwrap();
+
+    let (a2, c2, tun2) = (a.clone(), c.clone(), tun.clone());
+    let socks = ns
+        .run(move || -> anyhow::Result<_> {
+            let dev = UdpSocket::bind("0.0.0.0:6101")?;
+            bind_to_device(&dev, &a2)?;
+            let addr = UdpSocket::bind("10.201.0.1:6102")?;
+            let wild = UdpSocket::bind("0.0.0.0:6103")?;
+            set_pktinfo(&wild)?;
+            let tcp = TcpListener::bind("10.201.0.1:6104")?;
+            let other = UdpSocket::bind("0.0.0.0:6105")?;
+            bind_to_device(&other, &c2)?;
+            let on_tun = UdpSocket::bind("0.0.0.0:6106")?;
+            bind_to_device(&on_tun, &tun2)?;
+            Ok((dev, addr, wild, tcp, other, on_tun))
+        })
+        .unwrap()
+        .unwrap();
+    let pid = std::process::id();
+
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--iface", &a, "--json"]).unwrap();
+    let expect = |proto: &str, port: u16, binding: &str, pktinfo: bool, fd: i32| {
+        let row = find(&rows, proto, port).unwrap_or_else(|| panic!("{proto} :{port} missing from {rows:#?}"));
+        assert_eq!(row["binding"], binding, "{row}");
+        assert_eq!(row["pktinfo"], pktinfo, "{row}");
+        assert_eq!(row["ifindex"], a_index, "{row}");
+        assert_eq!(row["netns"], ns.ino().unwrap(), "{row}");
+        let owners = row["owners"].as_array().unwrap();
+        assert!(owners.iter().any(|o| o["pid"] == pid && o["fd"] == fd), "owner pid {pid} fd {fd} not in {row}");
+    };
+    expect("udp", 6101, "device", false, socks.0.as_raw_fd());
+    expect("udp", 6102, "address", false, socks.1.as_raw_fd());
+    expect("udp", 6103, "wildcard", true, socks.2.as_raw_fd());
+    expect("tcp", 6104, "address", false, socks.3.as_raw_fd());
+    assert_eq!(find(&rows, "udp", 6101).unwrap()["bound_dev_name"], a.as_str());
+    assert!(find(&rows, "udp", 6105).is_none(), "socket bound to {c} reported for {a}");
+    assert!(find(&rows, "udp", 6106).is_none(), "socket bound to {tun} reported for {a}");
+
+    let tun_rows = ifsock_json(&["--netns", &ns.name, "sockets", "--iface", &tun, "--json"]).unwrap();
+    let on_tun = find(&tun_rows, "udp", 6106).expect("tun-bound socket reported for the tun device");
+    assert_eq!(on_tun["binding"], "device");
+
+    // The same answer through --all-netns from ifsock's own namespace.
+    let all = ifsock_json(&["sockets", "--all-netns", "--iface", &a, "--json"]).unwrap();
+    assert!(find(&all, "udp", 6101).is_some_and(|r| r["binding"] == "device"));
+    drop(socks);
+}
+
+#[test]
+fn sockets_without_filter_lists_each_socket_once() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("va"), unique("vb"));
+    ns.veth(&a, &b, Some("10.203.0.1/24")).unwrap();
+    let a2 = a.clone();
+    let s = ns
+        .run(move || -> anyhow::Result<_> {
+            let s = UdpSocket::bind("0.0.0.0:6201")?;
+            bind_to_device(&s, &a2)?;
+            Ok(s)
+        })
+        .unwrap()
+        .unwrap();
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--json"]).unwrap();
+    let mine: Vec<&Value> = rows.iter().filter(|r| r["local_port"] == 6201).collect();
+    assert_eq!(mine.len(), 1, "{rows:#?}");
+    assert_eq!(mine[0]["ifname"], a.as_str());
+    drop(s);
+}
