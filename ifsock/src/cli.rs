@@ -1,7 +1,7 @@
 //! Command-line interface.
 use clap::{Parser, Subcommand};
 
-use crate::views::{doctor::DoctorArgs, sockets::SocketsArgs, watch::WatchArgs};
+use crate::views::{doctor::DoctorArgs, hung::HungArgs, sockets::SocketsArgs, watch::WatchArgs};
 
 /// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
 #[derive(Debug, Parser)]
@@ -26,6 +26,9 @@ pub enum Command {
     /// Stream interface changes (created, up/down, renamed, deleted, recreated, moved) with the
     /// sockets tied to the interface and the task that caused the change.
     Watch(WatchArgs),
+    /// Tasks blocked receiving on a socket: for how long, on which socket and interface, even
+    /// after the socket's fd was closed.
+    Hung(HungArgs),
     /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
     Doctor(DoctorArgs),
 }

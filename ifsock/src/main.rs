@@ -42,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Sockets(a) => views::sockets::run(a).await,
             Command::Watch(a) => views::watch::run(a).await,
             Command::Doctor(a) => views::doctor::run(a).await,
+            Command::Hung(a) => views::hung::run(a).await,
         }
     })
 }

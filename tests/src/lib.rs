@@ -217,3 +217,90 @@ pub fn owned(fd: i32) -> OwnedFd {
     // SAFETY: the caller transfers ownership of a valid fd.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// A thread blocked in `recvmsg(2)` on a UDP socket, created inside a namespace.
+pub struct BlockedReceiver {
+    /// The receiving thread's tid.
+    pub tid: u32,
+    /// The socket's fd (owned by the test until [`BlockedReceiver::close_fd`]).
+    pub fd: i32,
+    /// The local port.
+    pub port: u16,
+    done: mpsc::Receiver<isize>,
+}
+
+impl BlockedReceiver {
+    /// Binds `addr` in `ns`, optionally with IP_PKTINFO or SO_BINDTODEVICE, and starts a thread
+    /// blocked in `recvmsg`. Returns once procfs shows the thread inside recvmsg (syscall 47).
+    pub fn start(ns: &Netns, addr: &str, pktinfo: bool, device: Option<&str>) -> Result<Self> {
+        use std::os::fd::IntoRawFd;
+        let addr = addr.to_string();
+        let device = device.map(str::to_string);
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        // The receiving thread is spawned inside the namespace, like a service living there.
+        let (fd, port) = ns.run(move || -> Result<(i32, u16)> {
+            let s = std::net::UdpSocket::bind(&addr)?;
+            if pktinfo {
+                set_pktinfo(&s)?;
+            }
+            if let Some(d) = &device {
+                bind_to_device(&s, d)?;
+            }
+            let port = s.local_addr()?.port();
+            let fd = s.into_raw_fd();
+            std::thread::spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+                let mut buf = [0u8; 512];
+                let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+                // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                // SAFETY: fd and buffers are valid for the call.
+                let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+                let _ = done_tx.send(n);
+            });
+            Ok((fd, port))
+        })??;
+        let tid = tid_rx.recv()?;
+        let r = BlockedReceiver { tid, fd, port, done };
+        r.await_blocked()?;
+        Ok(r)
+    }
+
+    /// Waits until the kernel reports the thread inside recvmsg (polls procfs: a kernel state,
+    /// not an event; bounded to 10 s).
+    fn await_blocked(&self) -> Result<()> {
+        let path = format!("/proc/self/task/{}/syscall", self.tid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let sc = std::fs::read_to_string(&path).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{}/stat", self.tid)).unwrap_or_default();
+            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
+            if sc.starts_with("47 ") && state == "S" {
+                return Ok(());
+            }
+            std::thread::yield_now();
+        }
+        bail!("thread {} never blocked in recvmsg", self.tid)
+    }
+
+    /// Closes the fd from another thread (the blocked recvmsg keeps the socket alive).
+    pub fn close_fd(&self) {
+        // SAFETY: the fd is owned by this receiver and closed once.
+        unsafe { libc::close(self.fd) };
+    }
+
+    /// Wakes the receiver by sending it a datagram inside `ns` (to 127.0.0.1 or `to`), and
+    /// waits for recvmsg to return; returns its result.
+    pub fn wake(&self, ns: &Netns, to: &str) -> Result<isize> {
+        let to = format!("{to}:{}", self.port);
+        ns.run(move || -> Result<()> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.send_to(b"wake", &to)?;
+            Ok(())
+        })??;
+        Ok(self.done.recv_timeout(Duration::from_secs(10))?)
+    }
+}

@@ -1,0 +1,124 @@
+//! Task facts from procfs: which threads sit in a receive syscall right now, on which fd, since
+//! when — the only source for receivers that blocked before ifsock started.
+use std::{fs, os::unix::fs::MetadataExt};
+
+use crate::model::ids::{NetnsIno, SockInode};
+
+/// Receive syscalls (x86_64 numbers, as in `/proc/PID/task/TID/syscall`).
+pub const RECV_SYSCALLS: [(u64, &str); 4] = [(0, "read"), (45, "recvfrom"), (47, "recvmsg"), (299, "recvmmsg")];
+
+/// `PF_KTHREAD` (include/linux/sched.h) in `/proc/PID/stat` flags.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Name of a receive syscall number.
+pub fn syscall_name(nr: u64) -> &'static str {
+    RECV_SYSCALLS.iter().find(|(n, _)| *n == nr).map_or("?", |(_, s)| s)
+}
+
+/// A thread sleeping inside a receive syscall, from `/proc/PID/task/TID/{syscall,stat,sched}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockedThread {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread command (`stat` comm).
+    pub comm: String,
+    /// Syscall number (`syscall` field 1).
+    pub syscall: u64,
+    /// First argument: the fd.
+    pub fd: u32,
+    /// The socket the fd refers to now (`/proc/PID/fd/N` → `socket:[INO]`), None if closed or not a socket.
+    pub fd_socket: Option<SockInode>,
+    /// Whether the fd is still open (to anything).
+    pub fd_open: bool,
+    /// The task's netns inode (`/proc/PID/task/TID/ns/net`).
+    pub netns: NetnsIno,
+    /// Blocked time estimate in ns: our own `se.exec_start` read on the CPU the thread last ran
+    /// on, minus the thread's (both on that CPU's runqueue clock, `/proc/.../sched`,
+    /// CONFIG_SCHED_DEBUG); None when unavailable.
+    pub blocked_ns: Option<u64>,
+}
+
+/// `se.exec_start` of the calling thread after migrating it to `cpu`: "now" on that CPU's
+/// runqueue clock (runqueue clocks of different CPUs can be seconds apart in VMs).
+fn now_on_cpu(cpu: usize) -> Option<u64> {
+    use nix::{sched::{sched_getaffinity, sched_setaffinity, CpuSet}, unistd::Pid};
+    let me = Pid::from_raw(0);
+    let saved = sched_getaffinity(me).ok()?;
+    let mut only = CpuSet::new();
+    only.set(cpu).ok()?;
+    sched_setaffinity(me, &only).ok()?;
+    let now = exec_start_ns("/proc/thread-self/sched");
+    let _ = sched_setaffinity(me, &saved);
+    now
+}
+
+/// `se.exec_start` of a thread in ns (the scheduler clock; `/proc/.../sched` prints ms).
+fn exec_start_ns(path: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.trim_start().starts_with("se.exec_start"))?;
+    let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some((ms * 1_000_000.0) as u64)
+}
+
+/// Every thread of every process currently in state `S`/`D` inside a receive syscall.
+/// `pid`: only that process. Threads that vanish while being read are skipped.
+pub fn blocked_receivers(pid: Option<u32>) -> Vec<BlockedThread> {
+    let mut now_by_cpu: std::collections::HashMap<usize, Option<u64>> = std::collections::HashMap::new();
+    let Ok(procs) = procfs::process::all_processes() else { return Vec::new() };
+    let mut out = Vec::new();
+    for proc in procs.flatten() {
+        if pid.is_some_and(|p| p as i32 != proc.pid) {
+            continue;
+        }
+        let Ok(tasks) = proc.tasks() else { continue };
+        for task in tasks.flatten() {
+            let Ok(stat) = task.stat() else { continue };
+            // PF_KTHREAD: kernel threads have no syscall of their own.
+            if stat.state != 'S' && stat.state != 'D' || stat.flags & PF_KTHREAD != 0 {
+                continue;
+            }
+            let base = format!("/proc/{}/task/{}", proc.pid, task.tid);
+            let Ok(sc) = fs::read_to_string(format!("{base}/syscall")) else { continue };
+            let mut fields = sc.split_whitespace();
+            let Some(nr) = fields.next().and_then(|n| n.parse::<u64>().ok()) else { continue };
+            if !RECV_SYSCALLS.iter().any(|(n, _)| *n == nr) {
+                continue;
+            }
+            let Some(fd) = fields.next().and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()) else { continue };
+            let link = fs::read_link(format!("/proc/{}/fd/{fd}", proc.pid));
+            let fd_socket = link.as_ref().ok().and_then(|l| {
+                l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok().map(SockInode)
+            });
+            if nr == 0 && fd_socket.is_none() {
+                continue; // read(2) on a non-socket, or on a closed fd (too common to infer from)
+            }
+            let netns = fs::metadata(format!("{base}/ns/net")).map(|m| NetnsIno(m.ino() as u32)).unwrap_or_default();
+            let then = exec_start_ns(&format!("{base}/sched"));
+            let cpu = stat.processor.unwrap_or(0).max(0) as usize;
+            let now = *now_by_cpu.entry(cpu).or_insert_with(|| now_on_cpu(cpu));
+            let blocked_ns = match (now, then) {
+                (Some(now), Some(then)) => Some(now.saturating_sub(then)),
+                _ => None,
+            };
+            out.push(BlockedThread {
+                pid: proc.pid as u32,
+                tid: task.tid as u32,
+                comm: stat.comm.clone(),
+                syscall: nr,
+                fd: fd as u32,
+                fd_socket,
+                fd_open: link.is_ok(),
+                netns,
+                blocked_ns,
+            });
+        }
+    }
+    out
+}
+
+/// True when thread `tid` of `pid` still exists.
+pub fn thread_alive(pid: u32, tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}

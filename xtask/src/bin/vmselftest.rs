@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+#[path = "../vm.rs"]
+mod vm;
+fn main() {}
