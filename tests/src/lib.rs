@@ -154,6 +154,7 @@ pub fn ifsock_json(args: &[&str]) -> Result<Vec<Value>> {
 pub struct Running {
     child: Child,
     lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
 }
 
 impl Running {
@@ -176,7 +177,7 @@ impl Running {
                 }
             }
         });
-        Ok(Running { child, lines: rx })
+        Ok(Running { child, lines: rx, seen: Vec::new() })
     }
 
     /// Waits for the next line matching `pred`; `timeout` is a failure bound, not a delay.
@@ -185,8 +186,12 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(v) if pred(&v) => return Ok(v),
-                Ok(_) => continue,
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return Ok(v);
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => bail!("timed out after {timeout:?} waiting for {what}"),
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("ifsock exited while waiting for {what}: {:?}", self.child.try_wait()),
             }
@@ -199,9 +204,11 @@ impl Running {
         Ok(self.child.wait()?)
     }
 
-    /// Every remaining line after exit.
+    /// Every line read so far plus every remaining one (call after exit for the whole output).
     pub fn rest(&mut self) -> Vec<Value> {
-        self.lines.try_iter().collect()
+        let more: Vec<Value> = self.lines.try_iter().collect();
+        self.seen.extend(more);
+        self.seen.clone()
     }
 }
 

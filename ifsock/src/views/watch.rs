@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::{
     output::{clock, json_line, parse_duration, unix_ns},
+    hung::{self, HungReceiver},
     snapshot::{self, TiedSocket},
 };
 use crate::{
@@ -53,6 +54,33 @@ pub struct WatchArgs {
     /// Stop after this many change events (for scripts and tests).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Raise `receiver_stranded` again when a receiver stranded by a down/delete stays blocked this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub stranded_after: Duration,
+}
+
+/// A receiver stranded by a change, followed until it wakes or passes `--stranded-after`.
+struct Stranded {
+    tid: u32,
+    change: Change,
+    threshold_reported: bool,
+}
+
+/// `receiver_stranded` event: a task blocked receiving on a socket tied to an interface that
+/// went down or was deleted (`phase`: `interface_change`, then `threshold`).
+#[derive(Debug, Serialize)]
+pub struct StrandedEvent {
+    /// `"receiver_stranded"`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// `interface_change` (raised with the change) or `threshold` (still blocked after `--stranded-after`).
+    pub phase: &'static str,
+    /// Wall-clock time, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+    /// The change that stranded it.
+    pub change: Change,
+    /// The receiver.
+    pub receiver: HungReceiver,
 }
 
 /// Where a change was learned.
@@ -122,6 +150,12 @@ struct Watcher {
     /// Addresses removed recently, per ifindex: on unregister the kernel sends `RTM_DELADDR`
     /// before `RTM_DELLINK`, and sockets bound to those addresses belong to the deleted link.
     removed_addrs: HashMap<IfIndex, Vec<(IpAddr, Instant)>>,
+    /// Links deleted during this run (for ties of receivers on deleted interfaces).
+    deleted: Vec<Link>,
+    /// Receivers stranded and still followed.
+    stranded: Vec<Stranded>,
+    /// Receive tracking is attached.
+    recv_tracking: bool,
 }
 
 /// How long a removed address still ties sockets to its (now deleted) interface.
@@ -138,13 +172,20 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if let Err(e) = &link_evidence {
         tracing::warn!("link-request tracepoints unavailable, events will carry no cause: {e:#}");
     }
+    let recv_tracking = match probes.attach_recv() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("receive tracepoints unavailable, no receiver_stranded events: {e:#}");
+            false
+        }
+    };
     let mut events = probes.events()?;
     // Subscribe first, then dump: see the module docs.
     let mut sub = Subscription::open(args.rcvbuf)?;
     let handle = netlink::connect()?;
     let table = LinkTable::from_links(netlink::dump_links(&handle).await?);
     let netns = netns::current_ino()?;
-    let mut w = Watcher { args, netns, table, probes, causes: CauseTracker::default(), counters: WatchCounters::default(), batch_sockets: None, removed_addrs: HashMap::new() };
+    let mut w = Watcher { args, netns, table, probes, causes: CauseTracker::default(), counters: WatchCounters::default(), batch_sockets: None, removed_addrs: HashMap::new(), deleted: Vec::new(), stranded: Vec::new(), recv_tracking };
     let banner = format!("{selection}; rtnetlink rcvbuf {} bytes; {} links", sub.rcvbuf(), w.table.links().count());
     if w.args.json {
         json_line(&serde_json::json!({"type": "ready", "netns": netns, "probe_set": selection, "rcvbuf": sub.rcvbuf(), "links": w.table.links().count()}))?;
@@ -161,12 +202,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     }
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut stranded_tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         if w.args.count.is_some_and(|c| w.counters.events >= c) {
             break;
         }
         tokio::select! {
             _ = &mut ctrl_c => break,
+            _ = stranded_tick.tick(), if !w.stranded.is_empty() => w.follow_stranded()?,
             batch = events.next_batch() => {
                 for ev in batch? { w.on_bpf_event(ev); }
             }
@@ -268,11 +311,86 @@ impl Watcher {
         } else {
             self.sockets_for(&change, prior)
         };
+        if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
+            if let Some(link) = prior {
+                self.deleted.push(link.clone());
+                if self.deleted.len() > 1024 {
+                    self.deleted.remove(0);
+                }
+            }
+        }
+        let strands = matches!(change.kind, ChangeKind::Down | ChangeKind::Deleted | ChangeKind::MovedOut);
         let ev = WatchEvent { ty: "change", ts_unix_ns: unix_ns(), source, netns: self.netns, change, cause, sockets };
         if self.args.json {
-            return json_line(&ev);
+            json_line(&ev)?;
+        } else {
+            print_human(&ev);
         }
-        print_human(&ev);
+        if strands && self.recv_tracking {
+            self.raise_stranded(&ev.change)?;
+        }
+        Ok(())
+    }
+
+    fn hung_context(&self) -> hung::Context {
+        let mut ctx = hung::Context::default();
+        ctx.links.insert(self.netns, self.table.links().cloned().collect());
+        ctx.deleted.insert(self.netns, self.deleted.clone());
+        ctx
+    }
+
+    /// Receivers blocked on sockets tied to the interface of `change`, now stranded by it.
+    fn raise_stranded(&mut self, change: &Change) -> Result<()> {
+        let ctx = self.hung_context();
+        let receivers = hung::collect(&mut self.probes, &ctx, Duration::ZERO, None)?;
+        for r in receivers {
+            let hit = r.stranded && r.interfaces.iter().any(|t| t.ifindex == change.ifindex && t.state != hung::IfaceState::Up);
+            if !hit || self.stranded.iter().any(|s| s.tid == r.tid) {
+                continue;
+            }
+            let late = r.blocked_ns.is_some_and(|b| b >= self.args.stranded_after.as_nanos() as u64);
+            self.stranded.push(Stranded { tid: r.tid, change: change.clone(), threshold_reported: late });
+            self.print_stranded("interface_change", change.clone(), r)?;
+        }
+        Ok(())
+    }
+
+    /// Re-raises stranded receivers that stay blocked past `--stranded-after`; forgets those that woke.
+    fn follow_stranded(&mut self) -> Result<()> {
+        let ctx = self.hung_context();
+        let receivers = hung::collect(&mut self.probes, &ctx, Duration::ZERO, None)?;
+        let limit = self.args.stranded_after.as_nanos() as u64;
+        let mut keep = Vec::new();
+        for mut s in std::mem::take(&mut self.stranded) {
+            let Some(r) = receivers.iter().find(|r| r.tid == s.tid) else { continue };
+            if !s.threshold_reported && r.blocked_ns.is_some_and(|b| b >= limit) {
+                s.threshold_reported = true;
+                self.print_stranded("threshold", s.change.clone(), r.clone())?;
+            }
+            keep.push(s);
+        }
+        self.stranded = keep;
+        Ok(())
+    }
+
+    fn print_stranded(&self, phase: &'static str, change: Change, receiver: HungReceiver) -> Result<()> {
+        if self.args.json {
+            return json_line(&StrandedEvent { ty: "receiver_stranded", phase, ts_unix_ns: unix_ns(), change, receiver });
+        }
+        println!(
+            "{} receiver_stranded ({phase}) {}[{}] tid {} {} fd {}{} blocked {} on {} ({:?}, {:?})",
+            clock(unix_ns()),
+            receiver.comm,
+            receiver.pid,
+            receiver.tid,
+            receiver.syscall,
+            receiver.fd,
+            if receiver.fd_open { "" } else { " (closed)" },
+            receiver.blocked_ns.map_or("?".into(), super::output::human_ns),
+            change.name,
+            change.kind,
+            receiver.certainty,
+        );
         Ok(())
     }
 
