@@ -13,6 +13,9 @@
 //! - `last-run.log`: the console (and QEMU's stderr) of the last run.
 //! - `result.txt`: what `/init` reported on the second serial port (exit code, kernel release).
 //! - `.lock`: serialises runs in one workspace.
+//!
+//! QEMU uses TCG (software emulation, `-cpu max`); set `IFSOCK_VM_KVM=1` to use KVM where it works
+//! (on this project's nested build VM /dev/kvm exists but fails to run the guest).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -49,9 +52,13 @@ pub struct VmOptions {
     pub payload: Vec<Payload>,
     /// Shell script (busybox sh) run by /init after setup, with cwd /; its exit status becomes the VM's result.
     ///
-    /// `PATH` is `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`; `ip`, `tc`, `ss`
-    /// are iproute2's, everything else is busybox. `/bin`, `/sbin`, `/lib`, `/lib64` are symlinks
-    /// into `/usr` as on the host; `/var/run` links to `/run`.
+    /// `PATH` is `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`. `ip`, `tc`, `ss`
+    /// are iproute2's (copied from the host) and `/bin/sh` is the host's dash, as on a Debian host;
+    /// every other command is busybox. busybox-static's sh prefers its own applets over `$PATH`,
+    /// so the script gets shell functions routing `ip`, `tc`, `ss` and `sh` to those binaries
+    /// (one line is prepended: error line numbers are off by one). Programs in the payload exec
+    /// through `$PATH` and are unaffected. `/bin`, `/sbin`, `/lib`, `/lib64` are symlinks into
+    /// `/usr` as on the host; `/var/run` links to `/run`.
     pub script: String,
     /// Wall-clock limit for the whole boot + script + poweroff; QEMU is killed when it expires.
     pub timeout: std::time::Duration,
@@ -95,9 +102,17 @@ const REQUIRED_MODULES: &[&str] = &["veth", "tun"];
 
 /// iproute2 tools copied into the guest (guest path, host candidates, required).
 const HOST_TOOLS: &[(&str, &[&str], bool)] = &[
-    ("/usr/sbin/ip", &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"], true),
+    (
+        "/usr/sbin/ip",
+        &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"],
+        true,
+    ),
     ("/usr/sbin/tc", &["/usr/sbin/tc", "/sbin/tc"], false),
-    ("/usr/bin/ss", &["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss"], false),
+    (
+        "/usr/bin/ss",
+        &["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss"],
+        false,
+    ),
 ];
 
 const BUSYBOX_CANDIDATES: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
@@ -122,8 +137,14 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
     let vm_dir = workspace_root.join("target").join("vm");
     fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
     let lock_path = vm_dir.join(".lock");
-    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {} (another VM run in this workspace?)", lock_path.display()))?;
+    let lock =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock().with_context(|| {
+        format!(
+            "locking {} (another VM run in this workspace?)",
+            lock_path.display()
+        )
+    })?;
 
     check_host_tools()?;
     validate_options(opts)?;
@@ -131,13 +152,20 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
     let (kernel_image, modules_dir, release_hint) = match &opts.kernel {
         Some(k) => {
             if !k.is_file() {
-                bail!("VmOptions::kernel {} is not a file; pass a bzImage/vmlinuz", k.display());
+                bail!(
+                    "VmOptions::kernel {} is not a file; pass a bzImage/vmlinuz",
+                    k.display()
+                );
             }
             (k.clone(), opts.modules_dir.clone(), bzimage_release(k).ok())
         }
         None => {
             let k = ensure_kernel(&vm_dir)?;
-            (k.vmlinuz, Some(opts.modules_dir.clone().unwrap_or(k.modules_dir)), Some(k.release))
+            (
+                k.vmlinuz,
+                Some(opts.modules_dir.clone().unwrap_or(k.modules_dir)),
+                Some(k.release),
+            )
         }
     };
 
@@ -148,10 +176,18 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
     let log_path = vm_dir.join("last-run.log");
     let result_path = vm_dir.join("result.txt");
     let started = Instant::now();
-    let console = boot(&kernel_image, &initrd, &log_path, &result_path, opts.timeout)?;
+    let console = boot(
+        &kernel_image,
+        &initrd,
+        &log_path,
+        &result_path,
+        opts.timeout,
+    )?;
     let elapsed = started.elapsed();
 
-    let result_text = fs::read(&result_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let result_text = fs::read(&result_path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let exit_code = find_marker(&result_text, EXIT_MARKER)
         .or_else(|| find_marker(&console.text, EXIT_MARKER))
         .and_then(|v| v.parse::<i32>().ok());
@@ -167,8 +203,15 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
         .or_else(|| find_marker(&console.text, KERNEL_MARKER))
         .or(release_hint)
         .unwrap_or_default();
-    println!("{LOG_PREFIX}guest {kernel_release} finished in {:.1} s with exit code {exit_code}", elapsed.as_secs_f64());
-    Ok(VmOutcome { exit_code, log_path, kernel_release })
+    println!(
+        "{LOG_PREFIX}guest {kernel_release} finished in {:.1} s with exit code {exit_code}",
+        elapsed.as_secs_f64()
+    );
+    Ok(VmOutcome {
+        exit_code,
+        log_path,
+        kernel_release,
+    })
 }
 
 /// Installs (apt-get) qemu-system-x86, busybox-static, cpio, xz-utils when missing; idempotent.
@@ -179,13 +222,20 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
 /// run), or `apt-get` failing (retried once after `apt-get update`).
 pub fn ensure_host_packages() -> anyhow::Result<()> {
     const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils", "iproute2"];
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     let cmdline = format!("apt-get install -y {}", missing.join(" "));
     if !is_root() {
-        bail!("missing host packages for the VM tests: {}; run as root: {cmdline}", missing.join(", "));
+        bail!(
+            "missing host packages for the VM tests: {}; run as root: {cmdline}",
+            missing.join(", ")
+        );
     }
     let install = || -> Result<bool> {
         let st = Command::new("apt-get")
@@ -205,7 +255,9 @@ pub fn ensure_host_packages() -> anyhow::Result<()> {
         .status()
         .context("starting apt-get update")?;
     if !st.success() || !install()? {
-        bail!("`{cmdline}` failed (also after `apt-get update`); check the apt sources and network");
+        bail!(
+            "`{cmdline}` failed (also after `apt-get update`); check the apt sources and network"
+        );
     }
     Ok(())
 }
@@ -218,7 +270,10 @@ fn dpkg_installed(pkg: &str) -> bool {
         .args(["-W", "-f=${Status}", pkg])
         .stderr(Stdio::null())
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
         .unwrap_or(false)
 }
 
@@ -248,7 +303,10 @@ fn check_host_tools() -> Result<()> {
         bail!("qemu-system-x86_64 not found; {fix}");
     }
     if first_existing(BUSYBOX_CANDIDATES).is_none() {
-        bail!("busybox not found (looked at {}); {fix}", BUSYBOX_CANDIDATES.join(", "));
+        bail!(
+            "busybox not found (looked at {}); {fix}",
+            BUSYBOX_CANDIDATES.join(", ")
+        );
     }
     for tool in ["ldd", "dpkg-deb", "apt-get", "apt-cache"] {
         if which(tool).is_none() {
@@ -261,13 +319,16 @@ fn check_host_tools() -> Result<()> {
 fn validate_options(opts: &VmOptions) -> Result<()> {
     for (k, _) in &opts.env {
         let ok = !k.is_empty()
-            && k.chars().enumerate().all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            && k.chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
         if !ok {
             bail!("VmOptions::env name {k:?} is not a shell identifier ([A-Za-z_][A-Za-z0-9_]*)");
         }
     }
     for p in &opts.payload {
-        let rel = guest_rel(&p.guest).with_context(|| format!("payload {} -> {:?}", p.host.display(), p.guest))?;
+        let rel = guest_rel(&p.guest)
+            .with_context(|| format!("payload {} -> {:?}", p.host.display(), p.guest))?;
         let first = rel.split('/').next().unwrap_or("");
         if ["tmp", "run", "proc", "sys", "dev"].contains(&first) {
             bail!(
@@ -276,7 +337,10 @@ fn validate_options(opts: &VmOptions) -> Result<()> {
             );
         }
         if !p.host.is_file() {
-            bail!("payload host file {} does not exist (build it first)", p.host.display());
+            bail!(
+                "payload host file {} does not exist (build it first)",
+                p.host.display()
+            );
         }
     }
     if opts.timeout.is_zero() {
@@ -298,11 +362,17 @@ fn find_cached_kernel(dir: &Path) -> Option<CachedKernel> {
     let boot = fs::read_dir(dir.join("boot")).ok()?;
     for e in boot.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(release) = name.strip_prefix("vmlinuz-") else { continue };
+        let Some(release) = name.strip_prefix("vmlinuz-") else {
+            continue;
+        };
         for base in ["lib/modules", "usr/lib/modules"] {
             let m = dir.join(base).join(release);
             if m.is_dir() {
-                return Some(CachedKernel { vmlinuz: e.path(), modules_dir: m, release: release.to_string() });
+                return Some(CachedKernel {
+                    vmlinuz: e.path(),
+                    modules_dir: m,
+                    release: release.to_string(),
+                });
             }
         }
     }
@@ -335,7 +405,10 @@ fn ensure_kernel(vm_dir: &Path) -> Result<CachedKernel> {
         return Ok(k);
     }
     let pkg = resolve_kernel_package()?;
-    println!("{LOG_PREFIX}downloading {pkg} (once; cached in {})", dir.display());
+    println!(
+        "{LOG_PREFIX}downloading {pkg} (once; cached in {})",
+        dir.display()
+    );
     let dl = vm_dir.join("download");
     let _ = fs::remove_dir_all(&dl);
     fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
@@ -362,18 +435,27 @@ fn ensure_kernel(vm_dir: &Path) -> Result<CachedKernel> {
         .status()
         .context("starting dpkg-deb")?;
     if !st.success() {
-        bail!("`dpkg-deb -x {} {}` failed ({st})", deb.display(), partial.display());
+        bail!(
+            "`dpkg-deb -x {} {}` failed ({st})",
+            deb.display(),
+            partial.display()
+        );
     }
     let _ = fs::remove_dir_all(&dir);
-    fs::rename(&partial, &dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
+    fs::rename(&partial, &dir)
+        .with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
     let _ = fs::remove_dir_all(&dl);
-    find_cached_kernel(&dir)
-        .with_context(|| format!("{pkg} unpacked into {} but has no boot/vmlinuz-<rel> with lib/modules/<rel>", dir.display()))
+    find_cached_kernel(&dir).with_context(|| {
+        format!(
+            "{pkg} unpacked into {} but has no boot/vmlinuz-<rel> with lib/modules/<rel>",
+            dir.display()
+        )
+    })
 }
 
 /// The release string in a bzImage's setup header (`kernel_version` field).
 fn bzimage_release(path: &Path) -> Result<String> {
-    let mut head = vec![0u8; 0x4000];
+    let mut head = vec![0u8; 0x200 + 0x10000 + 256]; // kernel_version is a u16 offset from 0x200
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let n = read_up_to(&mut f, &mut head)?;
     head.truncate(n);
@@ -381,8 +463,13 @@ fn bzimage_release(path: &Path) -> Result<String> {
         bail!("{} is not a bzImage", path.display());
     }
     let off = u16::from_le_bytes([head[0x20e], head[0x20f]]) as usize + 0x200;
-    let s = head.get(off..).context("kernel_version offset out of range")?;
-    let end = s.iter().position(|&b| b == 0 || b == b' ').unwrap_or(s.len());
+    let s = head
+        .get(off..)
+        .context("kernel_version offset out of range")?;
+    let end = s
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .unwrap_or(s.len());
     Ok(String::from_utf8_lossy(&s[..end]).into_owned())
 }
 
@@ -417,7 +504,12 @@ fn resolve_modules_dir(dir: &Path) -> Result<PathBuf> {
     for base in ["lib/modules", "usr/lib/modules", ""] {
         let b = dir.join(base);
         let subs: Vec<PathBuf> = fs::read_dir(&b)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.join("kernel").is_dir()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("kernel").is_dir())
+                    .collect()
+            })
             .unwrap_or_default();
         if subs.len() == 1 {
             return Ok(subs[0].clone());
@@ -461,19 +553,36 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
         .arg("-dc")
         .arg(path)
         .output()
-        .with_context(|| format!("starting `{tool}` to decompress {}; apt-get install -y {pkg}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "starting `{tool}` to decompress {}; apt-get install -y {pkg}",
+                path.display()
+            )
+        })?;
     if !out.status.success() {
-        bail!("`{tool} -dc {}` failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{tool} -dc {}` failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out.stdout)
 }
 
 /// The NUL-separated `key=value` strings of an ELF64 little-endian object's `.modinfo` section.
 fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
     let u64_at = |o: usize| {
-        elf.get(o..o + 8).and_then(|b| b.try_into().ok()).map(|b: [u8; 8]| u64::from_le_bytes(b) as usize)
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 8]| u64::from_le_bytes(b) as usize)
     };
     if elf.get(0..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
         bail!("not an ELF64 little-endian object");
@@ -488,7 +597,9 @@ fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
         Some((u32_at(b)?, u64_at(b + 24)?, u64_at(b + 32)?))
     };
     let (_, stroff, strsize) = sh(shstrndx).ok_or_else(|| anyhow!("bad section header table"))?;
-    let strtab = elf.get(stroff..stroff.saturating_add(strsize)).ok_or_else(|| anyhow!("bad .shstrtab"))?;
+    let strtab = elf
+        .get(stroff..stroff.saturating_add(strsize))
+        .ok_or_else(|| anyhow!("bad .shstrtab"))?;
     for i in 0..shnum {
         let (name, off, size) = sh(i).ok_or_else(|| anyhow!("bad section header {i}"))?;
         let n = strtab.get(name..).unwrap_or_default();
@@ -496,12 +607,15 @@ fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
         if n != b".modinfo" {
             continue;
         }
-        let data = elf.get(off..off.saturating_add(size)).ok_or_else(|| anyhow!("bad .modinfo bounds"))?;
+        let data = elf
+            .get(off..off.saturating_add(size))
+            .ok_or_else(|| anyhow!("bad .modinfo bounds"))?;
         return Ok(data
             .split(|&b| b == 0)
             .filter_map(|s| {
                 let s = String::from_utf8_lossy(s);
-                s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect());
     }
@@ -537,7 +651,11 @@ fn plan_modules(modules_dir: &Path, wanted: &[&str]) -> Result<ModulePlan> {
         })
         .collect();
 
-    let mut plan = ModulePlan { load: Vec::new(), builtin: Vec::new(), missing: Vec::new() };
+    let mut plan = ModulePlan {
+        load: Vec::new(),
+        builtin: Vec::new(),
+        missing: Vec::new(),
+    };
     let mut done: BTreeSet<String> = BTreeSet::new();
     // Iterative post-order DFS: (name, expanded?).
     for &w in wanted {
@@ -571,7 +689,11 @@ fn plan_modules(modules_dir: &Path, wanted: &[&str]) -> Result<ModulePlan> {
                 .with_context(|| format!("reading .modinfo of {}", path.display()))?
                 .into_iter()
                 .filter(|(k, _)| k == "depends")
-                .flat_map(|(_, v)| v.split(',').map(|d| d.trim().replace('-', "_")).collect::<Vec<_>>())
+                .flat_map(|(_, v)| {
+                    v.split(',')
+                        .map(|d| d.trim().replace('-', "_"))
+                        .collect::<Vec<_>>()
+                })
                 .filter(|d| !d.is_empty())
                 .collect();
             loaded.insert(name.clone(), data);
@@ -594,7 +716,10 @@ fn parse_ldd(out: &str) -> Result<Vec<String>> {
     let mut libs = Vec::new();
     for line in out.lines() {
         let line = line.trim();
-        if line.is_empty() || line.contains("not a dynamic executable") || line.contains("statically linked") {
+        if line.is_empty()
+            || line.contains("not a dynamic executable")
+            || line.contains("statically linked")
+        {
             continue;
         }
         if let Some((name, rest)) = line.split_once("=>") {
@@ -602,10 +727,18 @@ fn parse_ldd(out: &str) -> Result<Vec<String>> {
             if rest.starts_with("not found") {
                 bail!("shared library {} not found on the host", name.trim());
             }
-            if let Some(p) = rest.split_whitespace().next().filter(|p| p.starts_with('/')) {
+            if let Some(p) = rest
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/'))
+            {
                 libs.push(p.to_string());
             }
-        } else if let Some(p) = line.split_whitespace().next().filter(|p| p.starts_with('/')) {
+        } else if let Some(p) = line
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+        {
             libs.push(p.to_string());
         }
     }
@@ -615,14 +748,25 @@ fn parse_ldd(out: &str) -> Result<Vec<String>> {
 /// Shared libraries (and the loader) of `path`; empty for static binaries and non-ELF files.
 fn shared_libs(path: &Path) -> Result<Vec<String>> {
     let mut magic = [0u8; 4];
-    let n = read_up_to(&mut File::open(path).with_context(|| format!("opening {}", path.display()))?, &mut magic)?;
+    let n = read_up_to(
+        &mut File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        &mut magic,
+    )?;
     if n < 4 || &magic != b"\x7fELF" {
         return Ok(Vec::new());
     }
-    let out = Command::new("ldd").arg(path).output().context("starting ldd (apt-get install -y libc-bin)")?;
+    let out = Command::new("ldd")
+        .arg(path)
+        .output()
+        .context("starting ldd (apt-get install -y libc-bin)")?;
     // `ldd` exits 1 for static binaries ("not a dynamic executable").
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    parse_ldd(&text).with_context(|| format!("resolving the shared libraries of {}", path.display()))
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_ldd(&text)
+        .with_context(|| format!("resolving the shared libraries of {}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,9 +775,14 @@ fn shared_libs(path: &Path) -> Result<Vec<String>> {
 /// Validates an absolute guest path and returns it relative to / with merged-/usr applied
 /// (`/bin/x` -> `usr/bin/x`), since `/bin`, `/sbin`, `/lib`, `/lib64` are symlinks in the guest.
 fn guest_rel(guest: &str) -> Result<String> {
-    let Some(rel) = guest.strip_prefix('/') else { bail!("guest path {guest:?} is not absolute") };
-    let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
-    if parts.is_empty() || parts.iter().any(|p| *p == "..") {
+    let Some(rel) = guest.strip_prefix('/') else {
+        bail!("guest path {guest:?} is not absolute")
+    };
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
         bail!("guest path {guest:?} must name a file and contain no `..`");
     }
     let mut rel = parts.join("/");
@@ -663,11 +812,17 @@ struct Cpio<W: Write> {
 
 impl<W: Write> Cpio<W> {
     fn new(w: W) -> Self {
-        Cpio { w, ino: 1, dirs: BTreeSet::new(), files: BTreeSet::new() }
+        Cpio {
+            w,
+            ino: 1,
+            dirs: BTreeSet::new(),
+            files: BTreeSet::new(),
+        }
     }
 
     fn header(&mut self, name: &str, mode: u32, size: u64, rdev: (u32, u32)) -> Result<()> {
-        let size = u32::try_from(size).map_err(|_| anyhow!("{name} is larger than 4 GiB (newc limit)"))?;
+        let size =
+            u32::try_from(size).map_err(|_| anyhow!("{name} is larger than 4 GiB (newc limit)"))?;
         let namesize = name.len() + 1;
         let nlink = if mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
         let hdr = format!(
@@ -815,7 +970,7 @@ echo "IFSOCK-VM-KERNEL=$(uname -r)" > /dev/ttyS1
     s.push_str(
         r#"echo "ifsock-vm: $(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s, running the payload script"
 cd /
-sh /usr/lib/ifsock-vm/script.sh
+/bin/busybox sh /usr/lib/ifsock-vm/script.sh
 rc=$?
 echo "IFSOCK-VM-EXIT=$rc" > /dev/ttyS1
 echo
@@ -833,7 +988,17 @@ fn build_initramfs(out: &Path, modules_dir: Option<&Path>, opts: &VmOptions) -> 
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut c = Cpio::new(BufWriter::new(file));
 
-    for d in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "usr/local/bin", "usr/local/sbin", "etc", "root", "opt"] {
+    for d in [
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib",
+        "usr/lib64",
+        "usr/local/bin",
+        "usr/local/sbin",
+        "etc",
+        "root",
+        "opt",
+    ] {
         c.dir(d, 0o755)?;
     }
     for d in ["proc", "sys", "dev", "run", "var", "mnt"] {
@@ -841,15 +1006,33 @@ fn build_initramfs(out: &Path, modules_dir: Option<&Path>, opts: &VmOptions) -> 
     }
     c.dir("tmp", 0o1777)?;
     c.dir("var/tmp", 0o1777)?;
-    for (l, t) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("var/run", "../run")] {
+    for (l, t) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("var/run", "../run"),
+    ] {
         c.symlink(l, t)?;
     }
     c.chardev("dev/console", 0o600, 5, 1)?;
     c.chardev("dev/null", 0o666, 1, 3)?;
-    c.bytes("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
+    c.bytes(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
     c.bytes("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
-    c.bytes("etc/hosts", 0o644, b"127.0.0.1 localhost ifsock-vm\n::1 localhost\n")?;
-    c.bytes("etc/nsswitch.conf", 0o644, b"passwd: files\ngroup: files\nhosts: files\n")?;
+    c.bytes(
+        "etc/hosts",
+        0o644,
+        b"127.0.0.1 localhost ifsock-vm\n::1 localhost\n",
+    )?;
+    c.bytes(
+        "etc/nsswitch.conf",
+        0o644,
+        b"passwd: files\ngroup: files\nhosts: files\n",
+    )?;
 
     let busybox = first_existing(BUSYBOX_CANDIDATES)
         .with_context(|| "busybox not found; apt-get install -y busybox-static".to_string())?;
@@ -857,9 +1040,18 @@ fn build_initramfs(out: &Path, modules_dir: Option<&Path>, opts: &VmOptions) -> 
     for (guest, candidates, required) in HOST_TOOLS {
         match first_existing(candidates) {
             Some(p) => c.host_exe_with_libs(guest, &p)?,
-            None if *required => bail!("{} not found on the host; apt-get install -y iproute2", candidates[0]),
+            None if *required => bail!(
+                "{} not found on the host; apt-get install -y iproute2",
+                candidates[0]
+            ),
             None => {}
         }
+    }
+    // /bin/sh as on Debian hosts (dash), so `sh -c` from the payload behaves like on the host;
+    // without dash, `busybox --install` makes it busybox sh.
+    if let Some(dash) = first_existing(&["/usr/bin/dash", "/bin/dash"]) {
+        c.host_exe_with_libs("/usr/bin/dash", &dash)?;
+        c.symlink("usr/bin/sh", "dash")?;
     }
     if Path::new("/etc/iproute2").is_dir() {
         let mut files = Vec::new();
@@ -873,12 +1065,19 @@ fn build_initramfs(out: &Path, modules_dir: Option<&Path>, opts: &VmOptions) -> 
     if let Some(dir) = modules_dir {
         let plan = plan_modules(dir, WANTED_MODULES)?;
         for m in &plan.load {
-            c.bytes(&format!("usr/lib/ifsock-vm/modules/{}.ko", m.name), 0o644, &m.data)?;
+            c.bytes(
+                &format!("usr/lib/ifsock-vm/modules/{}.ko", m.name),
+                0o644,
+                &m.data,
+            )?;
             loaded.push(m.name.clone());
         }
         for r in REQUIRED_MODULES {
             if plan.missing.iter().any(|m| m == r) {
-                println!("{LOG_PREFIX}warning: module {r} is neither built in nor in {}", dir.display());
+                println!(
+                    "{LOG_PREFIX}warning: module {r} is neither built in nor in {}",
+                    dir.display()
+                );
             }
         }
         println!(
@@ -890,7 +1089,20 @@ fn build_initramfs(out: &Path, modules_dir: Option<&Path>, opts: &VmOptions) -> 
     }
 
     c.bytes("init", 0o755, init_script(&loaded, &opts.env).as_bytes())?;
-    c.bytes("usr/lib/ifsock-vm/script.sh", 0o755, opts.script.as_bytes())?;
+    // busybox-static's sh runs its own applets before $PATH ("prefer applets"), so `ip` in the
+    // script would be busybox's; route the iproute2 tools to the real binaries.
+    let mut prelude = String::new();
+    for (guest, candidates, _) in HOST_TOOLS {
+        if first_existing(candidates).is_some() {
+            let name = guest.rsplit('/').next().unwrap_or(guest);
+            prelude.push_str(&format!("{name}() {{ {guest} \"$@\"; }}; "));
+        }
+    }
+    if first_existing(&["/usr/bin/dash", "/bin/dash"]).is_some() {
+        prelude.push_str("sh() { /bin/sh \"$@\"; }; ");
+    }
+    let script = format!("{prelude}\n{}", opts.script);
+    c.bytes("usr/lib/ifsock-vm/script.sh", 0o755, script.as_bytes())?;
     // Payload last, so it may replace anything above; its libraries only fill gaps.
     let mut libs: BTreeMap<String, String> = BTreeMap::new();
     for p in &opts.payload {
@@ -905,7 +1117,8 @@ fn build_initramfs(out: &Path, modules_dir: Option<&Path>, opts: &VmOptions) -> 
         }
     }
     let mut w = c.finish()?;
-    w.flush().with_context(|| format!("writing {}", out.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 
@@ -918,33 +1131,57 @@ struct Console {
     status: String,
 }
 
-fn kvm_usable() -> bool {
-    fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+/// KVM only on request (`IFSOCK_VM_KVM=1`): /dev/kvm may exist in a nested VM whose KVM cannot
+/// run this kernel (seen: "KVM internal error ... emulation failure", QEMU then hangs paused).
+fn kvm_requested() -> bool {
+    std::env::var_os("IFSOCK_VM_KVM").is_some_and(|v| v == "1")
 }
 
-fn boot(kernel: &Path, initrd: &Path, log_path: &Path, result_path: &Path, timeout: Duration) -> Result<Console> {
+fn boot(
+    kernel: &Path,
+    initrd: &Path,
+    log_path: &Path,
+    result_path: &Path,
+    timeout: Duration,
+) -> Result<Console> {
     let _ = fs::remove_file(result_path);
-    let mut log = BufWriter::new(File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?);
+    let mut log = BufWriter::new(
+        File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?,
+    );
     let mut cmd = Command::new("qemu-system-x86_64");
-    if kvm_usable() {
+    if kvm_requested() {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
         cmd.args(["-accel", "tcg", "-cpu", "max"]);
     }
-    cmd.args(["-m", "2048", "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot"])
-        .args(["-serial", "stdio"])
-        .arg("-serial")
-        .arg(format!("file:{}", result_path.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init mitigations=off"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-serial", "stdio"])
+    .arg("-serial")
+    .arg(format!("file:{}", result_path.display()))
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 quiet rdinit=/init mitigations=off",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let _ = writeln!(log, "# {cmd:?}");
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64; apt-get install -y qemu-system-x86")?;
+    let mut child = cmd
+        .spawn()
+        .context("starting qemu-system-x86_64; apt-get install -y qemu-system-x86")?;
 
     let (tx, rx) = mpsc::channel::<String>();
     let mut readers = Vec::new();
@@ -1010,7 +1247,11 @@ fn boot(kernel: &Path, initrd: &Path, log_path: &Path, result_path: &Path, timeo
             log_path.display()
         );
     }
-    Ok(Console { text, tail, status: format!("qemu {status}") })
+    Ok(Console {
+        text,
+        tail,
+        status: format!("qemu {status}"),
+    })
 }
 
 fn forward_lines(r: impl Read, prefix: &str, tx: &mpsc::Sender<String>) {
@@ -1049,7 +1290,10 @@ mod tests {
     #[test]
     fn guest_paths() {
         assert_eq!(guest_rel("/bin/x").unwrap(), "usr/bin/x");
-        assert_eq!(guest_rel("/lib64/ld-linux-x86-64.so.2").unwrap(), "usr/lib64/ld-linux-x86-64.so.2");
+        assert_eq!(
+            guest_rel("/lib64/ld-linux-x86-64.so.2").unwrap(),
+            "usr/lib64/ld-linux-x86-64.so.2"
+        );
         assert_eq!(guest_rel("/opt//a/./b").unwrap(), "opt/a/b");
         assert_eq!(guest_rel("/var/run/x").unwrap(), "run/x");
         assert!(guest_rel("opt/x").is_err());
@@ -1060,19 +1304,36 @@ mod tests {
     #[test]
     fn ldd_output() {
         let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(parse_ldd(out).unwrap(), vec!["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]);
-        assert!(parse_ldd("\tnot a dynamic executable\n").unwrap().is_empty());
+        assert_eq!(
+            parse_ldd(out).unwrap(),
+            vec![
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n")
+            .unwrap()
+            .is_empty());
         assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
     }
 
     #[test]
     fn markers_and_quoting() {
-        assert_eq!(find_marker("[  1.2] x IFSOCK-VM-EXIT=3\r\n", EXIT_MARKER).as_deref(), Some("3"));
-        assert_eq!(find_marker("IFSOCK-VM-EXIT=1\nIFSOCK-VM-EXIT=0\n", EXIT_MARKER).as_deref(), Some("0"));
+        assert_eq!(
+            find_marker("[  1.2] x IFSOCK-VM-EXIT=3\r\n", EXIT_MARKER).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            find_marker("IFSOCK-VM-EXIT=1\nIFSOCK-VM-EXIT=0\n", EXIT_MARKER).as_deref(),
+            Some("0")
+        );
         assert_eq!(find_marker("nothing", EXIT_MARKER), None);
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(module_name("veth.ko.xz").as_deref(), Some("veth"));
-        assert_eq!(module_name("sch-ingress.ko").as_deref(), Some("sch_ingress"));
+        assert_eq!(
+            module_name("sch-ingress.ko").as_deref(),
+            Some("sch_ingress")
+        );
         assert_eq!(module_name("README"), None);
     }
 
@@ -1103,22 +1364,36 @@ mod tests {
             eprintln!("SKIPPED: needs qemu-system-x86_64 and gcc (vm::ensure_host_packages / apt-get install gcc)");
             return;
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let work = root.join("target").join("vm").join("selftest");
         fs::create_dir_all(&work).unwrap();
         let src = work.join("hello.c");
         fs::write(&src, "#include <stdio.h>\n#include <stdlib.h>\nint main(int c,char**v){printf(\"hello from %s\\n\",v[0]);return c>1?atoi(v[1]):0;}\n").unwrap();
         for (out, extra) in [("hello-static", vec!["-static"]), ("hello-dyn", vec![])] {
-            let st = Command::new("gcc").args(&extra).arg("-O1").arg("-o").arg(work.join(out)).arg(&src).status().unwrap();
+            let st = Command::new("gcc")
+                .args(&extra)
+                .arg("-O1")
+                .arg("-o")
+                .arg(work.join(out))
+                .arg(&src)
+                .status()
+                .unwrap();
             assert!(st.success(), "gcc {out}");
         }
         let script = r#"set -e
 uname -a
 test -e /sys/kernel/btf/vmlinux && echo CHECK btf ok
 test -e /sys/bus/event_source/devices/kprobe/type && echo CHECK kprobe pmu ok
-test -s /sys/kernel/tracing/available_filter_functions && echo CHECK ftrace ok
+grep -q ip_rcv /sys/kernel/tracing/available_filter_functions && echo CHECK ftrace ok
+ls -l /bin/sh
+sh -c 'ip -V' | grep -q iproute2 && echo CHECK sh-c ip ok
+echo 'p:ifsock_probe ip_rcv' > /sys/kernel/tracing/kprobe_events && echo CHECK kprobe_events ok
+mount -t securityfs securityfs /sys/kernel/security && cat /sys/kernel/security/lockdown
 test -c /dev/net/tun && echo CHECK tun ok
-ip -V
+ip -V | grep -q iproute2 && echo CHECK iproute2 ok
 ip link add t0 type veth peer name t1 && echo CHECK veth ok
 ip netns add x && echo CHECK netns ok
 ip link set t1 netns x
@@ -1134,8 +1409,14 @@ ss -tln >/dev/null && echo CHECK ss ok
 lsmod
 "#;
         let payload = vec![
-            Payload { host: work.join("hello-static"), guest: "/opt/selftest/hello-static".into() },
-            Payload { host: work.join("hello-dyn"), guest: "/opt/selftest/hello-dyn".into() },
+            Payload {
+                host: work.join("hello-static"),
+                guest: "/opt/selftest/hello-static".into(),
+            },
+            Payload {
+                host: work.join("hello-dyn"),
+                guest: "/opt/selftest/hello-dyn".into(),
+            },
         ];
         let t = Instant::now();
         let out = run(
@@ -1150,11 +1431,34 @@ lsmod
             },
         )
         .unwrap();
-        eprintln!("boot+run took {:.1} s, kernel {}", t.elapsed().as_secs_f64(), out.kernel_release);
+        eprintln!(
+            "boot+run took {:.1} s, kernel {}",
+            t.elapsed().as_secs_f64(),
+            out.kernel_release
+        );
         assert_eq!(out.exit_code, 0, "see {}", out.log_path.display());
-        assert!(out.kernel_release.starts_with("6.1."), "{}", out.kernel_release);
+        assert!(
+            out.kernel_release.starts_with("6.1."),
+            "{}",
+            out.kernel_release
+        );
         let log = fs::read_to_string(&out.log_path).unwrap();
-        for c in ["btf", "kprobe pmu", "ftrace", "tun", "veth", "netns", "dummy+bridge", "tuntap", "clsact", "ss", "env"] {
+        for c in [
+            "btf",
+            "kprobe pmu",
+            "kprobe_events",
+            "ftrace",
+            "sh-c ip",
+            "tun",
+            "veth",
+            "netns",
+            "dummy+bridge",
+            "tuntap",
+            "clsact",
+            "ss",
+            "env",
+            "iproute2",
+        ] {
             assert!(log.contains(&format!("CHECK {c} ok")), "missing check {c}");
         }
         assert!(log.contains("hello from /opt/selftest/hello-dyn"));
@@ -1172,9 +1476,27 @@ lsmod
         eprintln!("exit-3 run took {:.1} s", t.elapsed().as_secs_f64());
         assert_eq!(out.exit_code, 3);
 
+        // A custom kernel + modules tree (here: the cached Debian one, given explicitly).
+        let kdir = root.join("target/vm/kernel");
+        let k = find_cached_kernel(&kdir).unwrap();
+        assert_eq!(bzimage_release(&k.vmlinuz).unwrap(), k.release);
+        let mut o = opts("lsmod | grep -q veth && exit 7", 300);
+        o.kernel = Some(k.vmlinuz.clone());
+        o.modules_dir = Some(kdir);
+        assert_eq!(run(&root, &o).unwrap().exit_code, 7);
+
+        // The guest going away without the marker is an error, not an exit code.
+        let err = run(&root, &opts("poweroff -f", 300))
+            .err()
+            .expect("no exit code");
+        assert!(format!("{err:#}").contains("without reporting"), "{err:#}");
+
         let t = Instant::now();
-        let err = run(&root, &opts("sleep 1000", 20)).err().expect("must time out");
+        let err = run(&root, &opts("sleep 1000", 20))
+            .err()
+            .expect("must time out");
         eprintln!("timeout run took {:.1} s", t.elapsed().as_secs_f64());
         assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+        eprintln!("timeout error:\n{err:#}");
     }
 }

@@ -162,6 +162,25 @@ impl Subscription {
         self.fd.get_ref().as_raw_fd()
     }
 
+    /// Drops every datagram already queued (after `ENOBUFS` the queue holds messages older than
+    /// the re-dump that follows; newer ones keep arriving and are applied on top of it).
+    pub fn discard_pending(&mut self) -> usize {
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut n = 0;
+        loop {
+            // SAFETY: non-blocking recv into our buffer.
+            let r = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    continue;
+                }
+                return n;
+            }
+            n += 1;
+        }
+    }
+
     /// Waits for the next datagram and parses every message in it.
     ///
     /// # Errors

@@ -170,7 +170,9 @@ impl CauseTracker {
         let found = self.recent.iter().rev().find(|r| {
             (r.netns == netns || r.netns.0 == 0 || netns.0 == 0)
                 && match change.kind {
-                    ChangeKind::Deleted | ChangeKind::MovedOut => matches!(r.op, RequestOp::Delete) && target_match(r),
+                    ChangeKind::Deleted => matches!(r.op, RequestOp::Delete) && target_match(r),
+                    // A move is an RTM_NEWLINK carrying IFLA_NET_NS_FD/PID; deleting a netns moves nothing.
+                    ChangeKind::MovedOut => target_match(r),
                     ChangeKind::Down => target_match(r) && up_change(r, false),
                     ChangeKind::Up => target_match(r) && up_change(r, true),
                     ChangeKind::Renamed => {

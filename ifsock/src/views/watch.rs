@@ -6,13 +6,14 @@
 //! Loss (seed 002): `ENOBUFS` triggers an immediate re-dump and diff (`source: resync`); a
 //! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::{
     output::{clock, json_line, parse_duration, unix_ns},
@@ -22,7 +23,7 @@ use super::{
 use crate::{
     kernel::{
         netlink::{self, Received, Subscription},
-        netns,
+        netns::{self, NetnsHandle},
     },
     model::{
         event::{parse_request, Cause, CauseTracker},
@@ -54,6 +55,10 @@ pub struct WatchArgs {
     /// Stop after this many change events (for scripts and tests).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Follow every network namespace (named ones under /run/netns and those of running
+    /// processes), including namespaces created and destroyed while running.
+    #[arg(long)]
+    pub all_netns: bool,
     /// Raise `receiver_stranded` again when a receiver stranded by a down/delete stays blocked this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub stranded_after: Duration,
@@ -93,6 +98,8 @@ pub enum Source {
     Resync,
     /// The periodic reconcile re-dump.
     Reconcile,
+    /// Links found in a namespace that appeared while watching (`--all-netns`).
+    Discovery,
 }
 
 /// One watch event (JSON field names match the table).
@@ -107,6 +114,11 @@ pub struct WatchEvent {
     pub source: Source,
     /// Netns inode.
     pub netns: NetnsIno,
+    /// Netns name under /run/netns, when it has one.
+    pub netns_name: Option<String>,
+    /// For `moved_in`: the followed netns it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_netns: Option<NetnsIno>,
     /// The change.
     #[serde(flatten)]
     pub change: Change,
@@ -138,28 +150,102 @@ pub struct WatchCounters {
     pub bpf: Counters,
 }
 
-struct Watcher {
-    args: WatchArgs,
-    netns: NetnsIno,
+/// One followed network namespace.
+struct NsState {
+    ino: NetnsIno,
+    name: Option<String>,
+    /// `None`: ifsock's own netns (no setns needed).
+    handle: Option<NetnsHandle>,
+    rtnl: rtnetlink::Handle,
     table: LinkTable,
-    probes: Probes,
-    causes: CauseTracker,
-    counters: WatchCounters,
-    /// Sockets of the current batch (taken once per batch, lazily).
-    batch_sockets: Option<Vec<Socket>>,
     /// Addresses removed recently, per ifindex: on unregister the kernel sends `RTM_DELADDR`
     /// before `RTM_DELLINK`, and sockets bound to those addresses belong to the deleted link.
     removed_addrs: HashMap<IfIndex, Vec<(IpAddr, Instant)>>,
     /// Links deleted during this run (for ties of receivers on deleted interfaces).
     deleted: Vec<Link>,
-    /// Receivers stranded and still followed.
-    stranded: Vec<Stranded>,
-    /// Receive tracking is attached.
-    recv_tracking: bool,
+    /// Sockets of the current batch (taken once per batch, lazily).
+    batch_sockets: Option<Vec<Socket>>,
+    _reader: AbortOnDrop,
+}
+
+/// Aborts a spawned task when dropped (a netns that goes away takes its reader with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How long a removed address still ties sockets to its (now deleted) interface.
 const REMOVED_ADDR_MEMORY: Duration = Duration::from_secs(2);
+/// How long a `moved_out` waits for the matching arrival in another followed netns.
+const MOVE_PAIRING: Duration = Duration::from_secs(5);
+
+type NetlinkMsg = (NetnsIno, Result<Received>);
+
+/// Opens a follower for one netns: subscription first, then the dump (see the module docs).
+async fn open_ns(handle: Option<NetnsHandle>, rcvbuf: Option<usize>, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Result<NsState> {
+    let (ino, name) = match &handle {
+        Some(h) => (h.ino, h.name.clone()),
+        None => {
+            let ino = netns::current_ino()?;
+            (ino, netns::named().into_iter().find(|(_, i)| *i == ino).map(|(n, _)| n))
+        }
+    };
+    let rt = tokio::runtime::Handle::current();
+    let open = move || -> Result<_> {
+        let _guard = rt.enter();
+        let sub = Subscription::open(rcvbuf)?;
+        let (conn, rtnl, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        Ok((sub, conn, rtnl))
+    };
+    let (mut sub, conn, rtnl) = match &handle {
+        None => open()?,
+        Some(h) => h.run(open)??,
+    };
+    tokio::spawn(conn);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = sub.recv().await;
+            if let Ok(Received::Overrun) = r {
+                // Messages queued before the re-dump are older than it: drop them.
+                sub.discard_pending();
+            }
+            let stop = r.is_err();
+            if tx.send((ino, r)).is_err() || stop {
+                break;
+            }
+        }
+    });
+    let table = LinkTable::from_links(netlink::dump_links(&rtnl).await.with_context(|| format!("dumping links of netns {ino}"))?);
+    Ok(NsState {
+        ino,
+        name,
+        handle,
+        rtnl,
+        table,
+        removed_addrs: HashMap::new(),
+        deleted: Vec::new(),
+        batch_sockets: None,
+        _reader: AbortOnDrop(reader),
+    })
+}
+
+struct Watcher {
+    args: WatchArgs,
+    all_netns: bool,
+    spaces: BTreeMap<NetnsIno, NsState>,
+    probes: Probes,
+    causes: CauseTracker,
+    counters: WatchCounters,
+    /// Receivers stranded and still followed.
+    stranded: Vec<Stranded>,
+    /// Receive tracking is attached.
+    recv_tracking: bool,
+    /// `moved_out` changes waiting for their arrival elsewhere: (name, from netns, when).
+    moves: Vec<(String, NetnsIno, Instant)>,
+    tx: mpsc::UnboundedSender<NetlinkMsg>,
+}
 
 /// Runs `watch` until Ctrl-C (or `--count` events).
 ///
@@ -168,8 +254,7 @@ const REMOVED_ADDR_MEMORY: Duration = Duration::from_secs(2);
 pub async fn run(args: WatchArgs) -> Result<()> {
     let mut probes = Probes::load(u64::MAX)?;
     let selection = select::select(&select::probe_capabilities(), None).map_err(anyhow::Error::msg)?;
-    let link_evidence = probes.attach_link_requests();
-    if let Err(e) = &link_evidence {
+    if let Err(e) = probes.attach_link_requests() {
         tracing::warn!("link-request tracepoints unavailable, events will carry no cause: {e:#}");
     }
     let recv_tracking = match probes.attach_recv() {
@@ -180,17 +265,31 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     };
     let mut events = probes.events()?;
-    // Subscribe first, then dump: see the module docs.
-    let mut sub = Subscription::open(args.rcvbuf)?;
-    let handle = netlink::connect()?;
-    let table = LinkTable::from_links(netlink::dump_links(&handle).await?);
-    let netns = netns::current_ino()?;
-    let mut w = Watcher { args, netns, table, probes, causes: CauseTracker::default(), counters: WatchCounters::default(), batch_sockets: None, removed_addrs: HashMap::new(), deleted: Vec::new(), stranded: Vec::new(), recv_tracking };
-    let banner = format!("{selection}; rtnetlink rcvbuf {} bytes; {} links", sub.rcvbuf(), w.table.links().count());
-    if w.args.json {
-        json_line(&serde_json::json!({"type": "ready", "netns": netns, "probe_set": selection, "rcvbuf": sub.rcvbuf(), "links": w.table.links().count()}))?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
+    let mut w = Watcher {
+        all_netns: args.all_netns,
+        args,
+        spaces: BTreeMap::new(),
+        probes,
+        causes: CauseTracker::default(),
+        counters: WatchCounters::default(),
+        stranded: Vec::new(),
+        recv_tracking,
+        moves: Vec::new(),
+        tx,
+    };
+    if w.all_netns {
+        w.discover(false).await?;
     } else {
-        eprintln!("watching netns {netns}: {banner} (Ctrl-C to stop)");
+        let ns = open_ns(None, w.args.rcvbuf, w.tx.clone()).await?;
+        w.spaces.insert(ns.ino, ns);
+    }
+    let links: usize = w.spaces.values().map(|n| n.table.links().count()).sum();
+    let spaces: Vec<NetnsIno> = w.spaces.keys().copied().collect();
+    if w.args.json {
+        json_line(&serde_json::json!({"type": "ready", "netns": spaces, "probe_set": selection, "links": links, "recv_tracking": w.recv_tracking}))?;
+    } else {
+        eprintln!("watching {} netns ({links} links): {selection} (Ctrl-C to stop)", spaces.len());
     }
     let mut reconcile = (!w.args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval(w.args.reconcile_every);
@@ -203,6 +302,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut stranded_tick = tokio::time::interval(Duration::from_millis(250));
+    // Namespaces come and go: /run/netns and /proc/*/ns/net are re-read every second.
+    let mut discovery = tokio::time::interval(Duration::from_secs(1));
     loop {
         if w.args.count.is_some_and(|c| w.counters.events >= c) {
             break;
@@ -210,41 +311,31 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = stranded_tick.tick(), if !w.stranded.is_empty() => w.follow_stranded()?,
+            _ = discovery.tick(), if w.all_netns => w.discover(true).await?,
             batch = events.next_batch() => {
                 for ev in batch? { w.on_bpf_event(ev); }
             }
-            received = sub.recv() => {
+            msg = rx.recv() => {
+                let Some((ino, received)) = msg else { break };
                 // Evidence is written at syscall entry, before the kernel acts: drain it first.
                 for ev in events.drain() { w.on_bpf_event(ev); }
-                w.batch_sockets = None;
-                match received? {
-                    Received::Updates(updates) => {
-                        w.counters.netlink_messages += 1;
-                        for u in updates {
-                            let prior = prior_link(&w.table, &u);
-                            let changes = w.table.apply(u);
-                            for c in changes { w.emit(c, Source::Netlink, prior.as_ref())?; }
-                        }
-                    }
-                    Received::Overrun => {
-                        w.counters.enobufs += 1;
-                        w.counters.resyncs += 1;
-                        tracing::warn!("rtnetlink ENOBUFS: events were lost, re-dumping");
-                        let n = w.redump(&handle, Source::Resync).await?;
-                        w.counters.resync_changes += n;
-                    }
-                }
+                w.on_netlink(ino, received).await?;
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
                 w.counters.reconciles += 1;
-                w.batch_sockets = None;
-                let n = w.redump(&handle, Source::Reconcile).await?;
-                w.counters.reconcile_changes += n;
+                for ino in w.spaces.keys().copied().collect::<Vec<_>>() {
+                    let n = w.redump(ino, Source::Reconcile).await?;
+                    w.counters.reconcile_changes += n;
+                }
             }
         }
     }
     w.counters.bpf = w.probes.counters().unwrap_or_default();
     if w.args.json {
+        for ns in w.spaces.values() {
+            let links: Vec<_> = ns.table.links().map(|l| serde_json::json!({"ifindex": l.ifindex, "name": l.name, "flags": l.flags})).collect();
+            json_line(&serde_json::json!({"type": "state", "netns": ns.ino, "netns_name": ns.name, "links": links}))?;
+        }
         json_line(&serde_json::json!({"type": "counters", "counters": w.counters}))?;
     }
     let c = w.counters;
@@ -273,14 +364,90 @@ impl Watcher {
         }
     }
 
-    async fn redump(&mut self, handle: &rtnetlink::Handle, source: Source) -> Result<u64> {
-        let fresh = netlink::dump_links(handle).await.context("re-dumping links")?;
-        let before: Vec<Link> = self.table.links().cloned().collect();
-        let changes = self.table.diff_and_replace(fresh);
+    /// Follows namespaces that appeared and drops those that are gone. `announce`: emit
+    /// `netns_added` / `netns_removed` and the links found in a new one (`source: discovery`).
+    async fn discover(&mut self, announce: bool) -> Result<()> {
+        let present = netns::all();
+        let inos: Vec<NetnsIno> = present.iter().map(|h| h.ino).collect();
+        let gone: Vec<NetnsIno> = self.spaces.keys().copied().filter(|i| !inos.contains(i)).collect();
+        for ino in gone {
+            if let Some(ns) = self.spaces.remove(&ino) {
+                if announce {
+                    self.print_netns("netns_removed", &ns)?;
+                }
+            }
+        }
+        for h in present {
+            if self.spaces.contains_key(&h.ino) {
+                continue;
+            }
+            let ino = h.ino;
+            match open_ns(Some(h), self.args.rcvbuf, self.tx.clone()).await {
+                Ok(mut ns) => {
+                    if announce {
+                        self.print_netns("netns_added", &ns)?;
+                        let links: Vec<Link> = ns.table.links().cloned().collect();
+                        ns.table = LinkTable::default();
+                        let changes = ns.table.diff_and_replace(links);
+                        self.spaces.insert(ino, ns);
+                        for c in changes {
+                            self.emit(ino, c, Source::Discovery, None)?;
+                        }
+                    } else {
+                        self.spaces.insert(ino, ns);
+                    }
+                }
+                // A namespace can vanish between listing and opening.
+                Err(e) => tracing::debug!("netns {ino} not followed: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn print_netns(&self, what: &str, ns: &NsState) -> Result<()> {
+        if self.args.json {
+            return json_line(&serde_json::json!({"type": what, "ts_unix_ns": unix_ns(), "netns": ns.ino, "netns_name": ns.name}));
+        }
+        println!("{} {what} {}{}", clock(unix_ns()), ns.ino, ns.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
+        Ok(())
+    }
+
+    async fn on_netlink(&mut self, ino: NetnsIno, received: Result<Received>) -> Result<()> {
+        let Some(ns) = self.spaces.get_mut(&ino) else { return Ok(()) };
+        ns.batch_sockets = None;
+        match received? {
+            Received::Updates(updates) => {
+                self.counters.netlink_messages += 1;
+                for u in updates {
+                    let Some(ns) = self.spaces.get_mut(&ino) else { break };
+                    let prior = prior_link(&ns.table, &u);
+                    let changes = ns.table.apply(u);
+                    for c in changes {
+                        self.emit(ino, c, Source::Netlink, prior.as_ref())?;
+                    }
+                }
+            }
+            Received::Overrun => {
+                self.counters.enobufs += 1;
+                self.counters.resyncs += 1;
+                tracing::warn!("rtnetlink ENOBUFS in netns {ino}: events were lost, re-dumping");
+                let n = self.redump(ino, Source::Resync).await?;
+                self.counters.resync_changes += n;
+            }
+        }
+        Ok(())
+    }
+
+    async fn redump(&mut self, ino: NetnsIno, source: Source) -> Result<u64> {
+        let Some(ns) = self.spaces.get_mut(&ino) else { return Ok(0) };
+        ns.batch_sockets = None;
+        let fresh = netlink::dump_links(&ns.rtnl).await.context("re-dumping links")?;
+        let before: Vec<Link> = ns.table.links().cloned().collect();
+        let changes = ns.table.diff_and_replace(fresh);
         let n = changes.len() as u64;
         for c in changes {
             let prior = before.iter().find(|l| l.ifindex == c.ifindex).cloned();
-            self.emit(c, source, prior.as_ref())?;
+            self.emit(ino, c, source, prior.as_ref())?;
         }
         Ok(n)
     }
@@ -292,35 +459,51 @@ impl Watcher {
         }
     }
 
-    fn emit(&mut self, change: Change, source: Source, prior: Option<&Link>) -> Result<()> {
+    fn emit(&mut self, ino: NetnsIno, mut change: Change, source: Source, prior: Option<&Link>) -> Result<()> {
+        let Some(ns) = self.spaces.get_mut(&ino) else { return Ok(()) };
         if change.kind == ChangeKind::AddressRemoved {
             if let Some(addr) = change.address {
                 let now = Instant::now();
-                let list = self.removed_addrs.entry(change.ifindex).or_default();
+                let list = ns.removed_addrs.entry(change.ifindex).or_default();
                 list.retain(|(_, at)| now.duration_since(*at) < REMOVED_ADDR_MEMORY);
                 list.push((addr, now));
             }
+        }
+        if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
+            if let Some(link) = prior {
+                ns.deleted.push(link.clone());
+                if ns.deleted.len() > 1024 {
+                    ns.deleted.remove(0);
+                }
+            }
+        }
+        let mut from_netns = None;
+        let now = Instant::now();
+        self.moves.retain(|(_, _, at)| now.duration_since(*at) < MOVE_PAIRING);
+        match change.kind {
+            ChangeKind::MovedOut => self.moves.push((change.name.clone(), ino, now)),
+            ChangeKind::Created | ChangeKind::Recreated => {
+                if let Some(pos) = self.moves.iter().position(|(n, from, _)| *n == change.name && *from != ino) {
+                    from_netns = Some(self.moves.remove(pos).1);
+                    change.kind = ChangeKind::MovedIn;
+                    change.old_ifindex = None;
+                }
+            }
+            _ => {}
         }
         if !self.wanted(&change) {
             return Ok(());
         }
         self.counters.events += 1;
-        let cause = self.causes.cause_of(&change, self.netns);
+        let cause = self.causes.cause_of(&change, ino);
         let sockets = if self.args.no_sockets || matches!(change.kind, ChangeKind::AddressAdded | ChangeKind::AddressRemoved) {
             Vec::new()
         } else {
-            self.sockets_for(&change, prior)
+            self.sockets_for(ino, &change, prior)
         };
-        if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
-            if let Some(link) = prior {
-                self.deleted.push(link.clone());
-                if self.deleted.len() > 1024 {
-                    self.deleted.remove(0);
-                }
-            }
-        }
         let strands = matches!(change.kind, ChangeKind::Down | ChangeKind::Deleted | ChangeKind::MovedOut);
-        let ev = WatchEvent { ty: "change", ts_unix_ns: unix_ns(), source, netns: self.netns, change, cause, sockets };
+        let netns_name = self.spaces.get(&ino).and_then(|n| n.name.clone());
+        let ev = WatchEvent { ty: "change", ts_unix_ns: unix_ns(), source, netns: ino, netns_name, from_netns, change, cause, sockets };
         if self.args.json {
             json_line(&ev)?;
         } else {
@@ -334,8 +517,10 @@ impl Watcher {
 
     fn hung_context(&self) -> hung::Context {
         let mut ctx = hung::Context::default();
-        ctx.links.insert(self.netns, self.table.links().cloned().collect());
-        ctx.deleted.insert(self.netns, self.deleted.clone());
+        for (ino, ns) in &self.spaces {
+            ctx.links.insert(*ino, ns.table.links().cloned().collect());
+            ctx.deleted.insert(*ino, ns.deleted.clone());
+        }
         ctx
     }
 
@@ -395,28 +580,30 @@ impl Watcher {
     }
 
     /// Sockets tied to the changed interface: for a deletion the interface is gone, so its last
-    /// known addresses (from `prior`) and its old ifindex (still in `sk_bound_dev_if`) are used.
-    fn sockets_for(&mut self, change: &Change, prior: Option<&Link>) -> Vec<TiedSocket> {
-        if self.batch_sockets.is_none() {
-            match snapshot::sockets(&mut self.probes, None) {
-                Ok(s) => self.batch_sockets = Some(s),
+    /// known addresses (from `prior` and recent `RTM_DELADDR`s) and its old ifindex (still in
+    /// `sk_bound_dev_if`) are used.
+    fn sockets_for(&mut self, ino: NetnsIno, change: &Change, prior: Option<&Link>) -> Vec<TiedSocket> {
+        let Some(ns) = self.spaces.get_mut(&ino) else { return Vec::new() };
+        if ns.batch_sockets.is_none() {
+            match snapshot::sockets(&mut self.probes, ns.handle.as_ref()) {
+                Ok(s) => ns.batch_sockets = Some(s),
                 Err(e) => {
                     tracing::warn!("socket snapshot failed: {e:#}");
                     return Vec::new();
                 }
             }
         }
-        let sockets = self.batch_sockets.as_deref().unwrap_or_default();
-        let current = self.table.get(change.ifindex);
+        let sockets = ns.batch_sockets.as_deref().unwrap_or_default();
+        let current = ns.table.get(change.ifindex);
         let mut addrs: Vec<IpAddr> = current.or(prior).map(|l| l.addrs.iter().copied().collect()).unwrap_or_default();
         if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
             let now = Instant::now();
-            if let Some(removed) = self.removed_addrs.remove(&change.ifindex) {
+            if let Some(removed) = ns.removed_addrs.remove(&change.ifindex) {
                 addrs.extend(removed.into_iter().filter(|(_, at)| now.duration_since(*at) < REMOVED_ADDR_MEMORY).map(|(a, _)| a));
             }
         }
-        let links: Vec<Link> = self.table.links().cloned().collect();
-        snapshot::tied_to(sockets, self.netns, change.ifindex, &change.name, &addrs, &links)
+        let links: Vec<Link> = ns.table.links().cloned().collect();
+        snapshot::tied_to(sockets, ino, change.ifindex, &change.name, &addrs, &links)
     }
 }
 
