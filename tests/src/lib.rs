@@ -198,6 +198,11 @@ impl Running {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGINT (Ctrl-C) and waits for exit; returns the exit status.
     pub fn interrupt(&mut self) -> Result<std::process::ExitStatus> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT)?;

@@ -45,7 +45,8 @@ impl KernelBtf {
         if !Path::new(VMLINUX_BTF).exists() {
             return Err(BtfError::Missing);
         }
-        let vmlinux = Btf::from_file(VMLINUX_BTF)
+        // Mmap: only the ~50 lookups ifsock makes are parsed (a full parse of vmlinux takes ~100 ms).
+        let vmlinux = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
             .map_err(|source| BtfError::Parse { path: VMLINUX_BTF.into(), source })?;
         let mut split = Vec::new();
         for module in modules {
@@ -324,4 +325,39 @@ mod tests {
         assert!(btf.has_function("skb_recv_datagram") || btf.has_function("__skb_recv_datagram"));
         assert!(!btf.has_function("no_such_kernel_function_ifsock"));
     }
+}
+
+/// Where [`cached_kernel_offsets`] keeps its per-boot cache (tmpfs: gone at reboot).
+pub const OFFSETS_CACHE_DIR: &str = "/run/ifsock";
+
+/// [`KernelBtf::kernel_offsets`] of the running kernel, cached per boot in
+/// `/run/ifsock/offsets-<boot_id>-<release>.bin` (the layout cannot change without a reboot;
+/// computing it scans all of vmlinux's BTF enums, ~60 ms). A cache that cannot be written is
+/// not an error.
+///
+/// # Errors
+/// As [`KernelBtf::load`] and [`KernelBtf::kernel_offsets`] on a cache miss.
+pub fn cached_kernel_offsets() -> Result<KernelOffsets, BtfError> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let path = Path::new(OFFSETS_CACHE_DIR).join(format!("offsets-{}-{release}.bin", boot_id.trim()));
+    let size = std::mem::size_of::<KernelOffsets>();
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.len() == size && !boot_id.is_empty() {
+            // SAFETY: KernelOffsets is a repr(C) struct of u32 fields; any bytes are valid.
+            if let Some(k) = unsafe { ifsock_common::read_record::<KernelOffsets>(&bytes) } {
+                return Ok(k);
+            }
+        }
+    }
+    let offsets = KernelBtf::load(&["tun"])?.kernel_offsets()?;
+    if !boot_id.is_empty() && std::fs::create_dir_all(OFFSETS_CACHE_DIR).is_ok() {
+        // SAFETY: reading the bytes of a repr(C) POD value.
+        let bytes = unsafe { std::slice::from_raw_parts((&offsets as *const KernelOffsets).cast::<u8>(), size) };
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(offsets)
 }

@@ -20,7 +20,7 @@ use ifsock_common::{
     GLOBAL_RECV_REPORT_MIN_NS, MAP_COUNTERS, MAP_INFLIGHT,
 };
 
-use crate::kernel::{btf::KernelBtf, netns::NetnsHandle, system};
+use crate::kernel::{netns::NetnsHandle, system};
 pub use select::{ProbeSet, Selection};
 
 /// The compiled eBPF object, built by `aya-build` from `ifsock-ebpf`.
@@ -59,7 +59,6 @@ pub struct RawSnapshot {
 pub struct Probes {
     ebpf: Ebpf,
     btf: Btf,
-    kernel_btf: KernelBtf,
     /// Offsets handed to the programs.
     pub offsets: KernelOffsets,
     iters_loaded: bool,
@@ -77,21 +76,19 @@ impl Probes {
     pub fn load(recv_report_min_ns: u64) -> Result<Self> {
         system::require_root()?;
         system::ensure_mounts()?;
-        let kernel_btf = KernelBtf::load(&["tun"])?;
-        let offsets = kernel_btf.kernel_offsets()?;
+        let t = std::time::Instant::now();
+        let offsets = crate::kernel::btf::cached_kernel_offsets()?;
+        tracing::debug!("kernel offsets at {:?}", t.elapsed());
         let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux for the loader")?;
+        tracing::debug!("aya BTF at {:?}", t.elapsed());
         let mut loader = EbpfLoader::new();
         loader
             .btf(&btf)
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
-        Ok(Probes { ebpf, btf, kernel_btf, offsets, iters_loaded: false, attached: Vec::new() })
-    }
-
-    /// The parsed kernel BTF.
-    pub fn kernel_btf(&self) -> &KernelBtf {
-        &self.kernel_btf
+        tracing::debug!("object loaded at {:?}", t.elapsed());
+        Ok(Probes { ebpf, btf, offsets, iters_loaded: false, attached: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
@@ -114,6 +111,7 @@ impl Probes {
                 .with_context(|| format!("loading iterator iter/{target} ({name})"))?;
         }
         self.iters_loaded = true;
+        tracing::debug!("iterators verified and loaded");
         Ok(())
     }
 

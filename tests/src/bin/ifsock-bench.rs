@@ -1,0 +1,174 @@
+//! Benchmarks, each printed as a ratio against a baseline measured in the same run:
+//! - `sockets`: `ifsock sockets --json` vs `ss -uanp` with 10,000 UDP sockets in a netns;
+//! - `burst`: events/s while `watch` consumes a burst of 1,000 veth pairs (default buffer),
+//!   losses, and watch's resident memory before and after 10 bursts;
+//! - `recv`: a UDP request/response loop on loopback with and without ifsock's receive
+//!   tracepoints attached (per-round-trip cost ratio).
+use std::{
+    io::Write,
+    net::UdpSocket,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use ifsock_tests::*;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time_cmd(args: &[&str]) -> Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed())
+}
+
+fn bench_sockets() -> Result<()> {
+    let ns = Netns::new()?;
+    let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    let (_, hard) = nix::sys::resource::getrlimit(limit)?;
+    // Root may raise the hard limit up to fs.nr_open.
+    let want = hard.max(20_000);
+    nix::sys::resource::setrlimit(limit, want, want).with_context(|| format!("raising RLIMIT_NOFILE to {want}"))?;
+    let socks = ns.run(|| -> Result<Vec<UdpSocket>> { (0..10_000).map(|_| Ok(UdpSocket::bind("127.0.0.1:0")?)).collect() })??;
+    let bin = ifsock_bin();
+    let bin = bin.to_str().context("path")?;
+    let mut ss = Vec::new();
+    let mut ifs = Vec::new();
+    for _ in 0..5 {
+        ss.push(time_cmd(&["ip", "netns", "exec", &ns.name, "ss", "-uanp"])?);
+        ifs.push(time_cmd(&[bin, "--netns", &ns.name, "sockets", "--json"])?);
+    }
+    let (ss, ifs) = (median(ss), median(ifs));
+    println!(
+        "sockets: 10,000 UDP sockets: ifsock sockets {:.1} ms, ss -uanp {:.1} ms, ratio ifsock/ss = {:.2}",
+        ifs.as_secs_f64() * 1e3,
+        ss.as_secs_f64() * 1e3,
+        ifs.as_secs_f64() / ss.as_secs_f64()
+    );
+    drop(socks);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+fn bench_burst() -> Result<()> {
+    let ns = Netns::new()?;
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--no-sockets"])?;
+    w.wait_for("ready", Duration::from_secs(30), |v| v["type"] == "ready")?;
+    let pid = w.pid();
+    let rss_before = rss_kib(pid)?;
+    let mut rates = Vec::new();
+    let mut first_consume = Duration::ZERO;
+    for round in 0..10 {
+        let prefix = unique("bz");
+        let path = std::env::temp_dir().join(format!("{prefix}.batch"));
+        let mut f = std::fs::File::create(&path)?;
+        for i in 0..1000 {
+            writeln!(f, "link add {prefix}a{i} type veth peer name {prefix}b{i}")?;
+        }
+        let (m1, m2) = (format!("{prefix}m"), format!("{prefix}n"));
+        writeln!(f, "link add {m1} type veth peer name {m2}")?;
+        for i in 0..1000 {
+            writeln!(f, "link del {prefix}a{i}")?;
+        }
+        writeln!(f, "link del {m1}")?;
+        drop(f);
+        let t = Instant::now();
+        sh(&["ip", "-n", &ns.name, "-batch", path.to_str().context("path")?])?;
+        let mut events = 0u64;
+        w.wait_for("marker deleted", Duration::from_secs(120), |v| {
+            if v["type"] == "change" {
+                events += 1;
+            }
+            v["type"] == "change" && v["event"] == "deleted" && v["name"] == m1.as_str()
+        })?;
+        let took = t.elapsed();
+        if round == 0 {
+            first_consume = took;
+        }
+        rates.push(events as f64 / took.as_secs_f64());
+        let _ = std::fs::remove_file(&path);
+    }
+    let rss_after = rss_kib(pid)?;
+    w.interrupt()?;
+    let counters = w.rest().into_iter().find(|v| v["type"] == "counters").context("counters")?;
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "burst: 1,000 veth pairs created+deleted (4,004 links changes/round), default rcvbuf: first round consumed in {:.0} ms, median {:.0} events/s; enobufs={} resyncs={}",
+        first_consume.as_secs_f64() * 1e3,
+        rates[rates.len() / 2],
+        counters["counters"]["enobufs"],
+        counters["counters"]["resyncs"]
+    );
+    println!("burst: watch RSS {rss_before} KiB before, {rss_after} KiB after 10 bursts, ratio after/before = {:.2}", rss_after as f64 / rss_before as f64);
+    Ok(())
+}
+
+fn rtt_loop(n: u32) -> Result<Duration> {
+    let server = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = server.local_addr()?;
+    let echo = std::thread::spawn(move || -> Result<()> {
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let (len, from) = server.recv_from(&mut buf)?;
+            server.send_to(&buf[..len], from)?;
+        }
+        Ok(())
+    });
+    let client = UdpSocket::bind("127.0.0.1:0")?;
+    let mut buf = [0u8; 64];
+    let t = Instant::now();
+    for _ in 0..n {
+        client.send_to(b"ping", addr)?;
+        client.recv_from(&mut buf)?;
+    }
+    let took = t.elapsed();
+    echo.join().map_err(|_| anyhow::anyhow!("echo thread"))??;
+    Ok(took)
+}
+
+fn bench_recv() -> Result<()> {
+    let n = 20_000;
+    rtt_loop(2_000)?;
+    let base = median((0..3).map(|_| rtt_loop(n)).collect::<Result<Vec<_>>>()?);
+    let mut h = Running::start(&["hung", "--follow", "--json", "--interval", "10s"])?;
+    h.wait_for("ready", Duration::from_secs(30), |v| v["type"] == "ready")?;
+    let traced = median((0..3).map(|_| rtt_loop(n)).collect::<Result<Vec<_>>>()?);
+    h.interrupt()?;
+    let per = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
+    println!(
+        "recv: UDP round trip on loopback: {:.0} ns untraced, {:.0} ns with the tracepoint set attached, ratio = {:.2} (+{:.0} ns per round trip: 1 recvfrom + 1 sendto on each side)",
+        per(base),
+        per(traced),
+        per(traced) / per(base),
+        per(traced) - per(base)
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    require_root();
+    let which: Vec<String> = std::env::args().skip(1).collect();
+    let all = which.is_empty();
+    let want = |name: &str| all || which.iter().any(|w| w == name);
+    if want("recv") {
+        bench_recv()?;
+    }
+    if want("sockets") {
+        bench_sockets()?;
+    }
+    if want("burst") {
+        bench_burst()?;
+    }
+    Ok(())
+}
