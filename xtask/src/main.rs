@@ -1,6 +1,7 @@
 //! Project tasks: toolchain setup, build, run, tests, benchmarks and the VM test. The only place
 //! that knows about toolchains and QEMU.
 mod toolchain;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +36,19 @@ enum Task {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Boot Debian's linux-image-cloud-amd64 (6.1: kprobes and fentry work) under QEMU (TCG) and
+    /// run ifsock's privileged integration tests inside it.
+    VmTest {
+        /// Boot this vmlinuz instead (its modules from --modules).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// lib/modules/<release> of --kernel.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        /// Only test binaries whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Run the benchmarks (ratios against a baseline measured in the same run).
     Bench {
@@ -95,6 +109,7 @@ fn main() -> Result<()> {
                 .args(&args);
             status(&mut cmd)
         }
+        Task::VmTest { kernel, modules, only } => vm_test(&root, kernel, modules, only),
         Task::Bench { args } => {
             toolchain::ensure(may_install())?;
             let bin = build(true)?;
@@ -106,4 +121,48 @@ fn main() -> Result<()> {
             status(&mut cmd)
         }
     }
+}
+
+/// Builds ifsock and the integration test binaries, and runs them in the VM.
+fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only: Option<String>) -> Result<()> {
+    toolchain::ensure(may_install())?;
+    vm::ensure_host_packages()?;
+    let bin = build(true)?;
+    let out = toolchain::cargo()
+        .current_dir(root)
+        .args(["test", "--release", "-p", "ifsock-tests", "--tests", "--no-run", "--message-format=json"])
+        .output()
+        .context("building the integration test binaries")?;
+    if !out.status.success() {
+        bail!("building test binaries failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut payload = vec![vm::Payload { host: bin, guest: "/ifsock/bin/ifsock".into() }];
+    let mut script = String::from("set -u\nexport IFSOCK_BIN=/ifsock/bin/ifsock RUST_BACKTRACE=1\n/ifsock/bin/ifsock doctor\nfail=0\n");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str()) else { continue };
+        if msg["target"]["kind"][0] != "test" || only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let guest = format!("/ifsock/tests/{name}");
+        script.push_str(&format!("echo \"== {name}\"; {guest} --test-threads=1 || fail=1\n"));
+        payload.push(vm::Payload { host: PathBuf::from(exe), guest });
+    }
+    script.push_str("exit $fail\n");
+    let outcome = vm::run(
+        root,
+        &vm::VmOptions {
+            kernel,
+            modules_dir: modules,
+            payload,
+            script,
+            timeout: std::time::Duration::from_secs(40 * 60),
+            env: Vec::new(),
+        },
+    )?;
+    eprintln!("vm-test: kernel {} exit {} (log {})", outcome.kernel_release, outcome.exit_code, outcome.log_path.display());
+    if outcome.exit_code != 0 {
+        bail!("integration tests failed in the VM (kernel {})", outcome.kernel_release);
+    }
+    Ok(())
 }

@@ -45,8 +45,10 @@ impl KernelBtf {
         if !Path::new(VMLINUX_BTF).exists() {
             return Err(BtfError::Missing);
         }
-        // Mmap: only the ~50 lookups ifsock makes are parsed (a full parse of vmlinux takes ~100 ms).
+        // Mmap parses only what is looked up; kernels before ~6.16 cannot mmap the sysfs BTF
+        // file (ENODEV), so fall back to a full parse there.
         let vmlinux = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+            .or_else(|_| Btf::from_file(VMLINUX_BTF))
             .map_err(|source| BtfError::Parse { path: VMLINUX_BTF.into(), source })?;
         let mut split = Vec::new();
         for module in modules {

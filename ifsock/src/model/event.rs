@@ -173,7 +173,10 @@ impl CauseTracker {
                     ChangeKind::Deleted => matches!(r.op, RequestOp::Delete) && target_match(r),
                     // A move is an RTM_NEWLINK carrying IFLA_NET_NS_FD/PID; deleting a netns moves nothing.
                     ChangeKind::MovedOut => target_match(r),
-                    ChangeKind::Down => target_match(r) && up_change(r, false),
+                    // Deleting an up link closes it first: the delete request explains the down.
+                    ChangeKind::Down | ChangeKind::CarrierDown => {
+                        target_match(r) && (up_change(r, false) || matches!(r.op, RequestOp::Delete))
+                    }
                     ChangeKind::Up => target_match(r) && up_change(r, true),
                     ChangeKind::Renamed => {
                         r.ifindex == Some(change.ifindex) && r.name.as_deref() == Some(change.name.as_str())

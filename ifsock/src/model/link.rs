@@ -132,6 +132,26 @@ pub struct Change {
     pub address: Option<IpAddr>,
 }
 
+impl ChangeKind {
+    /// The snake_case name used in JSON and in the table (`carrier_down`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Deleted => "deleted",
+            ChangeKind::Renamed => "renamed",
+            ChangeKind::Recreated => "recreated",
+            ChangeKind::MovedOut => "moved_out",
+            ChangeKind::MovedIn => "moved_in",
+            ChangeKind::Up => "up",
+            ChangeKind::Down => "down",
+            ChangeKind::CarrierUp => "carrier_up",
+            ChangeKind::CarrierDown => "carrier_down",
+            ChangeKind::AddressAdded => "address_added",
+            ChangeKind::AddressRemoved => "address_removed",
+        }
+    }
+}
+
 impl Change {
     fn new(kind: ChangeKind, ifindex: IfIndex, name: &str) -> Self {
         Change { kind, ifindex, name: name.to_string(), old_name: None, old_ifindex: None, address: None }
@@ -404,5 +424,17 @@ mod tests {
         );
         assert!(t.diff_and_replace(t.links().cloned().collect()).is_empty(), "no change, no event");
         assert_eq!(t.deleted_ifindex("b"), Some(IfIndex(6)));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::ChangeKind;
+
+    #[test]
+    fn table_names_match_json_names() {
+        for k in [ChangeKind::CarrierDown, ChangeKind::MovedIn, ChangeKind::AddressRemoved, ChangeKind::Up] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
     }
 }

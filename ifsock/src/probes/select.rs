@@ -74,7 +74,7 @@ pub fn select(caps: &Capabilities, forced: Option<ProbeSet>) -> Result<Selection
 pub fn probe_capabilities() -> Capabilities {
     let lockdown = crate::kernel::system::lockdown();
     let kprobe = if super::exists("/sys/bus/event_source/devices/kprobe/type") {
-        Ok(())
+        Err("kprobes available, but this build carries no kprobe programs yet".to_string())
     } else {
         Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe/type missing: kernel without CONFIG_KPROBES)".to_string())
     };
@@ -82,7 +82,7 @@ pub fn probe_capabilities() -> Capabilities {
         Err("no kernel BTF".to_string())
     } else if lockdown.as_deref().is_some_and(|l| l != "none") {
         Err(format!("EPERM (lockdown={})", lockdown.unwrap_or_default()))
-    } else if kprobe.is_err() {
+    } else if !super::exists("/sys/bus/event_source/devices/kprobe/type") {
         // fentry trampolines depend on ftrace; a kernel without kprobes here also refuses them.
         Err("EPERM (BTF trampolines unavailable on this kernel)".to_string())
     } else {

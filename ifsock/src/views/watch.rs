@@ -563,7 +563,7 @@ impl Watcher {
             return json_line(&StrandedEvent { ty: "receiver_stranded", phase, ts_unix_ns: unix_ns(), change, receiver });
         }
         println!(
-            "{} receiver_stranded ({phase}) {}[{}] tid {} {} fd {}{} blocked {} on {} ({:?}, {:?})",
+            "{} receiver_stranded ({phase}) {}[{}] tid {} {} fd {}{} blocked {} on {} ({}, {:?})",
             clock(unix_ns()),
             receiver.comm,
             receiver.pid,
@@ -573,7 +573,7 @@ impl Watcher {
             if receiver.fd_open { "" } else { " (closed)" },
             receiver.blocked_ns.map_or("?".into(), super::output::human_ns),
             change.name,
-            change.kind,
+            change.kind.name(),
             receiver.certainty,
         );
         Ok(())
@@ -609,7 +609,7 @@ impl Watcher {
 
 fn print_human(ev: &WatchEvent) {
     let c = &ev.change;
-    let mut line = format!("{} {:<15} ifindex {:<4} {}", clock(ev.ts_unix_ns), format!("{:?}", c.kind).to_lowercase(), c.ifindex, c.name);
+    let mut line = format!("{} {:<15} ifindex {:<4} {}", clock(ev.ts_unix_ns), c.kind.name(), c.ifindex, c.name);
     if let Some(old) = &c.old_name {
         line.push_str(&format!(" (was {old})"));
     }
