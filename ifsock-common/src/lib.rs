@@ -144,6 +144,10 @@ pub struct KernelOffsets {
     pub dev_ifindex: u32,
     /// `net_device.name` (`char[16]`).
     pub dev_name: u32,
+    /// `net_device.close_list` (`struct list_head`, links devices passed to `*_close_many`).
+    pub dev_close_list: u32,
+    /// `net_device.nd_net` (`possible_net_t`, a `struct net *`).
+    pub dev_nd_net: u32,
 }
 
 impl KernelOffsets {
@@ -201,6 +205,8 @@ impl KernelOffsets {
         tun_group: OFFSET_NONE,
         dev_ifindex: OFFSET_NONE,
         dev_name: OFFSET_NONE,
+        dev_close_list: OFFSET_NONE,
+        dev_nd_net: OFFSET_NONE,
     };
 }
 
@@ -314,6 +320,53 @@ pub enum EventKind {
     RecvDone = 2,
     /// [`SendErrorEvent`]: a send on a socket failed.
     SendError = 3,
+    /// [`DeviceEvent`]: a device is being closed or unregistered (kernel function probe).
+    Device = 4,
+}
+
+/// [`DeviceEvent::reason`] values.
+pub mod device_reason {
+    /// Closing (`netif_close_many` / `dev_close_many` / `__dev_close_many`): the device goes down.
+    pub const CLOSE: u32 = 1;
+    /// Unregistering (`unregister_netdevice_queue`): the device is being deleted or its netns torn down.
+    pub const UNREGISTER: u32 = 2;
+}
+
+/// [`DeviceEvent::via`] values.
+pub mod probe_via {
+    /// BTF trampoline (`fentry`).
+    pub const FENTRY: u32 = 1;
+    /// `kprobe`.
+    pub const KPROBE: u32 = 2;
+}
+
+/// A device close/unregister seen at the kernel function, in the context of the task that
+/// caused it (a process's syscall, or a kernel worker for netns teardown / driver removal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceEvent {
+    /// [`EventKind::Device`].
+    pub kind: u32,
+    /// [`device_reason`] value.
+    pub reason: u32,
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// `net_device.ifindex`.
+    pub ifindex: u32,
+    /// Inode of the device's netns (`dev->nd_net.net->ns.inum`).
+    pub netns: u32,
+    /// Thread-group id of the current task.
+    pub pid: u32,
+    /// Thread id of the current task.
+    pub tid: u32,
+    /// Current task command.
+    pub comm: [u8; COMM_LEN],
+    /// `net_device.name`.
+    pub name: [u8; IFNAME_LEN],
+    /// [`probe_via`] value.
+    pub via: u32,
+    /// Padding.
+    pub _pad: u32,
 }
 
 /// How a [`LinkRequestEvent`] was captured.

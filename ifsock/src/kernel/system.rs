@@ -58,6 +58,12 @@ pub fn ensure_mounts() -> Result<MountReport> {
         report.mounted_tracefs = true;
         tracing::info!("mounted tracefs at {TRACEFS}");
     }
+    // securityfs holds the lockdown mode; best effort (doctor and refusal reasons name it).
+    if !is_mounted("/sys/kernel/security", "securityfs")
+        && mount(Some("securityfs"), "/sys/kernel/security", Some("securityfs"), MsFlags::empty(), None::<&str>).is_ok()
+    {
+        tracing::info!("mounted securityfs at /sys/kernel/security");
+    }
     if !is_mounted(BPFFS, "bpf") {
         mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>)
             .with_context(|| format!("mounting bpffs at {BPFFS} (try: mount -t bpf bpf {BPFFS})"))?;

@@ -1,7 +1,7 @@
 //! Ring-buffer events, read through tokio's `AsyncFd` (no polling loop) and decoded.
 use anyhow::Result;
 use aya::maps::{Map, MapData, RingBuf};
-use ifsock_common::{read_record, EventKind, LinkRequestEvent, RecvDoneEvent, SendErrorEvent};
+use ifsock_common::{read_record, DeviceEvent, EventKind, LinkRequestEvent, RecvDoneEvent, SendErrorEvent};
 use tokio::io::unix::AsyncFd;
 
 /// A decoded ring-buffer event.
@@ -13,6 +13,8 @@ pub enum Event {
     RecvDone(RecvDoneEvent),
     /// A send failed.
     SendError(SendErrorEvent),
+    /// A device close/unregister seen at the kernel function (fentry/kprobe sets).
+    Device(DeviceEvent),
 }
 
 /// Decodes one ring-buffer record by its leading [`EventKind`]; `None` for unknown/short records.
@@ -24,6 +26,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             k if k == EventKind::LinkRequest as u32 => read_record(bytes).map(Event::LinkRequest),
             k if k == EventKind::RecvDone as u32 => read_record(bytes).map(Event::RecvDone),
             k if k == EventKind::SendError as u32 => read_record(bytes).map(Event::SendError),
+            k if k == EventKind::Device as u32 => read_record(bytes).map(Event::Device),
             _ => None,
         }
     }

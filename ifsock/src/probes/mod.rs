@@ -12,7 +12,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{Iter, TracePoint},
+    programs::{FEntry, Iter, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
@@ -162,6 +162,78 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches the device-path probes (close and unregister), each with its own fallback:
+    /// fentry, then kprobe (unless `forced` names one set). Target functions are resolved from
+    /// the running kernel's BTF, not from its version. Returns the set in use and, for every
+    /// better set, why it was refused.
+    ///
+    /// # Errors
+    /// A forced set that this kernel refuses.
+    pub fn attach_device(&mut self, forced: Option<ProbeSet>) -> Result<Selection> {
+        let kbtf = crate::kernel::btf::KernelBtf::load(&[])?;
+        let targets = [
+            ("close", ["netif_close_many", "dev_close_many", "__dev_close_many"].into_iter().find(|f| kbtf.has_function(f)), "dev_fentry_close_many", "dev_kprobe_close_many"),
+            ("unregister", ["unregister_netdevice_queue"].into_iter().find(|f| kbtf.has_function(f)), "dev_fentry_unregister", "dev_kprobe_unregister"),
+        ];
+        let mut fentry_err: Option<String> = None;
+        let mut kprobe_err: Option<String> = None;
+        let mut used = Vec::new();
+        for (what, function, fentry_prog, kprobe_prog) in targets {
+            let Some(function) = function else {
+                let why = format!("no {what} function in this kernel's BTF");
+                fentry_err.get_or_insert(why.clone());
+                kprobe_err.get_or_insert(why);
+                continue;
+            };
+            if forced.is_none() || forced == Some(ProbeSet::Fentry) {
+                match self.attach_fentry(fentry_prog, function) {
+                    Ok(()) => {
+                        used.push(ProbeSet::Fentry);
+                        continue;
+                    }
+                    Err(e) => {
+                        fentry_err.get_or_insert(refusal(&e));
+                    }
+                }
+            }
+            if forced.is_none() || forced == Some(ProbeSet::Kprobe) {
+                match self.attach_kprobe(kprobe_prog, function) {
+                    Ok(()) => {
+                        used.push(ProbeSet::Kprobe);
+                        continue;
+                    }
+                    Err(e) => {
+                        kprobe_err.get_or_insert(refusal(&e));
+                    }
+                }
+            }
+        }
+        let caps = select::Capabilities {
+            fentry: if used.contains(&ProbeSet::Fentry) { Ok(()) } else { Err(fentry_err.unwrap_or_else(|| "not tried (another set was forced)".into())) },
+            kprobe: if used.contains(&ProbeSet::Kprobe) { Ok(()) } else { Err(kprobe_err.unwrap_or_else(|| "not needed or not tried".into())) },
+        };
+        let selection = select::select(&caps, forced).map_err(anyhow::Error::msg)?;
+        tracing::info!("{selection}");
+        Ok(selection)
+    }
+
+    fn attach_fentry(&mut self, program: &str, function: &str) -> Result<()> {
+        let btf = self.btf.clone();
+        let prog: &mut FEntry = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+        prog.load(function, &btf).with_context(|| format!("loading fentry on {function}"))?;
+        prog.attach().with_context(|| format!("attaching fentry on {function}"))?;
+        self.attached.push(format!("fentry:{function}"));
+        Ok(())
+    }
+
+    fn attach_kprobe(&mut self, program: &str, function: &str) -> Result<()> {
+        let prog: &mut KProbe = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+        prog.load().with_context(|| format!("loading kprobe {program}"))?;
+        prog.attach(function, 0).with_context(|| format!("attaching kprobe on {function}"))?;
+        self.attached.push(format!("kprobe:{function}"));
+        Ok(())
+    }
+
     /// Attaches the syscall tracepoints that name the task behind a link change
     /// (`sys_enter_sendmsg`, `sys_enter_sendto` for netlink, `sys_enter_ioctl` for SIOCSIFFLAGS).
     pub fn attach_link_requests(&mut self) -> Result<()> {
@@ -213,6 +285,29 @@ impl Probes {
         let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
         let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;
         Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
+    }
+}
+
+/// A short reason for a refused probe: the errno name plus the lockdown mode when relevant.
+fn refusal(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let errno = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()));
+    let name = match errno {
+        Some(libc::EPERM) => "EPERM".to_string(),
+        Some(libc::ENOENT) => "ENOENT".to_string(),
+        Some(libc::EINVAL) => "EINVAL".to_string(),
+        Some(524) | Some(libc::EOPNOTSUPP) => "ENOTSUPP".to_string(), // 524: kernel-internal ENOTSUPP
+        Some(n) => format!("errno {n}"),
+        None if text.contains("Operation not permitted") => "EPERM".to_string(),
+        None if text.contains("No such file") => "ENOENT".to_string(),
+        None => text.lines().next().unwrap_or("refused").to_string(),
+    };
+    match system::lockdown() {
+        Some(l) if l != "none" && name == "EPERM" => format!("EPERM (lockdown={l})"),
+        _ if name == "ENOENT" && !exists("/sys/bus/event_source/devices/kprobe/type") => {
+            "ENOENT (no kprobe PMU: /sys/bus/event_source/devices/kprobe/type missing)".to_string()
+        }
+        _ => name,
     }
 }
 

@@ -14,7 +14,8 @@ pub enum ProbeSet {
     Tracepoint,
 }
 
-/// What the running kernel allows, as measured by [`probe_capabilities`].
+/// What the running kernel allowed when the device probes were attached
+/// ([`super::Probes::attach_device`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capabilities {
     /// `Ok` when fentry programs can be loaded; else the refusal.
@@ -66,29 +67,6 @@ pub fn select(caps: &Capabilities, forced: Option<ProbeSet>) -> Result<Selection
         }
     }
     Ok(Selection { chosen: ProbeSet::Tracepoint, refused })
-}
-
-/// Measures the kernel's capabilities: kprobes need the `kprobe` PMU
-/// (`/sys/bus/event_source/devices/kprobe/type`); fentry needs BTF trampolines, which
-/// lockdown or a missing `CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS` refuse.
-pub fn probe_capabilities() -> Capabilities {
-    let lockdown = crate::kernel::system::lockdown();
-    let kprobe = if super::exists("/sys/bus/event_source/devices/kprobe/type") {
-        Err("kprobes available, but this build carries no kprobe programs yet".to_string())
-    } else {
-        Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe/type missing: kernel without CONFIG_KPROBES)".to_string())
-    };
-    let fentry = if !super::exists("/sys/kernel/btf/vmlinux") {
-        Err("no kernel BTF".to_string())
-    } else if lockdown.as_deref().is_some_and(|l| l != "none") {
-        Err(format!("EPERM (lockdown={})", lockdown.unwrap_or_default()))
-    } else if !super::exists("/sys/bus/event_source/devices/kprobe/type") {
-        // fentry trampolines depend on ftrace; a kernel without kprobes here also refuses them.
-        Err("EPERM (BTF trampolines unavailable on this kernel)".to_string())
-    } else {
-        Err("this build carries no fentry programs yet".to_string())
-    };
-    Capabilities { fentry, kprobe }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ struct Report {
     tracefs_mounted: bool,
     bpffs_mounted: bool,
     mounted_now: system::MountReport,
-    probe_set: select::Selection,
+    probe_set: Option<select::Selection>,
     probes: Vec<ProbeStatus>,
 }
 
@@ -42,11 +42,18 @@ struct Report {
 pub async fn run(args: DoctorArgs) -> Result<()> {
     system::require_root()?;
     let mounted_now = system::ensure_mounts().unwrap_or_default();
-    let selection = select::select(&select::probe_capabilities(), None).map_err(anyhow::Error::msg)?;
     let mut probes_status = Vec::new();
+    let mut selection = None;
     match Probes::load(u64::MAX) {
         Err(e) => probes_status.push(ProbeStatus { probe: "object".into(), loaded: false, reason: Some(format!("{e:#}")) }),
         Ok(mut probes) => {
+            match probes.attach_device(None) {
+                Ok(sel) => selection = Some(sel),
+                Err(e) => probes_status.push(ProbeStatus { probe: "device probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
+            }
+            for a in probes.attached.iter().filter(|a| !a.starts_with("syscalls")) {
+                probes_status.push(ProbeStatus { probe: a.clone(), loaded: true, reason: None });
+            }
             for (name, res) in [
                 ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),
                 ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", probes.attach_link_requests()),
@@ -55,7 +62,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
             ] {
                 probes_status.push(ProbeStatus { probe: name.into(), loaded: res.is_ok(), reason: res.err().map(|e| format!("{e:#}")) });
             }
-            for (set, why) in &selection.refused {
+            for (set, why) in selection.iter().flat_map(|s| s.refused.iter()) {
                 probes_status.push(ProbeStatus { probe: format!("{set:?} set"), loaded: false, reason: Some(why.clone()) });
             }
         }
@@ -78,7 +85,10 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     println!("lockdown:  {}", report.lockdown.as_deref().unwrap_or("not available"));
     println!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" });
     println!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" });
-    println!("{}", report.probe_set);
+    match &report.probe_set {
+        Some(sel) => println!("{sel}"),
+        None => println!("probe set: none (the object did not load)"),
+    }
     for p in &report.probes {
         match &p.reason {
             None => println!("  ok      {}", p.probe),

@@ -55,6 +55,9 @@ pub struct WatchArgs {
     /// Stop after this many change events (for scripts and tests).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Use this probe set for the device path instead of the best one allowed (fentry, kprobe, tracepoint).
+    #[arg(long, value_enum)]
+    pub probe_set: Option<select::ProbeSet>,
     /// Follow every network namespace (named ones under /run/netns and those of running
     /// processes), including namespaces created and destroyed while running.
     #[arg(long)]
@@ -94,6 +97,9 @@ pub struct StrandedEvent {
 pub enum Source {
     /// A live rtnetlink notification.
     Netlink,
+    /// A live rtnetlink notification confirmed by a kernel device probe (fentry/kprobe sets).
+    #[serde(rename = "kernel+netlink")]
+    KernelNetlink,
     /// A re-dump after `ENOBUFS`.
     Resync,
     /// The periodic reconcile re-dump.
@@ -124,8 +130,46 @@ pub struct WatchEvent {
     pub change: Change,
     /// Task that requested it (syscall tracepoint evidence), if one did.
     pub cause: Option<Cause>,
+    /// The kernel device probe that saw it (fentry/kprobe sets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelEvidence>,
     /// Sockets tied to the interface at that moment (for a deletion: those tied to it when it went).
     pub sockets: Vec<TiedSocket>,
+}
+
+/// A device close/unregister seen at the kernel function.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelEvidence {
+    /// `close` or `unregister`.
+    pub reason: &'static str,
+    /// `fentry` or `kprobe`.
+    pub via: &'static str,
+    /// Current task's thread-group id when the kernel ran the function.
+    pub pid: u32,
+    /// Current task's thread id.
+    pub tid: u32,
+    /// Current task's command.
+    pub comm: String,
+    /// CLOCK_MONOTONIC ns.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// Device netns and ifindex.
+    #[serde(skip)]
+    pub key: (NetnsIno, IfIndex),
+}
+
+impl KernelEvidence {
+    fn from_event(e: &ifsock_common::DeviceEvent) -> Self {
+        KernelEvidence {
+            reason: if e.reason == ifsock_common::device_reason::CLOSE { "close" } else { "unregister" },
+            via: if e.via == ifsock_common::probe_via::FENTRY { "fentry" } else { "kprobe" },
+            pid: e.pid,
+            tid: e.tid,
+            comm: crate::model::ids::comm_str(&e.comm),
+            ts_ns: e.ts_ns,
+            key: (NetnsIno(e.netns), IfIndex(e.ifindex)),
+        }
+    }
 }
 
 /// Counters shown on exit and in the `counters` line.
@@ -245,6 +289,8 @@ struct Watcher {
     /// `moved_out` changes waiting for their arrival elsewhere: (name, from netns, when).
     moves: Vec<(String, NetnsIno, Instant)>,
     tx: mpsc::UnboundedSender<NetlinkMsg>,
+    /// Recent kernel device events, matched to rtnetlink changes.
+    kernel_events: std::collections::VecDeque<KernelEvidence>,
 }
 
 /// Runs `watch` until Ctrl-C (or `--count` events).
@@ -253,7 +299,7 @@ struct Watcher {
 /// Probe loading, netlink subscription or dump failures.
 pub async fn run(args: WatchArgs) -> Result<()> {
     let mut probes = Probes::load(u64::MAX)?;
-    let selection = select::select(&select::probe_capabilities(), None).map_err(anyhow::Error::msg)?;
+    let selection = probes.attach_device(args.probe_set)?;
     if let Err(e) = probes.attach_link_requests() {
         tracing::warn!("link-request tracepoints unavailable, events will carry no cause: {e:#}");
     }
@@ -277,6 +323,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         recv_tracking,
         moves: Vec::new(),
         tx,
+        kernel_events: std::collections::VecDeque::new(),
     };
     if w.all_netns {
         w.discover(false).await?;
@@ -357,11 +404,31 @@ fn prior_link(table: &LinkTable, u: &crate::model::link::Update) -> Option<Link>
 
 impl Watcher {
     fn on_bpf_event(&mut self, ev: Event) {
-        if let Event::LinkRequest(req) = ev {
-            if let Some(r) = parse_request(&req) {
-                self.causes.push(r);
+        match ev {
+            Event::LinkRequest(req) => {
+                if let Some(r) = parse_request(&req) {
+                    self.causes.push(r);
+                }
             }
+            Event::Device(d) => {
+                let e = KernelEvidence::from_event(&d);
+                while self.kernel_events.front().is_some_and(|o| o.ts_ns + crate::model::event::CAUSE_WINDOW_NS < e.ts_ns) {
+                    self.kernel_events.pop_front();
+                }
+                self.kernel_events.push_back(e);
+            }
+            _ => {}
         }
+    }
+
+    /// The kernel probe event behind a down/delete/move of (netns, ifindex), if one fired.
+    fn kernel_evidence(&self, ino: NetnsIno, change: &Change) -> Option<KernelEvidence> {
+        let reason = match change.kind {
+            ChangeKind::Deleted | ChangeKind::MovedOut => "unregister",
+            ChangeKind::Down | ChangeKind::CarrierDown => "close",
+            _ => return None,
+        };
+        self.kernel_events.iter().rev().find(|e| e.key == (ino, change.ifindex) && e.reason == reason).cloned()
     }
 
     /// Follows namespaces that appeared and drops those that are gone. `announce`: emit
@@ -495,7 +562,17 @@ impl Watcher {
             return Ok(());
         }
         self.counters.events += 1;
-        let cause = self.causes.cause_of(&change, ino);
+        let kernel = self.kernel_evidence(ino, &change);
+        let source = if source == Source::Netlink && kernel.is_some() { Source::KernelNetlink } else { source };
+        let cause = self.causes.cause_of(&change, ino).or_else(|| {
+            kernel.as_ref().map(|k| Cause {
+                pid: k.pid,
+                tid: k.tid,
+                comm: k.comm.clone(),
+                request: "none (kernel context)",
+                evidence: if k.via == "fentry" { "fentry:device" } else { "kprobe:device" },
+            })
+        });
         let sockets = if self.args.no_sockets || matches!(change.kind, ChangeKind::AddressAdded | ChangeKind::AddressRemoved) {
             Vec::new()
         } else {
@@ -503,7 +580,7 @@ impl Watcher {
         };
         let strands = matches!(change.kind, ChangeKind::Down | ChangeKind::Deleted | ChangeKind::MovedOut);
         let netns_name = self.spaces.get(&ino).and_then(|n| n.name.clone());
-        let ev = WatchEvent { ty: "change", ts_unix_ns: unix_ns(), source, netns: ino, netns_name, from_netns, change, cause, sockets };
+        let ev = WatchEvent { ty: "change", ts_unix_ns: unix_ns(), source, netns: ino, netns_name, from_netns, change, cause, kernel, sockets };
         if self.args.json {
             json_line(&ev)?;
         } else {
@@ -620,7 +697,7 @@ fn print_human(ev: &WatchEvent) {
         line.push_str(&format!(" {a}"));
     }
     if ev.source != Source::Netlink {
-        line.push_str(&format!(" [{:?}]", ev.source).to_lowercase());
+        line.push_str(&format!(" [{}]", serde_json::to_value(ev.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()));
     }
     if let Some(cause) = &ev.cause {
         line.push_str(&format!(" by {}[{}] {}", cause.comm, cause.pid, cause.request));
