@@ -34,6 +34,8 @@ fn watch_reports_down_up_rename_delete_recreate_in_order() {
     assert_eq!(down["cause"]["comm"], "ip", "{down}");
     ns.ip(&["link", "set", &a, "up"]).unwrap();
     w.wait_for("up", T, on("up", first)).unwrap();
+    // Kernels before 6.2 refuse to rename an up interface (EBUSY): rename it while down.
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
     ns.ip(&["link", "set", &a, "name", &renamed]).unwrap();
     let ren = w.wait_for("renamed", T, on("renamed", first)).unwrap();
     assert_eq!(ren["old_name"], a.as_str());

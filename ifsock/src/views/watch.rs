@@ -62,7 +62,8 @@ pub struct WatchArgs {
     /// processes), including namespaces created and destroyed while running.
     #[arg(long)]
     pub all_netns: bool,
-    /// Raise `receiver_stranded` again when a receiver stranded by a down/delete stays blocked this long.
+    /// Raise `receiver_stranded` again when a receiver is still blocked this long after the
+    /// down/delete that stranded it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub stranded_after: Duration,
 }
@@ -71,6 +72,8 @@ pub struct WatchArgs {
 struct Stranded {
     tid: u32,
     change: Change,
+    /// When the change stranded it: the threshold counts from here.
+    since: Instant,
     threshold_reported: bool,
 }
 
@@ -610,8 +613,7 @@ impl Watcher {
             if !hit || self.stranded.iter().any(|s| s.tid == r.tid) {
                 continue;
             }
-            let late = r.blocked_ns.is_some_and(|b| b >= self.args.stranded_after.as_nanos() as u64);
-            self.stranded.push(Stranded { tid: r.tid, change: change.clone(), threshold_reported: late });
+            self.stranded.push(Stranded { tid: r.tid, change: change.clone(), since: Instant::now(), threshold_reported: false });
             self.print_stranded("interface_change", change.clone(), r)?;
         }
         Ok(())
@@ -621,11 +623,10 @@ impl Watcher {
     fn follow_stranded(&mut self) -> Result<()> {
         let ctx = self.hung_context();
         let receivers = hung::collect(&mut self.probes, &ctx, Duration::ZERO, None)?;
-        let limit = self.args.stranded_after.as_nanos() as u64;
         let mut keep = Vec::new();
         for mut s in std::mem::take(&mut self.stranded) {
             let Some(r) = receivers.iter().find(|r| r.tid == s.tid) else { continue };
-            if !s.threshold_reported && r.blocked_ns.is_some_and(|b| b >= limit) {
+            if !s.threshold_reported && s.since.elapsed() >= self.args.stranded_after {
                 s.threshold_reported = true;
                 self.print_stranded("threshold", s.change.clone(), r.clone())?;
             }
