@@ -198,6 +198,7 @@ impl KernelBtf {
         k.tun_group = o("tun_struct", "group");
         k.dev_ifindex = o("net_device", "ifindex");
         k.dev_name = o("net_device", "name");
+        k.dev_nd_net = o("net_device", "nd_net.net");
 
         let required = [
             (k.skc_family, "sock_common.skc_family"),
