@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::views::{doctor::DoctorArgs, sockets::SocketsArgs, watch::WatchArgs};
+use crate::views::{teardown::TeardownArgs, tun::TunArgs};
 
 /// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
 #[derive(Debug, Parser)]
@@ -26,6 +27,12 @@ pub enum Command {
     /// Stream interface changes (created, up/down, renamed, deleted, recreated, moved) with the
     /// sockets tied to the interface and the task that caused the change.
     Watch(WatchArgs),
+    /// Set an interface down, show for a grace period what each socket and task tied to it sees
+    /// (send errors, woken or stranded receivers, closes), then delete it.
+    Teardown(TeardownArgs),
+    /// tun/tap devices: flags, attached fds, each queue's state and backlog, and queues that
+    /// fill up with nobody reading them.
+    Tun(TunArgs),
     /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
     Doctor(DoctorArgs),
 }

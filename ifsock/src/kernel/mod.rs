@@ -3,4 +3,5 @@
 pub mod btf;
 pub mod netlink;
 pub mod netns;
+pub mod procfs;
 pub mod system;

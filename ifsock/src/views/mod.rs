@@ -3,4 +3,6 @@ pub mod doctor;
 pub mod output;
 pub mod snapshot;
 pub mod sockets;
+pub mod teardown;
+pub mod tun;
 pub mod watch;
