@@ -146,7 +146,7 @@ pub struct KernelOffsets {
     pub dev_name: u32,
     /// `net_device.close_list` (`struct list_head`, links devices passed to `*_close_many`).
     pub dev_close_list: u32,
-    /// `net_device.nd_net` (`possible_net_t`, a `struct net *`).
+    /// `net_device.nd_net.net` (`possible_net_t`: the `struct net *` the device lives in).
     pub dev_nd_net: u32,
 }
 
@@ -290,9 +290,11 @@ pub struct TaskFileRecord {
     pub tun_name: [u8; IFNAME_LEN],
     /// Tun only: `tun_struct.flags` (IFF_TUN=1, IFF_TAP=2, IFF_MULTI_QUEUE=0x100, TUN_PERSIST=0x800, IFF_VNET_HDR=0x4000…).
     pub tun_flags: u32,
-    /// Tun only: `tun_file.queue_index`.
+    /// Tun only: `tun_file.queue_index` (stale while detached: `__tun_detach` gives the index to
+    /// the queue moved into the freed slot).
     pub tun_queue: u32,
-    /// Tun only: 1 when the queue is detached (`tun_file.detached` set), else 0.
+    /// Tun only: 1 when the queue is detached (`tun_file.detached` set by `TUNSETQUEUE`
+    /// `IFF_DETACH_QUEUE`; `tun_file.tun` stays set while detached), else 0.
     pub tun_detached: u32,
     /// Tun only: packets waiting in `tun_file.tx_ring` (read without the ring lock: a snapshot).
     pub tun_backlog: u32,
@@ -306,8 +308,10 @@ pub struct TaskFileRecord {
     pub tun_owner: u32,
     /// Tun only: `tun_struct.group` gid (u32::MAX = unset).
     pub tun_group: u32,
-    /// Padding to a multiple of 8 bytes.
-    pub _pad: u32,
+    /// Tun only: inode of the device's netns (`tun->dev->nd_net.net->ns.inum`), 0 if unknown.
+    /// Differs from [`TaskFileRecord::netns`] when the fd holder lives in another netns, and
+    /// `tun_ifindex` is only unique within this one.
+    pub tun_netns: u32,
 }
 
 /// Ring-buffer event kinds (the first `u32` of every event).

@@ -197,7 +197,7 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
         tun_numdisabled: 0,
         tun_owner: u32::MAX,
         tun_group: u32::MAX,
-        _pad: 0,
+        tun_netns: 0,
     };
     if let Some((_sk, ino)) = file_socket(file) {
         rec.kind = file_kind::SOCKET;
@@ -223,7 +223,9 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
 fn tun_file(tfile: u64, rec: &mut TaskFileRecord) {
     let attached = rd::<u64>(tfile, off!(tfile_tun)).unwrap_or(0);
     let detached = rd::<u64>(tfile, off!(tfile_detached)).unwrap_or(0);
-    rec.tun_detached = (attached == 0 && detached != 0) as u32;
+    // `__tun_detach(tfile, false)` (TUNSETQUEUE IFF_DETACH_QUEUE) sets `detached` but leaves
+    // `tfile->tun` pointing at the device: `detached` alone says the queue is disabled.
+    rec.tun_detached = (detached != 0) as u32;
     rec.tun_queue = rd::<u16>(tfile, off!(tfile_queue_index)).unwrap_or(0) as u32;
     let ring_off = off!(tfile_tx_ring);
     if ring_off != ifsock_common::OFFSET_NONE {
@@ -257,4 +259,5 @@ fn tun_file(tfile: u64, rec: &mut TaskFileRecord) {
     let dev = rd::<u64>(tun, off!(tun_dev)).unwrap_or(0);
     rec.tun_ifindex = rd::<u32>(dev, off!(dev_ifindex)).unwrap_or(0);
     rec.tun_name = rd::<[u8; IFNAME_LEN]>(dev, off!(dev_name)).unwrap_or([0; IFNAME_LEN]);
+    rec.tun_netns = net_inum(rd::<u64>(dev, off!(dev_nd_net)).unwrap_or(0));
 }

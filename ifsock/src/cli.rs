@@ -1,7 +1,9 @@
 //! Command-line interface.
 use clap::{Parser, Subcommand};
 
-use crate::views::{doctor::DoctorArgs, hung::HungArgs, sockets::SocketsArgs, watch::WatchArgs};
+use crate::views::{
+    doctor::DoctorArgs, hung::HungArgs, sockets::SocketsArgs, teardown::TeardownArgs, tun::TunArgs, watch::WatchArgs,
+};
 
 /// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
 #[derive(Debug, Parser)]
@@ -29,6 +31,12 @@ pub enum Command {
     /// Tasks blocked receiving on a socket: for how long, on which socket and interface, even
     /// after the socket's fd was closed.
     Hung(HungArgs),
+    /// Set an interface down, show for a grace period what each socket and task tied to it sees
+    /// (send errors, woken or stranded receivers, closes), then delete it.
+    Teardown(TeardownArgs),
+    /// tun/tap devices: flags, attached fds, each queue's state and backlog, and queues that
+    /// fill up with nobody reading them.
+    Tun(TunArgs),
     /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
     Doctor(DoctorArgs),
 }

@@ -43,6 +43,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Watch(a) => views::watch::run(a).await,
             Command::Doctor(a) => views::doctor::run(a).await,
             Command::Hung(a) => views::hung::run(a).await,
+            Command::Teardown(a) => views::teardown::run(a).await,
+            Command::Tun(a) => views::tun::run(a).await,
         }
     })
 }

@@ -316,3 +316,139 @@ impl BlockedReceiver {
         Ok(self.done.recv_timeout(Duration::from_secs(10))?)
     }
 }
+
+/// Socket inode of an fd (`st_ino`, the `N` of `socket:[N]`).
+pub fn socket_inode(fd: &impl std::os::fd::AsFd) -> Result<u64> {
+    let st = nix::sys::stat::fstat(fd).context("fstat on a socket")?;
+    Ok(st.st_ino)
+}
+
+/// Polls `cond` until it holds; `timeout` is a failure bound. For kernel state that has no
+/// notification (a thread reaching its wait in a syscall).
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// True when a thread of this process sleeps in `recvfrom` on a socket with inode `ino`
+/// (`/proc/self/task/*/syscall`: `NR FD …`).
+pub fn thread_blocked_in_recvfrom(ino: u64) -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return false };
+    tasks.flatten().any(|t| {
+        let Ok(line) = std::fs::read_to_string(t.path().join("syscall")) else { return false };
+        let mut words = line.split_whitespace();
+        let nr = words.next().and_then(|w| w.parse::<i64>().ok());
+        let fd = words.next().and_then(|w| i64::from_str_radix(w.trim_start_matches("0x"), 16).ok());
+        match (nr, fd) {
+            (Some(nr), Some(fd)) if nr == libc::SYS_recvfrom => std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .is_ok_and(|p| p.to_string_lossy() == format!("socket:[{ino}]")),
+            _ => false,
+        }
+    })
+}
+
+/// `ip -n NS monitor link` with its lines read on a thread, for waiting on link changes made
+/// by another process.
+pub struct LinkMonitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl LinkMonitor {
+    /// Starts the monitor and proves it is subscribed: it toggles `probe_link`'s MTU and waits
+    /// for that notification (subscribe first, then act).
+    pub fn start(ns: &Netns, probe_link: &str) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["-n", &ns.name, "-o", "monitor", "link"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting ip monitor link")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mon = LinkMonitor { child, lines: rx };
+        for mtu in 1400..1500 {
+            ns.ip(&["link", "set", probe_link, "mtu", &mtu.to_string()])?;
+            let want = format!("mtu {mtu} ");
+            if mon.wait_for("monitor subscription", Duration::from_millis(200), |l| l.contains(&want)).is_ok() {
+                return Ok(mon);
+            }
+        }
+        bail!("ip monitor link never reported an MTU change of {probe_link}")
+    }
+
+    /// Waits for the next line matching `pred`; `timeout` is a failure bound.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if pred(&l) => return Ok(l),
+                Ok(_) => continue,
+                Err(_) => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for LinkMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `IFF_TUN` (include/uapi/linux/if_tun.h).
+pub const IFF_TUN: i16 = 0x0001;
+/// `IFF_NO_PI`.
+pub const IFF_NO_PI: i16 = 0x1000;
+/// `IFF_MULTI_QUEUE`.
+pub const IFF_MULTI_QUEUE: i16 = 0x0100;
+/// `IFF_DETACH_QUEUE` (`TUNSETQUEUE`).
+pub const IFF_DETACH_QUEUE: i16 = 0x0400;
+/// `TUNSETIFF` = `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETQUEUE` = `_IOW('T', 217, int)`.
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+
+fn tun_ioctl(fd: &impl AsRawFd, request: libc::c_ulong, name: &str, flags: i16) -> Result<()> {
+    // struct ifreq: ifr_name[16], then the union whose first member here is short ifr_flags.
+    let mut ifr = [0u8; 40];
+    if name.len() > 15 {
+        bail!("interface name {name:?} too long");
+    }
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: ifr is a valid 40-byte struct ifreq for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, ifr.as_mut_ptr()) };
+    if rc != 0 {
+        bail!("ioctl({request:#x}) on {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `/dev/net/tun` and attaches it to (or creates) device `name` with `flags`
+/// (`TUNSETIFF`); the device lives in the calling thread's netns.
+pub fn tun_queue(name: &str, flags: i16) -> Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
+    let fd = OwnedFd::from(file);
+    tun_ioctl(&fd, TUNSETIFF, name, flags)?;
+    Ok(fd)
+}
+
+/// Detaches the queue of a multi-queue tun fd (`TUNSETQUEUE` with `IFF_DETACH_QUEUE`).
+pub fn tun_detach_queue(fd: &impl AsRawFd) -> Result<()> {
+    tun_ioctl(fd, TUNSETQUEUE, "", IFF_DETACH_QUEUE)
+}

@@ -202,7 +202,7 @@ impl KernelBtf {
         k.dev_ifindex = o("net_device", "ifindex");
         k.dev_name = o("net_device", "name");
         k.dev_close_list = o("net_device", "close_list");
-        k.dev_nd_net = o("net_device", "nd_net");
+        k.dev_nd_net = o("net_device", "nd_net.net");
 
         let required = [
             (k.skc_family, "sock_common.skc_family"),

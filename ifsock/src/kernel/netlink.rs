@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use crate::model::{
     ids::IfIndex,
     link::{Link, Update},
+    tun::{TunInfo, TunLink},
 };
 
 /// `RTNLGRP_LINK` (include/uapi/linux/rtnetlink.h).
@@ -112,6 +113,84 @@ pub async fn set_down(handle: &Handle, ifindex: IfIndex) -> Result<()> {
 pub async fn delete(handle: &Handle, ifindex: IfIndex) -> Result<()> {
     handle.link().del(ifindex.0).execute().await?;
     Ok(())
+}
+
+/// The errno of a failed netlink request (`NLMSG_ERROR` code), if `err` is one.
+pub fn errno_of(err: &anyhow::Error) -> Option<i32> {
+    match err.downcast_ref::<rtnetlink::Error>()? {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A tun/tap link (`IFLA_LINKINFO` → `IFLA_INFO_KIND` "tun", set by the tun driver's
+/// `rtnl_link_ops` for both tun and tap) with its `IFLA_INFO_DATA` decoded.
+pub fn tun_link(msg: &LinkMessage) -> Option<TunLink> {
+    use rtnetlink::packet_core::Nla;
+    use rtnetlink::packet_route::link::{InfoData, InfoKind, LinkInfo};
+    let infos = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    })?;
+    if !infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))) {
+        return None;
+    }
+    let info = infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Tun(nlas)) => {
+            let mut info = TunInfo::default();
+            for nla in nlas {
+                let mut value = vec![0u8; nla.value_len()];
+                nla.emit_value(&mut value);
+                info.apply(nla.kind(), &value);
+            }
+            Some(info)
+        }
+        _ => None,
+    });
+    let name = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })?;
+    Some(TunLink { ifindex: IfIndex(msg.header.index), name, link_flags: msg.header.flags.bits(), info })
+}
+
+/// The rtnetlink kind of a link (`IFLA_INFO_KIND`: `veth`, `tun`, `wireguard`, …), `None` for
+/// a device without `rtnl_link_ops` (a physical NIC): `rtnl_dellink()` refuses to delete those
+/// with `EOPNOTSUPP`.
+///
+/// # Errors
+/// Netlink error (`ENODEV` when the link is gone).
+pub async fn link_kind(handle: &Handle, ifindex: IfIndex) -> Result<Option<String>> {
+    use rtnetlink::packet_route::link::LinkInfo;
+    let mut stream = handle.link().get().match_index(ifindex.0).execute();
+    let mut kind = None;
+    while let Some(msg) = stream.try_next().await.with_context(|| format!("reading link {ifindex} (RTM_GETLINK)"))? {
+        for attr in &msg.attributes {
+            if let LinkAttribute::LinkInfo(infos) = attr {
+                kind = kind.or_else(|| {
+                    infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(k.to_string()),
+                        _ => None,
+                    })
+                });
+            }
+        }
+    }
+    Ok(kind)
+}
+
+/// Dumps the tun/tap links of the connection's netns.
+///
+/// # Errors
+/// The dump failed (netlink error).
+pub async fn dump_tun_links(handle: &Handle) -> Result<Vec<TunLink>> {
+    let mut out = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(msg) = stream.try_next().await.context("dumping links (RTM_GETLINK)")? {
+        out.extend(tun_link(&msg));
+    }
+    out.sort_by_key(|l| l.ifindex);
+    Ok(out)
 }
 
 /// One receive from the subscription socket.

@@ -231,13 +231,17 @@ mod tests {
 
     #[test]
     fn delete_by_index_and_down_by_flags_are_attributed() {
+        // Live order: each change is matched when it arrives, after its own request.
         let mut t = CauseTracker::default();
         t.push(parse_request(&nl_request(RTM_NEWLINK, 1, 5, 0, IFF_UP, None)).unwrap());
+        assert_eq!(t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9)).unwrap().request, "RTM_NEWLINK");
+        assert!(t.cause_of(&change(ChangeKind::Up, 5, "v0"), NetnsIno(9)).is_none(), "a down request does not explain up");
+        assert!(t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(9)).is_none(), "a down request does not explain a delete");
         t.push(parse_request(&nl_request(RTM_DELLINK, 1, 5, 0, 0, None)).unwrap());
         let del = t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(9)).unwrap();
         assert_eq!((del.pid, del.comm.as_str(), del.request), (77, "ip", "RTM_DELLINK"));
-        assert_eq!(t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9)).unwrap().request, "RTM_NEWLINK");
-        assert!(t.cause_of(&change(ChangeKind::Up, 5, "v0"), NetnsIno(9)).is_none(), "a down request does not explain up");
+        let implied = t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9)).unwrap();
+        assert_eq!(implied.request, "RTM_DELLINK", "deleting an up link takes it down first");
         assert!(t.cause_of(&change(ChangeKind::Deleted, 6, "v1"), NetnsIno(9)).is_none());
         assert!(t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(10)).is_none(), "other netns");
     }

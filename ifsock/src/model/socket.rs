@@ -193,7 +193,7 @@ mod tests {
         let f = TaskFileRecord {
             kind: ifsock_common::file_kind::SOCKET, pid: 10, tid: 10, fd: 3, ino: 42, comm, netns: 7,
             tun_ifindex: 0, tun_name: [0; 16], tun_flags: 0, tun_queue: 0, tun_detached: 0, tun_backlog: 0,
-            tun_ring_size: 0, tun_numqueues: 0, tun_numdisabled: 0, tun_owner: 0, tun_group: 0, _pad: 0,
+            tun_ring_size: 0, tun_numqueues: 0, tun_numdisabled: 0, tun_owner: 0, tun_group: 0, tun_netns: 0,
         };
         join_owners(&mut socks, &[f]);
         assert_eq!(socks[0].owners, vec![Owner { pid: 10, comm: "serv".into(), fd: 3 }]);

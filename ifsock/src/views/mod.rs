@@ -4,4 +4,6 @@ pub mod hung;
 pub mod output;
 pub mod snapshot;
 pub mod sockets;
+pub mod teardown;
+pub mod tun;
 pub mod watch;

@@ -87,7 +87,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
-    Ok(std::time::Duration::from_secs_f64(secs))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range (examples: 500ms, 5s, 2m)"))
 }
 
 #[cfg(test)]
@@ -101,6 +101,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("1.1.1s").is_err());
+        assert!(parse_duration(&format!("{}h", "9".repeat(400))).is_err(), "out of range, not a panic");
         assert_eq!(human_ns(1_500_000_000), "1.5s");
         assert_eq!(human_ns(245_000_000_000), "4m05s");
         assert_eq!(clock(3_723_004_000_000), "01:02:03.004");
