@@ -90,10 +90,12 @@ fn tun_shows_attached_and_detached_queues_and_warns_about_an_unread_growing_back
     let tx = sock.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let mut sent = 0u32;
-        while sent < 400 && !stop2.load(Ordering::Relaxed) {
+        // Paced so that sending spans ifsock's start-up even on a slow (emulated) machine, and
+        // capped below the ring's 500 slots so the backlog can still grow inside the window.
+        while sent < 450 && !stop2.load(Ordering::Relaxed) {
             tx.send_to(b"into the tun", "10.212.0.2:9").unwrap();
             sent += 1;
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(20));
         }
         sent
     });

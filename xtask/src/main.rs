@@ -46,7 +46,7 @@ enum Task {
         /// lib/modules/<release> of --kernel.
         #[arg(long)]
         modules: Option<PathBuf>,
-        /// Only test binaries whose name contains this.
+        /// Only test binaries whose name contains one of these (comma-separated).
         #[arg(long)]
         only: Option<String>,
     },
@@ -141,7 +141,7 @@ fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only:
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str()) else { continue };
-        if msg["target"]["kind"][0] != "test" || only.as_deref().is_some_and(|o| !name.contains(o)) {
+        if msg["target"]["kind"][0] != "test" || only.as_deref().is_some_and(|o| !o.split(',').any(|p| name.contains(p))) {
             continue;
         }
         let guest = format!("/ifsock/tests/{name}");

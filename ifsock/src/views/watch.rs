@@ -287,6 +287,9 @@ struct Watcher {
     counters: WatchCounters,
     /// Receivers stranded and still followed.
     stranded: Vec<Stranded>,
+    /// Downs/deletes whose stranded receivers are yet to be looked up: one lookup per tick
+    /// serves them all, so a burst of 1,000 deletions costs one scan, not 1,000.
+    pending_strands: Vec<Change>,
     /// Receive tracking is attached.
     recv_tracking: bool,
     /// `moved_out` changes waiting for their arrival elsewhere: (name, from netns, when).
@@ -323,6 +326,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         causes: CauseTracker::default(),
         counters: WatchCounters::default(),
         stranded: Vec::new(),
+        pending_strands: Vec::new(),
         recv_tracking,
         moves: Vec::new(),
         tx,
@@ -360,7 +364,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
         tokio::select! {
             _ = &mut ctrl_c => break,
-            _ = stranded_tick.tick(), if !w.stranded.is_empty() => w.follow_stranded()?,
+            _ = stranded_tick.tick(), if !w.stranded.is_empty() || !w.pending_strands.is_empty() => w.follow_stranded()?,
             _ = discovery.tick(), if w.all_netns => w.discover(true).await?,
             batch = events.next_batch() => {
                 for ev in batch? { w.on_bpf_event(ev); }
@@ -590,7 +594,7 @@ impl Watcher {
             print_human(&ev);
         }
         if strands && self.recv_tracking {
-            self.raise_stranded(&ev.change)?;
+            self.pending_strands.push(ev.change);
         }
         Ok(())
     }
@@ -604,25 +608,34 @@ impl Watcher {
         ctx
     }
 
-    /// Receivers blocked on sockets tied to the interface of `change`, now stranded by it.
-    fn raise_stranded(&mut self, change: &Change) -> Result<()> {
-        let ctx = self.hung_context();
-        let receivers = hung::collect(&mut self.probes, &ctx, Duration::ZERO, None)?;
-        for r in receivers {
-            let hit = r.stranded && r.interfaces.iter().any(|t| t.ifindex == change.ifindex && t.state != hung::IfaceState::Up);
-            if !hit || self.stranded.iter().any(|s| s.tid == r.tid) {
-                continue;
-            }
-            self.stranded.push(Stranded { tid: r.tid, change: change.clone(), since: Instant::now(), threshold_reported: false });
-            self.print_stranded("interface_change", change.clone(), r)?;
-        }
-        Ok(())
-    }
-
-    /// Re-raises stranded receivers that stay blocked past `--stranded-after`; forgets those that woke.
+    /// Raises `receiver_stranded` for receivers on the interfaces of pending downs/deletes, and
+    /// again for followed ones still blocked `--stranded-after` after their stranding; forgets
+    /// those that woke. One receiver scan per call.
     fn follow_stranded(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending_strands);
+        // Nothing in a receive at all (no recorded entry, no blocked thread): nothing to scan.
+        if self.stranded.is_empty() && self.probes.inflight()?.is_empty() && crate::kernel::procfs::blocked_receivers(None).is_empty() {
+            return Ok(());
+        }
         let ctx = self.hung_context();
         let receivers = hung::collect(&mut self.probes, &ctx, Duration::ZERO, None)?;
+        for change in &pending {
+            for r in &receivers {
+                // The change must agree with what the scan sees now (a down followed by a delete
+                // in the same tick strands by the delete).
+                let agrees = |state: hung::IfaceState| match change.kind {
+                    ChangeKind::Deleted | ChangeKind::MovedOut => state == hung::IfaceState::Deleted,
+                    ChangeKind::Down => state == hung::IfaceState::Down,
+                    _ => false,
+                };
+                let hit = r.stranded && r.interfaces.iter().any(|t| t.ifindex == change.ifindex && agrees(t.state));
+                if !hit || self.stranded.iter().any(|s| s.tid == r.tid) {
+                    continue;
+                }
+                self.stranded.push(Stranded { tid: r.tid, change: change.clone(), since: Instant::now(), threshold_reported: false });
+                self.print_stranded("interface_change", change.clone(), r.clone())?;
+            }
+        }
         let mut keep = Vec::new();
         for mut s in std::mem::take(&mut self.stranded) {
             let Some(r) = receivers.iter().find(|r| r.tid == s.tid) else { continue };
