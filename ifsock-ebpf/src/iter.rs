@@ -12,7 +12,7 @@ use ifsock_common::{
 };
 
 use crate::{
-    kernel::{file_socket, net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, TUN_RDEV},
+    kernel::{net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
     maps::count,
 };
 
@@ -177,13 +177,24 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
     if task == 0 || file == 0 {
         return 0;
     }
+    // Classify the file first: most fds are neither sockets nor tun, and for those the task's
+    // identity need not be read at all.
+    let inode = rd::<u64>(file, off!(file_f_inode)).unwrap_or(0);
+    let mode = rd::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) & S_IFMT;
+    let kind = if mode == S_IFSOCK {
+        file_kind::SOCKET
+    } else if mode == S_IFCHR && rd::<u32>(inode, off!(inode_i_rdev)).unwrap_or(0) == TUN_RDEV {
+        file_kind::TUN
+    } else {
+        return 0;
+    };
     let (pid, tid, comm) = task_ids(task);
     let mut rec = TaskFileRecord {
-        kind: 0,
+        kind,
         pid,
         tid,
         fd,
-        ino: 0,
+        ino: rd::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
         comm,
         netns: task_netns(task),
         tun_ifindex: 0,
@@ -199,21 +210,11 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
         tun_group: u32::MAX,
         tun_netns: 0,
     };
-    if let Some((_sk, ino)) = file_socket(file) {
-        rec.kind = file_kind::SOCKET;
-        rec.ino = ino;
-        return seq_write(ctx, &rec);
-    }
-    let inode = rd::<u64>(file, off!(file_f_inode)).unwrap_or(0);
-    let mode = rd::<u16>(inode, off!(inode_i_mode)).unwrap_or(0);
-    if mode & S_IFMT != S_IFCHR || rd::<u32>(inode, off!(inode_i_rdev)).unwrap_or(0) != TUN_RDEV {
-        return 0;
-    }
-    rec.kind = file_kind::TUN;
-    rec.ino = rd::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
-    let tfile = rd::<u64>(file, off!(file_private_data)).unwrap_or(0);
-    if tfile != 0 {
-        tun_file(tfile, &mut rec);
+    if kind == file_kind::TUN {
+        let tfile = rd::<u64>(file, off!(file_private_data)).unwrap_or(0);
+        if tfile != 0 {
+            tun_file(tfile, &mut rec);
+        }
     }
     seq_write(ctx, &rec)
 }

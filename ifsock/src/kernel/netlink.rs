@@ -236,11 +236,6 @@ impl Subscription {
         self.fd.get_ref().get_rx_buf_sz().unwrap_or(0)
     }
 
-    /// Raw fd (for diagnostics).
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.get_ref().as_raw_fd()
-    }
-
     /// Drops every datagram already queued (after `ENOBUFS` the queue holds messages older than
     /// the re-dump that follows; newer ones keep arriving and are applied on top of it).
     pub fn discard_pending(&mut self) -> usize {

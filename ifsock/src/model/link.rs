@@ -182,11 +182,6 @@ impl LinkTable {
         self.links.get(&ifindex)
     }
 
-    /// A link by name.
-    pub fn by_name(&self, name: &str) -> Option<&Link> {
-        self.links.values().find(|l| l.name == name)
-    }
-
     /// The ifindex a name had when it was last deleted.
     pub fn deleted_ifindex(&self, name: &str) -> Option<IfIndex> {
         self.deleted.get(name).copied()

@@ -16,7 +16,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
-    InFlightRecv, KernelOffsets, SockRecord, TaskFileRecord, COUNTERS_LEN, GLOBAL_OFFSETS,
+    InFlightRecv, SockRecord, TaskFileRecord, COUNTERS_LEN, GLOBAL_OFFSETS,
     GLOBAL_RECV_REPORT_MIN_NS, MAP_COUNTERS, MAP_INFLIGHT,
 };
 
@@ -55,12 +55,10 @@ pub struct RawSnapshot {
     pub files: Vec<TaskFileRecord>,
 }
 
-/// A loaded eBPF object with the running kernel's offsets.
+/// A loaded eBPF object, its globals set to the running kernel's offsets.
 pub struct Probes {
     ebpf: Ebpf,
     btf: Btf,
-    /// Offsets handed to the programs.
-    pub offsets: KernelOffsets,
     iters_loaded: bool,
     /// Tracepoints attached, as `category:name` (for `doctor` and the watch banner).
     pub attached: Vec<String>,
@@ -88,7 +86,7 @@ impl Probes {
             .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf, offsets, iters_loaded: false, attached: Vec::new() })
+        Ok(Probes { ebpf, btf, iters_loaded: false, attached: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {

@@ -171,11 +171,24 @@ fn fd_points_at(pid: u32, fd: u32, ino: SockInode) -> bool {
 /// # Errors
 /// Iterator or map read failures.
 pub fn collect(probes: &mut Probes, ctx: &Context, min_blocked: Duration, pid: Option<u32>) -> Result<Vec<HungReceiver>> {
+    collect_from(probes, ctx, min_blocked, pid, procfs::blocked_receivers(pid))
+}
+
+/// [`collect`] with a procfs scan the caller already made (`procfs::blocked_receivers(pid)`).
+///
+/// # Errors
+/// Iterator or map read failures.
+pub fn collect_from(
+    probes: &mut Probes,
+    ctx: &Context,
+    min_blocked: Duration,
+    pid: Option<u32>,
+    blocked: Vec<procfs::BlockedThread>,
+) -> Result<Vec<HungReceiver>> {
     let sockets = snapshot::sockets(probes, None)?;
     let own = netns::current_ino()?;
     let mut extra: Vec<Socket> = Vec::new();
     // Receivers in other namespaces: their sockets come from that namespace's iterator run.
-    let blocked = procfs::blocked_receivers(pid);
     let mut other_ns: Vec<NetnsIno> = blocked.iter().map(|b| b.netns).filter(|n| *n != own).collect();
     other_ns.sort();
     other_ns.dedup();

@@ -614,11 +614,12 @@ impl Watcher {
     fn follow_stranded(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending_strands);
         // Nothing in a receive at all (no recorded entry, no blocked thread): nothing to scan.
-        if self.stranded.is_empty() && self.probes.inflight()?.is_empty() && crate::kernel::procfs::blocked_receivers(None).is_empty() {
+        let blocked = crate::kernel::procfs::blocked_receivers(None);
+        if self.stranded.is_empty() && blocked.is_empty() && self.probes.inflight()?.is_empty() {
             return Ok(());
         }
         let ctx = self.hung_context();
-        let receivers = hung::collect(&mut self.probes, &ctx, Duration::ZERO, None)?;
+        let receivers = hung::collect_from(&mut self.probes, &ctx, Duration::ZERO, None, blocked)?;
         for change in &pending {
             for r in &receivers {
                 // The change must agree with what the scan sees now (a down followed by a delete
