@@ -148,6 +148,8 @@ pub struct KernelOffsets {
     pub dev_close_list: u32,
     /// `net_device.nd_net.net` (`possible_net_t`: the `struct net *` the device lives in).
     pub dev_nd_net: u32,
+    /// `sk_buff.len` (`unsigned int`, bytes): the datagram a receive function returned.
+    pub skb_len: u32,
 }
 
 impl KernelOffsets {
@@ -207,6 +209,7 @@ impl KernelOffsets {
         dev_name: OFFSET_NONE,
         dev_close_list: OFFSET_NONE,
         dev_nd_net: OFFSET_NONE,
+        skb_len: OFFSET_NONE,
     };
 }
 
@@ -338,11 +341,30 @@ pub mod device_reason {
 
 /// [`DeviceEvent::via`] values.
 pub mod probe_via {
-    /// BTF trampoline (`fentry`).
+    /// Tracepoint (`syscalls:*`, `sock:*`, `skb:*`).
+    pub const TRACEPOINT: u32 = 0;
+    /// BTF trampoline (`fentry`/`fexit`).
     pub const FENTRY: u32 = 1;
-    /// `kprobe`.
+    /// `kprobe`/`kretprobe`.
     pub const KPROBE: u32 = 2;
 }
+
+/// [`InFlightRecv::func`] values: where the receive was recorded.
+pub mod recv_func {
+    /// A receive syscall (`syscalls:sys_enter_{recvmsg,recvfrom,recvmmsg,read}`).
+    pub const SYSCALL: u32 = 0;
+    /// `__skb_recv_udp(sk, flags, off, err)` (UDP/UDP-Lite `recvmsg`, every kernel with BTF).
+    pub const SKB_RECV_UDP: u32 = 1;
+    /// `__skb_recv_datagram(sk, queue, flags, off, err)` (raw, packet, netlink, ping... sockets).
+    pub const SKB_RECV_DATAGRAM: u32 = 2;
+    /// `__skb_wait_for_more_packets(sk, queue, err, timeo_p, skb)` entered with no enclosing
+    /// receive function recorded (unix datagram sockets and other callers).
+    pub const SKB_WAIT: u32 = 3;
+}
+
+/// `fd` of an [`InFlightRecv`] recorded by a kernel-function probe, which sees the `struct sock`
+/// but not the fd.
+pub const NO_FD: u32 = u32::MAX;
 
 /// A device close/unregister seen at the kernel function, in the context of the task that
 /// caused it (a process's syscall, or a kernel worker for netns teardown / driver removal).
@@ -422,10 +444,12 @@ pub mod recv_syscall {
     pub const RECVMMSG: u32 = 299;
 }
 
-/// A receive on a socket that has not returned yet, recorded at `sys_enter_*` and deleted at
-/// `sys_exit_*`; value of [`MAP_INFLIGHT`] keyed by tid.
+/// A receive on a socket that has not returned yet; value of [`MAP_INFLIGHT`] keyed by tid.
 ///
-/// `sk` and `ino` are resolved from the fd at entry, so closing the fd later cannot hide them.
+/// Recorded either at `sys_enter_*` (tracepoint set: the socket is resolved from the fd at
+/// entry, so closing the fd later cannot hide it) or at the entry of a kernel receive function
+/// (`__skb_recv_udp`, `__skb_recv_datagram`, `__skb_wait_for_more_packets`, fentry or kprobe
+/// set: the `struct sock *` is the function's first argument). Removed at the matching exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightRecv {
@@ -433,20 +457,32 @@ pub struct InFlightRecv {
     pub since_ns: u64,
     /// Kernel address of the `struct sock`.
     pub sk: u64,
-    /// Socket inode number.
+    /// Socket inode number (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 if the sock has no socket.
     pub ino: u64,
     /// Thread-group id.
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
-    /// File descriptor passed to the syscall.
+    /// File descriptor passed to the syscall, or [`NO_FD`] (kernel-function probes).
     pub fd: u32,
-    /// [`recv_syscall`] value.
+    /// [`recv_syscall`] value, or `u32::MAX` when unknown (kernel-function probes).
     pub syscall: u32,
     /// Inode of the task's netns.
     pub netns: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// [`probe_via`] value of the probe that recorded the entry.
+    pub via: u32,
+    /// [`recv_func`] value: what was entered.
+    pub func: u32,
+    /// `ret` of `sock:sock_recv_length` (bytes or `-errno`, from `sock_recvmsg`, >= 6.4), or
+    /// `i32::MIN` when that tracepoint did not fire.
+    pub kernel_ret: i32,
+    /// When the task entered `__skb_wait_for_more_packets` (CLOCK_MONOTONIC ns), 0 when not
+    /// waiting (kernel-function sets only).
+    pub wait_since_ns: u64,
+    /// Time spent in `__skb_wait_for_more_packets` by earlier waits of this receive (ns).
+    pub waited_ns: u64,
+    /// Bytes copied to user memory during this receive (`skb:skb_copy_datagram_iovec` `len`).
+    pub copied_bytes: u64,
     /// Task command.
     pub comm: [u8; COMM_LEN],
 }
@@ -461,7 +497,9 @@ pub struct RecvDoneEvent {
     pub _pad: u32,
     /// Return time (CLOCK_MONOTONIC, ns).
     pub ts_ns: u64,
-    /// Syscall return value (bytes, or `-errno`).
+    /// Return value: the syscall's (bytes, or `-errno`); for `__skb_recv_udp` /
+    /// `__skb_recv_datagram` the datagram's `skb->len` (bytes) or `-*err`; for
+    /// `__skb_wait_for_more_packets` its own return (0 woken, 1 shut down, `-errno`).
     pub ret: i64,
     /// What was recorded at entry.
     pub entry: InFlightRecv,

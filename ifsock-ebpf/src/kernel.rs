@@ -109,3 +109,14 @@ pub fn current_fd_socket(fd: u32) -> Option<(u64, u64)> {
 pub fn sk_family(sk: u64) -> u16 {
     rd::<u16>(sk, off!(skc_family)).unwrap_or(0)
 }
+
+/// Socket inode number of a `struct sock *`: `SOCK_INODE(sk->sk_socket)->i_ino`
+/// (`struct socket_alloc` puts the `socket` next to its `vfs_inode`); 0 without a socket.
+#[inline(always)]
+pub fn sk_ino(sk: u64) -> u64 {
+    let socket = rd::<u64>(sk, off!(sk_socket)).unwrap_or(0);
+    if socket == 0 {
+        return 0;
+    }
+    rd::<u64>(socket + off!(socket_to_inode) as u64, off!(inode_i_ino)).unwrap_or(0)
+}

@@ -18,6 +18,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 pub static INFLIGHT_RECV: HashMap<u32, InFlightRecv> =
     HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
 
+/// tid -> `int *err` argument of a kprobed receive function, for its kretprobe.
+#[map]
+pub static RECV_ERR_PTR: HashMap<u32, u64> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
 /// tid -> fd of a send in flight (only while the send-error programs are attached).
 #[map]
 pub static SEND_FD: HashMap<u32, u32> = HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);

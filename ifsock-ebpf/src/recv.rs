@@ -1,23 +1,88 @@
-//! Receive tracking for `hung` and `watch`'s `receiver_stranded`: a receive on a socket is
-//! recorded in `INFLIGHT_RECV` at syscall entry, with the socket resolved from the fd right then
-//! (so a later `close()` of the fd cannot hide it), and removed at exit.
+//! Receive tracking for `hung`, `watch`'s `receiver_stranded` and `teardown`: a receive on a
+//! socket is recorded in `INFLIGHT_RECV` (keyed by tid) when it starts and removed when it
+//! returns; one that was in flight at least `RECV_REPORT_MIN_NS` emits a `RecvDoneEvent`.
 //!
-//! Tracepoint probe set: `syscalls:sys_enter_{recvmsg,recvfrom,recvmmsg,read}` (fd @16,
-//! `__syscall_nr` @8) and the matching `sys_exit_*` (ret @16).
+//! Three probe sets, picked per function by userspace (fentry, else kprobe, else tracepoints):
+//! - fentry/fexit and kprobe/kretprobe on `__skb_recv_udp` and `__skb_recv_datagram` (the
+//!   `struct sock *` is argument 0; the datagram's `skb->len` or `-*err` at exit) and on
+//!   `__skb_wait_for_more_packets` (the time actually spent asleep, its return code).
+//! - Tracepoints: `syscalls:sys_enter_{recvmsg,recvfrom,recvmmsg,read}` (fd @16,
+//!   `__syscall_nr` @8), resolving the socket from the fd at entry, and `sys_exit_*` (ret @16);
+//!   `sock:sock_recv_length` (sk @8, ret @20, >= 6.4) confirms the socket and gives the kernel's
+//!   return; `skb:skb_copy_datagram_iovec` (len @16) counts the bytes copied.
+//!
+//! When both kinds are attached (a kernel-function probe missing for one function), a kernel
+//! function entered inside a recorded syscall refines that record instead of replacing it.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use ifsock_common::{Counter, EventKind, InFlightRecv, RecvDoneEvent};
+use ifsock_common::{probe_via, recv_func, Counter, EventKind, InFlightRecv, RecvDoneEvent, NO_FD};
 
 use crate::{
-    kernel::{current_fd_socket, current_task, task_ids, task_netns},
-    maps::{count, EVENTS, INFLIGHT_RECV},
+    kernel::{current_fd_socket, current_task, off, rd, sk_ino, task_ids, task_netns},
+    maps::{count, EVENTS, INFLIGHT_RECV, RECV_ERR_PTR},
 };
 
 #[unsafe(no_mangle)]
 static RECV_REPORT_MIN_NS: aya_ebpf::Global<u64> = aya_ebpf::Global::new(u64::MAX);
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn record(sk: u64, ino: u64, fd: u32, syscall: u32, via: u32, func: u32) -> InFlightRecv {
+    let task = current_task();
+    let (pid, tid, comm) = task_ids(task);
+    InFlightRecv {
+        since_ns: now_ns(),
+        sk,
+        ino,
+        pid,
+        tid,
+        fd,
+        syscall,
+        netns: task_netns(task),
+        via,
+        func,
+        kernel_ret: i32::MIN,
+        wait_since_ns: 0,
+        waited_ns: 0,
+        copied_bytes: 0,
+        comm,
+    }
+}
+
+#[inline(always)]
+fn insert(tid: u32, rec: &InFlightRecv) {
+    if INFLIGHT_RECV.insert(&tid, rec, 0).is_err() {
+        count(Counter::InflightFull);
+    }
+}
+
+/// Emits a `RecvDoneEvent` when `entry` was in flight at least `RECV_REPORT_MIN_NS`.
+#[inline(always)]
+fn done(entry: InFlightRecv, ret: i64) {
+    let now = now_ns();
+    if now.saturating_sub(entry.since_ns) < RECV_REPORT_MIN_NS.load() {
+        return;
+    }
+    let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret, entry };
+    if EVENTS.output(&ev, 0).is_err() {
+        count(Counter::RingbufDrops);
+    }
+}
+
+// ---- tracepoint set -------------------------------------------------------------------------
 
 /// Entry of a receive syscall: record it when the fd is a socket.
 #[tracepoint]
@@ -29,44 +94,216 @@ pub fn recv_enter(ctx: TracePointContext) -> u32 {
         (nr, fd as u32)
     };
     let Some((sk, ino)) = current_fd_socket(fd) else { return 0 };
-    let task = current_task();
-    let (pid, tid, comm) = task_ids(task);
-    let rec = InFlightRecv {
-        // SAFETY: helper without preconditions.
-        since_ns: unsafe { bpf_ktime_get_ns() },
-        sk,
-        ino,
-        pid,
-        tid,
-        fd,
-        syscall: nr as u32,
-        netns: task_netns(task),
-        _pad: 0,
-        comm,
-    };
-    if INFLIGHT_RECV.insert(&tid, &rec, 0).is_err() {
-        count(Counter::InflightFull);
-    }
+    let rec = record(sk, ino, fd, nr as u32, probe_via::TRACEPOINT, recv_func::SYSCALL);
+    insert(rec.tid, &rec);
     0
 }
 
 /// Exit of a receive syscall: forget it, and report it if it had been in flight long enough.
 #[tracepoint]
 pub fn recv_exit(ctx: TracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let tid = current_tid();
     // SAFETY: value copied out of the map before removal.
     let Some(entry) = (unsafe { INFLIGHT_RECV.get(&tid).copied() }) else { return 0 };
     let _ = INFLIGHT_RECV.remove(&tid);
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.saturating_sub(entry.since_ns) < RECV_REPORT_MIN_NS.load() {
-        return 0;
-    }
     // SAFETY: ret offset from the sys_exit format.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
-    let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret, entry };
-    if EVENTS.output(&ev, 0).is_err() {
-        count(Counter::RingbufDrops);
+    done(entry, ret);
+    0
+}
+
+/// `sock:sock_recv_length` (end of `sock_recvmsg`): the kernel's own return for this socket.
+#[tracepoint]
+pub fn recv_sock_length(ctx: TracePointContext) -> u32 {
+    let tid = current_tid();
+    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
+    // SAFETY: offsets from the tracepoint format (sk @8, ret @20).
+    let (sk, ret) = unsafe { (ctx.read_at::<u64>(8).unwrap_or(0), ctx.read_at::<i32>(20).unwrap_or(0)) };
+    // SAFETY: map value owned by this tid; only this thread writes it.
+    unsafe {
+        if (*rec).sk == sk {
+            (*rec).kernel_ret = ret;
+        }
     }
+    0
+}
+
+/// `skb:skb_copy_datagram_iovec` (`len` @16): bytes copied to user memory by this receive.
+#[tracepoint]
+pub fn recv_skb_copy(ctx: TracePointContext) -> u32 {
+    let tid = current_tid();
+    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
+    // SAFETY: offset from the tracepoint format.
+    let len = unsafe { ctx.read_at::<i32>(16) }.unwrap_or(0);
+    if len > 0 {
+        // SAFETY: map value owned by this tid.
+        unsafe { (*rec).copied_bytes += len as u64 };
+    }
+    0
+}
+
+// ---- kernel-function sets (fentry/fexit, kprobe/kretprobe) -----------------------------------
+
+/// Entry of `__skb_recv_udp` / `__skb_recv_datagram`.
+#[inline(always)]
+fn func_enter(sk: u64, func: u32, via: u32) {
+    let tid = current_tid();
+    if let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) {
+        // SAFETY: map value owned by this tid.
+        unsafe {
+            if (*rec).func == recv_func::SYSCALL && (*rec).sk == sk {
+                // Inside a recorded syscall on the same socket: keep its fd and start time.
+                (*rec).func = func;
+                (*rec).via = via;
+                return;
+            }
+        }
+    }
+    let rec = record(sk, sk_ino(sk), NO_FD, u32::MAX, via, func);
+    insert(tid, &rec);
+}
+
+/// Exit of `__skb_recv_udp` / `__skb_recv_datagram`: `skb` returned, `err` the `int *err` arg.
+#[inline(always)]
+fn func_exit(skb: u64, err: u64) {
+    let tid = current_tid();
+    // SAFETY: value copied out of the map.
+    let Some(entry) = (unsafe { INFLIGHT_RECV.get(&tid).copied() }) else { return };
+    if entry.func != recv_func::SKB_RECV_UDP && entry.func != recv_func::SKB_RECV_DATAGRAM {
+        return;
+    }
+    let ret = if skb != 0 {
+        rd::<u32>(skb, off!(skb_len)).unwrap_or(0) as i64
+    } else {
+        -(rd::<i32>(err, 0).unwrap_or(0).unsigned_abs() as i64)
+    };
+    if entry.fd != NO_FD {
+        // A syscall record underneath: it reports at sys_exit.
+        if let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) {
+            // SAFETY: map value owned by this tid.
+            unsafe { (*rec).func = recv_func::SYSCALL };
+        }
+        return;
+    }
+    let _ = INFLIGHT_RECV.remove(&tid);
+    done(entry, ret);
+}
+
+/// Entry of `__skb_wait_for_more_packets`: the task is about to sleep for a datagram.
+#[inline(always)]
+fn wait_enter(sk: u64, via: u32) {
+    let tid = current_tid();
+    let now = now_ns();
+    if let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) {
+        // SAFETY: map value owned by this tid.
+        unsafe { (*rec).wait_since_ns = now };
+        return;
+    }
+    let mut rec = record(sk, sk_ino(sk), NO_FD, u32::MAX, via, recv_func::SKB_WAIT);
+    rec.wait_since_ns = now;
+    insert(tid, &rec);
+}
+
+/// Exit of `__skb_wait_for_more_packets` with its return (0 woken, 1 shut down, `-errno`).
+#[inline(always)]
+fn wait_exit(ret: i64) {
+    let tid = current_tid();
+    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return };
+    // SAFETY: map value owned by this tid; copied before removal.
+    let entry = unsafe {
+        if (*rec).wait_since_ns != 0 {
+            (*rec).waited_ns += now_ns().saturating_sub((*rec).wait_since_ns);
+            (*rec).wait_since_ns = 0;
+        }
+        *rec
+    };
+    if entry.func == recv_func::SKB_WAIT {
+        let _ = INFLIGHT_RECV.remove(&tid);
+        done(entry, ret);
+    }
+}
+
+/// fentry on `__skb_recv_udp(struct sock *sk, unsigned int flags, int *off, int *err)`.
+#[fentry(function = "__skb_recv_udp")]
+pub fn recv_fentry_udp(ctx: FEntryContext) -> u32 {
+    func_enter(ctx.arg::<u64>(0), recv_func::SKB_RECV_UDP, probe_via::FENTRY);
+    0
+}
+
+/// fexit on `__skb_recv_udp`: return value after the four arguments.
+#[fexit(function = "__skb_recv_udp")]
+pub fn recv_fexit_udp(ctx: FExitContext) -> u32 {
+    func_exit(ctx.arg::<u64>(4), ctx.arg::<u64>(3));
+    0
+}
+
+/// fentry on `__skb_recv_datagram(struct sock *sk, struct sk_buff_head *queue, unsigned int flags, int *off, int *err)`.
+#[fentry(function = "__skb_recv_datagram")]
+pub fn recv_fentry_dgram(ctx: FEntryContext) -> u32 {
+    func_enter(ctx.arg::<u64>(0), recv_func::SKB_RECV_DATAGRAM, probe_via::FENTRY);
+    0
+}
+
+/// fexit on `__skb_recv_datagram`: return value after the five arguments.
+#[fexit(function = "__skb_recv_datagram")]
+pub fn recv_fexit_dgram(ctx: FExitContext) -> u32 {
+    func_exit(ctx.arg::<u64>(5), ctx.arg::<u64>(4));
+    0
+}
+
+/// fentry on `__skb_wait_for_more_packets(struct sock *sk, struct sk_buff_head *queue, int *err, long *timeo_p, const struct sk_buff *skb)`.
+#[fentry(function = "__skb_wait_for_more_packets")]
+pub fn recv_fentry_wait(ctx: FEntryContext) -> u32 {
+    wait_enter(ctx.arg::<u64>(0), probe_via::FENTRY);
+    0
+}
+
+/// fexit on `__skb_wait_for_more_packets`: `int` return after the five arguments.
+#[fexit(function = "__skb_wait_for_more_packets")]
+pub fn recv_fexit_wait(ctx: FExitContext) -> u32 {
+    wait_exit(ctx.arg::<u64>(5) as i32 as i64);
+    0
+}
+
+/// kprobe on `__skb_recv_udp`; the `int *err` argument is kept for the kretprobe.
+#[kprobe]
+pub fn recv_kprobe_udp(ctx: ProbeContext) -> u32 {
+    let tid = current_tid();
+    let _ = RECV_ERR_PTR.insert(&tid, &ctx.arg::<u64>(3).unwrap_or(0), 0);
+    func_enter(ctx.arg::<u64>(0).unwrap_or(0), recv_func::SKB_RECV_UDP, probe_via::KPROBE);
+    0
+}
+
+/// kprobe on `__skb_recv_datagram`.
+#[kprobe]
+pub fn recv_kprobe_dgram(ctx: ProbeContext) -> u32 {
+    let tid = current_tid();
+    let _ = RECV_ERR_PTR.insert(&tid, &ctx.arg::<u64>(4).unwrap_or(0), 0);
+    func_enter(ctx.arg::<u64>(0).unwrap_or(0), recv_func::SKB_RECV_DATAGRAM, probe_via::KPROBE);
+    0
+}
+
+/// kretprobe on `__skb_recv_udp` and `__skb_recv_datagram` (one program, two attachments).
+#[kretprobe]
+pub fn recv_kretprobe_func(ctx: RetProbeContext) -> u32 {
+    let tid = current_tid();
+    // SAFETY: value copied out of the map.
+    let err = unsafe { RECV_ERR_PTR.get(&tid).copied() }.unwrap_or(0);
+    let _ = RECV_ERR_PTR.remove(&tid);
+    func_exit(ctx.ret::<u64>(), err);
+    0
+}
+
+/// kprobe on `__skb_wait_for_more_packets`.
+#[kprobe]
+pub fn recv_kprobe_wait(ctx: ProbeContext) -> u32 {
+    wait_enter(ctx.arg::<u64>(0).unwrap_or(0), probe_via::KPROBE);
+    0
+}
+
+/// kretprobe on `__skb_wait_for_more_packets`.
+#[kretprobe]
+pub fn recv_kretprobe_wait(ctx: RetProbeContext) -> u32 {
+    wait_exit(ctx.ret::<u64>() as i32 as i64);
     0
 }

@@ -87,3 +87,97 @@ fn fentry_set_sees_a_deleted_veth_with_the_deleting_pid() {
 fn kprobe_set_sees_a_deleted_veth_with_the_deleting_pid() {
     deleted_veth_is_seen_by("kprobe");
 }
+
+fn receiver_of(snapshot: &Value, tid: u32) -> Option<Value> {
+    snapshot["receivers"].as_array()?.iter().find(|r| r["tid"] == tid).cloned()
+}
+
+/// `hung --follow --probe-set SET` on a UDP receiver blocked in recvmsg: the kernel-function
+/// probe names the socket (its `struct sock` argument), the wait, and a blocked time that grows;
+/// closing the fd does not hide the socket; a wake-up removes the receiver.
+fn blocked_receiver_is_seen_by(set: &str) {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("kc"), unique("kd"));
+    ns.veth(&a, &b, Some("10.211.0.1/24")).unwrap();
+    let mut h = Running::start(&["--netns", &ns.name, "hung", "--follow", "--json", "--min-blocked", "0", "--interval", "100ms", "--probe-set", set]).unwrap();
+    let ready = match h.wait_for("ready", T, |v| v["type"] == "ready") {
+        Ok(r) => r,
+        Err(_) => {
+            let d = doctor();
+            eprintln!(
+                "SKIPPED: this kernel refuses the {set} set on the receive path ({}); it needs a kernel with {set} support, e.g. `cargo xtask vm-test` (Debian 6.1)",
+                d["recv_probe_set"]["refused"]
+            );
+            return;
+        }
+    };
+    assert_eq!(ready["probe_set"]["chosen"], set, "{ready}");
+    let probes: Vec<&str> = ready["probes"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    let exit = if set == "fentry" { "fexit" } else { "kretprobe" };
+    for f in ["__skb_recv_udp", "__skb_wait_for_more_packets"] {
+        assert!(probes.contains(&format!("{set}:{f}").as_str()) && probes.contains(&format!("{exit}:{f}").as_str()), "{f} not probed: {ready}");
+    }
+    assert!(!probes.iter().any(|p| p.starts_with("syscalls:")), "the {set} set needs no syscall tracepoints: {ready}");
+
+    let r = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None).unwrap();
+    let probe = format!("{set}:__skb_recv_udp");
+    let first = h
+        .wait_for("receiver in the wait", T, |v| receiver_of(v, r.tid).is_some_and(|row| row["probe"] == probe.as_str() && row["in_wait"] == true))
+        .unwrap();
+    let row = receiver_of(&first, r.tid).unwrap();
+    assert_eq!(row["certainty"], "exact", "{row}");
+    assert_eq!(row["blocked_source"], "function_entry", "{row}");
+    assert_eq!(row["socket"]["local_port"], r.port, "{row}");
+    assert_eq!(row["syscall"], "recvmsg", "the syscall comes from procfs: {row}");
+    assert_eq!(row["fd"], r.fd, "{row}");
+    let b1 = row["blocked_ns"].as_u64().unwrap();
+    let later = h
+        .wait_for("blocked time grows", T, |v| receiver_of(v, r.tid).is_some_and(|row| row["blocked_ns"].as_u64().is_some_and(|b| b > b1 + 100_000_000)))
+        .unwrap();
+    assert_eq!(receiver_of(&later, r.tid).unwrap()["probe"], probe.as_str());
+
+    r.close_fd();
+    let closed = h.wait_for("fd closed", T, |v| receiver_of(v, r.tid).is_some_and(|row| row["fd_open"] == false)).unwrap();
+    let row = receiver_of(&closed, r.tid).unwrap();
+    assert_eq!(row["certainty"], "exact", "the struct sock argument survives the close: {row}");
+    assert_eq!(row["orphaned"], true, "{row}");
+    assert_eq!(row["socket"]["local_port"], r.port, "{row}");
+    assert!(row["blocked_ns"].as_u64().unwrap() > b1);
+
+    assert_eq!(r.wake(&ns, "127.0.0.1").unwrap(), 4);
+    h.wait_for("receiver gone after wake-up", T, |v| v["type"] == "snapshot" && receiver_of(v, r.tid).is_none()).unwrap();
+    assert!(h.interrupt().unwrap().success());
+}
+
+#[test]
+fn fentry_set_reports_a_blocked_udp_receiver_with_growing_duration() {
+    blocked_receiver_is_seen_by("fentry");
+}
+
+#[test]
+fn kprobe_set_reports_a_blocked_udp_receiver_with_growing_duration() {
+    blocked_receiver_is_seen_by("kprobe");
+}
+
+#[test]
+fn tracepoint_set_reports_a_blocked_udp_receiver_with_growing_duration() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let mut h = Running::start(&["--netns", &ns.name, "hung", "--follow", "--json", "--min-blocked", "0", "--interval", "100ms", "--probe-set", "tracepoint"]).unwrap();
+    let ready = h.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    assert_eq!(ready["probe_set"]["chosen"], "tracepoint", "{ready}");
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    let r = BlockedReceiver::start(&ns, "127.0.0.1:0", false, None).unwrap();
+    let first = h.wait_for("receiver listed", T, |v| receiver_of(v, r.tid).is_some()).unwrap();
+    let row = receiver_of(&first, r.tid).unwrap();
+    assert_eq!(row["probe"], "tracepoint:syscalls:sys_enter_recvmsg", "{row}");
+    assert_eq!(row["certainty"], "exact");
+    assert_eq!(row["socket"]["local_port"], r.port);
+    let b1 = row["blocked_ns"].as_u64().unwrap();
+    h.wait_for("blocked time grows", T, |v| receiver_of(v, r.tid).is_some_and(|row| row["blocked_ns"].as_u64().is_some_and(|b| b > b1 + 100_000_000)))
+        .unwrap();
+    assert_eq!(r.wake(&ns, "127.0.0.1").unwrap(), 4);
+    r.close_fd();
+    assert!(h.interrupt().unwrap().success());
+}

@@ -106,7 +106,7 @@ fn watch_raises_receiver_stranded_on_delete_and_after_threshold() {
         .wait_for("receiver_stranded", T, |v| v["type"] == "receiver_stranded" && v["receiver"]["tid"] == seed.tid)
         .unwrap();
     assert_eq!(ev["phase"], "interface_change");
-    assert_eq!(ev["change"]["event"], "deleted");
+    assert_eq!(ev["change"]["event"], "deleted", "{ev}");
     assert_eq!(ev["change"]["ifindex"], first);
     assert_eq!(ev["receiver"]["certainty"], "exact", "{ev}");
     assert_eq!(ev["receiver"]["socket"]["pktinfo"], true);

@@ -49,6 +49,9 @@ enum Task {
         /// Only test binaries whose name contains one of these (comma-separated).
         #[arg(long)]
         only: Option<String>,
+        /// Also run these benchmarks in the guest after the tests (comma-separated, e.g. `recv`).
+        #[arg(long)]
+        bench: Option<String>,
     },
     /// Run the benchmarks (ratios against a baseline measured in the same run).
     Bench {
@@ -109,7 +112,7 @@ fn main() -> Result<()> {
                 .args(&args);
             status(&mut cmd)
         }
-        Task::VmTest { kernel, modules, only } => vm_test(&root, kernel, modules, only),
+        Task::VmTest { kernel, modules, only, bench } => vm_test(&root, kernel, modules, only, bench),
         Task::Bench { args } => {
             toolchain::ensure(may_install())?;
             let bin = build(true)?;
@@ -124,7 +127,7 @@ fn main() -> Result<()> {
 }
 
 /// Builds ifsock and the integration test binaries, and runs them in the VM.
-fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only: Option<String>) -> Result<()> {
+fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only: Option<String>, bench: Option<String>) -> Result<()> {
     toolchain::ensure(may_install())?;
     vm::ensure_host_packages()?;
     let bin = build(true)?;
@@ -147,6 +150,25 @@ fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only:
         let guest = format!("/ifsock/tests/{name}");
         script.push_str(&format!("echo \"== {name}\"; {guest} --test-threads=1 || fail=1\n"));
         payload.push(vm::Payload { host: PathBuf::from(exe), guest });
+    }
+    if let Some(bench) = bench {
+        let out = toolchain::cargo()
+            .current_dir(root)
+            .args(["build", "--release", "-p", "ifsock-tests", "--bin", "ifsock-bench", "--message-format=json"])
+            .output()
+            .context("building the benchmark binary")?;
+        if !out.status.success() {
+            bail!("building ifsock-bench failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let exe = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|m| m["target"]["name"] == "ifsock-bench" && m["executable"].is_string())
+            .and_then(|m| m["executable"].as_str().map(PathBuf::from))
+            .context("cargo did not report the ifsock-bench executable")?;
+        payload.push(vm::Payload { host: exe, guest: "/ifsock/tests/ifsock-bench".into() });
+        let names = bench.split(',').collect::<Vec<_>>().join(" ");
+        script.push_str(&format!("echo \"== bench {names}\"; /ifsock/tests/ifsock-bench {names} || fail=1\n"));
     }
     script.push_str("exit $fail\n");
     let outcome = vm::run(

@@ -203,6 +203,7 @@ impl KernelBtf {
         k.dev_name = o("net_device", "name");
         k.dev_close_list = o("net_device", "close_list");
         k.dev_nd_net = o("net_device", "nd_net.net");
+        k.skb_len = o("sk_buff", "len");
 
         let required = [
             (k.skc_family, "sock_common.skc_family"),
@@ -335,7 +336,8 @@ mod tests {
 pub const OFFSETS_CACHE_DIR: &str = "/run/ifsock";
 
 /// [`KernelBtf::kernel_offsets`] of the running kernel, cached per boot in
-/// `/run/ifsock/offsets-<boot_id>-<release>.bin` (the layout cannot change without a reboot;
+/// `/run/ifsock/offsets-<boot_id>-<release>-<exe mtime>.bin` (the kernel's layout cannot change
+/// without a reboot, ours not without a rebuild;
 /// computing it scans all of vmlinux's BTF enums, ~60 ms). A cache that cannot be written is
 /// not an error.
 ///
@@ -344,7 +346,12 @@ pub const OFFSETS_CACHE_DIR: &str = "/run/ifsock";
 pub fn cached_kernel_offsets() -> Result<KernelOffsets, BtfError> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    let path = Path::new(OFFSETS_CACHE_DIR).join(format!("offsets-{}-{release}.bin", boot_id.trim()));
+    let build = std::env::current_exe()
+        .and_then(|p| p.metadata())
+        .and_then(|m| m.modified())
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos())
+        .unwrap_or(0);
+    let path = Path::new(OFFSETS_CACHE_DIR).join(format!("offsets-{}-{release}-{build:x}.bin", boot_id.trim()));
     let size = std::mem::size_of::<KernelOffsets>();
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == size && !boot_id.is_empty() {

@@ -15,6 +15,16 @@ pub fn syscall_name(nr: u64) -> &'static str {
     RECV_SYSCALLS.iter().find(|(n, _)| *n == nr).map_or("?", |(_, s)| s)
 }
 
+/// The syscall a thread is in now and its first argument (`/proc/PID/task/TID/syscall`), or
+/// `None` when it is running in user space, gone, or unreadable.
+pub fn thread_syscall(pid: u32, tid: u32) -> Option<(u64, u64)> {
+    let sc = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let mut fields = sc.split_whitespace();
+    let nr = fields.next()?.parse::<u64>().ok()?;
+    let arg0 = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some((nr, arg0))
+}
+
 /// A thread sleeping inside a receive syscall, from `/proc/PID/task/TID/{syscall,stat,sched}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockedThread {

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{FEntry, Iter, KProbe, TracePoint},
+    programs::{FEntry, FExit, Iter, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
@@ -60,8 +60,19 @@ pub struct Probes {
     ebpf: Ebpf,
     btf: Btf,
     iters_loaded: bool,
-    /// Tracepoints attached, as `category:name` (for `doctor` and the watch banner).
+    /// Probes attached, as `category:name` or `fentry:function` (for `doctor` and the watch banner).
     pub attached: Vec<String>,
+    /// Optional probes this kernel does not have, with the reason (`sock:sock_recv_length`, ...).
+    pub unavailable: Vec<(String, String)>,
+}
+
+/// A kernel function to probe: BTF names to try (newest first) and the programs per set
+/// (entry, optional exit).
+struct FnTarget {
+    what: &'static str,
+    candidates: &'static [&'static str],
+    fentry: (&'static str, Option<&'static str>),
+    kprobe: (&'static str, Option<&'static str>),
 }
 
 impl Probes {
@@ -86,7 +97,7 @@ impl Probes {
             .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf, iters_loaded: false, attached: Vec::new() })
+        Ok(Probes { ebpf, btf, iters_loaded: false, attached: Vec::new(), unavailable: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
@@ -168,25 +179,95 @@ impl Probes {
     /// # Errors
     /// A forced set that this kernel refuses.
     pub fn attach_device(&mut self, forced: Option<ProbeSet>) -> Result<Selection> {
-        let kbtf = crate::kernel::btf::KernelBtf::load(&[])?;
         let targets = [
-            ("close", ["netif_close_many", "dev_close_many", "__dev_close_many"].into_iter().find(|f| kbtf.has_function(f)), "dev_fentry_close_many", "dev_kprobe_close_many"),
-            ("unregister", ["unregister_netdevice_queue"].into_iter().find(|f| kbtf.has_function(f)), "dev_fentry_unregister", "dev_kprobe_unregister"),
+            FnTarget {
+                what: "close",
+                candidates: &["netif_close_many", "dev_close_many", "__dev_close_many"],
+                fentry: ("dev_fentry_close_many", None),
+                kprobe: ("dev_kprobe_close_many", None),
+            },
+            FnTarget {
+                what: "unregister",
+                candidates: &["unregister_netdevice_queue"],
+                fentry: ("dev_fentry_unregister", None),
+                kprobe: ("dev_kprobe_unregister", None),
+            },
         ];
+        let (selection, _) = self.attach_functions(&targets, forced)?;
+        tracing::info!("device path: {selection}");
+        Ok(selection)
+    }
+
+    /// Attaches receive tracking, each function with its own fallback (fentry/fexit, then
+    /// kprobe/kretprobe) on `__skb_recv_udp`, `__skb_recv_datagram` and
+    /// `__skb_wait_for_more_packets`. When any of them cannot be probed (or `forced` is
+    /// [`ProbeSet::Tracepoint`]) the tracepoint set is attached too:
+    /// `syscalls:sys_{enter,exit}_{recvmsg,recvfrom,recvmmsg,read}`, plus `sock:sock_recv_length`
+    /// (>= 6.4) and `skb:skb_copy_datagram_iovec` when the kernel has them.
+    ///
+    /// # Errors
+    /// A forced set this kernel refuses, or a syscall tracepoint that cannot attach.
+    pub fn attach_recv(&mut self, forced: Option<ProbeSet>) -> Result<Selection> {
+        let targets = [
+            FnTarget {
+                what: "UDP receive",
+                candidates: &["__skb_recv_udp"],
+                fentry: ("recv_fentry_udp", Some("recv_fexit_udp")),
+                kprobe: ("recv_kprobe_udp", Some("recv_kretprobe_func")),
+            },
+            FnTarget {
+                what: "datagram receive",
+                candidates: &["__skb_recv_datagram"],
+                fentry: ("recv_fentry_dgram", Some("recv_fexit_dgram")),
+                kprobe: ("recv_kprobe_dgram", Some("recv_kretprobe_func")),
+            },
+            FnTarget {
+                what: "datagram wait",
+                candidates: &["__skb_wait_for_more_packets"],
+                fentry: ("recv_fentry_wait", Some("recv_fexit_wait")),
+                kprobe: ("recv_kprobe_wait", Some("recv_kretprobe_wait")),
+            },
+        ];
+        let (selection, all_covered) = self.attach_functions(&targets, forced)?;
+        if !all_covered {
+            for sc in ["recvmsg", "recvfrom", "recvmmsg", "read"] {
+                self.attach_tracepoint("recv_exit", "syscalls", &format!("sys_exit_{sc}"))?;
+                self.attach_tracepoint("recv_enter", "syscalls", &format!("sys_enter_{sc}"))?;
+            }
+            for (prog, cat, name) in [("recv_sock_length", "sock", "sock_recv_length"), ("recv_skb_copy", "skb", "skb_copy_datagram_iovec")] {
+                if let Err(e) = self.attach_tracepoint(prog, cat, name) {
+                    self.unavailable.push((format!("{cat}:{name}"), refusal(&e)));
+                }
+            }
+        }
+        tracing::info!("receive path: {selection}");
+        Ok(selection)
+    }
+
+    /// Attaches each target with its own fallback (fentry, then kprobe, unless `forced`).
+    /// Returns the selection (the weakest set in use, with why each better one was refused)
+    /// and whether every target got a kernel-function probe.
+    ///
+    /// # Errors
+    /// `forced` names fentry or kprobe and some target could not be attached with it.
+    fn attach_functions(&mut self, targets: &[FnTarget], forced: Option<ProbeSet>) -> Result<(Selection, bool)> {
+        let kbtf = crate::kernel::btf::KernelBtf::load(&[])?;
         let mut fentry_err: Option<String> = None;
         let mut kprobe_err: Option<String> = None;
-        let mut used = Vec::new();
-        for (what, function, fentry_prog, kprobe_prog) in targets {
-            let Some(function) = function else {
-                let why = format!("no {what} function in this kernel's BTF");
+        let mut outcomes = Vec::new();
+        for t in targets {
+            let Some(function) = t.candidates.iter().copied().find(|f| kbtf.has_function(f)) else {
+                let why = format!("no {} function ({}) in this kernel's BTF", t.what, t.candidates.join("/"));
                 fentry_err.get_or_insert(why.clone());
                 kprobe_err.get_or_insert(why);
+                self.unavailable.push((t.candidates.join("/"), "not in BTF".into()));
+                outcomes.push(None);
                 continue;
             };
             if forced.is_none() || forced == Some(ProbeSet::Fentry) {
-                match self.attach_fentry(fentry_prog, function) {
+                match self.attach_fentry_pair(t.fentry, function) {
                     Ok(()) => {
-                        used.push(ProbeSet::Fentry);
+                        outcomes.push(Some(ProbeSet::Fentry));
                         continue;
                     }
                     Err(e) => {
@@ -195,9 +276,9 @@ impl Probes {
                 }
             }
             if forced.is_none() || forced == Some(ProbeSet::Kprobe) {
-                match self.attach_kprobe(kprobe_prog, function) {
+                match self.attach_kprobe_pair(t.kprobe, function) {
                     Ok(()) => {
-                        used.push(ProbeSet::Kprobe);
+                        outcomes.push(Some(ProbeSet::Kprobe));
                         continue;
                     }
                     Err(e) => {
@@ -205,29 +286,69 @@ impl Probes {
                     }
                 }
             }
+            outcomes.push(None);
         }
-        let caps = select::Capabilities {
-            fentry: if used.contains(&ProbeSet::Fentry) { Ok(()) } else { Err(fentry_err.unwrap_or_else(|| "not tried (another set was forced)".into())) },
-            kprobe: if used.contains(&ProbeSet::Kprobe) { Ok(()) } else { Err(kprobe_err.unwrap_or_else(|| "not needed or not tried".into())) },
-        };
+        let uncovered = outcomes.iter().any(Option::is_none);
+        if let Some(set @ (ProbeSet::Fentry | ProbeSet::Kprobe)) = forced {
+            if uncovered {
+                let why = if set == ProbeSet::Fentry { fentry_err } else { kprobe_err };
+                return Err(anyhow!("probe set {set:?} was forced but this kernel refuses it: {}", why.unwrap_or_default()));
+            }
+        }
+        let caps = select::combine(&outcomes, fentry_err, kprobe_err);
         let selection = select::select(&caps, forced).map_err(anyhow::Error::msg)?;
-        tracing::info!("{selection}");
-        Ok(selection)
+        Ok((selection, !uncovered))
     }
 
-    fn attach_fentry(&mut self, program: &str, function: &str) -> Result<()> {
+    fn attach_fentry_pair(&mut self, (entry, exit): (&str, Option<&str>), function: &str) -> Result<()> {
         let btf = self.btf.clone();
-        let prog: &mut FEntry = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
-        prog.load(function, &btf).with_context(|| format!("loading fentry on {function}"))?;
-        prog.attach().with_context(|| format!("attaching fentry on {function}"))?;
+        let entry_prog: &mut FEntry = self.ebpf.program_mut(entry).ok_or_else(|| anyhow!("program {entry} missing"))?.try_into()?;
+        entry_prog.load(function, &btf).with_context(|| format!("loading fentry on {function}"))?;
+        let link = entry_prog.attach().with_context(|| format!("attaching fentry on {function}"))?;
+        if let Some(exit) = exit {
+            let attached = (|| -> Result<()> {
+                let exit_prog: &mut FExit = self.ebpf.program_mut(exit).ok_or_else(|| anyhow!("program {exit} missing"))?.try_into()?;
+                exit_prog.load(function, &btf).with_context(|| format!("loading fexit on {function}"))?;
+                exit_prog.attach().with_context(|| format!("attaching fexit on {function}"))?;
+                Ok(())
+            })();
+            if let Err(e) = attached {
+                if let Some(p) = self.ebpf.program_mut(entry) {
+                    let entry_prog: &mut FEntry = p.try_into()?;
+                    let _ = entry_prog.detach(link);
+                }
+                return Err(e);
+            }
+            self.attached.push(format!("fexit:{function}"));
+        }
         self.attached.push(format!("fentry:{function}"));
         Ok(())
     }
 
-    fn attach_kprobe(&mut self, program: &str, function: &str) -> Result<()> {
-        let prog: &mut KProbe = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
-        prog.load().with_context(|| format!("loading kprobe {program}"))?;
-        prog.attach(function, 0).with_context(|| format!("attaching kprobe on {function}"))?;
+    fn attach_kprobe_pair(&mut self, (entry, exit): (&str, Option<&str>), function: &str) -> Result<()> {
+        let entry_prog: &mut KProbe = self.ebpf.program_mut(entry).ok_or_else(|| anyhow!("program {entry} missing"))?.try_into()?;
+        if entry_prog.fd().is_err() {
+            entry_prog.load().with_context(|| format!("loading kprobe {entry}"))?;
+        }
+        let link = entry_prog.attach(function, 0).with_context(|| format!("attaching kprobe on {function}"))?;
+        if let Some(exit) = exit {
+            let attached = (|| -> Result<()> {
+                let exit_prog: &mut KProbe = self.ebpf.program_mut(exit).ok_or_else(|| anyhow!("program {exit} missing"))?.try_into()?;
+                if exit_prog.fd().is_err() {
+                    exit_prog.load().with_context(|| format!("loading kretprobe {exit}"))?;
+                }
+                exit_prog.attach(function, 0).with_context(|| format!("attaching kretprobe on {function}"))?;
+                Ok(())
+            })();
+            if let Err(e) = attached {
+                if let Some(p) = self.ebpf.program_mut(entry) {
+                    let entry_prog: &mut KProbe = p.try_into()?;
+                    let _ = entry_prog.detach(link);
+                }
+                return Err(e);
+            }
+            self.attached.push(format!("kretprobe:{function}"));
+        }
         self.attached.push(format!("kprobe:{function}"));
         Ok(())
     }
@@ -238,15 +359,6 @@ impl Probes {
         self.attach_tracepoint("link_enter_sendmsg", "syscalls", "sys_enter_sendmsg")?;
         self.attach_tracepoint("link_enter_sendto", "syscalls", "sys_enter_sendto")?;
         self.attach_tracepoint("link_enter_ioctl", "syscalls", "sys_enter_ioctl")
-    }
-
-    /// Attaches receive tracking (`sys_enter/exit_{recvmsg,recvfrom,recvmmsg,read}`).
-    pub fn attach_recv(&mut self) -> Result<()> {
-        for sc in ["recvmsg", "recvfrom", "recvmmsg", "read"] {
-            self.attach_tracepoint("recv_exit", "syscalls", &format!("sys_exit_{sc}"))?;
-            self.attach_tracepoint("recv_enter", "syscalls", &format!("sys_enter_{sc}"))?;
-        }
-        Ok(())
     }
 
     /// Attaches send-error tracking (`sys_enter/exit_{sendto,sendmsg}`).

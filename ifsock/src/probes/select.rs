@@ -69,9 +69,43 @@ pub fn select(caps: &Capabilities, forced: Option<ProbeSet>) -> Result<Selection
     Ok(Selection { chosen: ProbeSet::Tracepoint, refused })
 }
 
+/// Capabilities of a path whose functions were attached one by one: `outcomes` holds, per
+/// function, the set that attached it (`None`: no kernel-function probe, the tracepoints cover
+/// it). A set counts as allowed only if every function got it or better, so the selection is the
+/// weakest set in use; `fentry_err`/`kprobe_err` are the first refusal of each.
+pub fn combine(outcomes: &[Option<ProbeSet>], fentry_err: Option<String>, kprobe_err: Option<String>) -> Capabilities {
+    let all = |ok: &dyn Fn(ProbeSet) -> bool| outcomes.iter().all(|o| o.is_some_and(|s| ok(s)));
+    let fentry_ok = !outcomes.is_empty() && all(&|s| s == ProbeSet::Fentry);
+    let kprobe_ok = !outcomes.is_empty() && all(&|s| s != ProbeSet::Tracepoint);
+    Capabilities {
+        fentry: if fentry_ok { Ok(()) } else { Err(fentry_err.unwrap_or_else(|| "not tried (another set was forced)".into())) },
+        kprobe: if kprobe_ok {
+            Ok(())
+        } else {
+            Err(kprobe_err.unwrap_or_else(|| "not every function could be probed".into()))
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_function_on_a_weaker_set_makes_the_path_that_set() {
+        use ProbeSet::*;
+        let sel = select(&combine(&[Some(Fentry), Some(Fentry), Some(Fentry)], None, None), None).unwrap();
+        assert_eq!((sel.chosen, sel.refused.len()), (Fentry, 0));
+        let sel = select(&combine(&[Some(Fentry), Some(Kprobe)], Some("EINVAL".into()), None), None).unwrap();
+        assert_eq!(sel.chosen, Kprobe);
+        assert_eq!(sel.refused, vec![(Fentry, "EINVAL".to_string())]);
+        let sel = select(&combine(&[Some(Fentry), None], Some("no __skb_recv_datagram in BTF".into()), Some("no __skb_recv_datagram in BTF".into())), None).unwrap();
+        assert_eq!(sel.chosen, Tracepoint);
+        assert_eq!(sel.refused.len(), 2);
+        assert!(sel.refused[1].1.contains("__skb_recv_datagram"));
+        let sel = select(&combine(&[None, None], Some("EPERM (lockdown=integrity)".into()), Some("ENOENT".into())), None).unwrap();
+        assert_eq!(sel.to_string(), "probe set: Tracepoint; Fentry refused: EPERM (lockdown=integrity); Kprobe refused: ENOENT");
+    }
 
     #[test]
     fn lockdown_kernel_falls_back_to_tracepoints_with_reasons() {

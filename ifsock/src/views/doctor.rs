@@ -31,7 +31,10 @@ struct Report {
     tracefs_mounted: bool,
     bpffs_mounted: bool,
     mounted_now: system::MountReport,
+    /// Device path (close/unregister) set.
     probe_set: Option<select::Selection>,
+    /// Receive path (`__skb_recv_udp`, `__skb_recv_datagram`, `__skb_wait_for_more_packets`) set.
+    recv_probe_set: Option<select::Selection>,
     probes: Vec<ProbeStatus>,
 }
 
@@ -44,6 +47,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     let mounted_now = system::ensure_mounts().unwrap_or_default();
     let mut probes_status = Vec::new();
     let mut selection = None;
+    let mut recv_selection = None;
     match Probes::load(u64::MAX) {
         Err(e) => probes_status.push(ProbeStatus { probe: "object".into(), loaded: false, reason: Some(format!("{e:#}")) }),
         Ok(mut probes) => {
@@ -51,19 +55,27 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                 Ok(sel) => selection = Some(sel),
                 Err(e) => probes_status.push(ProbeStatus { probe: "device probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
             }
-            for a in probes.attached.iter().filter(|a| !a.starts_with("syscalls")) {
+            match probes.attach_recv(None) {
+                Ok(sel) => recv_selection = Some(sel),
+                Err(e) => probes_status.push(ProbeStatus { probe: "receive probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
+            }
+            for a in probes.attached.iter() {
                 probes_status.push(ProbeStatus { probe: a.clone(), loaded: true, reason: None });
             }
             for (name, res) in [
                 ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),
                 ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", probes.attach_link_requests()),
-                ("tracepoint syscalls:sys_{enter,exit}_{recvmsg,recvfrom,recvmmsg,read} (receives)", probes.attach_recv()),
                 ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", probes.attach_send_errors()),
             ] {
                 probes_status.push(ProbeStatus { probe: name.into(), loaded: res.is_ok(), reason: res.err().map(|e| format!("{e:#}")) });
             }
-            for (set, why) in selection.iter().flat_map(|s| s.refused.iter()) {
-                probes_status.push(ProbeStatus { probe: format!("{set:?} set"), loaded: false, reason: Some(why.clone()) });
+            for (name, why) in &probes.unavailable {
+                probes_status.push(ProbeStatus { probe: name.clone(), loaded: false, reason: Some(why.clone()) });
+            }
+            for (path, sel) in [("device path", &selection), ("receive path", &recv_selection)] {
+                for (set, why) in sel.iter().flat_map(|s| s.refused.iter()) {
+                    probes_status.push(ProbeStatus { probe: format!("{set:?} set ({path})"), loaded: false, reason: Some(why.clone()) });
+                }
             }
         }
     }
@@ -75,6 +87,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         bpffs_mounted: system::is_mounted(system::BPFFS, "bpf"),
         mounted_now,
         probe_set: selection,
+        recv_probe_set: recv_selection,
         probes: probes_status,
     };
     if args.json {
@@ -86,8 +99,12 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     println!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" });
     println!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" });
     match &report.probe_set {
-        Some(sel) => println!("{sel}"),
-        None => println!("probe set: none (the object did not load)"),
+        Some(sel) => println!("device path:  {sel}"),
+        None => println!("device path:  no probe set (the object did not load)"),
+    }
+    match &report.recv_probe_set {
+        Some(sel) => println!("receive path: {sel}"),
+        None => println!("receive path: no probe set"),
     }
     for p in &report.probes {
         match &p.reason {

@@ -7,6 +7,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::Result;
+use ifsock_common::{probe_via, recv_func, InFlightRecv, NO_FD};
 use serde::Serialize;
 
 use super::{
@@ -24,7 +25,7 @@ use crate::{
         link::{Link, LinkTable},
         socket::{Binding, Socket},
     },
-    probes::Probes,
+    probes::{select::ProbeSet, Probes},
 };
 
 /// Options of `hung`.
@@ -46,13 +47,19 @@ pub struct HungArgs {
     /// Interval between snapshots with `--follow`.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// Receive-path probe set instead of the best one allowed (fentry: `__skb_recv_udp`,
+    /// `__skb_recv_datagram`, `__skb_wait_for_more_packets` trampolines; kprobe: the same with
+    /// kprobes; tracepoint: the receive syscalls). Refused with the kernel's reason if unavailable.
+    #[arg(long, value_enum)]
+    pub probe_set: Option<ProbeSet>,
 }
 
 /// How the receiver's socket is known.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Certainty {
-    /// Recorded at syscall entry by the recv tracepoints.
+    /// Recorded by a probe when the receive started: the `struct sock *` argument of a kernel
+    /// receive function (fentry/kprobe sets), or the fd resolved at syscall entry (tracepoints).
     Exact,
     /// The syscall's fd is still open and points at this socket (procfs).
     CurrentFd,
@@ -98,16 +105,24 @@ pub struct HungReceiver {
     pub tid: u32,
     /// Command.
     pub comm: String,
-    /// `recvmsg`, `recvfrom`, `recvmmsg` or `read`.
+    /// `recvmsg`, `recvfrom`, `recvmmsg` or `read`; `?` when unknown.
     pub syscall: &'static str,
-    /// The fd passed to the syscall.
-    pub fd: u32,
+    /// The fd passed to the syscall (None when the probe saw only the `struct sock` and the
+    /// thread's `/proc/.../syscall` no longer shows it).
+    pub fd: Option<u32>,
     /// Whether that fd still refers to the socket in the task's fd table.
     pub fd_open: bool,
     /// Blocked time in ns (None when it cannot be measured).
     pub blocked_ns: Option<u64>,
-    /// Where `blocked_ns` comes from: `syscall_entry` (tracepoint timestamp) or `sched_exec_start` (procfs estimate).
+    /// Where `blocked_ns` comes from: `syscall_entry` (tracepoint timestamp), `function_entry`
+    /// (entry of `__skb_recv_udp`/`__skb_recv_datagram`/`__skb_wait_for_more_packets`) or
+    /// `sched_exec_start` (procfs estimate).
     pub blocked_source: &'static str,
+    /// The probe that recorded the receive (`fentry:__skb_recv_udp`,
+    /// `tracepoint:syscalls:sys_enter_recvmsg`, ...), None for procfs-only receivers.
+    pub probe: Option<String>,
+    /// Sleeping in `__skb_wait_for_more_packets` right now (kernel-function sets; None otherwise).
+    pub in_wait: Option<bool>,
     /// How the socket is known.
     pub certainty: Certainty,
     /// The evidence, in words.
@@ -153,17 +168,40 @@ fn ties(socket: &Socket, ctx: &Context) -> Vec<IfaceTie> {
     out
 }
 
-fn stranded(socket: &Socket, ties: &[IfaceTie]) -> bool {
-    ties.iter().any(|t| match t.binding {
+/// Whether this one tie strands a socket: a device or address binding to an interface that is
+/// not up, or a wildcard IP_PKTINFO socket whose netns lost the interface.
+pub fn tie_strands(pktinfo: bool, t: &IfaceTie) -> bool {
+    match t.binding {
         Binding::Device | Binding::Address => t.state != IfaceState::Up,
-        Binding::Wildcard => socket.pktinfo && t.state == IfaceState::Deleted,
-    })
+        Binding::Wildcard => pktinfo && t.state == IfaceState::Deleted,
+    }
+}
+
+fn stranded(socket: &Socket, ties: &[IfaceTie]) -> bool {
+    ties.iter().any(|t| tie_strands(socket.pktinfo, t))
 }
 
 fn fd_points_at(pid: u32, fd: u32, ino: SockInode) -> bool {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
         .map(|l| l.to_string_lossy() == format!("socket:[{}]", ino.0))
         .unwrap_or(false)
+}
+
+/// The probe that recorded `e`, as `set:function` (`fentry:__skb_recv_udp`,
+/// `tracepoint:syscalls:sys_enter_recvmsg`).
+pub fn probe_name(e: &InFlightRecv) -> String {
+    let set = match e.via {
+        probe_via::FENTRY => "fentry",
+        probe_via::KPROBE => "kprobe",
+        _ => "tracepoint",
+    };
+    let function = match e.func {
+        recv_func::SKB_RECV_UDP => "__skb_recv_udp",
+        recv_func::SKB_RECV_DATAGRAM => "__skb_recv_datagram",
+        recv_func::SKB_WAIT => "__skb_wait_for_more_packets",
+        _ => return format!("tracepoint:syscalls:sys_enter_{}", syscall_name(u64::from(e.syscall))),
+    };
+    format!("{set}:{function}")
 }
 
 /// Every blocked receiver at least `min_blocked` long (sorted, longest first).
@@ -204,8 +242,15 @@ pub fn collect_from(
     let mut out = Vec::new();
     let mut seen_tids = std::collections::HashSet::new();
 
+    let by_tid: HashMap<u32, &procfs::BlockedThread> = blocked.iter().map(|b| (b.tid, b)).collect();
     for e in probes.inflight()? {
         if pid.is_some_and(|p| p != e.pid) || !procfs::thread_alive(e.pid, e.tid) {
+            continue;
+        }
+        let proc_view = by_tid.get(&e.tid).copied();
+        // A kretprobe can miss a return (its instance pool is bounded), leaving a record behind
+        // a thread that is no longer receiving: trust a kprobe record only while procfs agrees.
+        if e.via == probe_via::KPROBE && proc_view.is_none() {
             continue;
         }
         let blocked_ns = now.saturating_sub(e.since_ns);
@@ -213,19 +258,34 @@ pub fn collect_from(
         if blocked_ns < min {
             continue;
         }
+        let (syscall, fd) = if e.fd != NO_FD {
+            (syscall_name(u64::from(e.syscall)), Some(e.fd))
+        } else {
+            match proc_view {
+                Some(b) => (syscall_name(b.syscall), Some(b.fd)),
+                None => ("?", None),
+            }
+        };
         let socket = by_ino.get(&SockInode(e.ino)).map(|s| (*s).clone());
         let tie = socket.as_ref().map(|s| ties(s, ctx)).unwrap_or_default();
+        let probe = probe_name(&e);
         out.push(HungReceiver {
             pid: e.pid,
             tid: e.tid,
             comm: crate::model::ids::comm_str(&e.comm),
-            syscall: syscall_name(e.syscall as u64),
-            fd: e.fd,
-            fd_open: fd_points_at(e.pid, e.fd, SockInode(e.ino)),
+            syscall,
+            fd,
+            fd_open: fd.is_some_and(|fd| fd_points_at(e.pid, fd, SockInode(e.ino))),
             blocked_ns: Some(blocked_ns),
-            blocked_source: "syscall_entry",
+            blocked_source: if e.func == recv_func::SYSCALL { "syscall_entry" } else { "function_entry" },
+            in_wait: (e.via != probe_via::TRACEPOINT).then_some(e.wait_since_ns != 0),
             certainty: Certainty::Exact,
-            evidence: format!("socket inode {} recorded at {} entry (tracepoint syscalls:sys_enter_{})", e.ino, syscall_name(e.syscall as u64), syscall_name(e.syscall as u64)),
+            evidence: if e.func == recv_func::SYSCALL {
+                format!("socket inode {} resolved from fd {} at {syscall} entry ({probe})", e.ino, e.fd)
+            } else {
+                format!("socket inode {} from the struct sock argument of {probe}", e.ino)
+            },
+            probe: Some(probe),
             orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
             stranded: socket.as_ref().is_some_and(|s| stranded(s, &tie)),
             socket,
@@ -271,10 +331,12 @@ pub fn collect_from(
             tid: b.tid,
             comm: b.comm,
             syscall: syscall_name(b.syscall),
-            fd: b.fd,
+            fd: Some(b.fd),
             fd_open: b.fd_socket.is_some(),
             blocked_ns: b.blocked_ns,
             blocked_source: "sched_exec_start",
+            probe: None,
+            in_wait: None,
             certainty,
             evidence,
             orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
@@ -294,7 +356,7 @@ pub fn collect_from(
 /// Probe loading or netlink failures.
 pub async fn run(args: HungArgs) -> Result<()> {
     let mut probes = Probes::load(u64::MAX)?;
-    probes.attach_recv()?;
+    let selection = probes.attach_recv(args.probe_set)?;
     let own = netns::current_ino()?;
     let mut ctx = Context::default();
     if !args.follow {
@@ -307,9 +369,9 @@ pub async fn run(args: HungArgs) -> Result<()> {
     let handle = netlink::connect()?;
     let mut table = LinkTable::from_links(netlink::dump_links(&handle).await?);
     if args.json {
-        json_line(&serde_json::json!({"type": "ready", "netns": own}))?;
+        json_line(&serde_json::json!({"type": "ready", "netns": own, "probe_set": selection, "probes": probes.attached}))?;
     } else {
-        eprintln!("recording receives at syscall entry; Ctrl-C to stop");
+        eprintln!("recording receives (receive path: {selection}); Ctrl-C to stop");
     }
     let mut tick = tokio::time::interval(args.interval);
     let ctrl_c = tokio::signal::ctrl_c();
@@ -358,7 +420,7 @@ fn print(rows: &[HungReceiver], json: bool, follow: bool) -> Result<()> {
             vec![
                 format!("{}/{}", r.pid, r.tid),
                 r.comm.clone(),
-                format!("{}(fd {}{})", r.syscall, r.fd, if r.fd_open { "" } else { ", closed" }),
+                format!("{}(fd {}{})", r.syscall, r.fd.map_or("?".into(), |f| f.to_string()), if r.fd_open { "" } else { ", closed" }),
                 r.blocked_ns.map_or("?".into(), human_ns),
                 sock,
                 format!("{:?}", r.certainty).to_lowercase(),

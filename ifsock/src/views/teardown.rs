@@ -115,9 +115,10 @@ pub struct ReceiverSeen {
     pub tid: u32,
     /// Task command.
     pub comm: String,
-    /// fd it receives on.
-    pub fd: u32,
-    /// `read`, `recvfrom`, `recvmsg`, `recvmmsg`.
+    /// fd it receives on (None: seen only by a kernel-function probe, which knows the
+    /// `struct sock` but not the fd, after the thread left the syscall).
+    pub fd: Option<u32>,
+    /// `read`, `recvfrom`, `recvmsg`, `recvmmsg`; `?` when unknown.
     pub syscall: String,
     /// It was blocked when the down request was sent.
     pub blocked_at_down: bool,
@@ -226,7 +227,7 @@ struct BlockedRecv {
     pid: u32,
     tid: u32,
     comm: String,
-    fd: u32,
+    fd: Option<u32>,
     syscall: &'static str,
     ino: u64,
 }
@@ -240,27 +241,29 @@ fn blocked_now(probes: &Probes, owners: &HashSet<u32>, inodes: &HashSet<u64>) ->
         .filter_map(|b| {
             let ino = b.fd_socket?.0;
             inodes.contains(&ino).then(|| {
-                (b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: b.fd, syscall: procfs::syscall_name(b.syscall), ino })
+                (b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall: procfs::syscall_name(b.syscall), ino })
             })
         })
         .collect();
     for r in probes.inflight().unwrap_or_default() {
         if inodes.contains(&r.ino) {
-            out.entry(r.tid).or_insert(BlockedRecv {
-                pid: r.pid,
-                tid: r.tid,
-                comm: comm_str(&r.comm),
-                fd: r.fd,
-                syscall: syscall_name(r.syscall),
-                ino: r.ino,
-            });
+            let (syscall, fd) = recv_syscall_and_fd(&r);
+            out.entry(r.tid).or_insert(BlockedRecv { pid: r.pid, tid: r.tid, comm: comm_str(&r.comm), fd, syscall, ino: r.ino });
         }
     }
     out
 }
 
-fn syscall_name(nr: u32) -> &'static str {
-    procfs::syscall_name(u64::from(nr))
+/// The syscall and fd of a recorded receive: from the record (tracepoint set), else from the
+/// thread's `/proc/.../syscall` while it is still inside it (kernel-function sets).
+fn recv_syscall_and_fd(r: &ifsock_common::InFlightRecv) -> (&'static str, Option<u32>) {
+    if r.fd != ifsock_common::NO_FD {
+        return (procfs::syscall_name(u64::from(r.syscall)), Some(r.fd));
+    }
+    match procfs::thread_syscall(r.pid, r.tid) {
+        Some((nr, fd)) if procfs::syscall_name(nr) != "?" => (procfs::syscall_name(nr), u32::try_from(fd).ok()),
+        _ => ("?", None),
+    }
 }
 
 /// Collects events of the observation into per-socket findings.
@@ -301,8 +304,8 @@ impl Observer {
                     pid: d.entry.pid,
                     tid: d.entry.tid,
                     comm: comm_str(&d.entry.comm),
-                    fd: d.entry.fd,
-                    syscall: syscall_name(d.entry.syscall).to_string(),
+                    fd: (d.entry.fd != ifsock_common::NO_FD).then_some(d.entry.fd),
+                    syscall: if d.entry.fd != ifsock_common::NO_FD { procfs::syscall_name(u64::from(d.entry.syscall)) } else { "?" }.to_string(),
                     blocked_at_down: d.entry.since_ns < self.t0,
                     woke_ms: None,
                     ret: None,
@@ -430,8 +433,8 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
     if let Err(e) = probes.attach_send_errors() {
         report.unobserved.push(format!("send errors (syscalls:sys_{{enter,exit}}_{{sendto,sendmsg}}): {e:#}"));
     }
-    if let Err(e) = probes.attach_recv() {
-        report.unobserved.push(format!("receive wake-ups (syscalls:sys_{{enter,exit}}_{{recv*,read}}): {e:#}"));
+    if let Err(e) = probes.attach_recv(None) {
+        report.unobserved.push(format!("receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{{enter,exit}}_{{recv*,read}}): {e:#}"));
     }
     let mut events = probes.events()?;
     let mut sub = Subscription::open(None)?;
@@ -678,7 +681,7 @@ fn emit(r: &TeardownReport, json: bool) -> Result<()> {
             } else {
                 " entered after down"
             };
-            println!("    {}[{}] tid {} fd {}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.fd, rc.syscall);
+            println!("    {}[{}] tid {} fd {}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.fd.map_or("?".into(), |f| f.to_string()), rc.syscall);
         }
         if !r.dry_run && s.send_errors.is_empty() && s.receivers.is_empty() && !s.closed {
             println!("    nothing observed: no failed send, no receiver, not closed");

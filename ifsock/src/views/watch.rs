@@ -55,7 +55,8 @@ pub struct WatchArgs {
     /// Stop after this many change events (for scripts and tests).
     #[arg(long)]
     pub count: Option<u64>,
-    /// Use this probe set for the device path instead of the best one allowed (fentry, kprobe, tracepoint).
+    /// Use this probe set for the device and receive paths instead of the best one allowed
+    /// (fentry, kprobe, tracepoint); refused with the kernel's reason if it cannot load.
     #[arg(long, value_enum)]
     pub probe_set: Option<select::ProbeSet>,
     /// Follow every network namespace (named ones under /run/netns and those of running
@@ -309,13 +310,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if let Err(e) = probes.attach_link_requests() {
         tracing::warn!("link-request tracepoints unavailable, events will carry no cause: {e:#}");
     }
-    let recv_tracking = match probes.attach_recv() {
-        Ok(()) => true,
+    let recv_selection = match probes.attach_recv(args.probe_set) {
+        Ok(sel) => Some(sel),
+        Err(e) if args.probe_set.is_some() => return Err(e.context("attaching the receive probes")),
         Err(e) => {
-            tracing::warn!("receive tracepoints unavailable, no receiver_stranded events: {e:#}");
-            false
+            tracing::warn!("receive probes unavailable, no receiver_stranded events: {e:#}");
+            None
         }
     };
+    let recv_tracking = recv_selection.is_some();
     let mut events = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
     let mut w = Watcher {
@@ -341,9 +344,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let links: usize = w.spaces.values().map(|n| n.table.links().count()).sum();
     let spaces: Vec<NetnsIno> = w.spaces.keys().copied().collect();
     if w.args.json {
-        json_line(&serde_json::json!({"type": "ready", "netns": spaces, "probe_set": selection, "links": links, "recv_tracking": w.recv_tracking}))?;
+        json_line(&serde_json::json!({"type": "ready", "netns": spaces, "probe_set": selection, "recv_probe_set": recv_selection, "links": links, "recv_tracking": w.recv_tracking}))?;
     } else {
-        eprintln!("watching {} netns ({links} links): {selection} (Ctrl-C to stop)", spaces.len());
+        let recv = recv_selection.as_ref().map_or("receive path: untraced".to_string(), |s| format!("receive path: {s}"));
+        eprintln!("watching {} netns ({links} links): device path: {selection}; {recv} (Ctrl-C to stop)", spaces.len());
     }
     let mut reconcile = (!w.args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval(w.args.reconcile_every);
@@ -629,7 +633,10 @@ impl Watcher {
                     ChangeKind::Down => state == hung::IfaceState::Down,
                     _ => false,
                 };
-                let hit = r.stranded && r.interfaces.iter().any(|t| t.ifindex == change.ifindex && agrees(t.state));
+                // And this change's interface must be the one that strands it: a wildcard
+                // IP_PKTINFO receiver stranded by a deleted veth is not stranded by its peer's down.
+                let pktinfo = r.socket.as_ref().is_some_and(|s| s.pktinfo);
+                let hit = r.interfaces.iter().any(|t| t.ifindex == change.ifindex && agrees(t.state) && hung::tie_strands(pktinfo, t));
                 if !hit || self.stranded.iter().any(|s| s.tid == r.tid) {
                     continue;
                 }
@@ -661,7 +668,7 @@ impl Watcher {
             receiver.pid,
             receiver.tid,
             receiver.syscall,
-            receiver.fd,
+            receiver.fd.map_or("?".into(), |f| f.to_string()),
             if receiver.fd_open { "" } else { " (closed)" },
             receiver.blocked_ns.map_or("?".into(), super::output::human_ns),
             change.name,
