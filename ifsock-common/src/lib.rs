@@ -150,6 +150,14 @@ pub struct KernelOffsets {
     pub dev_nd_net: u32,
     /// `sk_buff.len` (`unsigned int`, bytes): the datagram a receive function returned.
     pub skb_len: u32,
+    // sock errors
+    /// `sock.sk_err` (`int`, positive errno set before `sk_error_report()`).
+    pub sk_err: u32,
+    /// `sock.sk_protocol` (`u16` since 5.6; a bitfield before, then [`OFFSET_NONE`]).
+    pub sk_protocol: u32,
+    /// `inet_sock.inet_sport` (`__be16`): the local port, kept when `inet_put_port()` clears
+    /// `skc_num` (a TCP reset on connect unhashes the socket before reporting the error).
+    pub inet_sport: u32,
 }
 
 impl KernelOffsets {
@@ -210,6 +218,9 @@ impl KernelOffsets {
         dev_close_list: OFFSET_NONE,
         dev_nd_net: OFFSET_NONE,
         skb_len: OFFSET_NONE,
+        sk_err: OFFSET_NONE,
+        sk_protocol: OFFSET_NONE,
+        inet_sport: OFFSET_NONE,
     };
 }
 
@@ -329,6 +340,8 @@ pub enum EventKind {
     SendError = 3,
     /// [`DeviceEvent`]: a device is being closed or unregistered (kernel function probe).
     Device = 4,
+    /// [`SockErrorEvent`]: the kernel reported an error on an INET socket (`sk_error_report()`).
+    SockError = 5,
 }
 
 /// [`DeviceEvent::reason`] values.
@@ -527,6 +540,110 @@ pub struct SendErrorEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// [`SockErrorEvent::via`] values: which program saw `sock:inet_sk_error_report`.
+pub mod sock_error_via {
+    /// `tp_btf/inet_sk_error_report`: the `struct sock *` was read (inode, netns, bound device).
+    pub const TP_BTF: u32 = 1;
+    /// Classic tracepoint `sock:inet_sk_error_report`: only its format fields; `sk`, `ino`,
+    /// `netns` and `bound_dev_if` are 0 and userspace matches the socket by family, local port
+    /// and local address.
+    pub const TRACEPOINT: u32 = 2;
+}
+
+/// Field offsets in the classic tracepoint's record
+/// (`/sys/kernel/tracing/events/sock/inet_sk_error_report/format`, include/trace/events/sock.h,
+/// unchanged since the tracepoint appeared in 5.14). Userspace checks them against the format
+/// file before attaching.
+pub mod inet_sk_error_report_format {
+    /// `int error` (`sk->sk_err`).
+    pub const ERROR: usize = 8;
+    /// `__u16 sport` (host order).
+    pub const SPORT: usize = 12;
+    /// `__u16 dport` (host order).
+    pub const DPORT: usize = 14;
+    /// `__u16 family`.
+    pub const FAMILY: usize = 16;
+    /// `__u16 protocol`.
+    pub const PROTOCOL: usize = 18;
+    /// `__u8 saddr[4]` (`inet_saddr`).
+    pub const SADDR: usize = 20;
+    /// `__u8 daddr[4]` (`inet_daddr`).
+    pub const DADDR: usize = 24;
+    /// `__u8 saddr_v6[16]` (`sk_v6_rcv_saddr`, or the v4-mapped `saddr` for `AF_INET`).
+    pub const SADDR_V6: usize = 28;
+    /// `__u8 daddr_v6[16]`.
+    pub const DADDR_V6: usize = 44;
+    /// Every field with its offset, as named in the format file.
+    pub const FIELDS: [(&str, usize); 9] = [
+        ("error", ERROR),
+        ("sport", SPORT),
+        ("dport", DPORT),
+        ("family", FAMILY),
+        ("protocol", PROTOCOL),
+        ("saddr", SADDR),
+        ("daddr", DADDR),
+        ("saddr_v6", SADDR_V6),
+        ("daddr_v6", DADDR_V6),
+    ];
+}
+
+/// An error the kernel reported on an `AF_INET`/`AF_INET6` socket: tracepoint
+/// `sock:inet_sk_error_report` in `sk_error_report()` (net/core/sock.c, >= 5.14), fired after
+/// `sk->sk_err` is set, e.g. by an ICMP port unreachable on a connected UDP socket
+/// (`__udp4_lib_err()`, `ECONNREFUSED`) or a TCP reset (`tcp_reset()`). The application sees
+/// the error at its next socket call (`sock_error()` clears `sk_err`).
+///
+/// Addresses are in network byte order; IPv4 addresses occupy the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockErrorEvent {
+    /// [`EventKind::SockError`].
+    pub kind: u32,
+    /// `sk->sk_err`: positive errno (111 = `ECONNREFUSED`); never 0 (`tcp_disconnect()` reports
+    /// after `sk_err` was consumed: those wake-ups are not emitted).
+    pub error: i32,
+    /// `bpf_ktime_get_ns()` when the error was reported (CLOCK_MONOTONIC, ns).
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock` (tp_btf only, else 0; never printed).
+    pub sk: u64,
+    /// Socket inode (`SOCK_INODE(sk->sk_socket)->i_ino`); 0 without a `struct socket`
+    /// (orphaned TCP socket) or from the classic tracepoint.
+    pub ino: u64,
+    /// Inode of the socket's netns (`sk->__sk_common.skc_net->ns.inum`); 0 from the classic tracepoint.
+    pub netns: u32,
+    /// `sk->__sk_common.skc_bound_dev_if`: ifindex from SO_BINDTODEVICE, 0 when unbound (and from
+    /// the classic tracepoint).
+    pub bound_dev_if: u32,
+    /// `sk->__sk_common.skc_family`: `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// `sk->sk_protocol` (`IPPROTO_TCP` 6, `IPPROTO_UDP` 17, …); 0 when unknown.
+    pub protocol: u16,
+    /// Local port, host order (`ntohs(inet_sport)`, as the tracepoint's `sport`; `skc_num` when
+    /// the kernel has no `inet_sport`).
+    pub lport: u16,
+    /// Remote port, host order (`ntohs(skc_dport)`; the tracepoint's `dport`).
+    pub rport: u16,
+    /// Local address (`skc_rcv_saddr` / `skc_v6_rcv_saddr`; the tracepoint's `saddr` is
+    /// `inet_saddr`, the source address in use).
+    pub laddr: [u8; 16],
+    /// Remote address (`skc_daddr` / `skc_v6_daddr`).
+    pub raddr: [u8; 16],
+    /// Thread-group id of the current task. Often softirq context (an ICMP or RST being
+    /// received), so the task may have nothing to do with the socket.
+    pub pid: u32,
+    /// Thread id of the current task (same caveat).
+    pub tid: u32,
+    /// Current task command (same caveat).
+    pub comm: [u8; COMM_LEN],
+    /// [`sock_error_via`] value.
+    pub via: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+// No implicit padding: the eBPF side and userspace must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<SockErrorEvent>() == 112);
+
 /// Indexes of the per-CPU [`MAP_COUNTERS`] array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -561,4 +678,5 @@ mod pod {
     // SAFETY: all are #[repr(C)] with only integer / integer-array fields.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::InFlightRecv {}
+    unsafe impl aya::Pod for super::SockErrorEvent {}
 }

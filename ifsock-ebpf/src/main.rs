@@ -8,6 +8,7 @@ mod iter;
 mod kernel;
 mod maps;
 mod recv;
+mod sock;
 mod syscalls;
 
 #[cfg(not(test))]

@@ -204,6 +204,16 @@ impl KernelBtf {
         k.dev_close_list = o("net_device", "close_list");
         k.dev_nd_net = o("net_device", "nd_net.net");
         k.skb_len = o("sk_buff", "len");
+        // sock errors
+        k.sk_err = o("sock", "sk_err");
+        // sock.sk_protocol is a u16 since 5.6 (bf9765145b85); before, a bitfield the programs
+        // cannot read at a byte offset (the tracepoint it serves only exists from 5.14 anyway).
+        k.sk_protocol = match self.member_bits("sock", "sk_protocol") {
+            // A bitfield size of 0 marks a plain member of a struct that has bitfields.
+            Some((bits, None | Some(0))) if bits % 8 == 0 && self.member_size("sock", "sk_protocol") == Some(2) => bits / 8,
+            _ => OFFSET_NONE,
+        };
+        k.inet_sport = o("inet_sock", "inet_sport");
 
         let required = [
             (k.skc_family, "sock_common.skc_family"),
@@ -308,6 +318,25 @@ fn member_type_in(btf: &Btf, strukt: &str, path: &str) -> Option<Type> {
     walk(btf, strukt, path).map(|(_, _, ty)| ty)
 }
 
+/// Identity of the offsets' format: a hash of the sources that define [`KernelOffsets`]
+/// (ifsock-common) and fill it (this file). Part of the cache file name, so a binary whose
+/// struct or filling code differs (another branch, a fix, an upgrade) never reads a cache
+/// written by another one, even when the struct size happens to be the same.
+pub const OFFSETS_FORMAT: u64 = {
+    let a = fnv1a(0xcbf2_9ce4_8422_2325, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../ifsock-common/src/lib.rs")));
+    fnv1a(a, include_bytes!("btf.rs"))
+};
+
+const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +358,8 @@ mod tests {
         assert!(k.ipv6_rxinfo_bit < 16);
         assert!(btf.has_function("skb_recv_datagram") || btf.has_function("__skb_recv_datagram"));
         assert!(!btf.has_function("no_such_kernel_function_ifsock"));
+        assert_ne!(k.sk_err, OFFSET_NONE, "sock.sk_err exists on every kernel");
+        assert_ne!(k.sk_protocol, OFFSET_NONE, "sock.sk_protocol is a u16 wherever inet_sk_error_report exists (>= 5.14)");
     }
 }
 
@@ -336,22 +367,16 @@ mod tests {
 pub const OFFSETS_CACHE_DIR: &str = "/run/ifsock";
 
 /// [`KernelBtf::kernel_offsets`] of the running kernel, cached per boot in
-/// `/run/ifsock/offsets-<boot_id>-<release>-<exe mtime>.bin` (the kernel's layout cannot change
-/// without a reboot, ours not without a rebuild;
-/// computing it scans all of vmlinux's BTF enums, ~60 ms). A cache that cannot be written is
-/// not an error.
+/// `/run/ifsock/offsets-<boot_id>-<release>-<format>.bin` (the layout cannot change without a
+/// reboot; computing it scans all of vmlinux's BTF enums, ~60 ms; `<format>` is
+/// [`OFFSETS_FORMAT`]). A cache that cannot be written is not an error.
 ///
 /// # Errors
 /// As [`KernelBtf::load`] and [`KernelBtf::kernel_offsets`] on a cache miss.
 pub fn cached_kernel_offsets() -> Result<KernelOffsets, BtfError> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    let build = std::env::current_exe()
-        .and_then(|p| p.metadata())
-        .and_then(|m| m.modified())
-        .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos())
-        .unwrap_or(0);
-    let path = Path::new(OFFSETS_CACHE_DIR).join(format!("offsets-{}-{release}-{build:x}.bin", boot_id.trim()));
+    let path = Path::new(OFFSETS_CACHE_DIR).join(format!("offsets-{}-{release}-{OFFSETS_FORMAT:016x}.bin", boot_id.trim()));
     let size = std::mem::size_of::<KernelOffsets>();
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == size && !boot_id.is_empty() {

@@ -2,5 +2,6 @@
 pub mod event;
 pub mod ids;
 pub mod link;
+pub mod sock_error;
 pub mod socket;
 pub mod tun;

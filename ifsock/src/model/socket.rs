@@ -85,7 +85,8 @@ const TCP_STATES: [&str; 13] = [
     "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
 ];
 
-fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
+/// An address from a record: IPv4 in the first 4 bytes for `AF_INET`; v4-mapped IPv6 shown as IPv4.
+pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
     if family == 2 {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {

@@ -1,7 +1,7 @@
 //! Ring-buffer events, read through tokio's `AsyncFd` (no polling loop) and decoded.
 use anyhow::Result;
 use aya::maps::{Map, MapData, RingBuf};
-use ifsock_common::{read_record, DeviceEvent, EventKind, LinkRequestEvent, RecvDoneEvent, SendErrorEvent};
+use ifsock_common::{read_record, DeviceEvent, EventKind, LinkRequestEvent, RecvDoneEvent, SendErrorEvent, SockErrorEvent};
 use tokio::io::unix::AsyncFd;
 
 /// A decoded ring-buffer event.
@@ -15,6 +15,8 @@ pub enum Event {
     SendError(SendErrorEvent),
     /// A device close/unregister seen at the kernel function (fentry/kprobe sets).
     Device(DeviceEvent),
+    /// The kernel reported an error on an INET socket (`sock:inet_sk_error_report`).
+    SockError(SockErrorEvent),
 }
 
 /// Decodes one ring-buffer record by its leading [`EventKind`]; `None` for unknown/short records.
@@ -27,6 +29,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             k if k == EventKind::RecvDone as u32 => read_record(bytes).map(Event::RecvDone),
             k if k == EventKind::SendError as u32 => read_record(bytes).map(Event::SendError),
             k if k == EventKind::Device as u32 => read_record(bytes).map(Event::Device),
+            k if k == EventKind::SockError as u32 => read_record(bytes).map(Event::SockError),
             _ => None,
         }
     }
@@ -74,5 +77,28 @@ impl EventStream {
                 return Ok(out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sock_error_records_decode_by_kind_and_short_ones_are_dropped() {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"ping");
+        let ev = SockErrorEvent {
+            kind: EventKind::SockError as u32, error: 111, ts_ns: 5, sk: 0xffff_8880_0000_1000, ino: 4242,
+            netns: 4026531840, bound_dev_if: 3, family: 2, protocol: 17, lport: 40000, rport: 9,
+            laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], raddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            pid: 7, tid: 8, comm, via: ifsock_common::sock_error_via::TP_BTF, _pad: 0,
+        };
+        // SAFETY: reading the bytes of a repr(C) POD value.
+        let bytes = unsafe { std::slice::from_raw_parts((&ev as *const SockErrorEvent).cast::<u8>(), std::mem::size_of::<SockErrorEvent>()) };
+        let Some(Event::SockError(got)) = decode(bytes) else { panic!("not decoded as a socket error") };
+        assert_eq!((got.error, got.ino, got.netns, got.lport, got.rport, got.bound_dev_if), (111, 4242, 4026531840, 40000, 9, 3));
+        assert_eq!(got.comm, comm);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_none(), "a truncated record is dropped");
     }
 }

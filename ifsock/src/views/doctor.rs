@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::output::json_line;
 use crate::{
     kernel::system,
-    probes::{select, Probes},
+    probes::{select, Probes, SockErrorProbe},
 };
 
 /// Options of `doctor`.
@@ -68,6 +68,28 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                 ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", probes.attach_send_errors()),
             ] {
                 probes_status.push(ProbeStatus { probe: name.into(), loaded: res.is_ok(), reason: res.err().map(|e| format!("{e:#}")) });
+            }
+            match probes.attach_sock_errors_with(None) {
+                Ok(a) => {
+                    if let Some(why) = a.tp_btf_refused {
+                        probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", SockErrorProbe::TpBtf), loaded: false, reason: Some(why) });
+                    }
+                    probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", a.probe), loaded: true, reason: None });
+                    // The fallback, tried too so that its state is known before it is needed.
+                    if a.probe == SockErrorProbe::TpBtf {
+                        let res = probes.attach_sock_errors_with(Some(SockErrorProbe::Tracepoint));
+                        probes_status.push(ProbeStatus {
+                            probe: format!("{} (socket errors fallback)", SockErrorProbe::Tracepoint),
+                            loaded: res.is_ok(),
+                            reason: res.err().map(|e| format!("{e:#}")),
+                        });
+                    }
+                }
+                Err(e) => probes_status.push(ProbeStatus {
+                    probe: format!("{} or {} (socket errors)", SockErrorProbe::TpBtf, SockErrorProbe::Tracepoint),
+                    loaded: false,
+                    reason: Some(format!("{e:#}")),
+                }),
             }
             for (name, why) in &probes.unavailable {
                 probes_status.push(ProbeStatus { probe: name.clone(), loaded: false, reason: Some(why.clone()) });

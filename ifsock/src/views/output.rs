@@ -53,6 +53,11 @@ pub fn unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock ns since the Unix epoch of a CLOCK_MONOTONIC timestamp from the eBPF side.
+pub fn unix_ns_of(monotonic: u64) -> u64 {
+    unix_ns().saturating_sub(monotonic_ns().saturating_sub(monotonic))
+}
+
 /// `HH:MM:SS.mmm` (UTC) of a Unix-epoch ns timestamp.
 pub fn clock(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;

@@ -12,7 +12,10 @@
 //! - receivers: threads already blocked before ifsock attached are found in procfs
 //!   (`/proc/PID/task/TID/syscall`); later ones in `INFLIGHT_RECV`; wake-ups come as
 //!   `RecvDone` events (receives in flight for at least [`RECV_REPORT_MIN_NS`]);
-//! - closes: the socket inode is gone from the `iter/udp`/`iter/tcp` snapshot at the end of grace.
+//! - closes: the socket inode is gone from the `iter/udp`/`iter/tcp` snapshot at the end of grace;
+//! - kernel-reported errors: `sock:inet_sk_error_report` (`sk_error_report()`: an ICMP error on a
+//!   connected UDP socket, a TCP reset), by socket inode (tp_btf) or matched by family, local
+//!   port and address (classic tracepoint).
 //!
 //! Race guarded: the rtnetlink subscription is opened before the down request, so an interface
 //! deleted by someone else during grace is seen (and then not deleted again).
@@ -39,6 +42,7 @@ use crate::{
     model::{
         ids::{comm_str, IfIndex, NetnsIno},
         link::{Link, Update},
+        sock_error::SockError,
         socket::{Binding, Socket},
     },
     probes::{events::Event, Counters, Probes},
@@ -106,6 +110,24 @@ pub struct SendErrorsSeen {
     pub last_ms: f64,
 }
 
+/// Errors the kernel reported on one socket with one errno (`sk->sk_err` at
+/// `sock:inet_sk_error_report`); the application sees each at its next call on the socket.
+#[derive(Clone, Debug, Serialize)]
+pub struct SockErrorsSeen {
+    /// errno (positive, `sk->sk_err`).
+    pub errno: i32,
+    /// errno name (`ECONNREFUSED`).
+    pub error: String,
+    /// How many reports.
+    pub count: u64,
+    /// First report, ms after the down request (negative: before it).
+    pub first_ms: f64,
+    /// Last report, ms after the down request.
+    pub last_ms: f64,
+    /// Remote address:port of the socket at the first report (`0.0.0.0:0` when not connected).
+    pub remote: std::net::SocketAddr,
+}
+
 /// A thread receiving on a socket, and what became of it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReceiverSeen {
@@ -140,6 +162,8 @@ pub struct SocketSeen {
     pub tied: TiedSocket,
     /// Failed sends.
     pub send_errors: Vec<SendErrorsSeen>,
+    /// Errors the kernel reported on the socket.
+    pub socket_errors: Vec<SockErrorsSeen>,
     /// Receivers.
     pub receivers: Vec<ReceiverSeen>,
     /// Its inode was gone from the socket snapshot at the end of grace (every owner closed it).
@@ -275,6 +299,10 @@ struct Observer {
     sends: BTreeMap<(u64, u32, u32, i32), SendErrorsSeen>,
     /// (ino, tid) → receivers.
     receivers: BTreeMap<(u64, u32), ReceiverSeen>,
+    /// (ino, errno) → kernel-reported errors.
+    sock_errors: BTreeMap<(u64, i32), SockErrorsSeen>,
+    /// Every socket of the netns, to place reports that carry no inode (classic tracepoint).
+    sockets: Vec<Socket>,
 }
 
 impl Observer {
@@ -319,8 +347,36 @@ impl Observer {
                     r.error = (d.ret < 0).then(|| errno_name(i32::try_from(-d.ret).unwrap_or(0)));
                 }
             }
+            Event::SockError(e) => self.on_sock_error(&SockError::from_event(&e)),
             _ => {}
         }
+    }
+
+    fn on_sock_error(&mut self, e: &SockError) {
+        let ino = match e.inode {
+            Some(ino) => ino.0,
+            None if e.netns.is_none() => e.match_socket(&self.sockets).map_or(0, |s| s.inode.0),
+            None => 0,
+        };
+        if !self.inodes.contains(&ino) {
+            return;
+        }
+        let at = ms_since(e.ts_ns, self.t0);
+        let entry = self.sock_errors.entry((ino, e.errno)).or_insert_with(|| SockErrorsSeen {
+            errno: e.errno,
+            error: errno_name(e.errno),
+            count: 0,
+            first_ms: at,
+            last_ms: at,
+            remote: e.remote,
+        });
+        entry.count += 1;
+        entry.first_ms = entry.first_ms.min(at);
+        entry.last_ms = entry.last_ms.max(at);
+    }
+
+    fn sock_errors_for(&self, ino: u64) -> Vec<SockErrorsSeen> {
+        self.sock_errors.iter().filter(|((i, _), _)| *i == ino).map(|(_, v)| v.clone()).collect()
     }
 
     fn blocked_at_down(&mut self, blocked: &HashMap<u32, BlockedRecv>) {
@@ -418,7 +474,7 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
             .into_iter()
             .map(|t| {
                 let (send_errors, receivers) = obs.for_socket(t.socket.inode.0);
-                SocketSeen { tied: t, send_errors, receivers, closed: false }
+                SocketSeen { tied: t, send_errors, socket_errors: Vec::new(), receivers, closed: false }
             })
             .collect();
         return emit(&report, args.json);
@@ -435,6 +491,9 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
     }
     if let Err(e) = probes.attach_recv(None) {
         report.unobserved.push(format!("receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{{enter,exit}}_{{recv*,read}}): {e:#}"));
+    }
+    if let Err(e) = probes.attach_sock_errors() {
+        report.unobserved.push(format!("kernel-reported socket errors (sock:inet_sk_error_report): {e:#}"));
     }
     let mut events = probes.events()?;
     let mut sub = Subscription::open(None)?;
@@ -454,7 +513,7 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
     let owners: HashSet<u32> = all[..listed_count].iter().flat_map(|t| t.socket.owners.iter().map(|o| o.pid)).collect();
     let inodes: HashSet<u64> = all.iter().map(|t| t.socket.inode.0).filter(|&i| i != 0).collect();
     let listed_inodes: HashSet<u64> = all[..listed_count].iter().map(|t| t.socket.inode.0).collect();
-    let mut obs = Observer { inodes, ..Default::default() };
+    let mut obs = Observer { inodes, sockets: sockets.clone(), ..Default::default() };
     let blocked_before = blocked_now(&probes, &owners, &listed_inodes);
 
     obs.t0 = monotonic_ns();
@@ -546,11 +605,12 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
         .enumerate()
         .filter_map(|(i, t)| {
             let (send_errors, receivers) = obs.for_socket(t.socket.inode.0);
-            if i >= listed_count && send_errors.is_empty() {
+            let socket_errors = obs.sock_errors_for(t.socket.inode.0);
+            if i >= listed_count && send_errors.is_empty() && socket_errors.is_empty() {
                 return None;
             }
             let closed = t.socket.inode.0 != 0 && !alive.contains(&t.socket.inode.0);
-            Some(SocketSeen { tied: t, send_errors, receivers, closed })
+            Some(SocketSeen { tied: t, send_errors, socket_errors, receivers, closed })
         })
         .collect();
     report.wildcard_sockets = report.wildcard_sockets.saturating_sub(report.sockets.len() - listed_count);
@@ -662,6 +722,12 @@ fn emit(r: &TeardownReport, json: bool) -> Result<()> {
                 e.comm, e.pid, e.tid, e.fd, e.error, e.count, fmt_ms(e.first_ms), fmt_ms(e.last_ms)
             );
         }
+        for e in &s.socket_errors {
+            println!(
+                "    kernel reported {} ×{} (sk_err, remote {}), first {}, last {}",
+                e.error, e.count, e.remote, fmt_ms(e.first_ms), fmt_ms(e.last_ms)
+            );
+        }
         for rc in &s.receivers {
             let fate = match (rc.woke_ms, rc.blocked_at_end) {
                 _ if r.dry_run => "blocked in it now".to_string(),
@@ -683,7 +749,7 @@ fn emit(r: &TeardownReport, json: bool) -> Result<()> {
             };
             println!("    {}[{}] tid {} fd {}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.fd.map_or("?".into(), |f| f.to_string()), rc.syscall);
         }
-        if !r.dry_run && s.send_errors.is_empty() && s.receivers.is_empty() && !s.closed {
+        if !r.dry_run && s.send_errors.is_empty() && s.socket_errors.is_empty() && s.receivers.is_empty() && !s.closed {
             println!("    nothing observed: no failed send, no receiver, not closed");
         }
     }
@@ -733,5 +799,32 @@ mod tests {
         assert_eq!((unreach.error.as_str(), unreach.count, unreach.first_ms, unreach.last_ms), ("ENETUNREACH", 2, 0.6, 900.0));
         assert!(obs.for_socket(43).0.is_empty(), "socket not tied to the interface");
         assert_eq!(ms_since(999_000_000, 1_000_000_000), -1.0);
+    }
+
+    #[test]
+    fn kernel_reported_errors_aggregate_per_socket_and_errno_and_classic_reports_match_by_address() {
+        let mut l = [0u8; 16];
+        l[..4].copy_from_slice(&[10, 9, 0, 1]);
+        let mut r = [0u8; 16];
+        r[..4].copy_from_slice(&[10, 9, 0, 2]);
+        let tied = Socket::from_record(&ifsock_common::SockRecord {
+            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport: 5000, rport: 9,
+            flags: 0, laddr: l, raddr: r, rx_queue: 0, drops: 0,
+        });
+        let mut obs = Observer { t0: 1_000_000_000, inodes: [42].into_iter().collect(), sockets: vec![tied], ..Default::default() };
+        let ev = |ts_ns: u64, error: i32, ino: u64, via: u32| {
+            Event::SockError(ifsock_common::SockErrorEvent {
+                kind: ifsock_common::EventKind::SockError as u32, error, ts_ns, sk: 0, ino, netns: if ino == 0 { 0 } else { 7 },
+                bound_dev_if: 0, family: 2, protocol: 17, lport: 5000, rport: 9, laddr: l, raddr: r, pid: 0, tid: 0, comm: [0; 16], via, _pad: 0,
+            })
+        };
+        obs.on_event(ev(990_000_000, libc::ECONNREFUSED, 42, ifsock_common::sock_error_via::TP_BTF));
+        obs.on_event(ev(1_200_000_000, libc::ECONNREFUSED, 0, ifsock_common::sock_error_via::TRACEPOINT));
+        obs.on_event(ev(1_300_000_000, libc::ECONNREFUSED, 43, ifsock_common::sock_error_via::TP_BTF));
+        let seen = obs.sock_errors_for(42);
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].error.as_str(), seen[0].count, seen[0].first_ms, seen[0].last_ms), ("ECONNREFUSED", 2, -10.0, 200.0));
+        assert_eq!(seen[0].remote.to_string(), "10.9.0.2:9");
+        assert!(obs.sock_errors_for(43).is_empty(), "socket not tied to the interface");
     }
 }

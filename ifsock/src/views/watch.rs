@@ -7,7 +7,7 @@
 //! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{
-    output::{clock, json_line, parse_duration, unix_ns},
+    output::{clock, json_line, parse_duration, unix_ns, unix_ns_of},
     hung::{self, HungReceiver},
     snapshot::{self, TiedSocket},
 };
@@ -27,11 +27,12 @@ use crate::{
     },
     model::{
         event::{parse_request, Cause, CauseTracker},
-        ids::{IfIndex, NetnsIno},
+        ids::{IfIndex, NetnsIno, SockInode},
         link::{Change, ChangeKind, Link, LinkTable},
+        sock_error::{errno_name, protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
         socket::Socket,
     },
-    probes::{events::Event, select, Counters, Probes},
+    probes::{events::Event, select, Counters, Probes, SockErrorAttach},
 };
 
 /// Options of `watch`.
@@ -67,6 +68,10 @@ pub struct WatchArgs {
     /// down/delete that stranded it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub stranded_after: Duration,
+    /// Observe kernel-reported socket errors with this program instead of the best one that
+    /// loads (tp_btf, then tracepoint).
+    #[arg(long, value_enum)]
+    pub sock_error_probe: Option<SockErrorProbe>,
 }
 
 /// A receiver stranded by a change, followed until it wakes or passes `--stranded-after`.
@@ -93,6 +98,99 @@ pub struct StrandedEvent {
     pub change: Change,
     /// The receiver.
     pub receiver: HungReceiver,
+}
+
+/// `socket_error` event: the kernel reported an error on a socket of a followed netns
+/// (`sock:inet_sk_error_report`); the application sees it at its next call on the socket.
+#[derive(Debug, Serialize)]
+pub struct SockErrorLine {
+    /// `"socket_error"`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Wall-clock time of the report, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+    /// Netns inode of the socket.
+    pub netns: NetnsIno,
+    /// Netns name under /run/netns, when it has one.
+    pub netns_name: Option<String>,
+    /// Socket inode (`socket:[N]`); null when the socket has no `struct socket` (orphaned TCP).
+    pub inode: Option<SockInode>,
+    /// `sk` (read from the socket) or `snapshot` (classic tracepoint: matched by family, local
+    /// port and address).
+    pub inode_source: Option<InodeSource>,
+    /// errno name (`ECONNREFUSED`).
+    pub error: String,
+    /// errno (`sk->sk_err`).
+    pub errno: i32,
+    /// `tcp`, `udp`, … (`sk_protocol`); null when unknown.
+    pub protocol: Option<String>,
+    /// 4 or 6.
+    pub family: u8,
+    /// Local address:port.
+    pub local: SocketAddr,
+    /// Remote address:port (`0.0.0.0:0` when not connected).
+    pub remote: SocketAddr,
+    /// `sk_bound_dev_if` (0: not bound to a device).
+    pub bound_dev_if: u32,
+    /// Its name, when the interface exists.
+    pub bound_dev_name: Option<String>,
+    /// `tp_btf` or `tracepoint`.
+    pub via: SockErrorProbe,
+    /// The task current when the kernel reported it: often softirq context, so possibly unrelated.
+    pub task: CurrentTask,
+}
+
+impl SockErrorLine {
+    /// The line for a report placed in `netns`; `matched` is the snapshot socket a classic
+    /// report was matched to.
+    fn new(e: &SockError, netns: NetnsIno, netns_name: Option<String>, matched: Option<&Socket>, links: &LinkTable) -> Self {
+        let (inode, inode_source, bound_dev_if) = match matched {
+            Some(s) => ((s.inode.0 != 0).then_some(s.inode), Some(InodeSource::Snapshot), s.bound_dev_if),
+            None => (e.inode, e.inode.map(|_| InodeSource::Sk), e.bound_dev_if),
+        };
+        SockErrorLine {
+            ty: "socket_error",
+            ts_unix_ns: unix_ns_of(e.ts_ns),
+            netns,
+            netns_name,
+            inode,
+            inode_source,
+            error: errno_name(e.errno),
+            errno: e.errno,
+            protocol: protocol_name(e.protocol),
+            family: e.family,
+            local: e.local,
+            remote: e.remote,
+            bound_dev_if,
+            bound_dev_name: (bound_dev_if != 0).then(|| links.get(IfIndex(bound_dev_if))).flatten().map(|l| l.name.clone()),
+            via: e.via,
+            task: e.task.clone(),
+        }
+    }
+
+    /// One human-readable line.
+    fn human(&self) -> String {
+        let mut line = format!(
+            "{} {:<15} {} (errno {}) {}{} {} -> {} inode {}",
+            clock(self.ts_unix_ns),
+            "socket_error",
+            self.error,
+            self.errno,
+            self.protocol.as_deref().unwrap_or("ip"),
+            self.family,
+            self.local,
+            self.remote,
+            self.inode.map_or("-".to_string(), |i| i.to_string()),
+        );
+        if self.inode_source == Some(InodeSource::Snapshot) {
+            line.push_str(" (matched by address)");
+        }
+        if self.bound_dev_if != 0 {
+            line.push_str(&format!(" dev {} {}", self.bound_dev_if, self.bound_dev_name.as_deref().unwrap_or("?")));
+        }
+        line.push_str(&format!(" netns {}; current task {}[{}]", self.netns, self.task.comm, self.task.pid));
+        line
+    }
 }
 
 /// Where a change was learned.
@@ -193,6 +291,10 @@ pub struct WatchCounters {
     pub reconciles: u64,
     /// Changes found only by reconcile (missed events).
     pub reconcile_changes: u64,
+    /// `socket_error` events emitted.
+    pub socket_errors: u64,
+    /// Socket errors from the classic tracepoint that matched no single socket of a followed netns.
+    pub socket_errors_unmatched: u64,
     /// eBPF-side counters.
     #[serde(flatten)]
     pub bpf: Counters,
@@ -298,6 +400,8 @@ struct Watcher {
     tx: mpsc::UnboundedSender<NetlinkMsg>,
     /// Recent kernel device events, matched to rtnetlink changes.
     kernel_events: std::collections::VecDeque<KernelEvidence>,
+    /// Socket errors of the current ring-buffer batch, printed by [`Watcher::flush_sock_errors`].
+    pending_sock_errors: Vec<SockError>,
 }
 
 /// Runs `watch` until Ctrl-C (or `--count` events).
@@ -319,6 +423,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     };
     let recv_tracking = recv_selection.is_some();
+    // Socket errors are extra evidence: without them watch still follows interfaces.
+    let sock_errors: Result<SockErrorAttach, String> = match probes.attach_sock_errors_with(args.sock_error_probe) {
+        Ok(a) => Ok(a),
+        Err(e) if args.sock_error_probe.is_some() => return Err(e.context("--sock-error-probe")),
+        Err(e) => {
+            tracing::warn!("socket errors unavailable, no socket_error events: {e:#}");
+            Err(format!("{e:#}"))
+        }
+    };
     let mut events = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
     let mut w = Watcher {
@@ -334,6 +447,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         moves: Vec::new(),
         tx,
         kernel_events: std::collections::VecDeque::new(),
+        pending_sock_errors: Vec::new(),
     };
     if w.all_netns {
         w.discover(false).await?;
@@ -343,11 +457,21 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     }
     let links: usize = w.spaces.values().map(|n| n.table.links().count()).sum();
     let spaces: Vec<NetnsIno> = w.spaces.keys().copied().collect();
+    let (sock_error_probe, sock_errors_refused) = match &sock_errors {
+        Ok(a) => (Some(a.probe), a.tp_btf_refused.clone().map(|r| format!("tp_btf: {r}"))),
+        Err(e) => (None, Some(e.clone())),
+    };
     if w.args.json {
-        json_line(&serde_json::json!({"type": "ready", "netns": spaces, "probe_set": selection, "recv_probe_set": recv_selection, "links": links, "recv_tracking": w.recv_tracking}))?;
+        json_line(&serde_json::json!({"type": "ready", "netns": spaces, "probe_set": selection, "recv_probe_set": recv_selection, "links": links, "recv_tracking": w.recv_tracking, "sock_errors": sock_error_probe, "sock_errors_refused": sock_errors_refused}))?;
     } else {
         let recv = recv_selection.as_ref().map_or("receive path: untraced".to_string(), |s| format!("receive path: {s}"));
-        eprintln!("watching {} netns ({links} links): device path: {selection}; {recv} (Ctrl-C to stop)", spaces.len());
+        let sock_errors = match (sock_error_probe, &sock_errors_refused) {
+            (Some(p), None) => format!("socket errors: {p}"),
+            (Some(p), Some(why)) => format!("socket errors: {p} ({why})"),
+            (None, Some(why)) => format!("socket errors unavailable: {why}"),
+            (None, None) => "socket errors unavailable".to_string(),
+        };
+        eprintln!("watching {} netns ({links} links): device path: {selection}; {recv}; {sock_errors} (Ctrl-C to stop)", spaces.len());
     }
     let mut reconcile = (!w.args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval(w.args.reconcile_every);
@@ -363,6 +487,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     // Namespaces come and go: /run/netns and /proc/*/ns/net are re-read every second.
     let mut discovery = tokio::time::interval(Duration::from_secs(1));
     loop {
+        w.flush_sock_errors()?;
         if w.args.count.is_some_and(|c| w.counters.events >= c) {
             break;
         }
@@ -377,6 +502,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 let Some((ino, received)) = msg else { break };
                 // Evidence is written at syscall entry, before the kernel acts: drain it first.
                 for ev in events.drain() { w.on_bpf_event(ev); }
+                w.flush_sock_errors()?;
                 w.on_netlink(ino, received).await?;
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
@@ -388,6 +514,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             }
         }
     }
+    for ev in events.drain() {
+        w.on_bpf_event(ev);
+    }
+    w.flush_sock_errors()?;
     w.counters.bpf = w.probes.counters().unwrap_or_default();
     if w.args.json {
         for ns in w.spaces.values() {
@@ -398,8 +528,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     }
     let c = w.counters;
     eprintln!(
-        "counters: netlink_messages={} events={} enobufs={} resyncs={} resync_changes={} reconciles={} reconcile_changes={} ringbuf_drops={} link_requests={}",
-        c.netlink_messages, c.events, c.enobufs, c.resyncs, c.resync_changes, c.reconciles, c.reconcile_changes, c.bpf.ringbuf_drops, c.bpf.link_requests
+        "counters: netlink_messages={} events={} enobufs={} resyncs={} resync_changes={} reconciles={} reconcile_changes={} ringbuf_drops={} link_requests={} socket_errors={} socket_errors_unmatched={}",
+        c.netlink_messages, c.events, c.enobufs, c.resyncs, c.resync_changes, c.reconciles, c.reconcile_changes, c.bpf.ringbuf_drops, c.bpf.link_requests, c.socket_errors, c.socket_errors_unmatched
     );
     Ok(())
 }
@@ -428,8 +558,62 @@ impl Watcher {
                 }
                 self.kernel_events.push_back(e);
             }
+            Event::SockError(e) => self.pending_sock_errors.push(SockError::from_event(&e)),
             _ => {}
         }
+    }
+
+    /// Prints the pending socket errors of followed namespaces. Reports from the classic
+    /// tracepoint name no socket: one snapshot per followed netns serves the whole batch, and
+    /// a report is placed only where exactly one socket matches it.
+    fn flush_sock_errors(&mut self) -> Result<()> {
+        if self.pending_sock_errors.is_empty() {
+            return Ok(());
+        }
+        let mut snapshots: BTreeMap<NetnsIno, Vec<Socket>> = BTreeMap::new();
+        for e in std::mem::take(&mut self.pending_sock_errors) {
+            let placed = match e.netns {
+                Some(ino) => self.spaces.contains_key(&ino).then_some((ino, None)),
+                None => {
+                    let mut found: Vec<(NetnsIno, Socket)> = Vec::new();
+                    for (ino, ns) in &self.spaces {
+                        if !snapshots.contains_key(ino) {
+                            let sockets = snapshot::sockets(&mut self.probes, ns.handle.as_ref()).unwrap_or_else(|err| {
+                                tracing::warn!("socket snapshot of netns {ino} failed: {err:#}");
+                                Vec::new()
+                            });
+                            snapshots.insert(*ino, sockets);
+                        }
+                        if let Some(s) = snapshots.get(ino).and_then(|s| e.match_socket(s)) {
+                            found.push((*ino, s.clone()));
+                        }
+                    }
+                    if found.len() == 1 {
+                        found.pop().map(|(ino, s)| (ino, Some(s)))
+                    } else {
+                        self.counters.socket_errors_unmatched += 1;
+                        None
+                    }
+                }
+            };
+            let Some((ino, matched)) = placed else { continue };
+            let Some(ns) = self.spaces.get(&ino) else { continue };
+            let line = SockErrorLine::new(&e, ino, ns.name.clone(), matched.as_ref(), &ns.table);
+            if let Some(name) = &self.args.iface {
+                let Some(link) = ns.table.links().find(|l| &l.name == name) else { continue };
+                let addrs: Vec<IpAddr> = link.addrs.iter().copied().collect();
+                if line.bound_dev_if != link.ifindex.0 && !e.local_in(&addrs) {
+                    continue;
+                }
+            }
+            self.counters.socket_errors += 1;
+            if self.args.json {
+                json_line(&line)?;
+            } else {
+                println!("{}", line.human());
+            }
+        }
+        Ok(())
     }
 
     /// The kernel probe event behind a down/delete/move of (netns, ifindex), if one fired.
@@ -741,5 +925,56 @@ fn print_human(ev: &WatchEvent) {
             s.socket.inode,
             if owners.is_empty() { "no owner".into() } else { owners.join(",") }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn report(via: u32, bound_dev_if: u32) -> SockError {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut comm = [0u8; 16];
+        comm[..9].copy_from_slice(b"swapper/1");
+        SockError::from_event(&ifsock_common::SockErrorEvent {
+            kind: ifsock_common::EventKind::SockError as u32, error: 111, ts_ns: 0, sk: 0x1000, ino: 4242,
+            netns: 4026532177, bound_dev_if, family: 2, protocol: 17, lport: 40000, rport: 9, laddr: addr, raddr: addr,
+            pid: 0, tid: 0, comm, via, _pad: 0,
+        })
+    }
+
+    #[test]
+    fn socket_error_lines_carry_errno_name_endpoints_and_inode() {
+        let links = LinkTable::from_links([Link { ifindex: IfIndex(3), name: "veth-a".into(), flags: 0, addrs: BTreeSet::new() }]);
+        let line = SockErrorLine::new(&report(ifsock_common::sock_error_via::TP_BTF, 3), NetnsIno(4026532177), Some("demo".into()), None, &links);
+        let v = serde_json::to_value(&line).unwrap();
+        assert_eq!(v["type"], "socket_error");
+        assert_eq!((v["error"].as_str(), v["errno"].as_i64()), (Some("ECONNREFUSED"), Some(111)));
+        assert_eq!((v["netns"].as_u64(), v["inode"].as_u64()), (Some(4026532177), Some(4242)));
+        assert_eq!((v["local"].as_str(), v["remote"].as_str()), (Some("127.0.0.1:40000"), Some("127.0.0.1:9")));
+        assert_eq!((v["bound_dev_if"].as_u64(), v["bound_dev_name"].as_str()), (Some(3), Some("veth-a")));
+        assert_eq!((v["via"].as_str(), v["inode_source"].as_str(), v["protocol"].as_str()), (Some("tp_btf"), Some("sk"), Some("udp")));
+        assert_eq!(v["task"]["comm"], "swapper/1");
+        let human = line.human();
+        assert!(
+            human.ends_with("socket_error    ECONNREFUSED (errno 111) udp4 127.0.0.1:40000 -> 127.0.0.1:9 inode 4242 dev 3 veth-a netns 4026532177; current task swapper/1[0]"),
+            "{human}"
+        );
+    }
+
+    #[test]
+    fn classic_reports_take_inode_and_device_from_the_matched_socket() {
+        let e = report(ifsock_common::sock_error_via::TRACEPOINT, 0);
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let s = Socket::from_record(&ifsock_common::SockRecord {
+            sk: 1, ino: 99, netns: 7, uid: 0, bound_dev_if: 5, family: 2, protocol: 17, state: 1, lport: 40000, rport: 9,
+            flags: 0, laddr: addr, raddr: addr, rx_queue: 0, drops: 0,
+        });
+        let line = SockErrorLine::new(&e, NetnsIno(7), None, Some(&s), &LinkTable::default());
+        assert_eq!((line.inode, line.inode_source, line.bound_dev_if), (Some(SockInode(99)), Some(InodeSource::Snapshot), 5));
+        assert!(line.human().contains("inode 99 (matched by address) dev 5 ?"), "{}", line.human());
     }
 }
