@@ -484,7 +484,8 @@ impl Probes {
         Ok(Counters { ringbuf_drops: sums[0], inflight_full: sums[1], iter_overflow: sums[2], link_requests: sums[3] })
     }
 
-    /// Receives currently in flight (recorded at syscall entry), keyed by tid.
+    /// Receives currently in flight, keyed by tid: recorded at the entry of a kernel receive
+    /// function (fentry/kprobe sets) or of a receive syscall (tracepoint set).
     pub fn inflight(&self) -> Result<Vec<InFlightRecv>> {
         let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
         let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;

@@ -1,7 +1,9 @@
 //! `ifsock hung`: tasks blocked receiving on a socket, for how long, on which socket and
 //! interface — even when the socket's fd was already closed (seed 003).
 //!
-//! Evidence, strongest first: the recv tracepoints record the socket at syscall entry
+//! Evidence, strongest first: a probe records the socket when the receive starts (the `struct
+//! sock *` argument of `__skb_recv_udp`/`__skb_recv_datagram`/`__skb_wait_for_more_packets`,
+//! or the fd resolved at syscall entry on the tracepoint set)
 //! (`exact`); a still-open fd that points at a socket (`current_fd`, from procfs); the only
 //! ownerless socket in the task's netns (`inferred`). An inference is never shown as a fact.
 use std::{collections::HashMap, net::IpAddr, time::Duration};
@@ -40,7 +42,7 @@ pub struct HungArgs {
     /// JSON: one object per receiver (one-shot), or one `snapshot` object per interval (`--follow`).
     #[arg(long)]
     pub json: bool,
-    /// Keep running: record receives at syscall entry (exact sockets) and interface deletions,
+    /// Keep running: record receives as they start (exact sockets) and interface deletions,
     /// and print the list every `--interval`.
     #[arg(long)]
     pub follow: bool,
