@@ -40,3 +40,23 @@ pub enum Command {
     /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
     Doctor(DoctorArgs),
 }
+
+/// Parses a duration such as `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+///
+/// # Errors
+/// Unknown unit or not a number.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range (examples: 500ms, 5s, 2m)"))
+}
+

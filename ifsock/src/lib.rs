@@ -6,7 +6,9 @@
 //! - [`model`]: interfaces, sockets, link changes and their causes;
 //! - [`views`]: the subcommands' output.
 pub mod cli;
+pub mod engine;
 pub mod kernel;
 pub mod model;
 pub mod probes;
+pub mod render;
 pub mod views;

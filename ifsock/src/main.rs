@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use ifsock::{
     cli::{Cli, Command},
-    kernel::netns::NetnsHandle,
-    views,
+    kernel::{netns::NetnsHandle, signals::Interrupted},
+    render, views,
 };
 
 fn main() -> ExitCode {
@@ -13,6 +13,13 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`ifsock sockets | head -1`): stop quietly with the
+        // shell's SIGPIPE status.
+        Err(e) if e.downcast_ref::<render::StdoutClosed>().is_some() => ExitCode::from(141),
+        // The command already said what state it left; exit like the signal would.
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Interrupted>().map_or(130, |i| i.0.exit_code()))
+        }
         Err(e) => {
             eprintln!("ifsock: error: {e:#}");
             ExitCode::FAILURE

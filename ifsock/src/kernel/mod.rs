@@ -4,4 +4,5 @@ pub mod btf;
 pub mod netlink;
 pub mod netns;
 pub mod procfs;
+pub mod signals;
 pub mod system;

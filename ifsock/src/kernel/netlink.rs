@@ -35,7 +35,25 @@ pub const RTNLGRP_IPV6_IFADDR: u32 = 9;
 /// # Errors
 /// The netlink socket could not be created.
 pub fn connect() -> Result<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    connect_in(None)
+}
+
+/// Opens an rtnetlink request connection in `netns` (the caller's netns when `None`) and
+/// spawns its driver on the current tokio runtime. The socket is created inside the netns
+/// (a netlink socket belongs to the netns it was created in); the calling thread is not moved.
+///
+/// # Errors
+/// The netlink socket could not be created, or entering `netns` failed.
+pub fn connect_in(netns: Option<&crate::kernel::netns::NetnsHandle>) -> Result<Handle> {
+    let open = || rtnetlink::new_connection().context("opening an rtnetlink socket");
+    let rt = tokio::runtime::Handle::current();
+    let (conn, handle, _) = match netns {
+        None => open()?,
+        Some(ns) => ns.run(move || {
+            let _guard = rt.enter();
+            open()
+        })??,
+    };
     tokio::spawn(conn);
     Ok(handle)
 }

@@ -4,4 +4,5 @@ pub mod ids;
 pub mod link;
 pub mod sock_error;
 pub mod socket;
+pub mod tie;
 pub mod tun;

@@ -87,11 +87,6 @@ pub struct SockError {
     pub via: SockErrorProbe,
 }
 
-/// errno name (`ECONNREFUSED`), `UnknownErrno` for numbers the platform does not define.
-pub fn errno_name(errno: i32) -> String {
-    format!("{:?}", nix::errno::Errno::from_raw(errno))
-}
-
 /// IP protocol name as `ss` prints it (`tcp`, `udp`, …), the number otherwise; `None` for 0.
 pub fn protocol_name(protocol: u16) -> Option<String> {
     let name = match protocol {
@@ -221,7 +216,6 @@ mod tests {
         assert_eq!(e.local.to_string(), "127.0.0.1:40000");
         assert_eq!(e.remote.to_string(), "127.0.0.1:9");
         assert_eq!(e.task.comm, "python3");
-        assert_eq!(errno_name(e.errno), "ECONNREFUSED");
         assert_eq!(protocol_name(e.protocol).as_deref(), Some("udp"));
         assert_eq!(protocol_name(0), None);
     }

@@ -2,6 +2,7 @@
 //! they produce (iterator snapshots, ring-buffer events, counters, in-flight receives).
 pub mod events;
 pub mod select;
+pub mod snapshot;
 
 use std::{
     fs::File,

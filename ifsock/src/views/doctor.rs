@@ -2,7 +2,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::output::json_line;
+use crate::render::json_line;
 use crate::{
     kernel::system,
     probes::{select, Probes, SockErrorProbe},

@@ -12,9 +12,10 @@ use anyhow::Result;
 use ifsock_common::{probe_via, recv_func, InFlightRecv, NO_FD};
 use serde::Serialize;
 
-use super::{
-    output::{human_ns, json_line, monotonic_ns, parse_duration, table},
-    snapshot,
+use crate::{
+    cli::parse_duration,
+    probes::snapshot,
+    render::{human_ns, json_line, monotonic_ns, table},
 };
 use crate::{
     kernel::{
@@ -407,7 +408,7 @@ pub async fn run(args: HungArgs) -> Result<()> {
 fn print(rows: &[HungReceiver], json: bool, follow: bool) -> Result<()> {
     if json {
         if follow {
-            return json_line(&serde_json::json!({"type": "snapshot", "ts_unix_ns": super::output::unix_ns(), "receivers": rows}));
+            return json_line(&serde_json::json!({"type": "snapshot", "ts_unix_ns": crate::render::unix_ns(), "receivers": rows}));
         }
         for r in rows {
             json_line(r)?;
@@ -431,6 +432,5 @@ fn print(rows: &[HungReceiver], json: bool, follow: bool) -> Result<()> {
             ]
         })
         .collect();
-    table(&["PID/TID", "COMM", "SYSCALL", "BLOCKED", "SOCKET", "CERTAINTY", "STATUS", "INTERFACES"], &cells);
-    Ok(())
+    table(&["PID/TID", "COMM", "SYSCALL", "BLOCKED", "SOCKET", "CERTAINTY", "STATUS", "INTERFACES"], &cells)
 }

@@ -1,8 +1,6 @@
-//! What users see: one module per subcommand, plus shared snapshot and output helpers.
+//! Thin subcommands: arguments → probes/kernel → engine → render.
 pub mod doctor;
 pub mod hung;
-pub mod output;
-pub mod snapshot;
 pub mod sockets;
 pub mod teardown;
 pub mod tun;

@@ -1,9 +1,10 @@
 //! `ifsock sockets`: which sockets are tied to which interface, with owners.
 use anyhow::{bail, Result};
 
-use super::{
-    output::{json_line, table},
-    snapshot::{self, TiedSocket},
+use crate::{
+    model::tie::{self, TiedSocket},
+    probes::snapshot,
+    render::{json_line, table},
 };
 use crate::{
     kernel::netns::{self, NetnsHandle},
@@ -52,10 +53,10 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             Some(link) => {
                 found_iface = true;
                 let addrs: Vec<_> = link.addrs.iter().copied().collect();
-                rows.extend(snapshot::tied_to(&sockets, ino, link.ifindex, &link.name, &addrs, &links));
+                rows.extend(tie::tied_to(&sockets, ino, link.ifindex, &link.name, &addrs, &links));
             }
             None if args.iface.is_none() && args.ifindex.is_none() => {
-                rows.extend(snapshot::each_once(&sockets, ino, &links));
+                rows.extend(tie::each_once(&sockets, ino, &links));
             }
             None => {}
         }
@@ -75,26 +76,24 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    print_table(&rows);
-    Ok(())
+    print_table(&rows)
 }
 
 /// Prints tied sockets as a table (shared with `watch` and `teardown`).
-pub fn print_table(rows: &[TiedSocket]) {
+///
+/// # Errors
+/// Writing to stdout failed (see [`crate::render::out`]).
+pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let s = &r.socket;
-            let owners = if s.owners.is_empty() {
-                "-".to_string()
-            } else {
-                s.owners.iter().map(|o| format!("{}[{}]/fd{}", o.comm, o.pid, o.fd)).collect::<Vec<_>>().join(",")
-            };
+            let owners = crate::render::fmt::owners(&s.owners, "-");
             vec![
                 s.netns.to_string(),
                 r.ifindex.map_or("-".into(), |i| i.to_string()),
                 r.ifname.clone().unwrap_or_else(|| "-".into()),
-                r.binding.map_or("none".into(), |b| format!("{b:?}").to_lowercase()),
+                crate::render::fmt::binding(r.binding).to_string(),
                 format!("{:?}{}", s.protocol, s.family).to_lowercase(),
                 format!("{}:{}", fmt_addr(&s.local_addr), s.local_port),
                 format!("{}:{}", fmt_addr(&s.remote_addr), s.remote_port),
@@ -105,7 +104,7 @@ pub fn print_table(rows: &[TiedSocket]) {
             ]
         })
         .collect();
-    table(&["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"], &cells);
+    table(&["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"], &cells)
 }
 
 fn fmt_addr(a: &std::net::IpAddr) -> String {

@@ -29,9 +29,14 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
-use super::{
-    output::{json_line, monotonic_ns, parse_duration},
-    snapshot::{self, TiedSocket},
+use crate::{
+    cli::parse_duration,
+    model::tie::{self, TiedSocket},
+    probes::snapshot,
+    render::{
+        fmt::{errno_desc, errno_name, owners},
+        json_line, monotonic_ns,
+    },
 };
 use crate::{
     kernel::{
@@ -215,13 +220,9 @@ fn ms_since(ts_ns: u64, t0: u64) -> f64 {
     (d as f64 / 100_000.0).round() / 10.0
 }
 
-fn errno_name(errno: i32) -> String {
-    format!("{:?}", nix::errno::Errno::from_raw(errno))
-}
-
 fn step_error(e: &anyhow::Error) -> String {
     match netlink::errno_of(e) {
-        Some(errno) => format!("{}: {}", errno_name(errno), nix::errno::Errno::from_raw(errno).desc()),
+        Some(errno) => errno_desc(errno),
         None => format!("{e:#}"),
     }
 }
@@ -240,7 +241,7 @@ fn find_target<'a>(links: &'a [Link], name: &str) -> Result<&'a Link> {
 /// Sockets tied to the link, split into listed ones (device/address) and wildcard ones.
 fn tied(sockets: &[Socket], netns: NetnsIno, link: &Link, links: &[Link]) -> (Vec<TiedSocket>, Vec<TiedSocket>) {
     let addrs: Vec<IpAddr> = link.addrs.iter().copied().collect();
-    snapshot::tied_to(sockets, netns, link.ifindex, &link.name, &addrs, links)
+    tie::tied_to(sockets, netns, link.ifindex, &link.name, &addrs, links)
         .into_iter()
         .partition(|t| t.binding != Some(Binding::Wildcard))
 }
@@ -660,17 +661,16 @@ async fn confirm(report: &TeardownReport, listed: &[TiedSocket]) -> Result<()> {
 
 fn socket_line(t: &TiedSocket) -> String {
     let s = &t.socket;
-    let owners: Vec<String> = s.owners.iter().map(|o| format!("{}[{}]/fd{}", o.comm, o.pid, o.fd)).collect();
     format!(
         "{}{} {} {}:{} inode {}{} {}",
         format!("{:?}", s.protocol).to_lowercase(),
         s.family,
-        t.binding.map_or("none".into(), |b| format!("{b:?}").to_lowercase()),
+        crate::render::fmt::binding(t.binding),
         s.local_addr,
         s.local_port,
         s.inode,
         if s.pktinfo { " pktinfo" } else { "" },
-        if owners.is_empty() { "no owner".into() } else { owners.join(",") }
+        owners(&s.owners, "no owner")
     )
 }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::output::{json_line, parse_duration, table};
+use crate::{
+    cli::parse_duration,
+    render::{json_line, line, table},
+};
 use crate::{
     kernel::{netlink, netns},
     model::tun::{self, QueueState, TunDevice, TunFlags},
@@ -83,15 +86,15 @@ pub async fn run(args: TunArgs) -> Result<()> {
         return Ok(());
     }
     if devices.is_empty() {
-        println!("no tun/tap devices in netns {netns}");
+        line(&format!("no tun/tap devices in netns {netns}"))?;
     }
     for d in &devices {
-        print_device(d);
+        print_device(d)?;
     }
     Ok(())
 }
 
-fn print_device(d: &TunDevice) {
+fn print_device(d: &TunDevice) -> Result<()> {
     let f = &d.flags;
     let mut flags = vec![f.mode.map_or("?".to_string(), |m| format!("{m:?}").to_lowercase())];
     for (on, name) in [(f.multi_queue, "multi_queue"), (f.persist, "persist"), (f.vnet_hdr, "vnet_hdr"), (f.no_pi, "no_pi")] {
@@ -100,7 +103,7 @@ fn print_device(d: &TunDevice) {
         }
     }
     let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-    println!(
+    line(&format!(
         "{} ifindex {} netns {}: {} {}{}; owner {} group {}; queues {} attached, {} detached; {} fd(s)",
         d.name,
         d.ifindex,
@@ -113,7 +116,7 @@ fn print_device(d: &TunDevice) {
         d.numqueues,
         d.numdisabled,
         d.fds.len()
-    );
+    ))?;
     if !d.fds.is_empty() {
         let rows: Vec<Vec<String>> = d
             .fds
@@ -136,9 +139,10 @@ fn print_device(d: &TunDevice) {
                 ]
             })
             .collect();
-        table(&["  PID", "COMM", "FD", "QUEUE", "STATE", "BACKLOG", "RING"], &rows);
+        table(&["  PID", "COMM", "FD", "QUEUE", "STATE", "BACKLOG", "RING"], &rows)?;
     }
     for w in &d.warnings {
-        println!("warning: {}", w.message);
+        line(&format!("warning: {}", w.message))?;
     }
+    Ok(())
 }

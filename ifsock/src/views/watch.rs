@@ -15,10 +15,12 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{
-    output::{clock, json_line, parse_duration, unix_ns, unix_ns_of},
-    hung::{self, HungReceiver},
-    snapshot::{self, TiedSocket},
+use super::hung::{self, HungReceiver};
+use crate::{
+    cli::parse_duration,
+    model::tie::{self, TiedSocket},
+    probes::snapshot,
+    render::{clock, fmt, fmt::errno_name, json_line, unix_ns, unix_ns_of},
 };
 use crate::{
     kernel::{
@@ -29,7 +31,7 @@ use crate::{
         event::{parse_request, Cause, CauseTracker},
         ids::{IfIndex, NetnsIno, SockInode},
         link::{Change, ChangeKind, Link, LinkTable},
-        sock_error::{errno_name, protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
+        sock_error::{protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
         socket::Socket,
     },
     probes::{events::Event, select, Counters, Probes, SockErrorAttach},
@@ -854,7 +856,7 @@ impl Watcher {
             receiver.syscall,
             receiver.fd.map_or("?".into(), |f| f.to_string()),
             if receiver.fd_open { "" } else { " (closed)" },
-            receiver.blocked_ns.map_or("?".into(), super::output::human_ns),
+            receiver.blocked_ns.map_or("?".into(), crate::render::human_ns),
             change.name,
             change.kind.name(),
             receiver.certainty,
@@ -886,7 +888,7 @@ impl Watcher {
             }
         }
         let links: Vec<Link> = ns.table.links().cloned().collect();
-        snapshot::tied_to(sockets, ino, change.ifindex, &change.name, &addrs, &links)
+        tie::tied_to(sockets, ino, change.ifindex, &change.name, &addrs, &links)
     }
 }
 
@@ -915,15 +917,14 @@ fn print_human(ev: &WatchEvent) {
     }
     println!("{line}");
     for s in bound {
-        let owners: Vec<String> = s.socket.owners.iter().map(|o| format!("{}[{}]/fd{}", o.comm, o.pid, o.fd)).collect();
         println!(
             "    {:?} {:<8} {}:{} inode {} {}",
             s.socket.protocol,
-            s.binding.map_or("none".into(), |b| format!("{b:?}").to_lowercase()),
+            fmt::binding(s.binding),
             s.socket.local_addr,
             s.socket.local_port,
             s.socket.inode,
-            if owners.is_empty() { "no owner".into() } else { owners.join(",") }
+            fmt::owners(&s.socket.owners, "no owner")
         );
     }
 }

@@ -1,41 +1,87 @@
-//! Output helpers: JSON lines on stdout, aligned tables, timestamps.
+//! What users read: one renderer per record (human lines/tables and typed JSON), plus the
+//! shared formatters (owners, errno names, timestamps) written once here.
+pub mod fmt;
+
 use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
 
+/// The reader of stdout went away (`EPIPE`): the command stops quietly. `main` maps this to
+/// exit status 141 (the shell's convention for SIGPIPE) without an error message.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed by its reader")]
+pub struct StdoutClosed;
+
+/// Maps a write error on stdout: `EPIPE` becomes [`StdoutClosed`], anything else stays.
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
+/// Writes text to stdout and flushes it (line-oriented consumers read each record as it comes).
+///
+/// # Errors
+/// [`StdoutClosed`] when the reader went away; other write errors with context.
+pub fn out(text: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).map_err(stdout_error)?;
+    o.flush().map_err(stdout_error)
+}
+
+/// Writes one line (a `\n` is added) to stdout and flushes.
+///
+/// # Errors
+/// As [`out`].
+pub fn line(text: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).and_then(|()| o.write_all(b"\n")).map_err(stdout_error)?;
+    o.flush().map_err(stdout_error)
+}
+
 /// Writes one JSON object as a line on stdout and flushes (consumers read line by line).
+///
+/// # Errors
+/// As [`out`], or the value could not be serialised.
 pub fn json_line<T: Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
+    let mut text = serde_json::to_string(value)?;
+    text.push('\n');
+    out(&text)
 }
 
 /// Prints rows as a table with left-aligned columns sized to their content.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
+///
+/// # Errors
+/// As [`out`].
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
+    let mut text = String::new();
+    let mut push = |cells: Vec<&str>| {
+        let start = text.len();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
-                s.push_str(cell);
+                text.push_str(cell);
             } else {
-                s.push_str(&format!("{cell:<w$}  "));
+                text.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        let end = text[start..].trim_end().len() + start;
+        text.truncate(end);
+        text.push('\n');
     };
-    line(header.to_vec());
+    push(header.to_vec());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        push(row.iter().map(String::as_str).collect());
     }
+    out(&text)
 }
 
 /// CLOCK_MONOTONIC now, ns (the clock of `bpf_ktime_get_ns`).
@@ -76,28 +122,10 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
-/// Parses a duration such as `500ms`, `5s`, `2m`, `1h`, or plain seconds.
-///
-/// # Errors
-/// Unknown unit or not a number.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 5s, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range (examples: 500ms, 5s, 2m)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::parse_duration;
 
     #[test]
     fn durations_parse_and_print() {

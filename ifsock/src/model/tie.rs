@@ -1,45 +1,14 @@
-//! A point-in-time view of one netns: its links (rtnetlink dump) and its sockets with owners
-//! (BPF iterators), and the tie between them.
+//! The tie between a socket and an interface: by device (`SO_BINDTODEVICE`), by one of the
+//! interface's addresses, or as a wildcard listener.
 use std::net::IpAddr;
 
-use anyhow::Result;
 use serde::Serialize;
 
-use crate::{
-    kernel::{netlink, netns::NetnsHandle},
-    model::{
-        ids::{IfIndex, NetnsIno},
-        link::Link,
-        socket::{join_owners, Binding, Socket},
-    },
-    probes::Probes,
+use super::{
+    ids::{IfIndex, NetnsIno},
+    link::Link,
+    socket::{Binding, Socket},
 };
-
-/// Sockets of one netns with owners.
-pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<Socket>> {
-    let raw = probes.snapshot(netns)?;
-    let mut sockets: Vec<Socket> = raw.sockets.iter().map(Socket::from_record).collect();
-    join_owners(&mut sockets, &raw.files);
-    Ok(sockets)
-}
-
-/// Dumps links (with addresses) of `netns`, or of the caller's netns.
-pub async fn links(netns: Option<&NetnsHandle>) -> Result<Vec<Link>> {
-    let handle = match netns {
-        None => netlink::connect()?,
-        Some(ns) => {
-            let rt = tokio::runtime::Handle::current();
-            let (conn, handle) = ns.run(move || -> Result<_> {
-                let _guard = rt.enter();
-                let (conn, handle, _) = rtnetlink::new_connection()?;
-                Ok((conn, handle))
-            })??;
-            tokio::spawn(conn);
-            handle
-        }
-    };
-    netlink::dump_links(&handle).await
-}
 
 /// A socket with how it is tied to one interface (or to none).
 #[derive(Clone, Debug, Serialize)]

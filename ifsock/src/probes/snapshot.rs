@@ -1,0 +1,32 @@
+//! A point-in-time view of one netns: its sockets with owners (BPF iterators) and its links
+//! (rtnetlink dump).
+use anyhow::Result;
+
+use crate::{
+    kernel::{netlink, netns::NetnsHandle},
+    model::{
+        link::Link,
+        socket::{join_owners, Socket},
+    },
+    probes::Probes,
+};
+
+/// Sockets of one netns with owners, from the `iter/udp`, `iter/tcp` and `iter/task_file`
+/// iterators.
+///
+/// # Errors
+/// Iterator load/attach/read failures, or entering `netns` failed.
+pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<Socket>> {
+    let raw = probes.snapshot(netns)?;
+    let mut sockets: Vec<Socket> = raw.sockets.iter().map(Socket::from_record).collect();
+    join_owners(&mut sockets, &raw.files);
+    Ok(sockets)
+}
+
+/// Dumps links (with addresses) of `netns`, or of the caller's netns.
+///
+/// # Errors
+/// The rtnetlink socket could not be opened in `netns`, or the dump failed.
+pub async fn links(netns: Option<&NetnsHandle>) -> Result<Vec<Link>> {
+    netlink::dump_links(&netlink::connect_in(netns)?).await
+}

@@ -1,0 +1,53 @@
+//! Formatters shared by every renderer: owners, bindings, errno names. Written once here so
+//! the table, the event lines and the reports spell things the same way.
+use crate::model::socket::{Binding, Owner};
+
+/// `comm[pid]/fdN`, as in the `OWNERS` column.
+pub fn owner(o: &Owner) -> String {
+    format!("{}[{}]/fd{}", o.comm, o.pid, o.fd)
+}
+
+/// Owners joined with `,`, or `empty` when no fd references the socket.
+pub fn owners(list: &[Owner], empty: &str) -> String {
+    if list.is_empty() {
+        return empty.to_string();
+    }
+    list.iter().map(owner).collect::<Vec<_>>().join(",")
+}
+
+/// `device`, `address`, `wildcard`, or `none` (the JSON spelling).
+pub fn binding(b: Option<Binding>) -> &'static str {
+    match b {
+        Some(Binding::Device) => "device",
+        Some(Binding::Address) => "address",
+        Some(Binding::Wildcard) => "wildcard",
+        None => "none",
+    }
+}
+
+/// errno name (`ECONNREFUSED`), `UnknownErrno` for numbers the platform does not define.
+pub fn errno_name(errno: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(errno))
+}
+
+/// `ENODEV: No such device`.
+pub fn errno_desc(errno: i32) -> String {
+    format!("{}: {}", errno_name(errno), nix::errno::Errno::from_raw(errno).desc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_bindings_and_errnos_are_spelled_once() {
+        let o = Owner { pid: 12, comm: "unbound".into(), fd: 3 };
+        assert_eq!(owner(&o), "unbound[12]/fd3");
+        assert_eq!(owners(&[o.clone(), Owner { fd: 4, ..o }], "-"), "unbound[12]/fd3,unbound[12]/fd4");
+        assert_eq!(owners(&[], "-"), "-");
+        assert_eq!(binding(Some(Binding::Wildcard)), "wildcard");
+        assert_eq!(binding(None), "none");
+        assert_eq!(errno_name(111), "ECONNREFUSED");
+        assert_eq!(errno_desc(19), "ENODEV: No such device");
+    }
+}
