@@ -20,6 +20,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Refuses combinations that clap cannot see, because `--netns` is global: `--netns NAME`
+    /// with a subcommand's `--all-netns`.
+    ///
+    /// # Errors
+    /// The combination, with the fix.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let (name, all_netns) = match &self.command {
+            Command::Sockets(a) => ("sockets", a.all_netns),
+            Command::Hung(a) => ("hung", a.all_netns),
+            _ => return Ok(()),
+        };
+        if let (Some(ns), true) = (&self.netns, all_netns) {
+            anyhow::bail!(
+                "--netns {ns} and {name} --all-netns contradict each other: --all-netns lists every namespace; drop --netns, or drop --all-netns to list only {ns}"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -60,3 +81,57 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range (examples: 500ms, 5s, 2m)"))
 }
 
+
+/// The longest interval or duration any option accepts (24 h): anything longer is a typo.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The shortest period a repeating option accepts (1 ms): 0 would spin.
+pub const MIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A period between repeated actions (`hung --interval`, `tun --interval`): 1ms to 24h.
+///
+/// # Errors
+/// Not a duration (see [`parse_duration`]), or outside 1ms..=24h, with the range in the message.
+pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_PERIOD || d > MAX_DURATION {
+        return Err(format!("{s:?} is out of range: use 1ms to 24h"));
+    }
+    Ok(d)
+}
+
+/// A wait or threshold where 0 means "none" or "at once" (`--grace`, `--min-blocked`,
+/// `--stranded-after`; `--reconcile-every`, where 0 turns it off): 0 to 24h.
+///
+/// # Errors
+/// Not a duration (see [`parse_duration`]), or over 24h, with the range in the message.
+pub fn parse_bounded_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is out of range: use 0 to 24h"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn periods_refuse_zero_and_more_than_a_day() {
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_positive_duration("24h"), Ok(MAX_DURATION));
+        for bad in ["0", "0s", "0.0001s", "25h", "999999h"] {
+            let e = parse_positive_duration(bad).err().unwrap_or_default();
+            assert!(e.contains("1ms to 24h"), "{bad}: {e}");
+        }
+        assert!(parse_positive_duration("5x").is_err());
+    }
+
+    #[test]
+    fn bounded_durations_allow_zero_but_not_more_than_a_day() {
+        assert_eq!(parse_bounded_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_bounded_duration("999999h").err().unwrap_or_default().contains("0 to 24h"));
+    }
+}

@@ -39,6 +39,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.check()?;
     // Enter the netns while single-threaded: every thread the runtime starts inherits it.
     if let Some(spec) = &cli.netns {
         NetnsHandle::resolve(spec)?.enter()?;

@@ -2,10 +2,25 @@
 //! when — the only source for receivers that blocked before ifsock started.
 use std::{fs, os::unix::fs::MetadataExt};
 
-use crate::model::ids::{NetnsIno, SockInode};
+pub use crate::model::receiver::BlockedThread;
+use crate::{
+    engine::receivers::TaskSource,
+    model::ids::{NetnsIno, SockInode},
+};
 
-/// Receive syscalls (x86_64 numbers, as in `/proc/PID/task/TID/syscall`).
+/// Receive syscalls, as numbered in `/proc/PID/task/TID/syscall` (arch/x86/entry/syscalls/
+/// syscall_64.tbl).
+#[cfg(target_arch = "x86_64")]
 pub const RECV_SYSCALLS: [(u64, &str); 4] = [(0, "read"), (45, "recvfrom"), (47, "recvmsg"), (299, "recvmmsg")];
+/// Receive syscalls, as numbered in `/proc/PID/task/TID/syscall` (include/uapi/asm-generic/
+/// unistd.h, used by arm64).
+#[cfg(target_arch = "aarch64")]
+pub const RECV_SYSCALLS: [(u64, &str); 4] = [(63, "read"), (207, "recvfrom"), (212, "recvmsg"), (243, "recvmmsg")];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("ifsock knows the receive syscall numbers of x86_64 and aarch64 only: add this arch's to kernel/procfs.rs");
+
+/// `read(2)`'s number on this arch.
+const READ_NR: u64 = RECV_SYSCALLS[0].0;
 
 /// `PF_KTHREAD` (include/linux/sched.h) in `/proc/PID/stat` flags.
 const PF_KTHREAD: u32 = 0x0020_0000;
@@ -23,31 +38,6 @@ pub fn thread_syscall(pid: u32, tid: u32) -> Option<(u64, u64)> {
     let nr = fields.next()?.parse::<u64>().ok()?;
     let arg0 = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
     Some((nr, arg0))
-}
-
-/// A thread sleeping inside a receive syscall, from `/proc/PID/task/TID/{syscall,stat,sched}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockedThread {
-    /// Thread-group id.
-    pub pid: u32,
-    /// Thread id.
-    pub tid: u32,
-    /// Thread command (`stat` comm).
-    pub comm: String,
-    /// Syscall number (`syscall` field 1).
-    pub syscall: u64,
-    /// First argument: the fd.
-    pub fd: u32,
-    /// The socket the fd refers to now (`/proc/PID/fd/N` → `socket:[INO]`), None if closed or not a socket.
-    pub fd_socket: Option<SockInode>,
-    /// Whether the fd is still open (to anything).
-    pub fd_open: bool,
-    /// The task's netns inode (`/proc/PID/task/TID/ns/net`).
-    pub netns: NetnsIno,
-    /// Blocked time estimate in ns: our own `se.exec_start` read on the CPU the thread last ran
-    /// on, minus the thread's (both on that CPU's runqueue clock, `/proc/.../sched`,
-    /// CONFIG_SCHED_DEBUG); None when unavailable.
-    pub blocked_ns: Option<u64>,
 }
 
 /// `se.exec_start` of the calling thread after migrating it to `cpu`: "now" on that CPU's
@@ -98,13 +88,11 @@ pub fn blocked_receivers(pid: Option<u32>) -> Vec<BlockedThread> {
             }
             let Some(fd) = fields.next().and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()) else { continue };
             let link = fs::read_link(format!("/proc/{}/fd/{fd}", proc.pid));
-            let fd_socket = link.as_ref().ok().and_then(|l| {
-                l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok().map(SockInode)
-            });
-            if nr == 0 && fd_socket.is_none() {
+            let fd_socket = link.as_ref().ok().and_then(|l| socket_inode(l.to_str()?));
+            if nr == READ_NR && fd_socket.is_none() {
                 continue; // read(2) on a non-socket, or on a closed fd (too common to infer from)
             }
-            let netns = fs::metadata(format!("{base}/ns/net")).map(|m| NetnsIno(m.ino() as u32)).unwrap_or_default();
+            let netns = thread_netns(proc.pid as u32, task.tid as u32).unwrap_or_default();
             let then = exec_start_ns(&format!("{base}/sched"));
             let cpu = stat.processor.unwrap_or(0).max(0) as usize;
             let now = *now_by_cpu.entry(cpu).or_insert_with(|| now_on_cpu(cpu));
@@ -131,4 +119,51 @@ pub fn blocked_receivers(pid: Option<u32>) -> Vec<BlockedThread> {
 /// True when thread `tid` of `pid` still exists.
 pub fn thread_alive(pid: u32, tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+/// True when process `pid` exists (`/proc/PID`).
+pub fn pid_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The netns inode of a thread (`/proc/PID/task/TID/ns/net`), None when it is gone.
+pub fn thread_netns(pid: u32, tid: u32) -> Option<NetnsIno> {
+    fs::metadata(format!("/proc/{pid}/task/{tid}/ns/net")).ok().map(|m| NetnsIno(m.ino() as u32))
+}
+
+/// `socket:[INO]` (an fd's link target) → INO.
+fn socket_inode(target: &str) -> Option<SockInode> {
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok().map(SockInode)
+}
+
+/// The socket fd `fd` of `pid` refers to now (`/proc/PID/fd/FD` → `socket:[INO]`).
+pub fn fd_socket(pid: u32, fd: u32) -> Option<SockInode> {
+    socket_inode(fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?.to_str()?)
+}
+
+/// The live procfs behind the receivers engine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Procfs;
+
+impl TaskSource for Procfs {
+    fn thread_alive(&self, pid: u32, tid: u32) -> bool {
+        thread_alive(pid, tid)
+    }
+    fn fd_socket(&self, pid: u32, fd: u32) -> Option<SockInode> {
+        fd_socket(pid, fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_links_parse_and_others_do_not() {
+        assert_eq!(socket_inode("socket:[12345]"), Some(SockInode(12345)));
+        assert_eq!(socket_inode("pipe:[12345]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(syscall_name(RECV_SYSCALLS[2].0), "recvmsg");
+        assert_eq!(syscall_name(u64::MAX), "?");
+    }
 }

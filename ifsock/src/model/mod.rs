@@ -2,6 +2,7 @@
 pub mod event;
 pub mod ids;
 pub mod link;
+pub mod receiver;
 pub mod sock_error;
 pub mod socket;
 pub mod tie;

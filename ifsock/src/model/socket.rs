@@ -49,6 +49,10 @@ pub struct Socket {
     pub protocol: Protocol,
     /// 4 or 6.
     pub family: u8,
+    /// An IPv6 socket whose local (or remote) address is IPv4-mapped (`::ffff:a.b.c.d`): the
+    /// address fields show the IPv4 address, matched as IPv4; tables show `[::ffff:a.b.c.d]`
+    /// as `ss` does.
+    pub v4_mapped: bool,
     /// Local address.
     pub local_addr: IpAddr,
     /// Local port.
@@ -98,6 +102,11 @@ pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// `::ffff:a.b.c.d` (not `::`, which `to_ipv4_mapped` leaves alone anyway).
+fn is_v4_mapped(raw: &[u8; 16]) -> bool {
+    Ipv6Addr::from(*raw).to_ipv4_mapped().is_some()
+}
+
 impl Socket {
     /// Decodes an iterator record (owners are joined later by [`join_owners`]).
     pub fn from_record(r: &SockRecord) -> Self {
@@ -111,6 +120,7 @@ impl Socket {
         Socket {
             protocol,
             family: if r.family == 2 { 4 } else { 6 },
+            v4_mapped: r.family != 2 && (is_v4_mapped(&r.laddr) || is_v4_mapped(&r.raddr)),
             local_addr: addr(r.family, &r.laddr),
             local_port: r.lport,
             remote_addr: addr(r.family, &r.raddr),
@@ -184,6 +194,23 @@ mod tests {
         assert_eq!(udp([10, 9, 0, 2], 0).binding_to(ns, IfIndex(5), &addrs), None);
         assert_eq!(udp([10, 9, 0, 1], 0).binding_to(NetnsIno(8), IfIndex(5), &addrs), None);
         assert!(udp([0, 0, 0, 0], 0).pktinfo);
+    }
+
+    #[test]
+    fn v4_mapped_tcp6_keeps_family_6_and_matches_as_ipv4() {
+        let mut laddr = [0u8; 16];
+        laddr[10..12].copy_from_slice(&[0xff, 0xff]);
+        laddr[12..].copy_from_slice(&[10, 253, 0, 1]);
+        let rec = SockRecord {
+            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 10, protocol: 6, state: 10,
+            lport: 8003, rport: 0, flags: 0, laddr, raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let s = Socket::from_record(&rec);
+        assert_eq!((s.family, s.v4_mapped), (6, true));
+        assert_eq!(s.local_addr, IpAddr::V4(Ipv4Addr::new(10, 253, 0, 1)));
+        let v6 = Socket::from_record(&SockRecord { laddr: [0; 16], ..rec });
+        assert!(!v6.v4_mapped, "the wildcard :: is not v4-mapped");
+        assert!(!udp([10, 9, 0, 1], 0).v4_mapped);
     }
 
     #[test]

@@ -25,6 +25,17 @@ pub fn binding(b: Option<Binding>) -> &'static str {
     }
 }
 
+/// An address as tables show it: IPv4 plain, IPv6 in brackets, and the IPv4 address of a
+/// v4-mapped IPv6 socket ([`crate::model::socket::Socket::v4_mapped`]) as `[::ffff:a.b.c.d]`,
+/// as `ss` prints it.
+pub fn addr(a: &std::net::IpAddr, v4_mapped: bool) -> String {
+    match a {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) if v4_mapped => format!("[{}]", v4.to_ipv6_mapped()),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 /// errno name (`ECONNREFUSED`), `UnknownErrno` for numbers the platform does not define.
 pub fn errno_name(errno: i32) -> String {
     format!("{:?}", nix::errno::Errno::from_raw(errno))
@@ -49,5 +60,9 @@ mod tests {
         assert_eq!(binding(None), "none");
         assert_eq!(errno_name(111), "ECONNREFUSED");
         assert_eq!(errno_desc(19), "ENODEV: No such device");
+        let v4 = std::net::IpAddr::from([10, 253, 0, 1]);
+        assert_eq!(addr(&v4, true), "[::ffff:10.253.0.1]");
+        assert_eq!(addr(&v4, false), "10.253.0.1");
+        assert_eq!(addr(&"fe80::1".parse().unwrap_or(v4), false), "[fe80::1]");
     }
 }

@@ -1,45 +1,50 @@
 //! `ifsock hung`: tasks blocked receiving on a socket, for how long, on which socket and
 //! interface — even when the socket's fd was already closed (seed 003).
 //!
-//! Evidence, strongest first: a probe records the socket when the receive starts (the `struct
-//! sock *` argument of `__skb_recv_udp`/`__skb_recv_datagram`/`__skb_wait_for_more_packets`,
-//! or the fd resolved at syscall entry on the tracepoint set)
-//! (`exact`); a still-open fd that points at a socket (`current_fd`, from procfs); the only
-//! ownerless socket in the task's netns (`inferred`). An inference is never shown as a fact.
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+//! Args → probes (in-flight records), procfs and snapshots → [`engine::receivers`] →
+//! [`render::hung`]. The evidence rules (exact, current_fd, inferred…) are the engine's.
+use std::{collections::HashSet, time::Duration};
 
-use anyhow::Result;
-use ifsock_common::{probe_via, recv_func, InFlightRecv, NO_FD};
-use serde::Serialize;
+use anyhow::{bail, Result};
 
+pub use crate::engine::receivers::Context;
 use crate::{
-    cli::parse_duration,
-    probes::snapshot,
-    render::{human_ns, json_line, monotonic_ns, table},
-};
-use crate::{
+    cli::{parse_bounded_duration, parse_positive_duration},
+    engine::receivers::{self as engine, Filter, Inputs, NetnsFilter},
     kernel::{
         netlink::{self, Received, Subscription},
         netns,
-        procfs::{self, syscall_name},
+        procfs::{self, BlockedThread, Procfs},
+        signals::{Interrupted, Signals},
     },
     model::{
-        ids::{IfIndex, NetnsIno, SockInode},
-        link::{Link, LinkTable},
-        socket::{Binding, Socket},
+        ids::NetnsIno,
+        link::{ChangeKind, LinkTable, Update},
+        receiver::InFlight,
+        socket::Socket,
     },
-    probes::{select::ProbeSet, Probes},
+    probes::{select::ProbeSet, snapshot, Probes},
+    render::{self, hung::Style, monotonic_ns},
 };
+pub use crate::model::receiver::{tie_strands, Certainty, HungReceiver, IfaceState, IfaceTie};
+
+/// Default `--interval` with `--follow`.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Options of `hung`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HungArgs {
-    /// Only receivers blocked at least this long.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Only receivers blocked at least this long (0 to 24h).
+    #[arg(long, default_value = "1s", value_parser = parse_bounded_duration)]
     pub min_blocked: Duration,
-    /// Only this process.
-    #[arg(long)]
+    /// Only this process (a pid that exists).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
+    /// Every network namespace, with a NETNS column (JSON: `netns`). Without it, only receivers
+    /// of the netns ifsock runs in (`--netns`): by their socket's netns, or by the thread's
+    /// netns when the socket is unknown.
+    #[arg(long)]
+    pub all_netns: bool,
     /// JSON: one object per receiver (one-shot), or one `snapshot` object per interval (`--follow`).
     #[arg(long)]
     pub json: bool,
@@ -47,9 +52,9 @@ pub struct HungArgs {
     /// and print the list every `--interval`.
     #[arg(long)]
     pub follow: bool,
-    /// Interval between snapshots with `--follow`.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub interval: Duration,
+    /// Interval between snapshots with `--follow` (1ms to 24h; default 1s).
+    #[arg(long, requires = "follow", value_parser = parse_positive_duration)]
+    pub interval: Option<Duration>,
     /// Receive-path probe set instead of the best one allowed (fentry: `__skb_recv_udp`,
     /// `__skb_recv_datagram`, `__skb_wait_for_more_packets` trampolines; kprobe: the same with
     /// kprobes; tracepoint: the receive syscalls). Refused with the kernel's reason if unavailable.
@@ -57,380 +62,135 @@ pub struct HungArgs {
     pub probe_set: Option<ProbeSet>,
 }
 
-/// How the receiver's socket is known.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Certainty {
-    /// Recorded by a probe when the receive started: the `struct sock *` argument of a kernel
-    /// receive function (fentry/kprobe sets), or the fd resolved at syscall entry (tracepoints).
-    Exact,
-    /// The syscall's fd is still open and points at this socket (procfs).
-    CurrentFd,
-    /// The fd is closed; the socket is the only ownerless one in the task's netns.
-    Inferred,
-    /// The fd is closed and several ownerless sockets could be it (see `candidates`).
-    Ambiguous,
-    /// No socket could be tied to the receiver.
-    Unknown,
-}
-
-/// State of an interface a receiver's socket is tied to.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum IfaceState {
-    /// `IFF_UP` set.
-    Up,
-    /// `IFF_UP` clear.
-    Down,
-    /// Deleted (seen by this ifsock run, or an ifindex that no longer exists).
-    Deleted,
-}
-
-/// An interface a receiver's socket is tied to.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct IfaceTie {
-    /// ifindex.
-    pub ifindex: IfIndex,
-    /// Name, when known.
-    pub name: Option<String>,
-    /// How the socket is tied to it.
-    pub binding: Binding,
-    /// Its state.
-    pub state: IfaceState,
-}
-
-/// One blocked receiver.
-#[derive(Clone, Debug, Serialize)]
-pub struct HungReceiver {
-    /// Thread-group id.
-    pub pid: u32,
-    /// Thread id.
-    pub tid: u32,
-    /// Command.
-    pub comm: String,
-    /// `recvmsg`, `recvfrom`, `recvmmsg` or `read`; `?` when unknown.
-    pub syscall: &'static str,
-    /// The fd passed to the syscall (None when the probe saw only the `struct sock` and the
-    /// thread's `/proc/.../syscall` no longer shows it).
-    pub fd: Option<u32>,
-    /// Whether that fd still refers to the socket in the task's fd table.
-    pub fd_open: bool,
-    /// Blocked time in ns (None when it cannot be measured).
-    pub blocked_ns: Option<u64>,
-    /// Where `blocked_ns` comes from: `syscall_entry` (tracepoint timestamp), `function_entry`
-    /// (entry of `__skb_recv_udp`/`__skb_recv_datagram`/`__skb_wait_for_more_packets`) or
-    /// `sched_exec_start` (procfs estimate).
-    pub blocked_source: &'static str,
-    /// The probe that recorded the receive (`fentry:__skb_recv_udp`,
-    /// `tracepoint:syscalls:sys_enter_recvmsg`, ...), None for procfs-only receivers.
-    pub probe: Option<String>,
-    /// Sleeping in `__skb_wait_for_more_packets` right now (kernel-function sets; None otherwise).
-    pub in_wait: Option<bool>,
-    /// How the socket is known.
-    pub certainty: Certainty,
-    /// The evidence, in words.
-    pub evidence: String,
-    /// No fd references the socket: only the blocked receive keeps it alive.
-    pub orphaned: bool,
-    /// The socket, when known.
-    pub socket: Option<Socket>,
-    /// Candidate socket inodes when `certainty` is `ambiguous`.
-    pub candidates: Vec<SockInode>,
-    /// Interfaces the socket is tied to (wildcard sockets: every interface of the netns).
-    pub interfaces: Vec<IfaceTie>,
-    /// An interface it is tied to by device or address is down or deleted, or (wildcard with
-    /// IP_PKTINFO) one of its netns's interfaces was deleted while it waited.
-    pub stranded: bool,
-}
-
-/// What `collect` needs besides the probes.
-#[derive(Default)]
-pub struct Context {
-    /// Links of each netns (current).
-    pub links: HashMap<NetnsIno, Vec<Link>>,
-    /// Interfaces deleted while this run watched, per netns.
-    pub deleted: HashMap<NetnsIno, Vec<Link>>,
-}
-
-fn ties(socket: &Socket, ctx: &Context) -> Vec<IfaceTie> {
-    let mut out = Vec::new();
-    let current = ctx.links.get(&socket.netns).map(Vec::as_slice).unwrap_or_default();
-    let deleted = ctx.deleted.get(&socket.netns).map(Vec::as_slice).unwrap_or_default();
-    for (links, gone) in [(current, false), (deleted, true)] {
-        for l in links {
-            let addrs: Vec<IpAddr> = l.addrs.iter().copied().collect();
-            if let Some(binding) = socket.binding_to(socket.netns, l.ifindex, &addrs) {
-                let state = if gone { IfaceState::Deleted } else if l.is_up() { IfaceState::Up } else { IfaceState::Down };
-                out.push(IfaceTie { ifindex: l.ifindex, name: Some(l.name.clone()), binding, state });
-            }
-        }
-    }
-    if socket.bound_dev_if != 0 && !out.iter().any(|t| t.ifindex.0 == socket.bound_dev_if) {
-        out.push(IfaceTie { ifindex: IfIndex(socket.bound_dev_if), name: None, binding: Binding::Device, state: IfaceState::Deleted });
-    }
-    out
-}
-
-/// Whether this one tie strands a socket: a device or address binding to an interface that is
-/// not up, or a wildcard IP_PKTINFO socket whose netns lost the interface.
-pub fn tie_strands(pktinfo: bool, t: &IfaceTie) -> bool {
-    match t.binding {
-        Binding::Device | Binding::Address => t.state != IfaceState::Up,
-        Binding::Wildcard => pktinfo && t.state == IfaceState::Deleted,
-    }
-}
-
-fn stranded(socket: &Socket, ties: &[IfaceTie]) -> bool {
-    ties.iter().any(|t| tie_strands(socket.pktinfo, t))
-}
-
-fn fd_points_at(pid: u32, fd: u32, ino: SockInode) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-        .map(|l| l.to_string_lossy() == format!("socket:[{}]", ino.0))
-        .unwrap_or(false)
-}
-
-/// The probe that recorded `e`, as `set:function` (`fentry:__skb_recv_udp`,
-/// `tracepoint:syscalls:sys_enter_recvmsg`).
-pub fn probe_name(e: &InFlightRecv) -> String {
-    let set = match e.via {
-        probe_via::FENTRY => "fentry",
-        probe_via::KPROBE => "kprobe",
-        _ => "tracepoint",
-    };
-    let function = match e.func {
-        recv_func::SKB_RECV_UDP => "__skb_recv_udp",
-        recv_func::SKB_RECV_DATAGRAM => "__skb_recv_datagram",
-        recv_func::SKB_WAIT => "__skb_wait_for_more_packets",
-        _ => return format!("tracepoint:syscalls:sys_enter_{}", syscall_name(u64::from(e.syscall))),
-    };
-    format!("{set}:{function}")
-}
-
-/// Every blocked receiver at least `min_blocked` long (sorted, longest first).
-///
-/// # Errors
-/// Iterator or map read failures.
-pub fn collect(probes: &mut Probes, ctx: &Context, min_blocked: Duration, pid: Option<u32>) -> Result<Vec<HungReceiver>> {
-    collect_from(probes, ctx, min_blocked, pid, procfs::blocked_receivers(pid))
-}
-
-/// [`collect`] with a procfs scan the caller already made (`procfs::blocked_receivers(pid)`).
-///
-/// # Errors
-/// Iterator or map read failures.
-pub fn collect_from(
-    probes: &mut Probes,
-    ctx: &Context,
-    min_blocked: Duration,
-    pid: Option<u32>,
-    blocked: Vec<procfs::BlockedThread>,
-) -> Result<Vec<HungReceiver>> {
-    let sockets = snapshot::sockets(probes, None)?;
+/// In-flight records (decoded) and the sockets of the caller's netns plus those of every other
+/// netns a receiving thread is in, when `filter` can need them.
+fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread]) -> Result<(Vec<InFlight>, Vec<Socket>, Vec<netns::NetnsHandle>)> {
+    let inflight: Vec<InFlight> = probes.inflight()?.iter().map(InFlight::from_record).collect();
     let own = netns::current_ino()?;
-    let mut extra: Vec<Socket> = Vec::new();
-    // Receivers in other namespaces: their sockets come from that namespace's iterator run.
-    let mut other_ns: Vec<NetnsIno> = blocked.iter().map(|b| b.netns).filter(|n| *n != own).collect();
-    other_ns.sort();
-    other_ns.dedup();
-    if !other_ns.is_empty() {
-        for h in netns::all().into_iter().filter(|h| other_ns.contains(&h.ino)) {
-            extra.extend(snapshot::sockets(probes, Some(&h))?);
+    let mut sockets = snapshot::sockets(probes, None)?;
+    let known: HashSet<_> = sockets.iter().map(|s| s.inode).collect();
+    // Filtered on our own netns, a foreign snapshot matters only for a thread here whose socket
+    // lives elsewhere (made before a setns): without it that receiver would count as ours.
+    let foreign_needed = match filter.netns {
+        NetnsFilter::All => true,
+        NetnsFilter::Only(_) => {
+            inflight.iter().any(|e| e.netns == own && !known.contains(&e.ino))
+                || blocked.iter().any(|b| b.netns == own && b.fd_socket.is_some_and(|i| !known.contains(&i)))
         }
-    }
-    let all: Vec<&Socket> = sockets.iter().chain(extra.iter()).collect();
-    let by_ino: HashMap<SockInode, &Socket> = all.iter().map(|s| (s.inode, *s)).collect();
-    let now = monotonic_ns();
-    let min = min_blocked.as_nanos() as u64;
-    let mut out = Vec::new();
-    let mut seen_tids = std::collections::HashSet::new();
-
-    let by_tid: HashMap<u32, &procfs::BlockedThread> = blocked.iter().map(|b| (b.tid, b)).collect();
-    for e in probes.inflight()? {
-        if pid.is_some_and(|p| p != e.pid) || !procfs::thread_alive(e.pid, e.tid) {
-            continue;
-        }
-        let proc_view = by_tid.get(&e.tid).copied();
-        // A kretprobe can miss a return (its instance pool is bounded), leaving a record behind
-        // a thread that is no longer receiving: trust a kprobe record only while procfs agrees.
-        if e.via == probe_via::KPROBE && proc_view.is_none() {
-            continue;
-        }
-        let blocked_ns = now.saturating_sub(e.since_ns);
-        seen_tids.insert(e.tid);
-        if blocked_ns < min {
-            continue;
-        }
-        let (syscall, fd) = if e.fd != NO_FD {
-            (syscall_name(u64::from(e.syscall)), Some(e.fd))
-        } else {
-            match proc_view {
-                Some(b) => (syscall_name(b.syscall), Some(b.fd)),
-                None => ("?", None),
+    };
+    let mut handles = Vec::new();
+    if foreign_needed {
+        let others = engine::namespaces_to_scan(&inflight, blocked, own);
+        if !others.is_empty() {
+            for h in netns::all().into_iter().filter(|h| others.contains(&h.ino)) {
+                sockets.extend(snapshot::sockets(probes, Some(&h))?);
+                handles.push(h);
             }
-        };
-        let socket = by_ino.get(&SockInode(e.ino)).map(|s| (*s).clone());
-        let tie = socket.as_ref().map(|s| ties(s, ctx)).unwrap_or_default();
-        let probe = probe_name(&e);
-        out.push(HungReceiver {
-            pid: e.pid,
-            tid: e.tid,
-            comm: crate::model::ids::comm_str(&e.comm),
-            syscall,
-            fd,
-            fd_open: fd.is_some_and(|fd| fd_points_at(e.pid, fd, SockInode(e.ino))),
-            blocked_ns: Some(blocked_ns),
-            blocked_source: if e.func == recv_func::SYSCALL { "syscall_entry" } else { "function_entry" },
-            in_wait: (e.via != probe_via::TRACEPOINT).then_some(e.wait_since_ns != 0),
-            certainty: Certainty::Exact,
-            evidence: if e.func == recv_func::SYSCALL {
-                format!("socket inode {} resolved from fd {} at {syscall} entry ({probe})", e.ino, e.fd)
-            } else {
-                format!("socket inode {} from the struct sock argument of {probe}", e.ino)
-            },
-            probe: Some(probe),
-            orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
-            stranded: socket.as_ref().is_some_and(|s| stranded(s, &tie)),
-            socket,
-            candidates: Vec::new(),
-            interfaces: tie,
-        });
-    }
-
-    for b in blocked {
-        if seen_tids.contains(&b.tid) || b.blocked_ns.is_some_and(|n| n < min) {
-            continue;
         }
-        let (socket, certainty, evidence, candidates) = match b.fd_socket {
-            Some(ino) => (
-                by_ino.get(&ino).map(|s| (*s).clone()),
-                Certainty::CurrentFd,
-                format!("/proc/{}/task/{}/syscall: {} on fd {}; fd {} → socket:[{}] now", b.pid, b.tid, syscall_name(b.syscall), b.fd, b.fd, ino.0),
-                Vec::new(),
-            ),
-            None => {
-                let orphans: Vec<&Socket> = all.iter().copied().filter(|s| s.netns == b.netns && s.owners.is_empty() && s.inode.0 != 0 && s.state != "LISTEN")
-                    .collect();
-                match orphans.as_slice() {
-                    [one] => (
-                        Some((*one).clone()),
-                        Certainty::Inferred,
-                        format!("fd {} is closed; socket:[{}] is the only socket without an fd in netns {} (inference, not a record)", b.fd, one.inode, b.netns),
-                        Vec::new(),
-                    ),
-                    [] => (None, Certainty::Unknown, format!("fd {} is closed and no ownerless socket exists in netns {}", b.fd, b.netns), Vec::new()),
-                    many => (
-                        None,
-                        Certainty::Ambiguous,
-                        format!("fd {} is closed; {} ownerless sockets in netns {} could be it", b.fd, many.len(), b.netns),
-                        many.iter().map(|s| s.inode).collect(),
-                    ),
-                }
-            }
-        };
-        let tie = socket.as_ref().map(|s| ties(s, ctx)).unwrap_or_default();
-        out.push(HungReceiver {
-            pid: b.pid,
-            tid: b.tid,
-            comm: b.comm,
-            syscall: syscall_name(b.syscall),
-            fd: Some(b.fd),
-            fd_open: b.fd_socket.is_some(),
-            blocked_ns: b.blocked_ns,
-            blocked_source: "sched_exec_start",
-            probe: None,
-            in_wait: None,
-            certainty,
-            evidence,
-            orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
-            stranded: socket.as_ref().is_some_and(|s| stranded(s, &tie)),
-            socket,
-            candidates,
-            interfaces: tie,
-        });
     }
-    out.sort_by(|a, b| b.blocked_ns.cmp(&a.blocked_ns));
-    Ok(out)
+    Ok((inflight, sockets, handles))
+}
+
+/// Every blocked receiver of any netns at least `min_blocked` long (longest first), with a
+/// procfs scan the caller already made (`procfs::blocked_receivers(pid)`); `ctx` holds the
+/// links of each netns. Used by `watch`.
+///
+/// # Errors
+/// Iterator or map read failures.
+pub fn collect_from(probes: &mut Probes, ctx: &Context, min_blocked: Duration, pid: Option<u32>, blocked: Vec<BlockedThread>) -> Result<Vec<HungReceiver>> {
+    let filter = Filter { min_blocked_ns: min_blocked.as_nanos() as u64, pid, netns: NetnsFilter::All };
+    let (inflight, sockets, _) = gather(probes, &filter, &blocked)?;
+    let input = Inputs { inflight: &inflight, blocked: &blocked, sockets: &sockets, ctx, now_ns: monotonic_ns() };
+    Ok(engine::receivers(&input, &filter, &Procfs))
+}
+
+/// One `hung` scan; with `--all-netns` the links of the other namespaces are dumped too, so
+/// that their receivers get interface ties.
+async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result<Vec<HungReceiver>> {
+    let blocked = procfs::blocked_receivers(filter.pid);
+    let (inflight, sockets, handles) = gather(probes, filter, &blocked)?;
+    let mut ctx = ctx.clone();
+    if filter.netns == NetnsFilter::All {
+        for h in &handles {
+            // A namespace that vanished since its socket snapshot has no links to tie to.
+            if let Ok(links) = snapshot::links(Some(h)).await {
+                ctx.links.entry(h.ino).or_insert(links);
+            }
+        }
+    }
+    let input = Inputs { inflight: &inflight, blocked: &blocked, sockets: &sockets, ctx: &ctx, now_ns: monotonic_ns() };
+    Ok(engine::receivers(&input, filter, &Procfs))
 }
 
 /// Runs `hung`.
 ///
 /// # Errors
-/// Probe loading or netlink failures.
+/// A `--pid` that does not exist, probe loading or netlink failures; [`Interrupted`] when
+/// `--follow` is stopped by SIGINT/SIGTERM.
 pub async fn run(args: HungArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        if !procfs::pid_exists(pid) {
+            bail!("--pid {pid}: no such process (it exited, or lives in another pid namespace); find the pid with `ps -e`");
+        }
+    }
     let mut probes = Probes::load(u64::MAX)?;
     let selection = probes.attach_recv(args.probe_set)?;
     let own = netns::current_ino()?;
+    let filter = Filter {
+        min_blocked_ns: args.min_blocked.as_nanos() as u64,
+        pid: args.pid,
+        netns: if args.all_netns { NetnsFilter::All } else { NetnsFilter::Only(own) },
+    };
+    let style = Style {
+        json: args.json,
+        follow: args.follow,
+        netns_names: args.all_netns.then(|| netns::named().into_iter().map(|(name, ino)| (ino, name)).collect()),
+    };
     let mut ctx = Context::default();
     if !args.follow {
         ctx.links.insert(own, snapshot::links(None).await?);
-        let rows = collect(&mut probes, &ctx, args.min_blocked, args.pid)?;
-        return print(&rows, args.json, false);
+        return render::hung::receivers(&scan(&mut probes, &ctx, &filter).await?, &style);
     }
+    let mut signals = Signals::new()?;
     // Subscribe before dumping so that no deletion falls between the two.
     let mut sub = Subscription::open(None)?;
     let handle = netlink::connect()?;
     let mut table = LinkTable::from_links(netlink::dump_links(&handle).await?);
-    if args.json {
-        json_line(&serde_json::json!({"type": "ready", "netns": own, "probe_set": selection, "probes": probes.attached}))?;
-    } else {
-        eprintln!("recording receives (receive path: {selection}); Ctrl-C to stop");
-    }
-    let mut tick = tokio::time::interval(args.interval);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    render::hung::ready(args.json, own, &selection, &probes.attached)?;
+    let mut tick = tokio::time::interval(args.interval.unwrap_or(DEFAULT_INTERVAL));
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
-            r = sub.recv() => {
-                match r? {
-                    Received::Updates(updates) => for u in updates {
-                        let prior = match &u { crate::model::link::Update::DelLink { ifindex, .. } => table.get(*ifindex).cloned(), _ => None };
-                        for c in table.apply(u) {
-                            if c.kind == crate::model::link::ChangeKind::Deleted {
-                                if let Some(link) = prior.clone() { ctx.deleted.entry(own).or_default().push(link); }
-                            }
-                        }
-                    },
-                    Received::Overrun => { table.diff_and_replace(netlink::dump_links(&handle).await?); }
+            stop = signals.recv() => return Err(Interrupted(stop).into()),
+            r = sub.recv() => match r? {
+                Received::Updates(updates) => {
+                    for u in updates {
+                        remember_deleted(&mut table, &mut ctx, own, u);
+                    }
                 }
-            }
+                Received::Overrun => {
+                    table.diff_and_replace(netlink::dump_links(&handle).await?);
+                }
+            },
             _ = tick.tick() => {
                 ctx.links.insert(own, table.links().cloned().collect());
-                let rows = collect(&mut probes, &ctx, args.min_blocked, args.pid)?;
-                print(&rows, args.json, true)?;
+                render::hung::receivers(&scan(&mut probes, &ctx, &filter).await?, &style)?;
             }
         }
     }
-    Ok(())
 }
 
-fn print(rows: &[HungReceiver], json: bool, follow: bool) -> Result<()> {
-    if json {
-        if follow {
-            return json_line(&serde_json::json!({"type": "snapshot", "ts_unix_ns": crate::render::unix_ns(), "receivers": rows}));
+/// Applies a link update; a deleted link is remembered with its last addresses, so that its
+/// sockets' receivers stay tied to it (state `deleted`).
+fn remember_deleted(table: &mut LinkTable, ctx: &mut Context, own: NetnsIno, u: Update) {
+    let prior = match &u {
+        Update::DelLink { ifindex, .. } => table.get(*ifindex).cloned(),
+        _ => None,
+    };
+    for c in table.apply(u) {
+        if c.kind == ChangeKind::Deleted {
+            if let Some(link) = prior.clone() {
+                ctx.deleted.entry(own).or_default().push(link);
+            }
         }
-        for r in rows {
-            json_line(r)?;
-        }
-        return Ok(());
     }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let sock = r.socket.as_ref().map_or("?".into(), |s| format!("{:?} {}:{} inode {}{}", s.protocol, s.local_addr, s.local_port, s.inode, if s.pktinfo { " pktinfo" } else { "" }).to_lowercase());
-            let ifaces = r.interfaces.iter().map(|t| format!("{}({:?},{:?})", t.name.clone().unwrap_or_else(|| t.ifindex.to_string()), t.binding, t.state).to_lowercase()).collect::<Vec<_>>().join(" ");
-            vec![
-                format!("{}/{}", r.pid, r.tid),
-                r.comm.clone(),
-                format!("{}(fd {}{})", r.syscall, r.fd.map_or("?".into(), |f| f.to_string()), if r.fd_open { "" } else { ", closed" }),
-                r.blocked_ns.map_or("?".into(), human_ns),
-                sock,
-                format!("{:?}", r.certainty).to_lowercase(),
-                if r.stranded { "STRANDED".into() } else { "-".into() },
-                if ifaces.is_empty() { "-".into() } else { ifaces },
-            ]
-        })
-        .collect();
-    table(&["PID/TID", "COMM", "SYSCALL", "BLOCKED", "SOCKET", "CERTAINTY", "STATUS", "INTERFACES"], &cells)
 }

@@ -95,8 +95,8 @@ pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
                 r.ifname.clone().unwrap_or_else(|| "-".into()),
                 crate::render::fmt::binding(r.binding).to_string(),
                 format!("{:?}{}", s.protocol, s.family).to_lowercase(),
-                format!("{}:{}", fmt_addr(&s.local_addr), s.local_port),
-                format!("{}:{}", fmt_addr(&s.remote_addr), s.remote_port),
+                format!("{}:{}", crate::render::fmt::addr(&s.local_addr, s.v4_mapped), s.local_port),
+                format!("{}:{}", crate::render::fmt::addr(&s.remote_addr, s.v4_mapped), s.remote_port),
                 s.state.to_string(),
                 s.inode.to_string(),
                 if s.pktinfo { "yes".into() } else { "no".into() },
@@ -105,11 +105,4 @@ pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
         })
         .collect();
     table(&["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"], &cells)
-}
-
-fn fmt_addr(a: &std::net::IpAddr) -> String {
-    match a {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        v4 => v4.to_string(),
-    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    cli::parse_duration,
+    cli::parse_bounded_duration,
     render::{json_line, line, table},
 };
 use crate::{
@@ -22,8 +22,8 @@ pub struct TunArgs {
     /// Only this device (exact name).
     pub iface: Option<String>,
     /// Time between the two queue snapshots that show whether backlogs drain (0: one snapshot,
-    /// no warnings).
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    /// no warnings; at most 24h).
+    #[arg(long, default_value = "500ms", value_parser = parse_bounded_duration)]
     pub interval: Duration,
     /// One JSON object per device (fields documented in README.md).
     #[arg(long)]

@@ -1,0 +1,516 @@
+//! The receivers correlator behind `hung` and watch's `receiver_stranded`: joins in-flight
+//! receive records (probes), threads procfs shows blocked in a receive syscall, the sockets of
+//! the snapshots and the link tables into [`HungReceiver`] rows, each with how surely its
+//! socket is known and whether an interface change strands it.
+//!
+//! No I/O: the two task facts it needs on demand (is a thread alive, what does an fd point at)
+//! come through [`TaskSource`]; everything else is a value in [`Inputs`], the clock included.
+//!
+//! Evidence, strongest first: a probe recorded the socket when the receive started (`exact`);
+//! the syscall's fd still points at a socket (`current_fd`); the only ownerless socket in the
+//! task's netns (`inferred`). An inference is never shown as a fact.
+//!
+//! Threads that wait for a socket elsewhere (epoll, poll, select: `kernel::waiters`) are a
+//! further input beside `inflight` and `blocked`, turned into rows by their own function next
+//! to [`from_inflight`] and [`from_blocked`]; the merge and filters in [`receivers`] stay.
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    kernel::procfs::syscall_name,
+    model::{
+        ids::{NetnsIno, SockInode},
+        link::Link,
+        receiver::{stranded, ties, BlockedThread, Certainty, HungReceiver, IfaceTie, InFlight, RecvProbe},
+        socket::Socket,
+    },
+};
+
+/// Task facts read on demand (procfs in production, a fake in tests).
+pub trait TaskSource {
+    /// Whether thread `tid` of process `pid` still exists (`/proc/PID/task/TID`).
+    fn thread_alive(&self, pid: u32, tid: u32) -> bool;
+    /// The socket fd `fd` of `pid` refers to now (`/proc/PID/fd/FD` → `socket:[INO]`); None
+    /// when the fd is closed or is not a socket.
+    fn fd_socket(&self, pid: u32, fd: u32) -> Option<SockInode>;
+}
+
+/// Interfaces per netns: what receivers' sockets are tied to.
+#[derive(Default, Clone, Debug)]
+pub struct Context {
+    /// Links of each netns (current).
+    pub links: HashMap<NetnsIno, Vec<Link>>,
+    /// Interfaces deleted while this run watched, per netns (with their last addresses).
+    pub deleted: HashMap<NetnsIno, Vec<Link>>,
+}
+
+impl Context {
+    /// Interfaces `socket` is tied to, in its own netns.
+    pub fn ties(&self, socket: &Socket) -> Vec<IfaceTie> {
+        let current = self.links.get(&socket.netns).map(Vec::as_slice).unwrap_or_default();
+        let deleted = self.deleted.get(&socket.netns).map(Vec::as_slice).unwrap_or_default();
+        ties(socket, current, deleted)
+    }
+}
+
+/// Which namespaces' receivers to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsFilter {
+    /// Every namespace (`--all-netns`, and watch).
+    All,
+    /// Only receivers whose [`HungReceiver::netns`] is this one: the socket's netns when the
+    /// socket is known, else the thread's.
+    Only(NetnsIno),
+}
+
+/// Which receivers to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Filter {
+    /// Blocked at least this long (ns); receivers whose blocked time is unknown are kept.
+    pub min_blocked_ns: u64,
+    /// Only this process (thread-group id).
+    pub pid: Option<u32>,
+    /// Only this netns.
+    pub netns: NetnsFilter,
+}
+
+impl Filter {
+    /// Everything (watch: its own thresholds come later).
+    pub const ALL: Filter = Filter { min_blocked_ns: 0, pid: None, netns: NetnsFilter::All };
+}
+
+/// One scan's inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// In-flight receives recorded by the probes.
+    pub inflight: &'a [InFlight],
+    /// Threads procfs shows blocked in a receive syscall.
+    pub blocked: &'a [BlockedThread],
+    /// Sockets of every netns scanned (see [`namespaces_to_scan`]).
+    pub sockets: &'a [Socket],
+    /// Links per netns.
+    pub ctx: &'a Context,
+    /// "Now" on CLOCK_MONOTONIC (ns), the clock of [`InFlight::since_ns`].
+    pub now_ns: u64,
+}
+
+/// Namespaces other than `own` whose sockets a scan needs: those of threads in a receive (a
+/// receiver's socket lives in its thread's netns unless it was created before a `setns`).
+pub fn namespaces_to_scan(inflight: &[InFlight], blocked: &[BlockedThread], own: NetnsIno) -> Vec<NetnsIno> {
+    let mut out: Vec<NetnsIno> = inflight.iter().map(|e| e.netns).chain(blocked.iter().map(|b| b.netns)).filter(|n| *n != own).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every receiver that passes `filter`, longest blocked first.
+pub fn receivers(input: &Inputs<'_>, filter: &Filter, tasks: &impl TaskSource) -> Vec<HungReceiver> {
+    let by_ino: HashMap<SockInode, &Socket> = input.sockets.iter().filter(|s| s.inode.0 != 0).map(|s| (s.inode, s)).collect();
+    let (mut out, seen) = from_inflight(input, &by_ino, filter, tasks);
+    out.extend(from_blocked(input, &by_ino, filter, &seen));
+    out.retain(|r| match filter.netns {
+        NetnsFilter::All => true,
+        NetnsFilter::Only(ns) => r.netns == ns,
+    });
+    out.sort_by(|a, b| b.blocked_ns.cmp(&a.blocked_ns).then(a.tid.cmp(&b.tid)));
+    out
+}
+
+/// Rows from in-flight records (`exact`), and every tid a record covers (listed or below the
+/// threshold), so that the procfs rows of the same threads are not added again.
+pub fn from_inflight(
+    input: &Inputs<'_>,
+    by_ino: &HashMap<SockInode, &Socket>,
+    filter: &Filter,
+    tasks: &impl TaskSource,
+) -> (Vec<HungReceiver>, HashSet<u32>) {
+    let by_tid: HashMap<u32, &BlockedThread> = input.blocked.iter().map(|b| (b.tid, b)).collect();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for e in input.inflight {
+        if filter.pid.is_some_and(|p| p != e.pid) || !tasks.thread_alive(e.pid, e.tid) {
+            continue;
+        }
+        let proc_view = by_tid.get(&e.tid).copied();
+        // A kretprobe can miss a return (its instance pool is bounded), leaving a record behind
+        // a thread that is no longer receiving: trust a kprobe record only while procfs agrees.
+        if matches!(e.probe, RecvProbe::Kprobe(_)) && proc_view.is_none() {
+            continue;
+        }
+        seen.insert(e.tid);
+        let blocked_ns = input.now_ns.saturating_sub(e.since_ns);
+        if blocked_ns < filter.min_blocked_ns {
+            continue;
+        }
+        let (syscall, fd) = match (e.syscall, e.fd, proc_view) {
+            (Some(sc), Some(fd), _) => (sc, Some(fd)),
+            (_, _, Some(b)) => (syscall_name(b.syscall), Some(b.fd)),
+            _ => ("?", None),
+        };
+        let socket = by_ino.get(&e.ino).map(|s| (*s).clone());
+        let interfaces = socket.as_ref().map(|s| input.ctx.ties(s)).unwrap_or_default();
+        let probe = e.probe_name();
+        let evidence = match e.probe {
+            RecvProbe::Syscall => {
+                format!("socket inode {} resolved from fd {} at {syscall} entry ({probe})", e.ino, fd.map_or("?".into(), |f| f.to_string()))
+            }
+            _ => format!("socket inode {} from the struct sock argument of {probe}", e.ino),
+        };
+        out.push(HungReceiver {
+            pid: e.pid,
+            tid: e.tid,
+            comm: e.comm.clone(),
+            syscall,
+            fd,
+            fd_open: fd.is_some_and(|fd| tasks.fd_socket(e.pid, fd) == Some(e.ino)),
+            blocked_ns: Some(blocked_ns),
+            blocked_source: if e.probe == RecvProbe::Syscall { "syscall_entry" } else { "function_entry" },
+            probe: Some(probe),
+            in_wait: e.in_wait,
+            certainty: Certainty::Exact,
+            evidence,
+            orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
+            netns: socket.as_ref().map_or(e.netns, |s| s.netns),
+            stranded: socket.as_ref().is_some_and(|s| stranded(s, &interfaces)),
+            socket,
+            candidates: Vec::new(),
+            interfaces,
+        });
+    }
+    (out, seen)
+}
+
+/// Rows from procfs-only threads (no in-flight record): `current_fd`, `inferred`, `ambiguous`
+/// or `unknown`.
+pub fn from_blocked(input: &Inputs<'_>, by_ino: &HashMap<SockInode, &Socket>, filter: &Filter, seen: &HashSet<u32>) -> Vec<HungReceiver> {
+    let mut out = Vec::new();
+    for b in input.blocked {
+        if seen.contains(&b.tid) || filter.pid.is_some_and(|p| p != b.pid) || b.blocked_ns.is_some_and(|n| n < filter.min_blocked_ns) {
+            continue;
+        }
+        let name = syscall_name(b.syscall);
+        let (socket, certainty, evidence, candidates) = match b.fd_socket {
+            Some(ino) => (
+                by_ino.get(&ino).map(|s| (*s).clone()),
+                Certainty::CurrentFd,
+                format!("/proc/{}/task/{}/syscall: {name} on fd {}; fd {} → socket:[{}] now", b.pid, b.tid, b.fd, b.fd, ino.0),
+                Vec::new(),
+            ),
+            None => {
+                // A listening TCP socket has no fd-less reader; it is never the lost one.
+                let orphans: Vec<&Socket> = input
+                    .sockets
+                    .iter()
+                    .filter(|s| s.netns == b.netns && s.owners.is_empty() && s.inode.0 != 0 && s.state != "LISTEN")
+                    .collect();
+                match orphans.as_slice() {
+                    [one] => (
+                        Some((*one).clone()),
+                        Certainty::Inferred,
+                        format!("fd {} is closed; socket:[{}] is the only socket without an fd in netns {} (inference, not a record)", b.fd, one.inode, b.netns),
+                        Vec::new(),
+                    ),
+                    [] => (None, Certainty::Unknown, format!("fd {} is closed and no ownerless socket exists in netns {}", b.fd, b.netns), Vec::new()),
+                    many => (
+                        None,
+                        Certainty::Ambiguous,
+                        format!("fd {} is closed; {} ownerless sockets in netns {} could be it", b.fd, many.len(), b.netns),
+                        many.iter().map(|s| s.inode).collect(),
+                    ),
+                }
+            }
+        };
+        let interfaces = socket.as_ref().map(|s| input.ctx.ties(s)).unwrap_or_default();
+        out.push(HungReceiver {
+            pid: b.pid,
+            tid: b.tid,
+            comm: b.comm.clone(),
+            syscall: name,
+            fd: Some(b.fd),
+            fd_open: b.fd_socket.is_some(),
+            blocked_ns: b.blocked_ns,
+            blocked_source: "sched_exec_start",
+            probe: None,
+            in_wait: None,
+            certainty,
+            evidence,
+            orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
+            netns: socket.as_ref().map_or(b.netns, |s| s.netns),
+            stranded: socket.as_ref().is_some_and(|s| stranded(s, &interfaces)),
+            socket,
+            candidates,
+            interfaces,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        net::{IpAddr, Ipv4Addr},
+    };
+
+    use super::*;
+    use crate::model::{
+        ids::IfIndex,
+        receiver::IfaceState,
+        socket::{Binding, Owner, Protocol},
+    };
+
+    const NS: NetnsIno = NetnsIno(100);
+    const OTHER: NetnsIno = NetnsIno(200);
+    const S: u64 = 1_000_000_000;
+
+    /// Fake procfs: live threads and fd → socket.
+    #[derive(Default)]
+    struct Tasks {
+        alive: BTreeSet<u32>,
+        fds: HashMap<(u32, u32), SockInode>,
+    }
+    impl TaskSource for Tasks {
+        fn thread_alive(&self, _pid: u32, tid: u32) -> bool {
+            self.alive.contains(&tid)
+        }
+        fn fd_socket(&self, pid: u32, fd: u32) -> Option<SockInode> {
+            self.fds.get(&(pid, fd)).copied()
+        }
+    }
+
+    fn sock(ino: u64, netns: NetnsIno, addr: [u8; 4], dev: u32, pktinfo: bool, owned: bool) -> Socket {
+        Socket {
+            protocol: Protocol::Udp,
+            family: 4,
+            local_addr: IpAddr::V4(Ipv4Addr::from(addr)),
+            local_port: 5000,
+            remote_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            remote_port: 0,
+            state: "UNCONN",
+            inode: SockInode(ino),
+            netns,
+            uid: 0,
+            bound_dev_if: dev,
+            pktinfo,
+            v4_mapped: false,
+            rx_queue: 0,
+            drops: 0,
+            owners: if owned { vec![Owner { pid: 10, comm: "srv".into(), fd: 3 }] } else { Vec::new() },
+            sk: ino,
+        }
+    }
+
+    fn link(ifindex: u32, name: &str, addr: [u8; 4], up: bool) -> Link {
+        Link {
+            ifindex: IfIndex(ifindex),
+            name: name.into(),
+            flags: if up { crate::model::link::IFF_UP } else { 0 },
+            addrs: [IpAddr::V4(Ipv4Addr::from(addr))].into_iter().collect(),
+        }
+    }
+
+    fn inflight(tid: u32, ino: u64, since_ns: u64, probe: RecvProbe) -> InFlight {
+        let syscall = (probe == RecvProbe::Syscall).then_some("recvmsg");
+        InFlight { pid: 10, tid, comm: "srv".into(), since_ns, ino: SockInode(ino), fd: syscall.map(|_| 3), syscall, netns: NS, probe, in_wait: None }
+    }
+
+    fn blocked(tid: u32, netns: NetnsIno, fd_socket: Option<u64>, blocked_ns: Option<u64>) -> BlockedThread {
+        BlockedThread {
+            pid: 10,
+            tid,
+            comm: "srv".into(),
+            syscall: 47,
+            fd: 3,
+            fd_socket: fd_socket.map(SockInode),
+            fd_open: fd_socket.is_some(),
+            netns,
+            blocked_ns,
+        }
+    }
+
+    fn ctx(links: Vec<Link>, deleted: Vec<Link>) -> Context {
+        Context { links: [(NS, links)].into(), deleted: [(NS, deleted)].into() }
+    }
+
+    fn run(inflight: &[InFlight], blocked: &[BlockedThread], sockets: &[Socket], ctx: &Context, filter: Filter, tasks: &Tasks) -> Vec<HungReceiver> {
+        receivers(&Inputs { inflight, blocked, sockets, ctx, now_ns: 100 * S }, &filter, tasks)
+    }
+
+    fn alive(tids: &[u32]) -> Tasks {
+        Tasks { alive: tids.iter().copied().collect(), ..Tasks::default() }
+    }
+
+    #[test]
+    fn probe_record_is_exact_and_fd_open_follows_the_fd_table() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, true, true)];
+        let mut tasks = alive(&[11]);
+        tasks.fds.insert((10, 3), SockInode(42));
+        let c = ctx(vec![link(2, "veth0", [10, 0, 0, 1], true)], vec![]);
+        let rows = run(&[inflight(11, 42, 95 * S, RecvProbe::Syscall)], &[], &socks, &c, Filter::ALL, &tasks);
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.certainty, r.syscall, r.fd, r.fd_open), (Certainty::Exact, "recvmsg", Some(3), true));
+        assert_eq!(r.blocked_ns, Some(5 * S));
+        assert_eq!(r.blocked_source, "syscall_entry");
+        assert_eq!(r.probe.as_deref(), Some("tracepoint:syscalls:sys_enter_recvmsg"));
+        assert!(!r.stranded && !r.orphaned);
+
+        // The fd now points elsewhere (closed and reused): the record still names the socket.
+        tasks.fds.insert((10, 3), SockInode(99));
+        let rows = run(&[inflight(11, 42, 95 * S, RecvProbe::Syscall)], &[], &socks, &c, Filter::ALL, &tasks);
+        assert_eq!((rows[0].certainty, rows[0].fd_open), (Certainty::Exact, false));
+    }
+
+    #[test]
+    fn function_record_takes_the_fd_from_procfs_and_wins_over_it() {
+        let socks = [sock(42, NS, [10, 0, 0, 1], 0, false, false)];
+        let rows = run(
+            &[inflight(11, 42, 90 * S, RecvProbe::Fentry("__skb_recv_udp"))],
+            &[blocked(11, NS, None, Some(3 * S))],
+            &socks,
+            &ctx(vec![link(2, "veth0", [10, 0, 0, 1], true)], vec![]),
+            Filter::ALL,
+            &alive(&[11]),
+        );
+        assert_eq!(rows.len(), 1, "the procfs row of the same thread is not added again: {rows:?}");
+        let r = &rows[0];
+        assert_eq!((r.certainty, r.syscall, r.fd), (Certainty::Exact, "recvmsg", Some(3)));
+        assert_eq!(r.blocked_source, "function_entry");
+        assert!(r.orphaned, "no owner holds the socket");
+    }
+
+    #[test]
+    fn kprobe_record_without_procfs_agreement_and_dead_threads_are_dropped() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, false, true)];
+        let c = ctx(vec![], vec![]);
+        let rows = run(&[inflight(11, 42, 0, RecvProbe::Kprobe("__skb_recv_udp"))], &[], &socks, &c, Filter::ALL, &alive(&[11]));
+        assert!(rows.is_empty(), "a stale kretprobe record: {rows:?}");
+        let rows = run(&[inflight(11, 42, 0, RecvProbe::Syscall)], &[], &socks, &c, Filter::ALL, &alive(&[]));
+        assert!(rows.is_empty(), "the thread is gone: {rows:?}");
+    }
+
+    #[test]
+    fn procfs_certainty_current_fd_inferred_ambiguous_unknown() {
+        let c = ctx(vec![], vec![]);
+        let tasks = alive(&[]);
+        let owned = sock(42, NS, [0, 0, 0, 0], 0, false, true);
+        let orphan = sock(43, NS, [0, 0, 0, 0], 0, true, false);
+        let orphan2 = sock(44, NS, [0, 0, 0, 0], 0, false, false);
+        let elsewhere = sock(45, OTHER, [0, 0, 0, 0], 0, false, false);
+        let mut listener = sock(46, NS, [0, 0, 0, 0], 0, false, false);
+        listener.state = "LISTEN";
+
+        let rows = run(&[], &[blocked(11, NS, Some(42), Some(2 * S))], &[owned.clone()], &c, Filter::ALL, &tasks);
+        assert_eq!((rows[0].certainty, rows[0].fd_open), (Certainty::CurrentFd, true));
+        assert_eq!(rows[0].socket.as_ref().map(|s| s.inode), Some(SockInode(42)));
+
+        let all = [owned.clone(), orphan.clone(), elsewhere.clone(), listener.clone()];
+        let rows = run(&[], &[blocked(11, NS, None, Some(2 * S))], &all, &c, Filter::ALL, &tasks);
+        assert_eq!(rows[0].certainty, Certainty::Inferred, "the only ownerless non-listening socket of its netns");
+        assert_eq!(rows[0].socket.as_ref().map(|s| s.inode), Some(SockInode(43)));
+        assert!(rows[0].evidence.contains("inference"));
+
+        let rows = run(&[], &[blocked(11, NS, None, Some(2 * S))], &[orphan, orphan2, elsewhere.clone()], &c, Filter::ALL, &tasks);
+        assert_eq!(rows[0].certainty, Certainty::Ambiguous);
+        assert!(rows[0].socket.is_none());
+        assert_eq!(rows[0].candidates, vec![SockInode(43), SockInode(44)]);
+
+        let rows = run(&[], &[blocked(11, NS, None, Some(2 * S))], &[owned, elsewhere, listener], &c, Filter::ALL, &tasks);
+        assert_eq!(rows[0].certainty, Certainty::Unknown);
+        assert_eq!(rows[0].netns, NS, "no socket: the thread's netns");
+    }
+
+    #[test]
+    fn stranded_by_down_device_and_by_deleted_address() {
+        let c = ctx(vec![link(2, "veth0", [10, 0, 0, 1], false)], vec![link(3, "gone0", [10, 9, 0, 1], true)]);
+        let tasks = alive(&[]);
+        let dev = sock(42, NS, [0, 0, 0, 0], 2, false, true);
+        let rows = run(&[], &[blocked(11, NS, Some(42), None)], &[dev], &c, Filter::ALL, &tasks);
+        assert!(rows[0].stranded);
+        assert_eq!(rows[0].interfaces, vec![IfaceTie { ifindex: IfIndex(2), name: Some("veth0".into()), binding: Binding::Device, state: IfaceState::Down }]);
+
+        let addr = sock(43, NS, [10, 9, 0, 1], 0, false, true);
+        let rows = run(&[], &[blocked(11, NS, Some(43), None)], &[addr], &c, Filter::ALL, &tasks);
+        assert!(rows[0].stranded);
+        assert_eq!(rows[0].interfaces[0].state, IfaceState::Deleted);
+        assert_eq!(rows[0].interfaces[0].binding, Binding::Address);
+
+        // A device binding to an ifindex nobody knows: deleted before we looked.
+        let lost = sock(44, NS, [0, 0, 0, 0], 77, false, true);
+        let rows = run(&[], &[blocked(11, NS, Some(44), None)], &[lost], &c, Filter::ALL, &tasks);
+        assert!(rows[0].stranded);
+        assert_eq!((rows[0].interfaces[0].ifindex, rows[0].interfaces[0].state), (IfIndex(77), IfaceState::Deleted));
+    }
+
+    #[test]
+    fn wildcard_pktinfo_is_stranded_by_the_deleted_interface_not_by_a_peer_down() {
+        let tasks = alive(&[]);
+        let wild = sock(42, NS, [0, 0, 0, 0], 0, true, true);
+        // The veth peer in this netns is down; nothing was deleted: not stranded.
+        let c = ctx(vec![link(2, "vpeer", [10, 0, 0, 2], false), link(1, "lo", [127, 0, 0, 1], true)], vec![]);
+        let rows = run(&[], &[blocked(11, NS, Some(42), None)], std::slice::from_ref(&wild), &c, Filter::ALL, &tasks);
+        assert!(!rows[0].stranded, "a wildcard socket still receives on the other interfaces: {:?}", rows[0].interfaces);
+        // Its interface was deleted while we watched: stranded, by that interface only.
+        let c = ctx(vec![link(2, "vpeer", [10, 0, 0, 2], false)], vec![link(3, "veth0", [10, 0, 0, 1], true)]);
+        let rows = run(&[], &[blocked(11, NS, Some(42), None)], std::slice::from_ref(&wild), &c, Filter::ALL, &tasks);
+        assert!(rows[0].stranded);
+        let stranding: Vec<_> = rows[0].interfaces.iter().filter(|t| crate::model::receiver::tie_strands(true, t)).map(|t| t.ifindex).collect();
+        assert_eq!(stranding, vec![IfIndex(3)]);
+        // Without IP_PKTINFO the same deletion strands nothing.
+        let plain = sock(42, NS, [0, 0, 0, 0], 0, false, true);
+        let rows = run(&[], &[blocked(11, NS, Some(42), None)], &[plain], &c, Filter::ALL, &tasks);
+        assert!(!rows[0].stranded);
+    }
+
+    #[test]
+    fn min_blocked_filters_both_sources_and_keeps_unknown_durations() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, false, true), sock(43, NS, [0, 0, 0, 0], 0, false, true)];
+        let c = ctx(vec![], vec![]);
+        let filter = Filter { min_blocked_ns: 2 * S, ..Filter::ALL };
+        let rows = run(
+            &[inflight(11, 42, 99 * S, RecvProbe::Syscall), inflight(12, 42, 90 * S, RecvProbe::Syscall)],
+            &[blocked(11, NS, Some(42), Some(S)), blocked(13, NS, Some(43), Some(S)), blocked(14, NS, Some(43), None), blocked(15, NS, Some(43), Some(3 * S))],
+            &socks,
+            &c,
+            filter,
+            &alive(&[11, 12]),
+        );
+        let tids: Vec<u32> = rows.iter().map(|r| r.tid).collect();
+        // 11: its record says 1 s (below), and procfs must not re-add it; 12: 10 s; 15: 3 s; 14: unknown.
+        assert_eq!(tids, vec![12, 15, 14], "longest first, unknown last: {rows:?}");
+    }
+
+    #[test]
+    fn pid_filter_applies_to_records_and_procfs() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, false, true)];
+        let mut other = blocked(21, NS, Some(42), None);
+        other.pid = 20;
+        let mut rec = inflight(22, 42, 0, RecvProbe::Syscall);
+        rec.pid = 20;
+        let rows = run(&[rec, inflight(11, 42, 0, RecvProbe::Syscall)], &[other, blocked(12, NS, Some(42), None)], &socks, &ctx(vec![], vec![]), Filter { pid: Some(10), ..Filter::ALL }, &alive(&[11, 22]));
+        let tids: BTreeSet<u32> = rows.iter().map(|r| r.tid).collect();
+        assert_eq!(tids, [11, 12].into());
+    }
+
+    #[test]
+    fn netns_filter_uses_the_socket_netns_then_the_thread_netns() {
+        // Thread in OTHER holding a socket of NS (made before a setns): belongs to NS.
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, false, true), sock(43, OTHER, [0, 0, 0, 0], 0, false, true)];
+        let threads = [blocked(11, OTHER, Some(42), None), blocked(12, NS, Some(43), None), blocked(13, OTHER, None, None), blocked(14, NS, None, None)];
+        let c = ctx(vec![], vec![]);
+        let tids = |f: NetnsFilter| -> BTreeSet<u32> {
+            run(&[], &threads, &socks, &c, Filter { netns: f, ..Filter::ALL }, &alive(&[])).iter().map(|r| r.tid).collect()
+        };
+        assert_eq!(tids(NetnsFilter::Only(NS)), [11, 14].into());
+        assert_eq!(tids(NetnsFilter::Only(OTHER)), [12, 13].into());
+        assert_eq!(tids(NetnsFilter::Only(NetnsIno(999))), BTreeSet::new(), "a netns with no process lists nothing");
+        assert_eq!(tids(NetnsFilter::All), [11, 12, 13, 14].into());
+    }
+
+    #[test]
+    fn namespaces_to_scan_lists_each_foreign_netns_once() {
+        let b = [blocked(11, OTHER, None, None), blocked(12, NS, None, None), blocked(13, OTHER, None, None)];
+        let mut e = inflight(14, 1, 0, RecvProbe::Syscall);
+        e.netns = NetnsIno(300);
+        assert_eq!(namespaces_to_scan(&[e], &b, NS), vec![OTHER, NetnsIno(300)]);
+    }
+}

@@ -1,0 +1,303 @@
+//! Receivers: threads blocked receiving on a socket, how surely the socket is known, and how it
+//! is tied to interfaces (up, down or deleted). Pure types and logic; the facts come from
+//! `probes` (in-flight records), `kernel::procfs` (blocked threads) and the snapshots.
+use std::net::IpAddr;
+
+use ifsock_common::{probe_via, recv_func, recv_syscall, InFlightRecv, NO_FD};
+use serde::Serialize;
+
+use super::{
+    ids::{comm_str, IfIndex, NetnsIno, SockInode},
+    link::Link,
+    socket::{Binding, Socket},
+};
+
+/// How the receiver's socket is known.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Certainty {
+    /// Recorded by a probe when the receive started: the `struct sock *` argument of a kernel
+    /// receive function (fentry/kprobe sets), or the fd resolved at syscall entry (tracepoints).
+    Exact,
+    /// The syscall's fd is still open and points at this socket (procfs).
+    CurrentFd,
+    /// The fd is closed; the socket is the only ownerless one in the task's netns.
+    Inferred,
+    /// The fd is closed and several ownerless sockets could be it (see `candidates`).
+    Ambiguous,
+    /// No socket could be tied to the receiver.
+    Unknown,
+}
+
+impl Certainty {
+    /// The spelling used by both the table and JSON (`current_fd`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Certainty::Exact => "exact",
+            Certainty::CurrentFd => "current_fd",
+            Certainty::Inferred => "inferred",
+            Certainty::Ambiguous => "ambiguous",
+            Certainty::Unknown => "unknown",
+        }
+    }
+}
+
+/// State of an interface a receiver's socket is tied to.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IfaceState {
+    /// `IFF_UP` set.
+    Up,
+    /// `IFF_UP` clear.
+    Down,
+    /// Deleted (seen by this ifsock run, or an ifindex that no longer exists).
+    Deleted,
+}
+
+impl IfaceState {
+    /// `up`, `down`, `deleted` (the JSON spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            IfaceState::Up => "up",
+            IfaceState::Down => "down",
+            IfaceState::Deleted => "deleted",
+        }
+    }
+}
+
+/// An interface a receiver's socket is tied to.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct IfaceTie {
+    /// ifindex.
+    pub ifindex: IfIndex,
+    /// Name, when known.
+    pub name: Option<String>,
+    /// How the socket is tied to it.
+    pub binding: Binding,
+    /// Its state.
+    pub state: IfaceState,
+}
+
+/// One blocked receiver (a row of `hung`, the `receiver` of watch's `receiver_stranded`).
+#[derive(Clone, Debug, Serialize)]
+pub struct HungReceiver {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Command.
+    pub comm: String,
+    /// `recvmsg`, `recvfrom`, `recvmmsg` or `read`; `?` when unknown.
+    pub syscall: &'static str,
+    /// The fd passed to the syscall (None when the probe saw only the `struct sock` and the
+    /// thread's `/proc/.../syscall` no longer shows it).
+    pub fd: Option<u32>,
+    /// Whether that fd still refers to the socket in the task's fd table.
+    pub fd_open: bool,
+    /// Blocked time in ns (None when it cannot be measured).
+    pub blocked_ns: Option<u64>,
+    /// Where `blocked_ns` comes from: `syscall_entry` (tracepoint timestamp), `function_entry`
+    /// (entry of `__skb_recv_udp`/`__skb_recv_datagram`/`__skb_wait_for_more_packets`) or
+    /// `sched_exec_start` (procfs estimate).
+    pub blocked_source: &'static str,
+    /// The probe that recorded the receive (`fentry:__skb_recv_udp`,
+    /// `tracepoint:syscalls:sys_enter_recvmsg`, ...), None for procfs-only receivers.
+    pub probe: Option<String>,
+    /// Sleeping in `__skb_wait_for_more_packets` right now (kernel-function sets; None otherwise).
+    pub in_wait: Option<bool>,
+    /// How the socket is known.
+    pub certainty: Certainty,
+    /// The evidence, in words.
+    pub evidence: String,
+    /// No fd references the socket: only the blocked receive keeps it alive.
+    pub orphaned: bool,
+    /// The netns the receiver belongs to: its socket's (`sock_net(sk)->ns.inum`) when the
+    /// socket is known, else the thread's (`/proc/PID/task/TID/ns/net` inode, or the task's
+    /// netns recorded by the probe). `hung --netns` filters on this.
+    pub netns: NetnsIno,
+    /// The socket, when known.
+    pub socket: Option<Socket>,
+    /// Candidate socket inodes when `certainty` is `ambiguous`.
+    pub candidates: Vec<SockInode>,
+    /// Interfaces the socket is tied to (wildcard sockets: every interface of the netns).
+    pub interfaces: Vec<IfaceTie>,
+    /// An interface it is tied to by device or address is down or deleted, or (wildcard with
+    /// IP_PKTINFO) one of its netns's interfaces was deleted while it waited.
+    pub stranded: bool,
+}
+
+/// A thread sleeping inside a receive syscall, from `/proc/PID/task/TID/{syscall,stat,sched}`
+/// (read by `kernel::procfs::blocked_receivers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockedThread {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread command (`stat` comm).
+    pub comm: String,
+    /// Syscall number (`syscall` field 1; name it with `kernel::procfs::syscall_name`).
+    pub syscall: u64,
+    /// First argument: the fd.
+    pub fd: u32,
+    /// The socket the fd refers to now (`/proc/PID/fd/N` → `socket:[INO]`), None if closed or not a socket.
+    pub fd_socket: Option<SockInode>,
+    /// Whether the fd is still open (to anything).
+    pub fd_open: bool,
+    /// The task's netns inode (`/proc/PID/task/TID/ns/net`).
+    pub netns: NetnsIno,
+    /// Blocked time estimate in ns: our own `se.exec_start` read on the CPU the thread last ran
+    /// on, minus the thread's (both on that CPU's runqueue clock, `/proc/.../sched`,
+    /// CONFIG_SCHED_DEBUG); None when unavailable.
+    pub blocked_ns: Option<u64>,
+}
+
+/// Which probe recorded an in-flight receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvProbe {
+    /// `syscalls:sys_enter_<syscall>` (tracepoint set): the socket was resolved from the fd.
+    Syscall,
+    /// Entry of a kernel receive function through a BTF trampoline (`fentry`).
+    Fentry(&'static str),
+    /// Entry of a kernel receive function through a `kprobe`.
+    Kprobe(&'static str),
+}
+
+/// A receive that has not returned yet, decoded once from the `MAP_INFLIGHT` record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Task command.
+    pub comm: String,
+    /// Entry time, CLOCK_MONOTONIC ns (`bpf_ktime_get_ns()`).
+    pub since_ns: u64,
+    /// Socket inode (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 when the sock has no socket.
+    pub ino: SockInode,
+    /// The fd passed to the syscall (tracepoint set only).
+    pub fd: Option<u32>,
+    /// Syscall name (tracepoint set only).
+    pub syscall: Option<&'static str>,
+    /// The task's netns when the receive started.
+    pub netns: NetnsIno,
+    /// Which probe recorded it.
+    pub probe: RecvProbe,
+    /// Sleeping in `__skb_wait_for_more_packets` now (kernel-function sets only).
+    pub in_wait: Option<bool>,
+}
+
+/// Name of an [`ifsock_common::recv_syscall`] value (ABI-independent, not a syscall number).
+pub fn recv_syscall_name(v: u32) -> &'static str {
+    match v {
+        recv_syscall::READ => "read",
+        recv_syscall::RECVFROM => "recvfrom",
+        recv_syscall::RECVMSG => "recvmsg",
+        recv_syscall::RECVMMSG => "recvmmsg",
+        _ => "?",
+    }
+}
+
+impl InFlight {
+    /// Decodes an in-flight record.
+    pub fn from_record(e: &InFlightRecv) -> Self {
+        let function = match e.func {
+            recv_func::SKB_RECV_UDP => Some("__skb_recv_udp"),
+            recv_func::SKB_RECV_DATAGRAM => Some("__skb_recv_datagram"),
+            recv_func::SKB_WAIT => Some("__skb_wait_for_more_packets"),
+            _ => None,
+        };
+        let probe = match (e.via, function) {
+            (probe_via::FENTRY, Some(f)) => RecvProbe::Fentry(f),
+            (probe_via::KPROBE, Some(f)) => RecvProbe::Kprobe(f),
+            _ => RecvProbe::Syscall,
+        };
+        let fd = (e.fd != NO_FD).then_some(e.fd);
+        InFlight {
+            pid: e.pid,
+            tid: e.tid,
+            comm: comm_str(&e.comm),
+            since_ns: e.since_ns,
+            ino: SockInode(e.ino),
+            fd,
+            syscall: fd.map(|_| recv_syscall_name(e.syscall)),
+            netns: NetnsIno(e.netns),
+            probe,
+            in_wait: (e.via != probe_via::TRACEPOINT).then_some(e.wait_since_ns != 0),
+        }
+    }
+
+    /// The probe as `set:function` (`fentry:__skb_recv_udp`, `tracepoint:syscalls:sys_enter_recvmsg`).
+    pub fn probe_name(&self) -> String {
+        match self.probe {
+            RecvProbe::Fentry(f) => format!("fentry:{f}"),
+            RecvProbe::Kprobe(f) => format!("kprobe:{f}"),
+            RecvProbe::Syscall => format!("tracepoint:syscalls:sys_enter_{}", self.syscall.unwrap_or("?")),
+        }
+    }
+}
+
+/// Interfaces `socket` is tied to, given its netns's `current` links and those `deleted` while
+/// we watched. A device binding to an ifindex found in neither is reported as deleted.
+pub fn ties(socket: &Socket, current: &[Link], deleted: &[Link]) -> Vec<IfaceTie> {
+    let mut out = Vec::new();
+    for (links, gone) in [(current, false), (deleted, true)] {
+        for l in links {
+            let addrs: Vec<IpAddr> = l.addrs.iter().copied().collect();
+            if let Some(binding) = socket.binding_to(socket.netns, l.ifindex, &addrs) {
+                let state = if gone {
+                    IfaceState::Deleted
+                } else if l.is_up() {
+                    IfaceState::Up
+                } else {
+                    IfaceState::Down
+                };
+                out.push(IfaceTie { ifindex: l.ifindex, name: Some(l.name.clone()), binding, state });
+            }
+        }
+    }
+    if socket.bound_dev_if != 0 && !out.iter().any(|t| t.ifindex.0 == socket.bound_dev_if) {
+        out.push(IfaceTie { ifindex: IfIndex(socket.bound_dev_if), name: None, binding: Binding::Device, state: IfaceState::Deleted });
+    }
+    out
+}
+
+/// Whether this one tie strands a socket: a device or address binding to an interface that is
+/// not up, or a wildcard IP_PKTINFO socket whose netns lost the interface (a wildcard socket
+/// is not stranded by a down interface: it still receives on the others).
+pub fn tie_strands(pktinfo: bool, t: &IfaceTie) -> bool {
+    match t.binding {
+        Binding::Device | Binding::Address => t.state != IfaceState::Up,
+        Binding::Wildcard => pktinfo && t.state == IfaceState::Deleted,
+    }
+}
+
+/// Whether any of `ties` strands `socket` (see [`tie_strands`]).
+pub fn stranded(socket: &Socket, ties: &[IfaceTie]) -> bool {
+    ties.iter().any(|t| tie_strands(socket.pktinfo, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certainty_has_one_spelling_in_table_and_json() {
+        for c in [Certainty::Exact, Certainty::CurrentFd, Certainty::Inferred, Certainty::Ambiguous, Certainty::Unknown] {
+            assert_eq!(serde_json::to_value(c).ok(), Some(serde_json::Value::from(c.name())));
+        }
+        assert_eq!(Certainty::CurrentFd.name(), "current_fd");
+    }
+
+    #[test]
+    fn wildcard_pktinfo_is_stranded_only_by_a_deletion() {
+        let tie = |binding, state| IfaceTie { ifindex: IfIndex(3), name: None, binding, state };
+        assert!(tie_strands(true, &tie(Binding::Wildcard, IfaceState::Deleted)));
+        assert!(!tie_strands(true, &tie(Binding::Wildcard, IfaceState::Down)));
+        assert!(!tie_strands(false, &tie(Binding::Wildcard, IfaceState::Deleted)));
+        assert!(tie_strands(false, &tie(Binding::Device, IfaceState::Down)));
+        assert!(tie_strands(false, &tie(Binding::Address, IfaceState::Deleted)));
+        assert!(!tie_strands(false, &tie(Binding::Address, IfaceState::Up)));
+    }
+}

@@ -1,0 +1,174 @@
+//! `hung` output: the receivers table, one JSON object per receiver, and the `--follow`
+//! records (`ready`, `snapshot`). Field names are those of [`HungReceiver`].
+use std::collections::HashMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{fmt, human_ns, json_line, table, unix_ns};
+use crate::{
+    model::{ids::NetnsIno, receiver::HungReceiver},
+    probes::select::Selection,
+};
+
+/// `{"type":"ready","netns","probe_set","probes"}`: `--follow` records receives from now on.
+#[derive(Debug, Serialize)]
+pub struct Ready<'a> {
+    /// Always `ready`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// The netns ifsock runs in.
+    pub netns: NetnsIno,
+    /// The receive-path probe set and why better ones were refused.
+    pub probe_set: &'a Selection,
+    /// Attached programs.
+    pub probes: &'a [String],
+}
+
+/// `{"type":"snapshot","ts_unix_ns","receivers":[…]}`: one `--follow` interval.
+#[derive(Debug, Serialize)]
+pub struct Snapshot<'a> {
+    /// Always `snapshot`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Wall clock of the scan, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+    /// Receivers, longest blocked first.
+    pub receivers: &'a [HungReceiver],
+}
+
+/// How the receivers are printed.
+#[derive(Debug, Clone, Default)]
+pub struct Style {
+    /// One JSON object per line instead of a table.
+    pub json: bool,
+    /// `--follow`: JSON receivers grouped in one `snapshot` object per scan.
+    pub follow: bool,
+    /// Add a NETNS column (`--all-netns`): the name under /run/netns when it has one, else
+    /// the inode.
+    pub netns_names: Option<HashMap<NetnsIno, String>>,
+}
+
+/// Prints the `ready` record (JSON) or a line on stderr saying what is recorded.
+///
+/// # Errors
+/// Stdout closed ([`super::StdoutClosed`]).
+pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[String]) -> Result<()> {
+    if json {
+        return json_line(&Ready { ty: "ready", netns, probe_set: selection, probes });
+    }
+    eprintln!("recording receives (receive path: {selection}); Ctrl-C to stop");
+    Ok(())
+}
+
+/// Prints one scan.
+///
+/// # Errors
+/// Stdout closed ([`super::StdoutClosed`]).
+pub fn receivers(rows: &[HungReceiver], style: &Style) -> Result<()> {
+    if style.json {
+        if style.follow {
+            return json_line(&Snapshot { ty: "snapshot", ts_unix_ns: unix_ns(), receivers: rows });
+        }
+        for r in rows {
+            json_line(r)?;
+        }
+        return Ok(());
+    }
+    let (header, cells) = cells(rows, style.netns_names.as_ref());
+    table(&header, &cells)
+}
+
+/// The table: header and one row per receiver.
+pub fn cells(rows: &[HungReceiver], netns_names: Option<&HashMap<NetnsIno, String>>) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let mut header = vec!["PID/TID", "COMM", "SYSCALL", "BLOCKED", "SOCKET", "CERTAINTY", "STATUS", "INTERFACES"];
+    if netns_names.is_some() {
+        header.insert(0, "NETNS");
+    }
+    let cells = rows
+        .iter()
+        .map(|r| {
+            let sock = r.socket.as_ref().map_or("?".into(), |s| {
+                let proto = format!("{:?}", s.protocol).to_lowercase();
+                let pktinfo = if s.pktinfo { " pktinfo" } else { "" };
+                format!("{proto} {}:{} inode {}{pktinfo}", fmt::addr(&s.local_addr, s.v4_mapped), s.local_port, s.inode)
+            });
+            let ifaces: Vec<String> = r
+                .interfaces
+                .iter()
+                .map(|t| format!("{}({},{})", t.name.clone().unwrap_or_else(|| t.ifindex.to_string()), fmt::binding(Some(t.binding)), t.state.name()))
+                .collect();
+            let mut row = vec![
+                format!("{}/{}", r.pid, r.tid),
+                r.comm.clone(),
+                format!("{}(fd {}{})", r.syscall, r.fd.map_or("?".into(), |f| f.to_string()), if r.fd_open { "" } else { ", closed" }),
+                r.blocked_ns.map_or("?".into(), human_ns),
+                sock,
+                r.certainty.name().to_string(),
+                if r.stranded { "STRANDED".into() } else { "-".into() },
+                if ifaces.is_empty() { "-".into() } else { ifaces.join(" ") },
+            ];
+            if let Some(names) = netns_names {
+                row.insert(0, names.get(&r.netns).cloned().unwrap_or_else(|| r.netns.to_string()));
+            }
+            row
+        })
+        .collect();
+    (header, cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        ids::{IfIndex, SockInode},
+        receiver::{Certainty, IfaceState, IfaceTie},
+        socket::Binding,
+    };
+
+    fn row() -> HungReceiver {
+        HungReceiver {
+            pid: 10,
+            tid: 11,
+            comm: "srv".into(),
+            syscall: "recvmsg",
+            fd: Some(3),
+            fd_open: true,
+            blocked_ns: Some(1_500_000_000),
+            blocked_source: "sched_exec_start",
+            probe: None,
+            in_wait: None,
+            certainty: Certainty::CurrentFd,
+            evidence: String::new(),
+            orphaned: false,
+            netns: NetnsIno(7),
+            socket: None,
+            candidates: vec![SockInode(1)],
+            interfaces: vec![IfaceTie { ifindex: IfIndex(2), name: Some("veth0".into()), binding: Binding::Device, state: IfaceState::Down }],
+            stranded: true,
+        }
+    }
+
+    #[test]
+    fn table_and_json_spell_certainty_alike() {
+        let (header, cells) = cells(&[row()], None);
+        assert_eq!(header[5], "CERTAINTY");
+        assert_eq!(cells[0][5], "current_fd");
+        assert_eq!(cells[0][6], "STRANDED");
+        assert_eq!(cells[0][7], "veth0(device,down)");
+        let json = serde_json::to_value(row()).unwrap_or_default();
+        assert_eq!(json["certainty"], "current_fd");
+        assert_eq!(json["netns"], 7);
+    }
+
+    #[test]
+    fn all_netns_adds_a_netns_column_with_names() {
+        let mut names = HashMap::new();
+        names.insert(NetnsIno(7), "blue".to_string());
+        let mut other = row();
+        other.netns = NetnsIno(8);
+        let (header, cells) = cells(&[row(), other], Some(&names));
+        assert_eq!(header[0], "NETNS");
+        assert_eq!((cells[0][0].as_str(), cells[1][0].as_str()), ("blue", "8"));
+    }
+}
