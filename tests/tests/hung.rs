@@ -100,3 +100,155 @@ fn device_bound_receiver_is_stranded_when_its_interface_goes_down() {
     assert_eq!(r.wake(&ns, "10.207.0.1").unwrap(), 4);
     r.close_fd();
 }
+
+/// The rows of `hung --json` one-shot for this test process.
+fn rows_of(netns: Option<&str>, extra: &[&str]) -> Vec<Value> {
+    let pid = std::process::id().to_string();
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(ns) = netns {
+        args.extend(["--netns", ns]);
+    }
+    args.extend(["hung", "--json", "--min-blocked", "0", "--pid", &pid]);
+    args.extend(extra);
+    ifsock_json(&args).unwrap()
+}
+
+fn tids(rows: &[Value]) -> Vec<u64> {
+    rows.iter().filter_map(|r| r["tid"].as_u64()).collect()
+}
+
+#[test]
+fn hung_netns_lists_only_the_receivers_of_that_netns() {
+    require_root();
+    let (na, nb, empty) = (Netns::new().unwrap(), Netns::new().unwrap(), Netns::new().unwrap());
+    let ra = BlockedReceiver::start(&na, "127.0.0.1:0", false, None).unwrap();
+    let rb = BlockedReceiver::start(&nb, "127.0.0.1:0", false, None).unwrap();
+    let (a, b) = (u64::from(ra.tid), u64::from(rb.tid));
+
+    let in_a = rows_of(Some(&na.name), &[]);
+    assert!(tids(&in_a).contains(&a) && !tids(&in_a).contains(&b), "--netns A: only A's receiver: {in_a:#?}");
+    assert!(in_a.iter().all(|r| r["netns"].as_u64() == Some(na.ino().unwrap())), "{in_a:#?}");
+    let in_b = rows_of(Some(&nb.name), &[]);
+    assert!(tids(&in_b).contains(&b) && !tids(&in_b).contains(&a), "--netns B: only B's receiver: {in_b:#?}");
+
+    // No --pid: a namespace nobody lives in has no receivers at all, not the host's.
+    let none = ifsock_json(&["--netns", &empty.name, "hung", "--json", "--min-blocked", "0"]).unwrap();
+    assert!(none.is_empty(), "a netns with no process lists nothing: {none:#?}");
+
+    let all = rows_of(None, &["--all-netns"]);
+    let netns_of = |tid: u64| all.iter().find(|r| r["tid"] == tid).and_then(|r| r["netns"].as_u64());
+    assert_eq!(netns_of(a), Some(na.ino().unwrap()), "{all:#?}");
+    assert_eq!(netns_of(b), Some(nb.ino().unwrap()), "{all:#?}");
+    let table = ifsock(&["hung", "--all-netns", "--min-blocked", "0", "--pid", &std::process::id().to_string()]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NETNS "), "--all-netns adds a NETNS column: {text}");
+    assert!(text.lines().any(|l| l.starts_with(&na.name)), "named netns shown by name: {text}");
+
+    assert_eq!(ra.wake(&na, "127.0.0.1").unwrap(), 4);
+    assert_eq!(rb.wake(&nb, "127.0.0.1").unwrap(), 4);
+    ra.close_fd();
+    rb.close_fd();
+}
+
+fn refused(args: &[&str], needle: &str) -> std::process::Output {
+    let out = ifsock(args).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ifsock {args:?} succeeded");
+    assert!(stderr.contains(needle), "ifsock {args:?}: stderr {stderr:?} lacks {needle:?}");
+    assert!(!stderr.contains("panicked"), "ifsock {args:?} panicked: {stderr}");
+    assert!(out.stdout.is_empty(), "ifsock {args:?} printed output: {}", String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+#[test]
+fn zero_or_huge_intervals_are_refused_with_the_range() {
+    refused(&["hung", "--follow", "--interval", "0"], "use 1ms to 24h");
+    refused(&["hung", "--follow", "--interval=0s"], "use 1ms to 24h");
+    refused(&["hung", "--follow", "--interval", "999999h"], "use 1ms to 24h");
+    refused(&["tun", "--interval=999999h"], "use 0 to 24h");
+    refused(&["hung", "--min-blocked", "999999h"], "use 0 to 24h");
+}
+
+#[test]
+fn hung_arguments_that_make_no_sense_are_refused() {
+    require_root();
+    refused(&["hung", "--interval", "1s"], "--follow");
+    refused(&["hung", "--pid", "0"], "0 is not in 1..");
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let missing = (pid_max + 1).to_string();
+    let out = refused(&["hung", "--pid", &missing], "no such process");
+    assert_eq!(out.status.code(), Some(1), "a pid that does not exist: rc 1");
+}
+
+#[test]
+fn netns_with_all_netns_is_refused_not_ignored() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    refused(&["--netns", &ns.name, "sockets", "--all-netns"], "contradict");
+    refused(&["--netns", &ns.name, "hung", "--all-netns"], "contradict");
+}
+
+/// Runs ifsock with a stdout whose reader is already gone: the first write gets EPIPE.
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    std::process::Command::new(ifsock_bin())
+        .args(args)
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn hung_stops_quietly_when_stdout_is_closed() {
+    require_root();
+    for args in [&["hung"][..], &["hung", "--json", "--follow", "--interval=1ms"], &["hung", "--follow", "--interval=1ms"]] {
+        let out = with_closed_stdout(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "ifsock {args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked") && !stderr.contains("error"), "ifsock {args:?}: {stderr}");
+    }
+    // As a shell runs it: `head` takes two tables' headers and leaves; the next tick's write fails.
+    let cmd = format!("set -o pipefail; {} hung --follow --interval=1ms 2>/dev/null | head -2 >/dev/null", ifsock_bin().display());
+    let status = std::process::Command::new("bash").args(["-c", &cmd]).status().unwrap();
+    assert_eq!(status.code(), Some(141), "hung --follow | head -2");
+}
+
+#[test]
+fn table_spells_current_fd_like_json() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let r = BlockedReceiver::start(&ns, "127.0.0.1:0", false, None).unwrap();
+    let pid = std::process::id().to_string();
+    let out = ifsock(&["--netns", &ns.name, "hung", "--min-blocked", "0", "--pid", &pid]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.contains(&format!("/{} ", r.tid))).unwrap_or_else(|| panic!("receiver {} missing: {text}", r.tid));
+    assert!(row.contains(" current_fd "), "{row}");
+    assert!(!text.contains("currentfd"), "{text}");
+    assert_eq!(r.wake(&ns, "127.0.0.1").unwrap(), 4);
+    r.close_fd();
+}
+
+#[test]
+fn v4_mapped_tcp6_socket_is_shown_like_ss_and_keeps_family_6() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("hm"), unique("hn"));
+    ns.veth(&a, &b, Some("10.253.7.1/24")).unwrap();
+    let listener = ns.run(|| std::net::TcpListener::bind("[::ffff:10.253.7.1]:0")).unwrap().unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ino = socket_inode(&listener).unwrap();
+
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--json"]).unwrap();
+    let row = rows.iter().find(|r| r["inode"] == ino).unwrap_or_else(|| panic!("socket {ino} missing: {rows:#?}"));
+    let s = row;
+    assert_eq!((s["family"].as_u64(), s["v4_mapped"].as_bool()), (Some(6), Some(true)), "{row}");
+    assert_eq!(s["local_addr"], "10.253.7.1", "the address field stays IPv4: {row}");
+    assert_eq!(row["ifname"], a.as_str(), "matched as IPv4 to the interface holding 10.253.7.1: {row}");
+
+    let out = ifsock(&["--netns", &ns.name, "sockets"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&ino.to_string())).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&format!("[::ffff:10.253.7.1]:{port}")) && line.contains("tcp6"), "{line}");
+}
