@@ -173,6 +173,7 @@ fn zero_or_huge_intervals_are_refused_with_the_range() {
 fn hung_arguments_that_make_no_sense_are_refused() {
     require_root();
     refused(&["hung", "--interval", "1s"], "--follow");
+    refused(&["hung", "--probe-set", "tracepoint"], "--follow");
     refused(&["hung", "--pid", "0"], "0 is not in 1..");
     let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
     let missing = (pid_max + 1).to_string();

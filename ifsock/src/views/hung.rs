@@ -58,7 +58,8 @@ pub struct HungArgs {
     /// Receive-path probe set instead of the best one allowed (fentry: `__skb_recv_udp`,
     /// `__skb_recv_datagram`, `__skb_wait_for_more_packets` trampolines; kprobe: the same with
     /// kprobes; tracepoint: the receive syscalls). Refused with the kernel's reason if unavailable.
-    #[arg(long, value_enum)]
+    /// Only with `--follow`: a one-shot scan reads procfs and records nothing.
+    #[arg(long, value_enum, requires = "follow")]
     pub probe_set: Option<ProbeSet>,
 }
 
@@ -134,7 +135,6 @@ pub async fn run(args: HungArgs) -> Result<()> {
         }
     }
     let mut probes = Probes::load(u64::MAX)?;
-    let selection = probes.attach_recv(args.probe_set)?;
     let own = netns::current_ino()?;
     let filter = Filter {
         min_blocked_ns: args.min_blocked.as_nanos() as u64,
@@ -148,9 +148,13 @@ pub async fn run(args: HungArgs) -> Result<()> {
     };
     let mut ctx = Context::default();
     if !args.follow {
+        // No receive probes: they would only record receives that start during this scan, and
+        // detaching ten syscall tracepoints costs ~60 ms each (an RCU grace period per
+        // unregister, measured on 6.18): most of a one-shot run's time.
         ctx.links.insert(own, snapshot::links(None).await?);
         return render::hung::receivers(&scan(&mut probes, &ctx, &filter).await?, &style);
     }
+    let selection = probes.attach_recv(args.probe_set)?;
     let mut signals = Signals::new()?;
     // Subscribe before dumping so that no deletion falls between the two.
     let mut sub = Subscription::open(None)?;
