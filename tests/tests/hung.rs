@@ -253,3 +253,25 @@ fn v4_mapped_tcp6_socket_is_shown_like_ss_and_keeps_family_6() {
     let line = text.lines().find(|l| l.contains(&ino.to_string())).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(&format!("[::ffff:10.253.7.1]:{port}")) && line.contains("tcp6"), "{line}");
 }
+
+#[test]
+fn hung_follow_stops_on_sigint_and_sigterm() {
+    use std::io::BufRead;
+    require_root();
+    for (signal, code) in [(nix::sys::signal::Signal::SIGINT, 130), (nix::sys::signal::Signal::SIGTERM, 143)] {
+        let mut child = std::process::Command::new(ifsock_bin())
+            .args(["hung", "--follow", "--json", "--interval", "50ms"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(ready["type"], "ready", "{ready}");
+        // A snapshot after ready: the loop is running when the signal comes.
+        let snap: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(snap["type"], "snapshot", "{snap}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {status:?}");
+    }
+}

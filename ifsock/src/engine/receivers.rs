@@ -399,7 +399,7 @@ mod tests {
         let mut listener = sock(46, NS, [0, 0, 0, 0], 0, false, false);
         listener.state = "LISTEN";
 
-        let rows = run(&[], &[blocked(11, NS, Some(42), Some(2 * S))], &[owned.clone()], &c, Filter::ALL, &tasks);
+        let rows = run(&[], &[blocked(11, NS, Some(42), Some(2 * S))], std::slice::from_ref(&owned), &c, Filter::ALL, &tasks);
         assert_eq!((rows[0].certainty, rows[0].fd_open), (Certainty::CurrentFd, true));
         assert_eq!(rows[0].socket.as_ref().map(|s| s.inode), Some(SockInode(42)));
 
