@@ -15,7 +15,7 @@ use crate::{
         netlink::{self, Received, Subscription},
         netns,
         procfs::{self, BlockedThread, Procfs},
-        signals::{Interrupted, Signals},
+        signals::Signals,
     },
     model::{
         ids::NetnsIno,
@@ -126,8 +126,8 @@ async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result<Vec
 /// Runs `hung`.
 ///
 /// # Errors
-/// A `--pid` that does not exist, probe loading or netlink failures; [`Interrupted`] when
-/// `--follow` is stopped by SIGINT/SIGTERM.
+/// A `--pid` that does not exist, probe loading or netlink failures. `--follow` ends with
+/// `Ok` on SIGINT or SIGTERM.
 pub async fn run(args: HungArgs) -> Result<()> {
     if let Some(pid) = args.pid {
         if !procfs::pid_exists(pid) {
@@ -164,7 +164,9 @@ pub async fn run(args: HungArgs) -> Result<()> {
     let mut tick = tokio::time::interval(args.interval.unwrap_or(DEFAULT_INTERVAL));
     loop {
         tokio::select! {
-            stop = signals.recv() => return Err(Interrupted(stop).into()),
+            // A follower has no unfinished work: SIGINT or SIGTERM is its normal end (exit 0,
+            // like `watch`); a second signal still kills at once (see `Signals::recv`).
+            _ = signals.recv() => return Ok(()),
             r = sub.recv() => match r? {
                 Received::Updates(updates) => {
                     for u in updates {
