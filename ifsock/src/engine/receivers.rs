@@ -102,6 +102,21 @@ pub fn namespaces_to_scan(inflight: &[InFlight], blocked: &[BlockedThread], own:
     out
 }
 
+/// Whether a scan filtered by `filter` needs the sockets of other namespaces, given the inodes
+/// `known` from the caller's (`own`) snapshot. Listing every netns: always. Filtered on `own`:
+/// only for a thread of `own` whose socket is not there (made in another netns before a
+/// `setns`), which would otherwise count as ours; foreign threads on sockets of `own` are
+/// found in `own`'s snapshot.
+pub fn needs_foreign_sockets(filter: &Filter, own: NetnsIno, inflight: &[InFlight], blocked: &[BlockedThread], known: &HashSet<SockInode>) -> bool {
+    match filter.netns {
+        NetnsFilter::All => true,
+        NetnsFilter::Only(_) => {
+            inflight.iter().any(|e| e.netns == own && !known.contains(&e.ino))
+                || blocked.iter().any(|b| b.netns == own && b.fd_socket.is_some_and(|i| !known.contains(&i)))
+        }
+    }
+}
+
 /// Every receiver that passes `filter`, longest blocked first.
 pub fn receivers(input: &Inputs<'_>, filter: &Filter, tasks: &impl TaskSource) -> Vec<HungReceiver> {
     let by_ino: HashMap<SockInode, &Socket> = input.sockets.iter().filter(|s| s.inode.0 != 0).map(|s| (s.inode, s)).collect();
@@ -504,6 +519,22 @@ mod tests {
         assert_eq!(tids(NetnsFilter::Only(OTHER)), [12, 13].into());
         assert_eq!(tids(NetnsFilter::Only(NetnsIno(999))), BTreeSet::new(), "a netns with no process lists nothing");
         assert_eq!(tids(NetnsFilter::All), [11, 12, 13, 14].into());
+    }
+
+    #[test]
+    fn foreign_snapshots_only_when_a_local_thread_holds_an_unknown_socket() {
+        let only = Filter { netns: NetnsFilter::Only(NS), ..Filter::ALL };
+        let known: HashSet<SockInode> = [SockInode(42)].into();
+        let here_known = [blocked(11, NS, Some(42), None)];
+        let here_closed = [blocked(11, NS, None, None)];
+        let here_unknown = [blocked(11, NS, Some(77), None)];
+        let foreign = [blocked(11, OTHER, Some(77), None)];
+        assert!(!needs_foreign_sockets(&only, NS, &[], &here_known, &known));
+        assert!(!needs_foreign_sockets(&only, NS, &[], &here_closed, &known), "inference looks in the thread's own netns");
+        assert!(needs_foreign_sockets(&only, NS, &[], &here_unknown, &known));
+        assert!(!needs_foreign_sockets(&only, NS, &[], &foreign, &known), "a foreign thread on a foreign socket is not ours");
+        assert!(needs_foreign_sockets(&only, NS, &[inflight(12, 77, 0, RecvProbe::Syscall)], &[], &known));
+        assert!(needs_foreign_sockets(&Filter::ALL, NS, &[], &[], &known));
     }
 
     #[test]

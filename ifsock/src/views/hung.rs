@@ -70,15 +70,7 @@ fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread]) -> Re
     let own = netns::current_ino()?;
     let mut sockets = snapshot::sockets(probes, None)?;
     let known: HashSet<_> = sockets.iter().map(|s| s.inode).collect();
-    // Filtered on our own netns, a foreign snapshot matters only for a thread here whose socket
-    // lives elsewhere (made before a setns): without it that receiver would count as ours.
-    let foreign_needed = match filter.netns {
-        NetnsFilter::All => true,
-        NetnsFilter::Only(_) => {
-            inflight.iter().any(|e| e.netns == own && !known.contains(&e.ino))
-                || blocked.iter().any(|b| b.netns == own && b.fd_socket.is_some_and(|i| !known.contains(&i)))
-        }
-    };
+    let foreign_needed = engine::needs_foreign_sockets(filter, own, &inflight, blocked, &known);
     let mut handles = Vec::new();
     if foreign_needed {
         let others = engine::namespaces_to_scan(&inflight, blocked, own);
