@@ -344,7 +344,8 @@ pub struct LinkRelations {
     /// rtnetlink kind (`IFLA_INFO_KIND`: `veth`, `bridge`, `tun`…), `None` without `rtnl_link_ops`.
     pub kind: Option<String>,
     /// `IFLA_LINK`: for a veth the peer's ifindex (in the peer's netns), for a vlan/macvlan its
-    /// lower device. Equal to `ifindex` or absent when the link has none.
+    /// lower device (`rtnl_fill_link_ifmap()` emits it only when `dev_get_iflink()` differs
+    /// from the link's own ifindex; a peer in another netns may still have the same number).
     pub link: Option<IfIndex>,
     /// `IFLA_LINK_NETNSID`: present when `link` lives in another netns; the id is local to the
     /// netns of the connection (`peernet2id()`), so it cannot name that netns by itself.
@@ -360,7 +361,7 @@ pub fn link_relations(msg: &LinkMessage) -> LinkRelations {
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => r.name = n.clone(),
-            LinkAttribute::Link(i) if *i != 0 && *i != msg.header.index => r.link = Some(IfIndex(*i)),
+            LinkAttribute::Link(i) if *i != 0 => r.link = Some(IfIndex(*i)),
             LinkAttribute::LinkNetNsId(id) if *id >= 0 => r.link_netnsid = Some(*id),
             LinkAttribute::Controller(i) if *i != 0 => r.master = Some(IfIndex(*i)),
             LinkAttribute::LinkInfo(infos) => {

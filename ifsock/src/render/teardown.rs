@@ -6,7 +6,7 @@ use anyhow::Result;
 pub use crate::render::json_line;
 
 use crate::{
-    engine::teardown::{Companion, LeftState, SocketSeen, TeardownReport},
+    engine::teardown::{Companion, LeftState, Relation, SocketSeen, TeardownReport},
     model::{tie::TiedSocket, tun::QueueState},
     render::{
         fmt::{binding, owners},
@@ -38,9 +38,25 @@ fn fmt_ms(ms: f64) -> String {
     }
 }
 
-/// The sentence saying what state the target was left in, for every ending that left it other
-/// than as asked: interrupted, failed, or a delete that did not happen. `None` for a completed
-/// teardown or a dry run.
+/// What the target was left in: `veth0 left down, not deleted; restore: …; finish: …`.
+pub fn left(r: &TeardownReport) -> String {
+    let mut text = match r.state_left {
+        LeftState::Untouched => format!("{} left untouched ({})", r.ifname, if r.was_up { "up" } else { "down" }),
+        LeftState::Down => format!("{} left down, not deleted", r.ifname),
+        LeftState::Deleted => format!("{} deleted", r.ifname),
+        LeftState::Gone => format!("{} gone (deleted by someone else)", r.ifname),
+    };
+    if let Some(c) = &r.restore {
+        let _ = write!(text, "; restore: {c}");
+    }
+    if let Some(c) = &r.finish {
+        let _ = write!(text, "; finish: {c}");
+    }
+    text
+}
+
+/// The sentence ending a teardown that did not finish as asked (interrupted or failed):
+/// `interrupted by SIGINT: veth0 left down, not deleted; restore: …`. `None` otherwise.
 pub fn state_line(r: &TeardownReport) -> Option<String> {
     let lead = if r.interrupted {
         format!("interrupted by {}", r.signal.map_or("a signal", |s| s.name()))
@@ -49,20 +65,7 @@ pub fn state_line(r: &TeardownReport) -> Option<String> {
     } else {
         return None;
     };
-    let state = match r.state_left {
-        LeftState::Untouched => format!("{} left untouched ({})", r.ifname, if r.was_up { "up" } else { "down" }),
-        LeftState::Down => format!("{} left down, not deleted", r.ifname),
-        LeftState::Deleted => format!("{} deleted", r.ifname),
-        LeftState::Gone => format!("{} gone (deleted by someone else)", r.ifname),
-    };
-    let mut text = format!("{lead}: {state}");
-    if let Some(c) = &r.restore {
-        let _ = write!(text, "; restore: {c}");
-    }
-    if let Some(c) = &r.finish {
-        let _ = write!(text, "; finish: {c}");
-    }
-    Some(text)
+    Some(format!("{lead}: {}", left(r)))
 }
 
 fn push_socket(text: &mut String, s: &SocketSeen, r: &TeardownReport, indent: &str) {
@@ -109,13 +112,14 @@ fn push_socket(text: &mut String, s: &SocketSeen, r: &TeardownReport, indent: &s
 }
 
 fn push_companion(text: &mut String, c: &Companion, r: &TeardownReport) {
-    let what = match (c.relation, r.dry_run) {
-        (crate::engine::teardown::Relation::VethPeer, true) => "veth peer, would be deleted with it",
-        (crate::engine::teardown::Relation::VethPeer, false) => "veth peer, deleted with it",
-        (crate::engine::teardown::Relation::BridgePort, true) => "bridge port, would be released (not deleted)",
-        (crate::engine::teardown::Relation::BridgePort, false) => "bridge port, released (not deleted)",
-        (crate::engine::teardown::Relation::Master, true) => "its bridge (master), would lose this port",
-        (crate::engine::teardown::Relation::Master, false) => "its bridge (master), lost this port",
+    let done = r.state_left == LeftState::Deleted;
+    let what = match (c.relation, done) {
+        (Relation::VethPeer, false) => "veth peer, would be deleted with it",
+        (Relation::VethPeer, true) => "veth peer, deleted with it",
+        (Relation::BridgePort, false) => "bridge port, would be released (not deleted)",
+        (Relation::BridgePort, true) => "bridge port, released (not deleted)",
+        (Relation::Master, false) => "its bridge (master), would lose this port",
+        (Relation::Master, true) => "its bridge (master), lost this port",
     };
     let netns = match &c.netns_name {
         Some(n) => format!("netns {n} ({})", c.netns),
@@ -186,7 +190,7 @@ pub fn human(r: &TeardownReport) -> String {
         push_companion(&mut text, c, r);
     }
     if !r.tun_holders.is_empty() {
-        let verb = if r.dry_run { "would lose it" } else { "lost it" };
+        let verb = if r.state_left == LeftState::Deleted { "lost it" } else { "would lose it" };
         let _ = writeln!(text, "  {} fd(s) hold it ({verb}: their reads and writes then fail):", r.tun_holders.len());
         for f in &r.tun_holders {
             let queue = match (f.queue, f.state) {

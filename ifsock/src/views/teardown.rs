@@ -253,10 +253,12 @@ fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
     };
     let report = td.report(counters);
     let printed = out::emit(&report, json);
-    if let Some(l) = out::state_line(&report) {
-        if json || printed.is_err() {
-            eprintln!("ifsock: {l}");
-        }
+    // The report is printed after the last step, so a closed stdout never stops a teardown
+    // halfway; stderr then says what was done.
+    match (out::state_line(&report), &printed) {
+        (Some(l), _) if json || printed.is_err() => eprintln!("ifsock: {l}"),
+        (None, Err(_)) if !report.dry_run => eprintln!("ifsock: stdout closed; {}", out::left(&report)),
+        _ => {}
     }
     printed?;
     if let Some(stop) = report.signal {
