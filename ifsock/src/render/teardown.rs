@@ -6,8 +6,8 @@ use anyhow::Result;
 pub use crate::render::json_line;
 
 use crate::{
-    engine::teardown::{Companion, LeftState, Relation, SocketSeen, TeardownReport},
-    model::{tie::TiedSocket, tun::QueueState},
+    engine::teardown::{Companion, LeftState, Plan, Relation, SocketSeen, TeardownReport},
+    model::{socket::Binding, tie::TiedSocket, tun::QueueState},
     render::{
         fmt::{binding, owners},
         out,
@@ -141,6 +141,26 @@ fn push_companion(text: &mut String, c: &Companion, r: &TeardownReport) {
     for s in &c.sockets {
         push_socket(text, s, r, "    ");
     }
+}
+
+/// The confirmation prompt's text (without the question): what will be done and to what.
+pub fn confirm_prompt(p: &Plan) -> String {
+    let listed: Vec<_> = p.sockets.iter().filter(|t| t.binding != Some(Binding::Wildcard)).collect();
+    let mut text = format!(
+        "about to set {} (ifindex {}, netns {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:\n",
+        p.ifname, p.ifindex, p.netns, p.grace_ms, listed.len()
+    );
+    for t in listed {
+        let _ = writeln!(text, "  {}", socket_line(t));
+    }
+    for c in &p.companions {
+        let netns = c.netns_name.clone().unwrap_or_else(|| c.netns.to_string());
+        let _ = writeln!(text, "  also {}: {} (netns {netns}), {} socket(s)", c.relation.fate(), c.ifname, c.sockets.len());
+    }
+    if !p.tun_holders.is_empty() {
+        let _ = writeln!(text, "  {} fd(s) hold it", p.tun_holders.len());
+    }
+    text
 }
 
 /// The human report, every line ending in `\n`.

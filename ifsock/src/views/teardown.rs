@@ -9,21 +9,16 @@
 //! Race guarded: the probes and the rtnetlink subscription are attached before the plan is
 //! re-taken and the down sent, so a socket or receive that appears after the snapshot is still
 //! traced, and an interface deleted by someone else during grace is seen (and not deleted again).
-use std::{
-    collections::{HashMap, HashSet},
-    io::IsTerminal as _,
-    time::Duration,
-};
+use std::{io::IsTerminal as _, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures::FutureExt as _;
 
 use crate::{
     cli::parse_duration,
-    engine::teardown::{BlockedRecv, Next, SockKey, StepOutcome, Teardown},
+    engine::teardown::{Next, Teardown},
     kernel::{
         netlink::{self, Received, Subscription},
-        procfs,
         signals::{Interrupted, Signals},
     },
     model::link::Update,
@@ -31,7 +26,7 @@ use crate::{
     render::{monotonic_ns, teardown as out},
 };
 
-mod plan;
+mod gather;
 
 /// Receives in flight at least this long (ns) emit a `RecvDone` event when they return.
 pub const RECV_REPORT_MIN_NS: u64 = 1_000_000;
@@ -70,7 +65,7 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
         Err(e) => return refused(&args, None, e),
     };
     if args.dry_run {
-        let blocked = blocked_now(&probes, &td);
+        let blocked = gather::blocked_now(&probes, &td);
         td.blocked_now(&blocked);
         return finish(td, &probes, args.json);
     }
@@ -107,7 +102,7 @@ async fn prepare(args: &TeardownArgs) -> Result<(Probes, rtnetlink::Handle, Tear
     }
     let mut probes = Probes::load(RECV_REPORT_MIN_NS)?;
     let handle = netlink::connect()?;
-    let (p, _) = plan::make(&mut probes, &handle, &args.iface, args.dry_run, args.grace).await?;
+    let (p, _) = gather::plan(&mut probes, &handle, &args.iface, args.dry_run, args.grace).await?;
     Ok((probes, handle, Teardown::new(p)))
 }
 
@@ -133,7 +128,7 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
         td.vanished_before_down();
         return Ok(());
     }
-    let (fresh, peers) = plan::make(probes, handle, &args.iface, false, args.grace).await?;
+    let (fresh, peers) = gather::plan(probes, handle, &args.iface, false, args.grace).await?;
     td.replan(fresh);
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -143,19 +138,19 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
                     td.interrupt(stop);
                     continue;
                 }
-                let blocked = blocked_now(probes, td);
+                let blocked = gather::blocked_now(probes, td);
                 td.down_sent(monotonic_ns());
                 deadline = tokio::time::Instant::now().checked_add(args.grace).unwrap_or(deadline);
                 let down = netlink::set_down(handle, ifindex).await;
-                td.down_done(monotonic_ns(), outcome(down), &blocked);
+                td.down_done(monotonic_ns(), gather::outcome(down), &blocked);
             }
             Next::Observe => {
                 observe(td, handle, &mut events, &mut sub, &mut signals, deadline).await?;
                 for ev in events.drain() {
                     td.on_event(&ev);
                 }
-                let blocked = blocked_now(probes, td);
-                let alive = match plan::alive(probes, &peers) {
+                let blocked = gather::blocked_now(probes, td);
+                let alive = match gather::alive(probes, &peers) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         td.unobserved(format!("closes (end-of-grace socket snapshot): {e:#}"));
@@ -169,7 +164,7 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
                 if now.iter().any(|l| l.ifindex == ifindex && l.name == td.plan().ifname) {
                     let at = monotonic_ns();
                     let del = netlink::delete(handle, ifindex).await;
-                    td.delete_done(at, monotonic_ns(), outcome(del));
+                    td.delete_done(at, monotonic_ns(), gather::outcome(del));
                 } else {
                     td.vanished(monotonic_ns());
                 }
@@ -179,7 +174,7 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
             Next::Report => break,
         }
     }
-    for (i, gone) in plan::companions_gone(td, handle, &peers).await.into_iter().enumerate() {
+    for (i, gone) in gather::companions_gone(td, handle, &peers).await.into_iter().enumerate() {
         if let Some(g) = gone {
             td.companion_checked(i, g);
         }
@@ -230,17 +225,6 @@ async fn observe(
     Ok(())
 }
 
-fn outcome(r: Result<()>) -> StepOutcome {
-    match r {
-        Ok(()) => StepOutcome::Ok,
-        Err(e) => {
-            let errno = netlink::errno_of(&e);
-            let error = errno.map_or_else(|| format!("{e:#}"), crate::render::fmt::errno_desc);
-            StepOutcome::Refused { errno, error }
-        }
-    }
-}
-
 /// Prints the report, says on stderr what state was left when stdout cannot (JSON, or a closed
 /// stdout), and returns the error or interruption that ended the teardown.
 fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
@@ -270,40 +254,6 @@ fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
     }
 }
 
-/// Receivers blocked right now on the watched sockets: procfs for threads that entered before
-/// the probes were attached, `INFLIGHT_RECV` for later ones (keyed by tid).
-fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
-    let by_ino: HashMap<u64, SockKey> = td.watched().into_iter().map(|k| (k.1, k)).collect();
-    let owners: HashSet<u32> = td.owner_pids();
-    let mut out: HashMap<u32, BlockedRecv> = procfs::blocked_receivers(None)
-        .into_iter()
-        .filter(|b| owners.contains(&b.pid))
-        .filter_map(|b| {
-            let sock = *by_ino.get(&b.fd_socket?.0)?;
-            let syscall = procfs::syscall_name(b.syscall);
-            Some((b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall, sock }))
-        })
-        .collect();
-    let inflight = probes.inflight().unwrap_or_else(|e| {
-        tracing::warn!("in-flight receives unreadable, receivers are found in procfs only: {e:#}");
-        Vec::new()
-    });
-    for r in inflight {
-        let Some(&sock) = by_ino.get(&r.ino) else { continue };
-        let mut b = BlockedRecv::from_inflight(&r);
-        b.sock = sock;
-        // Kernel-function sets record no fd: read it while the thread is still in the syscall.
-        if b.fd.is_none() {
-            if let Some((nr, fd)) = procfs::thread_syscall(r.pid, r.tid).filter(|(nr, _)| procfs::syscall_name(*nr) != "?") {
-                b.syscall = procfs::syscall_name(nr);
-                b.fd = u32::try_from(fd).ok();
-            }
-        }
-        out.entry(r.tid).or_insert(b);
-    }
-    out.into_values().collect()
-}
-
 /// Asks on the terminal; refuses without one.
 async fn confirm(td: &Teardown) -> Result<()> {
     let p = td.plan();
@@ -313,17 +263,7 @@ async fn confirm(td: &Teardown) -> Result<()> {
             p.ifname
         );
     }
-    let listed: Vec<_> = p.sockets.iter().filter(|t| t.binding != Some(crate::model::socket::Binding::Wildcard)).collect();
-    let mut text = format!(
-        "about to set {} (ifindex {}, netns {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:\n",
-        p.ifname, p.ifindex, p.netns, p.grace_ms, listed.len()
-    );
-    for t in listed {
-        text.push_str(&format!("  {}\n", out::socket_line(t)));
-    }
-    for c in &p.companions {
-        text.push_str(&format!("  also {} {} (netns {}): {}, {} socket(s)\n", c.relation.fate(), c.ifname, c.netns_name.clone().unwrap_or_else(|| c.netns.to_string()), c.kind.as_deref().unwrap_or("-"), c.sockets.len()));
-    }
+    let text = out::confirm_prompt(p);
     eprint!("{text}proceed? [y/N] ");
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();

@@ -1,15 +1,17 @@
-//! The teardown plan, read from the kernel: the target, the sockets tied to it, and what the
-//! delete takes with it (veth peer, possibly in another netns; bridge ports; the master; the
-//! fds holding a tun/tap).
-use std::collections::HashSet;
+//! What the teardown engine asks for, read from the kernel: the plan (the target, the sockets
+//! tied to it, and what the delete takes with it: veth peer, possibly in another netns; bridge
+//! ports; the master; the fds holding a tun/tap), receivers blocked now, sockets alive now,
+//! and the netlink step outcomes.
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
-    engine::teardown::{CompanionPlan, Plan, Relation, SockKey, Teardown},
+    engine::teardown::{BlockedRecv, CompanionPlan, Plan, Relation, SockKey, StepOutcome, Teardown},
     kernel::{
         netlink::{self, LinkRelations},
         netns::{self, NetnsHandle},
+        procfs,
     },
     model::{
         ids::{IfIndex, NetnsIno},
@@ -53,7 +55,7 @@ fn name_of(ino: NetnsIno) -> Option<String> {
 ///
 /// # Errors
 /// Unknown interface, loopback, a device without rtnetlink kind, netlink or snapshot failures.
-pub async fn make(
+pub async fn plan(
     probes: &mut Probes,
     handle: &rtnetlink::Handle,
     iface: &str,
@@ -198,6 +200,52 @@ pub async fn companions_gone(td: &Teardown, handle: &rtnetlink::Handle, handles:
         out.push(rels.map(|r| !r.iter().any(|r| r.ifindex == c.ifindex && r.name == c.ifname)));
     }
     out
+}
+
+/// Receivers blocked right now on the watched sockets: procfs for threads that entered before
+/// the probes were attached, `INFLIGHT_RECV` for later ones (keyed by tid).
+pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
+    let by_ino: HashMap<u64, SockKey> = td.watched().into_iter().map(|k| (k.1, k)).collect();
+    let owners: HashSet<u32> = td.owner_pids();
+    let mut out: HashMap<u32, BlockedRecv> = procfs::blocked_receivers(None)
+        .into_iter()
+        .filter(|b| owners.contains(&b.pid))
+        .filter_map(|b| {
+            let sock = *by_ino.get(&b.fd_socket?.0)?;
+            let syscall = procfs::syscall_name(b.syscall);
+            Some((b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall, sock }))
+        })
+        .collect();
+    let inflight = probes.inflight().unwrap_or_else(|e| {
+        tracing::warn!("in-flight receives unreadable, receivers are found in procfs only: {e:#}");
+        Vec::new()
+    });
+    for r in inflight {
+        let Some(&sock) = by_ino.get(&r.ino) else { continue };
+        let mut b = BlockedRecv::from_inflight(&r);
+        b.sock = sock;
+        // Kernel-function sets record no fd: read it while the thread is still in the syscall.
+        if b.fd.is_none() {
+            if let Some((nr, fd)) = procfs::thread_syscall(r.pid, r.tid).filter(|(nr, _)| procfs::syscall_name(*nr) != "?") {
+                b.syscall = procfs::syscall_name(nr);
+                b.fd = u32::try_from(fd).ok();
+            }
+        }
+        out.entry(r.tid).or_insert(b);
+    }
+    out.into_values().collect()
+}
+
+/// The engine's view of a netlink request's result.
+pub fn outcome(r: Result<()>) -> StepOutcome {
+    match r {
+        Ok(()) => StepOutcome::Ok,
+        Err(e) => {
+            let errno = netlink::errno_of(&e);
+            let error = errno.map_or_else(|| format!("{e:#}"), crate::render::fmt::errno_desc);
+            StepOutcome::Refused { errno, error }
+        }
+    }
 }
 
 #[cfg(test)]
