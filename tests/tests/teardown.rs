@@ -447,3 +447,24 @@ fn json_errors_end_in_one_complete_object_saying_nothing_changed() {
     assert!(r["down"].is_null() && r["delete"].is_null());
     assert!(link_flags(&ns, &a).unwrap().iter().any(|f| f == "UP"));
 }
+
+#[test]
+fn closed_stdout_does_not_stop_the_teardown_halfway_and_stderr_says_what_was_done() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    pair(&ns, &a, &b, 230);
+    let mut child = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "300ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before ifsock writes anything (`ifsock teardown … | head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "stderr: {stderr}");
+    assert!(ns.ifindex(&a).is_err(), "the teardown must be completed, not abandoned: {a} still exists");
+    assert!(stderr.contains(&format!("stdout closed; {a} deleted")), "{stderr}");
+}
