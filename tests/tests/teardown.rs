@@ -354,6 +354,10 @@ fn veth_peer_in_another_netns_is_planned_with_its_bound_socket_and_reported_gone
         .unwrap()
         .unwrap();
     let ino = socket_inode(&server).unwrap();
+    // A receiver on the peer's socket, blocked before ifsock starts: observed like our own.
+    let rx = server.try_clone().unwrap();
+    let rx_thread = std::thread::spawn(move || rx.recv(&mut [0u8; 16]));
+    wait_until("peer-side receiver blocked in recvfrom", T, || thread_blocked_in_recvfrom(ino)).unwrap();
 
     let rows = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--dry-run", "--json"]).unwrap();
     let r = &rows[0];
@@ -380,8 +384,15 @@ fn veth_peer_in_another_netns_is_planned_with_its_bound_socket_and_reported_gone
     assert_eq!((r["state_left"].as_str(), r["gone"].as_bool()), (Some("deleted"), Some(true)), "{r:#}");
     let peer = &r["companions"][0];
     assert_eq!(peer["gone"], true, "{peer:#}");
-    assert!(socket(peer, ino)["closed"] == false, "still held by this test");
+    let s = socket(peer, ino);
+    assert_eq!(s["closed"], false, "still held by this test: {s:#}");
+    let waiting = &s["receivers"][0];
+    assert_eq!((waiting["syscall"].as_str(), waiting["blocked_at_down"].as_bool()), (Some("recvfrom"), Some(true)), "{s:#}");
+    assert_eq!(waiting["blocked_at_end"], true, "nothing wakes a receiver whose device goes with the peer: {s:#}");
     assert!(peer_ns.ifindex(&b).is_err(), "{b} must be gone with {a}");
+    // SAFETY: shutdown on a valid fd owned by `server`; makes the blocked recv return 0.
+    unsafe { libc::shutdown(server.as_raw_fd(), libc::SHUT_RD) };
+    assert_eq!(rx_thread.join().unwrap().unwrap(), 0, "the receiver returned only because the test shut it down");
     drop(server);
 }
 
