@@ -685,10 +685,10 @@ impl Teardown {
         self.phase = Phase::Done;
     }
 
-    /// Whether companion `i` (index in the plan) still exists after the teardown.
-    pub fn companion_checked(&mut self, i: usize, gone: bool) {
-        if let Some(g) = self.companion_gone.get_mut(i) {
-            *g = Some(gone);
+    /// Whether each companion (in plan order) is gone after the teardown (`None`: unchecked).
+    pub fn companions_checked(&mut self, gone: Vec<Option<bool>>) {
+        for (g, now) in self.companion_gone.iter_mut().zip(gone) {
+            *g = now;
         }
     }
 
@@ -983,7 +983,7 @@ mod tests {
         td.delete_done(T0 + 1_000_000_000, T0 + 1_010_000_000, StepOutcome::Ok);
         assert_eq!(td.next(), Next::AfterDelete, "the place for a step after the delete");
         td.after_delete_done();
-        td.companion_checked(0, true);
+        td.companions_checked(vec![Some(true)]);
         assert_eq!(td.next(), Next::Report);
         let r = td.report(Some(Counters::default()));
         assert_eq!((r.state_left, r.gone, r.interrupted, r.error.as_deref()), (LeftState::Deleted, true, false, None));

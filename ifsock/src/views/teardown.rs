@@ -150,14 +150,8 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
                     td.on_event(&ev);
                 }
                 let blocked = gather::blocked_now(probes, td);
-                let alive = match gather::alive(probes, &peers) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        td.unobserved(format!("closes (end-of-grace socket snapshot): {e:#}"));
-                        None
-                    }
-                };
-                td.grace_over(&blocked, alive);
+                let alive = gather::alive(probes, &peers).map_err(|e| td.unobserved(format!("closes (end-of-grace socket snapshot): {e:#}")));
+                td.grace_over(&blocked, alive.ok());
             }
             Next::Delete => {
                 let now = netlink::dump_links(handle).await?;
@@ -174,11 +168,8 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
             Next::Report => break,
         }
     }
-    for (i, gone) in gather::companions_gone(td, handle, &peers).await.into_iter().enumerate() {
-        if let Some(g) = gone {
-            td.companion_checked(i, g);
-        }
-    }
+    let gone = gather::companions_gone(td, handle, &peers).await;
+    td.companions_checked(gone);
     Ok(())
 }
 
@@ -228,14 +219,8 @@ async fn observe(
 /// Prints the report, says on stderr what state was left when stdout cannot (JSON, or a closed
 /// stdout), and returns the error or interruption that ended the teardown.
 fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
-    let counters = match probes.counters() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            td.unobserved(format!("eBPF counters unreadable: {e:#}"));
-            None
-        }
-    };
-    let report = td.report(counters);
+    let counters = probes.counters().map_err(|e| td.unobserved(format!("eBPF counters unreadable: {e:#}")));
+    let report = td.report(counters.ok());
     let printed = out::emit(&report, json);
     // The report is printed after the last step, so a closed stdout never stops a teardown
     // halfway; stderr then says what was done.
@@ -263,8 +248,7 @@ async fn confirm(td: &Teardown) -> Result<()> {
             p.ifname
         );
     }
-    let text = out::confirm_prompt(p);
-    eprint!("{text}proceed? [y/N] ");
+    eprint!("{}proceed? [y/N] ", out::confirm_prompt(p));
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line)
