@@ -261,3 +261,64 @@ pub fn emit(r: &TeardownReport, json: bool) -> Result<()> {
         out(&human(r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::teardown::{Plan, StepOutcome, Teardown},
+        kernel::signals::Stop,
+        model::ids::{IfIndex, NetnsIno},
+    };
+
+    fn teardown(netns_name: Option<&str>) -> Teardown {
+        Teardown::new(Plan {
+            netns: NetnsIno(7),
+            netns_name: netns_name.map(String::from),
+            ifindex: IfIndex(5),
+            ifname: "veth0".into(),
+            kind: Some("veth".into()),
+            was_up: true,
+            addrs: vec![],
+            dry_run: false,
+            grace_ms: 8000,
+            sockets: vec![],
+            netns_sockets: vec![],
+            companions: vec![],
+            tun_holders: vec![],
+        })
+    }
+
+    #[test]
+    fn interrupted_report_ends_with_the_state_left_in_text_and_json() {
+        let mut td = teardown(Some("rz1"));
+        td.down_sent(1_000_000_000);
+        td.down_done(1_000_300_000, StepOutcome::Ok, &[]);
+        td.interrupt(Stop::Sigint);
+        td.grace_over(&[], None);
+        let r = td.report(None);
+        let text = human(&r);
+        assert!(text.contains("  +0.0ms      set down (acknowledged +0.3ms)\n"), "{text}");
+        assert!(text.ends_with("interrupted by SIGINT: veth0 left down, not deleted; restore: ip -n rz1 link set veth0 up; finish: ifsock --netns rz1 teardown veth0 --grace 0 --yes\n"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!((json["interrupted"].as_bool(), json["signal"].as_str(), json["state_left"].as_str()), (Some(true), Some("SIGINT"), Some("down")));
+        for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters"] {
+            assert!(json.get(field).is_some(), "field {field} of the documented report is missing");
+        }
+    }
+
+    #[test]
+    fn completed_teardown_has_no_state_line_and_refusals_are_one_small_object() {
+        let mut td = teardown(None);
+        td.down_sent(0);
+        td.down_done(1, StepOutcome::Ok, &[]);
+        td.grace_over(&[], None);
+        td.delete_done(2, 3, StepOutcome::Ok);
+        td.after_delete_done();
+        let r = td.report(None);
+        assert_eq!(state_line(&r), None);
+        assert_eq!(left(&r), "veth0 deleted");
+        let refusal = serde_json::to_string(&Refusal::new("nosuch0", false, "unknown interface".into())).unwrap();
+        assert_eq!(refusal, r#"{"type":"teardown","ifname":"nosuch0","dry_run":false,"interrupted":false,"error":"unknown interface","state_left":"untouched"}"#);
+    }
+}
