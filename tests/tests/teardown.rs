@@ -261,3 +261,221 @@ fn interface_deleted_by_someone_else_during_grace_is_reported_not_an_error() {
     assert!(vanished > 0.0 && vanished < 10_000.0, "{r:#}");
     assert_eq!(r["gone"], true);
 }
+
+/// Starts `teardown` with a long grace, waits until the interface's IFF_UP is cleared (ifsock's
+/// down took effect), sends `signal`, and returns the finished run.
+fn interrupted_run(ns: &Netns, a: &str, json: bool, signal: i32) -> std::process::Output {
+    let mut args = vec!["--netns", ns.name.as_str(), "teardown", a, "--yes", "--grace", "60s"];
+    if json {
+        args.push("--json");
+    }
+    let child = Command::new(ifsock_bin()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let waited = wait_until("ifsock's down (IFF_UP cleared)", T, || link_flags(ns, a).is_some_and(|f| !f.iter().any(|f| f == "UP")));
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid as i32, signal) };
+    let out = child.wait_with_output().unwrap();
+    waited.unwrap();
+    out
+}
+
+fn assert_left_down(ns: &Netns, a: &str, index: u32) {
+    assert_eq!(ns.ifindex(a).unwrap(), index, "{a} must not be deleted");
+    let flags = link_flags(ns, a).unwrap();
+    assert!(!flags.iter().any(|f| f == "UP"), "{a} must be left down: {flags:?}");
+}
+
+#[test]
+fn sigint_during_grace_stops_it_leaves_the_interface_down_and_says_how_to_restore_or_finish() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    let index = pair(&ns, &a, &b, 225);
+    let t = Instant::now();
+    let out = interrupted_run(&ns, &a, false, libc::SIGINT);
+    assert!(t.elapsed() < Duration::from_secs(50), "the signal did not end the 60 s grace: {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("teardown {a} (ifindex {index}")), "the partial report: {text}");
+    assert!(text.contains("set down (acknowledged"), "{text}");
+    let wanted = format!(
+        "interrupted by SIGINT: {a} left down, not deleted; restore: ip -n {n} link set {a} up; finish: ifsock --netns {n} teardown {a} --grace 0 --yes",
+        n = ns.name
+    );
+    assert!(text.contains(&wanted), "wanted {wanted:?} in: {text}");
+    assert!(!text.contains("deleted after"), "{text}");
+    assert_left_down(&ns, &a, index);
+    // The finish command it printed does finish the job.
+    let done = ifsock(&["--netns", &ns.name, "teardown", &a, "--grace", "0", "--yes"]).unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(ns.ifindex(&a).is_err(), "{a} still exists after the finish command");
+}
+
+#[test]
+fn sigterm_during_grace_ends_in_one_json_object_with_the_state_left_and_exit_143() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    let index = pair(&ns, &a, &b, 226);
+    let out = interrupted_run(&ns, &a, true, libc::SIGTERM);
+    assert_eq!(out.status.code(), Some(143), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((r["interrupted"].as_bool(), r["signal"].as_str()), (Some(true), Some("SIGTERM")), "{r:#}");
+    assert_eq!(r["state_left"], "down", "{r:#}");
+    assert_eq!(r["down"]["ok"], true);
+    assert!(r["delete"].is_null(), "{r:#}");
+    assert_eq!(r["gone"], false);
+    assert_eq!(r["restore"], format!("ip -n {} link set {a} up", ns.name));
+    assert!(r["error"].is_null());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("interrupted by SIGTERM: {a} left down, not deleted")));
+    assert_left_down(&ns, &a, index);
+}
+
+#[test]
+fn veth_peer_in_another_netns_is_planned_with_its_bound_socket_and_reported_gone() {
+    require_root();
+    let (ns, peer_ns) = (Netns::new().unwrap(), Netns::new().unwrap());
+    let (a, b) = (unique("ta"), unique("tb"));
+    ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &peer_ns.name]).unwrap();
+    ns.ip(&["addr", "add", "10.227.0.1/24", "dev", &a]).unwrap();
+    ns.ip(&["link", "set", &a, "up"]).unwrap();
+    peer_ns.ip(&["addr", "add", "10.227.0.2/24", "dev", &b]).unwrap();
+    peer_ns.ip(&["link", "set", &b, "up"]).unwrap();
+    let b_index = peer_ns.ifindex(&b).unwrap();
+    let b2 = b.clone();
+    let server = peer_ns
+        .run(move || -> anyhow::Result<_> {
+            let s = UdpSocket::bind("10.227.0.2:6421")?;
+            bind_to_device(&s, &b2)?;
+            Ok(s)
+        })
+        .unwrap()
+        .unwrap();
+    let ino = socket_inode(&server).unwrap();
+    // A receiver on the peer's socket, blocked before ifsock starts: observed like our own.
+    let rx = server.try_clone().unwrap();
+    let rx_thread = std::thread::spawn(move || rx.recv(&mut [0u8; 16]));
+    wait_until("peer-side receiver blocked in recvfrom", T, || thread_blocked_in_recvfrom(ino)).unwrap();
+
+    let rows = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--dry-run", "--json"]).unwrap();
+    let r = &rows[0];
+    let peer = r["companions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["relation"] == "veth_peer"))
+        .unwrap_or_else(|| panic!("no veth peer in the plan: {r:#}"));
+    assert_eq!(peer["fate"], "deleted");
+    assert_eq!(peer["netns_name"], peer_ns.name.as_str(), "{peer:#}");
+    assert_eq!(peer["netns"], peer_ns.ino().unwrap());
+    assert_eq!((peer["ifname"].as_str(), peer["ifindex"].as_u64()), (Some(b.as_str()), Some(u64::from(b_index))));
+    let s = socket(peer, ino);
+    assert_eq!(s["binding"], "device");
+    assert_eq!(s["netns"], peer_ns.ino().unwrap());
+    assert!(s["owners"].as_array().unwrap().iter().any(|o| o["pid"] == std::process::id()), "{s:#}");
+    let human = ifsock(&["--netns", &ns.name, "teardown", &a, "--dry-run"]).unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains(&format!("also {b} (ifindex {b_index}, kind veth, netns {}", peer_ns.name)), "{text}");
+    assert!(text.contains(&format!("inode {ino}")), "{text}");
+    assert_eq!(peer_ns.ifindex(&b).unwrap(), b_index, "a dry run deletes nothing");
+
+    let rows = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--yes", "--json", "--grace", "200ms"]).unwrap();
+    let r = &rows[0];
+    assert_eq!((r["state_left"].as_str(), r["gone"].as_bool()), (Some("deleted"), Some(true)), "{r:#}");
+    let peer = &r["companions"][0];
+    assert_eq!(peer["gone"], true, "{peer:#}");
+    let s = socket(peer, ino);
+    assert_eq!(s["closed"], false, "still held by this test: {s:#}");
+    let waiting = &s["receivers"][0];
+    assert_eq!((waiting["syscall"].as_str(), waiting["blocked_at_down"].as_bool()), (Some("recvfrom"), Some(true)), "{s:#}");
+    assert_eq!(waiting["blocked_at_end"], true, "nothing wakes a receiver whose device goes with the peer: {s:#}");
+    assert!(peer_ns.ifindex(&b).is_err(), "{b} must be gone with {a}");
+    // SAFETY: shutdown on a valid fd owned by `server`; makes the blocked recv return 0.
+    unsafe { libc::shutdown(server.as_raw_fd(), libc::SHUT_RD) };
+    assert_eq!(rx_thread.join().unwrap().unwrap(), 0, "the receiver returned only because the test shut it down");
+    drop(server);
+}
+
+#[test]
+fn bridge_teardown_lists_its_ports_as_released_and_a_port_names_its_master() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (br, a, b) = (unique("tbr"), unique("ta"), unique("tb"));
+    ns.ip(&["link", "add", &br, "type", "bridge"]).unwrap();
+    pair(&ns, &a, &b, 228);
+    ns.ip(&["link", "set", &a, "master", &br]).unwrap();
+    let rows = ifsock_json(&["--netns", &ns.name, "teardown", &br, "--dry-run", "--json"]).unwrap();
+    let ports: Vec<&Value> = rows[0]["companions"].as_array().unwrap().iter().filter(|c| c["relation"] == "bridge_port").collect();
+    assert_eq!(ports.len(), 1, "{:#}", rows[0]);
+    assert_eq!((ports[0]["ifname"].as_str(), ports[0]["fate"].as_str()), (Some(a.as_str()), Some("released")));
+    let rows = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--dry-run", "--json"]).unwrap();
+    let master = rows[0]["companions"].as_array().unwrap().iter().find(|c| c["relation"] == "master").cloned();
+    let master = master.unwrap_or_else(|| panic!("no master: {:#}", rows[0]));
+    assert_eq!((master["ifname"].as_str(), master["fate"].as_str()), (Some(br.as_str()), Some("loses_port")));
+    assert!(rows[0]["companions"].as_array().unwrap().iter().any(|c| c["relation"] == "veth_peer" && c["ifname"] == b.as_str()), "{:#}", rows[0]);
+}
+
+#[test]
+fn tun_teardown_lists_the_fds_that_hold_it() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let name = unique("tt");
+    let n2 = name.clone();
+    let fd = ns.run(move || tun_queue(&n2, IFF_TUN | IFF_NO_PI)).unwrap().unwrap();
+    let rows = ifsock_json(&["--netns", &ns.name, "teardown", &name, "--dry-run", "--json"]).unwrap();
+    let r = &rows[0];
+    assert_eq!(r["kind"], "tun");
+    let holder = r["tun_holders"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["pid"] == std::process::id() && h["fd"] == fd.as_raw_fd()))
+        .unwrap_or_else(|| panic!("fd {} of this test not listed: {r:#}", fd.as_raw_fd()));
+    assert_eq!((holder["queue"].as_u64(), holder["state"].as_str()), (Some(0), Some("attached")), "{holder:#}");
+    let text = String::from_utf8_lossy(&ifsock(&["--netns", &ns.name, "teardown", &name, "--dry-run"]).unwrap().stdout).into_owned();
+    assert!(text.contains(&format!("[{}]/fd{}: queue 0", std::process::id(), fd.as_raw_fd())), "{text}");
+    drop(fd);
+}
+
+#[test]
+fn json_errors_end_in_one_complete_object_saying_nothing_changed() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    let index = pair(&ns, &a, &b, 229);
+    let one_object = |args: &[&str]| -> Value {
+        let out = ifsock(args).unwrap();
+        assert_eq!(out.status.code(), Some(1), "ifsock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let r = one_object(&["--netns", &ns.name, "teardown", "nosuchif0", "--yes", "--json"]);
+    assert_eq!((r["type"].as_str(), r["state_left"].as_str(), r["interrupted"].as_bool()), (Some("teardown"), Some("untouched"), Some(false)));
+    assert!(r["error"].as_str().unwrap().contains("unknown interface \"nosuchif0\""), "{r:#}");
+    // Known target, no confirmation (stdin is not a terminal): the whole plan with the error.
+    let r = one_object(&["--netns", &ns.name, "teardown", &a, "--json"]);
+    assert_eq!((r["ifindex"].as_u64(), r["state_left"].as_str()), (Some(u64::from(index)), Some("untouched")), "{r:#}");
+    assert!(r["error"].as_str().unwrap().contains("pass --yes"), "{r:#}");
+    assert!(r["down"].is_null() && r["delete"].is_null());
+    assert!(link_flags(&ns, &a).unwrap().iter().any(|f| f == "UP"));
+}
+
+#[test]
+fn closed_stdout_does_not_stop_the_teardown_halfway_and_stderr_says_what_was_done() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    pair(&ns, &a, &b, 230);
+    let mut child = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "300ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before ifsock writes anything (`ifsock teardown … | head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "stderr: {stderr}");
+    assert!(ns.ifindex(&a).is_err(), "the teardown must be completed, not abandoned: {a} still exists");
+    assert!(stderr.contains(&format!("stdout closed; {a} deleted")), "{stderr}");
+}

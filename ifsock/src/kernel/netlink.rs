@@ -333,3 +333,61 @@ pub fn parse_datagram(mut bytes: &[u8]) -> Vec<Update> {
     }
     out
 }
+
+/// How one link hangs together with others, from its `RTM_NEWLINK` attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkRelations {
+    /// ifindex.
+    pub ifindex: IfIndex,
+    /// Name (`IFLA_IFNAME`).
+    pub name: String,
+    /// rtnetlink kind (`IFLA_INFO_KIND`: `veth`, `bridge`, `tun`…), `None` without `rtnl_link_ops`.
+    pub kind: Option<String>,
+    /// `IFLA_LINK`: for a veth the peer's ifindex (in the peer's netns), for a vlan/macvlan its
+    /// lower device (`rtnl_fill_link_ifmap()` emits it only when `dev_get_iflink()` differs
+    /// from the link's own ifindex; a peer in another netns may still have the same number).
+    pub link: Option<IfIndex>,
+    /// `IFLA_LINK_NETNSID`: present when `link` lives in another netns; the id is local to the
+    /// netns of the connection (`peernet2id()`), so it cannot name that netns by itself.
+    pub link_netnsid: Option<i32>,
+    /// `IFLA_MASTER`: the bridge (bond, vrf…) this link is a port of.
+    pub master: Option<IfIndex>,
+}
+
+/// Reduces an `RTM_NEWLINK` message to its [`LinkRelations`].
+pub fn link_relations(msg: &LinkMessage) -> LinkRelations {
+    use rtnetlink::packet_route::link::LinkInfo;
+    let mut r = LinkRelations { ifindex: IfIndex(msg.header.index), name: String::new(), kind: None, link: None, link_netnsid: None, master: None };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => r.name = n.clone(),
+            LinkAttribute::Link(i) if *i != 0 => r.link = Some(IfIndex(*i)),
+            LinkAttribute::LinkNetNsId(id) if *id >= 0 => r.link_netnsid = Some(*id),
+            LinkAttribute::Controller(i) if *i != 0 => r.master = Some(IfIndex(*i)),
+            LinkAttribute::LinkInfo(infos) => {
+                r.kind = r.kind.take().or_else(|| {
+                    infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(k.to_string()),
+                        _ => None,
+                    })
+                });
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Dumps the [`LinkRelations`] of every link of the connection's netns, sorted by ifindex.
+///
+/// # Errors
+/// The dump failed (netlink error).
+pub async fn dump_relations(handle: &Handle) -> Result<Vec<LinkRelations>> {
+    let mut out = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(msg) = stream.try_next().await.context("dumping links (RTM_GETLINK)")? {
+        out.push(link_relations(&msg));
+    }
+    out.sort_by_key(|r| r.ifindex);
+    Ok(out)
+}

@@ -2,6 +2,7 @@
 //! shared formatters (owners, errno names, timestamps) written once here.
 pub mod fmt;
 pub mod hung;
+pub mod teardown;
 
 use std::io::Write;
 

@@ -1,0 +1,324 @@
+//! The teardown report: human text and one JSON object (the typed [`TeardownReport`]).
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+pub use crate::render::json_line;
+
+use crate::{
+    engine::teardown::{Companion, LeftState, Plan, Relation, SocketSeen, TeardownReport},
+    model::{socket::Binding, tie::TiedSocket, tun::QueueState},
+    render::{
+        fmt::{binding, owners},
+        out,
+    },
+};
+
+/// `udp4 device 0.0.0.0:5000 inode 95720 pktinfo python3[12382]/fd3`.
+pub fn socket_line(t: &TiedSocket) -> String {
+    let s = &t.socket;
+    format!(
+        "{}{} {} {}:{} inode {}{} {}",
+        format!("{:?}", s.protocol).to_lowercase(),
+        s.family,
+        binding(t.binding),
+        s.local_addr,
+        s.local_port,
+        s.inode,
+        if s.pktinfo { " pktinfo" } else { "" },
+        owners(&s.owners, "no owner")
+    )
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms < 0.0 {
+        format!("{ms:.1}ms (before down)")
+    } else {
+        format!("+{ms:.1}ms")
+    }
+}
+
+/// What the target was left in: `veth0 left down, not deleted; restore: …; finish: …`.
+pub fn left(r: &TeardownReport) -> String {
+    let mut text = match r.state_left {
+        LeftState::Untouched => format!("{} left untouched ({})", r.ifname, if r.was_up { "up" } else { "down" }),
+        LeftState::Down => format!("{} left down, not deleted", r.ifname),
+        LeftState::Deleted => format!("{} deleted", r.ifname),
+        LeftState::Gone => format!("{} gone (deleted by someone else)", r.ifname),
+    };
+    if let Some(c) = &r.restore {
+        let _ = write!(text, "; restore: {c}");
+    }
+    if let Some(c) = &r.finish {
+        let _ = write!(text, "; finish: {c}");
+    }
+    text
+}
+
+/// The sentence ending a teardown that did not finish as asked (interrupted or failed):
+/// `interrupted by SIGINT: veth0 left down, not deleted; restore: …`. `None` otherwise.
+pub fn state_line(r: &TeardownReport) -> Option<String> {
+    let lead = if r.interrupted {
+        format!("interrupted by {}", r.signal.map_or("a signal", |s| s.name()))
+    } else if r.error.is_some() {
+        "failed".to_string()
+    } else {
+        return None;
+    };
+    Some(format!("{lead}: {}", left(r)))
+}
+
+fn push_socket(text: &mut String, s: &SocketSeen, r: &TeardownReport, indent: &str) {
+    let _ = writeln!(text, "{indent}{}{}", socket_line(&s.tied), if s.closed { " — closed by its owner(s) during grace" } else { "" });
+    for e in &s.send_errors {
+        let _ = writeln!(
+            text,
+            "{indent}  {}[{}] tid {} fd {}: send failed {} ×{}, first {}, last {}",
+            e.comm, e.pid, e.tid, e.fd, e.error, e.count, fmt_ms(e.first_ms), fmt_ms(e.last_ms)
+        );
+    }
+    for e in &s.socket_errors {
+        let _ = writeln!(
+            text,
+            "{indent}  kernel reported {} ×{} (sk_err, remote {}), first {}, last {}",
+            e.error, e.count, e.remote, fmt_ms(e.first_ms), fmt_ms(e.last_ms)
+        );
+    }
+    for rc in &s.receivers {
+        let fate = match (rc.woke_ms, rc.blocked_at_end) {
+            _ if r.dry_run => "blocked in it now".to_string(),
+            (Some(w), again) => format!(
+                "woke {} with {}{}",
+                fmt_ms(w),
+                rc.error.clone().unwrap_or_else(|| format!("{} bytes", rc.ret.unwrap_or(0))),
+                if again { ", blocked again at end" } else { "" }
+            ),
+            (None, true) => format!("still blocked after {}ms: nothing woke it", r.grace_ms),
+            (None, false) => "returned during grace (entered before ifsock attached: time not traced)".to_string(),
+        };
+        let when = if r.dry_run {
+            ""
+        } else if rc.blocked_at_down {
+            " blocked at down"
+        } else {
+            " entered after down"
+        };
+        let fd = rc.fd.map_or("?".into(), |f| f.to_string());
+        let _ = writeln!(text, "{indent}  {}[{}] tid {} fd {fd}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.syscall);
+    }
+    if !r.dry_run && s.send_errors.is_empty() && s.socket_errors.is_empty() && s.receivers.is_empty() && !s.closed {
+        let _ = writeln!(text, "{indent}  nothing observed: no failed send, no receiver, not closed");
+    }
+}
+
+fn push_companion(text: &mut String, c: &Companion, r: &TeardownReport) {
+    let done = r.state_left == LeftState::Deleted;
+    let what = match (c.relation, done) {
+        (Relation::VethPeer, false) => "veth peer, would be deleted with it",
+        (Relation::VethPeer, true) => "veth peer, deleted with it",
+        (Relation::BridgePort, false) => "bridge port, would be released (not deleted)",
+        (Relation::BridgePort, true) => "bridge port, released (not deleted)",
+        (Relation::Master, false) => "its bridge (master), would lose this port",
+        (Relation::Master, true) => "its bridge (master), lost this port",
+    };
+    let netns = match &c.netns_name {
+        Some(n) => format!("netns {n} ({})", c.netns),
+        None => format!("netns {}", c.netns),
+    };
+    let gone = match c.gone {
+        Some(true) => "; gone now",
+        Some(false) => "; still exists",
+        None => "",
+    };
+    let _ = writeln!(
+        text,
+        "  also {} (ifindex {}, kind {}, {netns}): {what}{gone}; {} socket(s) tied to it",
+        c.ifname,
+        c.ifindex,
+        c.kind.as_deref().unwrap_or("-"),
+        c.sockets.len()
+    );
+    for s in &c.sockets {
+        push_socket(text, s, r, "    ");
+    }
+}
+
+/// The confirmation prompt's text (without the question): what will be done and to what.
+pub fn confirm_prompt(p: &Plan) -> String {
+    let listed: Vec<_> = p.sockets.iter().filter(|t| t.binding != Some(Binding::Wildcard)).collect();
+    let mut text = format!(
+        "about to set {} (ifindex {}, netns {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:\n",
+        p.ifname, p.ifindex, p.netns, p.grace_ms, listed.len()
+    );
+    for t in listed {
+        let _ = writeln!(text, "  {}", socket_line(t));
+    }
+    for c in &p.companions {
+        let netns = c.netns_name.clone().unwrap_or_else(|| c.netns.to_string());
+        let _ = writeln!(text, "  also {}: {} (netns {netns}), {} socket(s)", c.relation.fate(), c.ifname, c.sockets.len());
+    }
+    if !p.tun_holders.is_empty() {
+        let _ = writeln!(text, "  {} fd(s) hold it", p.tun_holders.len());
+    }
+    text
+}
+
+/// The human report, every line ending in `\n`.
+pub fn human(r: &TeardownReport) -> String {
+    let mut text = String::new();
+    let addrs: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        text,
+        "{}{} (ifindex {}, kind {}, netns {}): was {}, addresses {}",
+        if r.dry_run { "dry run: would tear down " } else { "teardown " },
+        r.ifname,
+        r.ifindex,
+        r.kind.as_deref().unwrap_or("-"),
+        r.netns,
+        if r.was_up { "up" } else { "down" },
+        if addrs.is_empty() { "none".into() } else { addrs.join(", ") }
+    );
+    if let Some(d) = &r.down {
+        match &d.error {
+            None => {
+                let _ = writeln!(text, "  {:<11} set down (acknowledged {})", "+0.0ms", fmt_ms(d.ack_ms));
+            }
+            Some(e) => {
+                let _ = writeln!(text, "  {:<11} set down FAILED: {e}", "+0.0ms");
+            }
+        }
+    }
+    if let Some(v) = r.vanished_ms {
+        let _ = writeln!(text, "  {:<11} interface vanished (not deleted by ifsock)", fmt_ms(v));
+    }
+    if let Some(d) = &r.delete {
+        match &d.error {
+            None => {
+                let _ = writeln!(text, "  {:<11} deleted after {}ms grace", fmt_ms(d.at_ms), r.grace_ms);
+            }
+            Some(e) => {
+                let _ = writeln!(text, "  {:<11} delete FAILED: {e}", fmt_ms(d.at_ms));
+            }
+        }
+    }
+    let verb = if r.dry_run { "would be affected" } else { "tied to it" };
+    let _ = writeln!(text, "{} socket(s) {verb}; {} wildcard socket(s) not listed", r.sockets.len(), r.wildcard_sockets);
+    for s in &r.sockets {
+        push_socket(&mut text, s, r, "  ");
+    }
+    for c in &r.companions {
+        push_companion(&mut text, c, r);
+    }
+    if !r.tun_holders.is_empty() {
+        let verb = if r.state_left == LeftState::Deleted { "lost it" } else { "would lose it" };
+        let _ = writeln!(text, "  {} fd(s) hold it ({verb}: their reads and writes then fail):", r.tun_holders.len());
+        for f in &r.tun_holders {
+            let queue = match (f.queue, f.state) {
+                (Some(q), _) => format!("queue {q}"),
+                (None, QueueState::Detached) => "detached queue".to_string(),
+                (None, QueueState::Attached) => "queue ?".to_string(),
+            };
+            let _ = writeln!(text, "    {}[{}]/fd{}: {queue}", f.comm, f.pid, f.fd);
+        }
+    }
+    for u in &r.unobserved {
+        let _ = writeln!(text, "not observed: {u}");
+    }
+    if let Some(l) = state_line(r) {
+        let _ = writeln!(text, "{l}");
+    }
+    text
+}
+
+/// The `--json` object of a teardown refused before its target was known (unknown name,
+/// loopback, a device without rtnetlink kind, probes that would not load): nothing was changed.
+#[derive(serde::Serialize)]
+pub struct Refusal {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    ifname: String,
+    dry_run: bool,
+    interrupted: bool,
+    error: String,
+    state_left: LeftState,
+}
+
+impl Refusal {
+    /// A refusal of `ifname` with the error text.
+    pub fn new(ifname: &str, dry_run: bool, error: String) -> Self {
+        Refusal { ty: "teardown", ifname: ifname.to_string(), dry_run, interrupted: false, error, state_left: LeftState::Untouched }
+    }
+}
+
+/// Prints the report: one JSON object with `json`, else the human text.
+///
+/// # Errors
+/// [`crate::render::StdoutClosed`] when the reader went away, other write errors.
+pub fn emit(r: &TeardownReport, json: bool) -> Result<()> {
+    if json {
+        json_line(r)
+    } else {
+        out(&human(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::teardown::{Plan, StepOutcome, Teardown},
+        kernel::signals::Stop,
+        model::ids::{IfIndex, NetnsIno},
+    };
+
+    fn teardown(netns_name: Option<&str>) -> Teardown {
+        Teardown::new(Plan {
+            netns: NetnsIno(7),
+            netns_name: netns_name.map(String::from),
+            ifindex: IfIndex(5),
+            ifname: "veth0".into(),
+            kind: Some("veth".into()),
+            was_up: true,
+            addrs: vec![],
+            dry_run: false,
+            grace_ms: 8000,
+            sockets: vec![],
+            netns_sockets: vec![],
+            companions: vec![],
+            tun_holders: vec![],
+        })
+    }
+
+    #[test]
+    fn interrupted_report_ends_with_the_state_left_in_text_and_json() {
+        let mut td = teardown(Some("rz1"));
+        td.down_sent(1_000_000_000);
+        td.down_done(1_000_300_000, StepOutcome::Ok, &[]);
+        td.interrupt(Stop::Sigint);
+        td.grace_over(&[], None);
+        let r = td.report(None);
+        let text = human(&r);
+        assert!(text.contains("  +0.0ms      set down (acknowledged +0.3ms)\n"), "{text}");
+        assert!(text.ends_with("interrupted by SIGINT: veth0 left down, not deleted; restore: ip -n rz1 link set veth0 up; finish: ifsock --netns rz1 teardown veth0 --grace 0 --yes\n"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!((json["interrupted"].as_bool(), json["signal"].as_str(), json["state_left"].as_str()), (Some(true), Some("SIGINT"), Some("down")));
+        for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters"] {
+            assert!(json.get(field).is_some(), "field {field} of the documented report is missing");
+        }
+    }
+
+    #[test]
+    fn completed_teardown_has_no_state_line_and_refusals_are_one_small_object() {
+        let mut td = teardown(None);
+        td.down_sent(0);
+        td.down_done(1, StepOutcome::Ok, &[]);
+        td.grace_over(&[], None);
+        td.delete_done(2, 3, StepOutcome::Ok);
+        td.after_delete_done();
+        let r = td.report(None);
+        assert_eq!(state_line(&r), None);
+        assert_eq!(left(&r), "veth0 deleted");
+        let refusal = serde_json::to_string(&Refusal::new("nosuch0", false, "unknown interface".into())).unwrap();
+        assert_eq!(refusal, r#"{"type":"teardown","ifname":"nosuch0","dry_run":false,"interrupted":false,"error":"unknown interface","state_left":"untouched"}"#);
+    }
+}
