@@ -578,6 +578,13 @@ impl WatchEngine {
         space.batch_sockets = None;
         let before: Vec<Link> = space.table.links().cloned().collect();
         let changes = space.table.diff_and_replace(dump.links);
+        // Every link the dump lost is gone before any change is attributed: the veth peer of
+        // the first deletion may be the second.
+        for c in changes.iter().filter(|c| c.kind == ChangeKind::Deleted) {
+            if let Some(l) = before.iter().find(|l| l.ifindex == c.ifindex) {
+                remember_gone(space, l);
+            }
+        }
         let n = changes.len() as u64;
         for c in changes {
             let prior = before.iter().find(|l| l.ifindex == c.ifindex).cloned();
@@ -614,10 +621,7 @@ impl WatchEngine {
         }
         if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
             if let Some(link) = prior {
-                space.deleted.push_back(link.clone());
-                if space.deleted.len() > DELETED_LINKS {
-                    space.deleted.pop_front();
-                }
+                remember_gone(space, link);
             }
         }
         let mut from_netns = None;
@@ -869,6 +873,17 @@ struct NoSockets;
 impl SocketSource for NoSockets {
     fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>> {
         anyhow::bail!("netns {netns} is gone")
+    }
+}
+
+/// Adds a deleted or moved-out link to the memory of `space` (once; the oldest goes first).
+fn remember_gone(space: &mut Space, link: &Link) {
+    if space.deleted.contains(link) {
+        return;
+    }
+    space.deleted.push_back(link.clone());
+    if space.deleted.len() > DELETED_LINKS {
+        space.deleted.pop_front();
     }
 }
 
