@@ -109,7 +109,12 @@ async fn open_ns(handle: Option<NetnsHandle>, rcvbuf: Option<usize>, tx: mpsc::U
             (ino, netns::named().into_iter().find(|(_, i)| *i == ino).map(|(n, _)| n))
         }
     };
-    let open = move || Subscription::open(rcvbuf);
+    // The socket is registered with tokio on the netns thread: that thread enters the runtime.
+    let rt = tokio::runtime::Handle::current();
+    let open = move || {
+        let _guard = rt.enter();
+        Subscription::open(rcvbuf)
+    };
     let mut sub = match &handle {
         None => open()?,
         Some(h) => h.run(open)??,
