@@ -6,22 +6,25 @@
 //! that happens during the dump is queued on the subscription and applied on top of the dump.
 //! Loss (seed 002): `ENOBUFS` triggers an immediate re-dump and diff (`source: resync`); a
 //! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
+mod follow;
+
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
+use follow::{open_ns, NetlinkMsg, NsIo, Snapshots};
 use tokio::sync::mpsc;
 
 use super::hung;
 use crate::{
     cli::parse_duration,
-    engine::watch::{Config, KernelEvidence, KernelInput, Now, Ready, Removal, SocketSource, Source, WatchEngine, WatchRecord},
+    engine::watch::{Config, KernelEvidence, KernelInput, Now, Ready, Removal, Source, WatchEngine, WatchRecord},
     kernel::{
-        netlink::{self, Received, Subscription, RCVBUF_MAX},
+        netlink::{self, Received, RCVBUF_MAX},
         netns::{self, NetnsHandle},
         signals::Signals,
     },
-    model::{event::parse_request, ids::NetnsIno, link::Dump, sock_error::{SockError, SockErrorProbe}, socket::Socket},
-    probes::{events::Event, select, snapshot, Probes},
+    model::{event::parse_request, ids::NetnsIno, sock_error::{SockError, SockErrorProbe}},
+    probes::{events::Event, select, Probes},
     render::{self, monotonic_ns, unix_ns},
 };
 
@@ -79,76 +82,6 @@ fn parse_rcvbuf(s: &str) -> Result<usize, String> {
         return Err(format!("{n} is outside the kernel's range for a receive buffer: 1 to {RCVBUF_MAX} bytes (omit --rcvbuf for the default)"));
     }
     Ok(n)
-}
-
-/// The I/O side of one followed netns; dropping it releases the namespace (file, sockets).
-struct NsIo {
-    /// `None`: ifsock's own netns (no setns needed).
-    handle: Option<NetnsHandle>,
-    rtnl: rtnetlink::Handle,
-    _reader: AbortOnDrop,
-}
-
-/// Aborts a spawned task when dropped (a netns that goes away takes its reader with it).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-type NetlinkMsg = (NetnsIno, Result<Received>);
-
-/// Opens a follower for one netns: subscription first, then the dump (see the module docs).
-/// Returns its inode, name, I/O handles, dump and the subscription's effective rcvbuf.
-async fn open_ns(handle: Option<NetnsHandle>, rcvbuf: Option<usize>, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Result<(NetnsIno, Option<String>, NsIo, Dump, Option<usize>)> {
-    let (ino, name) = match &handle {
-        Some(h) => (h.ino, h.name.clone()),
-        None => {
-            let ino = netns::current_ino()?;
-            (ino, netns::named().into_iter().find(|(_, i)| *i == ino).map(|(n, _)| n))
-        }
-    };
-    // The socket is registered with tokio on the netns thread: that thread enters the runtime.
-    let rt = tokio::runtime::Handle::current();
-    let open = move || {
-        let _guard = rt.enter();
-        Subscription::open(rcvbuf)
-    };
-    let mut sub = match &handle {
-        None => open()?,
-        Some(h) => h.run(open)??,
-    };
-    let effective = sub.rcvbuf();
-    let rtnl = netlink::connect_in(handle.as_ref())?;
-    let reader = tokio::spawn(async move {
-        loop {
-            let r = sub.recv().await;
-            if let Ok(Received::Overrun) = r {
-                // Messages queued before the re-dump are older than it: drop them.
-                sub.discard_pending();
-            }
-            let stop = r.is_err();
-            if tx.send((ino, r)).is_err() || stop {
-                break;
-            }
-        }
-    });
-    let dump = netlink::dump(&rtnl).await.with_context(|| format!("dumping links of netns {ino}"))?;
-    Ok((ino, name, NsIo { handle, rtnl, _reader: AbortOnDrop(reader) }, dump, effective))
-}
-
-/// Socket snapshots for the engine, by BPF iterators run inside each followed netns.
-struct Snapshots<'a> {
-    probes: &'a mut Probes,
-    spaces: &'a BTreeMap<NetnsIno, NsIo>,
-}
-
-impl SocketSource for Snapshots<'_> {
-    fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>> {
-        let io = self.spaces.get(&netns).with_context(|| format!("netns {netns} is not followed"))?;
-        snapshot::sockets(self.probes, io.handle.as_ref())
-    }
 }
 
 fn now() -> Now {

@@ -293,7 +293,7 @@ fn a_wildcard_pktinfo_receiver_is_stranded_by_the_deleted_veth_not_by_its_peers_
     assert_eq!(stranded(&r), vec![(12, "interface_change", ChangeKind::Down), (10, "interface_change", ChangeKind::Deleted)]);
     // Still blocked: once, after the threshold; a receiver that woke (absent) is forgotten.
     assert!(e.on_receivers(&[seed.clone(), on_vb.clone()], &clock.at(500)).is_empty(), "before the threshold");
-    let r = e.on_receivers(&[seed.clone()], &clock.at(2 + 1000));
+    let r = e.on_receivers(std::slice::from_ref(&seed), &clock.at(2 + 1000));
     assert_eq!(stranded(&r), vec![(10, "threshold", ChangeKind::Deleted)]);
     assert!(e.on_receivers(&[seed], &clock.at(5000)).is_empty(), "the threshold is reported once");
     assert!(e.following_stranded());
