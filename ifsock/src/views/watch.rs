@@ -11,21 +11,21 @@ mod follow;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
-use follow::{open_ns, NetlinkMsg, NsIo, Snapshots};
+use follow::{kernel_input, now, open_ns, NetlinkMsg, NsIo, Snapshots};
 use tokio::sync::mpsc;
 
 use super::hung;
 use crate::{
     cli::parse_duration,
-    engine::watch::{Config, KernelEvidence, KernelInput, Now, Ready, Removal, Source, WatchEngine, WatchRecord},
+    engine::watch::{Config, Ready, Removal, Source, WatchEngine, WatchRecord},
     kernel::{
         netlink::{self, Received, RCVBUF_MAX},
         netns::{self, NetnsHandle},
         signals::Signals,
     },
-    model::{event::parse_request, ids::NetnsIno, sock_error::{SockError, SockErrorProbe}},
-    probes::{events::Event, select, Probes},
-    render::{self, monotonic_ns, unix_ns},
+    model::{ids::NetnsIno, sock_error::SockErrorProbe},
+    probes::{select, Probes},
+    render,
 };
 
 /// Options of `watch`.
@@ -82,19 +82,6 @@ fn parse_rcvbuf(s: &str) -> Result<usize, String> {
         return Err(format!("{n} is outside the kernel's range for a receive buffer: 1 to {RCVBUF_MAX} bytes (omit --rcvbuf for the default)"));
     }
     Ok(n)
-}
-
-fn now() -> Now {
-    Now { at: std::time::Instant::now(), mono_ns: monotonic_ns(), unix_ns: unix_ns() }
-}
-
-fn kernel_input(ev: Event) -> Option<KernelInput> {
-    match ev {
-        Event::LinkRequest(r) => parse_request(&r).map(KernelInput::LinkRequest),
-        Event::Device(d) => Some(KernelInput::Device(KernelEvidence::from_event(&d))),
-        Event::SockError(e) => Some(KernelInput::SockError(SockError::from_event(&e))),
-        _ => None,
-    }
 }
 
 /// Runs `watch` until SIGINT/SIGTERM (exit status 0), `--count` events, or the loss of the

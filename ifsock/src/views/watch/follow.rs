@@ -1,18 +1,20 @@
-//! The I/O of `watch` per followed netns: the rtnetlink subscription and its reader task,
-//! the request connection for dumps, and socket snapshots for the engine.
+//! The I/O of `watch` around the engine: per followed netns the rtnetlink subscription and
+//! its reader task, the request connection for dumps, and socket snapshots; the clock; ring
+//! buffer events turned into engine inputs.
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 
 use crate::{
-    engine::watch::SocketSource,
+    engine::watch::{KernelEvidence, KernelInput, Now, SocketSource},
     kernel::{
         netlink::{self, Received, Subscription},
         netns::{self, NetnsHandle},
     },
-    model::{ids::NetnsIno, link::Dump, socket::Socket},
-    probes::{snapshot, Probes},
+    model::{event::parse_request, ids::NetnsIno, link::Dump, sock_error::SockError, socket::Socket},
+    probes::{events::Event, snapshot, Probes},
+    render::{monotonic_ns, unix_ns},
 };
 
 /// The I/O side of one followed netns; dropping it releases the namespace (file, sockets).
@@ -82,5 +84,20 @@ impl SocketSource for Snapshots<'_> {
     fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>> {
         let io = self.spaces.get(&netns).with_context(|| format!("netns {netns} is not followed"))?;
         snapshot::sockets(self.probes, io.handle.as_ref())
+    }
+}
+
+/// The clock, read once per input handed to the engine.
+pub(super) fn now() -> Now {
+    Now { at: std::time::Instant::now(), mono_ns: monotonic_ns(), unix_ns: unix_ns() }
+}
+
+/// A ring-buffer event as the engine's input (`None`: not the engine's business).
+pub(super) fn kernel_input(ev: Event) -> Option<KernelInput> {
+    match ev {
+        Event::LinkRequest(r) => parse_request(&r).map(KernelInput::LinkRequest),
+        Event::Device(d) => Some(KernelInput::Device(KernelEvidence::from_event(&d))),
+        Event::SockError(e) => Some(KernelInput::SockError(SockError::from_event(&e))),
+        _ => None,
     }
 }
