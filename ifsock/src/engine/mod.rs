@@ -2,3 +2,4 @@
 //! events, snapshots, a clock) in, typed records out. Unit-tested with fake inputs.
 pub mod receivers;
 pub mod teardown;
+pub mod watch;

@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::model::{
     ids::IfIndex,
-    link::{Link, Update},
+    link::{Dump, Link, Update},
     tun::{TunInfo, TunLink},
 };
 
@@ -63,17 +63,23 @@ pub fn link_update(msg: &LinkMessage, deleted: bool) -> Update {
     let ifindex = IfIndex(msg.header.index);
     let mut name = String::new();
     let mut moved = false;
+    let (mut link, mut link_elsewhere) = (None, false);
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::NewNetnsId(_) => moved = true,
+            // IFLA_LINK: for veth, `veth_get_iflink()` = the peer's ifindex; with
+            // IFLA_LINK_NETNSID it is an ifindex of another netns.
+            LinkAttribute::Link(i) => link = Some(IfIndex(*i)),
+            LinkAttribute::LinkNetNsId(_) => link_elsewhere = true,
             _ => {}
         }
     }
     if deleted {
         Update::DelLink { ifindex, name, moved }
     } else {
-        Update::NewLink { ifindex, name, flags: msg.header.flags.bits() }
+        let peer = link.filter(|p| !link_elsewhere && p.0 != 0 && *p != ifindex);
+        Update::NewLink { ifindex, name, flags: msg.header.flags.bits(), peer }
     }
 }
 
@@ -97,11 +103,24 @@ pub fn address_of(msg: &AddressMessage) -> Option<(IfIndex, IpAddr)> {
 /// # Errors
 /// The dump failed (netlink error).
 pub async fn dump_links(handle: &Handle) -> Result<Vec<Link>> {
+    Ok(dump(handle).await?.links)
+}
+
+/// Dumps every link with its addresses and the same-netns veth peers (`IFLA_LINK`).
+///
+/// # Errors
+/// The dump failed (netlink error).
+pub async fn dump(handle: &Handle) -> Result<Dump> {
     let mut links = std::collections::BTreeMap::new();
+    let mut peers = std::collections::BTreeMap::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream.try_next().await.context("dumping links (RTM_GETLINK)")? {
-        if let Update::NewLink { ifindex, name, flags } = link_update(&msg, false) {
+        if let Update::NewLink { ifindex, name, flags, peer } = link_update(&msg, false) {
             links.insert(ifindex, Link { ifindex, name, flags, addrs: BTreeSet::new() });
+            if let Some(p) = peer {
+                peers.insert(ifindex, p);
+                peers.insert(p, ifindex);
+            }
         }
     }
     let mut stream = handle.address().get().execute();
@@ -112,7 +131,7 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<Link>> {
             }
         }
     }
-    Ok(links.into_values().collect())
+    Ok(Dump { links: links.into_values().collect(), peers })
 }
 
 /// Clears `IFF_UP` on a link (`RTM_NEWLINK` with `ifi_change = IFF_UP`).
@@ -211,6 +230,36 @@ pub async fn dump_tun_links(handle: &Handle) -> Result<Vec<TunLink>> {
     Ok(out)
 }
 
+/// Largest `--rcvbuf` the kernel takes: `sk_setsockopt()` clamps the value to `INT_MAX / 2`
+/// before doubling it.
+pub const RCVBUF_MAX: usize = (i32::MAX / 2) as usize;
+
+/// `net.core.rmem_max` (/proc/sys/net/core/rmem_max): the ceiling of `SO_RCVBUF`; above it only
+/// `SO_RCVBUFFORCE` (CAP_NET_ADMIN) applies the size.
+pub fn rmem_max() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok()?.trim().parse().ok()
+}
+
+/// Sets the receive buffer to `size` bytes: `SO_RCVBUF` up to `net.core.rmem_max` (which would
+/// silently cap a larger request), `SO_RCVBUFFORCE` above it.
+fn set_rcvbuf(socket: &Socket, size: usize) -> Result<()> {
+    if size > RCVBUF_MAX {
+        anyhow::bail!("receive buffer {size} bytes is above the kernel's limit of {RCVBUF_MAX}");
+    }
+    let max = rmem_max().unwrap_or(usize::MAX);
+    let (opt, name) = if size > max { (libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE") } else { (libc::SO_RCVBUF, "SO_RCVBUF") };
+    let value = size as libc::c_int;
+    // SAFETY: a c_int option value of the size passed.
+    let r = unsafe {
+        libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, opt, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(e).with_context(|| format!("setting {name} to {size} bytes on the subscription socket (net.core.rmem_max is {max}; above it CAP_NET_ADMIN is needed)"));
+    }
+    Ok(())
+}
+
 /// One receive from the subscription socket.
 #[derive(Debug)]
 pub enum Received {
@@ -240,7 +289,7 @@ impl Subscription {
             socket.add_membership(group).with_context(|| format!("joining rtnetlink group {group}"))?;
         }
         if let Some(size) = rcvbuf {
-            socket.set_rx_buf_sz(size).context("setting SO_RCVBUF on the subscription socket")?;
+            set_rcvbuf(&socket, size)?;
         }
         socket.set_non_blocking(true)?;
         // SAFETY: the socket is owned by the AsyncFd and its fd stays open until it is dropped.
@@ -249,9 +298,10 @@ impl Subscription {
         Ok(Subscription { fd, buf: vec![0; 1 << 16] })
     }
 
-    /// The effective receive buffer in bytes (`SO_RCVBUF` as the kernel reports it).
-    pub fn rcvbuf(&self) -> usize {
-        self.fd.get_ref().get_rx_buf_sz().unwrap_or(0)
+    /// The effective receive buffer in bytes (`getsockopt(SO_RCVBUF)`: twice the request, at
+    /// least the kernel's minimum); `None` if it cannot be read.
+    pub fn rcvbuf(&self) -> Option<usize> {
+        self.fd.get_ref().get_rx_buf_sz().ok()
     }
 
     /// Drops every datagram already queued (after `ENOBUFS` the queue holds messages older than

@@ -128,3 +128,27 @@ pub fn all() -> Vec<NetnsHandle> {
     }
     out
 }
+
+/// pids of other processes with a thread whose netns is `ino` (`/proc/PID/ns/net` and
+/// `/proc/PID/task/TID/ns/net`): they keep the namespace alive after its name is removed.
+pub fn holders(ino: NetnsIno) -> Vec<u32> {
+    let own = std::process::id();
+    let is_ino = |path: PathBuf| std::fs::metadata(path).is_ok_and(|m| m.ino() as u32 == ino.0);
+    let Ok(procs) = procfs::process::all_processes() else { return Vec::new() };
+    let mut out: Vec<u32> = procs
+        .flatten()
+        .filter(|p| p.pid as u32 != own)
+        .filter(|p| {
+            is_ino(PathBuf::from(format!("/proc/{}/ns/net", p.pid)))
+                || p.tasks().is_ok_and(|ts| ts.flatten().any(|t| is_ino(PathBuf::from(format!("/proc/{}/task/{}/ns/net", p.pid, t.tid)))))
+        })
+        .map(|p| p.pid as u32)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The inode of the namespace named `name` under /run/netns, `None` once the name is gone.
+pub fn named_ino(name: &str) -> Option<NetnsIno> {
+    std::fs::metadata(Path::new(NETNS_RUN_DIR).join(name)).ok().map(|m| NetnsIno(m.ino() as u32))
+}

@@ -16,6 +16,10 @@ const RTM_DELLINK: u16 = 17;
 const RTM_SETLINK: u16 = 19;
 /// `IFLA_IFNAME`.
 const IFLA_IFNAME: u16 = 3;
+/// `IFLA_LINKINFO` (nested: `IFLA_INFO_KIND` 1, `IFLA_INFO_DATA` 2).
+const IFLA_LINKINFO: u16 = 18;
+/// `VETH_INFO_PEER` inside veth's `IFLA_INFO_DATA`: a `struct ifinfomsg` then the peer's attributes.
+const VETH_INFO_PEER: u16 = 1;
 /// How long a request may precede the change it caused (ns).
 pub const CAUSE_WINDOW_NS: u64 = 5_000_000_000;
 
@@ -55,6 +59,9 @@ pub struct LinkRequest {
     pub ifindex: Option<IfIndex>,
     /// `IFLA_IFNAME` or `ifr_name`.
     pub name: Option<String>,
+    /// For the creation of a veth pair: the peer's `IFLA_IFNAME` (`IFLA_LINKINFO` →
+    /// `IFLA_INFO_DATA` → `VETH_INFO_PEER`), when it lies within the captured bytes.
+    pub peer_name: Option<String>,
     /// Tracepoint that captured it.
     pub evidence: &'static str,
 }
@@ -70,14 +77,16 @@ pub struct Cause {
     pub comm: String,
     /// Request (`RTM_DELLINK`, `RTM_NEWLINK`, `SIOCSIFFLAGS`).
     pub request: &'static str,
-    /// Probe that saw it (`tracepoint:syscalls:sys_enter_sendmsg`).
-    pub evidence: &'static str,
+    /// Probe that saw it (`tracepoint:syscalls:sys_enter_sendmsg`), or `peer of <ifindex>`
+    /// (`peer of <name>` at creation, before the other end has an ifindex) when the request
+    /// made the other end of a veth pair and this end with it.
+    pub evidence: String,
 }
 
 /// Parses a captured request; `None` when the bytes are not a link request.
 pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
     let data = &ev.data[..(ev.len as usize).min(ev.data.len())];
-    let base = |op, ifindex: Option<IfIndex>, name: Option<String>, evidence| LinkRequest {
+    let base = |op, ifindex: Option<IfIndex>, name: Option<String>, peer_name: Option<String>, evidence| LinkRequest {
         ts_ns: ev.ts_ns,
         pid: ev.pid,
         tid: ev.tid,
@@ -86,6 +95,7 @@ pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
         op,
         ifindex,
         name,
+        peer_name,
         evidence,
     };
     if ev.via == link_request_via::IOCTL_SIOCSIFFLAGS {
@@ -95,7 +105,7 @@ pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
         }
         let flags = u16::from_ne_bytes([data[16], data[17]]) as u32;
         let name = comm_str(&data[..16]);
-        return Some(base(RequestOp::Set { flags, change: 0, create: false }, None, Some(name), "tracepoint:syscalls:sys_enter_ioctl"));
+        return Some(base(RequestOp::Set { flags, change: 0, create: false }, None, Some(name), None, "tracepoint:syscalls:sys_enter_ioctl"));
     }
     if data.len() < 32 {
         return None;
@@ -109,19 +119,14 @@ pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
     let index = u32_at(20);
     let flags = u32_at(24);
     let change = u32_at(28);
-    let mut name = None;
-    let mut off = 32;
-    while off + 4 <= msg_len {
-        let alen = u16_at(off) as usize;
-        let aty = u16_at(off + 2) & 0x3fff;
-        if alen < 4 || off + alen > msg_len {
-            break;
-        }
-        if aty == IFLA_IFNAME {
-            name = Some(comm_str(&data[off + 4..off + alen]));
-        }
-        off += (alen + 3) & !3;
-    }
+    let top = &data[32.min(msg_len)..msg_len];
+    let name = attr(top, IFLA_IFNAME).map(comm_str);
+    let peer_name = attr(top, IFLA_LINKINFO)
+        .and_then(|info| attr(info, 2))
+        .and_then(|data| attr(data, VETH_INFO_PEER))
+        .and_then(|peer| peer.get(16..))
+        .and_then(|attrs| attr(attrs, IFLA_IFNAME))
+        .map(comm_str);
     let op = match ty {
         RTM_DELLINK => RequestOp::Delete,
         RTM_NEWLINK | RTM_SETLINK => RequestOp::Set { flags, change, create: nl_flags & 0x400 != 0 },
@@ -132,7 +137,24 @@ pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
     } else {
         "tracepoint:syscalls:sys_enter_sendmsg"
     };
-    Some(base(op, (index != 0).then_some(IfIndex(index)), name, evidence))
+    Some(base(op, (index != 0).then_some(IfIndex(index)), name, peer_name, evidence))
+}
+
+/// The payload of the first netlink attribute of type `ty` in `attrs` (flag bits masked); an
+/// attribute cut off by the capture length ends the walk.
+fn attr(mut attrs: &[u8], ty: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let aty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if alen < 4 || alen > attrs.len() {
+            return None;
+        }
+        if aty == ty {
+            return Some(&attrs[4..alen]);
+        }
+        attrs = attrs.get((alen + 3) & !3..)?;
+    }
+    None
 }
 
 /// Recent requests, matched against changes as they arrive.
@@ -154,8 +176,30 @@ impl CauseTracker {
     }
 
     /// The most recent request in `netns` that explains `change` (`old_name`: the name the
-    /// interface had before a rename).
-    pub fn cause_of(&self, change: &Change, netns: NetnsIno) -> Option<Cause> {
+    /// interface had before a rename), made at most [`CAUSE_WINDOW_NS`] before `now_ns`
+    /// (CLOCK_MONOTONIC, the clock of the requests' `ts_ns`) and not after it.
+    pub fn cause_of(&self, change: &Change, netns: NetnsIno, now_ns: u64) -> Option<Cause> {
+        let found = self.request_for(change, netns, now_ns)?;
+        Some(Cause { pid: found.pid, tid: found.tid, comm: found.comm.clone(), request: request_name(found), evidence: found.evidence.to_string() })
+    }
+
+    /// The request that created a veth pair whose peer is `change` (a `created`/`recreated`
+    /// not named by any request), with the name the request gave the other end.
+    pub fn peer_creation(&self, change: &Change, netns: NetnsIno, now_ns: u64) -> Option<(Cause, Option<String>)> {
+        if !matches!(change.kind, ChangeKind::Created | ChangeKind::Recreated) {
+            return None;
+        }
+        let found = self.recent.iter().rev().find(|r| {
+            in_window(r, now_ns)
+                && (r.netns == netns || r.netns.0 == 0 || netns.0 == 0)
+                && matches!(r.op, RequestOp::Set { create: true, .. })
+                && r.peer_name.as_deref() == Some(change.name.as_str())
+        })?;
+        let cause = Cause { pid: found.pid, tid: found.tid, comm: found.comm.clone(), request: request_name(found), evidence: String::new() };
+        Some((cause, found.name.clone()))
+    }
+
+    fn request_for(&self, change: &Change, netns: NetnsIno, now_ns: u64) -> Option<&LinkRequest> {
         let names_match = |r: &LinkRequest| {
             r.name.as_deref() == Some(change.name.as_str())
                 || (change.old_name.is_some() && r.name.as_deref() == change.old_name.as_deref())
@@ -167,8 +211,9 @@ impl CauseTracker {
             }
             RequestOp::Delete => false,
         };
-        let found = self.recent.iter().rev().find(|r| {
-            (r.netns == netns || r.netns.0 == 0 || netns.0 == 0)
+        self.recent.iter().rev().find(|r| {
+            in_window(r, now_ns)
+                && (r.netns == netns || r.netns.0 == 0 || netns.0 == 0)
                 && match change.kind {
                     ChangeKind::Deleted => matches!(r.op, RequestOp::Delete) && target_match(r),
                     // A move is an RTM_NEWLINK carrying IFLA_NET_NS_FD/PID; deleting a netns moves nothing.
@@ -186,13 +231,20 @@ impl CauseTracker {
                     }
                     _ => false,
                 }
-        })?;
-        let request = match (&found.op, found.evidence) {
-            (_, "tracepoint:syscalls:sys_enter_ioctl") => "SIOCSIFFLAGS",
-            (RequestOp::Delete, _) => "RTM_DELLINK",
-            (RequestOp::Set { .. }, _) => "RTM_NEWLINK",
-        };
-        Some(Cause { pid: found.pid, tid: found.tid, comm: found.comm.clone(), request, evidence: found.evidence })
+        })
+    }
+}
+
+/// Made before `now_ns` and at most [`CAUSE_WINDOW_NS`] before it.
+fn in_window(r: &LinkRequest, now_ns: u64) -> bool {
+    r.ts_ns <= now_ns && now_ns - r.ts_ns <= CAUSE_WINDOW_NS
+}
+
+fn request_name(r: &LinkRequest) -> &'static str {
+    match (&r.op, r.evidence) {
+        (_, "tracepoint:syscalls:sys_enter_ioctl") => "SIOCSIFFLAGS",
+        (RequestOp::Delete, _) => "RTM_DELLINK",
+        (RequestOp::Set { .. }, _) => "RTM_NEWLINK",
     }
 }
 
@@ -225,6 +277,9 @@ mod tests {
         }
     }
 
+    /// Just after the requests of [`nl_request`] (made at 1,000 ns).
+    const NOW: u64 = 2_000;
+
     fn change(kind: ChangeKind, ifindex: u32, name: &str) -> Change {
         Change { kind, ifindex: IfIndex(ifindex), name: name.into(), old_name: None, old_ifindex: None, address: None }
     }
@@ -234,16 +289,16 @@ mod tests {
         // Live order: each change is matched when it arrives, after its own request.
         let mut t = CauseTracker::default();
         t.push(parse_request(&nl_request(RTM_NEWLINK, 1, 5, 0, IFF_UP, None)).unwrap());
-        assert_eq!(t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9)).unwrap().request, "RTM_NEWLINK");
-        assert!(t.cause_of(&change(ChangeKind::Up, 5, "v0"), NetnsIno(9)).is_none(), "a down request does not explain up");
-        assert!(t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(9)).is_none(), "a down request does not explain a delete");
+        assert_eq!(t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9), NOW).unwrap().request, "RTM_NEWLINK");
+        assert!(t.cause_of(&change(ChangeKind::Up, 5, "v0"), NetnsIno(9), NOW).is_none(), "a down request does not explain up");
+        assert!(t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(9), NOW).is_none(), "a down request does not explain a delete");
         t.push(parse_request(&nl_request(RTM_DELLINK, 1, 5, 0, 0, None)).unwrap());
-        let del = t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(9)).unwrap();
+        let del = t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(9), NOW).unwrap();
         assert_eq!((del.pid, del.comm.as_str(), del.request), (77, "ip", "RTM_DELLINK"));
-        let implied = t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9)).unwrap();
+        let implied = t.cause_of(&change(ChangeKind::Down, 5, "v0"), NetnsIno(9), NOW).unwrap();
         assert_eq!(implied.request, "RTM_DELLINK", "deleting an up link takes it down first");
-        assert!(t.cause_of(&change(ChangeKind::Deleted, 6, "v1"), NetnsIno(9)).is_none());
-        assert!(t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(10)).is_none(), "other netns");
+        assert!(t.cause_of(&change(ChangeKind::Deleted, 6, "v1"), NetnsIno(9), NOW).is_none());
+        assert!(t.cause_of(&change(ChangeKind::Deleted, 5, "v0"), NetnsIno(10), NOW).is_none(), "other netns");
     }
 
     #[test]
@@ -254,9 +309,54 @@ mod tests {
         assert_eq!(req.ifindex, None);
         t.push(req);
         t.push(parse_request(&nl_request(RTM_NEWLINK, 1 | 0x400, 0, 0, 0, Some("tun8"))).unwrap());
-        assert!(t.cause_of(&change(ChangeKind::Deleted, 12, "tun7"), NetnsIno(9)).is_some());
-        assert!(t.cause_of(&change(ChangeKind::Created, 13, "tun8"), NetnsIno(9)).is_some());
-        assert!(t.cause_of(&change(ChangeKind::Created, 13, "tun9"), NetnsIno(9)).is_none());
+        assert!(t.cause_of(&change(ChangeKind::Deleted, 12, "tun7"), NetnsIno(9), NOW).is_some());
+        assert!(t.cause_of(&change(ChangeKind::Created, 13, "tun8"), NetnsIno(9), NOW).is_some());
+        assert!(t.cause_of(&change(ChangeKind::Created, 13, "tun9"), NetnsIno(9), NOW).is_none());
+    }
+
+    #[test]
+    fn requests_outside_the_window_or_after_the_change_explain_nothing() {
+        let mut t = CauseTracker::default();
+        t.push(parse_request(&nl_request(RTM_DELLINK, 1, 5, 0, 0, None)).unwrap());
+        let del = change(ChangeKind::Deleted, 5, "v0");
+        assert!(t.cause_of(&del, NetnsIno(9), 1_000 + CAUSE_WINDOW_NS).is_some(), "at the window's edge");
+        assert!(t.cause_of(&del, NetnsIno(9), 1_001 + CAUSE_WINDOW_NS).is_none(), "stale request");
+        assert!(t.cause_of(&del, NetnsIno(9), 999).is_none(), "a request made after the change did not cause it");
+    }
+
+    #[test]
+    fn veth_creation_names_its_peer() {
+        // ip link add va type veth peer name vb: IFLA_IFNAME, then IFLA_LINKINFO { KIND "veth",
+        // DATA { VETH_INFO_PEER { ifinfomsg, IFLA_IFNAME "vb" } } }.
+        let mut ev = nl_request(RTM_NEWLINK, 1 | 0x400, 0, 0, 0, Some("va"));
+        let nla = |ty: u16, payload: &[u8]| {
+            let mut v = Vec::new();
+            v.extend(((4 + payload.len()) as u16).to_ne_bytes());
+            v.extend(ty.to_ne_bytes());
+            v.extend(payload);
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+            v
+        };
+        let mut peer = vec![0u8; 16];
+        peer.extend(nla(IFLA_IFNAME, b"vb\0"));
+        let data = nla(2 | 0x8000, &nla(VETH_INFO_PEER | 0x8000, &peer));
+        let mut info = nla(1, b"veth\0");
+        info.extend(data);
+        let linkinfo = nla(IFLA_LINKINFO | 0x8000, &info);
+        let start = u32::from_ne_bytes([ev.data[0], ev.data[1], ev.data[2], ev.data[3]]) as usize;
+        ev.data[start..start + linkinfo.len()].copy_from_slice(&linkinfo);
+        ev.data[0..4].copy_from_slice(&((start + linkinfo.len()) as u32).to_ne_bytes());
+        let req = parse_request(&ev).unwrap();
+        assert_eq!((req.name.as_deref(), req.peer_name.as_deref()), (Some("va"), Some("vb")));
+        let mut t = CauseTracker::default();
+        t.push(req);
+        assert!(t.cause_of(&change(ChangeKind::Created, 8, "vb"), NetnsIno(9), NOW).is_none(), "not named by the request");
+        let (cause, other) = t.peer_creation(&change(ChangeKind::Created, 8, "vb"), NetnsIno(9), NOW).unwrap();
+        assert_eq!((cause.pid, cause.request, other.as_deref()), (77, "RTM_NEWLINK", Some("va")));
+        assert!(t.peer_creation(&change(ChangeKind::Created, 9, "vc"), NetnsIno(9), NOW).is_none());
+        assert!(t.peer_creation(&change(ChangeKind::Deleted, 8, "vb"), NetnsIno(9), NOW).is_none());
     }
 
     #[test]

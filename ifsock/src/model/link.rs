@@ -55,6 +55,10 @@ pub enum Update {
         name: String,
         /// `ifi_flags`.
         flags: u32,
+        /// The other end of a veth pair in the same netns (`IFLA_LINK` without
+        /// `IFLA_LINK_NETNSID`; `veth_get_iflink()` reports the peer's ifindex once the pair is
+        /// linked, which is after the peer's own first `RTM_NEWLINK`).
+        peer: Option<IfIndex>,
     },
     /// `RTM_DELLINK`; `moved` when it carries `IFLA_NEW_NETNSID` (a netns move, not a deletion).
     DelLink {
@@ -158,10 +162,23 @@ impl Change {
     }
 }
 
+/// A full dump of one netns: links with their addresses, and veth peers within the netns
+/// (`IFLA_LINK`, ifindex → peer ifindex).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dump {
+    /// Links with addresses.
+    pub links: Vec<Link>,
+    /// Same-netns peers (`IFLA_LINK`), both directions when both ends were dumped.
+    pub peers: BTreeMap<IfIndex, IfIndex>,
+}
+
 /// Interfaces of one netns, keyed by ifindex, with recently deleted names.
 #[derive(Clone, Debug, Default)]
 pub struct LinkTable {
     links: BTreeMap<IfIndex, Link>,
+    /// Same-netns veth peers (`IFLA_LINK`), kept after a deletion until the peer goes too so
+    /// that the second end of a pair deleted by one request can be tied to the first.
+    peers: BTreeMap<IfIndex, IfIndex>,
     deleted: HashMap<String, IfIndex>,
     deleted_order: VecDeque<String>,
 }
@@ -187,6 +204,25 @@ impl LinkTable {
         self.deleted.get(name).copied()
     }
 
+    /// The other end of a veth pair in this netns (`IFLA_LINK`), also just after either end
+    /// was deleted.
+    pub fn peer_of(&self, ifindex: IfIndex) -> Option<IfIndex> {
+        self.peers.get(&ifindex).copied()
+    }
+
+    /// Records the peers of a dump, replacing the known ones (call after the changes of
+    /// [`LinkTable::diff_and_replace`] were attributed: they may need the old pairs).
+    pub fn set_peers(&mut self, peers: BTreeMap<IfIndex, IfIndex>) {
+        self.peers = peers;
+    }
+
+    fn note_peer(&mut self, ifindex: IfIndex, peer: Option<IfIndex>) {
+        if let Some(p) = peer.filter(|p| p.0 != 0 && *p != ifindex) {
+            self.peers.insert(ifindex, p);
+            self.peers.insert(p, ifindex);
+        }
+    }
+
     fn remember_deleted(&mut self, name: &str, ifindex: IfIndex) {
         if self.deleted.insert(name.to_string(), ifindex).is_none() {
             self.deleted_order.push_back(name.to_string());
@@ -210,38 +246,16 @@ impl LinkTable {
     /// `RTM_NEWLINK` messages repeat the state).
     pub fn apply(&mut self, update: Update) -> Vec<Change> {
         match update {
-            Update::NewLink { ifindex, name, flags } => match self.links.get_mut(&ifindex) {
-                None => {
-                    let mut change = Change::new(ChangeKind::Created, ifindex, &name);
-                    if let Some(old) = self.forget_deleted(&name) {
-                        if old != ifindex {
-                            change.kind = ChangeKind::Recreated;
-                            change.old_ifindex = Some(old);
-                        }
-                    }
-                    let mut out = vec![change];
-                    let link = Link { ifindex, name, flags, addrs: BTreeSet::new() };
-                    out.extend(flag_changes(0, &link));
-                    self.links.insert(ifindex, link);
-                    out
-                }
-                Some(link) => {
-                    let mut out = Vec::new();
-                    if link.name != name {
-                        let mut c = Change::new(ChangeKind::Renamed, ifindex, &name);
-                        c.old_name = Some(std::mem::replace(&mut link.name, name));
-                        out.push(c);
-                    }
-                    let before = link.flags;
-                    link.flags = flags;
-                    out.extend(flag_changes(before, link));
-                    out
-                }
-            },
+            Update::NewLink { ifindex, name, flags, peer } => {
+                self.note_peer(ifindex, peer);
+                self.apply_newlink(ifindex, name, flags)
+            }
             Update::DelLink { ifindex, name, moved } => {
                 let Some(link) = self.links.remove(&ifindex) else {
                     return Vec::new();
                 };
+                // Keep the pair while its other end still exists (it goes next, by the same request).
+                self.prune_peers_except(ifindex);
                 let kind = if moved { ChangeKind::MovedOut } else { ChangeKind::Deleted };
                 let name = if name.is_empty() { link.name } else { name };
                 if !moved {
@@ -267,6 +281,47 @@ impl LinkTable {
                 }
                 _ => Vec::new(),
             },
+        }
+    }
+
+    /// Drops peer entries whose both ends are gone, except the pair of `just_deleted` (its
+    /// other end is about to be deleted by the same request).
+    fn prune_peers_except(&mut self, just_deleted: IfIndex) {
+        let keep = self.peers.get(&just_deleted).copied();
+        let links = &self.links;
+        self.peers.retain(|a, b| {
+            links.contains_key(a) || links.contains_key(b) || *a == just_deleted || Some(*a) == keep
+        });
+    }
+
+    fn apply_newlink(&mut self, ifindex: IfIndex, name: String, flags: u32) -> Vec<Change> {
+        match self.links.get_mut(&ifindex) {
+            None => {
+                let mut change = Change::new(ChangeKind::Created, ifindex, &name);
+                if let Some(old) = self.forget_deleted(&name) {
+                    if old != ifindex {
+                        change.kind = ChangeKind::Recreated;
+                        change.old_ifindex = Some(old);
+                    }
+                }
+                let mut out = vec![change];
+                let link = Link { ifindex, name, flags, addrs: BTreeSet::new() };
+                out.extend(flag_changes(0, &link));
+                self.links.insert(ifindex, link);
+                out
+            }
+            Some(link) => {
+                let mut out = Vec::new();
+                if link.name != name {
+                    let mut c = Change::new(ChangeKind::Renamed, ifindex, &name);
+                    c.old_name = Some(std::mem::replace(&mut link.name, name));
+                    out.push(c);
+                }
+                let before = link.flags;
+                link.flags = flags;
+                out.extend(flag_changes(before, link));
+                out
+            }
         }
     }
 
@@ -366,7 +421,7 @@ mod tests {
         c.iter().map(|c| c.kind).collect()
     }
     fn new_link(i: u32, name: &str, flags: u32) -> Update {
-        Update::NewLink { ifindex: IfIndex(i), name: name.into(), flags }
+        Update::NewLink { ifindex: IfIndex(i), name: name.into(), flags, peer: None }
     }
 
     #[test]

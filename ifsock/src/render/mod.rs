@@ -3,6 +3,7 @@
 pub mod fmt;
 pub mod hung;
 pub mod teardown;
+pub mod watch;
 
 use std::io::Write;
 

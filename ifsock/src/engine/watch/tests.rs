@@ -1,0 +1,376 @@
+//! The watch correlator fed fake inputs: no root, no kernel.
+use std::{collections::BTreeSet, net::IpAddr};
+
+use super::*;
+use crate::{
+    model::{
+        event::{RequestOp, LinkRequest},
+        link::{IFF_LOWER_UP, IFF_UP},
+        sock_error::CurrentTask,
+        socket::Binding,
+    },
+    model::receiver::{Certainty, IfaceState, IfaceTie},
+};
+
+const NS: NetnsIno = NetnsIno(7);
+const NS2: NetnsIno = NetnsIno(8);
+/// Requests in these tests are made at 1 s (CLOCK_MONOTONIC ns).
+const T0_NS: u64 = 1_000_000_000;
+
+/// A clock `ms` milliseconds after a fixed start (requests are made at `T0_NS`).
+struct Clock(Instant);
+impl Clock {
+    fn at(&self, ms: u64) -> Now {
+        Now { at: self.0 + Duration::from_millis(ms), mono_ns: T0_NS + ms * 1_000_000, unix_ns: 1_700_000_000_000_000_000 + ms * 1_000_000 }
+    }
+}
+
+/// Fixed sockets per netns; counts the snapshots asked for.
+#[derive(Default)]
+struct Fake {
+    sockets: HashMap<NetnsIno, Vec<Socket>>,
+    asked: usize,
+}
+impl SocketSource for Fake {
+    fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>> {
+        self.asked += 1;
+        Ok(self.sockets.get(&netns).cloned().unwrap_or_default())
+    }
+}
+
+fn config() -> Config {
+    Config { iface: None, sockets: true, recv_tracking: true, stranded_after: Duration::from_secs(1) }
+}
+
+fn link(i: u32, name: &str, flags: u32, addrs: &[&str]) -> Link {
+    Link { ifindex: IfIndex(i), name: name.into(), flags, addrs: addrs.iter().map(|a| a.parse().unwrap()).collect::<BTreeSet<IpAddr>>() }
+}
+
+fn dump(links: Vec<Link>, pairs: &[(u32, u32)]) -> Dump {
+    let mut peers = BTreeMap::new();
+    for (a, b) in pairs {
+        peers.insert(IfIndex(*a), IfIndex(*b));
+        peers.insert(IfIndex(*b), IfIndex(*a));
+    }
+    Dump { links, peers }
+}
+
+fn newlink(i: u32, name: &str, flags: u32, peer: Option<u32>) -> Update {
+    Update::NewLink { ifindex: IfIndex(i), name: name.into(), flags, peer: peer.map(IfIndex) }
+}
+
+fn dellink(i: u32, name: &str) -> Update {
+    Update::DelLink { ifindex: IfIndex(i), name: name.into(), moved: false }
+}
+
+fn request(op: RequestOp, ifindex: Option<u32>, name: Option<&str>, peer_name: Option<&str>) -> KernelInput {
+    KernelInput::LinkRequest(LinkRequest {
+        ts_ns: T0_NS,
+        pid: 77,
+        tid: 77,
+        comm: "ip".into(),
+        netns: NS,
+        op,
+        ifindex: ifindex.map(IfIndex),
+        name: name.map(String::from),
+        peer_name: peer_name.map(String::from),
+        evidence: "tracepoint:syscalls:sys_enter_sendmsg",
+    })
+}
+
+fn udp(ino: u64, netns: NetnsIno, local: [u8; 4], port: u16, bound_dev_if: u32, pktinfo: bool) -> Socket {
+    let mut laddr = [0u8; 16];
+    laddr[..4].copy_from_slice(&local);
+    Socket::from_record(&ifsock_common::SockRecord {
+        sk: ino, ino, netns: netns.0, uid: 0, bound_dev_if, family: 2, protocol: 17, state: 7, lport: port, rport: 0,
+        flags: if pktinfo { ifsock_common::sock_flags::PKTINFO } else { 0 }, laddr, raddr: [0; 16], rx_queue: 0, drops: 0,
+    })
+}
+
+fn changes(records: &[WatchRecord]) -> Vec<&ChangeEvent> {
+    records.iter().filter_map(|r| if let WatchRecord::Change(c) = r { Some(c) } else { None }).collect()
+}
+
+fn kinds(records: &[WatchRecord]) -> Vec<(ChangeKind, u32, Source)> {
+    changes(records).iter().map(|c| (c.change.kind, c.change.ifindex.0, c.source)).collect()
+}
+
+fn engine_with(links: Vec<Link>, pairs: &[(u32, u32)], fake: &mut Fake, clock: &Clock) -> WatchEngine {
+    let mut e = WatchEngine::new(config());
+    assert!(e.add_netns(NS, Some("demo".into()), dump(links, pairs), false, &clock.at(0), fake).is_empty(), "the start-up dump is state, not changes");
+    e
+}
+
+#[test]
+fn live_updates_are_netlink_and_dump_differences_are_resync_or_reconcile() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(1, "lo", IFF_UP, &[]), link(5, "v0", IFF_UP | IFF_LOWER_UP, &[])], &[], &mut fake, &clock);
+    let live = e.on_updates(NS, vec![newlink(5, "v0", IFF_LOWER_UP, None), newlink(5, "v0", IFF_LOWER_UP, None)], &clock.at(1), &mut fake);
+    assert_eq!(kinds(&live), vec![(ChangeKind::Down, 5, Source::Netlink)], "a repeated state is no change");
+    e.on_overrun(NS);
+    let resync = e.on_dump(NS, dump(vec![link(1, "lo", IFF_UP, &[]), link(9, "v9", 0, &[])], &[]), Source::Resync, &clock.at(2), &mut fake);
+    assert_eq!(kinds(&resync), vec![(ChangeKind::Deleted, 5, Source::Resync), (ChangeKind::Created, 9, Source::Resync)]);
+    e.on_reconcile();
+    let same = e.on_dump(NS, dump(vec![link(1, "lo", IFF_UP, &[]), link(9, "v9", 0, &[])], &[]), Source::Reconcile, &clock.at(3), &mut fake);
+    assert!(same.is_empty(), "an unchanged dump reports nothing");
+    let late = e.on_dump(NS, dump(vec![link(1, "lo", IFF_UP, &[]), link(9, "v9", IFF_UP, &["10.0.0.9"])], &[]), Source::Reconcile, &clock.at(4), &mut fake);
+    assert_eq!(kinds(&late), vec![(ChangeKind::Up, 9, Source::Reconcile), (ChangeKind::AddressAdded, 9, Source::Reconcile)]);
+    let c = e.counters();
+    assert_eq!((c.netlink_messages, c.events, c.enobufs, c.resyncs, c.resync_changes, c.reconciles, c.reconcile_changes), (1, 5, 1, 1, 2, 1, 2));
+}
+
+#[test]
+fn rename_and_recreate_keep_the_old_name_and_ifindex() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "wg0", IFF_UP, &[])], &[], &mut fake, &clock);
+    let r = e.on_updates(NS, vec![newlink(5, "wg1", IFF_UP, None)], &clock.at(1), &mut fake);
+    let renamed = changes(&r)[0];
+    assert_eq!((renamed.change.kind, renamed.change.old_name.as_deref(), renamed.change.name.as_str()), (ChangeKind::Renamed, Some("wg0"), "wg1"));
+    e.on_updates(NS, vec![dellink(5, "wg1")], &clock.at(2), &mut fake);
+    let r = e.on_updates(NS, vec![newlink(6, "wg1", 0, None)], &clock.at(3), &mut fake);
+    let again = changes(&r)[0];
+    assert_eq!((again.change.kind, again.change.ifindex, again.change.old_ifindex), (ChangeKind::Recreated, IfIndex(6), Some(IfIndex(5))));
+    // Filtering by name follows the interface by its previous name too.
+    let mut f = WatchEngine::new(Config { iface: Some("wg0".into()), ..config() });
+    f.add_netns(NS, None, dump(vec![link(5, "wg0", IFF_UP, &[]), link(8, "other", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
+    let r = f.on_updates(NS, vec![newlink(5, "wg1", IFF_UP, None), newlink(8, "other", 0, None)], &clock.at(1), &mut fake);
+    assert_eq!(kinds(&r), vec![(ChangeKind::Renamed, 5, Source::Netlink)]);
+    assert_eq!(f.counters().events, 1, "filtered-out changes are not counted as events");
+}
+
+#[test]
+fn a_move_pairs_out_and_in_within_the_pairing_bound_only() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "mv", IFF_UP, &[])], &[], &mut fake, &clock);
+    e.add_netns(NS2, Some("other".into()), dump(vec![], &[]), false, &clock.at(0), &mut fake);
+    let out = e.on_updates(NS, vec![Update::DelLink { ifindex: IfIndex(5), name: "mv".into(), moved: true }], &clock.at(1), &mut fake);
+    assert_eq!(kinds(&out), vec![(ChangeKind::MovedOut, 5, Source::Netlink)]);
+    let arrived = e.on_updates(NS2, vec![newlink(3, "mv", 0, None)], &clock.at(100), &mut fake);
+    let c = changes(&arrived)[0];
+    assert_eq!((c.change.kind, c.from_netns, c.netns), (ChangeKind::MovedIn, Some(NS), NS2));
+    // Past the bound, an arrival is a creation.
+    e.on_updates(NS2, vec![Update::DelLink { ifindex: IfIndex(3), name: "mv".into(), moved: true }], &clock.at(200), &mut fake);
+    let late = e.on_updates(NS, vec![newlink(11, "mv", 0, None)], &clock.at(200 + MOVE_PAIRING.as_millis() as u64 + 1), &mut fake);
+    let c = changes(&late)[0];
+    assert_eq!((c.change.kind, c.from_netns), (ChangeKind::Created, None), "unpaired past {MOVE_PAIRING:?}");
+}
+
+#[test]
+fn a_move_never_pairs_within_one_netns() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "mv", IFF_UP, &[])], &[], &mut fake, &clock);
+    e.on_updates(NS, vec![Update::DelLink { ifindex: IfIndex(5), name: "mv".into(), moved: true }], &clock.at(1), &mut fake);
+    let back = e.on_updates(NS, vec![newlink(12, "mv", 0, None)], &clock.at(2), &mut fake);
+    assert_eq!(changes(&back)[0].change.kind, ChangeKind::Created);
+}
+
+#[test]
+fn removed_addresses_tie_address_bound_sockets_to_the_deletion_for_a_while() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let bound = udp(100, NS, [10, 1, 0, 1], 6102, 0, false);
+    let by_dev = udp(101, NS, [0, 0, 0, 0], 6101, 5, false);
+    let elsewhere = udp(102, NS, [10, 2, 0, 1], 6103, 0, false);
+    fake.sockets.insert(NS, vec![bound, by_dev, elsewhere]);
+    let mut e = engine_with(vec![link(5, "v0", IFF_UP, &["10.1.0.1"]), link(6, "v1", IFF_UP, &["10.1.0.2"])], &[], &mut fake, &clock);
+    // Unregister order: RTM_DELADDR first, then RTM_DELLINK (separate datagrams).
+    let r = e.on_updates(NS, vec![Update::DelAddr { ifindex: IfIndex(5), addr: "10.1.0.1".parse().unwrap() }], &clock.at(1), &mut fake);
+    assert!(changes(&r)[0].sockets.is_empty(), "address changes carry no sockets");
+    let r = e.on_updates(NS, vec![dellink(5, "v0")], &clock.at(2), &mut fake);
+    let del = changes(&r)[0];
+    let inodes: BTreeSet<u64> = del.sockets.iter().map(|s| s.socket.inode.0).collect();
+    assert_eq!(inodes, BTreeSet::from([100, 101]), "{:?}", del.sockets);
+    assert!(del.sockets.iter().any(|s| s.socket.inode.0 == 100 && s.binding == Some(Binding::Address)));
+    // The memory is bounded in time: an address removed long before the deletion is forgotten.
+    e.on_updates(NS, vec![Update::DelAddr { ifindex: IfIndex(6), addr: "10.1.0.2".parse().unwrap() }], &clock.at(3), &mut fake);
+    fake.sockets.insert(NS, vec![udp(103, NS, [10, 1, 0, 2], 6104, 0, false)]);
+    let r = e.on_updates(NS, vec![dellink(6, "v1")], &clock.at(3 + REMOVED_ADDR_MEMORY.as_millis() as u64 + 1), &mut fake);
+    assert!(changes(&r)[0].sockets.is_empty(), "{:?}", changes(&r)[0].sockets);
+}
+
+#[test]
+fn one_snapshot_serves_a_whole_datagram_and_none_is_taken_without_sockets() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with((1..=4).map(|i| link(i, &format!("v{i}"), IFF_UP, &[])).collect(), &[], &mut fake, &clock);
+    e.on_updates(NS, (1..=4).map(|i| newlink(i, &format!("v{i}"), 0, None)).collect(), &clock.at(1), &mut fake);
+    assert_eq!(fake.asked, 1);
+    let mut quiet = WatchEngine::new(Config { sockets: false, ..config() });
+    quiet.add_netns(NS, None, dump(vec![link(1, "v1", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
+    quiet.on_updates(NS, vec![newlink(1, "v1", 0, None)], &clock.at(1), &mut fake);
+    assert_eq!(fake.asked, 1, "--no-sockets takes no snapshot");
+}
+
+#[test]
+fn a_request_explains_the_change_that_follows_it_within_the_window() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "v0", IFF_UP, &[]), link(6, "v1", IFF_UP, &[])], &[], &mut fake, &clock);
+    e.on_kernel(request(RequestOp::Set { flags: 0, change: IFF_UP, create: false }, Some(5), None, None));
+    let r = e.on_updates(NS, vec![newlink(5, "v0", 0, None)], &clock.at(10), &mut fake);
+    let cause = changes(&r)[0].cause.clone().unwrap();
+    assert_eq!((cause.pid, cause.request, cause.evidence.as_str()), (77, "RTM_NEWLINK", "tracepoint:syscalls:sys_enter_sendmsg"));
+    let r = e.on_updates(NS, vec![newlink(6, "v1", 0, None)], &clock.at(11), &mut fake);
+    assert!(changes(&r)[0].cause.is_none(), "a request for another interface explains nothing");
+    // The same request, seen again past the window, is stale.
+    let r = e.on_updates(NS, vec![newlink(5, "v0", IFF_UP, None), newlink(5, "v0", 0, None)], &clock.at(CAUSE_WINDOW_NS / 1_000_000 + 1), &mut fake);
+    assert!(changes(&r).iter().all(|c| c.cause.is_none()), "stale request");
+}
+
+#[test]
+fn deleting_one_end_of_a_veth_gives_both_ends_the_request() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "va", IFF_UP | IFF_LOWER_UP, &[]), link(6, "vb", IFF_UP | IFF_LOWER_UP, &[]), link(7, "vc", IFF_UP, &[])], &[(5, 6)], &mut fake, &clock);
+    e.on_kernel(request(RequestOp::Delete, Some(5), None, None));
+    // The peer's notification may come first or last: both orders attribute it.
+    let r = e.on_updates(NS, vec![dellink(6, "vb"), dellink(5, "va"), dellink(7, "vc")], &clock.at(5), &mut fake);
+    let by: Vec<(u32, Option<String>)> = changes(&r).iter().map(|c| (c.change.ifindex.0, c.cause.as_ref().map(|c| c.evidence.clone()))).collect();
+    assert_eq!(
+        by,
+        vec![(6, Some("peer of 5".into())), (5, Some("tracepoint:syscalls:sys_enter_sendmsg".into())), (7, None)],
+        "an unrelated link deleted in the same batch gets no cause"
+    );
+    assert!(changes(&r).iter().filter(|c| c.cause.is_some()).all(|c| c.cause.as_ref().is_some_and(|c| c.pid == 77 && c.request == "RTM_DELLINK")));
+}
+
+#[test]
+fn the_peer_learned_live_and_a_resync_attribute_too() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![], &[], &mut fake, &clock);
+    // veth_newlink(): the peer's RTM_NEWLINK first (not linked yet), then the named end's with IFLA_LINK.
+    e.on_kernel(request(RequestOp::Set { flags: 0, change: 0, create: true }, None, Some("va"), Some("vb")));
+    let r = e.on_updates(NS, vec![newlink(6, "vb", 0, None), newlink(7, "va", 0, Some(6))], &clock.at(1), &mut fake);
+    let created: Vec<(u32, Option<String>)> = changes(&r).iter().map(|c| (c.change.ifindex.0, c.cause.as_ref().map(|c| c.evidence.clone()))).collect();
+    assert_eq!(created, vec![(6, Some("peer of va".into())), (7, Some("tracepoint:syscalls:sys_enter_sendmsg".into()))]);
+    // Both deletions found by a resync after ENOBUFS: the pair known before the dump still ties them.
+    e.on_kernel(request(RequestOp::Delete, Some(7), None, None));
+    e.on_overrun(NS);
+    let r = e.on_dump(NS, dump(vec![], &[]), Source::Resync, &clock.at(2), &mut fake);
+    let deleted: Vec<(u32, Option<String>)> = changes(&r).iter().map(|c| (c.change.ifindex.0, c.cause.as_ref().map(|c| c.evidence.clone()))).collect();
+    assert_eq!(deleted, vec![(6, Some("peer of 7".into())), (7, Some("tracepoint:syscalls:sys_enter_sendmsg".into()))]);
+}
+
+#[test]
+fn kernel_device_evidence_marks_the_source_and_stands_in_for_a_cause() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "v0", IFF_UP, &[])], &[], &mut fake, &clock);
+    e.on_kernel(KernelInput::Device(KernelEvidence { reason: "unregister", via: "fentry", pid: 0, tid: 0, comm: "kworker/0:1".into(), ts_ns: T0_NS, key: (NS, IfIndex(5)) }));
+    let r = e.on_updates(NS, vec![dellink(5, "v0")], &clock.at(1), &mut fake);
+    let c = changes(&r)[0];
+    assert_eq!(c.source, Source::KernelNetlink);
+    let cause = c.cause.clone().unwrap();
+    assert_eq!((cause.request, cause.evidence.as_str(), cause.comm.as_str()), ("none (kernel context)", "fentry:device", "kworker/0:1"));
+}
+
+fn receiver(tid: u32, pktinfo: bool, ties: Vec<IfaceTie>) -> HungReceiver {
+    HungReceiver {
+        pid: tid, tid, netns: NS, comm: "server".into(), syscall: "recvmsg", fd: Some(3), fd_open: true, blocked_ns: Some(2_000_000_000),
+        blocked_source: "syscall_entry", probe: None, in_wait: None, certainty: Certainty::Exact, evidence: String::new(), orphaned: false,
+        socket: Some(udp(200 + tid as u64, NS, [0, 0, 0, 0], 6000, 0, pktinfo)), candidates: vec![], interfaces: ties, stranded: true,
+    }
+}
+
+fn tie(i: u32, binding: Binding, state: IfaceState) -> IfaceTie {
+    IfaceTie { ifindex: IfIndex(i), name: None, binding, state }
+}
+
+fn stranded(records: &[WatchRecord]) -> Vec<(u32, &'static str, ChangeKind)> {
+    records.iter().filter_map(|r| if let WatchRecord::ReceiverStranded(s) = r { Some((s.receiver.tid, s.phase, s.change.kind)) } else { None }).collect()
+}
+
+#[test]
+fn a_wildcard_pktinfo_receiver_is_stranded_by_the_deleted_veth_not_by_its_peers_down() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "va", IFF_UP, &[]), link(6, "vb", IFF_UP, &[])], &[(5, 6)], &mut fake, &clock);
+    assert!(!e.wants_receiver_scan());
+    e.on_updates(NS, vec![newlink(6, "vb", 0, Some(5)), dellink(5, "va")], &clock.at(1), &mut fake);
+    assert!(e.wants_receiver_scan(), "a down and a delete wait for one receiver scan");
+    let ctx = e.receiver_context();
+    assert_eq!(ctx.deleted[&NS].iter().map(|l| l.ifindex.0).collect::<Vec<_>>(), vec![5], "the scan ties receivers to the deleted link");
+    // The scan: the seed-003 receiver (wildcard + IP_PKTINFO) sees va deleted and vb down; a
+    // plain wildcard receiver sees the same; a device-bound receiver on vb is stranded by its down.
+    let seed = receiver(10, true, vec![tie(5, Binding::Wildcard, IfaceState::Deleted), tie(6, Binding::Wildcard, IfaceState::Down)]);
+    let plain = receiver(11, false, vec![tie(5, Binding::Wildcard, IfaceState::Deleted), tie(6, Binding::Wildcard, IfaceState::Down)]);
+    let on_vb = receiver(12, false, vec![tie(6, Binding::Device, IfaceState::Down)]);
+    let r = e.on_receivers(&[seed.clone(), plain.clone(), on_vb.clone()], &clock.at(2));
+    assert_eq!(stranded(&r), vec![(12, "interface_change", ChangeKind::Down), (10, "interface_change", ChangeKind::Deleted)]);
+    // Still blocked: once, after the threshold; a receiver that woke (absent) is forgotten.
+    assert!(e.on_receivers(&[seed.clone(), on_vb.clone()], &clock.at(500)).is_empty(), "before the threshold");
+    let r = e.on_receivers(std::slice::from_ref(&seed), &clock.at(2 + 1000));
+    assert_eq!(stranded(&r), vec![(10, "threshold", ChangeKind::Deleted)]);
+    assert!(e.on_receivers(&[seed], &clock.at(5000)).is_empty(), "the threshold is reported once");
+    assert!(e.following_stranded());
+    assert!(e.on_receivers(&[], &clock.at(6000)).is_empty());
+    assert!(!e.wants_receiver_scan(), "woken receivers are no longer followed");
+}
+
+#[test]
+fn without_receive_tracking_nothing_waits_for_a_scan() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = WatchEngine::new(Config { recv_tracking: false, ..config() });
+    e.add_netns(NS, None, dump(vec![link(5, "va", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
+    e.on_updates(NS, vec![dellink(5, "va")], &clock.at(1), &mut fake);
+    assert!(!e.wants_receiver_scan());
+}
+
+fn sock_error(netns: Option<NetnsIno>, port: u16) -> SockError {
+    SockError {
+        ts_ns: T0_NS, errno: 111, netns, inode: netns.map(|_| SockInode(300)), bound_dev_if: 0, family: 4, protocol: 17,
+        local: format!("127.0.0.1:{port}").parse().unwrap(), remote: "127.0.0.1:9".parse().unwrap(),
+        task: CurrentTask { pid: 0, tid: 0, comm: "swapper/0".into() }, via: if netns.is_some() { SockErrorProbe::TpBtf } else { SockErrorProbe::Tracepoint },
+    }
+}
+
+#[test]
+fn socket_errors_are_placed_once_and_ambiguous_ones_counted_unmatched() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(1, "lo", IFF_UP, &["127.0.0.1"])], &[], &mut fake, &clock);
+    e.add_netns(NS2, None, dump(vec![link(1, "lo", IFF_UP, &["127.0.0.1"])], &[]), false, &clock.at(0), &mut fake);
+    fake.sockets.insert(NS, vec![udp(400, NS, [127, 0, 0, 1], 5000, 0, false), udp(401, NS, [127, 0, 0, 1], 5001, 0, false)]);
+    fake.sockets.insert(NS2, vec![udp(402, NS2, [127, 0, 0, 1], 5001, 0, false)]);
+    for ev in [sock_error(Some(NS), 5000), sock_error(Some(NetnsIno(99)), 5000), sock_error(None, 5000), sock_error(None, 5001), sock_error(None, 5002)] {
+        e.on_kernel(KernelInput::SockError(ev));
+    }
+    let r = e.flush_sock_errors(&clock.at(1), &mut fake);
+    let placed: Vec<(NetnsIno, Option<u64>, Option<InodeSource>)> = r
+        .iter()
+        .filter_map(|r| if let WatchRecord::SocketError(s) = r { Some((s.netns, s.inode.map(|i| i.0), s.inode_source)) } else { None })
+        .collect();
+    assert_eq!(placed, vec![(NS, Some(300), Some(InodeSource::Sk)), (NS, Some(400), Some(InodeSource::Snapshot))], "other netns skipped; 5001 matches twice, 5002 never");
+    assert_eq!((e.counters().socket_errors, e.counters().socket_errors_unmatched), (2, 2));
+    assert_eq!(fake.asked, 2, "one snapshot per followed netns for the whole batch");
+    assert!(e.flush_sock_errors(&clock.at(2), &mut fake).is_empty());
+}
+
+#[test]
+fn a_removed_netns_reports_each_interface_deleted_then_itself_once() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(1, "lo", IFF_UP, &[]), link(5, "va", IFF_UP, &[]), link(6, "vb", IFF_UP, &[])], &[(5, 6)], &mut fake, &clock);
+    let removal = Removal { still_exists: true, held_by_ifsock: true, other_holders: vec![] };
+    let r = e.remove_netns(NS, removal.clone(), &clock.at(1));
+    assert_eq!(kinds(&r), vec![(ChangeKind::Deleted, 1, Source::NetnsRemoved), (ChangeKind::Deleted, 5, Source::NetnsRemoved), (ChangeKind::Deleted, 6, Source::NetnsRemoved)]);
+    assert!(changes(&r).iter().all(|c| c.sockets.is_empty() && c.cause.is_none() && c.netns_name.as_deref() == Some("demo")));
+    let WatchRecord::NetnsRemoved(n) = r.last().unwrap() else { panic!("netns_removed last: {r:?}") };
+    assert_eq!((n.netns, n.netns_name.as_deref(), n.links, n.held_by_ifsock), (NS, Some("demo"), 3, true));
+    assert_eq!(fake.asked, 0, "a namespace going away is not snapshotted");
+    assert!(!e.wants_receiver_scan(), "interfaces of a destroyed netns strand nobody we could see");
+    assert!(e.remove_netns(NS, removal, &clock.at(2)).is_empty(), "reported once");
+    assert!(!e.follows(NS));
+}
+
+#[test]
+fn a_namespace_found_while_watching_is_announced_with_its_links() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = WatchEngine::new(config());
+    let r = e.add_netns(NS2, Some("new".into()), dump(vec![link(1, "lo", 0, &[]), link(4, "v4", IFF_UP, &[])], &[]), true, &clock.at(0), &mut fake);
+    assert!(matches!(&r[0], WatchRecord::NetnsAdded(n) if n.netns == NS2 && n.netns_name.as_deref() == Some("new")));
+    assert_eq!(kinds(&r), vec![(ChangeKind::Created, 1, Source::Discovery), (ChangeKind::Created, 4, Source::Discovery), (ChangeKind::Up, 4, Source::Discovery)]);
+}
+
+#[test]
+fn finish_reports_tables_and_counters_without_inventing_bpf_zeros() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(1, "lo", IFF_UP, &[])], &[], &mut fake, &clock);
+    let r = e.finish(None);
+    assert!(matches!(&r[0], WatchRecord::State(s) if s.netns == NS && s.links.len() == 1 && s.links[0].name == "lo"));
+    let WatchRecord::Counters(c) = &r[1] else { panic!("{r:?}") };
+    let v = serde_json::to_value(&r[1]).unwrap();
+    assert!(c.counters.bpf.is_none() && v["counters"].get("ringbuf_drops").is_none(), "unreadable eBPF counters are absent, not 0: {v}");
+}
