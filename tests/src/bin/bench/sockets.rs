@@ -8,9 +8,6 @@ use ifsock_tests::{ifsock_bin, Netns};
 
 use crate::util::{median, ms, timed, Holder, Row, Sink};
 
-/// Most sockets one helper process holds (each needs an fd; fs.nr_open caps one process).
-const PER_HOLDER: u64 = 250_000;
-
 fn best(args: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> Result<(f64, u64, u64)> {
     let mut times = Vec::new();
     let mut rss = 0;
@@ -29,13 +26,17 @@ fn best(args: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> 
 pub fn scale(n: u64, rows: &mut Vec<Row>) -> Result<()> {
     let ns = Netns::new()?;
     eprintln!("bench sockets: binding {n} UDP sockets in {}", ns.name);
+    let t0 = std::time::Instant::now();
+    // Each socket needs an fd: RLIMIT_NOFILE (fs.nr_open at most) caps one process.
+    let per_holder = crate::util::fds_per_process()?;
     let mut holders = Vec::new();
     let mut start = 0;
     while start < n {
-        let count = PER_HOLDER.min(n - start);
+        let count = per_holder.min(n - start);
         holders.push(Holder::start(&["--hold-sockets".into(), ns.name.clone(), start.to_string(), count.to_string()], Duration::from_secs(300))?);
         start += count;
     }
+    eprintln!("bench sockets: {n} sockets held by {} processes after {:.1} s", holders.len(), t0.elapsed().as_secs_f64());
     let bin = ifsock_bin();
     let bin = bin.to_str().unwrap_or("ifsock");
     let reps = if n >= 1_000_000 { 1 } else if n >= 100_000 { 3 } else { 5 };

@@ -167,19 +167,32 @@ pub fn timed(args: &[&str], netns: Option<&str>, sink: Sink, timeout: Duration) 
     Ok(Run { took, maxrss_kib: ru.ru_maxrss as u64, stdout_lines: lines })
 }
 
-/// Raises RLIMIT_NOFILE to at least `n` (root may go up to fs.nr_open).
+/// Raises the soft RLIMIT_NOFILE to at least `n`, up to the hard limit; above it only with
+/// CAP_SYS_RESOURCE (then up to fs.nr_open).
 pub fn raise_nofile(n: u64) -> Result<()> {
     let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
     let (soft, hard) = nix::sys::resource::getrlimit(limit)?;
     if soft >= n {
         return Ok(());
     }
+    let (soft, hard) = if n <= hard { (n, hard) } else { (n, n) };
+    nix::sys::resource::setrlimit(limit, soft, hard)
+        .with_context(|| format!("raising RLIMIT_NOFILE to {n} (hard limit {hard}; more needs CAP_SYS_RESOURCE, up to fs.nr_open)"))
+}
+
+/// How many fds one helper process may hold: the hard RLIMIT_NOFILE (or fs.nr_open when this
+/// process may raise it), less a margin for the process's own fds.
+pub fn fds_per_process() -> Result<u64> {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")?.trim().parse()?;
-    if n > nr_open {
-        bail!("{n} fds wanted in one process but fs.nr_open is {nr_open}: hold the sockets in more processes");
+    let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    // Probe CAP_SYS_RESOURCE by raising the hard limit by one (and back).
+    let can_raise = hard < nr_open && nix::sys::resource::setrlimit(limit, hard.min(nr_open), hard + 1).is_ok();
+    if can_raise {
+        let _ = nix::sys::resource::setrlimit(limit, hard, hard);
     }
-    let want = hard.max(n);
-    nix::sys::resource::setrlimit(limit, want, want).with_context(|| format!("raising RLIMIT_NOFILE to {want}"))
+    let max = if can_raise { nr_open.min(250_000) } else { hard };
+    Ok(max.saturating_sub(100).max(1))
 }
 
 /// Local address of the `i`-th benchmark socket: 60,000 ports (1024..61024) per loopback address
