@@ -57,7 +57,7 @@ enum Task {
     /// the same run, the ratio, the target and whether it is met (peak RSS too).
     Bench {
         /// Groups to run (`sockets`, `hung`, `watch`, `burst`, `recv`; all when none are given).
-        /// `IFSOCK_BENCH_MAX_SOCKETS=100000` skips the 1M-socket rows.
+        /// `IFSOCK_BENCH_SOCKETS=10000,100000` picks the socket counts.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -8,7 +8,7 @@
 //! - `burst`: 10 rounds of 1,000 links created and deleted;
 //! - `recv`: the receive path per probe set, its floor (empty programs), per-program cost.
 //!
-//! `IFSOCK_BENCH_MAX_SOCKETS` caps the socket counts (default 1,000,000). Each group works in
+//! `IFSOCK_BENCH_SOCKETS=10000,100000` picks the socket counts (default 10k, 100k, 1M). Each group works in
 //! its own netns; helper processes hold the sockets and are killed on drop.
 #[path = "bench/hung.rs"]
 mod hung;
@@ -40,7 +40,11 @@ fn main() -> Result<()> {
     require_root();
     let all = args.is_empty();
     let want = |name: &str| all || args.iter().any(|w| w == name);
-    let max: u64 = std::env::var("IFSOCK_BENCH_MAX_SOCKETS").ok().map(|v| v.parse()).transpose().context("IFSOCK_BENCH_MAX_SOCKETS")?.unwrap_or(1_000_000);
+    let counts: Vec<u64> = std::env::var("IFSOCK_BENCH_SOCKETS")
+        .unwrap_or_else(|_| "10000,100000,1000000".into())
+        .split(',')
+        .map(|v| v.trim().parse().context("IFSOCK_BENCH_SOCKETS: comma-separated socket counts"))
+        .collect::<Result<_>>()?;
     let mut rows = Vec::new();
     // A failing group is reported and the others still run: the table shows what was measured.
     let mut failed = Vec::new();
@@ -51,7 +55,7 @@ fn main() -> Result<()> {
         }
     };
     if want("sockets") {
-        for n in [10_000, 100_000, 1_000_000].into_iter().filter(|&n| n <= max) {
+        for n in counts {
             group("sockets", sockets::scale(n, &mut rows));
         }
         group("sockets", sockets::startup(&mut rows));

@@ -67,20 +67,42 @@ struct EmptyProgs {
     _events: Vec<OwnedFd>,
 }
 
+/// Loads `r0 = 0; exit` as a program of `prog_type`.
+fn load_empty(prog_type: u64) -> Result<OwnedFd> {
+    // BPF_ALU64|BPF_MOV|BPF_K r0 = 0; BPF_JMP|BPF_EXIT.
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    attr[0] = prog_type | (2u64 << 32); // prog_type, insn_cnt 2
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    let name = b"bench_empty\0\0\0\0\0";
+    attr[6] = u64::from_ne_bytes(name[..8].try_into()?);
+    attr[7] = u64::from_ne_bytes(name[8..].try_into()?);
+    // SAFETY: a new fd returned by BPF_PROG_LOAD (cmd 5).
+    Ok(unsafe { OwnedFd::from_raw_fd(bpf(5, &mut attr)?) })
+}
+
 impl EmptyProgs {
+    /// The empty program on raw tracepoints (`raw_syscalls:sys_enter`/`sys_exit`: one program
+    /// for every syscall, no per-call perf buffer, as tp_btf programs would run).
+    fn attach_raw(names: &[&str]) -> Result<Self> {
+        let prog = load_empty(17)?; // BPF_PROG_TYPE_RAW_TRACEPOINT
+        let mut events = Vec::new();
+        for name in names {
+            let cname = std::ffi::CString::new(*name)?;
+            let mut attr = [0u64; 16];
+            use std::os::fd::AsRawFd;
+            attr[0] = cname.as_ptr() as u64;
+            attr[1] = prog.as_raw_fd() as u64;
+            // SAFETY: BPF_RAW_TRACEPOINT_OPEN (cmd 17) returns a new fd.
+            events.push(unsafe { OwnedFd::from_raw_fd(bpf(17, &mut attr)?) });
+        }
+        Ok(EmptyProgs { prog, _events: events })
+    }
+
     fn attach(tracepoints: &[String]) -> Result<Self> {
-        // BPF_ALU64|BPF_MOV|BPF_K r0 = 0; BPF_JMP|BPF_EXIT.
-        let insns: [u64; 2] = [0xb7, 0x95];
-        let license = c"GPL";
-        let mut attr = [0u64; 16];
-        attr[0] = 5 | (2u64 << 32); // prog_type BPF_PROG_TYPE_TRACEPOINT, insn_cnt 2
-        attr[1] = insns.as_ptr() as u64;
-        attr[2] = license.as_ptr() as u64;
-        let name = b"bench_empty\0\0\0\0\0";
-        attr[6] = u64::from_ne_bytes(name[..8].try_into()?);
-        attr[7] = u64::from_ne_bytes(name[8..].try_into()?);
-        // SAFETY: a new fd returned by BPF_PROG_LOAD (cmd 5).
-        let prog = unsafe { OwnedFd::from_raw_fd(bpf(5, &mut attr)?) };
+        let prog = load_empty(5)?; // BPF_PROG_TYPE_TRACEPOINT
         let mut events = Vec::new();
         for tp in tracepoints {
             let (cat, name) = tp.split_once(':').context("category:name")?;
@@ -272,6 +294,30 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
             met: None,
             rss_kib: None,
         });
+        if set == "tracepoint" {
+            raw_floor(n, rows)?;
+        }
     }
+    Ok(())
+}
+
+/// The floor of a receive path on `raw_syscalls:sys_enter`/`sys_exit` (raw tracepoints, as
+/// tp_btf would attach): every syscall still takes the slow path, but without the per-syscall
+/// perf buffer that `syscalls:sys_enter_*` fills before running its program.
+fn raw_floor(n: u32, rows: &mut Vec<Row>) -> Result<()> {
+    let names = ["sys_enter", "sys_exit"];
+    let (ratio, base, floor) = pairs(n, 5, || {
+        let _e = EmptyProgs::attach_raw(&names)?;
+        rtt_loop(n)
+    })?;
+    rows.push(Row {
+        name: "receive path floor: `raw_syscalls:sys_enter`/`sys_exit` raw tracepoints with an empty program".into(),
+        ifsock: format!("{floor:.0} ns ({:+.0} ns per receive)", (floor - base) / 2.0),
+        baseline: format!("{base:.0} ns untraced"),
+        ratio: Some(ratio),
+        target: "— (floor of a tp_btf receive path)".into(),
+        met: None,
+        rss_kib: None,
+    });
     Ok(())
 }
