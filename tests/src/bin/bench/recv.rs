@@ -26,6 +26,8 @@ fn pin(cpu: usize) -> Result<()> {
 fn rtt_loop(n: u32) -> Result<f64> {
     let cpu = 0;
     let server = UdpSocket::bind("127.0.0.1:0")?;
+    // A lost datagram ends the run with an error instead of hanging it.
+    server.set_read_timeout(Some(Duration::from_secs(10)))?;
     let addr = server.local_addr()?;
     let echo = std::thread::spawn(move || -> Result<()> {
         pin(cpu)?;
@@ -39,6 +41,7 @@ fn rtt_loop(n: u32) -> Result<f64> {
     let client = std::thread::spawn(move || -> Result<Duration> {
         pin(cpu)?;
         let client = UdpSocket::bind("127.0.0.1:0")?;
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut buf = [0u8; 64];
         let t = Instant::now();
         for _ in 0..n {
