@@ -73,10 +73,11 @@ fn insert(tid: u32, rec: &InFlightRecv) {
 }
 
 /// Forgets the record of `tid` and emits a `RecvDoneEvent` when it was in flight at least
-/// `RECV_REPORT_MIN_NS`. Most receives are shorter: for them only the start time is read and
-/// nothing is copied or sent (no per-receive ring-buffer output).
+/// `RECV_REPORT_MIN_NS`. Most receives are shorter: for them only the start time is read, and
+/// neither the return value nor the record is read, copied or sent (no per-receive ring-buffer
+/// output).
 #[inline(always)]
-fn finish(tid: u32, rec: *mut InFlightRecv, ret: i64) {
+fn finish(tid: u32, rec: *mut InFlightRecv, ret: impl FnOnce() -> i64) {
     let now = now_ns();
     // SAFETY: map value owned by this tid, read before its removal.
     let since = unsafe { (*rec).since_ns };
@@ -87,7 +88,7 @@ fn finish(tid: u32, rec: *mut InFlightRecv, ret: i64) {
     // SAFETY: as above; copied out before removal.
     let entry = unsafe { *rec };
     let _ = INFLIGHT_RECV.remove(&tid);
-    let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret, entry };
+    let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret: ret(), entry };
     if EVENTS.output(&ev, 0).is_err() {
         count(Counter::RingbufDrops);
     }
@@ -117,8 +118,7 @@ pub fn recv_exit(ctx: TracePointContext) -> u32 {
     // Every `read` of any file ends here: a miss (not a recorded socket receive) costs one lookup.
     let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
     // SAFETY: ret offset from the sys_exit format.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
-    finish(tid, rec, ret);
+    finish(tid, rec, || unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0));
     0
 }
 
@@ -189,12 +189,13 @@ fn func_exit(skb: u64, err: u64) {
         unsafe { (*rec).func = recv_func::SYSCALL };
         return;
     }
-    let ret = if skb != 0 {
-        rd::<u32>(skb, off!(skb_len)).unwrap_or(0) as i64
-    } else {
-        -(rd::<i32>(err, 0).unwrap_or(0).unsigned_abs() as i64)
-    };
-    finish(tid, rec, ret);
+    finish(tid, rec, || {
+        if skb != 0 {
+            rd::<u32>(skb, off!(skb_len)).unwrap_or(0) as i64
+        } else {
+            -(rd::<i32>(err, 0).unwrap_or(0).unsigned_abs() as i64)
+        }
+    });
 }
 
 /// Entry of `__skb_wait_for_more_packets`: the task is about to sleep for a datagram.
@@ -226,7 +227,7 @@ fn wait_exit(ret: i64) {
         (*rec).func
     };
     if func == recv_func::SKB_WAIT {
-        finish(tid, rec, ret);
+        finish(tid, rec, || ret);
     }
 }
 
