@@ -1,6 +1,7 @@
 //! Receive tracking for `hung`, `watch`'s `receiver_stranded` and `teardown`: a receive on a
 //! socket is recorded in `INFLIGHT_RECV` (keyed by tid) when it starts and removed when it
-//! returns; one that was in flight at least `RECV_REPORT_MIN_NS` emits a `RecvDoneEvent`.
+//! returns; one that was in flight at least `RECV_REPORT_MIN_NS` emits a `RecvDoneEvent` (none
+//! for `hung`, which sets it to `u64::MAX`; `teardown` 1 ms), shorter ones send nothing.
 //!
 //! Three probe sets, picked per function by userspace (fentry, else kprobe, else tracepoints):
 //! - fentry/fexit and kprobe/kretprobe on `__skb_recv_udp` and `__skb_recv_datagram` (the
@@ -14,14 +15,14 @@
 //! When both kinds are attached (a kernel-function probe missing for one function), a kernel
 //! function entered inside a recorded syscall refines that record instead of replacing it.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use ifsock_common::{probe_via, recv_func, Counter, EventKind, InFlightRecv, RecvDoneEvent, NO_FD};
+use ifsock_common::{probe_via, recv_func, Counter, EventKind, InFlightRecv, RecvDoneEvent, COMM_LEN, NO_FD};
 
 use crate::{
-    kernel::{current_fd_socket, current_task, off, rd, sk_ino, task_ids, task_netns},
+    kernel::{current_fd_socket, current_task, off, rd, sk_ino, task_netns},
     maps::{count, EVENTS, INFLIGHT_RECV, RECV_ERR_PTR},
 };
 
@@ -39,26 +40,28 @@ fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// A new in-flight record for the current task. Pid, tid and comm come from helpers
+/// (`bpf_get_current_pid_tgid`, `bpf_get_current_comm`: no faultable reads of the task); only
+/// the netns needs `task->nsproxy->net_ns`.
 #[inline(always)]
 fn record(sk: u64, ino: u64, fd: u32, syscall: u32, via: u32, func: u32) -> InFlightRecv {
-    let task = current_task();
-    let (pid, tid, comm) = task_ids(task);
+    let id = bpf_get_current_pid_tgid();
     InFlightRecv {
         since_ns: now_ns(),
         sk,
         ino,
-        pid,
-        tid,
+        pid: (id >> 32) as u32,
+        tid: id as u32,
         fd,
         syscall,
-        netns: task_netns(task),
+        netns: task_netns(current_task()),
         via,
         func,
         kernel_ret: i32::MIN,
         wait_since_ns: 0,
         waited_ns: 0,
         copied_bytes: 0,
-        comm,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     }
 }
 
@@ -69,14 +72,23 @@ fn insert(tid: u32, rec: &InFlightRecv) {
     }
 }
 
-/// Emits a `RecvDoneEvent` when `entry` was in flight at least `RECV_REPORT_MIN_NS`.
+/// Forgets the record of `tid` and emits a `RecvDoneEvent` when it was in flight at least
+/// `RECV_REPORT_MIN_NS`. Most receives are shorter: for them only the start time is read, and
+/// neither the return value nor the record is read, copied or sent (no per-receive ring-buffer
+/// output).
 #[inline(always)]
-fn done(entry: InFlightRecv, ret: i64) {
+fn finish(tid: u32, rec: *mut InFlightRecv, ret: impl FnOnce() -> i64) {
     let now = now_ns();
-    if now.saturating_sub(entry.since_ns) < RECV_REPORT_MIN_NS.load() {
+    // SAFETY: map value owned by this tid, read before its removal.
+    let since = unsafe { (*rec).since_ns };
+    if now.saturating_sub(since) < RECV_REPORT_MIN_NS.load() {
+        let _ = INFLIGHT_RECV.remove(&tid);
         return;
     }
-    let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret, entry };
+    // SAFETY: as above; copied out before removal.
+    let entry = unsafe { *rec };
+    let _ = INFLIGHT_RECV.remove(&tid);
+    let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret: ret(), entry };
     if EVENTS.output(&ev, 0).is_err() {
         count(Counter::RingbufDrops);
     }
@@ -103,12 +115,10 @@ pub fn recv_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn recv_exit(ctx: TracePointContext) -> u32 {
     let tid = current_tid();
-    // SAFETY: value copied out of the map before removal.
-    let Some(entry) = (unsafe { INFLIGHT_RECV.get(&tid).copied() }) else { return 0 };
-    let _ = INFLIGHT_RECV.remove(&tid);
+    // Every `read` of any file ends here: a miss (not a recorded socket receive) costs one lookup.
+    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
     // SAFETY: ret offset from the sys_exit format.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
-    done(entry, ret);
+    finish(tid, rec, || unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0));
     0
 }
 
@@ -167,26 +177,25 @@ fn func_enter(sk: u64, func: u32, via: u32) {
 #[inline(always)]
 fn func_exit(skb: u64, err: u64) {
     let tid = current_tid();
-    // SAFETY: value copied out of the map.
-    let Some(entry) = (unsafe { INFLIGHT_RECV.get(&tid).copied() }) else { return };
-    if entry.func != recv_func::SKB_RECV_UDP && entry.func != recv_func::SKB_RECV_DATAGRAM {
+    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return };
+    // SAFETY: map value owned by this tid; only this thread writes it.
+    let (func, fd) = unsafe { ((*rec).func, (*rec).fd) };
+    if func != recv_func::SKB_RECV_UDP && func != recv_func::SKB_RECV_DATAGRAM {
         return;
     }
-    let ret = if skb != 0 {
-        rd::<u32>(skb, off!(skb_len)).unwrap_or(0) as i64
-    } else {
-        -(rd::<i32>(err, 0).unwrap_or(0).unsigned_abs() as i64)
-    };
-    if entry.fd != NO_FD {
+    if fd != NO_FD {
         // A syscall record underneath: it reports at sys_exit.
-        if let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) {
-            // SAFETY: map value owned by this tid.
-            unsafe { (*rec).func = recv_func::SYSCALL };
-        }
+        // SAFETY: as above.
+        unsafe { (*rec).func = recv_func::SYSCALL };
         return;
     }
-    let _ = INFLIGHT_RECV.remove(&tid);
-    done(entry, ret);
+    finish(tid, rec, || {
+        if skb != 0 {
+            rd::<u32>(skb, off!(skb_len)).unwrap_or(0) as i64
+        } else {
+            -(rd::<i32>(err, 0).unwrap_or(0).unsigned_abs() as i64)
+        }
+    });
 }
 
 /// Entry of `__skb_wait_for_more_packets`: the task is about to sleep for a datagram.
@@ -209,17 +218,16 @@ fn wait_enter(sk: u64, via: u32) {
 fn wait_exit(ret: i64) {
     let tid = current_tid();
     let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return };
-    // SAFETY: map value owned by this tid; copied before removal.
-    let entry = unsafe {
+    // SAFETY: map value owned by this tid.
+    let func = unsafe {
         if (*rec).wait_since_ns != 0 {
             (*rec).waited_ns += now_ns().saturating_sub((*rec).wait_since_ns);
             (*rec).wait_since_ns = 0;
         }
-        *rec
+        (*rec).func
     };
-    if entry.func == recv_func::SKB_WAIT {
-        let _ = INFLIGHT_RECV.remove(&tid);
-        done(entry, ret);
+    if func == recv_func::SKB_WAIT {
+        finish(tid, rec, || ret);
     }
 }
 

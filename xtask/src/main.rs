@@ -53,9 +53,11 @@ enum Task {
         #[arg(long)]
         bench: Option<String>,
     },
-    /// Run the benchmarks (ratios against a baseline measured in the same run).
+    /// Run the benchmarks and print one table: each row gives ifsock, a baseline measured in
+    /// the same run, the ratio, the target and whether it is met (peak RSS too).
     Bench {
-        /// Arguments for the bench binary.
+        /// Groups to run (`sockets`, `hung`, `watch`, `burst`, `recv`; all when none are given).
+        /// `IFSOCK_BENCH_SOCKETS=10000,100000` picks the socket counts.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

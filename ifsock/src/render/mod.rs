@@ -5,7 +5,13 @@ pub mod hung;
 pub mod teardown;
 pub mod watch;
 
-use std::io::Write;
+use std::{
+    io::{IsTerminal as _, Write},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
+};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -25,34 +31,128 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
     }
 }
 
-/// Writes text to stdout and flushes it (line-oriented consumers read each record as it comes).
+/// Buffered output for a command that prints many records at once (`sockets`): while a
+/// [`Buffered`] guard lives and stdout is not a terminal, [`out`], [`line`], [`json_line`] and
+/// [`table`] append to one process-wide buffer, written in chunks of about [`CHUNK`] bytes, so
+/// 100,000 lines cost a few hundred `write(2)` calls instead of 100,000. Without a guard (the
+/// default, and what streaming commands such as `watch` and `hung --follow` use), every call
+/// is written and flushed at once, so a reader sees each record as it is produced.
+static BUFFERED: AtomicBool = AtomicBool::new(false);
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Size at which the buffer of a [`Buffered`] command is written out, bytes.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Guard of buffered output (see [`buffered`]). [`Buffered::finish`] flushes and reports a
+/// write error; dropping the guard flushes too, but ignores errors (an error path is already
+/// being reported).
+#[must_use = "call finish() to flush and see write errors"]
+pub struct Buffered(());
+
+/// Switches stdout to buffered mode until the returned guard is finished or dropped. On a
+/// terminal it stays line by line (a person reads it as it comes).
+pub fn buffered() -> Buffered {
+    if !std::io::stdout().is_terminal() {
+        BUFFERED.store(true, Ordering::Relaxed);
+    }
+    Buffered(())
+}
+
+impl Buffered {
+    /// Writes what is buffered and returns to per-record output.
+    ///
+    /// # Errors
+    /// [`StdoutClosed`] when the reader went away; other write errors with context.
+    pub fn finish(self) -> Result<()> {
+        BUFFERED.store(false, Ordering::Relaxed);
+        flush()
+    }
+}
+
+impl Drop for Buffered {
+    fn drop(&mut self) {
+        BUFFERED.store(false, Ordering::Relaxed);
+        let _ = flush();
+    }
+}
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<u8>> {
+    // A panic while holding the lock leaves only bytes behind: keep using them.
+    PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_out(bytes: &[u8]) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(bytes).map_err(stdout_error)?;
+    o.flush().map_err(stdout_error)
+}
+
+/// Writes whatever buffered output is pending (a no-op when nothing is).
+///
+/// # Errors
+/// As [`out`].
+pub fn flush() -> Result<()> {
+    let mut buf = pending();
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let result = write_out(&buf);
+    buf.clear();
+    result
+}
+
+/// Appends to the buffer in buffered mode (writing it out past [`CHUNK`]); otherwise writes
+/// at once, after anything still pending so that order is kept.
+fn emit(fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+    let mut buf = pending();
+    fill(&mut buf)?;
+    if BUFFERED.load(Ordering::Relaxed) && buf.len() < CHUNK {
+        return Ok(());
+    }
+    let result = write_out(&buf);
+    buf.clear();
+    result
+}
+
+/// Writes text to stdout: at once and flushed (line-oriented consumers read each record as it
+/// comes), or into the buffer while a [`Buffered`] guard is active.
 ///
 /// # Errors
 /// [`StdoutClosed`] when the reader went away; other write errors with context.
 pub fn out(text: &str) -> Result<()> {
-    let mut o = std::io::stdout().lock();
-    o.write_all(text.as_bytes()).map_err(stdout_error)?;
-    o.flush().map_err(stdout_error)
+    emit(|b| {
+        b.extend_from_slice(text.as_bytes());
+        Ok(())
+    })
 }
 
-/// Writes one line (a `\n` is added) to stdout and flushes.
+/// Writes one line (a `\n` is added) to stdout, as [`out`].
 ///
 /// # Errors
 /// As [`out`].
 pub fn line(text: &str) -> Result<()> {
-    let mut o = std::io::stdout().lock();
-    o.write_all(text.as_bytes()).and_then(|()| o.write_all(b"\n")).map_err(stdout_error)?;
-    o.flush().map_err(stdout_error)
+    emit(|b| {
+        b.extend_from_slice(text.as_bytes());
+        b.push(b'\n');
+        Ok(())
+    })
 }
 
-/// Writes one JSON object as a line on stdout and flushes (consumers read line by line).
+/// Writes one JSON object as a line on stdout, as [`out`] (serialised straight into the
+/// output buffer, no string per record).
 ///
 /// # Errors
 /// As [`out`], or the value could not be serialised.
 pub fn json_line<T: Serialize>(value: &T) -> Result<()> {
-    let mut text = serde_json::to_string(value)?;
-    text.push('\n');
-    out(&text)
+    emit(|b| {
+        let start = b.len();
+        if let Err(e) = serde_json::to_writer(&mut *b, value) {
+            b.truncate(start);
+            return Err(e.into());
+        }
+        b.push(b'\n');
+        Ok(())
+    })
 }
 
 /// Prints rows as a table with left-aligned columns sized to their content.
@@ -129,6 +229,22 @@ pub fn human_ns(ns: u64) -> String {
 mod tests {
     use super::*;
     use crate::cli::parse_duration;
+
+    #[test]
+    fn buffered_output_is_held_and_serialised_like_per_record_output() {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            a: u32,
+            b: &'a str,
+        }
+        BUFFERED.store(true, Ordering::Relaxed);
+        json_line(&Row { a: 1, b: "x\"y" }).unwrap();
+        line("plain").unwrap();
+        let held = std::mem::take(&mut *pending());
+        BUFFERED.store(false, Ordering::Relaxed);
+        assert_eq!(String::from_utf8(held).unwrap(), "{\"a\":1,\"b\":\"x\\\"y\"}\nplain\n");
+        assert!(pending().is_empty());
+    }
 
     #[test]
     fn durations_parse_and_print() {
