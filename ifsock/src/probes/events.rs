@@ -21,17 +21,14 @@ pub enum Event {
 
 /// Decodes one ring-buffer record by its leading [`EventKind`]; `None` for unknown/short records.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    // SAFETY: every event type is a POD record from ifsock-common.
-    unsafe {
-        let kind = read_record::<u32>(bytes)?;
-        match kind {
-            k if k == EventKind::LinkRequest as u32 => read_record(bytes).map(Event::LinkRequest),
-            k if k == EventKind::RecvDone as u32 => read_record(bytes).map(Event::RecvDone),
-            k if k == EventKind::SendError as u32 => read_record(bytes).map(Event::SendError),
-            k if k == EventKind::Device as u32 => read_record(bytes).map(Event::Device),
-            k if k == EventKind::SockError as u32 => read_record(bytes).map(Event::SockError),
-            _ => None,
-        }
+    let kind = read_record::<u32>(bytes)?;
+    match kind {
+        k if k == EventKind::LinkRequest as u32 => read_record(bytes).map(Event::LinkRequest),
+        k if k == EventKind::RecvDone as u32 => read_record(bytes).map(Event::RecvDone),
+        k if k == EventKind::SendError as u32 => read_record(bytes).map(Event::SendError),
+        k if k == EventKind::Device as u32 => read_record(bytes).map(Event::Device),
+        k if k == EventKind::SockError as u32 => read_record(bytes).map(Event::SockError),
+        _ => None,
     }
 }
 

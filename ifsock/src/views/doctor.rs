@@ -60,7 +60,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                 Err(e) => probes_status.push(ProbeStatus { probe: "receive probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
             }
             for a in probes.attached.iter() {
-                probes_status.push(ProbeStatus { probe: a.clone(), loaded: true, reason: None });
+                probes_status.push(ProbeStatus { probe: a.to_string(), loaded: true, reason: None });
             }
             for (name, res) in [
                 ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),

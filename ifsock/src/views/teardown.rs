@@ -808,7 +808,7 @@ mod tests {
         let mut r = [0u8; 16];
         r[..4].copy_from_slice(&[10, 9, 0, 2]);
         let tied = Socket::from_record(&ifsock_common::SockRecord {
-            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport: 5000, rport: 9,
+            sk: 1, cookie: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport: 5000, rport: 9,
             flags: 0, laddr: l, raddr: r, rx_queue: 0, drops: 0,
         });
         let mut obs = Observer { t0: 1_000_000_000, inodes: [42].into_iter().collect(), sockets: vec![tied], ..Default::default() };
