@@ -4,8 +4,8 @@ use std::{fs, os::unix::fs::MetadataExt};
 
 use crate::model::ids::{NetnsIno, SockInode};
 
-/// Receive syscalls (x86_64 numbers, as in `/proc/PID/task/TID/syscall`).
-pub const RECV_SYSCALLS: [(u64, &str); 4] = [(0, "read"), (45, "recvfrom"), (47, "recvmsg"), (299, "recvmmsg")];
+/// Receive syscalls (this architecture's numbers, as in `/proc/PID/task/TID/syscall`).
+pub use super::arch::RECV_SYSCALLS;
 
 /// `PF_KTHREAD` (include/linux/sched.h) in `/proc/PID/stat` flags.
 const PF_KTHREAD: u32 = 0x0020_0000;
