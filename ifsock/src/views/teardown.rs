@@ -615,7 +615,10 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
         })
         .collect();
     report.wildcard_sockets = report.wildcard_sockets.saturating_sub(report.sockets.len() - listed_count);
-    report.counters = probes.counters().unwrap_or_default();
+    match probes.counters() {
+        Ok(c) => report.counters = c,
+        Err(e) => report.unobserved.push(format!("eBPF counters unavailable, lost events cannot be ruled out: {e:#}")),
+    }
     if report.counters.ringbuf_drops > 0 {
         report.unobserved.push(format!("{} events lost to a full ring buffer", report.counters.ringbuf_drops));
     }

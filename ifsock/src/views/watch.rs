@@ -520,7 +520,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         w.on_bpf_event(ev);
     }
     w.flush_sock_errors()?;
-    w.counters.bpf = w.probes.counters().unwrap_or_default();
+    match w.probes.counters() {
+        Ok(c) => w.counters.bpf = c,
+        Err(e) => tracing::warn!("eBPF counters unavailable (ringbuf_drops/link_requests below are not read): {e:#}"),
+    }
     if w.args.json {
         for ns in w.spaces.values() {
             let links: Vec<_> = ns.table.links().map(|l| serde_json::json!({"ifindex": l.ifindex, "name": l.name, "flags": l.flags})).collect();
