@@ -32,6 +32,11 @@ pub use numbers::{READ, RECVFROM, RECVMMSG, RECVMSG};
 /// The receive syscalls `hung` and `teardown` recognise, with their names.
 pub const RECV_SYSCALLS: [(u64, &str); 4] = [(READ, "read"), (RECVFROM, "recvfrom"), (RECVMSG, "recvmsg"), (RECVMMSG, "recvmmsg")];
 
+/// Name of a receive syscall number (`recvmsg`), `?` for any other number.
+pub fn recv_syscall_name(nr: u64) -> &'static str {
+    RECV_SYSCALLS.iter().find(|(n, _)| *n == nr).map_or("?", |(_, s)| s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

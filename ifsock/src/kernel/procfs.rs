@@ -12,7 +12,7 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Name of a receive syscall number.
 pub fn syscall_name(nr: u64) -> &'static str {
-    RECV_SYSCALLS.iter().find(|(n, _)| *n == nr).map_or("?", |(_, s)| s)
+    super::arch::recv_syscall_name(nr)
 }
 
 /// The syscall a thread is in now and its first argument (`/proc/PID/task/TID/syscall`), or

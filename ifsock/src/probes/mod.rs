@@ -20,7 +20,7 @@ use ifsock_common::{
 };
 
 use crate::kernel::{netns::NetnsHandle, system};
-use crate::model::sock_error::SOCK_ERROR_TRACEPOINT;
+use crate::model::{kernel_event::InFlight, sock_error::SOCK_ERROR_TRACEPOINT};
 pub use crate::model::sock_error::SockErrorProbe;
 pub use attach::{refusal, Attached, ProbeKind};
 use attach::Pair;
@@ -510,12 +510,16 @@ impl Probes {
         }
     }
 
-    /// Receives currently in flight, keyed by tid: recorded at the entry of a kernel receive
-    /// function (fentry/kprobe sets) or of a receive syscall (tracepoint set).
-    pub fn inflight(&self) -> Result<Vec<InFlightRecv>> {
+    /// Receives currently in flight (one per thread): recorded at the entry of a kernel receive
+    /// function (fentry/kprobe sets) or of a receive syscall (tracepoint set), decoded.
+    ///
+    /// # Errors
+    /// The map is missing. An entry removed while the map is walked (its receive returned) is
+    /// skipped: it is no longer in flight.
+    pub fn inflight(&self) -> Result<Vec<InFlight>> {
         let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
         let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;
-        Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
+        Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| InFlight::from_record(&v)).collect())
     }
 }
 

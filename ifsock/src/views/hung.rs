@@ -9,7 +9,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::Result;
-use ifsock_common::{probe_via, recv_func, InFlightRecv, NO_FD};
+use crate::model::kernel_event::{InFlight, ProbeVia, RecvEntry};
 use serde::Serialize;
 
 use crate::{
@@ -192,19 +192,8 @@ fn fd_points_at(pid: u32, fd: u32, ino: SockInode) -> bool {
 
 /// The probe that recorded `e`, as `set:function` (`fentry:__skb_recv_udp`,
 /// `tracepoint:syscalls:sys_enter_recvmsg`).
-pub fn probe_name(e: &InFlightRecv) -> String {
-    let set = match e.via {
-        probe_via::FENTRY => "fentry",
-        probe_via::KPROBE => "kprobe",
-        _ => "tracepoint",
-    };
-    let function = match e.func {
-        recv_func::SKB_RECV_UDP => "__skb_recv_udp",
-        recv_func::SKB_RECV_DATAGRAM => "__skb_recv_datagram",
-        recv_func::SKB_WAIT => "__skb_wait_for_more_packets",
-        _ => return format!("tracepoint:syscalls:sys_enter_{}", syscall_name(u64::from(e.syscall))),
-    };
-    format!("{set}:{function}")
+pub fn probe_name(e: &InFlight) -> String {
+    e.probe_name()
 }
 
 /// Every blocked receiver at least `min_blocked` long (sorted, longest first).
@@ -253,7 +242,7 @@ pub fn collect_from(
         let proc_view = by_tid.get(&e.tid).copied();
         // A kretprobe can miss a return (its instance pool is bounded), leaving a record behind
         // a thread that is no longer receiving: trust a kprobe record only while procfs agrees.
-        if e.via == probe_via::KPROBE && proc_view.is_none() {
+        if e.via == ProbeVia::Kprobe && proc_view.is_none() {
             continue;
         }
         let blocked_ns = now.saturating_sub(e.since_ns);
@@ -261,32 +250,29 @@ pub fn collect_from(
         if blocked_ns < min {
             continue;
         }
-        let (syscall, fd) = if e.fd != NO_FD {
-            (syscall_name(u64::from(e.syscall)), Some(e.fd))
-        } else {
-            match proc_view {
-                Some(b) => (syscall_name(b.syscall), Some(b.fd)),
-                None => ("?", None),
-            }
+        let (syscall, fd) = match (e.fd, proc_view) {
+            (Some(fd), _) => (e.syscall_name().unwrap_or("?"), Some(fd)),
+            (None, Some(b)) => (syscall_name(b.syscall), Some(b.fd)),
+            (None, None) => ("?", None),
         };
-        let socket = by_ino.get(&SockInode(e.ino)).map(|s| (*s).clone());
+        let socket = by_ino.get(&e.ino).map(|s| (*s).clone());
         let tie = socket.as_ref().map(|s| ties(s, ctx)).unwrap_or_default();
         let probe = probe_name(&e);
         out.push(HungReceiver {
             pid: e.pid,
             tid: e.tid,
-            comm: crate::model::ids::comm_str(&e.comm),
+            comm: e.comm.clone(),
             syscall,
             fd,
-            fd_open: fd.is_some_and(|fd| fd_points_at(e.pid, fd, SockInode(e.ino))),
+            fd_open: fd.is_some_and(|fd| fd_points_at(e.pid, fd, e.ino)),
             blocked_ns: Some(blocked_ns),
-            blocked_source: if e.func == recv_func::SYSCALL { "syscall_entry" } else { "function_entry" },
-            in_wait: (e.via != probe_via::TRACEPOINT).then_some(e.wait_since_ns != 0),
+            blocked_source: if e.entry == RecvEntry::Syscall { "syscall_entry" } else { "function_entry" },
+            in_wait: (e.via != ProbeVia::Tracepoint).then_some(e.wait_since_ns.is_some()),
             certainty: Certainty::Exact,
-            evidence: if e.func == recv_func::SYSCALL {
-                format!("socket inode {} resolved from fd {} at {syscall} entry ({probe})", e.ino, e.fd)
+            evidence: if e.entry == RecvEntry::Syscall {
+                format!("socket inode {} resolved from fd {} at {syscall} entry ({probe})", e.ino.0, e.fd.map_or_else(|| "?".to_string(), |f| f.to_string()))
             } else {
-                format!("socket inode {} from the struct sock argument of {probe}", e.ino)
+                format!("socket inode {} from the struct sock argument of {probe}", e.ino.0)
             },
             probe: Some(probe),
             orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),

@@ -45,7 +45,7 @@ use crate::{
         procfs,
     },
     model::{
-        ids::{comm_str, IfIndex, NetnsIno},
+        ids::{IfIndex, NetnsIno},
         link::{Link, Update},
         sock_error::SockError,
         socket::{Binding, Socket},
@@ -271,9 +271,9 @@ fn blocked_now(probes: &Probes, owners: &HashSet<u32>, inodes: &HashSet<u64>) ->
         })
         .collect();
     for r in probes.inflight().unwrap_or_default() {
-        if inodes.contains(&r.ino) {
+        if inodes.contains(&r.ino.0) {
             let (syscall, fd) = recv_syscall_and_fd(&r);
-            out.entry(r.tid).or_insert(BlockedRecv { pid: r.pid, tid: r.tid, comm: comm_str(&r.comm), fd, syscall, ino: r.ino });
+            out.entry(r.tid).or_insert(BlockedRecv { pid: r.pid, tid: r.tid, comm: r.comm.clone(), fd, syscall, ino: r.ino.0 });
         }
     }
     out
@@ -281,9 +281,9 @@ fn blocked_now(probes: &Probes, owners: &HashSet<u32>, inodes: &HashSet<u64>) ->
 
 /// The syscall and fd of a recorded receive: from the record (tracepoint set), else from the
 /// thread's `/proc/.../syscall` while it is still inside it (kernel-function sets).
-fn recv_syscall_and_fd(r: &ifsock_common::InFlightRecv) -> (&'static str, Option<u32>) {
-    if r.fd != ifsock_common::NO_FD {
-        return (procfs::syscall_name(u64::from(r.syscall)), Some(r.fd));
+fn recv_syscall_and_fd(r: &crate::model::kernel_event::InFlight) -> (&'static str, Option<u32>) {
+    if let Some(fd) = r.fd {
+        return (r.syscall_name().unwrap_or("?"), Some(fd));
     }
     match procfs::thread_syscall(r.pid, r.tid) {
         Some((nr, fd)) if procfs::syscall_name(nr) != "?" => (procfs::syscall_name(nr), u32::try_from(fd).ok()),
@@ -309,13 +309,13 @@ struct Observer {
 impl Observer {
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::SendError(e) if self.inodes.contains(&e.ino) => {
-                let errno = i32::try_from(-e.ret).unwrap_or(0);
+            Event::SendError(e) if self.inodes.contains(&e.ino.0) => {
+                let errno = e.errno;
                 let at = ms_since(e.ts_ns, self.t0);
-                let entry = self.sends.entry((e.ino, e.tid, e.fd, errno)).or_insert_with(|| SendErrorsSeen {
+                let entry = self.sends.entry((e.ino.0, e.tid, e.fd, errno)).or_insert_with(|| SendErrorsSeen {
                     pid: e.pid,
                     tid: e.tid,
-                    comm: comm_str(&e.comm),
+                    comm: e.comm.clone(),
                     fd: e.fd,
                     errno,
                     error: errno_name(errno),
@@ -327,14 +327,14 @@ impl Observer {
                 entry.first_ms = entry.first_ms.min(at);
                 entry.last_ms = entry.last_ms.max(at);
             }
-            Event::RecvDone(d) if self.inodes.contains(&d.entry.ino) => {
+            Event::RecvDone(d) if self.inodes.contains(&d.entry.ino.0) => {
                 let at = ms_since(d.ts_ns, self.t0);
-                let r = self.receivers.entry((d.entry.ino, d.entry.tid)).or_insert_with(|| ReceiverSeen {
+                let r = self.receivers.entry((d.entry.ino.0, d.entry.tid)).or_insert_with(|| ReceiverSeen {
                     pid: d.entry.pid,
                     tid: d.entry.tid,
-                    comm: comm_str(&d.entry.comm),
-                    fd: (d.entry.fd != ifsock_common::NO_FD).then_some(d.entry.fd),
-                    syscall: if d.entry.fd != ifsock_common::NO_FD { procfs::syscall_name(u64::from(d.entry.syscall)) } else { "?" }.to_string(),
+                    comm: d.entry.comm.clone(),
+                    fd: d.entry.fd,
+                    syscall: d.entry.syscall_name().unwrap_or("?").to_string(),
                     blocked_at_down: d.entry.since_ns < self.t0,
                     woke_ms: None,
                     ret: None,
@@ -348,7 +348,7 @@ impl Observer {
                     r.error = (d.ret < 0).then(|| errno_name(i32::try_from(-d.ret).unwrap_or(0)));
                 }
             }
-            Event::SockError(e) => self.on_sock_error(&SockError::from_event(&e)),
+            Event::SockError(e) => self.on_sock_error(&e),
             _ => {}
         }
     }
@@ -787,9 +787,9 @@ mod tests {
         let ev = |ts_ns: u64, ret: i64, ino: u64| {
             let mut comm = [0u8; 16];
             comm[..3].copy_from_slice(b"app");
-            Event::SendError(ifsock_common::SendErrorEvent {
+            Event::SendError(crate::model::kernel_event::SendError::from_record(&ifsock_common::SendErrorEvent {
                 kind: ifsock_common::EventKind::SendError as u32, pid: 7, ts_ns, ret, ino, tid: 8, fd: 3, comm,
-            })
+            }))
         };
         obs.on_event(ev(1_000_600_000, -(libc::ENETUNREACH as i64), 42));
         obs.on_event(ev(1_900_000_000, -(libc::ENETUNREACH as i64), 42));
@@ -816,10 +816,10 @@ mod tests {
         });
         let mut obs = Observer { t0: 1_000_000_000, inodes: [42].into_iter().collect(), sockets: vec![tied], ..Default::default() };
         let ev = |ts_ns: u64, error: i32, ino: u64, via: u32| {
-            Event::SockError(ifsock_common::SockErrorEvent {
+            Event::SockError(SockError::from_event(&ifsock_common::SockErrorEvent {
                 kind: ifsock_common::EventKind::SockError as u32, error, ts_ns, sk: 0, ino, netns: if ino == 0 { 0 } else { 7 },
                 bound_dev_if: 0, family: 2, protocol: 17, lport: 5000, rport: 9, laddr: l, raddr: r, pid: 0, tid: 0, comm: [0; 16], via, _pad: 0,
-            })
+            }))
         };
         obs.on_event(ev(990_000_000, libc::ECONNREFUSED, 42, ifsock_common::sock_error_via::TP_BTF));
         obs.on_event(ev(1_200_000_000, libc::ECONNREFUSED, 0, ifsock_common::sock_error_via::TRACEPOINT));

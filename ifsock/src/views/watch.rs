@@ -28,7 +28,7 @@ use crate::{
         netns::{self, NetnsHandle},
     },
     model::{
-        event::{parse_request, Cause, CauseTracker},
+        event::{Cause, CauseTracker},
         ids::{IfIndex, NetnsIno, SockInode},
         link::{Change, ChangeKind, Link, LinkTable},
         sock_error::{protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
@@ -263,15 +263,15 @@ pub struct KernelEvidence {
 }
 
 impl KernelEvidence {
-    fn from_event(e: &ifsock_common::DeviceEvent) -> Self {
+    fn from_event(e: &crate::model::kernel_event::KernelDeviceEvent) -> Self {
         KernelEvidence {
-            reason: if e.reason == ifsock_common::device_reason::CLOSE { "close" } else { "unregister" },
-            via: if e.via == ifsock_common::probe_via::FENTRY { "fentry" } else { "kprobe" },
+            reason: e.reason.as_str(),
+            via: e.via.as_str(),
             pid: e.pid,
             tid: e.tid,
-            comm: crate::model::ids::comm_str(&e.comm),
+            comm: e.comm.clone(),
             ts_ns: e.ts_ns,
-            key: (NetnsIno(e.netns), IfIndex(e.ifindex)),
+            key: (e.netns, e.ifindex),
         }
     }
 }
@@ -551,11 +551,7 @@ fn prior_link(table: &LinkTable, u: &crate::model::link::Update) -> Option<Link>
 impl Watcher {
     fn on_bpf_event(&mut self, ev: Event) {
         match ev {
-            Event::LinkRequest(req) => {
-                if let Some(r) = parse_request(&req) {
-                    self.causes.push(r);
-                }
-            }
+            Event::LinkRequest(r) => self.causes.push(r),
             Event::Device(d) => {
                 let e = KernelEvidence::from_event(&d);
                 while self.kernel_events.front().is_some_and(|o| o.ts_ns + crate::model::event::CAUSE_WINDOW_NS < e.ts_ns) {
@@ -563,7 +559,7 @@ impl Watcher {
                 }
                 self.kernel_events.push_back(e);
             }
-            Event::SockError(e) => self.pending_sock_errors.push(SockError::from_event(&e)),
+            Event::SockError(e) => self.pending_sock_errors.push(e),
             _ => {}
         }
     }
