@@ -154,3 +154,32 @@ fn sockets_rows_carry_distinct_nonzero_cookies() {
     assert_eq!(unique.len(), 3, "{cookies:?}");
     drop(socks);
 }
+
+#[test]
+fn sockets_beyond_one_seq_buffer_are_each_listed_once_and_retries_are_counted() {
+    require_root();
+    // 900 records of 88 bytes overflow the iterator's 32 KiB seq buffer at least twice: each
+    // overflow is a retry of the same socket in the next read(), never a loss or a duplicate.
+    const N: u16 = 900;
+    let ns = Netns::new().unwrap();
+    let socks = ns
+        .run(|| -> anyhow::Result<Vec<UdpSocket>> { (0..N).map(|i| Ok(UdpSocket::bind(("127.0.0.1", 20000 + i))?)).collect() })
+        .unwrap()
+        .unwrap();
+    let out = ifsock(&["-vv", "--netns", &ns.name, "sockets", "--json"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut ports: Vec<u64> = rows.iter().filter(|r| r["protocol"] == "udp").map(|r| r["local_port"].as_u64().unwrap()).collect();
+    ports.sort_unstable();
+    let want: Vec<u64> = (0..N).map(|i| u64::from(20000 + i)).collect();
+    assert_eq!(ports, want, "every socket exactly once");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let retries: u64 = stderr
+        .split("iter_retries=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no iter_retries in the -vv log: {stderr}"));
+    assert!(retries >= 2, "{N} records must overflow the seq buffer: iter_retries={retries}");
+    drop(socks);
+}

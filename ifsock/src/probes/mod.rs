@@ -200,6 +200,10 @@ impl Probes {
             Some(ns) => ns.run(read_sockets)??,
         };
         let files = read_records::<TaskFileRecord>(files.into_file()?)?;
+        match self.counters() {
+            Ok(c) => tracing::debug!("snapshot: {} socket records, {} file records, iter_retries={} so far", sockets.len(), files.len(), c.iter_retries),
+            Err(e) => tracing::debug!("snapshot: counters unavailable: {e:#}"),
+        }
         Ok(RawSnapshot { sockets, files })
     }
 
@@ -554,9 +558,26 @@ fn format_offsets(text: &str) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// Bytes asked of each `read()` of an iterator: more than the kernel's seq buffer
+/// (`PAGE_SIZE << 3`, 32 KiB with 4 KiB pages, kernel/bpf/bpf_iter.c `bpf_seq_read`), so every
+/// `read()` returns a full seq buffer and the record that did not fit is retried once at the
+/// start of the next `read()` (counted as `iter_retries`). Smaller reads would avoid the retry
+/// but double the number of syscalls.
+const ITER_READ_BYTES: usize = 64 << 10;
+
 fn read_records<T: Record>(mut file: File) -> Result<Vec<T>> {
     let mut buf = Vec::new();
-    file.read_to_end(&mut buf).context("reading BPF iterator output")?;
+    let mut len = 0;
+    loop {
+        buf.resize(len + ITER_READ_BYTES, 0);
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow::Error::from(e).context("reading BPF iterator output")),
+        }
+    }
+    buf.truncate(len);
     let size = std::mem::size_of::<T>();
     if buf.len() % size != 0 {
         return Err(anyhow!("iterator returned {} bytes, not a multiple of {size}", buf.len()));
