@@ -61,16 +61,20 @@ fn seq_write<T>(ctx: *mut c_void, record: &T) -> i32 {
     0
 }
 
-/// Socket cookie of the iterator's object (`bpf_get_socket_cookie()` on a trusted
-/// `sock_common`/`udp_sock` BTF pointer, callable from tracing programs since 5.12).
+/// Socket cookie of `sk` (`bpf_get_socket_cookie()` on a trusted `sock_common`/`udp_sock` BTF
+/// pointer, callable from tracing programs since 5.12).
+///
+/// `sk` must be the value the caller read from the context and checked for NULL: the verifier
+/// types that register as a non-NULL BTF sock pointer. Re-reading the context field here gives a
+/// `ptr_or_null` register that older verifiers (6.1) refuse for the helper; the check below
+/// keeps such a re-read acceptable too.
 #[inline(always)]
-fn cookie(ctx: *mut c_void) -> u64 {
-    // SAFETY: the object pointer is read straight from the context so the verifier keeps its
-    // BTF type (PTR_TO_BTF_ID of a sock type) for the helper; callers checked it is non-NULL.
-    unsafe {
-        let sk = (*ctx.cast::<IterCtxHead>()).object as *mut c_void;
-        bpf_get_socket_cookie(sk)
+fn cookie(sk: u64) -> u64 {
+    if sk == 0 {
+        return 0;
     }
+    // SAFETY: `sk` is the iterator's non-NULL socket pointer.
+    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
 }
 
 /// Fills a `SockRecord` from a `struct sock *`, or from the `struct sock_common` of a TCP mini
@@ -152,7 +156,7 @@ pub extern "C" fn iter_udp_sockets(ctx: *mut c_void) -> i32 {
     if sk == 0 {
         return 0;
     }
-    match sock_record(sk, cookie(ctx), IPPROTO_UDP, uid, true) {
+    match sock_record(sk, cookie(sk), IPPROTO_UDP, uid, true) {
         Some(rec) => seq_write(ctx, &rec),
         None => 0,
     }
@@ -171,7 +175,7 @@ pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
     }
     let state = rd::<u8>(sk, off!(skc_state)).unwrap_or(0);
     let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
-    match sock_record(sk, cookie(ctx), IPPROTO_TCP, uid, full) {
+    match sock_record(sk, cookie(sk), IPPROTO_TCP, uid, full) {
         Some(rec) => seq_write(ctx, &rec),
         None => 0,
     }
