@@ -9,7 +9,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::Result;
-use crate::model::kernel_event::{InFlight, ProbeVia, RecvEntry};
+use crate::model::kernel_event::{ProbeVia, RecvEntry};
 use serde::Serialize;
 
 use crate::{
@@ -190,12 +190,6 @@ fn fd_points_at(pid: u32, fd: u32, ino: SockInode) -> bool {
         .unwrap_or(false)
 }
 
-/// The probe that recorded `e`, as `set:function` (`fentry:__skb_recv_udp`,
-/// `tracepoint:syscalls:sys_enter_recvmsg`).
-pub fn probe_name(e: &InFlight) -> String {
-    e.probe_name()
-}
-
 /// Every blocked receiver at least `min_blocked` long (sorted, longest first).
 ///
 /// # Errors
@@ -257,7 +251,7 @@ pub fn collect_from(
         };
         let socket = by_ino.get(&e.ino).map(|s| (*s).clone());
         let tie = socket.as_ref().map(|s| ties(s, ctx)).unwrap_or_default();
-        let probe = probe_name(&e);
+        let probe = e.probe_name();
         out.push(HungReceiver {
             pid: e.pid,
             tid: e.tid,
