@@ -232,6 +232,10 @@ pub mod sock_flags {
     pub const RECVPKTINFO6: u32 = 1 << 1;
     /// The socket has no `struct socket` (orphaned by the kernel, e.g. a TCP socket after close).
     pub const NO_SOCKET: u32 = 1 << 2;
+    /// A TCP mini socket: `struct inet_timewait_sock` (TIME_WAIT) or `struct request_sock`
+    /// (NEW_SYN_RECV). Only its `struct sock_common` fields were read; it has no owner, no
+    /// receive queue and no socket inode.
+    pub const MINI: u32 = 1 << 3;
 }
 
 /// One TCP or UDP socket, written by the `iter/tcp` and `iter/udp` programs with `bpf_seq_write`.
@@ -242,6 +246,10 @@ pub mod sock_flags {
 pub struct SockRecord {
     /// Kernel address of the `struct sock` (identity within one snapshot; never printed).
     pub sk: u64,
+    /// Socket cookie (`bpf_get_socket_cookie()`, `sock_gen_cookie()`: `sock_common.skc_cookie`,
+    /// unique for the life of the kernel and never reused). Userspace dedupes iterator output
+    /// by it.
+    pub cookie: u64,
     /// Socket inode number (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 when there is no `struct socket`.
     pub ino: u64,
     /// Inode of the socket's netns (`sk->sk_net->ns.inum`).
@@ -445,18 +453,6 @@ pub struct LinkRequestEvent {
     pub data: [u8; NL_CAPTURE_LEN],
 }
 
-/// Receive syscalls tracked by the recv tracepoints.
-pub mod recv_syscall {
-    /// read(2)
-    pub const READ: u32 = 0;
-    /// recvfrom(2)
-    pub const RECVFROM: u32 = 45;
-    /// recvmsg(2)
-    pub const RECVMSG: u32 = 47;
-    /// recvmmsg(2)
-    pub const RECVMMSG: u32 = 299;
-}
-
 /// A receive on a socket that has not returned yet; value of [`MAP_INFLIGHT`] keyed by tid.
 ///
 /// Recorded either at `sys_enter_*` (tracepoint set: the socket is resolved from the fd at
@@ -478,7 +474,9 @@ pub struct InFlightRecv {
     pub tid: u32,
     /// File descriptor passed to the syscall, or [`NO_FD`] (kernel-function probes).
     pub fd: u32,
-    /// [`recv_syscall`] value, or `u32::MAX` when unknown (kernel-function probes).
+    /// Syscall number as the kernel reports it (`__syscall_nr` of the `sys_enter_*` tracepoint:
+    /// the native numbers of the kernel's architecture, named by userspace's `kernel::arch`), or
+    /// `u32::MAX` when unknown (kernel-function probes).
     pub syscall: u32,
     /// Inode of the task's netns.
     pub netns: u32,
@@ -645,31 +643,66 @@ pub struct SockErrorEvent {
 const _: () = assert!(core::mem::size_of::<SockErrorEvent>() == 112);
 
 /// Indexes of the per-CPU [`MAP_COUNTERS`] array.
+///
+/// A name that says "drops" or "full" counts real losses only; [`Counter::IterRetries`] is not a loss.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Events not written because the ring buffer was full.
+    /// Events lost: `bpf_ringbuf_output()` / `bpf_ringbuf_reserve()` failed because the ring
+    /// buffer was full. Each one is an event userspace never sees.
     RingbufDrops = 0,
-    /// Receives not tracked because [`MAP_INFLIGHT`] was full.
+    /// Receives not tracked: inserting into [`MAP_INFLIGHT`] failed (map full). Each one is a
+    /// receive `hung`/`teardown` cannot see.
     InflightFull = 1,
-    /// Iterator records lost because the seq buffer overflowed.
-    IterOverflow = 2,
-    /// Link requests captured.
+    /// Iterator records that did not fit in the seq buffer (`bpf_seq_write()` returned
+    /// `-EOVERFLOW`). Not a loss: `bpf_seq_read()` drops that object's partial output and shows
+    /// the same object again at the start of the next `read()` (kernel/bpf/bpf_iter.c), so the
+    /// record is written again. Counts retries.
+    IterRetries = 2,
+    /// Link requests captured (not a loss counter).
     LinkRequests = 3,
+}
+
+impl Counter {
+    /// Every counter, in map index order.
+    pub const ALL: [Counter; COUNTERS_LEN as usize] =
+        [Counter::RingbufDrops, Counter::InflightFull, Counter::IterRetries, Counter::LinkRequests];
 }
 
 /// Number of counters in [`MAP_COUNTERS`].
 pub const COUNTERS_LEN: u32 = 4;
 
-/// Reads a `#[repr(C)]` record from the start of `bytes`; `None` if `bytes` is too short.
+/// Plain-old-data records that may be built from any bytes of the right length.
 ///
 /// # Safety
-/// `T` must be one of this crate's plain-old-data records (every bit pattern valid).
-pub unsafe fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+/// Implement only for `#[repr(C)]` (or primitive integer) types whose fields are integers or
+/// integer arrays, so that every bit pattern is a valid value and no padding is read as a
+/// meaningful field.
+pub unsafe trait Record: Copy {}
+
+// SAFETY: primitive integers; every bit pattern is valid.
+unsafe impl Record for u32 {}
+// SAFETY: as above.
+unsafe impl Record for u64 {}
+// SAFETY (all below): #[repr(C)] with only integer / integer-array fields.
+unsafe impl Record for KernelOffsets {}
+unsafe impl Record for SockRecord {}
+unsafe impl Record for TaskFileRecord {}
+unsafe impl Record for DeviceEvent {}
+unsafe impl Record for LinkRequestEvent {}
+unsafe impl Record for InFlightRecv {}
+unsafe impl Record for RecvDoneEvent {}
+unsafe impl Record for SendErrorEvent {}
+unsafe impl Record for SockErrorEvent {}
+
+/// Reads a record from the start of `bytes` (unaligned copy); `None` if `bytes` is shorter
+/// than `size_of::<T>()`. Extra bytes are ignored.
+pub fn read_record<T: Record>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < core::mem::size_of::<T>() {
         return None;
     }
-    // SAFETY: length checked; T is POD per the caller's contract; read_unaligned has no alignment needs.
+    // SAFETY: the length is checked; `T: Record` makes every bit pattern valid;
+    // `read_unaligned` has no alignment requirement.
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
@@ -679,4 +712,24 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::InFlightRecv {}
     unsafe impl aya::Pod for super::SockErrorEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_from_unaligned_bytes_and_short_input_is_refused() {
+        let mut bytes = [0u8; 9];
+        bytes[1..5].copy_from_slice(&7u32.to_ne_bytes());
+        assert_eq!(read_record::<u32>(&bytes[1..]), Some(7));
+        assert_eq!(read_record::<u64>(&bytes[..7]), None);
+    }
+
+    #[test]
+    fn counters_are_listed_in_map_index_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! `bpf_probe_read_kernel` would make the verifier reject `bpf_seq_write`.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_seq_write;
+use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_seq_write};
 use ifsock_common::{
     file_kind, sock_flags, Counter, SockRecord, TaskFileRecord, IFNAME_LEN,
 };
@@ -20,7 +20,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: mini sockets with only `sock_common`, no owner.
+/// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV` (include/net/tcp_states.h): `iter/tcp` hands these
+/// over as `struct inet_timewait_sock` / `struct request_sock`, which share only
+/// `struct sock_common` with a full `struct sock`.
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
@@ -52,20 +54,40 @@ fn seq_write<T>(ctx: *mut c_void, record: &T) -> i32 {
         )
     };
     if ret != 0 {
-        count(Counter::IterOverflow);
+        // -EOVERFLOW: bpf_seq_read() discards this object's partial output and calls the
+        // program again for the same object in the next read(): a retry, not a loss.
+        count(Counter::IterRetries);
     }
     0
 }
 
-/// Fills a `SockRecord` from a `struct sock *` (or a mini socket when `full` is false).
+/// Socket cookie of `sk` (`bpf_get_socket_cookie()` on a trusted `sock_common`/`udp_sock` BTF
+/// pointer, callable from tracing programs since 5.12).
+///
+/// `sk` must be the value the caller read from the context and checked for NULL: the verifier
+/// types that register as a non-NULL BTF sock pointer. Re-reading the context field here gives a
+/// `ptr_or_null` register that older verifiers (6.1) refuse for the helper; the check below
+/// keeps such a re-read acceptable too.
 #[inline(always)]
-fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord> {
+fn cookie(sk: u64) -> u64 {
+    if sk == 0 {
+        return 0;
+    }
+    // SAFETY: `sk` is the iterator's non-NULL socket pointer.
+    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// Fills a `SockRecord` from a `struct sock *`, or from the `struct sock_common` of a TCP mini
+/// socket when `full` is false (TIME_WAIT, NEW_SYN_RECV: no `sk_socket`, queue or flags to read).
+#[inline(always)]
+fn sock_record(sk: u64, cookie: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord> {
     let family = rd::<u16>(sk, off!(skc_family))?;
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
     let mut rec = SockRecord {
         sk,
+        cookie,
         ino: 0,
         netns: net_inum(rd::<u64>(sk, off!(skc_net)).unwrap_or(0)),
         uid,
@@ -91,7 +113,7 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord
         rec.raddr = rd::<[u8; 16]>(sk, off!(skc_v6_daddr)).unwrap_or([0; 16]);
     }
     if !full {
-        rec.flags |= sock_flags::NO_SOCKET;
+        rec.flags |= sock_flags::NO_SOCKET | sock_flags::MINI;
         return Some(rec);
     }
     let socket = rd::<u64>(sk, off!(sk_socket)).unwrap_or(0);
@@ -134,14 +156,15 @@ pub extern "C" fn iter_udp_sockets(ctx: *mut c_void) -> i32 {
     if sk == 0 {
         return 0;
     }
-    match sock_record(sk, IPPROTO_UDP, uid, true) {
+    match sock_record(sk, cookie(sk), IPPROTO_UDP, uid, true) {
         Some(rec) => seq_write(ctx, &rec),
         None => 0,
     }
 }
 
 /// `iter/tcp`: context `struct bpf_iter__tcp { meta; sk_common; uid_t uid; }`.
-/// TIME_WAIT and NEW_SYN_RECV mini sockets are skipped: they have no owner and no binding of their own.
+/// TIME_WAIT and NEW_SYN_RECV mini sockets are listed from their `sock_common` fields only
+/// (`skc_state` is read first: the rest of `struct sock` does not exist for them).
 #[unsafe(link_section = "iter/tcp")]
 #[unsafe(no_mangle)]
 pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
@@ -151,10 +174,8 @@ pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
         return 0;
     }
     let state = rd::<u8>(sk, off!(skc_state)).unwrap_or(0);
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
-        return 0;
-    }
-    match sock_record(sk, IPPROTO_TCP, uid, true) {
+    let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+    match sock_record(sk, cookie(sk), IPPROTO_TCP, uid, full) {
         Some(rec) => seq_write(ctx, &rec),
         None => 0,
     }

@@ -30,3 +30,25 @@ fn unknown_netns_is_an_error() {
     require_root();
     fails_with(&["--netns", "ifsock-no-such-ns", "sockets"], "no network namespace named");
 }
+
+#[test]
+fn netns_paths_that_are_not_network_namespaces_are_refused() {
+    require_root();
+    let file = std::env::temp_dir().join(unique("notns"));
+    std::fs::write(&file, b"x").unwrap();
+    let dir = std::env::temp_dir();
+    let (file_s, dir_s) = (file.to_str().unwrap(), dir.to_str().unwrap());
+    fails_with(&["--netns", "", "sockets"], "not a network namespace: \"\"");
+    fails_with(&["--netns", file_s, "sockets"], &format!("not a network namespace: {file_s} (a regular file"));
+    fails_with(&["--netns", dir_s, "sockets"], &format!("not a network namespace: {dir_s} (a directory"));
+    fails_with(&["--netns", "/proc/self/ns/mnt", "sockets"], "not a network namespace: /proc/self/ns/mnt (a mnt namespace");
+    for args in [["--netns", "", "sockets"], ["--netns", "/proc/self/ns/mnt", "sockets"]] {
+        let out = ifsock(&args).unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("EINVAL"), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = std::fs::remove_file(&file);
+    // A real one still works.
+    let ns = Netns::new().unwrap();
+    let out = ifsock(&["--netns", &format!("/run/netns/{}", ns.name), "sockets", "--json"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -20,7 +20,8 @@ use crate::{
     model::{
         ids::{NetnsIno, SockInode},
         link::Link,
-        receiver::{stranded, ties, BlockedThread, Certainty, HungReceiver, IfaceTie, InFlight, RecvProbe},
+        kernel_event::{ProbeVia, RecvEntry},
+        receiver::{stranded, ties, BlockedThread, Certainty, HungReceiver, IfaceTie, InFlight},
         socket::Socket,
     },
 };
@@ -148,7 +149,7 @@ pub fn from_inflight(
         let proc_view = by_tid.get(&e.tid).copied();
         // A kretprobe can miss a return (its instance pool is bounded), leaving a record behind
         // a thread that is no longer receiving: trust a kprobe record only while procfs agrees.
-        if matches!(e.probe, RecvProbe::Kprobe(_)) && proc_view.is_none() {
+        if e.via == ProbeVia::Kprobe && proc_view.is_none() {
             continue;
         }
         seen.insert(e.tid);
@@ -156,7 +157,7 @@ pub fn from_inflight(
         if blocked_ns < filter.min_blocked_ns {
             continue;
         }
-        let (syscall, fd) = match (e.syscall, e.fd, proc_view) {
+        let (syscall, fd) = match (e.syscall_name(), e.fd, proc_view) {
             (Some(sc), Some(fd), _) => (sc, Some(fd)),
             (_, _, Some(b)) => (syscall_name(b.syscall), Some(b.fd)),
             _ => ("?", None),
@@ -164,8 +165,8 @@ pub fn from_inflight(
         let socket = by_ino.get(&e.ino).map(|s| (*s).clone());
         let interfaces = socket.as_ref().map(|s| input.ctx.ties(s)).unwrap_or_default();
         let probe = e.probe_name();
-        let evidence = match e.probe {
-            RecvProbe::Syscall => {
+        let evidence = match e.entry {
+            RecvEntry::Syscall => {
                 format!("socket inode {} resolved from fd {} at {syscall} entry ({probe})", e.ino, fd.map_or("?".into(), |f| f.to_string()))
             }
             _ => format!("socket inode {} from the struct sock argument of {probe}", e.ino),
@@ -178,9 +179,9 @@ pub fn from_inflight(
             fd,
             fd_open: fd.is_some_and(|fd| tasks.fd_socket(e.pid, fd) == Some(e.ino)),
             blocked_ns: Some(blocked_ns),
-            blocked_source: if e.probe == RecvProbe::Syscall { "syscall_entry" } else { "function_entry" },
+            blocked_source: if e.entry == RecvEntry::Syscall { "syscall_entry" } else { "function_entry" },
             probe: Some(probe),
-            in_wait: e.in_wait,
+            in_wait: (e.via != ProbeVia::Tracepoint).then_some(e.wait_since_ns.is_some()),
             certainty: Certainty::Exact,
             evidence,
             orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
@@ -294,6 +295,7 @@ mod tests {
 
     fn sock(ino: u64, netns: NetnsIno, addr: [u8; 4], dev: u32, pktinfo: bool, owned: bool) -> Socket {
         Socket {
+            cookie: 0,
             protocol: Protocol::Udp,
             family: 4,
             local_addr: IpAddr::V4(Ipv4Addr::from(addr)),
@@ -323,9 +325,25 @@ mod tests {
         }
     }
 
+    /// How a fake receive was recorded: at the syscall, or at a kernel function.
+    #[derive(Clone, Copy, PartialEq)]
+    enum RecvProbe {
+        Syscall,
+        Fentry(&'static str),
+        Kprobe(&'static str),
+    }
+
     fn inflight(tid: u32, ino: u64, since_ns: u64, probe: RecvProbe) -> InFlight {
-        let syscall = (probe == RecvProbe::Syscall).then_some("recvmsg");
-        InFlight { pid: 10, tid, comm: "srv".into(), since_ns, ino: SockInode(ino), fd: syscall.map(|_| 3), syscall, netns: NS, probe, in_wait: None }
+        let (via, entry) = match probe {
+            RecvProbe::Syscall => (ProbeVia::Tracepoint, RecvEntry::Syscall),
+            RecvProbe::Fentry(_) => (ProbeVia::Fentry, RecvEntry::SkbRecvUdp),
+            RecvProbe::Kprobe(_) => (ProbeVia::Kprobe, RecvEntry::SkbRecvUdp),
+        };
+        let syscall = (probe == RecvProbe::Syscall).then_some(crate::kernel::arch::RECVMSG);
+        InFlight {
+            since_ns, sk: 0, ino: SockInode(ino), pid: 10, tid, fd: syscall.map(|_| 3), syscall, netns: NS, via, entry,
+            kernel_ret: None, wait_since_ns: None, waited_ns: 0, copied_bytes: 0, comm: "srv".into(),
+        }
     }
 
     fn blocked(tid: u32, netns: NetnsIno, fd_socket: Option<u64>, blocked_ns: Option<u64>) -> BlockedThread {

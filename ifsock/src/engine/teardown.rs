@@ -14,9 +14,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    kernel::{procfs, signals::Stop},
+    kernel::signals::Stop,
     model::{
-        ids::{comm_str, IfIndex, NetnsIno},
+        ids::{IfIndex, NetnsIno},
+        kernel_event::InFlight,
         sock_error::SockError,
         socket::{Binding, Socket},
         tie::TiedSocket,
@@ -125,15 +126,14 @@ pub struct BlockedRecv {
 impl BlockedRecv {
     /// From an in-flight record (`INFLIGHT_RECV`, or the entry of a `RecvDone` event): the fd
     /// and syscall number are known for the tracepoint set only (`fd == NO_FD` otherwise).
-    pub fn from_inflight(r: &ifsock_common::InFlightRecv) -> Self {
-        let known = r.fd != ifsock_common::NO_FD;
+    pub fn from_inflight(r: &InFlight) -> Self {
         BlockedRecv {
             pid: r.pid,
             tid: r.tid,
-            comm: comm_str(&r.comm),
-            fd: known.then_some(r.fd),
-            syscall: if known { procfs::syscall_name(u64::from(r.syscall)) } else { "?" },
-            sock: (NetnsIno(r.netns), r.ino),
+            comm: r.comm.clone(),
+            fd: r.fd,
+            syscall: r.syscall_name().unwrap_or("?"),
+            sock: (r.netns, r.ino.0),
         }
     }
 }
@@ -429,13 +429,13 @@ impl Observer {
     pub fn on_event(&mut self, ev: &Event) {
         match ev {
             Event::SendError(e) => {
-                let Some(key) = self.key(e.ino) else { return };
-                let errno = i32::try_from(-e.ret).unwrap_or(0);
+                let Some(key) = self.key(e.ino.0) else { return };
+                let errno = e.errno;
                 let at = ms_since(e.ts_ns, self.t0);
                 let entry = self.sends.entry((key, e.tid, e.fd, errno)).or_insert_with(|| SendErrorsSeen {
                     pid: e.pid,
                     tid: e.tid,
-                    comm: comm_str(&e.comm),
+                    comm: e.comm.clone(),
                     fd: e.fd,
                     errno,
                     error: errno_name(errno),
@@ -448,7 +448,7 @@ impl Observer {
                 entry.last_ms = entry.last_ms.max(at);
             }
             Event::RecvDone(d) => {
-                let Some(key) = self.key(d.entry.ino) else { return };
+                let Some(key) = self.key(d.entry.ino.0) else { return };
                 let mut b = BlockedRecv::from_inflight(&d.entry);
                 b.sock = key;
                 let t0 = self.t0;
@@ -461,7 +461,7 @@ impl Observer {
                     r.error = (d.ret < 0).then(|| errno_name(i32::try_from(-d.ret).unwrap_or(0)));
                 }
             }
-            Event::SockError(e) => self.on_sock_error(&SockError::from_event(e)),
+            Event::SockError(e) => self.on_sock_error(e),
             _ => {}
         }
     }
@@ -821,7 +821,7 @@ mod tests {
         let mut l = [0u8; 16];
         l[..4].copy_from_slice(&laddr);
         let mut s = Socket::from_record(&ifsock_common::SockRecord {
-            sk: ino, ino, netns: netns.0, uid: 0, bound_dev_if: dev, family: 2, protocol: 17, state: 7, lport, rport: 0,
+            sk: ino, cookie: 0, ino, netns: netns.0, uid: 0, bound_dev_if: dev, family: 2, protocol: 17, state: 7, lport, rport: 0,
             flags: 0, laddr: l, raddr: [0; 16], rx_queue: 0, drops: 0,
         });
         s.owners = vec![Owner { pid: 7, comm: "app".into(), fd: 3 }];
@@ -869,9 +869,9 @@ mod tests {
     }
 
     fn send_err(ts_ns: u64, errno: i32, ino: u64) -> Event {
-        Event::SendError(ifsock_common::SendErrorEvent {
+        Event::SendError(crate::model::kernel_event::SendError::from_record(&ifsock_common::SendErrorEvent {
             kind: ifsock_common::EventKind::SendError as u32, pid: 7, ts_ns, ret: -i64::from(errno), ino, tid: 8, fd: 3, comm: comm(),
-        })
+        }))
     }
 
     fn inflight(tid: u32, ino: u64, netns: NetnsIno, since_ns: u64) -> ifsock_common::InFlightRecv {
@@ -889,9 +889,9 @@ mod tests {
     }
 
     fn recv_done(tid: u32, ino: u64, since_ns: u64, ts_ns: u64, ret: i64) -> Event {
-        Event::RecvDone(ifsock_common::RecvDoneEvent {
+        Event::RecvDone(crate::model::kernel_event::RecvDone::from_record(&ifsock_common::RecvDoneEvent {
             kind: ifsock_common::EventKind::RecvDone as u32, _pad: 0, ts_ns, ret, entry: inflight(tid, ino, NS, since_ns),
-        })
+        }))
     }
 
     fn blocked(tid: u32, sock: SockKey) -> BlockedRecv {
@@ -925,15 +925,15 @@ mod tests {
         let mut r = [0u8; 16];
         r[..4].copy_from_slice(&[10, 9, 0, 2]);
         let s = Socket::from_record(&ifsock_common::SockRecord {
-            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport: 5000, rport: 9,
+            sk: 1, cookie: 0, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport: 5000, rport: 9,
             flags: 0, laddr: l, raddr: r, rx_queue: 0, drops: 0,
         });
         let mut obs = Observer::new([(NS, 42)], vec![s], T0);
         let ev = |ts_ns: u64, error: i32, ino: u64, via: u32| {
-            Event::SockError(ifsock_common::SockErrorEvent {
+            Event::SockError(crate::model::sock_error::SockError::from_event(&ifsock_common::SockErrorEvent {
                 kind: ifsock_common::EventKind::SockError as u32, error, ts_ns, sk: 0, ino, netns: if ino == 0 { 0 } else { 7 },
                 bound_dev_if: 0, family: 2, protocol: 17, lport: 5000, rport: 9, laddr: l, raddr: r, pid: 0, tid: 0, comm: [0; 16], via, _pad: 0,
-            })
+            }))
         };
         obs.on_event(&ev(990_000_000, libc::ECONNREFUSED, 42, ifsock_common::sock_error_via::TP_BTF));
         obs.on_event(&ev(1_200_000_000, libc::ECONNREFUSED, 0, ifsock_common::sock_error_via::TRACEPOINT));

@@ -134,15 +134,16 @@ pub struct KernelEvidence {
 
 impl KernelEvidence {
     /// From the device probe's record (`netif_close_many`/`dev_close_many`, `unregister_netdevice_queue`).
-    pub fn from_event(e: &ifsock_common::DeviceEvent) -> Self {
+    pub fn from_event(e: &crate::model::kernel_event::KernelDeviceEvent) -> Self {
+        use crate::model::kernel_event::{DeviceReason, ProbeVia};
         KernelEvidence {
-            reason: if e.reason == ifsock_common::device_reason::CLOSE { "close" } else { "unregister" },
-            via: if e.via == ifsock_common::probe_via::FENTRY { "fentry" } else { "kprobe" },
+            reason: if e.reason == DeviceReason::Close { "close" } else { "unregister" },
+            via: if e.via == ProbeVia::Fentry { "fentry" } else { "kprobe" },
             pid: e.pid,
             tid: e.tid,
-            comm: crate::model::ids::comm_str(&e.comm),
+            comm: e.comm.clone(),
             ts_ns: e.ts_ns,
-            key: (NetnsIno(e.netns), IfIndex(e.ifindex)),
+            key: (e.netns, e.ifindex),
         }
     }
 }

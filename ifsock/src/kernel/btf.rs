@@ -380,8 +380,7 @@ pub fn cached_kernel_offsets() -> Result<KernelOffsets, BtfError> {
     let size = std::mem::size_of::<KernelOffsets>();
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == size && !boot_id.is_empty() {
-            // SAFETY: KernelOffsets is a repr(C) struct of u32 fields; any bytes are valid.
-            if let Some(k) = unsafe { ifsock_common::read_record::<KernelOffsets>(&bytes) } {
+            if let Some(k) = ifsock_common::read_record::<KernelOffsets>(&bytes) {
                 return Ok(k);
             }
         }

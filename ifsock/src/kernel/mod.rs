@@ -1,5 +1,6 @@
 //! Facts read from the running kernel outside the eBPF programs: BTF offsets, rtnetlink,
 //! network namespaces, procfs, and system state (privileges, mounts, lockdown).
+pub mod arch;
 pub mod btf;
 pub mod netlink;
 pub mod netns;

@@ -28,12 +28,14 @@ pub struct NetnsHandle {
 }
 
 impl NetnsHandle {
-    /// Opens a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    /// Opens a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`) and checks that it is one.
     ///
     /// # Errors
-    /// The file does not exist or is not readable.
+    /// The file does not exist or is not readable, or it is not a network namespace
+    /// (`not a network namespace: PATH (…)`: a regular file, a directory, another namespace type).
     pub fn open(path: &Path, name: Option<String>) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+        check_is_netns(&file, path)?;
         let ino = NetnsIno(file.metadata()?.ino() as u32);
         Ok(NetnsHandle { file, ino, name, path: path.to_path_buf() })
     }
@@ -43,6 +45,9 @@ impl NetnsHandle {
     /// # Errors
     /// Unknown name, with the list of known ones.
     pub fn resolve(spec: &str) -> Result<Self> {
+        if spec.is_empty() {
+            bail!("not a network namespace: \"\" (give --netns NAME from {NETNS_RUN_DIR}, pid:PID, or a path such as /proc/PID/ns/net)");
+        }
         if let Some(pid) = spec.strip_prefix("pid:") {
             let pid: u32 = pid.parse().map_err(|_| anyhow!("--netns pid:{pid}: not a pid"))?;
             return Self::open(Path::new(&format!("/proc/{pid}/ns/net")), None);
@@ -79,6 +84,53 @@ impl NetnsHandle {
             .join()
             .map_err(|_| anyhow!("netns worker thread panicked"))?
         })
+    }
+}
+
+/// `NSFS_MAGIC` (include/uapi/linux/magic.h): the filesystem of `/proc/PID/ns/*` and of their
+/// bind mounts under /run/netns.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (include/uapi/linux/nsfs.h, Linux >= 4.11): the
+// `CLONE_NEW*` type of a namespace file.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+/// Refuses anything but a network namespace file: the file must live on nsfs (`fstatfs`
+/// `f_type == NSFS_MAGIC`) and `NS_GET_NSTYPE` must say `CLONE_NEWNET`. Kernels without
+/// `NS_GET_NSTYPE` (< 4.11, `ENOTTY`) are trusted on nsfs alone and `setns` decides.
+fn check_is_netns(file: &File, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let not = |what: &str| {
+        anyhow!(
+            "not a network namespace: {} ({what}; give --netns NAME from {NETNS_RUN_DIR}, pid:PID, or a path such as /proc/PID/ns/net)",
+            path.display()
+        )
+    };
+    let fs = nix::sys::statfs::fstatfs(file).with_context(|| format!("fstatfs on {}", path.display()))?;
+    if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+        let meta = file.metadata()?;
+        let kind = if meta.is_dir() { "a directory" } else if meta.is_file() { "a regular file" } else { "not a namespace file" };
+        return Err(not(kind));
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
+    match unsafe { ns_get_nstype(file.as_raw_fd()) } {
+        Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => Ok(()),
+        Ok(t) => Err(not(&format!("a {} namespace", ns_type_name(t)))),
+        Err(nix::errno::Errno::ENOTTY) => Ok(()),
+        Err(e) => Err(anyhow!(e).context(format!("NS_GET_NSTYPE on {}", path.display()))),
+    }
+}
+
+/// Short name of a `CLONE_NEW*` namespace type, as in `/proc/PID/ns/`.
+fn ns_type_name(t: i32) -> &'static str {
+    match CloneFlags::from_bits_truncate(t) {
+        CloneFlags::CLONE_NEWNS => "mnt",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWUSER => "user",
+        CloneFlags::CLONE_NEWPID => "pid",
+        CloneFlags::CLONE_NEWCGROUP => "cgroup",
+        _ => "non-network",
     }
 }
 

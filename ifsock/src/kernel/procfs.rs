@@ -8,26 +8,18 @@ use crate::{
     model::ids::{NetnsIno, SockInode},
 };
 
-/// Receive syscalls, as numbered in `/proc/PID/task/TID/syscall` (arch/x86/entry/syscalls/
-/// syscall_64.tbl).
-#[cfg(target_arch = "x86_64")]
-pub const RECV_SYSCALLS: [(u64, &str); 4] = [(0, "read"), (45, "recvfrom"), (47, "recvmsg"), (299, "recvmmsg")];
-/// Receive syscalls, as numbered in `/proc/PID/task/TID/syscall` (include/uapi/asm-generic/
-/// unistd.h, used by arm64).
-#[cfg(target_arch = "aarch64")]
-pub const RECV_SYSCALLS: [(u64, &str); 4] = [(63, "read"), (207, "recvfrom"), (212, "recvmsg"), (243, "recvmmsg")];
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("ifsock knows the receive syscall numbers of x86_64 and aarch64 only: add this arch's to kernel/procfs.rs");
+/// Receive syscalls (this architecture's numbers, as in `/proc/PID/task/TID/syscall`).
+pub use super::arch::RECV_SYSCALLS;
 
 /// `read(2)`'s number on this arch.
-const READ_NR: u64 = RECV_SYSCALLS[0].0;
+const READ_NR: u64 = super::arch::READ;
 
 /// `PF_KTHREAD` (include/linux/sched.h) in `/proc/PID/stat` flags.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Name of a receive syscall number.
 pub fn syscall_name(nr: u64) -> &'static str {
-    RECV_SYSCALLS.iter().find(|(n, _)| *n == nr).map_or("?", |(_, s)| s)
+    super::arch::recv_syscall_name(nr)
 }
 
 /// The syscall a thread is in now and its first argument (`/proc/PID/task/TID/syscall`), or

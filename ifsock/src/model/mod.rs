@@ -1,6 +1,7 @@
 //! What ifsock knows: interfaces, sockets and their owners, tasks, and interface events.
 pub mod event;
 pub mod ids;
+pub mod kernel_event;
 pub mod link;
 pub mod receiver;
 pub mod sock_error;

@@ -3,11 +3,10 @@
 //! `probes` (in-flight records), `kernel::procfs` (blocked threads) and the snapshots.
 use std::net::IpAddr;
 
-use ifsock_common::{probe_via, recv_func, recv_syscall, InFlightRecv, NO_FD};
 use serde::Serialize;
 
 use super::{
-    ids::{comm_str, IfIndex, NetnsIno, SockInode},
+    ids::{IfIndex, NetnsIno, SockInode},
     link::Link,
     socket::{Binding, Socket},
 };
@@ -152,91 +151,7 @@ pub struct BlockedThread {
     pub blocked_ns: Option<u64>,
 }
 
-/// Which probe recorded an in-flight receive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecvProbe {
-    /// `syscalls:sys_enter_<syscall>` (tracepoint set): the socket was resolved from the fd.
-    Syscall,
-    /// Entry of a kernel receive function through a BTF trampoline (`fentry`).
-    Fentry(&'static str),
-    /// Entry of a kernel receive function through a `kprobe`.
-    Kprobe(&'static str),
-}
-
-/// A receive that has not returned yet, decoded once from the `MAP_INFLIGHT` record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InFlight {
-    /// Thread-group id.
-    pub pid: u32,
-    /// Thread id.
-    pub tid: u32,
-    /// Task command.
-    pub comm: String,
-    /// Entry time, CLOCK_MONOTONIC ns (`bpf_ktime_get_ns()`).
-    pub since_ns: u64,
-    /// Socket inode (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 when the sock has no socket.
-    pub ino: SockInode,
-    /// The fd passed to the syscall (tracepoint set only).
-    pub fd: Option<u32>,
-    /// Syscall name (tracepoint set only).
-    pub syscall: Option<&'static str>,
-    /// The task's netns when the receive started.
-    pub netns: NetnsIno,
-    /// Which probe recorded it.
-    pub probe: RecvProbe,
-    /// Sleeping in `__skb_wait_for_more_packets` now (kernel-function sets only).
-    pub in_wait: Option<bool>,
-}
-
-/// Name of an [`ifsock_common::recv_syscall`] value (ABI-independent, not a syscall number).
-pub fn recv_syscall_name(v: u32) -> &'static str {
-    match v {
-        recv_syscall::READ => "read",
-        recv_syscall::RECVFROM => "recvfrom",
-        recv_syscall::RECVMSG => "recvmsg",
-        recv_syscall::RECVMMSG => "recvmmsg",
-        _ => "?",
-    }
-}
-
-impl InFlight {
-    /// Decodes an in-flight record.
-    pub fn from_record(e: &InFlightRecv) -> Self {
-        let function = match e.func {
-            recv_func::SKB_RECV_UDP => Some("__skb_recv_udp"),
-            recv_func::SKB_RECV_DATAGRAM => Some("__skb_recv_datagram"),
-            recv_func::SKB_WAIT => Some("__skb_wait_for_more_packets"),
-            _ => None,
-        };
-        let probe = match (e.via, function) {
-            (probe_via::FENTRY, Some(f)) => RecvProbe::Fentry(f),
-            (probe_via::KPROBE, Some(f)) => RecvProbe::Kprobe(f),
-            _ => RecvProbe::Syscall,
-        };
-        let fd = (e.fd != NO_FD).then_some(e.fd);
-        InFlight {
-            pid: e.pid,
-            tid: e.tid,
-            comm: comm_str(&e.comm),
-            since_ns: e.since_ns,
-            ino: SockInode(e.ino),
-            fd,
-            syscall: fd.map(|_| recv_syscall_name(e.syscall)),
-            netns: NetnsIno(e.netns),
-            probe,
-            in_wait: (e.via != probe_via::TRACEPOINT).then_some(e.wait_since_ns != 0),
-        }
-    }
-
-    /// The probe as `set:function` (`fentry:__skb_recv_udp`, `tracepoint:syscalls:sys_enter_recvmsg`).
-    pub fn probe_name(&self) -> String {
-        match self.probe {
-            RecvProbe::Fentry(f) => format!("fentry:{f}"),
-            RecvProbe::Kprobe(f) => format!("kprobe:{f}"),
-            RecvProbe::Syscall => format!("tracepoint:syscalls:sys_enter_{}", self.syscall.unwrap_or("?")),
-        }
-    }
-}
+pub use super::kernel_event::InFlight;
 
 /// Interfaces `socket` is tied to, given its netns's `current` links and those `deleted` while
 /// we watched. A device binding to an ifindex found in neither is reported as deleted.

@@ -204,7 +204,7 @@ mod tests {
         let mut r = [0u8; 16];
         r[..4].copy_from_slice(&raddr);
         Socket::from_record(&SockRecord {
-            sk: ino, ino, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport, rport,
+            sk: ino, cookie: ino, ino, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 1, lport, rport,
             flags: 0, laddr: l, raddr: r, rx_queue: 0, drops: 0,
         })
     }

@@ -43,6 +43,10 @@ pub struct Owner {
 }
 
 /// One TCP/UDP socket from `iter/tcp` / `iter/udp`, joined with its owners.
+///
+/// TCP TIME_WAIT and NEW_SYN_RECV entries are mini sockets (`struct inet_timewait_sock`,
+/// `struct request_sock`): only their `struct sock_common` fields are known; they have inode 0,
+/// no owners, and zero `rx_queue`/`drops`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Socket {
     /// `tcp` or `udp`.
@@ -61,7 +65,8 @@ pub struct Socket {
     pub remote_addr: IpAddr,
     /// Remote port (0 when not connected).
     pub remote_port: u16,
-    /// State name (`LISTEN`, `ESTABLISHED`, `UNCONN` for unconnected UDP, …).
+    /// State name (`LISTEN`, `ESTABLISHED`, `TIME_WAIT`, `NEW_SYN_RECV`, `UNCONN` for
+    /// unconnected UDP, …).
     pub state: &'static str,
     /// Socket inode (0: the kernel socket has no `struct socket`).
     pub inode: SockInode,
@@ -79,6 +84,9 @@ pub struct Socket {
     pub drops: u32,
     /// Processes holding an fd to it (empty: no fd references it).
     pub owners: Vec<Owner>,
+    /// Socket cookie (`bpf_get_socket_cookie()`, `sock_common.skc_cookie`): unique while the
+    /// kernel runs, never reused; the same value `ss -e` prints as `sk:` (in hex).
+    pub cookie: u64,
     /// Kernel address of the `struct sock` (correlation only; not serialised).
     #[serde(skip)]
     pub sk: u64,
@@ -134,6 +142,7 @@ impl Socket {
             rx_queue: r.rx_queue,
             drops: r.drops,
             owners: Vec::new(),
+            cookie: r.cookie,
             sk: r.sk,
         }
     }
@@ -177,7 +186,7 @@ mod tests {
         let mut raw = [0u8; 16];
         raw[..4].copy_from_slice(&laddr);
         let rec = SockRecord {
-            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: bound, family: 2, protocol: 17, state: 7,
+            sk: 1, cookie: 9, ino: 42, netns: 7, uid: 0, bound_dev_if: bound, family: 2, protocol: 17, state: 7,
             lport: 5000, rport: 0, flags: sock_flags::PKTINFO, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
         };
         Socket::from_record(&rec)
@@ -202,7 +211,7 @@ mod tests {
         laddr[10..12].copy_from_slice(&[0xff, 0xff]);
         laddr[12..].copy_from_slice(&[10, 253, 0, 1]);
         let rec = SockRecord {
-            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 10, protocol: 6, state: 10,
+            sk: 1, cookie: 0, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 10, protocol: 6, state: 10,
             lport: 8003, rport: 0, flags: 0, laddr, raddr: [0; 16], rx_queue: 0, drops: 0,
         };
         let s = Socket::from_record(&rec);
@@ -211,6 +220,24 @@ mod tests {
         let v6 = Socket::from_record(&SockRecord { laddr: [0; 16], ..rec });
         assert!(!v6.v4_mapped, "the wildcard :: is not v4-mapped");
         assert!(!udp([10, 9, 0, 1], 0).v4_mapped);
+    }
+
+    #[test]
+    fn tcp_mini_sockets_keep_their_state_and_have_no_inode() {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let tw = SockRecord {
+            sk: 2, cookie: 77, ino: 0, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 6, state: 6,
+            lport: 43296, rport: 8020, flags: sock_flags::NO_SOCKET | sock_flags::MINI, laddr: raw, raddr: raw,
+            rx_queue: 0, drops: 0,
+        };
+        let s = Socket::from_record(&tw);
+        assert_eq!((s.state, s.inode, s.cookie, s.protocol), ("TIME_WAIT", SockInode(0), 77, Protocol::Tcp));
+        let syn = Socket::from_record(&SockRecord { state: 12, ..tw });
+        assert_eq!(syn.state, "NEW_SYN_RECV");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["cookie"], 77);
+        assert_eq!(json["state"], "TIME_WAIT");
     }
 
     #[test]

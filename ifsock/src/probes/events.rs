@@ -1,37 +1,42 @@
-//! Ring-buffer events, read through tokio's `AsyncFd` (no polling loop) and decoded.
+//! Ring-buffer events, read through tokio's `AsyncFd` (no polling loop) and decoded once, here,
+//! into model types: nothing past `probes/` reads a raw `ifsock_common` record.
 use anyhow::Result;
 use aya::maps::{Map, MapData, RingBuf};
 use ifsock_common::{read_record, DeviceEvent, EventKind, LinkRequestEvent, RecvDoneEvent, SendErrorEvent, SockErrorEvent};
 use tokio::io::unix::AsyncFd;
 
+use crate::model::{
+    event::{parse_request, LinkRequest},
+    kernel_event::{KernelDeviceEvent, RecvDone, SendError},
+    sock_error::SockError,
+};
+
 /// A decoded ring-buffer event.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A task's link-change request (syscall evidence).
-    LinkRequest(LinkRequestEvent),
+    /// A task's link-change request (syscall evidence), parsed.
+    LinkRequest(LinkRequest),
     /// A long receive returned.
-    RecvDone(RecvDoneEvent),
+    RecvDone(RecvDone),
     /// A send failed.
-    SendError(SendErrorEvent),
+    SendError(SendError),
     /// A device close/unregister seen at the kernel function (fentry/kprobe sets).
-    Device(DeviceEvent),
+    Device(KernelDeviceEvent),
     /// The kernel reported an error on an INET socket (`sock:inet_sk_error_report`).
-    SockError(SockErrorEvent),
+    SockError(SockError),
 }
 
-/// Decodes one ring-buffer record by its leading [`EventKind`]; `None` for unknown/short records.
+/// Decodes one ring-buffer record by its leading [`EventKind`]; `None` for unknown or short
+/// records and for link requests that are not link changes (`parse_request`).
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    // SAFETY: every event type is a POD record from ifsock-common.
-    unsafe {
-        let kind = read_record::<u32>(bytes)?;
-        match kind {
-            k if k == EventKind::LinkRequest as u32 => read_record(bytes).map(Event::LinkRequest),
-            k if k == EventKind::RecvDone as u32 => read_record(bytes).map(Event::RecvDone),
-            k if k == EventKind::SendError as u32 => read_record(bytes).map(Event::SendError),
-            k if k == EventKind::Device as u32 => read_record(bytes).map(Event::Device),
-            k if k == EventKind::SockError as u32 => read_record(bytes).map(Event::SockError),
-            _ => None,
-        }
+    let kind = read_record::<u32>(bytes)?;
+    match kind {
+        k if k == EventKind::LinkRequest as u32 => read_record::<LinkRequestEvent>(bytes).and_then(|r| parse_request(&r)).map(Event::LinkRequest),
+        k if k == EventKind::RecvDone as u32 => read_record::<RecvDoneEvent>(bytes).map(|r| Event::RecvDone(RecvDone::from_record(&r))),
+        k if k == EventKind::SendError as u32 => read_record::<SendErrorEvent>(bytes).map(|r| Event::SendError(SendError::from_record(&r))),
+        k if k == EventKind::Device as u32 => read_record::<DeviceEvent>(bytes).map(|r| Event::Device(KernelDeviceEvent::from_record(&r))),
+        k if k == EventKind::SockError as u32 => read_record::<SockErrorEvent>(bytes).map(|r| Event::SockError(SockError::from_event(&r))),
+        _ => None,
     }
 }
 
@@ -97,8 +102,7 @@ mod tests {
         // SAFETY: reading the bytes of a repr(C) POD value.
         let bytes = unsafe { std::slice::from_raw_parts((&ev as *const SockErrorEvent).cast::<u8>(), std::mem::size_of::<SockErrorEvent>()) };
         let Some(Event::SockError(got)) = decode(bytes) else { panic!("not decoded as a socket error") };
-        assert_eq!((got.error, got.ino, got.netns, got.lport, got.rport, got.bound_dev_if), (111, 4242, 4026531840, 40000, 9, 3));
-        assert_eq!(got.comm, comm);
+        assert_eq!(got, SockError::from_event(&ev));
         assert!(decode(&bytes[..bytes.len() - 1]).is_none(), "a truncated record is dropped");
     }
 }

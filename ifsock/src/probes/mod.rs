@@ -1,14 +1,12 @@
 //! Loading ifsock's eBPF object, choosing the probe set, attaching programs, and reading what
 //! they produce (iterator snapshots, ring-buffer events, counters, in-flight receives).
+pub mod attach;
 pub mod events;
+pub mod plan;
 pub mod select;
 pub mod snapshot;
 
-use std::{
-    fs::File,
-    io::Read,
-    path::Path,
-};
+use std::{collections::HashSet, fs::File, io::Read, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -17,13 +15,15 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
-    InFlightRecv, SockRecord, TaskFileRecord, COUNTERS_LEN, GLOBAL_OFFSETS,
-    GLOBAL_RECV_REPORT_MIN_NS, MAP_COUNTERS, MAP_INFLIGHT,
+    Counter, InFlightRecv, Record, SockRecord, TaskFileRecord, GLOBAL_OFFSETS, GLOBAL_RECV_REPORT_MIN_NS,
+    MAP_COUNTERS, MAP_INFLIGHT,
 };
 
 use crate::kernel::{netns::NetnsHandle, system};
-use crate::model::sock_error::SOCK_ERROR_TRACEPOINT;
+use crate::model::{kernel_event::InFlight, sock_error::SOCK_ERROR_TRACEPOINT};
 pub use crate::model::sock_error::SockErrorProbe;
+pub use attach::{refusal, Attached, ProbeKind};
+use attach::Pair;
 pub use select::{ProbeSet, Selection};
 
 /// The compiled eBPF object, built by `aya-build` from `ifsock-ebpf`.
@@ -50,17 +50,30 @@ pub struct SockErrorAttach {
     pub tp_btf_refused: Option<String>,
 }
 
-/// Counters from the per-CPU counter map, summed over CPUs.
+/// Counters from the per-CPU counter map ([`ifsock_common::Counter`]), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
 pub struct Counters {
-    /// Events lost because the ring buffer was full.
+    /// Events lost: the ring buffer was full when a program wrote one (real losses).
     pub ringbuf_drops: u64,
-    /// Receives not tracked because the in-flight map was full.
+    /// Receives not tracked: the in-flight map was full (real losses of tracking).
     pub inflight_full: u64,
-    /// Iterator records lost to a full seq buffer.
-    pub iter_overflow: u64,
+    /// Iterator records written again because the seq buffer was full. Not a loss: the kernel
+    /// shows the same object again in the next `read()`.
+    pub iter_retries: u64,
     /// Link requests captured.
     pub link_requests: u64,
+}
+
+impl Counters {
+    /// Builds the counters from one value per [`Counter`].
+    pub fn from_fn(mut value: impl FnMut(Counter) -> u64) -> Self {
+        Counters {
+            ringbuf_drops: value(Counter::RingbufDrops),
+            inflight_full: value(Counter::InflightFull),
+            iter_retries: value(Counter::IterRetries),
+            link_requests: value(Counter::LinkRequests),
+        }
+    }
 }
 
 /// Raw iterator output of one netns.
@@ -77,19 +90,39 @@ pub struct Probes {
     ebpf: Ebpf,
     btf: Btf,
     iters_loaded: bool,
-    /// Probes attached, as `category:name` or `fentry:function` (for `doctor` and the watch banner).
-    pub attached: Vec<String>,
+    /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as
+    /// `doctor` and the banners print them).
+    pub attached: Vec<Attached>,
     /// Optional probes this kernel does not have, with the reason (`sock:sock_recv_length`, ...).
     pub unavailable: Vec<(String, String)>,
 }
 
-/// A kernel function to probe: BTF names to try (newest first) and the programs per set
-/// (entry, optional exit).
+/// A kernel function to probe: BTF names to try (newest first) and the programs per set.
 struct FnTarget {
     what: &'static str,
     candidates: &'static [&'static str],
-    fentry: (&'static str, Option<&'static str>),
-    kprobe: (&'static str, Option<&'static str>),
+    fentry: Pair,
+    kprobe: Pair,
+}
+
+const fn fentry(entry: &'static str, exit: Option<&'static str>) -> Pair {
+    Pair {
+        entry: (entry, ProbeKind::Fentry),
+        exit: match exit {
+            Some(x) => Some((x, ProbeKind::Fexit)),
+            None => None,
+        },
+    }
+}
+
+const fn kprobe(entry: &'static str, exit: Option<&'static str>) -> Pair {
+    Pair {
+        entry: (entry, ProbeKind::Kprobe),
+        exit: match exit {
+            Some(x) => Some((x, ProbeKind::Kretprobe)),
+            None => None,
+        },
+    }
 }
 
 impl Probes {
@@ -160,13 +193,17 @@ impl Probes {
         let read_sockets = move || -> Result<Vec<SockRecord>> {
             let mut out = read_records::<SockRecord>(udp.into_file()?)?;
             out.extend(read_records::<SockRecord>(tcp.into_file()?)?);
-            Ok(out)
+            Ok(dedupe_by_cookie(out))
         };
         let sockets = match netns {
             None => read_sockets()?,
             Some(ns) => ns.run(read_sockets)??,
         };
         let files = read_records::<TaskFileRecord>(files.into_file()?)?;
+        match self.counters() {
+            Ok(c) => tracing::debug!("snapshot: {} socket records, {} file records, iter_retries={} so far", sockets.len(), files.len(), c.iter_retries),
+            Err(e) => tracing::debug!("snapshot: counters unavailable: {e:#}"),
+        }
         Ok(RawSnapshot { sockets, files })
     }
 
@@ -174,7 +211,7 @@ impl Probes {
     ///
     /// # Errors
     /// The tracepoint does not exist on this kernel, or the program was refused.
-    pub fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
+    pub fn attach_tracepoint(&mut self, program: &'static str, category: &str, name: &str) -> Result<()> {
         let prog: &mut TracePoint = self
             .ebpf
             .program_mut(program)
@@ -184,7 +221,7 @@ impl Probes {
             prog.load().with_context(|| format!("loading {program}"))?;
         }
         prog.attach(category, name).with_context(|| format!("attaching {program} to {category}:{name}"))?;
-        self.attached.push(format!("{category}:{name}"));
+        self.attached.push(Attached { kind: ProbeKind::Tracepoint, target: format!("{category}:{name}"), program });
         Ok(())
     }
 
@@ -200,14 +237,14 @@ impl Probes {
             FnTarget {
                 what: "close",
                 candidates: &["netif_close_many", "dev_close_many", "__dev_close_many"],
-                fentry: ("dev_fentry_close_many", None),
-                kprobe: ("dev_kprobe_close_many", None),
+                fentry: fentry("dev_fentry_close_many", None),
+                kprobe: kprobe("dev_kprobe_close_many", None),
             },
             FnTarget {
                 what: "unregister",
                 candidates: &["unregister_netdevice_queue"],
-                fentry: ("dev_fentry_unregister", None),
-                kprobe: ("dev_kprobe_unregister", None),
+                fentry: fentry("dev_fentry_unregister", None),
+                kprobe: kprobe("dev_kprobe_unregister", None),
             },
         ];
         let (selection, _) = self.attach_functions(&targets, forced)?;
@@ -229,20 +266,20 @@ impl Probes {
             FnTarget {
                 what: "UDP receive",
                 candidates: &["__skb_recv_udp"],
-                fentry: ("recv_fentry_udp", Some("recv_fexit_udp")),
-                kprobe: ("recv_kprobe_udp", Some("recv_kretprobe_func")),
+                fentry: fentry("recv_fentry_udp", Some("recv_fexit_udp")),
+                kprobe: kprobe("recv_kprobe_udp", Some("recv_kretprobe_func")),
             },
             FnTarget {
                 what: "datagram receive",
                 candidates: &["__skb_recv_datagram"],
-                fentry: ("recv_fentry_dgram", Some("recv_fexit_dgram")),
-                kprobe: ("recv_kprobe_dgram", Some("recv_kretprobe_func")),
+                fentry: fentry("recv_fentry_dgram", Some("recv_fexit_dgram")),
+                kprobe: kprobe("recv_kprobe_dgram", Some("recv_kretprobe_func")),
             },
             FnTarget {
                 what: "datagram wait",
                 candidates: &["__skb_wait_for_more_packets"],
-                fentry: ("recv_fentry_wait", Some("recv_fexit_wait")),
-                kprobe: ("recv_kprobe_wait", Some("recv_kretprobe_wait")),
+                fentry: fentry("recv_fentry_wait", Some("recv_fexit_wait")),
+                kprobe: kprobe("recv_kprobe_wait", Some("recv_kretprobe_wait")),
             },
         ];
         let (selection, all_covered) = self.attach_functions(&targets, forced)?;
@@ -282,7 +319,7 @@ impl Probes {
                 continue;
             };
             if forced.is_none() || forced == Some(ProbeSet::Fentry) {
-                match self.attach_fentry_pair(t.fentry, function) {
+                match self.attach_fentry_pair(&t.fentry, function) {
                     Ok(()) => {
                         outcomes.push(Some(ProbeSet::Fentry));
                         continue;
@@ -293,7 +330,7 @@ impl Probes {
                 }
             }
             if forced.is_none() || forced == Some(ProbeSet::Kprobe) {
-                match self.attach_kprobe_pair(t.kprobe, function) {
+                match self.attach_kprobe_pair(&t.kprobe, function) {
                     Ok(()) => {
                         outcomes.push(Some(ProbeSet::Kprobe));
                         continue;
@@ -317,56 +354,15 @@ impl Probes {
         Ok((selection, !uncovered))
     }
 
-    fn attach_fentry_pair(&mut self, (entry, exit): (&str, Option<&str>), function: &str) -> Result<()> {
-        let btf = self.btf.clone();
-        let entry_prog: &mut FEntry = self.ebpf.program_mut(entry).ok_or_else(|| anyhow!("program {entry} missing"))?.try_into()?;
-        entry_prog.load(function, &btf).with_context(|| format!("loading fentry on {function}"))?;
-        let link = entry_prog.attach().with_context(|| format!("attaching fentry on {function}"))?;
-        if let Some(exit) = exit {
-            let attached = (|| -> Result<()> {
-                let exit_prog: &mut FExit = self.ebpf.program_mut(exit).ok_or_else(|| anyhow!("program {exit} missing"))?.try_into()?;
-                exit_prog.load(function, &btf).with_context(|| format!("loading fexit on {function}"))?;
-                exit_prog.attach().with_context(|| format!("attaching fexit on {function}"))?;
-                Ok(())
-            })();
-            if let Err(e) = attached {
-                if let Some(p) = self.ebpf.program_mut(entry) {
-                    let entry_prog: &mut FEntry = p.try_into()?;
-                    let _ = entry_prog.detach(link);
-                }
-                return Err(e);
-            }
-            self.attached.push(format!("fexit:{function}"));
-        }
-        self.attached.push(format!("fentry:{function}"));
+    fn attach_fentry_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
+        let done = attach::attach_pair::<FEntry, FExit>(&mut self.ebpf, &self.btf, pair, function)?;
+        self.attached.extend(done);
         Ok(())
     }
 
-    fn attach_kprobe_pair(&mut self, (entry, exit): (&str, Option<&str>), function: &str) -> Result<()> {
-        let entry_prog: &mut KProbe = self.ebpf.program_mut(entry).ok_or_else(|| anyhow!("program {entry} missing"))?.try_into()?;
-        if entry_prog.fd().is_err() {
-            entry_prog.load().with_context(|| format!("loading kprobe {entry}"))?;
-        }
-        let link = entry_prog.attach(function, 0).with_context(|| format!("attaching kprobe on {function}"))?;
-        if let Some(exit) = exit {
-            let attached = (|| -> Result<()> {
-                let exit_prog: &mut KProbe = self.ebpf.program_mut(exit).ok_or_else(|| anyhow!("program {exit} missing"))?.try_into()?;
-                if exit_prog.fd().is_err() {
-                    exit_prog.load().with_context(|| format!("loading kretprobe {exit}"))?;
-                }
-                exit_prog.attach(function, 0).with_context(|| format!("attaching kretprobe on {function}"))?;
-                Ok(())
-            })();
-            if let Err(e) = attached {
-                if let Some(p) = self.ebpf.program_mut(entry) {
-                    let entry_prog: &mut KProbe = p.try_into()?;
-                    let _ = entry_prog.detach(link);
-                }
-                return Err(e);
-            }
-            self.attached.push(format!("kretprobe:{function}"));
-        }
-        self.attached.push(format!("kprobe:{function}"));
+    fn attach_kprobe_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
+        let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, &self.btf, pair, function)?;
+        self.attached.extend(done);
         Ok(())
     }
 
@@ -441,27 +437,49 @@ impl Probes {
         }
     }
 
+    /// Attaches the groups of `plan` in order with the one warn-or-fail policy of
+    /// [`plan::apply`]: a required or forced group that fails is an error; an optional one is
+    /// warned about once and recorded in [`Probes::unavailable`].
+    ///
+    /// # Errors
+    /// A required or forced group failed (the chain holds the kernel's reason).
+    pub fn apply(&mut self, plan: &plan::Plan, forced: plan::Forced) -> Result<plan::Applied> {
+        use plan::{Group, Outcome};
+        let applied = plan::apply(plan, forced, |group| match group {
+            Group::Device => self.attach_device(forced.probe_set).map(Outcome::Selection),
+            Group::Recv => self.attach_recv(forced.probe_set).map(Outcome::Selection),
+            Group::LinkRequests => self.attach_link_requests().map(|()| Outcome::Done),
+            Group::SendErrors => self.attach_send_errors().map(|()| Outcome::Done),
+            Group::SockErrors => self.attach_sock_errors_with(forced.sock_error_probe).map(Outcome::SockErrors),
+            Group::Iterators => self.load_iterators().map(|()| Outcome::Done),
+        })?;
+        for s in &applied.skipped {
+            self.unavailable.push((s.group.to_string(), s.reason.clone()));
+        }
+        Ok(applied)
+    }
+
     /// The socket-error program attached first, if any.
     pub fn sock_error_probe(&self) -> Option<SockErrorProbe> {
         self.sock_error_probes().next()
     }
 
     fn sock_error_probes(&self) -> impl Iterator<Item = SockErrorProbe> + '_ {
-        self.attached.iter().filter_map(|a| match a.split_once(':') {
-            Some(("tp_btf", SOCK_ERROR_TRACEPOINT)) => Some(SockErrorProbe::TpBtf),
-            Some(("sock", SOCK_ERROR_TRACEPOINT)) => Some(SockErrorProbe::Tracepoint),
+        self.attached.iter().filter_map(|a| match a.program {
+            SOCKERR_BTF => Some(SockErrorProbe::TpBtf),
+            SOCKERR_TP => Some(SockErrorProbe::Tracepoint),
             _ => None,
         })
     }
 
-    fn attach_btf_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<()> {
+    fn attach_btf_tracepoint(&mut self, program: &'static str, tracepoint: &str) -> Result<()> {
         let btf = self.btf.clone();
         let prog: &mut BtfTracePoint = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
         if prog.fd().is_err() {
             prog.load(tracepoint, &btf).with_context(|| format!("loading tp_btf on {tracepoint}"))?;
         }
         prog.attach().with_context(|| format!("attaching tp_btf on {tracepoint}"))?;
-        self.attached.push(format!("tp_btf:{tracepoint}"));
+        self.attached.push(Attached { kind: ProbeKind::TpBtf, target: tracepoint.to_string(), program });
         Ok(())
     }
 
@@ -474,46 +492,38 @@ impl Probes {
         events::EventStream::new(map)
     }
 
-    /// Sums the per-CPU counters.
+    /// Sums the per-CPU counters, each read at its [`Counter`] index.
+    ///
+    /// # Errors
+    /// The counter map is missing or a lookup failed (`bpf_map_lookup_elem` errno): callers
+    /// report the counters as unavailable, never as zeros.
     pub fn counters(&self) -> Result<Counters> {
         let map = self.ebpf.map(MAP_COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        let mut sums = [0u64; COUNTERS_LEN as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            *sum = arr.get(&(i as u32), 0)?.iter().sum();
+        let mut failed = None;
+        let counters = Counters::from_fn(|c| match arr.get(&(c as u32), 0) {
+            Ok(values) => values.iter().sum(),
+            Err(e) => {
+                failed.get_or_insert((c, e));
+                0
+            }
+        });
+        match failed {
+            None => Ok(counters),
+            Some((c, e)) => Err(anyhow::Error::from(e).context(format!("reading counter {c:?} from {MAP_COUNTERS}"))),
         }
-        Ok(Counters { ringbuf_drops: sums[0], inflight_full: sums[1], iter_overflow: sums[2], link_requests: sums[3] })
     }
 
-    /// Receives currently in flight, keyed by tid: recorded at the entry of a kernel receive
-    /// function (fentry/kprobe sets) or of a receive syscall (tracepoint set).
-    pub fn inflight(&self) -> Result<Vec<InFlightRecv>> {
+    /// Receives currently in flight (one per thread): recorded at the entry of a kernel receive
+    /// function (fentry/kprobe sets) or of a receive syscall (tracepoint set), decoded.
+    ///
+    /// # Errors
+    /// The map is missing. An entry removed while the map is walked (its receive returned) is
+    /// skipped: it is no longer in flight.
+    pub fn inflight(&self) -> Result<Vec<InFlight>> {
         let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
         let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;
-        Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
-    }
-}
-
-/// A short reason for a refused probe: the errno name plus the lockdown mode when relevant.
-fn refusal(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
-    let errno = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()));
-    let name = match errno {
-        Some(libc::EPERM) => "EPERM".to_string(),
-        Some(libc::ENOENT) => "ENOENT".to_string(),
-        Some(libc::EINVAL) => "EINVAL".to_string(),
-        Some(524) | Some(libc::EOPNOTSUPP) => "ENOTSUPP".to_string(), // 524: kernel-internal ENOTSUPP
-        Some(n) => format!("errno {n}"),
-        None if text.contains("Operation not permitted") => "EPERM".to_string(),
-        None if text.contains("No such file") => "ENOENT".to_string(),
-        None => text.lines().next().unwrap_or("refused").to_string(),
-    };
-    match system::lockdown() {
-        Some(l) if l != "none" && name == "EPERM" => format!("EPERM (lockdown={l})"),
-        _ if name == "ENOENT" && !exists("/sys/bus/event_source/devices/kprobe/type") => {
-            "ENOENT (no kprobe PMU: /sys/bus/event_source/devices/kprobe/type missing)".to_string()
-        }
-        _ => name,
+        Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| InFlight::from_record(&v)).collect())
     }
 }
 
@@ -548,15 +558,40 @@ fn format_offsets(text: &str) -> Vec<(String, usize)> {
         .collect()
 }
 
-fn read_records<T: Copy>(mut file: File) -> Result<Vec<T>> {
+/// Bytes asked of each `read()` of an iterator: more than the kernel's seq buffer
+/// (`PAGE_SIZE << 3`, 32 KiB with 4 KiB pages, kernel/bpf/bpf_iter.c `bpf_seq_read`), so every
+/// `read()` returns a full seq buffer and the record that did not fit is retried once at the
+/// start of the next `read()` (counted as `iter_retries`). Smaller reads would avoid the retry
+/// but double the number of syscalls.
+const ITER_READ_BYTES: usize = 64 << 10;
+
+fn read_records<T: Record>(mut file: File) -> Result<Vec<T>> {
     let mut buf = Vec::new();
-    file.read_to_end(&mut buf).context("reading BPF iterator output")?;
+    let mut len = 0;
+    loop {
+        buf.resize(len + ITER_READ_BYTES, 0);
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow::Error::from(e).context("reading BPF iterator output")),
+        }
+    }
+    buf.truncate(len);
     let size = std::mem::size_of::<T>();
     if buf.len() % size != 0 {
         return Err(anyhow!("iterator returned {} bytes, not a multiple of {size}", buf.len()));
     }
-    // SAFETY: the iterator writes whole `T` records; T is one of ifsock-common's POD records.
-    Ok(buf.chunks_exact(size).filter_map(|c| unsafe { ifsock_common::read_record::<T>(c) }).collect())
+    Ok(buf.chunks_exact(size).filter_map(ifsock_common::read_record::<T>).collect())
+}
+
+/// Keeps the first record of every socket cookie. Before 6.16 (TCP) / 6.17 (UDP) a socket
+/// iterator that resumes a hash bucket after a full seq buffer can show a socket twice; the
+/// cookie (`sock_gen_cookie()`) identifies it across the dump. Records without a cookie (0,
+/// never produced by `bpf_get_socket_cookie`) are kept.
+fn dedupe_by_cookie(records: Vec<SockRecord>) -> Vec<SockRecord> {
+    let mut seen = HashSet::new();
+    records.into_iter().filter(|r| r.cookie == 0 || seen.insert(r.cookie)).collect()
 }
 
 /// True when a path exists (used by capability probes).
@@ -567,6 +602,34 @@ pub(crate) fn exists(p: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(cookie: u64, lport: u16) -> SockRecord {
+        SockRecord {
+            sk: 1, cookie, ino: 0, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 6, state: 10,
+            lport, rport: 0, flags: 0, laddr: [0; 16], raddr: [0; 16], rx_queue: 0, drops: 0,
+        }
+    }
+
+    #[test]
+    fn a_socket_shown_twice_by_the_iterator_is_listed_once() {
+        let out = dedupe_by_cookie(vec![rec(5, 80), rec(6, 81), rec(5, 80), rec(0, 82), rec(0, 83)]);
+        let ports: Vec<u16> = out.iter().map(|r| r.lport).collect();
+        assert_eq!(ports, vec![80, 81, 82, 83]);
+    }
+
+    #[test]
+    fn counters_are_read_by_name_not_position() {
+        let c = Counters::from_fn(|c| match c {
+            Counter::RingbufDrops => 1,
+            Counter::InflightFull => 2,
+            Counter::IterRetries => 3,
+            Counter::LinkRequests => 4,
+        });
+        assert_eq!((c.ringbuf_drops, c.inflight_full, c.iter_retries, c.link_requests), (1, 2, 3, 4));
+        let json = serde_json::to_value(c).unwrap();
+        assert_eq!(json["iter_retries"], 3);
+        assert!(json.get("iter_overflow").is_none());
+    }
 
     #[test]
     fn classic_tracepoint_format_offsets_are_parsed() {

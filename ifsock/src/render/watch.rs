@@ -244,7 +244,7 @@ mod tests {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let s = Socket::from_record(&ifsock_common::SockRecord {
-            sk: 1, ino: 99, netns: 7, uid: 0, bound_dev_if: 5, family: 2, protocol: 17, state: 1, lport: 40000, rport: 9,
+            sk: 1, cookie: 0, ino: 99, netns: 7, uid: 0, bound_dev_if: 5, family: 2, protocol: 17, state: 1, lport: 40000, rport: 9,
             flags: 0, laddr: addr, raddr: addr, rx_queue: 0, drops: 0,
         });
         let line = SockErrorLine::new(&e, 0, NetnsIno(7), None, Some(&s), &LinkTable::default());

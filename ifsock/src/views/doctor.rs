@@ -2,7 +2,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::render::json_line;
+use crate::render::{json_line, line};
 use crate::{
     kernel::system,
     probes::{select, Probes, SockErrorProbe},
@@ -60,7 +60,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                 Err(e) => probes_status.push(ProbeStatus { probe: "receive probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
             }
             for a in probes.attached.iter() {
-                probes_status.push(ProbeStatus { probe: a.clone(), loaded: true, reason: None });
+                probes_status.push(ProbeStatus { probe: a.to_string(), loaded: true, reason: None });
             }
             for (name, res) in [
                 ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),
@@ -115,23 +115,23 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     if args.json {
         return json_line(&report);
     }
-    println!("kernel:    {}", report.kernel_release);
-    println!("BTF:       {}", if report.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "MISSING: ifsock needs CONFIG_DEBUG_INFO_BTF=y" });
-    println!("lockdown:  {}", report.lockdown.as_deref().unwrap_or("not available"));
-    println!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" });
-    println!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" });
+    line(&format!("kernel:    {}", report.kernel_release))?;
+    line(&format!("BTF:       {}", if report.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "MISSING: ifsock needs CONFIG_DEBUG_INFO_BTF=y" }))?;
+    line(&format!("lockdown:  {}", report.lockdown.as_deref().unwrap_or("not available")))?;
+    line(&format!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" }))?;
+    line(&format!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" }))?;
     match &report.probe_set {
-        Some(sel) => println!("device path:  {sel}"),
-        None => println!("device path:  no probe set (the object did not load)"),
+        Some(sel) => line(&format!("device path:  {sel}"))?,
+        None => line("device path:  no probe set (the object did not load)")?,
     }
     match &report.recv_probe_set {
-        Some(sel) => println!("receive path: {sel}"),
-        None => println!("receive path: no probe set"),
+        Some(sel) => line(&format!("receive path: {sel}"))?,
+        None => line("receive path: no probe set")?,
     }
     for p in &report.probes {
         match &p.reason {
-            None => println!("  ok      {}", p.probe),
-            Some(r) => println!("  refused {}: {r}", p.probe),
+            None => line(&format!("  ok      {}", p.probe))?,
+            Some(r) => line(&format!("  refused {}: {r}", p.probe))?,
         }
     }
     Ok(())

@@ -66,7 +66,7 @@ pub struct HungArgs {
 /// In-flight records (decoded) and the sockets of the caller's netns plus those of every other
 /// netns a receiving thread is in, when `filter` can need them.
 fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread]) -> Result<(Vec<InFlight>, Vec<Socket>, Vec<netns::NetnsHandle>)> {
-    let inflight: Vec<InFlight> = probes.inflight()?.iter().map(InFlight::from_record).collect();
+    let inflight: Vec<InFlight> = probes.inflight()?;
     let own = netns::current_ino()?;
     let mut sockets = snapshot::sockets(probes, None)?;
     let known: HashSet<_> = sockets.iter().map(|s| s.inode).collect();
@@ -152,7 +152,8 @@ pub async fn run(args: HungArgs) -> Result<()> {
     let mut sub = Subscription::open(None)?;
     let handle = netlink::connect()?;
     let mut table = LinkTable::from_links(netlink::dump_links(&handle).await?);
-    render::hung::ready(args.json, own, &selection, &probes.attached)?;
+    let attached: Vec<String> = probes.attached.iter().map(ToString::to_string).collect();
+    render::hung::ready(args.json, own, &selection, &attached)?;
     let mut tick = tokio::time::interval(args.interval.unwrap_or(DEFAULT_INTERVAL));
     loop {
         tokio::select! {

@@ -82,7 +82,7 @@ fn udp(ino: u64, netns: NetnsIno, local: [u8; 4], port: u16, bound_dev_if: u32, 
     let mut laddr = [0u8; 16];
     laddr[..4].copy_from_slice(&local);
     Socket::from_record(&ifsock_common::SockRecord {
-        sk: ino, ino, netns: netns.0, uid: 0, bound_dev_if, family: 2, protocol: 17, state: 7, lport: port, rport: 0,
+        sk: ino, cookie: 0, ino, netns: netns.0, uid: 0, bound_dev_if, family: 2, protocol: 17, state: 7, lport: port, rport: 0,
         flags: if pktinfo { ifsock_common::sock_flags::PKTINFO } else { 0 }, laddr, raddr: [0; 16], rx_queue: 0, drops: 0,
     })
 }

@@ -221,7 +221,7 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         Vec::new()
     });
     for r in inflight {
-        let Some(&sock) = by_ino.get(&r.ino) else { continue };
+        let Some(&sock) = by_ino.get(&r.ino.0) else { continue };
         let mut b = BlockedRecv::from_inflight(&r);
         b.sock = sock;
         // Kernel-function sets record no fd: read it while the thread is still in the syscall.

@@ -12,7 +12,7 @@ use crate::{
         netlink::{self, Received, Subscription},
         netns::{self, NetnsHandle},
     },
-    model::{event::parse_request, ids::NetnsIno, link::Dump, sock_error::SockError, socket::Socket},
+    model::{ids::NetnsIno, link::Dump, socket::Socket},
     probes::{events::Event, snapshot, Probes},
     render::{monotonic_ns, unix_ns},
 };
@@ -95,9 +95,9 @@ pub(super) fn now() -> Now {
 /// A ring-buffer event as the engine's input (`None`: not the engine's business).
 pub(super) fn kernel_input(ev: Event) -> Option<KernelInput> {
     match ev {
-        Event::LinkRequest(r) => parse_request(&r).map(KernelInput::LinkRequest),
+        Event::LinkRequest(r) => Some(KernelInput::LinkRequest(r)),
         Event::Device(d) => Some(KernelInput::Device(KernelEvidence::from_event(&d))),
-        Event::SockError(e) => Some(KernelInput::SockError(SockError::from_event(&e))),
+        Event::SockError(e) => Some(KernelInput::SockError(e)),
         _ => None,
     }
 }

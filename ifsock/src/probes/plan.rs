@@ -1,0 +1,241 @@
+//! Which probe groups a command needs, and one policy for a group the kernel refuses: a
+//! required group fails the command with the kernel's reason; an optional one prints one
+//! warning line (what the command will not see) and is recorded in `Probes::unavailable`.
+//! A group the user forced (`--probe-set`, `--sock-error-probe`) is required.
+use serde::Serialize;
+
+use super::{select::Selection, ProbeSet, SockErrorAttach, SockErrorProbe};
+
+/// A group of programs attached together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// Device close/unregister ([`super::Probes::attach_device`]).
+    Device,
+    /// Receive tracking ([`super::Probes::attach_recv`]).
+    Recv,
+    /// Link-change requests ([`super::Probes::attach_link_requests`]).
+    LinkRequests,
+    /// Failed sends ([`super::Probes::attach_send_errors`]).
+    SendErrors,
+    /// Kernel-reported socket errors ([`super::Probes::attach_sock_errors_with`]).
+    SockErrors,
+    /// The socket and task-file iterators ([`super::Probes::load_iterators`]).
+    Iterators,
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Group::Device => "device probes",
+            Group::Recv => "receive probes",
+            Group::LinkRequests => "link-request tracepoints",
+            Group::SendErrors => "send-error tracepoints",
+            Group::SockErrors => "socket-error probes",
+            Group::Iterators => "socket iterators",
+        })
+    }
+}
+
+/// Whether a command can run without a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Need {
+    /// The command fails without it.
+    Required,
+    /// The command runs without it and says what it will not see.
+    Optional,
+}
+
+/// One group of a plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The group.
+    pub group: Group,
+    /// Required or optional.
+    pub need: Need,
+    /// What the command loses without it (the warning's tail: `no receiver_stranded events`).
+    pub without: &'static str,
+}
+
+/// The groups of one command, attached in order.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Command name (for messages).
+    pub command: &'static str,
+    /// Its groups.
+    pub steps: &'static [Step],
+}
+
+const fn step(group: Group, need: Need, without: &'static str) -> Step {
+    Step { group, need, without }
+}
+
+/// `watch`: interfaces and their device events; the rest is evidence.
+pub const WATCH: Plan = Plan {
+    command: "watch",
+    steps: &[
+        step(Group::Device, Need::Required, "no device events"),
+        step(Group::LinkRequests, Need::Optional, "events will carry no cause"),
+        step(Group::Recv, Need::Optional, "no receiver_stranded events"),
+        step(Group::SockErrors, Need::Optional, "no socket_error events"),
+    ],
+};
+
+/// `teardown`: everything is observation; the teardown itself needs no probe.
+pub const TEARDOWN: Plan = Plan {
+    command: "teardown",
+    steps: &[
+        step(Group::SendErrors, Need::Optional, "failed sends are not observed"),
+        step(Group::Recv, Need::Optional, "receive wake-ups are not observed"),
+        step(Group::SockErrors, Need::Optional, "kernel-reported socket errors are not observed"),
+    ],
+};
+
+/// `hung`: receive tracking is the command.
+pub const HUNG: Plan = Plan { command: "hung", steps: &[step(Group::Recv, Need::Required, "no receivers")] };
+
+/// `sockets`: the iterators are the command.
+pub const SOCKETS: Plan = Plan { command: "sockets", steps: &[step(Group::Iterators, Need::Required, "no sockets")] };
+
+/// What the user forced on the command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Forced {
+    /// `--probe-set`.
+    pub probe_set: Option<ProbeSet>,
+    /// `--sock-error-probe`.
+    pub sock_error_probe: Option<SockErrorProbe>,
+}
+
+impl Forced {
+    fn forces(&self, group: Group) -> bool {
+        match group {
+            Group::Device | Group::Recv => self.probe_set.is_some(),
+            Group::SockErrors => self.sock_error_probe.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// What one group gave when it attached.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// A path with a probe-set selection (device, receive).
+    Selection(Selection),
+    /// The socket-error program in use.
+    SockErrors(SockErrorAttach),
+    /// Attached; nothing more to say.
+    Done,
+}
+
+/// A group left out, with the kernel's reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The group.
+    pub group: Group,
+    /// Why (the error chain, `EPERM (lockdown=integrity)` etc.).
+    pub reason: String,
+}
+
+/// The result of applying a plan.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// Device path selection, when attached.
+    pub device: Option<Selection>,
+    /// Receive path selection, when attached.
+    pub recv: Option<Selection>,
+    /// Socket-error program, when attached.
+    pub sock_errors: Option<SockErrorAttach>,
+    /// Groups attached without a selection (link requests, send errors, iterators).
+    pub done: Vec<Group>,
+    /// Optional groups left out.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Applied {
+    /// True when `group` attached.
+    pub fn has(&self, group: Group) -> bool {
+        match group {
+            Group::Device => self.device.is_some(),
+            Group::Recv => self.recv.is_some(),
+            Group::SockErrors => self.sock_errors.is_some(),
+            g => self.done.contains(&g),
+        }
+    }
+}
+
+/// Applies `plan` with `attach` doing the kernel work per group: the one warn-or-fail policy.
+///
+/// # Errors
+/// A required (or forced) group failed; the error names the command and the group and keeps
+/// the kernel's reason in its chain.
+pub fn apply(plan: &Plan, forced: Forced, mut attach: impl FnMut(Group) -> anyhow::Result<Outcome>) -> anyhow::Result<Applied> {
+    let mut applied = Applied::default();
+    for s in plan.steps {
+        match attach(s.group) {
+            Ok(Outcome::Selection(sel)) if s.group == Group::Device => applied.device = Some(sel),
+            Ok(Outcome::Selection(sel)) => applied.recv = Some(sel),
+            Ok(Outcome::SockErrors(a)) => applied.sock_errors = Some(a),
+            Ok(Outcome::Done) => applied.done.push(s.group),
+            Err(e) if s.need == Need::Required || forced.forces(s.group) => {
+                return Err(e.context(format!("{}: attaching the {} it needs", plan.command, s.group)));
+            }
+            Err(e) => {
+                tracing::warn!("{} unavailable, {}: {e:#}", s.group, s.without);
+                applied.skipped.push(Skipped { group: s.group, reason: format!("{e:#}") });
+            }
+        }
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::anyhow;
+
+    fn sel() -> Selection {
+        Selection { chosen: ProbeSet::Tracepoint, refused: Vec::new() }
+    }
+
+    #[test]
+    fn optional_groups_are_skipped_with_their_reason_and_required_ones_fail() {
+        let applied = apply(&WATCH, Forced::default(), |g| match g {
+            Group::Device => Ok(Outcome::Selection(sel())),
+            Group::LinkRequests => Ok(Outcome::Done),
+            _ => Err(anyhow!("EPERM (lockdown=integrity)")),
+        })
+        .unwrap();
+        assert!(applied.has(Group::Device) && applied.has(Group::LinkRequests));
+        assert!(!applied.has(Group::Recv) && applied.recv.is_none());
+        assert_eq!(
+            applied.skipped,
+            vec![
+                Skipped { group: Group::Recv, reason: "EPERM (lockdown=integrity)".into() },
+                Skipped { group: Group::SockErrors, reason: "EPERM (lockdown=integrity)".into() },
+            ]
+        );
+        let err = apply(&WATCH, Forced::default(), |_| Err(anyhow!("ENOENT"))).unwrap_err();
+        assert_eq!(format!("{err:#}"), "watch: attaching the device probes it needs: ENOENT");
+    }
+
+    #[test]
+    fn a_forced_group_is_required() {
+        let forced = Forced { probe_set: Some(ProbeSet::Fentry), sock_error_probe: None };
+        let mut tried = Vec::new();
+        let err = apply(&WATCH, forced, |g| {
+            tried.push(g);
+            match g {
+                Group::Recv => Err(anyhow!("probe set Fentry was forced but this kernel refuses it")),
+                Group::Device => Ok(Outcome::Selection(sel())),
+                _ => Ok(Outcome::Done),
+            }
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("receive probes it needs: probe set Fentry was forced"));
+        assert_eq!(tried, vec![Group::Device, Group::LinkRequests, Group::Recv], "stops at the first failure");
+        // Teardown never fails on a refused probe.
+        let applied = apply(&TEARDOWN, Forced::default(), |_| Err(anyhow!("EPERM"))).unwrap();
+        assert_eq!(applied.skipped.len(), 3);
+    }
+}
