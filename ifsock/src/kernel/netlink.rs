@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::model::{
     ids::IfIndex,
-    link::{Link, Update},
+    link::{AddrInfo, AddrTable, Link, Update},
     tun::{TunInfo, TunLink},
 };
 
@@ -92,11 +92,36 @@ pub fn address_of(msg: &AddressMessage) -> Option<(IfIndex, IpAddr)> {
     Some((IfIndex(msg.header.index), addr))
 }
 
+/// Flags, prefix length and scope of an `RTM_NEWADDR`: `ifa_flags` comes from the `IFA_FLAGS`
+/// attribute when the kernel sends it (>= 3.14, it holds the bits above 0x80 such as
+/// `IFA_F_NOPREFIXROUTE`), else from the 8-bit `ifaddrmsg.ifa_flags`.
+pub fn address_info(msg: &AddressMessage) -> AddrInfo {
+    let flags = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Flags(f) => Some(f.bits()),
+            _ => None,
+        })
+        .unwrap_or_else(|| u32::from(msg.header.flags.bits()));
+    AddrInfo { flags, prefix_len: msg.header.prefix_len, scope: u8::from(msg.header.scope) }
+}
+
 /// Dumps every link with its addresses.
 ///
 /// # Errors
 /// The dump failed (netlink error).
 pub async fn dump_links(handle: &Handle) -> Result<Vec<Link>> {
+    Ok(dump_links_and_addrs(handle).await?.0)
+}
+
+/// Dumps every link with its addresses, and the details of each address (flags such as
+/// `IFA_F_TENTATIVE`, prefix length, scope) from the same `RTM_GETADDR` dump.
+///
+/// # Errors
+/// The dump failed (netlink error).
+pub async fn dump_links_and_addrs(handle: &Handle) -> Result<(Vec<Link>, AddrTable)> {
+    let mut table = AddrTable::default();
     let mut links = std::collections::BTreeMap::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream.try_next().await.context("dumping links (RTM_GETLINK)")? {
@@ -109,10 +134,11 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<Link>> {
         if let Some((ifindex, addr)) = address_of(&msg) {
             if let Some(link) = links.get_mut(&ifindex) {
                 link.addrs.insert(addr);
+                table.insert(ifindex, addr, address_info(&msg));
             }
         }
     }
-    Ok(links.into_values().collect())
+    Ok((links.into_values().collect(), table))
 }
 
 /// Clears `IFF_UP` on a link (`RTM_NEWLINK` with `ifi_change = IFF_UP`).

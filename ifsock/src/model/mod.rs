@@ -3,6 +3,7 @@ pub mod event;
 pub mod ids;
 pub mod link;
 pub mod sock_error;
+pub mod stranded;
 pub mod socket;
 pub mod tie;
 pub mod tun;

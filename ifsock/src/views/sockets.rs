@@ -2,7 +2,12 @@
 use anyhow::{bail, Result};
 
 use crate::{
-    model::tie::{self, TiedSocket},
+    kernel::{netlink, waiters::WaiterIndex},
+    model::{
+        link::AddrTable,
+        stranded::{health, SocketReport},
+        tie::{self, TiedSocket},
+    },
     probes::snapshot,
     render::{json_line, table},
 };
@@ -27,6 +32,9 @@ pub struct SocketsArgs {
     /// One JSON object per line (fields documented in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Only stranded sockets (address gone, bound device down or deleted); none is not an error.
+    #[arg(long)]
+    pub stranded: bool,
 }
 
 /// Runs `sockets`.
@@ -40,9 +48,10 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let own = netns::current_ino()?;
     let mut rows: Vec<TiedSocket> = Vec::new();
     let mut found_iface = false;
+    let mut addr_tables: Vec<(crate::model::ids::NetnsIno, Vec<crate::model::link::Link>, AddrTable)> = Vec::new();
     for ns in &spaces {
         let ino = ns.as_ref().map_or(own, |h| h.ino);
-        let links = snapshot::links(ns.as_ref()).await?;
+        let (links, addrs) = netlink::dump_links_and_addrs(&netlink::connect_in(ns.as_ref())?).await?;
         let sockets = snapshot::sockets(&mut probes, ns.as_ref())?;
         let target = match (&args.iface, args.ifindex) {
             (Some(name), _) => links.iter().find(|l| &l.name == name),
@@ -60,6 +69,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             }
             None => {}
         }
+        addr_tables.push((ino, links, addrs));
     }
     if (args.iface.is_some() || args.ifindex.is_some()) && !found_iface {
         let what = args.iface.clone().map_or_else(|| format!("ifindex {}", args.ifindex.unwrap_or(0)), |n| format!("interface {n:?}"));
@@ -70,13 +80,65 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         (a.socket.netns, a.ifindex, a.socket.protocol as u8, a.socket.local_port)
             .cmp(&(b.socket.netns, b.ifindex, b.socket.protocol as u8, b.socket.local_port))
     });
+    // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
+    // is missed, never attributed to a socket that no longer exists.
+    let waiters = WaiterIndex::discover();
+    let empty = AddrTable::default();
+    let reports: Vec<SocketReport> = rows
+        .into_iter()
+        .map(|tied| {
+            let (links, addrs) = addr_tables
+                .iter()
+                .find(|(ino, _, _)| *ino == tied.socket.netns)
+                .map_or((&[][..], &empty), |(_, l, a)| (&l[..], a));
+            let stranded = health(&tied.socket, links, addrs, &[]);
+            let waiters = waiters.for_socket(&tied.socket);
+            SocketReport { tied, stranded, waiters }
+        })
+        .filter(|r| !args.stranded || r.stranded.is_some())
+        .collect();
     if args.json {
-        for row in &rows {
+        for row in &reports {
             json_line(row)?;
         }
         return Ok(());
     }
-    print_table(&rows)
+    print_reports(&reports)
+}
+
+/// Prints socket reports as a table: [`print_table`]'s columns, then STATUS (`ok` or the strand
+/// reason) and WAITERS (`comm[pid]/tid via fd`, `-` when none).
+///
+/// # Errors
+/// Writing to stdout failed (see [`crate::render::out`]).
+pub fn print_reports(rows: &[SocketReport]) -> anyhow::Result<()> {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut c = cells(&r.tied);
+            c.push(r.status().to_string());
+            c.push(waiters_cell(&r.waiters));
+            c
+        })
+        .collect();
+    let mut header = HEADER.to_vec();
+    header.extend(["STATUS", "WAITERS"]);
+    table(&header, &cells)
+}
+
+fn waiters_cell(waiters: &[crate::model::stranded::Waiter]) -> String {
+    if waiters.is_empty() {
+        return "-".into();
+    }
+    waiters
+        .iter()
+        .map(|w| {
+            let via = serde_json::to_value(w.via).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let fd = w.fd.map_or_else(|| "?".to_string(), |f| f.to_string());
+            format!("{}[{}]/{} {via}:{}/fd{fd}", w.comm, w.pid, w.tid, w.syscall)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Prints tied sockets as a table (shared with `watch` and `teardown`).
@@ -84,27 +146,28 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
 /// # Errors
 /// Writing to stdout failed (see [`crate::render::out`]).
 pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let s = &r.socket;
-            let owners = crate::render::fmt::owners(&s.owners, "-");
-            vec![
-                s.netns.to_string(),
-                r.ifindex.map_or("-".into(), |i| i.to_string()),
-                r.ifname.clone().unwrap_or_else(|| "-".into()),
-                crate::render::fmt::binding(r.binding).to_string(),
-                format!("{:?}{}", s.protocol, s.family).to_lowercase(),
-                format!("{}:{}", fmt_addr(&s.local_addr), s.local_port),
-                format!("{}:{}", fmt_addr(&s.remote_addr), s.remote_port),
-                s.state.to_string(),
-                s.inode.to_string(),
-                if s.pktinfo { "yes".into() } else { "no".into() },
-                owners,
-            ]
-        })
-        .collect();
-    table(&["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"], &cells)
+    let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    table(&HEADER, &cells)
+}
+
+const HEADER: [&str; 11] = ["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"];
+
+fn cells(r: &TiedSocket) -> Vec<String> {
+    let s = &r.socket;
+    let owners = crate::render::fmt::owners(&s.owners, "-");
+    vec![
+        s.netns.to_string(),
+        r.ifindex.map_or("-".into(), |i| i.to_string()),
+        r.ifname.clone().unwrap_or_else(|| "-".into()),
+        crate::render::fmt::binding(r.binding).to_string(),
+        format!("{:?}{}", s.protocol, s.family).to_lowercase(),
+        format!("{}:{}", fmt_addr(&s.local_addr), s.local_port),
+        format!("{}:{}", fmt_addr(&s.remote_addr), s.remote_port),
+        s.state.to_string(),
+        s.inode.to_string(),
+        if s.pktinfo { "yes".into() } else { "no".into() },
+        owners,
+    ]
 }
 
 fn fmt_addr(a: &std::net::IpAddr) -> String {
