@@ -258,3 +258,102 @@ fn healthy_sockets_on_a_live_interface_are_never_stranded() {
     assert!(text.contains("STATUS"), "{text}");
     drop(socks);
 }
+
+const PY_NESTED_EPOLL: &str = r#"
+import select, socket, sys, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+inner = select.epoll()
+inner.register(s.fileno(), select.EPOLLIN)
+outer = select.epoll()
+outer.register(inner.fileno(), select.EPOLLIN)
+for _ in range(3):
+    threading.Thread(target=lambda: outer.poll(600), daemon=True).start()
+print("ready", s.fileno(), outer.fileno(), flush=True)
+outer.poll(600)
+"#;
+
+#[test]
+fn nested_epoll_shared_by_threads_names_every_waiting_thread() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("na"), unique("nb"));
+    ns.veth(&a, &b, Some("10.84.0.1/24")).unwrap();
+    let port = PORT.to_string();
+    let mut d = Daemon::start(&ns, &["python3", "-c", PY_NESTED_EPOLL, "10.84.0.1", &port]).unwrap();
+    let pid = d.pid();
+    let line = d.wait_line("ready", READY).unwrap();
+    let fds: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    let (sock_fd, outer_fd) = (fds[0], fds[1]);
+    let in_epoll = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| {
+            t.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("syscall"))
+                        .ok()
+                        .and_then(|l| l.split_whitespace().next()?.parse::<i64>().ok())
+                        .is_some_and(|nr| EPOLL_WAITS.contains(&nr))
+                })
+                .count()
+        })
+    };
+    wait_until("four threads in epoll_wait on the outer instance", READY, || in_epoll() == 4).unwrap();
+    let rows = rows_of(&socket_rows(&ns, false).unwrap(), pid);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let w = rows[0]["waiters"].as_array().unwrap();
+    assert_eq!(w.len(), 4, "every thread sharing the epoll fd: {}", rows[0]);
+    let mut tids: Vec<u64> = w.iter().map(|w| w["tid"].as_u64().unwrap()).collect();
+    tids.dedup();
+    assert_eq!(tids.len(), 4, "{}", rows[0]);
+    for w in w {
+        assert_eq!(w["via"], "epoll", "{w}");
+        assert_eq!(w["epfd"], outer_fd, "the fd the thread waits in: {w}");
+        assert_eq!(w["fd"], sock_fd, "the socket's fd in the inner instance: {w}");
+    }
+}
+
+/// A poll whose `pollfd` array was made unreadable (PROT_NONE) while the thread waits: the kernel has its own copy
+/// and keeps waiting, but `process_vm_readv` fails (EFAULT). The waiter must still be reported,
+/// as `poll` with `fds: null` and the reason, on the sockets its process holds.
+#[test]
+fn unreadable_poll_set_is_reported_with_a_reason_not_dropped() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let sock = ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0")).unwrap().unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: an anonymous private page, protected below while the poller waits on its own copy.
+    let page = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    assert_ne!(page, libc::MAP_FAILED);
+    let pfd = page.cast::<libc::pollfd>();
+    // SAFETY: page is a writable mapping of 4096 bytes.
+    unsafe { pfd.write(libc::pollfd { fd, events: libc::POLLIN, revents: 0 }) };
+    let addr = page as usize;
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let poller = std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+        // SAFETY: a valid pollfd array at call time; the kernel copies it at entry.
+        unsafe { libc::poll(addr as *mut libc::pollfd, 1, 60_000) }
+    });
+    let tid = tid_rx.recv().unwrap();
+    wait_until("the poller in poll", READY, || {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).is_ok_and(|l| l.starts_with(&format!("{} ", libc::SYS_poll)))
+    })
+    .unwrap();
+    // SAFETY: nothing else uses the page; the poller's kernel copy is unaffected. PROT_NONE rather
+    // than munmap keeps the address reserved, so no later mapping makes it readable again.
+    assert_eq!(unsafe { libc::mprotect(page, 4096, libc::PROT_NONE) }, 0);
+
+    let rows = rows_of(&socket_rows(&ns, false).unwrap(), std::process::id());
+    let row = rows.iter().find(|r| r["local_port"] == port).unwrap_or_else(|| panic!("{rows:#?}"));
+    let w = row["waiters"].as_array().unwrap().iter().find(|w| w["tid"] == tid).unwrap_or_else(|| panic!("poller dropped: {row}"));
+    assert_eq!(w["via"], "poll", "{w}");
+    assert!(w.get("fds").is_some_and(Value::is_null), "fds: null for an unreadable set: {w}");
+    assert!(w["reason"].as_str().is_some_and(|r| r.contains("EFAULT")), "{w}");
+    assert!(w["fd"].is_null(), "{w}");
+
+    ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0")?.send_to(b"wake", ("127.0.0.1", port))).unwrap().unwrap();
+    assert_eq!(poller.join().unwrap(), -1, "poll fails (EFAULT) writing revents to the protected array");
+    // SAFETY: the page is ours and unused now.
+    unsafe { libc::munmap(page, 4096) };
+}
