@@ -7,11 +7,13 @@
 //! tracking began are recorded by [`HealthTracker::prime`] without a change.
 use std::collections::HashMap;
 
+use serde::Serialize;
+
 use crate::model::{
     ids::{IfIndex, NetnsIno, SockInode},
     link::{AddrTable, Link},
     socket::Socket,
-    stranded::{health, SeenDeletion, StrandReason, Stranded},
+    stranded::{health, SeenDeletion, SocketReport, StrandReason, Stranded, Via, Waiter},
 };
 
 /// A socket's identity across snapshots: its netns, inode and kernel address (an inode alone
@@ -144,6 +146,49 @@ impl HealthTracker {
     }
 }
 
+/// A thread whose wait includes a stranded socket without being a receive call on it: an event
+/// loop (epoll, poll, select, or an unresolved wait) that will never be woken by that socket.
+/// `hung` lists these apart from receivers blocked in a receive syscall.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventLoopWaiter {
+    /// The waiting thread (`via` says how it waits).
+    #[serde(flatten)]
+    pub waiter: Waiter,
+    /// The stranded socket's inode.
+    pub inode: SockInode,
+    /// Its netns.
+    pub netns: NetnsIno,
+    /// Its local address and port.
+    pub local_addr: std::net::IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Why the socket is stranded.
+    pub stranded: Stranded,
+}
+
+/// The event-loop waiters of every stranded socket in `reports` (waiters with `via` other than
+/// `recv`; those are receivers, already covered by `hung`'s receive-call logic), ordered by
+/// (pid, tid, inode). A thread waiting on several stranded sockets appears once per socket.
+pub fn event_loop_waiters(reports: &[SocketReport]) -> Vec<EventLoopWaiter> {
+    let mut out: Vec<EventLoopWaiter> = reports
+        .iter()
+        .filter_map(|r| Some((r, r.stranded.as_ref()?)))
+        .flat_map(|(r, st)| {
+            let s = &r.tied.socket;
+            r.waiters.iter().filter(|w| w.via != Via::Recv).map(move |w| EventLoopWaiter {
+                waiter: w.clone(),
+                inode: s.inode,
+                netns: s.netns,
+                local_addr: s.local_addr,
+                local_port: s.local_port,
+                stranded: st.clone(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|e| (e.waiter.pid, e.waiter.tid, e.inode));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeSet, net::IpAddr};
@@ -215,6 +260,27 @@ mod tests {
         assert_eq!(kinds(&h.update(NS, &socks, &[], &t, 5)), vec![("stranded", 4, Some(StrandReason::InterfaceDeleted))]);
         h.saw_creation(NS, "veth0");
         assert_eq!(kinds(&h.update(NS, &socks, &veth(true, true), &t, 6)), vec![("recovered", 4, None)]);
+    }
+
+    #[test]
+    fn event_loop_waiters_are_those_of_stranded_sockets_except_receivers() {
+        let t = AddrTable::default();
+        let socks = [sock(7, [10, 78, 0, 1], 0, false), sock(8, [10, 78, 0, 1], 0, false), sock(9, [127, 0, 0, 1], 0, false)];
+        let w = |tid, via| Waiter { pid: 1, tid, comm: "srv".into(), syscall: "epoll_wait", via, fd: Some(3), epfd: Some(4), fds: None, reason: None };
+        let reports: Vec<SocketReport> = socks
+            .iter()
+            .map(|s| {
+                let tied = crate::model::tie::each_once(std::slice::from_ref(s), NS, &[]).remove(0);
+                let stranded = if s.sk == 9 { None } else { health(s, &[], &t, &[]) };
+                SocketReport { tied, stranded, waiters: vec![w(2, Via::Epoll), w(3, Via::Recv), w(1, Via::Poll)] }
+            })
+            .collect();
+        let rows = event_loop_waiters(&reports);
+        let got: Vec<(u32, u64)> = rows.iter().map(|r| (r.waiter.tid, r.inode.0)).collect();
+        assert_eq!(got, vec![(1, 107), (1, 108), (2, 107), (2, 108)], "recv waiters and healthy sockets are left out");
+        assert!(rows.iter().all(|r| r.stranded.reason == StrandReason::AddressGone));
+        let v = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!((v["via"].as_str(), v["stranded"]["reason"].as_str()), (Some("poll"), Some("address_gone")));
     }
 
     #[test]

@@ -24,7 +24,8 @@ use std::{
 use crate::model::{
     ids::SockInode,
     socket::Socket,
-    stranded::{Via, Waiter},
+    stranded::{SocketReport, Stranded, Via, Waiter},
+    tie::TiedSocket,
 };
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -394,6 +395,12 @@ impl WaiterIndex {
         out.sort_by_key(|w| (w.pid, w.tid, w.fd));
         out.dedup();
         out
+    }
+
+    /// The report row of one tied socket: its health as given and its waiters from this pass.
+    pub fn report(&self, tied: TiedSocket, stranded: Option<Stranded>) -> SocketReport {
+        let waiters = self.for_socket(&tied.socket);
+        SocketReport { tied, stranded, waiters }
     }
 
     /// Sleeping user threads examined in the pass (for benchmarks and diagnostics).

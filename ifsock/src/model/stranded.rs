@@ -172,6 +172,19 @@ pub enum Via {
     Unknown,
 }
 
+impl Via {
+    /// The snake_case name used in JSON and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Recv => "recv",
+            Via::Epoll => "epoll",
+            Via::Poll => "poll",
+            Via::Select => "select",
+            Via::Unknown => "unknown",
+        }
+    }
+}
+
 /// One thread waiting on a socket now (`waiters[]` of a socket row):
 /// `{pid, tid, comm, syscall, via, fd, epfd}`, plus `fds` (only for a `poll`/`select` whose set
 /// could not be read: `null`) and `reason` (only when the tie is uncertain).
@@ -218,6 +231,54 @@ impl SocketReport {
     /// `ok`, or the strand reason (the STATUS column).
     pub fn status(&self) -> &'static str {
         self.stranded.as_ref().map_or("ok", |s| s.reason.name())
+    }
+}
+
+/// The payload of watch's `socket_stranded` and `socket_recovered` records (the `type` tag is
+/// added by the record enum): `{ts_unix_ns, netns, netns_name, reason, ifindex, ifname, address,
+/// cause, socket: {…a sockets --json row…}, waiters: […]}`. For `socket_recovered`, `reason`,
+/// `ifindex`, `ifname` and `address` are those it was stranded by.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketHealthEvent {
+    /// When the change was seen, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+    /// The socket's netns inode.
+    pub netns: NetnsIno,
+    /// Its name under /run/netns, if any.
+    pub netns_name: Option<String>,
+    /// Why it is (or was) stranded.
+    pub reason: StrandReason,
+    /// Interface involved (see [`Stranded::ifindex`]).
+    pub ifindex: Option<IfIndex>,
+    /// Its name.
+    pub ifname: Option<String>,
+    /// The socket's specific local address, if any.
+    pub address: Option<IpAddr>,
+    /// The change that caused it (the watcher's change kind, e.g. `deleted`, `down`,
+    /// `address_removed`), when known.
+    pub cause: Option<String>,
+    /// The socket row (with `stranded` as it is now: `null` after recovery).
+    pub socket: SocketReport,
+    /// The threads waiting on it (the same list as `socket.waiters`, at top level for
+    /// consumers that only read this).
+    pub waiters: Vec<Waiter>,
+}
+
+impl SocketHealthEvent {
+    /// Builds the record from what the socket is (or was) stranded by and its fresh report.
+    pub fn new(by: &Stranded, socket: SocketReport, ts_unix_ns: u64, netns_name: Option<String>, cause: Option<String>) -> Self {
+        SocketHealthEvent {
+            ts_unix_ns,
+            netns: socket.tied.socket.netns,
+            netns_name,
+            reason: by.reason,
+            ifindex: by.ifindex,
+            ifname: by.ifname.clone(),
+            address: by.address,
+            cause,
+            waiters: socket.waiters.clone(),
+            socket,
+        }
     }
 }
 

@@ -92,8 +92,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
                 .find(|(ino, _, _)| *ino == tied.socket.netns)
                 .map_or((&[][..], &empty), |(_, l, a)| (&l[..], a));
             let stranded = health(&tied.socket, links, addrs, &[]);
-            let waiters = waiters.for_socket(&tied.socket);
-            SocketReport { tied, stranded, waiters }
+            waiters.report(tied, stranded)
         })
         .filter(|r| !args.stranded || r.stranded.is_some())
         .collect();
@@ -117,28 +116,13 @@ pub fn print_reports(rows: &[SocketReport]) -> anyhow::Result<()> {
         .map(|r| {
             let mut c = cells(&r.tied);
             c.push(r.status().to_string());
-            c.push(waiters_cell(&r.waiters));
+            c.push(crate::render::health::waiters(&r.waiters));
             c
         })
         .collect();
     let mut header = HEADER.to_vec();
     header.extend(["STATUS", "WAITERS"]);
     table(&header, &cells)
-}
-
-fn waiters_cell(waiters: &[crate::model::stranded::Waiter]) -> String {
-    if waiters.is_empty() {
-        return "-".into();
-    }
-    waiters
-        .iter()
-        .map(|w| {
-            let via = serde_json::to_value(w.via).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            let fd = w.fd.map_or_else(|| "?".to_string(), |f| f.to_string());
-            format!("{}[{}]/{} {via}:{}/fd{fd}", w.comm, w.pid, w.tid, w.syscall)
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Prints tied sockets as a table (shared with `watch` and `teardown`).
