@@ -235,7 +235,6 @@ impl FdTable {
 pub struct WaiterIndex {
     by_inode: HashMap<SockInode, Vec<Waiter>>,
     by_pid: HashMap<u32, Vec<Waiter>>,
-    threads_seen: usize,
 }
 
 /// Per-process state of one pass.
@@ -263,16 +262,17 @@ impl WaiterIndex {
             let Ok(tasks) = proc.tasks() else { continue };
             let mut state = ProcState::default();
             for task in tasks.flatten() {
-                let Ok(stat) = task.stat() else { continue };
-                if !matches!(stat.state, 'S' | 'D') || stat.flags & PF_KTHREAD != 0 {
-                    continue;
-                }
-                index.threads_seen += 1;
                 let tid = task.tid as u32;
+                // `syscall` first: most threads sleep in futex or run, and are done after one read;
+                // `stat` (state, kthread flag, comm) only for those in a wait on fds.
                 let path = format!("/proc/{pid}/task/{tid}/syscall");
                 let Ok(line) = fs::read_to_string(&path) else { continue };
                 let Some((nr, args)) = parse_syscall(&line) else { continue };
                 let Some((kind, name)) = classify(nr) else { continue };
+                let Ok(stat) = task.stat() else { continue };
+                if !matches!(stat.state, 'S' | 'D') || stat.flags & PF_KTHREAD != 0 {
+                    continue;
+                }
                 let waiter = |via, fd, epfd| Waiter { pid, tid, comm: stat.comm.clone(), syscall: name, via, fd, epfd, fds: None, reason: None };
                 index.resolve(&mut state, kind, args, &line, &path, waiter);
             }
@@ -401,11 +401,6 @@ impl WaiterIndex {
     pub fn report(&self, tied: TiedSocket, stranded: Option<Stranded>) -> SocketReport {
         let waiters = self.for_socket(&tied.socket);
         SocketReport { tied, stranded, waiters }
-    }
-
-    /// Sleeping user threads examined in the pass (for benchmarks and diagnostics).
-    pub fn threads_seen(&self) -> usize {
-        self.threads_seen
     }
 }
 

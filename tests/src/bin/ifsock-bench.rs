@@ -3,7 +3,10 @@
 //! - `burst`: events/s while `watch` consumes a burst of 1,000 veth pairs (default buffer),
 //!   losses, and watch's resident memory before and after 10 bursts;
 //! - `recv`: a UDP request/response loop on loopback with and without ifsock's receive probes
-//!   attached, for each probe set the kernel allows (tracepoint, fentry, kprobe).
+//!   attached, for each probe set the kernel allows (tracepoint, fentry, kprobe);
+//! - `waiters`: the cost of waiter discovery (one pass over /proc, epoll fdinfo, poll sets read
+//!   with process_vm_readv) per 1,000 threads: `sockets --json` over the same 1,000 UDP sockets
+//!   before and while 1,000 threads wait on them (500 in epoll_wait, 500 in poll).
 use std::{
     io::Write,
     net::UdpSocket,
@@ -212,6 +215,88 @@ fn bench_recv() -> Result<()> {
     Ok(())
 }
 
+/// Threads of this process sleeping in `nrs` (`/proc/self/task/*/syscall`).
+fn threads_in(nrs: &[i64]) -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |tasks| {
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("syscall"))
+                    .ok()
+                    .and_then(|l| l.split_whitespace().next()?.parse::<i64>().ok())
+                    .is_some_and(|nr| nrs.contains(&nr))
+            })
+            .count()
+    })
+}
+
+fn bench_waiters() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    const THREADS: usize = 1000;
+    let ns = Netns::new()?;
+    let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    let (_, hard) = nix::sys::resource::getrlimit(limit)?;
+    let want = hard.max(10_000);
+    nix::sys::resource::setrlimit(limit, want, want).with_context(|| format!("raising RLIMIT_NOFILE to {want}"))?;
+    let socks = ns.run(|| -> Result<Vec<UdpSocket>> { (0..THREADS).map(|_| Ok(UdpSocket::bind("127.0.0.1:0")?)).collect() })??;
+    let bin = ifsock_bin();
+    let bin = bin.to_str().context("path")?;
+    let time_sockets = || -> Result<Duration> {
+        let mut v = Vec::new();
+        for _ in 0..7 {
+            v.push(time_cmd(&[bin, "--netns", &ns.name, "sockets", "--json"])?);
+        }
+        Ok(median(v))
+    };
+    let idle = time_sockets()?;
+    // Half the threads wait in epoll_wait on an epoll fd of their own holding their socket, half
+    // in poll on theirs; a pipe written at the end wakes them all (it is in every wait set).
+    let (wake_r, wake_w) = nix::unistd::pipe()?;
+    let wake = wake_r.as_raw_fd();
+    let mut handles = Vec::new();
+    for (i, s) in socks.iter().enumerate() {
+        let fd = s.as_raw_fd();
+        let h = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            if i % 2 == 0 {
+                // SAFETY: plain epoll calls on fds that outlive the thread (joined below).
+                unsafe {
+                    let ep = libc::epoll_create1(0);
+                    for f in [fd, wake] {
+                        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: f as u64 };
+                        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, f, &mut ev);
+                    }
+                    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
+                    libc::epoll_wait(ep, out.as_mut_ptr(), 2, -1);
+                    libc::close(ep);
+                }
+            } else {
+                let mut fds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 }];
+                // SAFETY: a valid pollfd array for the call.
+                unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            }
+        })?;
+        handles.push(h);
+    }
+    wait_until("1,000 threads in their waits", Duration::from_secs(60), || {
+        threads_in(&[libc::SYS_epoll_wait, libc::SYS_poll]) >= THREADS
+    })?;
+    let busy = time_sockets()?;
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--json"])?;
+    let named = rows.iter().filter(|r| r["waiters"].as_array().is_some_and(|w| !w.is_empty())).count();
+    nix::unistd::write(&wake_w, b"x")?;
+    for h in handles {
+        let _ = h.join();
+    }
+    println!(
+        "waiters: {THREADS} UDP sockets: sockets --json {:.1} ms without waiting threads, {:.1} ms with {THREADS}          (500 epoll_wait, 500 poll; {named} sockets named a waiter): discovery costs {:.1} ms per 1,000 threads",
+        idle.as_secs_f64() * 1e3,
+        busy.as_secs_f64() * 1e3,
+        (busy.as_secs_f64() - idle.as_secs_f64()) * 1e3 * 1000.0 / THREADS as f64
+    );
+    drop(socks);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     require_root();
     let which: Vec<String> = std::env::args().skip(1).collect();
@@ -225,6 +310,9 @@ fn main() -> Result<()> {
     }
     if want("burst") {
         bench_burst()?;
+    }
+    if want("waiters") {
+        bench_waiters()?;
     }
     Ok(())
 }
