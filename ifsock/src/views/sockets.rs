@@ -51,8 +51,11 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let mut addr_tables: Vec<(crate::model::ids::NetnsIno, Vec<crate::model::link::Link>, AddrTable)> = Vec::new();
     for ns in &spaces {
         let ino = ns.as_ref().map_or(own, |h| h.ino);
-        let (links, addrs) = netlink::dump_links_and_addrs(&netlink::connect_in(ns.as_ref())?).await?;
+        // Sockets before links: a socket seen bound to an address that the later dump does not
+        // hold lost it after the bind (stranded). The other order misjudges a socket bound
+        // between the two reads to an address that just finished DAD.
         let sockets = snapshot::sockets(&mut probes, ns.as_ref())?;
+        let (links, addrs) = netlink::dump_links_and_addrs(&netlink::connect_in(ns.as_ref())?).await?;
         let target = match (&args.iface, args.ifindex) {
             (Some(name), _) => links.iter().find(|l| &l.name == name),
             (None, Some(i)) => links.iter().find(|l| l.ifindex == IfIndex(i)),

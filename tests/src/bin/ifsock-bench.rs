@@ -288,7 +288,7 @@ fn bench_waiters() -> Result<()> {
         let _ = h.join();
     }
     println!(
-        "waiters: {THREADS} UDP sockets: sockets --json {:.1} ms without waiting threads, {:.1} ms with {THREADS}          (500 epoll_wait, 500 poll; {named} sockets named a waiter): discovery costs {:.1} ms per 1,000 threads",
+        "waiters: {THREADS} UDP sockets: sockets --json {:.1} ms without waiting threads, {:.1} ms with {THREADS} (500 epoll_wait, 500 poll; {named} sockets named a waiter): discovery costs {:.1} ms per 1,000 threads",
         idle.as_secs_f64() * 1e3,
         busy.as_secs_f64() * 1e3,
         (busy.as_secs_f64() - idle.as_secs_f64()) * 1e3 * 1000.0 / THREADS as f64
