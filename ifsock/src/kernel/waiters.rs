@@ -151,13 +151,8 @@ pub fn fd_kind(link: &str) -> FdKind {
 /// The non-negative fds of a `struct pollfd` array (`{int fd; short events; short revents;}`,
 /// 8 bytes each, native endian) — negative fds are ignored by poll(2).
 pub fn pollfds(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(8)
-        .filter_map(|c| {
-            let fd = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-            u32::try_from(fd).ok()
-        })
-        .collect()
+    let (entries, _) = bytes.as_chunks::<8>();
+    entries.iter().filter_map(|c| u32::try_from(i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).ok()).collect()
 }
 
 /// Bytes of the `fd_set` select reads for `nfds` (whole `unsigned long` words, as
