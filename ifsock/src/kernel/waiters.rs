@@ -479,6 +479,28 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
     }
 
     #[test]
+    fn unresolved_waits_show_on_every_socket_of_their_process_and_resolved_ones_on_theirs() {
+        use crate::model::socket::Owner;
+        let w = |pid, tid, via, fd: Option<u32>| Waiter { pid, tid, comm: "srv".into(), syscall: "ppoll", via, fd, epfd: None, fds: None, reason: None };
+        let mut index = WaiterIndex::default();
+        index.by_inode.insert(SockInode(42), vec![w(10, 12, Via::Poll, Some(3)), w(10, 11, Via::Poll, Some(3))]);
+        index.by_pid.insert(10, vec![Waiter { fds: Some(None), reason: Some("EPERM".into()), ..w(10, 13, Via::Poll, None) }]);
+        index.by_pid.insert(99, vec![w(99, 99, Via::Unknown, None)]);
+        let rec = ifsock_common::SockRecord {
+            sk: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 7, lport: 53, rport: 0,
+            flags: 0, laddr: [0; 16], raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut s = Socket::from_record(&rec);
+        s.owners = vec![Owner { pid: 10, comm: "srv".into(), fd: 3 }, Owner { pid: 10, comm: "srv".into(), fd: 9 }];
+        let got: Vec<(u32, Via, Option<u32>)> = index.for_socket(&s).iter().map(|w| (w.tid, w.via, w.fd)).collect();
+        assert_eq!(got, vec![(11, Via::Poll, Some(3)), (12, Via::Poll, Some(3)), (13, Via::Poll, None)], "sorted, once per thread, pid 99 not involved");
+        s.inode = SockInode(43);
+        assert_eq!(index.for_socket(&s).len(), 1, "another socket of pid 10 still shows the unreadable poll");
+        s.owners.clear();
+        assert!(index.for_socket(&s).is_empty());
+    }
+
+    #[test]
     fn reading_own_memory_works_and_bad_addresses_fail_cleanly() {
         let data = [1u8, 2, 3, 4, 5, 6, 7, 8];
         let got = read_remote(std::process::id(), data.as_ptr() as u64, 8).unwrap();
