@@ -19,7 +19,10 @@ pub const IFF_LOWER_UP: u32 = 0x10000;
 
 /// `IFF_LOOPBACK`: the loopback device (its `127.0.0.1/8` makes the whole prefix local).
 pub const IFF_LOOPBACK: u32 = 0x8;
-/// `IFA_F_DADFAILED` (include/uapi/linux/if_addr.h): IPv6 duplicate address detection failed.
+/// `IFA_F_OPTIMISTIC` (include/uapi/linux/if_addr.h): optimistic DAD (RFC 4429); usable while
+/// `IFA_F_TENTATIVE` is still set.
+pub const IFA_F_OPTIMISTIC: u32 = 0x04;
+/// `IFA_F_DADFAILED`: IPv6 duplicate address detection failed.
 pub const IFA_F_DADFAILED: u32 = 0x08;
 /// `IFA_F_TENTATIVE`: IPv6 DAD still running; the address cannot be used as a source or bound.
 pub const IFA_F_TENTATIVE: u32 = 0x40;
@@ -38,10 +41,12 @@ pub struct AddrInfo {
 }
 
 impl AddrInfo {
-    /// False while IPv6 DAD is running or after it failed: the kernel refuses the address
-    /// (`ipv6_chk_addr()` skips `IFA_F_TENTATIVE`), so a socket bound to it receives nothing.
+    /// False while IPv6 DAD is running (unless optimistic) or after it failed: the kernel
+    /// refuses the address (`ipv6_chk_addr()` skips tentative non-optimistic addresses), so a
+    /// socket bound to it receives nothing.
     pub fn usable(&self) -> bool {
-        self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) == 0
+        let tentative = self.flags & IFA_F_TENTATIVE != 0 && self.flags & IFA_F_OPTIMISTIC == 0;
+        !tentative && self.flags & IFA_F_DADFAILED == 0
     }
 }
 

@@ -289,7 +289,7 @@ mod tests {
     use ifsock_common::{sock_flags, SockRecord};
 
     use super::*;
-    use crate::model::link::{AddrInfo, IFA_F_DADFAILED, IFA_F_TENTATIVE, IFF_UP};
+    use crate::model::link::{AddrInfo, IFA_F_DADFAILED, IFA_F_OPTIMISTIC, IFA_F_TENTATIVE, IFF_UP};
 
     const NS: NetnsIno = NetnsIno(7);
 
@@ -388,6 +388,8 @@ mod tests {
         }
         t.insert(IfIndex(5), ip("fd00::1"), AddrInfo { flags: 0x80, prefix_len: 64, scope: 0 });
         assert_eq!(reason(&v6(ip6("fd00::1"), 0), &links, &t), None, "IFA_F_PERMANENT is fine");
+        t.insert(IfIndex(5), ip("fd00::1"), AddrInfo { flags: IFA_F_TENTATIVE | IFA_F_OPTIMISTIC, prefix_len: 64, scope: 0 });
+        assert_eq!(reason(&v6(ip6("fd00::1"), 0), &links, &t), None, "optimistic DAD addresses are usable");
     }
 
     #[test]
