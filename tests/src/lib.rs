@@ -452,3 +452,166 @@ pub fn tun_queue(name: &str, flags: i16) -> Result<OwnedFd> {
 pub fn tun_detach_queue(fd: &impl AsRawFd) -> Result<()> {
     tun_ioctl(fd, TUNSETQUEUE, "", IFF_DETACH_QUEUE)
 }
+
+/// A server process started in a test's namespace (`ip netns exec NS …`, which execs, so the
+/// pid is the daemon's own), in the foreground, killed by pid (SIGKILL) and reaped in `Drop`.
+pub struct Daemon {
+    child: Child,
+    /// Its stdout lines, read on a thread (for servers that print when ready).
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts `argv` inside `ns` with stdout piped (stderr inherited, for the test log).
+    pub fn start(ns: &Netns, argv: &[&str]) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {}", ns.name))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Daemon { child, lines })
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line starting with `prefix`; `timeout` is a failure bound.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Ok(l),
+                Ok(_) => continue,
+                Err(_) => bail!("{:?}: no line {prefix:?} within {timeout:?} (exited: {:?})", self.child.id(), self.child.try_wait()),
+            }
+        }
+    }
+
+    /// Fails when the daemon has already exited (a bad config, a port in use).
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("daemon {} exited: {status}", self.child.id());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A file in a fresh per-test directory under the system temp dir, removed in `Drop`.
+pub struct TempFile {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Writes `contents` to a new uniquely named file.
+    pub fn new(stem: &str, contents: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{}-{stem}", unique("ifsk")));
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(TempFile { path })
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// unbound (`/usr/sbin/unbound -d -c CONF`) serving on `addr@port` inside `ns`, with a config
+/// the test writes: foreground, no privilege drop or chroot, no logging to syslog, no remote
+/// control, IPv4 only, one thread (it waits in `epoll_wait` through libevent).
+pub fn start_unbound(ns: &Netns, addr: &str, port: u16) -> Result<(Daemon, TempFile)> {
+    let conf = TempFile::new(
+        "unbound.conf",
+        &format!(
+            "server:\n    interface: {addr}@{port}\n    port: {port}\n    do-daemonize: no\n    username: \"\"\n    chroot: \"\"\n    directory: \"\"\n    use-syslog: no\n    logfile: \"\"\n    pidfile: \"\"\n    do-ip6: no\n    num-threads: 1\n    access-control: 0.0.0.0/0 allow\nremote-control:\n    control-enable: no\n"
+        ),
+    )?;
+    sh(&["unbound-checkconf", conf.as_str()])?;
+    let d = Daemon::start(ns, &["/usr/sbin/unbound", "-d", "-c", conf.as_str()])?;
+    Ok((d, conf))
+}
+
+/// dnsmasq in the foreground inside `ns` on `port` as a DNS server only (no DHCP, no upstream
+/// servers, no hosts file, no config file, no pid file, running as root; it waits in `poll`).
+/// `iface`: `--bind-interfaces --interface=IFACE` (sockets bound to IFACE's addresses, and lo's);
+/// `None`: the default wildcard mode (sockets on 0.0.0.0/:: with IP_PKTINFO).
+pub fn start_dnsmasq(ns: &Netns, iface: Option<&str>, port: u16) -> Result<Daemon> {
+    let port_arg = format!("--port={port}");
+    let mut argv = vec![
+        "/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+        "--pid-file=", "--user=root", "--group=root", &port_arg,
+    ];
+    let iface_arg;
+    if let Some(i) = iface {
+        iface_arg = format!("--interface={i}");
+        argv.extend(["--bind-interfaces", &iface_arg]);
+    }
+    Daemon::start(ns, &argv)
+}
+
+/// The `sockets --json` rows of `ns` (optionally only `--stranded` ones).
+pub fn socket_rows(ns: &Netns, stranded: bool) -> Result<Vec<Value>> {
+    let mut args = vec!["--netns", &ns.name, "sockets", "--json"];
+    if stranded {
+        args.push("--stranded");
+    }
+    ifsock_json(&args)
+}
+
+/// Rows owned by `pid`.
+pub fn rows_of(rows: &[Value], pid: u32) -> Vec<Value> {
+    rows.iter().filter(|r| r["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"] == pid))).cloned().collect()
+}
+
+/// True when `row` has a waiter from `pid` with `via`.
+pub fn has_waiter(row: &Value, pid: u32, via: &str) -> bool {
+    row["waiters"].as_array().is_some_and(|w| w.iter().any(|w| w["pid"] == pid && w["via"] == via))
+}
+
+/// True when some thread of `pid` sleeps in one of the syscalls `nrs`
+/// (`/proc/PID/task/*/syscall`, first field): a kernel state with no notification, for
+/// [`wait_until`].
+pub fn in_syscall(pid: u32, nrs: &[i64]) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("syscall"))
+            .ok()
+            .and_then(|l| l.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()))
+            .is_some_and(|nr| nrs.contains(&nr))
+    })
+}
+
+/// epoll_wait, epoll_pwait, epoll_pwait2.
+pub const EPOLL_WAITS: [i64; 3] = [libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2];
+/// poll, ppoll.
+pub const POLL_WAITS: [i64; 2] = [libc::SYS_poll, libc::SYS_ppoll];
+/// select, pselect6.
+pub const SELECT_WAITS: [i64; 2] = [libc::SYS_select, libc::SYS_pselect6];

@@ -7,3 +7,4 @@ pub mod netns;
 pub mod procfs;
 pub mod signals;
 pub mod system;
+pub mod waiters;

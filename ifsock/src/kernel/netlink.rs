@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::model::{
     ids::IfIndex,
-    link::{Dump, Link, Update},
+    link::{AddrInfo, AddrTable, Dump, Link, Update},
     tun::{TunInfo, TunLink},
 };
 
@@ -98,6 +98,21 @@ pub fn address_of(msg: &AddressMessage) -> Option<(IfIndex, IpAddr)> {
     Some((IfIndex(msg.header.index), addr))
 }
 
+/// Flags, prefix length and scope of an `RTM_NEWADDR`: `ifa_flags` comes from the `IFA_FLAGS`
+/// attribute when the kernel sends it (>= 3.14, it holds the bits above 0x80 such as
+/// `IFA_F_NOPREFIXROUTE`), else from the 8-bit `ifaddrmsg.ifa_flags`.
+pub fn address_info(msg: &AddressMessage) -> AddrInfo {
+    let flags = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Flags(f) => Some(f.bits()),
+            _ => None,
+        })
+        .unwrap_or_else(|| u32::from(msg.header.flags.bits()));
+    AddrInfo { flags, prefix_len: msg.header.prefix_len, scope: u8::from(msg.header.scope) }
+}
+
 /// Dumps every link with its addresses.
 ///
 /// # Errors
@@ -106,11 +121,23 @@ pub async fn dump_links(handle: &Handle) -> Result<Vec<Link>> {
     Ok(dump(handle).await?.links)
 }
 
-/// Dumps every link with its addresses and the same-netns veth peers (`IFLA_LINK`).
+/// Dumps every link with its addresses (as [`dump`]) and the details of each address (flags
+/// such as `IFA_F_TENTATIVE`, prefix length, scope) from the same `RTM_GETADDR` dump.
+///
+/// # Errors
+/// The dump failed (netlink error).
+pub async fn dump_links_and_addrs(handle: &Handle) -> Result<(Vec<Link>, AddrTable)> {
+    let d = dump(handle).await?;
+    Ok((d.links, d.addrs))
+}
+
+/// Dumps every link with its addresses, the same-netns veth peers (`IFLA_LINK`), and the
+/// details of each address (`IFA_FLAGS`, prefix length, scope).
 ///
 /// # Errors
 /// The dump failed (netlink error).
 pub async fn dump(handle: &Handle) -> Result<Dump> {
+    let mut table = AddrTable::default();
     let mut links = std::collections::BTreeMap::new();
     let mut peers = std::collections::BTreeMap::new();
     let mut stream = handle.link().get().execute();
@@ -128,10 +155,11 @@ pub async fn dump(handle: &Handle) -> Result<Dump> {
         if let Some((ifindex, addr)) = address_of(&msg) {
             if let Some(link) = links.get_mut(&ifindex) {
                 link.addrs.insert(addr);
+                table.insert(ifindex, addr, address_info(&msg));
             }
         }
     }
-    Ok(Dump { links: links.into_values().collect(), peers })
+    Ok(Dump { links: links.into_values().collect(), peers, addrs: table })
 }
 
 /// Clears `IFF_UP` on a link (`RTM_NEWLINK` with `ifi_change = IFF_UP`).

@@ -17,6 +17,69 @@ pub const IFF_UP: u32 = 0x1;
 /// `IFF_LOWER_UP`: carrier (driver signals L1 up).
 pub const IFF_LOWER_UP: u32 = 0x10000;
 
+/// `IFF_LOOPBACK`: the loopback device (its `127.0.0.1/8` makes the whole prefix local).
+pub const IFF_LOOPBACK: u32 = 0x8;
+/// `IFA_F_OPTIMISTIC` (include/uapi/linux/if_addr.h): optimistic DAD (RFC 4429); usable while
+/// `IFA_F_TENTATIVE` is still set.
+pub const IFA_F_OPTIMISTIC: u32 = 0x04;
+/// `IFA_F_DADFAILED`: IPv6 duplicate address detection failed.
+pub const IFA_F_DADFAILED: u32 = 0x08;
+/// `IFA_F_TENTATIVE`: IPv6 DAD still running; the address cannot be used as a source or bound.
+pub const IFA_F_TENTATIVE: u32 = 0x40;
+
+/// What an `RTM_NEWADDR` says about one address beyond its value: `ifa_flags` (the 32-bit
+/// `IFA_FLAGS` attribute when present, since 3.14, else the 8-bit header field), `ifa_prefixlen`
+/// and `ifa_scope` (`RT_SCOPE_*`: 0 universe, 200 site, 253 link, 254 host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+pub struct AddrInfo {
+    /// `IFA_F_*` bits.
+    pub flags: u32,
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+    /// `ifa_scope`.
+    pub scope: u8,
+}
+
+impl AddrInfo {
+    /// False while IPv6 DAD is running (unless optimistic) or after it failed: the kernel
+    /// refuses the address (`ipv6_chk_addr()` skips tentative non-optimistic addresses), so a
+    /// socket bound to it receives nothing.
+    pub fn usable(&self) -> bool {
+        let tentative = self.flags & IFA_F_TENTATIVE != 0 && self.flags & IFA_F_OPTIMISTIC == 0;
+        !tentative && self.flags & IFA_F_DADFAILED == 0
+    }
+}
+
+/// Address details of one netns keyed by (ifindex, address), beside [`Link::addrs`] (which only
+/// says which addresses exist). Filled from the same `RTM_GETADDR` dump; an address without an
+/// entry is taken as usable with an unknown prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddrTable {
+    entries: BTreeMap<(IfIndex, IpAddr), AddrInfo>,
+}
+
+impl AddrTable {
+    /// Records the details of `addr` on `ifindex` (replacing earlier ones).
+    pub fn insert(&mut self, ifindex: IfIndex, addr: IpAddr, info: AddrInfo) {
+        self.entries.insert((ifindex, addr), info);
+    }
+
+    /// Forgets `addr` on `ifindex` (`RTM_DELADDR`).
+    pub fn remove(&mut self, ifindex: IfIndex, addr: IpAddr) {
+        self.entries.remove(&(ifindex, addr));
+    }
+
+    /// Details of `addr` on `ifindex`, if known.
+    pub fn get(&self, ifindex: IfIndex, addr: IpAddr) -> Option<AddrInfo> {
+        self.entries.get(&(ifindex, addr)).copied()
+    }
+
+    /// Whether `addr` on `ifindex` can be used (unknown entries count as usable).
+    pub fn usable(&self, ifindex: IfIndex, addr: IpAddr) -> bool {
+        self.get(ifindex, addr).is_none_or(|i| i.usable())
+    }
+}
+
 /// How many deleted names are remembered to recognise a recreation.
 const DELETED_MEMORY: usize = 4096;
 
@@ -170,6 +233,8 @@ pub struct Dump {
     pub links: Vec<Link>,
     /// Same-netns peers (`IFLA_LINK`), both directions when both ends were dumped.
     pub peers: BTreeMap<IfIndex, IfIndex>,
+    /// Address details (flags, prefix length, scope) of the dumped addresses.
+    pub addrs: AddrTable,
 }
 
 /// Interfaces of one netns, keyed by ifindex, with recently deleted names.

@@ -5,6 +5,7 @@ pub mod kernel_event;
 pub mod link;
 pub mod receiver;
 pub mod sock_error;
+pub mod stranded;
 pub mod socket;
 pub mod tie;
 pub mod tun;

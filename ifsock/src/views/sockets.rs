@@ -2,7 +2,12 @@
 use anyhow::{bail, Result};
 
 use crate::{
-    model::tie::{self, TiedSocket},
+    kernel::{netlink, waiters::WaiterIndex},
+    model::{
+        link::AddrTable,
+        stranded::{health, SocketReport},
+        tie::{self, TiedSocket},
+    },
     probes::snapshot,
     render::{json_line, table},
 };
@@ -27,6 +32,9 @@ pub struct SocketsArgs {
     /// One JSON object per line (fields documented in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Only stranded sockets (address gone, bound device down or deleted); none is not an error.
+    #[arg(long)]
+    pub stranded: bool,
 }
 
 /// Runs `sockets`.
@@ -40,10 +48,14 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let own = netns::current_ino()?;
     let mut rows: Vec<TiedSocket> = Vec::new();
     let mut found_iface = false;
+    let mut addr_tables: Vec<(crate::model::ids::NetnsIno, Vec<crate::model::link::Link>, AddrTable)> = Vec::new();
     for ns in &spaces {
         let ino = ns.as_ref().map_or(own, |h| h.ino);
-        let links = snapshot::links(ns.as_ref()).await?;
+        // Sockets before links: a socket seen bound to an address that the later dump does not
+        // hold lost it after the bind (stranded). The other order misjudges a socket bound
+        // between the two reads to an address that just finished DAD.
         let sockets = snapshot::sockets(&mut probes, ns.as_ref())?;
+        let (links, addrs) = netlink::dump_links_and_addrs(&netlink::connect_in(ns.as_ref())?).await?;
         let target = match (&args.iface, args.ifindex) {
             (Some(name), _) => links.iter().find(|l| &l.name == name),
             (None, Some(i)) => links.iter().find(|l| l.ifindex == IfIndex(i)),
@@ -60,6 +72,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             }
             None => {}
         }
+        addr_tables.push((ino, links, addrs));
     }
     if (args.iface.is_some() || args.ifindex.is_some()) && !found_iface {
         let what = args.iface.clone().map_or_else(|| format!("ifindex {}", args.ifindex.unwrap_or(0)), |n| format!("interface {n:?}"));
@@ -70,16 +83,52 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         (a.socket.netns, a.ifindex, a.socket.protocol as u8, a.socket.local_port)
             .cmp(&(b.socket.netns, b.ifindex, b.socket.protocol as u8, b.socket.local_port))
     });
+    // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
+    // is missed, never attributed to a socket that no longer exists.
+    let waiters = WaiterIndex::discover();
+    let empty = AddrTable::default();
+    let reports: Vec<SocketReport> = rows
+        .into_iter()
+        .map(|tied| {
+            let (links, addrs) = addr_tables
+                .iter()
+                .find(|(ino, _, _)| *ino == tied.socket.netns)
+                .map_or((&[][..], &empty), |(_, l, a)| (&l[..], a));
+            let stranded = health(&tied.socket, links, addrs, &[]);
+            waiters.report(tied, stranded)
+        })
+        .filter(|r| !args.stranded || r.stranded.is_some())
+        .collect();
     // One write per ~64 KiB instead of one per socket (stays per line on a terminal).
     let out = crate::render::buffered();
     if args.json {
-        for row in &rows {
+        for row in &reports {
             json_line(row)?;
         }
     } else {
-        print_table(&rows)?;
+        print_reports(&reports)?;
     }
     out.finish()
+}
+
+/// Prints socket reports as a table: [`print_table`]'s columns, then STATUS (`ok` or the strand
+/// reason) and WAITERS (`comm[pid]/tid via fd`, `-` when none).
+///
+/// # Errors
+/// Writing to stdout failed (see [`crate::render::out`]).
+pub fn print_reports(rows: &[SocketReport]) -> anyhow::Result<()> {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut c = cells(&r.tied);
+            c.push(r.status().to_string());
+            c.push(crate::render::health::waiters(&r.waiters));
+            c
+        })
+        .collect();
+    let mut header = HEADER.to_vec();
+    header.extend(["STATUS", "WAITERS"]);
+    table(&header, &cells)
 }
 
 /// Prints tied sockets as a table (shared with `watch` and `teardown`).
@@ -87,25 +136,26 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
 /// # Errors
 /// Writing to stdout failed (see [`crate::render::out`]).
 pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let s = &r.socket;
-            let owners = crate::render::fmt::owners(&s.owners, "-");
-            vec![
-                s.netns.to_string(),
-                r.ifindex.map_or("-".into(), |i| i.to_string()),
-                r.ifname.clone().unwrap_or_else(|| "-".into()),
-                crate::render::fmt::binding(r.binding).to_string(),
-                format!("{:?}{}", s.protocol, s.family).to_lowercase(),
-                format!("{}:{}", crate::render::fmt::addr(&s.local_addr, s.v4_mapped), s.local_port),
-                format!("{}:{}", crate::render::fmt::addr(&s.remote_addr, s.v4_mapped), s.remote_port),
-                s.state.to_string(),
-                s.inode.to_string(),
-                if s.pktinfo { "yes".into() } else { "no".into() },
-                owners,
-            ]
-        })
-        .collect();
-    table(&["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"], &cells)
+    let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    table(&HEADER, &cells)
+}
+
+const HEADER: [&str; 11] = ["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"];
+
+fn cells(r: &TiedSocket) -> Vec<String> {
+    let s = &r.socket;
+    let owners = crate::render::fmt::owners(&s.owners, "-");
+    vec![
+        s.netns.to_string(),
+        r.ifindex.map_or("-".into(), |i| i.to_string()),
+        r.ifname.clone().unwrap_or_else(|| "-".into()),
+        crate::render::fmt::binding(r.binding).to_string(),
+        format!("{:?}{}", s.protocol, s.family).to_lowercase(),
+        format!("{}:{}", crate::render::fmt::addr(&s.local_addr, s.v4_mapped), s.local_port),
+        format!("{}:{}", crate::render::fmt::addr(&s.remote_addr, s.v4_mapped), s.remote_port),
+        s.state.to_string(),
+        s.inode.to_string(),
+        if s.pktinfo { "yes".into() } else { "no".into() },
+        owners,
+    ]
 }

@@ -6,7 +6,8 @@
 //! - `watch`: interface delete → `watch --json` line vs `ip monitor link` (10k sockets, and
 //!   `--no-sockets`);
 //! - `burst`: 10 rounds of 1,000 links created and deleted;
-//! - `recv`: the receive path per probe set, its floor (empty programs), per-program cost.
+//! - `recv`: the receive path per probe set, its floor (empty programs), per-program cost;
+//! - `waiters`: waiter discovery (epoll/poll) per 1,000 waiting threads.
 //!
 //! `IFSOCK_BENCH_SOCKETS=10000,100000` picks the socket counts (default 10k, 100k, 1M). Each group works in
 //! its own netns; helper processes hold the sockets and are killed on drop.
@@ -18,6 +19,8 @@ mod recv;
 mod sockets;
 #[path = "bench/util.rs"]
 mod util;
+#[path = "bench/waiters.rs"]
+mod waiters;
 #[path = "bench/watch.rs"]
 mod watch;
 
@@ -73,6 +76,9 @@ fn main() -> Result<()> {
     }
     if want("recv") {
         group("recv", recv::run(&mut rows));
+    }
+    if want("waiters") {
+        group("waiters", waiters::discovery(&mut rows));
     }
     util::print_table(&rows);
     if !failed.is_empty() {

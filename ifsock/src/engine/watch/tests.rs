@@ -52,7 +52,7 @@ fn dump(links: Vec<Link>, pairs: &[(u32, u32)]) -> Dump {
         peers.insert(IfIndex(*a), IfIndex(*b));
         peers.insert(IfIndex(*b), IfIndex(*a));
     }
-    Dump { links, peers }
+    Dump { links, peers, addrs: Default::default() }
 }
 
 fn newlink(i: u32, name: &str, flags: u32, peer: Option<u32>) -> Update {

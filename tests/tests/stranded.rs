@@ -1,0 +1,359 @@
+//! Stranded sockets as real servers hold them: unbound (epoll), dnsmasq (poll), a tokio server
+//! (epoll, SO_BINDTODEVICE) and Python select/poll waiters, each in its own netns with a veth.
+//! `sockets --stranded --json` must name the reason, the owner and how the owner waits, and must
+//! never mark a healthy socket.
+use std::time::Duration;
+
+use ifsock_tests::*;
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(30);
+const PORT: u16 = 10053;
+
+fn port_rows(rows: &[Value], pid: u32, port: u16) -> Vec<Value> {
+    rows_of(rows, pid).into_iter().filter(|r| r["local_port"] == port).collect()
+}
+
+/// Waits until `pid` holds sockets on `port` in `ns` and one of its threads sleeps in `waits`,
+/// and returns the rows then.
+fn ready(ns: &Netns, d: &mut Daemon, port: u16, waits: &[i64], want: usize) -> Vec<Value> {
+    let pid = d.pid();
+    let mut rows = Vec::new();
+    wait_until("the daemon's sockets and its wait", READY, || {
+        if d.check_running().is_err() {
+            return true;
+        }
+        rows = port_rows(&socket_rows(ns, false).unwrap_or_default(), pid, port);
+        rows.len() >= want && in_syscall(pid, waits)
+    })
+    .unwrap();
+    d.check_running().unwrap();
+    rows
+}
+
+fn assert_healthy(rows: &[Value]) {
+    for r in rows {
+        assert!(r["stranded"].is_null(), "healthy socket reported stranded: {r}");
+    }
+}
+
+fn assert_no_false_alarms(ns: &Netns) {
+    let stranded = socket_rows(ns, true).unwrap();
+    for r in &stranded {
+        assert!(!r["stranded"].is_null(), "--stranded listed a healthy row: {r}");
+        let addr = r["local_addr"].as_str().unwrap_or("");
+        assert!(!addr.starts_with("127.") && addr != "::1", "a loopback socket reported stranded: {r}");
+    }
+}
+
+#[test]
+fn unbound_loses_its_address_and_its_epoll_wait_is_named() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ua"), unique("ub"));
+    ns.veth(&a, &b, Some("10.78.0.1/24")).unwrap();
+    let (mut d, _conf) = start_unbound(&ns, "10.78.0.1", PORT).unwrap();
+    let pid = d.pid();
+    let before = ready(&ns, &mut d, PORT, &EPOLL_WAITS, 2);
+    assert_healthy(&before);
+    assert!(before.iter().all(|r| has_waiter(r, pid, "epoll")), "unbound waits in epoll: {before:#?}");
+
+    ns.ip(&["link", "del", &a]).unwrap();
+    let rows = port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT);
+    for proto in ["udp", "tcp"] {
+        let r = rows.iter().find(|r| r["protocol"] == proto).unwrap_or_else(|| panic!("no stranded {proto} socket of unbound in {rows:#?}"));
+        assert_eq!(r["stranded"]["reason"], "address_gone", "{r}");
+        assert_eq!(r["stranded"]["address"], "10.78.0.1", "{r}");
+        assert!(r["owners"].as_array().unwrap().iter().any(|o| o["comm"] == "unbound"), "{r}");
+        let w = r["waiters"].as_array().unwrap().iter().find(|w| w["via"] == "epoll").unwrap_or_else(|| panic!("no epoll waiter: {r}"));
+        assert_eq!(w["pid"], pid);
+        assert!(w["syscall"].as_str().unwrap().starts_with("epoll_"), "{w}");
+        assert!(w["epfd"].is_u64() && w["fd"].is_u64(), "{w}");
+        let own_fd = r["owners"][0]["fd"].clone();
+        assert_eq!(w["fd"], own_fd, "the registered fd is the socket's fd: {r}");
+    }
+    assert_no_false_alarms(&ns);
+}
+
+#[test]
+fn dnsmasq_bound_to_an_interface_loses_its_address_and_its_poll_is_named() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("da"), unique("db"));
+    ns.veth(&a, &b, Some("10.79.0.1/24")).unwrap();
+    let mut d = start_dnsmasq(&ns, Some(&a), PORT).unwrap();
+    let pid = d.pid();
+    // --interface adds lo: sockets on 10.79.0.1 and 127.0.0.1, UDP and TCP each.
+    let before = ready(&ns, &mut d, PORT, &POLL_WAITS, 4);
+    assert_healthy(&before);
+
+    ns.ip(&["link", "del", &a]).unwrap();
+    let all = port_rows(&socket_rows(&ns, false).unwrap(), pid, PORT);
+    let stranded = port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT);
+    for proto in ["udp", "tcp"] {
+        let r = stranded
+            .iter()
+            .find(|r| r["protocol"] == proto && r["local_addr"] == "10.79.0.1")
+            .unwrap_or_else(|| panic!("no stranded {proto} socket of dnsmasq on 10.79.0.1 in {stranded:#?}"));
+        assert_eq!(r["stranded"]["reason"], "address_gone", "{r}");
+        assert!(r["owners"].as_array().unwrap().iter().any(|o| o["comm"] == "dnsmasq"), "{r}");
+        let w = r["waiters"].as_array().unwrap().iter().find(|w| w["via"] == "poll").unwrap_or_else(|| panic!("no poll waiter: {r}"));
+        assert_eq!(w["fd"], r["owners"][0]["fd"], "{r}");
+    }
+    let lo: Vec<&Value> = all.iter().filter(|r| r["local_addr"] == "127.0.0.1").collect();
+    assert!(!lo.is_empty(), "dnsmasq's loopback sockets: {all:#?}");
+    for r in lo {
+        assert!(r["stranded"].is_null(), "loopback socket stranded: {r}");
+        assert!(has_waiter(r, pid, "poll"), "the same poll also waits on lo: {r}");
+    }
+    assert_no_false_alarms(&ns);
+}
+
+#[test]
+fn dnsmasq_wildcard_sockets_are_not_marked_by_a_snapshot_after_deletion() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("wa"), unique("wb"));
+    ns.veth(&a, &b, Some("10.80.0.1/24")).unwrap();
+    let mut d = start_dnsmasq(&ns, None, PORT).unwrap();
+    let pid = d.pid();
+    let before = ready(&ns, &mut d, PORT, &POLL_WAITS, 2);
+    assert!(before.iter().any(|r| r["protocol"] == "udp" && r["pktinfo"] == true), "wildcard IP_PKTINFO socket: {before:#?}");
+
+    ns.ip(&["link", "del", &a]).unwrap();
+    let rows = port_rows(&socket_rows(&ns, false).unwrap(), pid, PORT);
+    let wild: Vec<&Value> = rows.iter().filter(|r| r["binding"] == "wildcard").collect();
+    assert!(!wild.is_empty(), "{rows:#?}");
+    for r in wild {
+        assert!(r["stranded"].is_null(), "a snapshot alone never guesses interface_deleted: {r}");
+        assert!(has_waiter(r, pid, "poll"), "{r}");
+    }
+    assert!(port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT).is_empty());
+}
+
+#[test]
+fn tokio_server_bound_to_a_device_is_stranded_while_it_is_down_and_healthy_again_when_up() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    ns.veth(&a, &b, Some("10.81.0.1/24")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_tokio-udp-server");
+    let mut d = Daemon::start(&ns, &[bin, &format!("0.0.0.0:{PORT}"), &a, "4"]).unwrap();
+    let pid = d.pid();
+    let line = d.wait_line("ready", READY).unwrap();
+    let fd: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let before = ready(&ns, &mut d, PORT, &EPOLL_WAITS, 1);
+    assert_healthy(&before);
+    assert_eq!(before[0]["binding"], "device", "{before:#?}");
+
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
+    let rows = port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let r = &rows[0];
+    assert_eq!(r["stranded"]["reason"], "device_down", "{r}");
+    assert_eq!(r["stranded"]["ifname"], a.as_str(), "{r}");
+    assert_eq!(r["stranded"]["ifindex"], ns.ifindex(&a).unwrap(), "{r}");
+    let epoll: Vec<&Value> = r["waiters"].as_array().unwrap().iter().filter(|w| w["via"] == "epoll").collect();
+    assert_eq!(epoll.len(), 1, "one tokio driver thread waits in epoll, workers park on futexes: {r}");
+    assert_eq!(epoll[0]["fd"], fd, "{r}");
+
+    ns.ip(&["link", "set", &a, "up"]).unwrap();
+    let rows = port_rows(&socket_rows(&ns, false).unwrap(), pid, PORT);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0]["stranded"].is_null(), "up again is healthy: {}", rows[0]);
+    assert!(port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT).is_empty());
+}
+
+const PY_SELECT: &str = r#"
+import select, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+other.bind(("127.0.0.1", 0))
+print("ready", s.fileno(), other.fileno(), flush=True)
+if sys.argv[3] == "select":
+    select.select([other, s], [], [], 600)
+else:
+    p = select.poll()
+    p.register(other.fileno(), select.POLLIN)
+    p.register(s.fileno(), select.POLLIN)
+    p.poll(600000)
+"#;
+
+fn python_waiter_is_named(kind: &str, waits: &[i64]) {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("pa"), unique("pb"));
+    ns.veth(&a, &b, Some("10.82.0.1/24")).unwrap();
+    let port = PORT.to_string();
+    let mut d = Daemon::start(&ns, &["python3", "-c", PY_SELECT, "10.82.0.1", &port, kind]).unwrap();
+    let pid = d.pid();
+    let line = d.wait_line("ready", READY).unwrap();
+    let fds: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    wait_until("python in its wait", READY, || in_syscall(pid, waits)).unwrap();
+    let rows = rows_of(&socket_rows(&ns, false).unwrap(), pid);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    for (i, fd) in fds.iter().enumerate() {
+        let r = rows.iter().find(|r| r["owners"][0]["fd"] == *fd).unwrap_or_else(|| panic!("fd {fd} not in {rows:#?}"));
+        let w = r["waiters"].as_array().unwrap();
+        assert_eq!(w.len(), 1, "{r}");
+        assert_eq!(w[0]["via"], kind, "{r}");
+        assert_eq!(w[0]["fd"], *fd, "{r}");
+        assert_eq!(w[0]["pid"], pid);
+        assert!(w[0]["epfd"].is_null());
+        assert!(r["stranded"].is_null(), "{r}");
+        if i == 0 {
+            assert_eq!(r["local_port"], PORT);
+        }
+    }
+    ns.ip(&["addr", "del", "10.82.0.1/24", "dev", &a]).unwrap();
+    let rows = rows_of(&socket_rows(&ns, true).unwrap(), pid);
+    assert_eq!(rows.len(), 1, "only the socket on the removed address: {rows:#?}");
+    assert_eq!(rows[0]["stranded"]["reason"], "address_gone");
+    assert_eq!(rows[0]["waiters"][0]["via"], kind);
+}
+
+#[test]
+fn python_select_waiter_is_named_with_its_fd() {
+    python_waiter_is_named("select", &SELECT_WAITS);
+}
+
+#[test]
+fn python_poll_waiter_is_named_with_its_fd() {
+    python_waiter_is_named("poll", &POLL_WAITS);
+}
+
+#[test]
+fn healthy_sockets_on_a_live_interface_are_never_stranded() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ha"), unique("hb"));
+    ns.veth(&a, &b, Some("10.83.0.1/24")).unwrap();
+    ns.ip(&["addr", "add", "fd83::1/64", "dev", &a, "nodad"]).unwrap();
+    let a2 = a.clone();
+    let socks = ns
+        .run(move || -> anyhow::Result<_> {
+            let by_addr = std::net::UdpSocket::bind("10.83.0.1:0")?;
+            let by_dev = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            bind_to_device(&by_dev, &a2)?;
+            let wild = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            set_pktinfo(&wild)?;
+            let v6 = std::net::UdpSocket::bind("[fd83::1]:0")?;
+            let bcast = std::net::UdpSocket::bind("10.83.0.255:0")?;
+            let lo = std::net::UdpSocket::bind("127.0.0.53:0")?;
+            let tcp = std::net::TcpListener::bind("10.83.0.1:0")?;
+            Ok((by_addr, by_dev, wild, v6, bcast, lo, tcp))
+        })
+        .unwrap()
+        .unwrap();
+    let all = rows_of(&socket_rows(&ns, false).unwrap(), std::process::id());
+    assert_eq!(all.len(), 7, "{all:#?}");
+    assert_healthy(&all);
+    assert!(socket_rows(&ns, true).unwrap().is_empty(), "nothing is stranded");
+    // The table form agrees, and an empty --stranded result still prints the header.
+    let out = ifsock(&["--netns", &ns.name, "sockets", "--stranded"]).unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("STATUS"), "{text}");
+    drop(socks);
+}
+
+const PY_NESTED_EPOLL: &str = r#"
+import select, socket, sys, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+inner = select.epoll()
+inner.register(s.fileno(), select.EPOLLIN)
+outer = select.epoll()
+outer.register(inner.fileno(), select.EPOLLIN)
+for _ in range(3):
+    threading.Thread(target=lambda: outer.poll(600), daemon=True).start()
+print("ready", s.fileno(), outer.fileno(), flush=True)
+outer.poll(600)
+"#;
+
+#[test]
+fn nested_epoll_shared_by_threads_names_every_waiting_thread() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("na"), unique("nb"));
+    ns.veth(&a, &b, Some("10.84.0.1/24")).unwrap();
+    let port = PORT.to_string();
+    let mut d = Daemon::start(&ns, &["python3", "-c", PY_NESTED_EPOLL, "10.84.0.1", &port]).unwrap();
+    let pid = d.pid();
+    let line = d.wait_line("ready", READY).unwrap();
+    let fds: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    let (sock_fd, outer_fd) = (fds[0], fds[1]);
+    let in_epoll = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| {
+            t.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("syscall"))
+                        .ok()
+                        .and_then(|l| l.split_whitespace().next()?.parse::<i64>().ok())
+                        .is_some_and(|nr| EPOLL_WAITS.contains(&nr))
+                })
+                .count()
+        })
+    };
+    wait_until("four threads in epoll_wait on the outer instance", READY, || in_epoll() == 4).unwrap();
+    let rows = rows_of(&socket_rows(&ns, false).unwrap(), pid);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let w = rows[0]["waiters"].as_array().unwrap();
+    assert_eq!(w.len(), 4, "every thread sharing the epoll fd: {}", rows[0]);
+    let mut tids: Vec<u64> = w.iter().map(|w| w["tid"].as_u64().unwrap()).collect();
+    tids.dedup();
+    assert_eq!(tids.len(), 4, "{}", rows[0]);
+    for w in w {
+        assert_eq!(w["via"], "epoll", "{w}");
+        assert_eq!(w["epfd"], outer_fd, "the fd the thread waits in: {w}");
+        assert_eq!(w["fd"], sock_fd, "the socket's fd in the inner instance: {w}");
+    }
+}
+
+/// A poll whose `pollfd` array was made unreadable (PROT_NONE) while the thread waits: the kernel has its own copy
+/// and keeps waiting, but `process_vm_readv` fails (EFAULT). The waiter must still be reported,
+/// as `poll` with `fds: null` and the reason, on the sockets its process holds.
+#[test]
+fn unreadable_poll_set_is_reported_with_a_reason_not_dropped() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let sock = ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0")).unwrap().unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: an anonymous private page, protected below while the poller waits on its own copy.
+    let page = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    assert_ne!(page, libc::MAP_FAILED);
+    let pfd = page.cast::<libc::pollfd>();
+    // SAFETY: page is a writable mapping of 4096 bytes.
+    unsafe { pfd.write(libc::pollfd { fd, events: libc::POLLIN, revents: 0 }) };
+    let addr = page as usize;
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let poller = std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+        // SAFETY: a valid pollfd array at call time; the kernel copies it at entry.
+        unsafe { libc::poll(addr as *mut libc::pollfd, 1, 60_000) }
+    });
+    let tid = tid_rx.recv().unwrap();
+    wait_until("the poller in poll", READY, || {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).is_ok_and(|l| l.starts_with(&format!("{} ", libc::SYS_poll)))
+    })
+    .unwrap();
+    // SAFETY: nothing else uses the page; the poller's kernel copy is unaffected. PROT_NONE rather
+    // than munmap keeps the address reserved, so no later mapping makes it readable again.
+    assert_eq!(unsafe { libc::mprotect(page, 4096, libc::PROT_NONE) }, 0);
+
+    let rows = rows_of(&socket_rows(&ns, false).unwrap(), std::process::id());
+    let row = rows.iter().find(|r| r["local_port"] == port).unwrap_or_else(|| panic!("{rows:#?}"));
+    let w = row["waiters"].as_array().unwrap().iter().find(|w| w["tid"] == tid).unwrap_or_else(|| panic!("poller dropped: {row}"));
+    assert_eq!(w["via"], "poll", "{w}");
+    assert!(w.get("fds").is_some_and(Value::is_null), "fds: null for an unreadable set: {w}");
+    assert!(w["reason"].as_str().is_some_and(|r| r.contains("EFAULT")), "{w}");
+    assert!(w["fd"].is_null(), "{w}");
+
+    ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0")?.send_to(b"wake", ("127.0.0.1", port))).unwrap().unwrap();
+    assert_eq!(poller.join().unwrap(), -1, "poll fails (EFAULT) writing revents to the protected array");
+    // SAFETY: the page is ours and unused now.
+    unsafe { libc::munmap(page, 4096) };
+}
