@@ -5,4 +5,5 @@ pub mod netlink;
 pub mod netns;
 pub mod procfs;
 pub mod signals;
+pub mod sock_diag;
 pub mod system;

@@ -1,5 +1,6 @@
 //! Loading ifsock's eBPF object, choosing the probe set, attaching programs, and reading what
 //! they produce (iterator snapshots, ring-buffer events, counters, in-flight receives).
+pub mod destroy;
 pub mod events;
 pub mod select;
 pub mod snapshot;
