@@ -219,9 +219,15 @@ pub struct Waiter {
 pub fn waiters_of(targets: &[Socket], all: &[Socket], blocked: &[BlockedThread]) -> Vec<Waiter> {
     let mut out = Vec::new();
     for b in blocked {
-        let (socket, certainty) = match b.fd_socket {
+        // The fd number in `/proc/.../syscall` is what the thread passed; after a close it may
+        // have been reused. It counts only when it points at a TCP/UDP socket of the thread's own
+        // netns. A receive syscall (not `read`) whose fd now points at anything else had its fd
+        // closed (and maybe reused), like a closed fd.
+        let recv_call = b.syscall != 0;
+        let current = b.fd_socket.filter(|ino| all.iter().any(|s| s.inode == *ino && s.netns == b.netns));
+        let (socket, certainty) = match current {
             Some(ino) => (ino, "fd"),
-            None if !b.fd_open => {
+            None if !b.fd_open || recv_call => {
                 let orphans: Vec<&Socket> = all
                     .iter()
                     .filter(|s| s.netns == b.netns && s.owners.is_empty() && s.inode.0 != 0 && s.state != "LISTEN")
@@ -580,8 +586,19 @@ mod tests {
         // A second ownerless socket makes the closed fd ambiguous: no waiter is claimed.
         let all = vec![target.clone(), sock(12, [0; 4], 0, 17, 7, None)];
         assert!(waiters_of(std::slice::from_ref(&target), &all, &[blocked(200, None)]).is_empty());
-        let w = waiters_of(&[owned.clone()], &[owned], &[blocked(201, Some(11))]);
+        let w = waiters_of(&[owned.clone()], &[owned.clone()], &[blocked(201, Some(11))]);
         assert_eq!(w[0].certainty, "fd");
+        // A closed fd number reused by a socket of another netns is not evidence.
+        let mut elsewhere = blocked(202, Some(11));
+        elsewhere.netns = NetnsIno(8);
+        assert!(waiters_of(&[owned.clone()], &[owned], &[elsewhere]).is_empty());
+        // recvmsg on an fd that now points at a pipe (reused after close): treated as closed.
+        let mut reused = blocked(203, None);
+        reused.fd_open = true;
+        let all = vec![target.clone(), sock(11, [0; 4], 0, 17, 7, Some(1))];
+        assert_eq!(waiters_of(std::slice::from_ref(&target), &all, &[reused.clone()])[0].certainty, "inferred");
+        reused.syscall = 0; // read(2) on an open non-socket fd: a pipe reader, not a waiter
+        assert!(waiters_of(std::slice::from_ref(&target), &all, &[reused]).is_empty());
     }
 
     #[test]
