@@ -125,17 +125,16 @@ pub async fn run(args: AbortArgs) -> Result<()> {
     let sel = Selector { inodes: args.inodes.clone(), stranded: args.stranded, iface, pid: args.pid };
     let (targets, skipped) = abort::select(&local, here, &sel, &all_waiters, abort::local_health(&links))?;
     let waiters: Vec<_> = all_waiters.into_iter().filter(|w| targets.iter().any(|t| t.socket.inode == w.socket)).collect();
-    let diag: HashMap<SockInode, DiagSocket> = sock_diag::dump_all()
-        .context("reading socket cookies (sock_diag), needed to destroy exactly these sockets")?
-        .into_iter()
-        .map(|d| (d.inode, d))
-        .collect();
-    let cookies: HashMap<SockInode, u64> = diag.iter().map(|(i, d)| (*i, d.cookie)).collect();
+    let diag = cookies_by_inode();
+    let cookies: HashMap<SockInode, u64> = diag.iter().flatten().map(|(i, d)| (*i, d.cookie)).collect();
     if args.dry_run {
         let observe_ms = args.observe.as_millis() as u64;
         let outcomes = vec![Outcome::WouldDestroy; targets.len()];
         // Loading the destroy iterator destroys nothing: it says which mechanism would run.
-        let (via, refused, _) = choose(args.via, &targets)?;
+        let (via, mut refused, _) = choose(args.via, &targets)?;
+        if let Err(why) = &diag {
+            refused.push(why.clone());
+        }
         let r = abort::report(here, true, Some(via), refused, observe_ms, &targets, &cookies, &outcomes, &waiters, &HashMap::new(), 0, skipped);
         return render::abort::print(&r, args.json);
     }
@@ -157,7 +156,7 @@ pub async fn run(args: AbortArgs) -> Result<()> {
 
 struct Ctx<'a> {
     here: crate::model::ids::NetnsIno,
-    diag: &'a HashMap<SockInode, DiagSocket>,
+    diag: &'a Diag,
     cookies: &'a HashMap<SockInode, u64>,
 }
 
@@ -166,14 +165,14 @@ struct Ctx<'a> {
 /// `teardown --abort-stranded`. Never asks for confirmation: the caller did.
 ///
 /// # Errors
-/// sock_diag cannot list cookies, or the watch cannot attach. Per-socket failures are in the
+/// The watch cannot attach. Per-socket failures are in the
 /// report (`failed`), not errors.
 pub async fn abort_sockets(probes: &mut Probes, targets: &[Target], observe: Duration) -> Result<abort::AbortReport> {
     let here = netns::current_ino()?;
     let all = snapshot::sockets(probes, None)?;
     let waiters = abort::waiters_of(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &all, &procfs::blocked_receivers(None));
-    let diag: HashMap<SockInode, DiagSocket> = sock_diag::dump_all()?.into_iter().map(|d| (d.inode, d)).collect();
-    let cookies: HashMap<SockInode, u64> = diag.iter().map(|(i, d)| (*i, d.cookie)).collect();
+    let diag = cookies_by_inode();
+    let cookies: HashMap<SockInode, u64> = diag.iter().flatten().map(|(i, d)| (*i, d.cookie)).collect();
     let ctx = Ctx { here, diag: &diag, cookies: &cookies };
     execute(probes, &ctx, targets, Vec::new(), &waiters, ViaChoice::Auto, observe, None).await
 }
@@ -223,7 +222,20 @@ async fn execute(
     let observe_ms = observe.as_millis() as u64;
     let mut r = abort::report(ctx.here, false, Some(via), refused, observe_ms, targets, ctx.cookies, &outcomes, waiters, &returns, destroyed_at, skipped);
     r.interrupted = interrupted;
+    if let Err(why) = ctx.diag {
+        r.refused.push(why.clone());
+    }
     Ok(r)
+}
+
+/// Each socket's exact sock_diag identity (tuple, `idiag_if`, cookie) by inode, or why it
+/// cannot be read: without a cookie neither mechanism can name a socket exactly.
+type Diag = Result<HashMap<SockInode, DiagSocket>, String>;
+
+fn cookies_by_inode() -> Diag {
+    sock_diag::dump_all()
+        .map(|all| all.into_iter().map(|d| (d.inode, d)).collect())
+        .map_err(|e| format!("socket cookie unknown: {e}"))
 }
 
 /// Picks the mechanism: the kfunc iterator for every protocol among the targets, else sock_diag.
@@ -245,7 +257,11 @@ fn choose(choice: ViaChoice, targets: &[Target]) -> Result<(Via, Vec<String>, Ve
     }
 }
 
-fn destroy(via: Via, iters: &[DestroyIter], targets: &[Target], diag: &HashMap<SockInode, DiagSocket>, refused: &[String]) -> Vec<Outcome> {
+fn destroy(via: Via, iters: &[DestroyIter], targets: &[Target], diag: &Diag, refused: &[String]) -> Vec<Outcome> {
+    let diag = match diag {
+        Ok(d) => d,
+        Err(why) => return vec![Outcome::Failed(None, why.clone()); targets.len()],
+    };
     match via {
         Via::BpfSockDestroy => {
             let mut out = vec![Outcome::Gone(via); targets.len()];
