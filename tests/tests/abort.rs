@@ -225,3 +225,52 @@ fn abort_without_terminal_or_yes_is_refused_and_destroys_nothing() {
     assert!(thread_in_recvmsg(r.tid), "nothing destroyed without confirmation");
     release(&ns, ino, r.tid);
 }
+
+#[test]
+fn sigint_during_observation_prints_partial_report_and_exits_130() {
+    require_root();
+    let (bpf, diag) = mechanisms();
+    if bpf.is_err() && diag.is_err() {
+        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+        return;
+    }
+    let (ns, r, ino) = seed_003();
+    // A second thread of the same netns blocked in recvfrom on an AF_UNIX socket whose fd it
+    // closed: procfs shows only a closed fd, so abort infers it waits on the same orphaned UDP
+    // socket (an inference, and here a wrong one), and it never wakes. The observation window
+    // then runs until SIGINT.
+    let (a, b) = ns.run(std::os::unix::net::UnixDatagram::pair).unwrap().unwrap();
+    let a_raw = std::os::fd::IntoRawFd::into_raw_fd(a);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    ns.run(move || {
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+            let mut buf = [0u8; 8];
+            // SAFETY: a_raw is a valid socket until the close below; the call keeps its file.
+            unsafe { libc::recv(a_raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        });
+    })
+    .unwrap();
+    let reader = tid_rx.recv().unwrap();
+    wait_until("unix receiver blocked in recvfrom", T, || {
+        std::fs::read_to_string(format!("/proc/self/task/{reader}/syscall")).is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_recvfrom)))
+    })
+    .unwrap();
+    // SAFETY: closing the fd this test owns; the blocked recv keeps its file reference.
+    unsafe { libc::close(a_raw) };
+
+    let mut run = Running::start(&["--netns", &ns.name, "abort", "--inode", &ino.to_string(), "--yes", "--json", "--observe", "60s"]).unwrap();
+    // A failure bound: loading the probes takes seconds on a loaded CI host.
+    wait_until("the receiver woke from the destroy", Duration::from_secs(180), || thread_gone(r.tid)).unwrap();
+    let status = run.interrupt().unwrap();
+    assert_eq!(status.code(), Some(130), "SIGINT exit status");
+    let out = run.rest();
+    let report = out.first().expect("the partial report is printed");
+    assert_eq!(report["interrupted"], "SIGINT", "{report}");
+    assert_eq!(report["destroyed"], 1, "what was destroyed is reported: {report}");
+    let waiters = report["sockets"][0]["waiters"].as_array().unwrap();
+    assert!(waiters.iter().any(|w| w["tid"] == r.tid && w["errno"] == 103), "{report}");
+    assert!(waiters.iter().any(|w| w["tid"] == reader && w["woke"] == false), "{report}");
+    b.send(b"x").unwrap();
+    wait_until("unix receiver released", T, || thread_gone(reader)).unwrap();
+}
