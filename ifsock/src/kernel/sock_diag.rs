@@ -208,13 +208,17 @@ pub fn outcome(code: i32) -> DestroyOutcome {
 }
 
 /// Whether `SOCK_DESTROY` works here, asked safely: a destroy for a UDP tuple
-/// (`127.0.0.1:1` ↔ `127.0.0.1:1`) with a cookie no socket has (`u64::MAX - 1`; all-ones would
+/// (`127.0.0.1:1` ↔ `127.0.0.1:1`), after a dump showed the inet_diag handlers exist, with a
+/// cookie no socket has (`u64::MAX - 1`; all-ones would
 /// mean "any cookie"), so nothing can be destroyed. `ENOENT`/`ESTALE` mean the handler has a
 /// destroy (supported), `EOPNOTSUPP` means `CONFIG_INET_DIAG_DESTROY` is off.
 ///
 /// # Errors
 /// The answer as a sentence naming the missing piece.
 pub fn probe_destroy() -> Result<(), String> {
+    // A missing inet_diag/udp_diag handler also answers ENOENT: a dump first proves both exist,
+    // so that ENOENT below can only mean "no such socket".
+    dump_all().map_err(|e| format!("sock_diag cannot list sockets: {e}"))?;
     let lo = IpAddr::from([127, 0, 0, 1]);
     let d = DiagSocket {
         family: AF_INET,
