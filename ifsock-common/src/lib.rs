@@ -714,6 +714,36 @@ mod pod {
     unsafe impl aya::Pod for super::SockErrorEvent {}
 }
 
+// ---- abort: observing what destroyed sockets' waiters see (`ifsock abort`) ----
+
+/// Name of the hash map `tid (u32) -> AbortWake` of the threads `abort` watches: userspace
+/// inserts each waiter's tid with `ts_ns == 0`; the `raw_syscalls:sys_exit` program fills the
+/// first syscall return of that thread.
+pub const MAP_ABORT_WATCH: &str = "ABORT_WATCH";
+/// Capacity of [`MAP_ABORT_WATCH`] (threads watched by one `abort`).
+pub const ABORT_WATCH_CAPACITY: u32 = 1024;
+/// Classic tracepoint program on `raw_syscalls:sys_exit` filling [`MAP_ABORT_WATCH`].
+pub const PROG_ABORT_SYS_EXIT: &str = "abort_sys_exit";
+
+/// The first syscall return of a watched thread after `abort` started watching it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbortWake {
+    /// `bpf_ktime_get_ns()` at the return (CLOCK_MONOTONIC, ns); 0 while it has not returned.
+    pub ts_ns: u64,
+    /// Return value (`raw_syscalls:sys_exit` field `ret` @16): bytes, or `-errno`
+    /// (-103 = `ECONNABORTED`).
+    pub ret: i64,
+    /// Syscall number (`raw_syscalls:sys_exit` field `id` @8).
+    pub nr: i64,
+}
+
+const _: () = assert!(core::mem::size_of::<AbortWake>() == 24);
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] with only integer fields, no padding.
+unsafe impl aya::Pod for AbortWake {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

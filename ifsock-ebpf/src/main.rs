@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod destroy;
 mod device;
 mod iter;
 mod kernel;

@@ -2,7 +2,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::views::{
-    doctor::DoctorArgs, hung::HungArgs, sockets::SocketsArgs, teardown::TeardownArgs, tun::TunArgs, watch::WatchArgs,
+    abort::AbortArgs, doctor::DoctorArgs, hung::HungArgs, sockets::SocketsArgs, teardown::TeardownArgs, tun::TunArgs, watch::WatchArgs,
 };
 
 /// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
@@ -58,6 +58,9 @@ pub enum Command {
     /// tun/tap devices: flags, attached fds, each queue's state and backlog, and queues that
     /// fill up with nobody reading them.
     Tun(TunArgs),
+    /// Destroy exactly the selected sockets (by inode, stranded, owner pid) so that threads stuck
+    /// on them wake with ECONNABORTED; reports each socket and what each waiter saw.
+    Abort(AbortArgs),
     /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
     Doctor(DoctorArgs),
 }

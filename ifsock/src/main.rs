@@ -53,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Hung(a) => views::hung::run(a).await,
             Command::Teardown(a) => views::teardown::run(a).await,
             Command::Tun(a) => views::tun::run(a).await,
+            Command::Abort(a) => views::abort::run(a).await,
         }
     })
 }

@@ -6,5 +6,6 @@ pub mod netlink;
 pub mod netns;
 pub mod procfs;
 pub mod signals;
+pub mod sock_diag;
 pub mod system;
 pub mod waiters;

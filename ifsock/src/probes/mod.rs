@@ -1,6 +1,7 @@
 //! Loading ifsock's eBPF object, choosing the probe set, attaching programs, and reading what
 //! they produce (iterator snapshots, ring-buffer events, counters, in-flight receives).
 pub mod attach;
+pub mod destroy;
 pub mod events;
 pub mod plan;
 pub mod select;

@@ -1,5 +1,6 @@
 //! What users read: one renderer per record (human lines/tables and typed JSON), plus the
 //! shared formatters (owners, errno names, timestamps) written once here.
+pub mod abort;
 pub mod fmt;
 pub mod health;
 pub mod hung;

@@ -36,6 +36,8 @@ struct Report {
     /// Receive path (`__skb_recv_udp`, `__skb_recv_datagram`, `__skb_wait_for_more_packets`) set.
     recv_probe_set: Option<select::Selection>,
     probes: Vec<ProbeStatus>,
+    /// Socket destroy mechanisms (`abort`), in the order they are tried.
+    socket_destroy: Vec<ProbeStatus>,
 }
 
 /// Runs `doctor`: checks, mounts what is missing, and tries every probe.
@@ -111,6 +113,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         probe_set: selection,
         recv_probe_set: recv_selection,
         probes: probes_status,
+        socket_destroy: destroy_mechanisms(),
     };
     if args.json {
         return json_line(&report);
@@ -132,6 +135,38 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         match &p.reason {
             None => line(&format!("  ok      {}", p.probe))?,
             Some(r) => line(&format!("  refused {}: {r}", p.probe))?,
+        }
+    }
+    print_destroy_mechanisms(&report.socket_destroy)
+}
+
+// ---- socket destroy mechanisms (`abort`) ----
+
+/// Both `abort` mechanisms, tried safely: the kfunc iterator is loaded (not run), and
+/// SOCK_DESTROY is sent for a tuple and cookie that match no socket.
+fn destroy_mechanisms() -> Vec<ProbeStatus> {
+    let kfunc = crate::probes::destroy::probe_kfunc();
+    let diag = crate::kernel::sock_diag::probe_destroy();
+    vec![
+        ProbeStatus {
+            probe: "bpf_sock_destroy() from iter/udp, iter/tcp (kfunc in BTF, program loads)".into(),
+            loaded: kfunc.is_ok(),
+            reason: kfunc.err().map(|e| format!("{e:#}")),
+        },
+        ProbeStatus {
+            probe: "SOCK_DESTROY over NETLINK_SOCK_DIAG (answered ENOENT/ESTALE for a tuple matching nothing)".into(),
+            loaded: diag.is_ok(),
+            reason: diag.err(),
+        },
+    ]
+}
+
+fn print_destroy_mechanisms(list: &[ProbeStatus]) -> Result<()> {
+    crate::render::line("socket destroy (abort), in order of use:")?;
+    for p in list {
+        match &p.reason {
+            None => crate::render::line(&format!("  ok      {}", p.probe))?,
+            Some(r) => crate::render::line(&format!("  refused {}: {r}", p.probe))?,
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
 //! Thin subcommands: arguments → probes/kernel → engine → render.
+pub mod abort;
 pub mod doctor;
 pub mod hung;
 pub mod sockets;

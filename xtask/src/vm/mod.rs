@@ -104,6 +104,10 @@ const WANTED_MODULES: &[&str] = &[
     "sch_ingress",
     "cls_bpf",
     "act_bpf",
+    // NETLINK_SOCK_DIAG handlers for `abort` (SOCK_DESTROY) and its cookie dumps.
+    "inet_diag",
+    "udp_diag",
+    "tcp_diag",
 ];
 /// Modules whose absence is reported as a warning (the tests will fail without them).
 const REQUIRED_MODULES: &[&str] = &["veth", "tun"];

@@ -1,0 +1,628 @@
+//! `abort`: which sockets to destroy (selection), who waits on them, and what each waiter saw
+//! after the destroy (observation). No I/O: sockets, links, procfs threads, destroy outcomes
+//! and syscall returns come in as values; report records go out.
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    kernel::procfs::{syscall_name, BlockedThread},
+    model::{
+        ids::{IfIndex, NetnsIno, SockInode},
+        link::Link,
+        socket::{Owner, Protocol, Socket},
+    },
+};
+
+/// Why a socket is dead for its interface. Local to `abort` until `model::stranded` (issue 16)
+/// lands; then [`select`]'s `health` argument is fed from there and this type goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stranded {
+    /// `device_deleted`, `device_down` or `address_gone`.
+    pub reason: &'static str,
+    /// The interface the socket was tied to, when known.
+    pub ifindex: Option<IfIndex>,
+    /// Its name, when it still exists.
+    pub ifname: Option<String>,
+    /// The local address no interface holds (`address_gone`).
+    pub address: Option<IpAddr>,
+}
+
+/// A minimal health check from one snapshot of the socket's netns: `sk_bound_dev_if` naming
+/// no link (`device_deleted`) or a link without `IFF_UP` (`device_down`); a specific local
+/// address (not loopback) that no link holds (`address_gone`). Wildcard IP_PKTINFO sockets of a
+/// deleted interface are not detectable from a snapshot and are never reported here.
+///
+/// To be replaced by `model::stranded` at merge.
+pub fn local_health(links: &[Link]) -> impl Fn(&Socket) -> Option<Stranded> + '_ {
+    move |s: &Socket| {
+        if s.bound_dev_if != 0 {
+            return match links.iter().find(|l| l.ifindex.0 == s.bound_dev_if) {
+                None => Some(Stranded { reason: "device_deleted", ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, address: None }),
+                Some(l) if !l.is_up() => Some(Stranded { reason: "device_down", ifindex: Some(l.ifindex), ifname: Some(l.name.clone()), address: None }),
+                Some(_) => None,
+            };
+        }
+        let a = s.local_addr;
+        if a.is_unspecified() || a.is_loopback() || links.iter().any(|l| l.addrs.contains(&a)) {
+            return None;
+        }
+        Some(Stranded { reason: "address_gone", ifindex: None, ifname: None, address: Some(a) })
+    }
+}
+
+/// What the user asked for; every present selector must match (AND).
+#[derive(Clone, Debug, Default)]
+pub struct Selector {
+    /// `--inode N`... (non-zero, parsed at the edge).
+    pub inodes: Vec<SockInode>,
+    /// `--stranded`.
+    pub stranded: bool,
+    /// `--iface NAME` with its ifindex (only with `--stranded`).
+    pub iface: Option<(IfIndex, String)>,
+    /// `--pid PID`: an owner of the socket, or a thread blocked on it, belongs to PID.
+    pub pid: Option<u32>,
+}
+
+/// A socket chosen for destruction, and why.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The socket as the iterator saw it.
+    pub socket: Socket,
+    /// Its health, when the health check says it is dead.
+    pub stranded: Option<Stranded>,
+    /// The selectors it matched (`inode`, `stranded`, `iface`, `pid`).
+    pub because: Vec<&'static str>,
+}
+
+/// A socket matched by `--stranded` but kept, with the rule that kept it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    /// Socket inode.
+    pub inode: SockInode,
+    /// Why it is not destroyed.
+    pub why: &'static str,
+}
+
+/// Selection errors: each names the cause and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SelectError {
+    /// No selector at all.
+    #[error("nothing selected: name sockets with --inode N, --stranded [--iface NAME] or --pid PID (abort never destroys all sockets)")]
+    NoSelector,
+    /// `--pid` alone would select every socket of a process.
+    #[error("--pid only narrows a selection: combine it with --inode or --stranded")]
+    PidAlone,
+    /// An inode that is no TCP/UDP socket of this netns.
+    #[error("no TCP/UDP socket with inode {0} in netns {1} (check `ifsock sockets`; a socket of another netns needs --netns)")]
+    NoSuchInode(SockInode, NetnsIno),
+    /// Selectors that match nothing.
+    #[error("the selection ({0}) matches no socket in netns {1}; see `ifsock sockets` or `ifsock hung`")]
+    NothingMatched(String, NetnsIno),
+}
+
+/// True when `pid` owns the socket or has a thread blocked on it.
+fn held_by(s: &Socket, pid: u32, waiters: &[Waiter]) -> bool {
+    s.owners.iter().any(|o| o.pid == pid) || waiters.iter().any(|w| w.socket == s.inode && w.pid == pid)
+}
+
+/// Picks the sockets of netns `netns` to destroy. `health` says whether a socket is stranded;
+/// `waiters` come from [`waiters_of`] (for `--pid` on orphaned sockets).
+///
+/// Safety rules: sockets of other namespaces are never selected; a TCP LISTEN socket only when
+/// named by `--inode` (otherwise it is returned in the skipped list).
+///
+/// # Errors
+/// [`SelectError`] for an empty selector, an unknown inode, or a selection matching nothing.
+pub fn select(
+    sockets: &[Socket],
+    netns: NetnsIno,
+    sel: &Selector,
+    waiters: &[Waiter],
+    health: impl Fn(&Socket) -> Option<Stranded>,
+) -> Result<(Vec<Target>, Vec<Skipped>), SelectError> {
+    if sel.inodes.is_empty() && !sel.stranded {
+        return Err(if sel.pid.is_some() { SelectError::PidAlone } else { SelectError::NoSelector });
+    }
+    let here: Vec<&Socket> = sockets.iter().filter(|s| s.netns == netns && s.inode.0 != 0).collect();
+    for ino in &sel.inodes {
+        if !here.iter().any(|s| s.inode == *ino) {
+            return Err(SelectError::NoSuchInode(*ino, netns));
+        }
+    }
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in here {
+        if !seen.insert(s.inode) {
+            continue; // kernels before 6.16 may list a socket twice
+        }
+        let mut because = Vec::new();
+        if !sel.inodes.is_empty() {
+            if !sel.inodes.contains(&s.inode) {
+                continue;
+            }
+            because.push("inode");
+        }
+        let stranded = health(s);
+        if sel.stranded {
+            let Some(st) = &stranded else { continue };
+            because.push("stranded");
+            if let Some((ifindex, _)) = &sel.iface {
+                if st.ifindex != Some(*ifindex) {
+                    continue;
+                }
+                because.push("iface");
+            }
+        }
+        if let Some(pid) = sel.pid {
+            if !held_by(s, pid, waiters) {
+                continue;
+            }
+            because.push("pid");
+        }
+        if s.protocol == Protocol::Tcp && s.state == "LISTEN" && !sel.inodes.contains(&s.inode) {
+            skipped.push(Skipped { inode: s.inode, why: "TCP LISTEN socket: destroyed only when named by --inode" });
+            continue;
+        }
+        targets.push(Target { socket: s.clone(), stranded, because });
+    }
+    if targets.is_empty() {
+        let mut what = Vec::new();
+        if !sel.inodes.is_empty() {
+            what.push(format!("inode {}", sel.inodes.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")));
+        }
+        if sel.stranded {
+            what.push("stranded".to_string());
+        }
+        if let Some((i, n)) = &sel.iface {
+            what.push(format!("iface {n} (ifindex {i})"));
+        }
+        if let Some(p) = sel.pid {
+            what.push(format!("pid {p}"));
+        }
+        let mut text = what.join(" and ");
+        if !skipped.is_empty() {
+            text.push_str(&format!("; {} TCP LISTEN socket(s) kept", skipped.len()));
+        }
+        return Err(SelectError::NothingMatched(text, netns));
+    }
+    Ok((targets, skipped))
+}
+
+/// A thread waiting on a selected socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Waiter {
+    /// The socket it waits on.
+    pub socket: SockInode,
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread command.
+    pub comm: String,
+    /// The syscall it sleeps in (`recvmsg`, …, from `/proc/PID/task/TID/syscall`).
+    pub syscall: &'static str,
+    /// `recv` (blocked in a receive syscall). epoll/poll/select waiters come with
+    /// `kernel::waiters` (issue 16).
+    pub via: &'static str,
+    /// The fd passed to the syscall.
+    pub fd: u32,
+    /// `fd`: the fd still points at the socket; `inferred`: the fd is closed and the socket is
+    /// the only one without an fd in the thread's netns (an inference, not a record).
+    pub certainty: &'static str,
+}
+
+/// Threads blocked receiving on one of `targets`: an open fd that points at it, or a closed fd
+/// when the target is the only ownerless socket of the thread's netns (`all` is every socket of
+/// that netns).
+pub fn waiters_of(targets: &[Socket], all: &[Socket], blocked: &[BlockedThread]) -> Vec<Waiter> {
+    let mut out = Vec::new();
+    for b in blocked {
+        // The fd number in `/proc/.../syscall` is what the thread passed; after a close it may
+        // have been reused. It counts only when it points at a TCP/UDP socket of the thread's own
+        // netns. A receive syscall (not `read`) whose fd now points at anything else had its fd
+        // closed (and maybe reused), like a closed fd.
+        let recv_call = b.syscall != 0;
+        let current = b.fd_socket.filter(|ino| all.iter().any(|s| s.inode == *ino && s.netns == b.netns));
+        let (socket, certainty) = match current {
+            Some(ino) => (ino, "fd"),
+            None if !b.fd_open || recv_call => {
+                let orphans: Vec<&Socket> = all
+                    .iter()
+                    .filter(|s| s.netns == b.netns && s.owners.is_empty() && s.inode.0 != 0 && s.state != "LISTEN")
+                    .collect();
+                match orphans.as_slice() {
+                    [one] => (one.inode, "inferred"),
+                    _ => continue,
+                }
+            }
+            None => continue,
+        };
+        if !targets.iter().any(|t| t.inode == socket) {
+            continue;
+        }
+        out.push(Waiter {
+            socket,
+            pid: b.pid,
+            tid: b.tid,
+            comm: b.comm.clone(),
+            syscall: syscall_name(b.syscall),
+            via: "recv",
+            fd: b.fd,
+            certainty,
+        });
+    }
+    out.sort_by_key(|w| (w.socket, w.tid));
+    out.dedup_by_key(|w| w.tid);
+    out
+}
+
+/// The mechanism that destroys a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// `bpf_sock_destroy()` from an `iter/udp` / `iter/tcp` program (Linux >= 6.5).
+    BpfSockDestroy,
+    /// `SOCK_DESTROY` over NETLINK_SOCK_DIAG (`CONFIG_INET_DIAG_DESTROY`).
+    SockDiag,
+}
+
+impl Via {
+    /// JSON spelling (`bpf_sock_destroy`, `sock_diag`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::BpfSockDestroy => "bpf_sock_destroy",
+            Via::SockDiag => "sock_diag",
+        }
+    }
+}
+
+/// What happened to one selected socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--dry-run`: nothing was done.
+    WouldDestroy,
+    /// Destroyed by `via`.
+    Destroyed(Via),
+    /// The socket went away (or its cookie changed) between selection and destroy: not an error.
+    Gone(Via),
+    /// It could not be destroyed; the message names the cause.
+    Failed(Option<Via>, String),
+}
+
+/// The first syscall return of a watched waiter (`raw_syscalls:sys_exit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Return {
+    /// CLOCK_MONOTONIC ns of the return.
+    pub ts_ns: u64,
+    /// Return value (`-errno` on error).
+    pub ret: i64,
+    /// Syscall number.
+    pub nr: i64,
+}
+
+/// A waiter and what it did within the observation window.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaiterReport {
+    /// The waiter.
+    #[serde(flatten)]
+    pub waiter: Waiter,
+    /// It returned from its syscall within the window.
+    pub woke: bool,
+    /// Milliseconds from the destroy to the return (negative: it returned before the destroy
+    /// of its socket, for another reason).
+    pub woke_ms: Option<f64>,
+    /// The syscall's return value.
+    pub ret: Option<i64>,
+    /// `-ret` when negative (103 = `ECONNABORTED`).
+    pub errno: Option<i32>,
+    /// Name of `errno`.
+    pub errno_name: Option<String>,
+    /// How the return was seen: `raw_syscalls:sys_exit`, or `none` (dry run / not observed).
+    pub observed_by: &'static str,
+}
+
+/// One socket of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketReport {
+    /// Socket inode.
+    pub inode: SockInode,
+    /// Socket cookie (`sock_gen_cookie()`), None when sock_diag did not list the socket.
+    pub cookie: Option<u64>,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// TCP state or `UNCONN`/`ESTABLISHED` for UDP.
+    pub state: &'static str,
+    /// `ADDR:PORT`.
+    pub local: String,
+    /// `ADDR:PORT` (`*:*` when not connected).
+    pub remote: String,
+    /// `sk_bound_dev_if` (0: none).
+    pub bound_dev_if: u32,
+    /// Processes holding an fd to it.
+    pub owners: Vec<Owner>,
+    /// Its health, or null.
+    pub stranded: Option<Stranded>,
+    /// The selectors it matched.
+    pub selected_by: Vec<&'static str>,
+    /// The socket was destroyed now.
+    pub destroyed: bool,
+    /// `destroyed`, `gone`, `failed` or `would_destroy`.
+    pub result: &'static str,
+    /// Mechanism used, when one ran.
+    pub via: Option<Via>,
+    /// Why it was not destroyed.
+    pub error: Option<String>,
+    /// Threads that waited on it.
+    pub waiters: Vec<WaiterReport>,
+}
+
+/// The whole `abort` report.
+#[derive(Clone, Debug, Serialize)]
+pub struct AbortReport {
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// Netns inode of the sockets.
+    pub netns: NetnsIno,
+    /// Mechanism chosen for the run.
+    pub via: Option<Via>,
+    /// Why a better mechanism was not used.
+    pub refused: Vec<String>,
+    /// Observation window, ms.
+    pub observe_ms: u64,
+    /// Per socket.
+    pub sockets: Vec<SocketReport>,
+    /// Matched but kept (TCP LISTEN not named by inode).
+    pub skipped: Vec<Skipped>,
+    /// Sockets destroyed.
+    pub destroyed: usize,
+    /// Sockets that went away before the destroy.
+    pub gone: usize,
+    /// Sockets that could not be destroyed.
+    pub failed: usize,
+    /// `SIGINT`/`SIGTERM` when the observation was cut short.
+    pub interrupted: Option<crate::kernel::signals::Stop>,
+}
+
+fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+    }
+}
+
+/// Builds the report from the targets, their cookies, outcomes, waiters and the returns seen.
+/// `destroyed_at_ns` is CLOCK_MONOTONIC when the destroy ran; `returns` is keyed by tid.
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    netns: NetnsIno,
+    dry_run: bool,
+    via: Option<Via>,
+    refused: Vec<String>,
+    observe_ms: u64,
+    targets: &[Target],
+    cookies: &HashMap<SockInode, u64>,
+    outcomes: &[Outcome],
+    waiters: &[Waiter],
+    returns: &HashMap<u32, Return>,
+    destroyed_at_ns: u64,
+    skipped: Vec<Skipped>,
+) -> AbortReport {
+    let mut sockets = Vec::new();
+    for (t, o) in targets.iter().zip(outcomes) {
+        let s = &t.socket;
+        let (result, destroyed, used, error) = match o {
+            Outcome::WouldDestroy => ("would_destroy", false, None, None),
+            Outcome::Destroyed(v) => ("destroyed", true, Some(*v), None),
+            Outcome::Gone(v) => ("gone", false, Some(*v), None),
+            Outcome::Failed(v, e) => ("failed", false, *v, Some(e.clone())),
+        };
+        let ws = waiters
+            .iter()
+            .filter(|w| w.socket == s.inode)
+            .map(|w| {
+                let r = returns.get(&w.tid);
+                let errno = r.and_then(|r| (r.ret < 0).then_some((-r.ret) as i32));
+                WaiterReport {
+                    waiter: w.clone(),
+                    woke: r.is_some(),
+                    woke_ms: r.map(|r| (r.ts_ns as i128 - destroyed_at_ns as i128) as f64 / 1e6),
+                    ret: r.map(|r| r.ret),
+                    errno,
+                    errno_name: errno.map(crate::render::fmt::errno_name),
+                    observed_by: if dry_run || matches!(o, Outcome::Failed(..)) { "none" } else { "raw_syscalls:sys_exit" },
+                }
+            })
+            .collect();
+        let remote = if s.remote_port == 0 && s.remote_addr.is_unspecified() { "*:*".to_string() } else { endpoint(s.remote_addr, s.remote_port) };
+        sockets.push(SocketReport {
+            inode: s.inode,
+            cookie: cookies.get(&s.inode).copied(),
+            protocol: s.protocol,
+            state: s.state,
+            local: endpoint(s.local_addr, s.local_port),
+            remote,
+            bound_dev_if: s.bound_dev_if,
+            owners: s.owners.clone(),
+            stranded: t.stranded.clone(),
+            selected_by: t.because.clone(),
+            destroyed,
+            result,
+            via: used,
+            error,
+            waiters: ws,
+        });
+    }
+    let count = |r: &str| sockets.iter().filter(|s| s.result == r).count();
+    AbortReport {
+        dry_run,
+        netns,
+        via,
+        refused,
+        observe_ms,
+        destroyed: count("destroyed"),
+        gone: count("gone"),
+        failed: count("failed"),
+        sockets,
+        skipped,
+        interrupted: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use ifsock_common::{sock_flags, SockRecord};
+
+    use super::*;
+
+    fn sock(ino: u64, laddr: [u8; 4], bound: u32, proto: u8, state: u8, owner: Option<u32>) -> Socket {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&laddr);
+        let rec = SockRecord {
+            sk: ino, cookie: ino, ino, netns: 7, uid: 0, bound_dev_if: bound, family: 2, protocol: proto, state,
+            lport: 5000, rport: 0, flags: sock_flags::PKTINFO, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut s = Socket::from_record(&rec);
+        if let Some(pid) = owner {
+            s.owners.push(Owner { pid, comm: "srv".into(), fd: 3 });
+        }
+        s
+    }
+
+    fn link(ifindex: u32, name: &str, up: bool, addr: Option<[u8; 4]>) -> Link {
+        Link {
+            ifindex: IfIndex(ifindex),
+            name: name.into(),
+            flags: if up { libc::IFF_UP as u32 } else { 0 },
+            addrs: addr.map(IpAddr::from).into_iter().collect::<BTreeSet<_>>(),
+        }
+    }
+
+    const NS: NetnsIno = NetnsIno(7);
+
+    #[test]
+    fn local_health_names_deleted_down_and_address_gone() {
+        let links = vec![link(1, "lo", true, Some([127, 0, 0, 1])), link(4, "v0", false, None), link(5, "v1", true, Some([10, 0, 0, 1]))];
+        let h = local_health(&links);
+        assert_eq!(h(&sock(1, [0; 4], 9, 17, 7, None)).map(|s| s.reason), Some("device_deleted"));
+        assert_eq!(h(&sock(1, [0; 4], 4, 17, 7, None)).map(|s| (s.reason, s.ifname)), Some(("device_down", Some("v0".into()))));
+        assert_eq!(h(&sock(1, [0; 4], 5, 17, 7, None)), None);
+        assert_eq!(h(&sock(1, [10, 0, 0, 2], 0, 17, 7, None)).map(|s| s.reason), Some("address_gone"));
+        assert_eq!(h(&sock(1, [10, 0, 0, 1], 0, 17, 7, None)), None);
+        assert_eq!(h(&sock(1, [127, 0, 0, 5], 0, 17, 7, None)), None);
+        assert_eq!(h(&sock(1, [0; 4], 0, 17, 7, None)), None, "wildcard sockets are not judged from a snapshot");
+    }
+
+    #[test]
+    fn selection_without_selector_or_with_pid_alone_is_refused() {
+        let socks = vec![sock(10, [0; 4], 0, 17, 7, Some(1))];
+        let none = |_: &Socket| None;
+        assert_eq!(select(&socks, NS, &Selector::default(), &[], none).unwrap_err(), SelectError::NoSelector);
+        let sel = Selector { pid: Some(1), ..Default::default() };
+        assert_eq!(select(&socks, NS, &sel, &[], none).unwrap_err(), SelectError::PidAlone);
+    }
+
+    #[test]
+    fn unknown_inode_and_other_netns_inode_are_errors() {
+        let mut other = sock(11, [0; 4], 0, 17, 7, None);
+        other.netns = NetnsIno(8);
+        let socks = vec![sock(10, [0; 4], 0, 17, 7, None), other];
+        let sel = Selector { inodes: vec![SockInode(99)], ..Default::default() };
+        assert_eq!(select(&socks, NS, &sel, &[], |_| None).unwrap_err(), SelectError::NoSuchInode(SockInode(99), NS));
+        let sel = Selector { inodes: vec![SockInode(11)], ..Default::default() };
+        assert!(matches!(select(&socks, NS, &sel, &[], |_| None), Err(SelectError::NoSuchInode(..))));
+    }
+
+    #[test]
+    fn stranded_iface_selects_exactly_that_interfaces_dead_sockets() {
+        let links = vec![link(4, "x", false, None), link(5, "y", true, Some([10, 0, 0, 1])), link(6, "z", false, None)];
+        let socks = vec![
+            sock(10, [0; 4], 4, 17, 7, Some(1)),        // on x, x down: selected
+            sock(11, [10, 0, 0, 1], 0, 17, 7, Some(1)), // healthy on y
+            sock(12, [0; 4], 6, 17, 7, Some(1)),        // stranded, but on z
+            sock(13, [0; 4], 4, 6, 10, Some(1)),        // LISTEN on x: kept
+        ];
+        let sel = Selector { stranded: true, iface: Some((IfIndex(4), "x".into())), ..Default::default() };
+        let (t, skipped) = select(&socks, NS, &sel, &[], local_health(&links)).unwrap();
+        assert_eq!(t.iter().map(|t| t.socket.inode.0).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(t[0].because, vec!["stranded", "iface"]);
+        assert_eq!(skipped.iter().map(|s| s.inode.0).collect::<Vec<_>>(), vec![13]);
+        // Named by inode, a LISTEN socket is destroyed.
+        let sel = Selector { inodes: vec![SockInode(13)], ..Default::default() };
+        assert_eq!(select(&socks, NS, &sel, &[], local_health(&links)).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn selectors_combine_as_and_and_empty_results_are_errors() {
+        let links = vec![link(4, "x", false, None)];
+        let socks = vec![sock(10, [0; 4], 4, 17, 7, Some(1)), sock(11, [0; 4], 4, 17, 7, Some(2))];
+        let sel = Selector { stranded: true, pid: Some(2), ..Default::default() };
+        let (t, _) = select(&socks, NS, &sel, &[], local_health(&links)).unwrap();
+        assert_eq!(t.iter().map(|t| t.socket.inode.0).collect::<Vec<_>>(), vec![11]);
+        let sel = Selector { inodes: vec![SockInode(10)], pid: Some(2), ..Default::default() };
+        assert!(matches!(select(&socks, NS, &sel, &[], local_health(&links)), Err(SelectError::NothingMatched(..))));
+        let sel = Selector { stranded: true, ..Default::default() };
+        assert!(matches!(select(&socks, NS, &sel, &[], |_| None), Err(SelectError::NothingMatched(..))));
+    }
+
+    fn blocked(tid: u32, fd_socket: Option<u64>) -> BlockedThread {
+        BlockedThread {
+            pid: 100, tid, comm: "rx".into(), syscall: libc::SYS_recvmsg as u64, fd: 3,
+            fd_socket: fd_socket.map(SockInode), fd_open: fd_socket.is_some(), netns: NS, blocked_ns: None,
+        }
+    }
+
+    #[test]
+    fn waiters_by_open_fd_or_inferred_only_when_unambiguous() {
+        let target = sock(10, [0; 4], 0, 17, 7, None);
+        let owned = sock(11, [0; 4], 0, 17, 7, Some(1));
+        let all = vec![target.clone(), owned.clone()];
+        let w = waiters_of(std::slice::from_ref(&target), &all, &[blocked(200, None), blocked(201, Some(11))]);
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].tid, w[0].certainty, w[0].syscall), (200, "inferred", "recvmsg"));
+        // A second ownerless socket makes the closed fd ambiguous: no waiter is claimed.
+        let all = vec![target.clone(), sock(12, [0; 4], 0, 17, 7, None)];
+        assert!(waiters_of(std::slice::from_ref(&target), &all, &[blocked(200, None)]).is_empty());
+        let w = waiters_of(&[owned.clone()], &[owned.clone()], &[blocked(201, Some(11))]);
+        assert_eq!(w[0].certainty, "fd");
+        // A closed fd number reused by a socket of another netns is not evidence.
+        let mut elsewhere = blocked(202, Some(11));
+        elsewhere.netns = NetnsIno(8);
+        assert!(waiters_of(&[owned.clone()], &[owned], &[elsewhere]).is_empty());
+        // recvmsg on an fd that now points at a pipe (reused after close): treated as closed.
+        let mut reused = blocked(203, None);
+        reused.fd_open = true;
+        let all = vec![target.clone(), sock(11, [0; 4], 0, 17, 7, Some(1))];
+        assert_eq!(waiters_of(std::slice::from_ref(&target), &all, &[reused.clone()])[0].certainty, "inferred");
+        reused.syscall = 0; // read(2) on an open non-socket fd: a pipe reader, not a waiter
+        assert!(waiters_of(std::slice::from_ref(&target), &all, &[reused]).is_empty());
+    }
+
+    #[test]
+    fn report_gives_woke_ms_errno_and_counts() {
+        let t = |ino| Target { socket: sock(ino, [0; 4], 0, 17, 7, None), stranded: None, because: vec!["inode"] };
+        let targets = vec![t(10), t(11), t(12)];
+        let waiter = Waiter { socket: SockInode(10), pid: 100, tid: 200, comm: "rx".into(), syscall: "recvmsg", via: "recv", fd: 3, certainty: "inferred" };
+        let returns = HashMap::from([(200, Return { ts_ns: 1_500_000, ret: -103, nr: 47 })]);
+        let cookies = HashMap::from([(SockInode(10), 77u64)]);
+        let outcomes = vec![Outcome::Destroyed(Via::SockDiag), Outcome::Gone(Via::SockDiag), Outcome::Failed(Some(Via::SockDiag), "EPERM".into())];
+        let r = report(NS, false, Some(Via::SockDiag), vec![], 500, &targets, &cookies, &outcomes, &[waiter], &returns, 1_000_000, vec![]);
+        assert_eq!((r.destroyed, r.gone, r.failed), (1, 1, 1));
+        let s = &r.sockets[0];
+        assert!(s.destroyed);
+        assert_eq!(s.cookie, Some(77));
+        assert_eq!(s.remote, "*:*");
+        let w = &s.waiters[0];
+        assert!(w.woke);
+        assert_eq!(w.woke_ms, Some(0.5));
+        assert_eq!(w.errno, Some(103));
+        assert_eq!(w.errno_name.as_deref(), Some("ECONNABORTED"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sockets"][0]["via"], "sock_diag");
+        assert_eq!(json["sockets"][0]["waiters"][0]["tid"], 200);
+        assert_eq!(json["sockets"][1]["result"], "gone");
+    }
+}

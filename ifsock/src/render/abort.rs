@@ -1,0 +1,87 @@
+//! `abort` report: one line per socket, one per waiter (human), or one JSON object.
+use anyhow::Result;
+
+use super::{fmt, json_line, line};
+use crate::engine::abort::{AbortReport, SocketReport, WaiterReport};
+
+/// `destroyed udp 0.0.0.0:5000 -> *:* inode 123 cookie 77 via sock_diag owners - stranded device_down(x)`.
+pub fn socket_line(s: &SocketReport) -> String {
+    let via = s.via.map(|v| format!(" via {}", v.name())).unwrap_or_default();
+    let stranded = match &s.stranded {
+        None => String::new(),
+        Some(st) => {
+            let at = match (&st.ifname, st.ifindex, st.address) {
+                (Some(n), Some(i), _) => format!("({n}, ifindex {i})"),
+                (None, Some(i), _) => format!("(ifindex {i}, deleted)"),
+                (_, _, Some(a)) => format!("({a} on no interface)"),
+                _ => String::new(),
+            };
+            format!(" stranded {}{at}", st.reason)
+        }
+    };
+    let cookie = s.cookie.map_or("?".to_string(), |c| c.to_string());
+    let error = s.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+    format!(
+        "{:<13} {} {} {} -> {} inode {} cookie {cookie}{via} owners {}{stranded} [by {}]{error}",
+        s.result,
+        match s.protocol {
+            crate::model::socket::Protocol::Tcp => "tcp",
+            crate::model::socket::Protocol::Udp => "udp",
+        },
+        s.state,
+        s.local,
+        s.remote,
+        s.inode,
+        fmt::owners(&s.owners, "-"),
+        s.selected_by.join("+"),
+    )
+}
+
+/// `  waiter rx[100] tid 200 recvmsg(fd 3, inferred): woke after 0.4 ms, ret -103 (ECONNABORTED)`.
+pub fn waiter_line(w: &WaiterReport, dry_run: bool, observe_ms: u64) -> String {
+    let head = format!(
+        "  waiter {}[{}] tid {} {}(fd {}, {}, via {})",
+        w.waiter.comm, w.waiter.pid, w.waiter.tid, w.waiter.syscall, w.waiter.fd, w.waiter.certainty, w.waiter.via
+    );
+    let what = match (w.woke, w.woke_ms, w.ret) {
+        _ if dry_run => "still blocked (dry run)".to_string(),
+        (true, Some(ms), Some(ret)) => {
+            let errno = w.errno.map(|e| format!(" ({})", fmt::errno_name(e))).unwrap_or_default();
+            format!("woke after {ms:.1} ms, ret {ret}{errno}")
+        }
+        _ if w.observed_by == "none" => "not observed".to_string(),
+        _ => format!("did not return within {observe_ms} ms"),
+    };
+    format!("{head}: {what}")
+}
+
+/// Prints the report.
+///
+/// # Errors
+/// [`super::StdoutClosed`] when the reader went away.
+pub fn print(r: &AbortReport, json: bool) -> Result<()> {
+    if json {
+        return json_line(r);
+    }
+    let via = r.via.map_or("none", |v| v.name());
+    let head = if r.dry_run { format!("dry run: would destroy {} socket(s) in netns {} via {via}", r.sockets.len(), r.netns) } else {
+        format!("abort in netns {} via {via}: {} destroyed, {} gone, {} failed", r.netns, r.destroyed, r.gone, r.failed)
+    };
+    line(&head)?;
+    for why in &r.refused {
+        line(&format!("  (not used: {why})"))?;
+    }
+    for s in &r.sockets {
+        line(&socket_line(s))?;
+        for w in &s.waiters {
+            line(&waiter_line(w, r.dry_run, r.observe_ms))?;
+        }
+    }
+    for k in &r.skipped {
+        line(&format!("kept          inode {}: {}", k.inode, k.why))?;
+    }
+    if let Some(stop) = r.interrupted {
+        line(&format!("interrupted by {} during the observation window: the report above is partial; the sockets marked destroyed were destroyed", stop.name()))?;
+    }
+    Ok(())
+}
