@@ -1,2 +1,3 @@
 //! Stateful correlators with no I/O of their own: typed inputs (netlink updates, decoded kernel
 //! events, snapshots, a clock) in, typed records out. Unit-tested with fake inputs.
+pub mod metrics;

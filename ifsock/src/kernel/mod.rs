@@ -1,6 +1,7 @@
 //! Facts read from the running kernel outside the eBPF programs: BTF offsets, rtnetlink,
 //! network namespaces, procfs, and system state (privileges, mounts, lockdown).
 pub mod btf;
+pub mod cgroup;
 pub mod netlink;
 pub mod netns;
 pub mod procfs;

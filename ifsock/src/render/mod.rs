@@ -1,6 +1,7 @@
 //! What users read: one renderer per record (human lines/tables and typed JSON), plus the
 //! shared formatters (owners, errno names, timestamps) written once here.
 pub mod fmt;
+pub mod metrics;
 
 use std::io::Write;
 
