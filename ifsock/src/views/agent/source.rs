@@ -449,7 +449,10 @@ impl Follower {
                     stranded_now.insert(t.socket.inode, r);
                 }
                 let address = (!t.socket.local_addr.is_unspecified()).then_some(t.socket.local_addr);
-                let owner_cgroups = t.socket.owners.iter().map(|o| Attributed { pid: o.pid, attribution: cgroup::of_pid(o.pid) }).collect();
+                let mut pids: Vec<u32> = t.socket.owners.iter().map(|o| o.pid).collect();
+                pids.sort_unstable();
+                pids.dedup();
+                let owner_cgroups = pids.into_iter().map(|pid| Attributed { pid, attribution: cgroup::of_pid(pid) }).collect();
                 let waiters = waiting
                     .iter()
                     .map(|b| Waiter {
