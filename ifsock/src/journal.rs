@@ -246,9 +246,9 @@ impl Journal {
     /// and `ts_unix_ns` (every watch record does).
     ///
     /// # Errors
-    /// [`JournalError::Shape`], [`JournalError::TooLarge`], or [`JournalError::Write`] (counted
-    /// in [`Journal::write_errors`]; the first of a run of failures is logged, and the journal
-    /// recovers on its own when writes succeed again).
+    /// [`JournalError::Shape`] (a caller's bug, not counted), [`JournalError::TooLarge`] or
+    /// [`JournalError::Write`] (both counted in [`Journal::write_errors`]; the first of a run of
+    /// write failures is logged, and the journal recovers on its own when writes succeed again).
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), JournalError> {
         let mut line = serde_json::to_string(record).map_err(|e| JournalError::Shape(e.to_string()))?;
         if let Err(e) = serde_json::from_str::<Header>(&line) {
@@ -257,7 +257,11 @@ impl Journal {
         line.push('\n');
         let len = line.len() as u64;
         if len > self.segment_max {
-            return Err(JournalError::TooLarge { len, max: self.segment_max });
+            // A record lost to the bound is a real loss: counted like a failed write.
+            self.write_errors += 1;
+            let e = JournalError::TooLarge { len, max: self.segment_max };
+            tracing::warn!("journal: {e}");
+            return Err(e);
         }
         let r = self.write_line(line.as_bytes(), len);
         match &r {
@@ -474,6 +478,19 @@ mod tests {
         assert_eq!(d, vec![Deletion { ifindex: IfIndex(3), ifname: "veth1".into(), ts_unix_ns: 30 }]);
         assert!(deletions_since(&dir, NetnsIno(8), 0).unwrap().is_empty(), "other netns");
         assert!(deletions_since(&dir.join("missing"), NetnsIno(7), 0).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_larger_than_a_segment_is_counted_as_lost() {
+        let dir = tmp("large");
+        let mut j = Journal::open(&dir, MIN_MAX_BYTES).unwrap();
+        let mut big = rec(1, "up", "a");
+        big.pad = "x".repeat((MIN_MAX_BYTES / SEGMENTS) as usize);
+        assert!(matches!(j.append(&big), Err(JournalError::TooLarge { .. })));
+        assert_eq!(j.write_errors(), 1);
+        j.append(&rec(2, "up", "a")).unwrap();
+        assert_eq!(read(&dir, 0).unwrap().entries.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

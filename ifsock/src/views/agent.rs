@@ -71,8 +71,10 @@ impl Sink {
                 Out::Netns(r) => self.journal.append(r),
                 Out::Metric(_) => Ok(()),
             };
-            // The journal logs the first failure of a run and counts all; serving goes on.
-            let _ = written;
+            // Write failures are logged and counted by the journal; serving goes on.
+            if let Err(e @ journal::JournalError::Shape(_)) = written {
+                tracing::warn!("journal: record not written: {e}");
+            }
             if let Out::Metric(m) = o {
                 self.metrics.apply(m);
             }
@@ -155,7 +157,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut follower = Follower::new(tx);
     let mut out = Vec::new();
     // The mount table is watched before the first discovery: a netns added in between is seen.
-    follower.discover(true, &mut out).await;
+    follower.discover(&mut out).await;
     follower.snapshot(&mut probes, &mut out);
     sink.take(&mut out);
     serve(listener, published)?;
@@ -185,10 +187,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             guard = mounts.ready(tokio::io::Interest::PRIORITY) => {
                 let mut guard = guard.context("waiting for mount-table changes")?;
                 guard.clear_ready();
-                follower.discover(false, &mut out).await;
+                // A full scan: our own subscription sockets keep a deleted netns alive, so one
+                // that left /run/netns and every process must be dropped here.
+                follower.discover(&mut out).await;
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
-                follower.discover(true, &mut out).await;
+                follower.discover(&mut out).await;
                 follower.reconcile(&mut out).await;
             }
         }

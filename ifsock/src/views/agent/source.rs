@@ -290,44 +290,30 @@ impl Follower {
         Ok(ns)
     }
 
-    /// Follows namespaces that appeared and drops those that are gone. `scan_procs`: also
-    /// look at every process's netns (at start and at reconcile; named ones are announced by
-    /// inotify on /run/netns). Returns whether a named netns could not be opened yet (`ip netns
-    /// add` creates the file before it bind-mounts the namespace on it): the caller retries.
-    pub async fn discover(&mut self, scan_procs: bool, out: &mut Vec<Out>) -> bool {
-        let present = if scan_procs {
-            netns::all()
-        } else {
-            netns::named()
-                .into_iter()
-                .filter_map(|(name, _)| NetnsHandle::open(&std::path::Path::new(netns::NETNS_RUN_DIR).join(&name), Some(name)).ok())
-                .collect()
-        };
-        let mut not_ready = false;
-        if scan_procs {
-            let inos: Vec<NetnsIno> = present.iter().map(|h| h.ino).collect();
-            let gone: Vec<NetnsIno> = self.spaces.keys().copied().filter(|i| !inos.contains(i)).collect();
-            for ino in gone {
-                self.remove(ino, out);
-            }
+    /// Follows namespaces that appeared (named ones under /run/netns and those of running
+    /// processes) and drops those that are gone. Called at start, on every mount-table change
+    /// and at reconcile. A named netns that cannot be opened yet (`ip netns add` creates the
+    /// file before it bind-mounts the namespace on it) is picked up at the mount that follows.
+    pub async fn discover(&mut self, out: &mut Vec<Out>) {
+        let present = netns::all();
+        let inos: Vec<NetnsIno> = present.iter().map(|h| h.ino).collect();
+        let gone: Vec<NetnsIno> = self.spaces.keys().copied().filter(|i| !inos.contains(i)).collect();
+        for ino in gone {
+            self.remove(ino, out);
         }
         for h in present {
             if self.spaces.contains_key(&h.ino) {
                 continue;
             }
-            let (ino, named) = (h.ino, h.name.is_some());
+            let ino = h.ino;
             match self.open(h).await {
                 Ok(ns) => {
                     out.push(Out::Netns(NetnsRecord { ty: "netns_added", ts_unix_ns: unix_ns(), netns: ino, netns_name: ns.label.clone() }));
                     self.spaces.insert(ino, ns);
                 }
-                Err(e) => {
-                    not_ready |= named;
-                    tracing::debug!("netns {ino} not followed (yet): {e:#}");
-                }
+                Err(e) => tracing::debug!("netns {ino} not followed (yet): {e:#}"),
             }
         }
-        not_ready
     }
 
     fn remove(&mut self, ino: NetnsIno, out: &mut Vec<Out>) {
