@@ -18,7 +18,7 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug)]
 struct Snapshot(Metrics);
 
-fn gauge_family<'a>(
+fn gauge_family(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
