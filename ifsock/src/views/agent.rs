@@ -47,6 +47,9 @@ pub struct AgentArgs {
     pub receivers: bool,
 }
 
+/// Least time between two socket snapshots (gauges lag a change by at most this).
+const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
+
 /// A file that signals `POLLPRI` whenever the mount table changes (`mounts_poll`, since 2.6.15).
 struct MountTable(std::fs::File);
 impl std::os::fd::AsRawFd for MountTable {
@@ -173,9 +176,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    // Snapshots walk every socket and task of the host: under a steady stream of changes they
+    // are taken at most once per SNAPSHOT_GAP, the changes in between are one batch.
+    let mut last_snapshot = tokio::time::Instant::now();
+    let mut snapshot_due: Option<tokio::time::Instant> = None;
     let stop = loop {
         tokio::select! {
             stop = signals.recv() => break stop,
+            _ = async { match snapshot_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
             msg = rx.recv() => {
                 let Some((ino, received)) = msg else { continue };
                 follower.on_netlink(ino, received, &mut out).await;
@@ -196,7 +204,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 follower.reconcile(&mut out).await;
             }
         }
-        follower.snapshot(&mut probes, &mut out);
+        let now = tokio::time::Instant::now();
+        if follower.dirty() {
+            if now >= last_snapshot + SNAPSHOT_GAP {
+                follower.snapshot(&mut probes, &mut out);
+                last_snapshot = now;
+                snapshot_due = None;
+            } else {
+                snapshot_due = Some(last_snapshot + SNAPSHOT_GAP);
+            }
+        }
         if let Ok(c) = probes.counters() {
             out.push(Out::Metric(Input::LostTotal(LostSource::Ringbuf, c.ringbuf_drops)));
         }

@@ -71,12 +71,17 @@ fn main() -> Result<()> {
         let ns = Netns::new()?;
         settle(pid, Duration::from_secs(2), Duration::from_secs(60))?;
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        let events = |text: &str| -> f64 {
+            text.lines().filter(|l| l.starts_with("ifsock_link_events_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        };
+        let events_before = events(&get(port, "/metrics")?);
         let before = cpu_ticks(pid)?;
         let t = Instant::now();
         // Idle means idle: nothing is asked of the agent while this runs.
         std::thread::sleep(Duration::from_secs(idle_secs));
         let idle = (cpu_ticks(pid)? - before) as f64 / hz / t.elapsed().as_secs_f64() * 100.0;
-        println!("idle cpu: {idle:.3}% of one core over {idle_secs}s (reconcile every 30s, the default)");
+        let seen = events(&get(port, "/metrics")?) - events_before;
+        println!("idle cpu: {idle:.3}% of one core over {idle_secs}s (reconcile every 30s, the default); link changes on the host meanwhile: {seen}");
         let rss_before = rss_kib(pid)?;
         let batch = journal.with_extension("batch");
         let mut cmds = String::new();
@@ -97,7 +102,11 @@ fn main() -> Result<()> {
         let rss_after = rss_kib(pid)?;
         let metrics = get(port, "/metrics")?;
         let lost = metrics.lines().find(|l| l.starts_with("ifsock_events_lost_total{source=\"netlink_enobufs\"}")).unwrap_or("");
-        println!("rss: {rss_before} KiB before, {rss_after} KiB after 10 bursts of 1,000 link changes ({:.1}s); {lost}", t.elapsed().as_secs_f64());
+        println!(
+            "rss: {rss_before} KiB before, {rss_after} KiB after 10 bursts of 1,000 link changes ({:.1}s; {} link events counted); {lost}",
+            t.elapsed().as_secs_f64(),
+            events(&metrics)
+        );
         Ok(())
     })();
     let _ = child.kill();

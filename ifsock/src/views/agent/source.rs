@@ -386,6 +386,11 @@ impl Follower {
         }
     }
 
+    /// Whether a netns changed since the last [`Follower::snapshot`].
+    pub fn dirty(&self) -> bool {
+        self.spaces.values().any(|n| n.dirty)
+    }
+
     /// One socket snapshot per netns changed since the last call: gauges for the metrics, and
     /// `socket_stranded` / `socket_recovered` for sockets whose health changed.
     pub fn snapshot(&mut self, probes: &mut Probes, out: &mut Vec<Out>) {
