@@ -135,6 +135,13 @@ fn serve(listener: std::net::TcpListener, metrics: tokio::sync::watch::Receiver<
 /// local, or the probes do not load (each message names the fix).
 pub async fn run(args: AgentArgs) -> Result<()> {
     let mut signals = Signals::new()?;
+    if args.journal_max_bytes < journal::MIN_MAX_BYTES {
+        anyhow::bail!(
+            "--journal-max-bytes {} is below the minimum of {} (8 segments of 4 KiB): pass a larger bound",
+            args.journal_max_bytes,
+            journal::MIN_MAX_BYTES
+        );
+    }
     let journal = Journal::open(&args.journal, args.journal_max_bytes)?;
     let listener = std::net::TcpListener::bind(args.listen).map_err(|e| listen_error(args.listen, e))?;
     listener.set_nonblocking(true)?;
