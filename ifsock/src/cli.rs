@@ -2,7 +2,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::views::{
-    abort::AbortArgs, doctor::DoctorArgs, hung::HungArgs, sockets::SocketsArgs, teardown::TeardownArgs, tun::TunArgs, watch::WatchArgs,
+    abort::AbortArgs, agent::AgentArgs, doctor::DoctorArgs, hung::HungArgs, journal::JournalArgs, sockets::SocketsArgs, teardown::TeardownArgs,
+    tun::TunArgs, watch::WatchArgs,
 };
 
 /// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
@@ -63,6 +64,11 @@ pub enum Command {
     Abort(AbortArgs),
     /// Check the kernel (BTF, lockdown, tracefs/bpffs) and which probes load, and why not.
     Doctor(DoctorArgs),
+    /// Long-running recorder: follows every netns, journals changes and stranded sockets, and
+    /// serves OpenMetrics at http://127.0.0.1:9469/metrics.
+    Agent(AgentArgs),
+    /// The history an agent journaled (`--netns NAME|INODE` filters instead of entering).
+    Journal(JournalArgs),
 }
 
 /// Parses a duration such as `500ms`, `5s`, `2m`, `1h`, or plain seconds.

@@ -7,6 +7,7 @@
 //! - [`views`]: the subcommands' output.
 pub mod cli;
 pub mod engine;
+pub mod journal;
 pub mod kernel;
 pub mod model;
 pub mod probes;

@@ -39,6 +39,10 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // `journal` reads history: its --netns filters records of namespaces that may be gone.
+    if let Command::Journal(a) = cli.command {
+        return views::journal::run(a, cli.netns);
+    }
     cli.check()?;
     // Enter the netns while single-threaded: every thread the runtime starts inherits it.
     if let Some(spec) = &cli.netns {
@@ -54,6 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Teardown(a) => views::teardown::run(a).await,
             Command::Tun(a) => views::tun::run(a).await,
             Command::Abort(a) => views::abort::run(a).await,
+            Command::Agent(a) => views::agent::run(a).await,
+            Command::Journal(a) => views::journal::run(a, None),
         }
     })
 }

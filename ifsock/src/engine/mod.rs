@@ -2,6 +2,7 @@
 //! events, snapshots, a clock) in, typed records out. Unit-tested with fake inputs.
 pub mod abort;
 pub mod health;
+pub mod metrics;
 pub mod receivers;
 pub mod teardown;
 pub mod watch;

@@ -2,6 +2,7 @@
 //! network namespaces, procfs, and system state (privileges, mounts, lockdown).
 pub mod arch;
 pub mod btf;
+pub mod cgroup;
 pub mod netlink;
 pub mod netns;
 pub mod procfs;

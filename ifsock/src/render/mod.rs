@@ -4,6 +4,7 @@ pub mod abort;
 pub mod fmt;
 pub mod health;
 pub mod hung;
+pub mod metrics;
 pub mod teardown;
 pub mod watch;
 

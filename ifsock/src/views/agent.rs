@@ -1,0 +1,237 @@
+//! `ifsock agent`: a long-running recorder for fleets. Follows every netns, journals every
+//! change and socket health change (`crate::journal`), and serves OpenMetrics at `/metrics`
+//! and liveness at `/healthz`.
+//!
+//! Scrapes never wait for the event loop: the loop publishes each new [`Metrics`] value on a
+//! `tokio::sync::watch` channel and the HTTP server, on a thread of its own, encodes the last
+//! published value.
+//!
+//! Cost: nothing runs between events. Namespaces appear through the mount table (`ip netns
+//! add` bind-mounts under /run/netns; `/proc/self/mountinfo` signals `POLLPRI` on every mount
+//! change), links through rtnetlink, and the only timer is `--reconcile-every`.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{
+    cli::parse_duration,
+    engine::metrics::{Input, LostSource, Metrics, MetricsEngine},
+    journal::{self, Journal},
+    kernel::signals::{Interrupted, Signals},
+    probes::Probes,
+    render::metrics as exposition,
+};
+
+mod source;
+use source::{Follower, NetlinkMsg, Out};
+
+/// Options of `agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Serve /metrics and /healthz here (loopback by default; 0.0.0.0:9469 only if asked).
+    #[arg(long, default_value = "127.0.0.1:9469")]
+    pub listen: SocketAddr,
+    /// Journal directory (JSON lines, rotated).
+    #[arg(long, default_value = journal::DEFAULT_DIR)]
+    pub journal: PathBuf,
+    /// Bound on the journal's total size, bytes (8 segments of a eighth each; at least 32768).
+    #[arg(long, default_value_t = journal::DEFAULT_MAX_BYTES)]
+    pub journal_max_bytes: u64,
+    /// Re-dump every netns's links and re-take its socket snapshot this often (0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_every: Duration,
+    /// Also attach the receive-path probes (costs a probe hit per receive on the host; off by
+    /// default: blocked receivers are found from /proc at each snapshot).
+    #[arg(long)]
+    pub receivers: bool,
+}
+
+/// Least time between two socket snapshots (gauges lag a change by at most this).
+const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
+
+/// A file that signals `POLLPRI` whenever the mount table changes (`mounts_poll`, since 2.6.15).
+struct MountTable(std::fs::File);
+impl std::os::fd::AsRawFd for MountTable {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Where records go: the journal, and the metrics aggregator.
+struct Sink {
+    journal: Journal,
+    metrics: MetricsEngine,
+    publish: tokio::sync::watch::Sender<Arc<Metrics>>,
+}
+
+impl Sink {
+    fn take(&mut self, out: &mut Vec<Out>) {
+        for o in out.drain(..) {
+            let written = match &o {
+                Out::Change(r) => self.journal.append(r),
+                Out::Health(r) => self.journal.append(r),
+                Out::Netns(r) => self.journal.append(r),
+                Out::Metric(_) => Ok(()),
+            };
+            // Write failures are logged and counted by the journal; serving goes on.
+            if let Err(e @ journal::JournalError::Shape(_)) = written {
+                tracing::warn!("journal: record not written: {e}");
+            }
+            if let Out::Metric(m) = o {
+                self.metrics.apply(m);
+            }
+        }
+        self.metrics.apply(Input::JournalWriteErrors(self.journal.write_errors()));
+        self.publish.send_replace(Arc::new(self.metrics.values()));
+    }
+}
+
+fn listen_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let fix = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "another process listens there: stop it, or pass --listen ADDR:PORT with a free port",
+        std::io::ErrorKind::AddrNotAvailable => "no interface of this host holds that address: pass --listen with a local one",
+        std::io::ErrorKind::PermissionDenied => "ports below 1024 need CAP_NET_BIND_SERVICE: pick a higher port",
+        _ => "pass --listen ADDR:PORT",
+    };
+    anyhow::anyhow!("cannot listen on {addr}: {e} ({fix})")
+}
+
+/// Serves /metrics and /healthz on a thread with its own runtime, so that encoding a scrape
+/// never runs on (or waits for) the event loop.
+fn serve(listener: std::net::TcpListener, metrics: tokio::sync::watch::Receiver<Arc<Metrics>>) -> Result<()> {
+    use axum::{http::header, response::IntoResponse, routing::get, Router};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("ifsock-http".into()).spawn(move || {
+        rt.block_on(async move {
+            let scrape = move || {
+                let snapshot = metrics.borrow().clone();
+                async move {
+                    match exposition::encode(&snapshot) {
+                        Ok(text) => ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], text).into_response(),
+                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+                    }
+                }
+            };
+            let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(|| async { "ok\n" }));
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!("metrics server stopped: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("metrics server: {e}"),
+            }
+        })
+    })?;
+    Ok(())
+}
+
+/// Runs the agent until SIGINT/SIGTERM, then flushes the journal, detaches every probe and
+/// returns [`Interrupted`].
+///
+/// # Errors
+/// At start: the journal directory is not writable, the listen address is taken or not
+/// local, or the probes do not load (each message names the fix).
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let mut signals = Signals::new()?;
+    if args.journal_max_bytes < journal::MIN_MAX_BYTES {
+        anyhow::bail!(
+            "--journal-max-bytes {} is below the minimum of {} (8 segments of 4 KiB): pass a larger bound",
+            args.journal_max_bytes,
+            journal::MIN_MAX_BYTES
+        );
+    }
+    let journal = Journal::open(&args.journal, args.journal_max_bytes)?;
+    let listener = std::net::TcpListener::bind(args.listen).map_err(|e| listen_error(args.listen, e))?;
+    listener.set_nonblocking(true)?;
+    let mut probes = Probes::load(u64::MAX)?;
+    probes.load_iterators()?;
+    let mut metrics = MetricsEngine::new();
+    metrics.apply(Input::ProbeSet { path: "sockets".into(), set: "iter".into() });
+    metrics.apply(Input::ProbeSet { path: "links".into(), set: "rtnetlink".into() });
+    let recv = if args.receivers {
+        let sel = probes.attach_recv(None).context("--receivers: attaching the receive-path probes")?;
+        format!("{:?}", sel.chosen).to_lowercase()
+    } else {
+        "none".into()
+    };
+    metrics.apply(Input::ProbeSet { path: "recv".into(), set: recv });
+    let table = MountTable(std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?);
+    // SAFETY: the file is owned by the AsyncFd and stays open until it is dropped.
+    let mounts = unsafe { AsyncFd::register_with_interest(table, tokio::io::Interest::PRIORITY) }
+        .context("watching the mount table for new namespaces")?;
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(metrics.values()));
+    let mut sink = Sink { journal, metrics, publish };
+    let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
+    let mut follower = Follower::new(tx);
+    let mut out = Vec::new();
+    // The mount table is watched before the first discovery: a netns added in between is seen.
+    follower.discover(&mut out).await;
+    follower.snapshot(&mut probes, &mut out);
+    sink.take(&mut out);
+    serve(listener, published)?;
+    eprintln!(
+        "agent: serving http://{}/metrics, journal {} (max {} bytes), following {} netns (SIGTERM to stop)",
+        args.listen,
+        args.journal.display(),
+        args.journal_max_bytes,
+        follower.followed()
+    );
+    let mut reconcile = (!args.reconcile_every.is_zero()).then(|| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + args.reconcile_every, args.reconcile_every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    // Snapshots walk every socket and task of the host: under a steady stream of changes they
+    // are taken at most once per SNAPSHOT_GAP, the changes in between are one batch.
+    let mut last_snapshot = tokio::time::Instant::now();
+    let mut snapshot_due: Option<tokio::time::Instant> = None;
+    let stop = loop {
+        tokio::select! {
+            stop = signals.recv() => break stop,
+            _ = async { match snapshot_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
+            msg = rx.recv() => {
+                let Some((ino, received)) = msg else { continue };
+                follower.on_netlink(ino, received, &mut out).await;
+                // One snapshot per batch: everything already queued belongs to this batch.
+                while let Ok((ino, received)) = rx.try_recv() {
+                    follower.on_netlink(ino, received, &mut out).await;
+                }
+            }
+            guard = mounts.ready(tokio::io::Interest::PRIORITY) => {
+                let mut guard = guard.context("waiting for mount-table changes")?;
+                guard.clear_ready();
+                // A full scan: our own subscription sockets keep a deleted netns alive, so one
+                // that left /run/netns and every process must be dropped here.
+                follower.discover(&mut out).await;
+            }
+            _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
+                follower.discover(&mut out).await;
+                follower.reconcile(&mut out).await;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if follower.dirty() {
+            if now >= last_snapshot + SNAPSHOT_GAP {
+                follower.snapshot(&mut probes, &mut out);
+                last_snapshot = now;
+                snapshot_due = None;
+            } else {
+                snapshot_due = Some(last_snapshot + SNAPSHOT_GAP);
+            }
+        }
+        if let Ok(c) = probes.counters() {
+            out.push(Out::Metric(Input::LostTotal(LostSource::Ringbuf, c.ringbuf_drops)));
+        }
+        sink.take(&mut out);
+    };
+    let flushed = sink.journal.flush();
+    drop(follower);
+    drop(probes);
+    match flushed {
+        Ok(()) => eprintln!("agent: {}: journal flushed to {}, probes detached", stop.name(), args.journal.display()),
+        Err(e) => eprintln!("agent: {}: probes detached; journal flush failed: {e}", stop.name()),
+    }
+    Err(Interrupted(stop).into())
+}
