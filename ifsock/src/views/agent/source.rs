@@ -489,6 +489,8 @@ mod tests {
 
     fn sock(addr: &str, dev: u32) -> Socket {
         Socket {
+            cookie: 0,
+            v4_mapped: false,
             protocol: Protocol::Udp,
             family: 4,
             local_addr: addr.parse().unwrap(),
