@@ -887,8 +887,11 @@ impl WatchEngine {
                 HealthChange::Recovered { was, .. } => (was, true),
             };
             let cause = health_cause(&pending, st, recovered);
-            if st.ifname.is_none() {
-                st.ifname = cause.filter(|c| Some(c.ifindex) == st.ifindex).map(|c| c.name.clone());
+            if let Some(c) = cause.filter(|c| st.ifindex.is_none_or(|i| i == c.ifindex) && (st.ifindex.is_some() || c.address.is_some_and(|a| st.address == Some(a)))) {
+                // The change names the interface a snapshot could not (an address that came back
+                // names where; a deleted device its name).
+                st.ifindex = Some(c.ifindex);
+                st.ifname.get_or_insert_with(|| c.name.clone());
             }
             let cause = cause.map(|c| c.kind.name().to_string());
             self.health_ready.push(HealthReady { netns, change, cause, links: links.clone() });

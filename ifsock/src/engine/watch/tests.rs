@@ -458,6 +458,8 @@ fn address_removal_strands_the_address_bound_socket_once_with_its_cause_and_wait
     e.on_updates(NS, vec![newaddr(5, "10.78.0.1")], &clock.at(3), &mut fake);
     let (_, back) = judge(&mut e, &mut fake, &waiters, &clock.at(3));
     assert_eq!(health(&back), vec![("recovered", 101, "address_gone", Some("address_added".into()))]);
+    let WatchRecord::SocketRecovered(ev) = &back[0] else { unreachable!() };
+    assert_eq!((ev.ifindex, ev.ifname.as_deref()), (Some(IfIndex(5)), Some("veth0")), "where the address came back");
     let v = serde_json::to_value(&back[0]).unwrap();
     assert_eq!((v["type"].as_str(), v["socket"]["stranded"].is_null()), (Some("socket_recovered"), true));
 }
