@@ -477,8 +477,7 @@ fn moves_health(kind: ChangeKind) -> bool {
 }
 
 /// The queued change that caused a health transition: the latest one naming the interface or
-/// address involved (a deletion over the `RTM_DELADDR` the kernel sends just before it), else
-/// the last one.
+/// address involved (a deletion over the `RTM_DELADDR` the kernel sends just before it).
 fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered: bool) -> Option<&'a Change> {
     let fits = |c: &Change| {
         let same_if = st.ifindex == Some(c.ifindex);
@@ -496,7 +495,7 @@ fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered
             StrandReason::AddressGone => (c.kind == ChangeKind::AddressRemoved && same_addr) || (matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut | ChangeKind::Down) && same_if),
         }
     };
-    pending.iter().rev().map(|(c, _)| c).find(|c| fits(c)).or(pending.last().map(|(c, _)| c))
+    pending.iter().rev().map(|(c, _)| c).find(|c| fits(c))
 }
 
 /// A health transition judged by [`WatchEngine::on_health`], waiting for its waiters.
@@ -880,13 +879,19 @@ impl WatchEngine {
             }
         }
         let changes = self.health.update(netns, &sockets, &links, &addrs_now, now.unix_ns);
-        let n = changes.len();
+        let before_ready = self.health_ready.len();
         for mut change in changes {
             let (st, recovered) = match &mut change {
                 HealthChange::Stranded { stranded, .. } => (stranded, false),
                 HealthChange::Recovered { was, .. } => (was, true),
             };
-            let cause = health_cause(&pending, st, recovered);
+            let fitting = health_cause(&pending, st, recovered);
+            // With --iface only transitions one of its changes explains are reported (another
+            // interface's change may have been applied in the same burst).
+            if fitting.is_none() && self.config.iface.is_some() {
+                continue;
+            }
+            let cause = fitting.or(pending.last().map(|(c, _)| c));
             if let Some(c) = cause.filter(|c| st.ifindex.is_none_or(|i| i == c.ifindex) && (st.ifindex.is_some() || c.address.is_some_and(|a| st.address == Some(a)))) {
                 // The change names the interface a snapshot could not (an address that came back
                 // names where; a deleted device its name).
@@ -896,7 +901,7 @@ impl WatchEngine {
             let cause = cause.map(|c| c.kind.name().to_string());
             self.health_ready.push(HealthReady { netns, change, cause, links: links.clone() });
         }
-        n
+        self.health_ready.len() - before_ready
     }
 
     /// Some socket changed health: one waiter pass is due before [`flush_health`](Self::flush_health).

@@ -528,3 +528,17 @@ fn without_sockets_health_is_not_followed() {
     e.on_updates(NS, vec![dellink(5, "veth0")], &clock.at(1), &mut fake);
     assert!(e.health_due().is_empty(), "--no-sockets disables socket_stranded");
 }
+
+#[test]
+fn with_iface_only_its_changes_strand_sockets() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    e.config.iface = Some("veth9".into());
+    // One datagram: veth9 goes down (watched), then veth0 loses its address (not watched).
+    e.on_updates(NS, vec![newlink(9, "veth9", 0, None), deladdr(5, "10.78.0.1")], &clock.at(1), &mut fake);
+    let (n, records) = judge(&mut e, &mut fake, &FakeWaiters::default(), &clock.at(1));
+    assert_eq!(n, 0, "104 on veth9 keeps its address while down; 101 was stranded by veth0's change: {:?}", health(&records));
+    e.on_updates(NS, vec![deladdr(9, "10.79.0.1")], &clock.at(2), &mut fake);
+    let (_, records) = judge(&mut e, &mut fake, &FakeWaiters::default(), &clock.at(2));
+    assert_eq!(health(&records), vec![("stranded", 104, "address_gone", Some("address_removed".into()))]);
+}
