@@ -243,7 +243,7 @@ pub struct BlockedReceiver {
 
 impl BlockedReceiver {
     /// Binds `addr` in `ns`, optionally with IP_PKTINFO or SO_BINDTODEVICE, and starts a thread
-    /// blocked in `recvmsg`. Returns once procfs shows the thread inside recvmsg (syscall 47).
+    /// blocked in `recvmsg`. Returns once procfs shows the thread inside recvmsg (`libc::SYS_recvmsg`).
     pub fn start(ns: &Netns, addr: &str, pktinfo: bool, device: Option<&str>) -> Result<Self> {
         use std::os::fd::IntoRawFd;
         let addr = addr.to_string();
@@ -290,7 +290,8 @@ impl BlockedReceiver {
             let sc = std::fs::read_to_string(&path).unwrap_or_default();
             let stat = std::fs::read_to_string(format!("/proc/self/task/{}/stat", self.tid)).unwrap_or_default();
             let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
-            if sc.starts_with("47 ") && state == "S" {
+            let nr = sc.split_whitespace().next().and_then(|w| w.parse::<i64>().ok());
+            if nr == Some(libc::SYS_recvmsg) && state == "S" {
                 return Ok(());
             }
             std::thread::yield_now();

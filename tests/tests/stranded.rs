@@ -357,3 +357,149 @@ fn unreadable_poll_set_is_reported_with_a_reason_not_dropped() {
     // SAFETY: the page is ours and unused now.
     unsafe { libc::munmap(page, 4096) };
 }
+
+/// How long a `watch` event may take to appear (a failure bound, not a delay).
+const EVENT: Duration = Duration::from_secs(20);
+
+/// Starts `watch --json` in `ns` and waits for its `ready` line.
+fn watch(ns: &Netns) -> Running {
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"]).unwrap();
+    w.wait_for("ready line", EVENT, |v| v["type"] == "ready").unwrap();
+    w
+}
+
+/// Waits until `w` printed `kind` records for sockets of `pid` on `port` of every protocol in
+/// `protos`; returns them (the first per protocol).
+fn health_events(w: &mut Running, kind: &str, pid: u32, port: u16, protos: &[&str]) -> Vec<Value> {
+    let mut got: Vec<Value> = Vec::new();
+    w.wait_for(kind, EVENT, |v| {
+        let s = &v["socket"];
+        let ours = v["type"] == kind && s["local_port"] == port && s["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"] == pid));
+        if ours && !got.iter().any(|g| g["socket"]["protocol"] == s["protocol"]) {
+            got.push(v.clone());
+        }
+        protos.iter().all(|p| got.iter().any(|g| g["socket"]["protocol"] == *p))
+    })
+    .unwrap();
+    got.retain(|g| protos.iter().any(|p| g["socket"]["protocol"] == *p));
+    got
+}
+
+#[test]
+fn watch_and_hung_name_unbounds_stranded_sockets_and_epoll_loop_but_not_a_healthy_neighbour() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ua"), unique("ub"));
+    let (c, d2) = (unique("uc"), unique("ud"));
+    ns.veth(&a, &b, Some("10.86.0.1/24")).unwrap();
+    ns.veth(&c, &d2, Some("10.87.0.1/24")).unwrap();
+    // A healthy socket on the other, live interface of the same netns.
+    let healthy = ns.run(|| std::net::UdpSocket::bind("10.87.0.1:0")).unwrap().unwrap();
+    let healthy_port = healthy.local_addr().unwrap().port();
+    let (mut d, _conf) = start_unbound(&ns, "10.86.0.1", PORT).unwrap();
+    let pid = d.pid();
+    ready(&ns, &mut d, PORT, &EPOLL_WAITS, 2);
+    let mut w = watch(&ns);
+
+    ns.ip(&["link", "del", &a]).unwrap();
+    let events = health_events(&mut w, "socket_stranded", pid, PORT, &["udp", "tcp"]);
+    for e in &events {
+        assert_eq!(e["reason"], "address_gone", "{e}");
+        assert_eq!(e["address"], "10.86.0.1", "{e}");
+        assert_eq!(e["netns_name"], ns.name.as_str(), "{e}");
+        assert!(["deleted", "address_removed"].contains(&e["cause"].as_str().unwrap_or("")), "the change's cause: {e}");
+        assert_eq!(e["socket"]["stranded"]["reason"], "address_gone", "{e}");
+        assert!(e["socket"]["owners"].as_array().unwrap().iter().any(|o| o["comm"] == "unbound"), "{e}");
+        let waiter = e["waiters"].as_array().unwrap().iter().find(|w| w["via"] == "epoll").unwrap_or_else(|| panic!("no epoll waiter: {e}"));
+        assert_eq!(waiter["pid"], pid, "{e}");
+        assert_eq!(waiter["fd"], e["socket"]["owners"][0]["fd"], "{e}");
+    }
+    // The change line comes first, in the same tick.
+    let seen = w.rest();
+    let first_health = seen.iter().position(|v| v["type"] == "socket_stranded").unwrap();
+    assert!(seen[..first_health].iter().any(|v| v["type"] == "change"), "change before socket_stranded: {seen:#?}");
+
+    // hung: unbound's event loop, apart from receivers.
+    let rows = ifsock_json(&["--netns", &ns.name, "hung", "--json"]).unwrap();
+    let loops: Vec<&Value> = rows.iter().filter(|r| r["type"] == "event_loop" && r["pid"] == pid).collect();
+    assert!(!loops.is_empty(), "hung lists unbound's event loop: {rows:#?}");
+    for l in &loops {
+        assert_eq!(l["via"], "epoll", "{l}");
+        assert!(l["syscall"].as_str().unwrap().starts_with("epoll_"), "{l}");
+        assert!(l["epfd"].is_u64(), "{l}");
+        assert_eq!(l["stranded"]["reason"], "address_gone", "{l}");
+        assert_eq!(l["local_port"], PORT, "{l}");
+    }
+    let table = ifsock(&["--netns", &ns.name, "hung"]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("event loops waiting on stranded sockets") && text.contains("epoll:epoll_"), "{text}");
+
+    assert!(w.interrupt().unwrap().success());
+    let all = w.rest();
+    for v in all.iter().filter(|v| v["type"] == "socket_stranded") {
+        assert_ne!(v["socket"]["local_port"], healthy_port, "the healthy socket on the live interface is never stranded: {v}");
+        assert_ne!(v["socket"]["local_addr"], "10.87.0.1", "{v}");
+    }
+    drop(healthy);
+}
+
+#[test]
+fn watch_reports_dnsmasq_wildcard_pktinfo_sockets_interface_deleted() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("wa"), unique("wb"));
+    ns.veth(&a, &b, Some("10.88.0.1/24")).unwrap();
+    let mut d = start_dnsmasq(&ns, None, PORT).unwrap();
+    let pid = d.pid();
+    ready(&ns, &mut d, PORT, &POLL_WAITS, 2);
+    let mut w = watch(&ns);
+
+    ns.ip(&["link", "del", &a]).unwrap();
+    let events = health_events(&mut w, "socket_stranded", pid, PORT, &["udp"]);
+    let e = &events[0];
+    assert_eq!(e["reason"], "interface_deleted", "{e}");
+    assert_eq!(e["socket"]["pktinfo"], true, "{e}");
+    assert_eq!(e["socket"]["binding"], "wildcard", "{e}");
+    assert_eq!(e["cause"], "deleted", "{e}");
+    // One RTM_DELLINK per end of the pair: either deleted end is named.
+    assert!([a.as_str(), b.as_str()].contains(&e["ifname"].as_str().unwrap_or("")), "{e}");
+    assert!(has_waiter(&e["socket"], pid, "poll"), "dnsmasq polls: {e}");
+    assert!(w.interrupt().unwrap().success());
+    for v in w.rest().iter().filter(|v| v["type"] == "socket_stranded") {
+        assert_eq!(v["socket"]["pktinfo"], true, "only IP_PKTINFO wildcards are stranded by a deletion: {v}");
+    }
+    // A snapshot alone still marks nothing.
+    assert!(port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT).is_empty());
+}
+
+#[test]
+fn watch_reports_the_tokio_server_stranded_by_down_and_recovered_by_up() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    ns.veth(&a, &b, Some("10.89.0.1/24")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_tokio-udp-server");
+    let mut d = Daemon::start(&ns, &[bin, &format!("0.0.0.0:{PORT}"), &a, "4"]).unwrap();
+    let pid = d.pid();
+    let line = d.wait_line("ready", READY).unwrap();
+    let fd: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    ready(&ns, &mut d, PORT, &EPOLL_WAITS, 1);
+    let mut w = watch(&ns);
+
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
+    let e = health_events(&mut w, "socket_stranded", pid, PORT, &["udp"]).remove(0);
+    assert_eq!(e["reason"], "device_down", "{e}");
+    assert_eq!(e["cause"], "down", "{e}");
+    assert_eq!(e["ifname"], a.as_str(), "{e}");
+    assert_eq!(e["ifindex"], ns.ifindex(&a).unwrap(), "{e}");
+    let epoll: Vec<&Value> = e["waiters"].as_array().unwrap().iter().filter(|w| w["via"] == "epoll").collect();
+    assert_eq!(epoll.len(), 1, "{e}");
+    assert_eq!(epoll[0]["fd"], fd, "{e}");
+
+    ns.ip(&["link", "set", &a, "up"]).unwrap();
+    let r = health_events(&mut w, "socket_recovered", pid, PORT, &["udp"]).remove(0);
+    assert_eq!(r["reason"], "device_down", "what it recovered from: {r}");
+    assert_eq!(r["cause"], "up", "{r}");
+    assert!(r["socket"]["stranded"].is_null(), "{r}");
+    assert!(w.interrupt().unwrap().success());
+}

@@ -158,7 +158,9 @@ pub struct EventLoopWaiter {
     pub inode: SockInode,
     /// Its netns.
     pub netns: NetnsIno,
-    /// Its local address and port.
+    /// `tcp`, `udp`, … (`sk_protocol`).
+    pub protocol: crate::model::socket::Protocol,
+    /// Its local address.
     pub local_addr: std::net::IpAddr,
     /// Local port.
     pub local_port: u16,
@@ -179,6 +181,7 @@ pub fn event_loop_waiters(reports: &[SocketReport]) -> Vec<EventLoopWaiter> {
                 waiter: w.clone(),
                 inode: s.inode,
                 netns: s.netns,
+                protocol: s.protocol,
                 local_addr: s.local_addr,
                 local_port: s.local_port,
                 stranded: st.clone(),

@@ -1,10 +1,18 @@
 //! The `watch` correlator: link tables per netns, live-versus-diff classification, move
 //! pairing, removed-address memory, cause attribution (requests, veth peers, kernel device
-//! probes), socket-error placement, stranded-receiver bookkeeping and counters.
+//! probes), socket-error placement, stranded-receiver and socket-health bookkeeping, counters.
 //!
 //! No I/O: the view hands in netlink updates and dumps, decoded kernel events, socket
 //! snapshots (through [`SocketSource`], asked for only when a change needs them), receiver
-//! scans, and the clock ([`Now`]); the engine returns [`WatchRecord`]s for the renderer.
+//! scans, waiter lookups ([`WaiterLookup`]), and the clock ([`Now`]); the engine returns
+//! [`WatchRecord`]s for the renderer.
+//!
+//! Socket health (`socket_stranded` / `socket_recovered`) runs in two steps so that the costly
+//! parts are paid only when needed: changes that may move a socket's health are queued per netns
+//! ([`WatchEngine::health_due`]); the view then hands in fresh address details
+//! ([`WatchEngine::on_health`], which judges every socket of the netns before and after the
+//! queued changes), and only if some socket changed health does it take one waiter pass over
+//! `/proc` for all of them ([`WatchEngine::wants_waiters`], [`WatchEngine::flush_health`]).
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
@@ -14,15 +22,19 @@ use std::{
 use anyhow::Result;
 use serde::Serialize;
 
-use super::receivers;
+use super::{
+    health::{HealthChange, HealthTracker},
+    receivers,
+};
 use crate::{
     model::{
         receiver::{tie_strands, HungReceiver, IfaceState},
         event::{Cause, CauseTracker, LinkRequest, CAUSE_WINDOW_NS},
         ids::{IfIndex, NetnsIno, SockInode},
-        link::{Change, ChangeKind, Dump, Link, LinkTable, Update},
+        link::{AddrTable, Change, ChangeKind, Dump, Link, LinkTable, Update},
         sock_error::{protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
         socket::Socket,
+        stranded::{SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded, Waiter},
         tie::{self, TiedSocket},
     },
     probes::{select::Selection, Counters},
@@ -65,12 +77,26 @@ pub trait SocketSource {
     fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>>;
 }
 
+/// Who waits on a socket now (the view's one `/proc` pass, `kernel::waiters::WaiterIndex`; a
+/// fixed list in tests).
+pub trait WaiterLookup {
+    /// The threads waiting on `socket` (`waiters[]` of its row).
+    fn waiters_of(&self, socket: &Socket) -> Vec<Waiter>;
+}
+
+impl WaiterLookup for crate::kernel::waiters::WaiterIndex {
+    fn waiters_of(&self, socket: &Socket) -> Vec<Waiter> {
+        self.for_socket(socket)
+    }
+}
+
 /// What the engine reports and how.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Only changes of this interface (current or previous name) and socket errors on it.
     pub iface: Option<String>,
-    /// Attach tied sockets to changes.
+    /// Attach tied sockets to changes and follow socket health (`socket_stranded`,
+    /// `socket_recovered`); `--no-sockets` turns both off.
     pub sockets: bool,
     /// Receive tracking is attached: downs/deletes are followed for stranded receivers.
     pub recv_tracking: bool,
@@ -394,6 +420,11 @@ pub enum WatchRecord {
     Change(ChangeEvent),
     /// A receiver stranded by a change.
     ReceiverStranded(StrandedEvent),
+    /// A socket a change stranded (address gone, device down or deleted, a wildcard IP_PKTINFO
+    /// socket's interface deleted), with its waiters.
+    SocketStranded(SocketHealthEvent),
+    /// A socket stranded before is healthy again; `reason` is what it was stranded by.
+    SocketRecovered(SocketHealthEvent),
     /// A kernel-reported socket error.
     SocketError(SockErrorLine),
     /// A namespace appeared.
@@ -427,6 +458,53 @@ struct Space {
     deleted: VecDeque<Link>,
     /// Sockets of the current input batch (asked for once, lazily).
     batch_sockets: Option<Vec<Socket>>,
+    /// Address details as of the last dump (live `RTM_NEWADDR`s carry no flags here).
+    addrs: AddrTable,
+    /// Links and address details before the first queued health change: every socket is judged
+    /// against this and against the table after the changes, so the tracker needs no snapshot at
+    /// start and a socket stranded before the changes is not reported again.
+    health_before: Option<(Vec<Link>, AddrTable)>,
+    /// Changes since `health_before` that may move socket health, with when they were seen.
+    health_pending: Vec<(Change, u64)>,
+}
+
+/// Whether a change can strand or recover a socket.
+fn moves_health(kind: ChangeKind) -> bool {
+    matches!(
+        kind,
+        ChangeKind::Created | ChangeKind::Deleted | ChangeKind::Recreated | ChangeKind::MovedOut | ChangeKind::MovedIn | ChangeKind::Up | ChangeKind::Down | ChangeKind::AddressAdded | ChangeKind::AddressRemoved
+    )
+}
+
+/// The queued change that caused a health transition: the latest one naming the interface or
+/// address involved (a deletion over the `RTM_DELADDR` the kernel sends just before it).
+fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered: bool) -> Option<&'a Change> {
+    let fits = |c: &Change| {
+        let same_if = st.ifindex == Some(c.ifindex);
+        let same_addr = st.address.is_some() && c.address == st.address;
+        if recovered {
+            return match c.kind {
+                ChangeKind::Up | ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => same_if || st.ifname.as_deref() == Some(c.name.as_str()),
+                ChangeKind::AddressAdded => same_addr,
+                _ => false,
+            };
+        }
+        match st.reason {
+            StrandReason::DeviceDown => c.kind == ChangeKind::Down && same_if,
+            StrandReason::DeviceDeleted | StrandReason::InterfaceDeleted => matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut) && same_if,
+            StrandReason::AddressGone => (c.kind == ChangeKind::AddressRemoved && same_addr) || (matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut | ChangeKind::Down) && same_if),
+        }
+    };
+    pending.iter().rev().map(|(c, _)| c).find(|c| fits(c))
+}
+
+/// A health transition judged by [`WatchEngine::on_health`], waiting for its waiters.
+#[derive(Debug)]
+struct HealthReady {
+    netns: NetnsIno,
+    change: HealthChange,
+    cause: Option<String>,
+    links: Vec<Link>,
 }
 
 /// The correlator behind `watch`.
@@ -444,6 +522,8 @@ pub struct WatchEngine {
     /// serves them all, so a burst of 1,000 deletions costs one scan, not 1,000.
     pending_strands: Vec<Change>,
     pending_sock_errors: Vec<SockError>,
+    health: HealthTracker,
+    health_ready: Vec<HealthReady>,
     counters: WatchCounters,
 }
 
@@ -459,6 +539,8 @@ impl WatchEngine {
             stranded: Vec::new(),
             pending_strands: Vec::new(),
             pending_sock_errors: Vec::new(),
+            health: HealthTracker::new(),
+            health_ready: Vec::new(),
             counters: WatchCounters::default(),
         }
     }
@@ -490,11 +572,11 @@ impl WatchEngine {
         if !announce {
             let mut table = LinkTable::from_links(dump.links);
             table.set_peers(dump.peers);
-            self.spaces.insert(netns, Space { name, table, ..Default::default() });
+            self.spaces.insert(netns, Space { name, table, addrs: dump.addrs, ..Default::default() });
             return out;
         }
         out.push(WatchRecord::NetnsAdded(NetnsRecord { ts_unix_ns: now.unix_ns, netns, netns_name: name.clone() }));
-        let mut space = Space { name, ..Default::default() };
+        let mut space = Space { name, addrs: dump.addrs, ..Default::default() };
         let changes = space.table.diff_and_replace(dump.links);
         space.table.set_peers(dump.peers);
         self.spaces.insert(netns, space);
@@ -579,6 +661,10 @@ impl WatchEngine {
         let Some(space) = self.spaces.get_mut(&netns) else { return out };
         space.batch_sockets = None;
         let before: Vec<Link> = space.table.links().cloned().collect();
+        if space.health_before.is_none() {
+            space.health_before = Some((before.clone(), space.addrs.clone()));
+        }
+        space.addrs = dump.addrs;
         let changes = space.table.diff_and_replace(dump.links);
         // Every link the dump lost is gone before any change is attributed: the veth peer of
         // the first deletion may be the second.
@@ -644,6 +730,18 @@ impl WatchEngine {
         }
         self.counters.events += 1;
         let gone = source == Source::NetnsRemoved;
+        // A namespace found while watching has no "before": its sockets are judged from its next change.
+        if self.config.sockets && !gone && source != Source::Discovery && moves_health(change.kind) {
+            if let Some(space) = self.spaces.get_mut(&ino) {
+                if space.health_before.is_none() {
+                    // `prior` is this link before the update; every other link is unchanged yet.
+                    let mut links: Vec<Link> = space.table.links().filter(|l| l.ifindex != change.ifindex).cloned().collect();
+                    links.extend(prior.cloned());
+                    space.health_before = Some((links, space.addrs.clone()));
+                }
+                space.health_pending.push((change.clone(), now.unix_ns));
+            }
+        }
         let kernel = if gone { None } else { self.kernel_evidence(ino, &change) };
         let source = if source == Source::Netlink && kernel.is_some() { Source::KernelNetlink } else { source };
         let cause = if gone { None } else { self.cause(ino, &change, now) }.or_else(|| {
@@ -738,6 +836,96 @@ impl WatchEngine {
         let links: Vec<Link> = space.table.links().cloned().collect();
         let sockets = space.batch_sockets.as_deref().unwrap_or_default();
         tie::tied_to(sockets, ino, change.ifindex, &change.name, &addrs, &links)
+    }
+
+    /// Namespaces with queued changes that may have stranded or recovered sockets: for each the
+    /// view calls [`on_health`](Self::on_health) with fresh address details.
+    pub fn health_due(&self) -> Vec<NetnsIno> {
+        self.spaces.iter().filter(|(_, s)| !s.health_pending.is_empty()).map(|(i, _)| *i).collect()
+    }
+
+    /// Judges every socket of `netns` against the links before and after the queued changes
+    /// (`addrs`: address details of a fresh `RTM_GETADDR` dump, `None` if it failed: the last
+    /// known ones are kept). Sockets come from the batch snapshot already taken for the change,
+    /// else one is asked of `src`. Returns how many sockets changed health (stranded or
+    /// recovered); their records wait for [`flush_health`](Self::flush_health).
+    pub fn on_health(&mut self, netns: NetnsIno, addrs: Option<AddrTable>, now: &Now, src: &mut dyn SocketSource) -> usize {
+        let Some(space) = self.spaces.get_mut(&netns) else { return 0 };
+        let pending = std::mem::take(&mut space.health_pending);
+        let before = space.health_before.take();
+        if let Some(a) = addrs {
+            space.addrs = a;
+        }
+        let Some((links_before, addrs_before)) = before else { return 0 };
+        if space.batch_sockets.is_none() {
+            match src.sockets(netns) {
+                Ok(s) => space.batch_sockets = Some(s),
+                Err(e) => {
+                    tracing::warn!("socket snapshot of netns {netns} failed, socket health not judged: {e:#}");
+                    return 0;
+                }
+            }
+        }
+        let sockets = space.batch_sockets.clone().unwrap_or_default();
+        let links: Vec<Link> = space.table.links().cloned().collect();
+        let addrs_now = space.addrs.clone();
+        // Deletions the queued changes saw count only after the "before" judgement.
+        self.health.prime(netns, &sockets, &links_before, &addrs_before);
+        for (c, at) in &pending {
+            match c.kind {
+                ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion { netns, ifindex: c.ifindex, name: c.name.clone(), at_unix_ns: *at }),
+                ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => self.health.saw_creation(netns, &c.name),
+                _ => {}
+            }
+        }
+        let changes = self.health.update(netns, &sockets, &links, &addrs_now, now.unix_ns);
+        let before_ready = self.health_ready.len();
+        for mut change in changes {
+            let (st, recovered) = match &mut change {
+                HealthChange::Stranded { stranded, .. } => (stranded, false),
+                HealthChange::Recovered { was, .. } => (was, true),
+            };
+            let fitting = health_cause(&pending, st, recovered);
+            // With --iface only transitions one of its changes explains are reported (another
+            // interface's change may have been applied in the same burst).
+            if fitting.is_none() && self.config.iface.is_some() {
+                continue;
+            }
+            let cause = fitting.or(pending.last().map(|(c, _)| c));
+            if let Some(c) = cause.filter(|c| st.ifindex.is_none_or(|i| i == c.ifindex) && (st.ifindex.is_some() || c.address.is_some_and(|a| st.address == Some(a)))) {
+                // The change names the interface a snapshot could not (an address that came back
+                // names where; a deleted device its name).
+                st.ifindex = Some(c.ifindex);
+                st.ifname.get_or_insert_with(|| c.name.clone());
+            }
+            let cause = cause.map(|c| c.kind.name().to_string());
+            self.health_ready.push(HealthReady { netns, change, cause, links: links.clone() });
+        }
+        self.health_ready.len() - before_ready
+    }
+
+    /// Some socket changed health: one waiter pass is due before [`flush_health`](Self::flush_health).
+    pub fn wants_waiters(&self) -> bool {
+        !self.health_ready.is_empty()
+    }
+
+    /// The `socket_stranded` / `socket_recovered` records judged by [`on_health`](Self::on_health),
+    /// each with the socket's row (its tie, health now, and waiters from `waiters`).
+    pub fn flush_health(&mut self, waiters: &dyn WaiterLookup, now: &Now) -> Vec<WatchRecord> {
+        let mut out = Vec::new();
+        for r in std::mem::take(&mut self.health_ready) {
+            let name = self.spaces.get(&r.netns).and_then(|s| s.name.clone());
+            let (socket, by, now_stranded, recovered) = match r.change {
+                HealthChange::Stranded { socket, stranded } => (socket, stranded.clone(), Some(stranded), false),
+                HealthChange::Recovered { socket, was } => (socket, was, None, true),
+            };
+            let w = waiters.waiters_of(&socket);
+            let Some(tied) = tie::each_once(std::slice::from_ref(&socket), r.netns, &r.links).pop() else { continue };
+            let report = SocketReport { tied, stranded: now_stranded, waiters: w };
+            let event = SocketHealthEvent::new(&by, report, now.unix_ns, name, r.cause);
+            out.push(if recovered { WatchRecord::SocketRecovered(event) } else { WatchRecord::SocketStranded(event) });
+        }
+        out
     }
 
     /// Places the pending socket errors in followed namespaces. Reports from the classic

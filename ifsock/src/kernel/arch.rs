@@ -14,6 +14,13 @@ mod numbers {
     pub const RECVFROM: u64 = 45;
     pub const RECVMSG: u64 = 47;
     pub const RECVMMSG: u64 = 299;
+    pub const PSELECT6: u64 = 270;
+    pub const PPOLL: u64 = 271;
+    pub const EPOLL_PWAIT: u64 = 281;
+    pub const IO_URING_ENTER: u64 = 426;
+    pub const EPOLL_PWAIT2: u64 = 441;
+    /// Waits only the older ABIs have (asm-generic, hence arm64, dropped them).
+    pub const LEGACY_WAITS: &[(u64, &str)] = &[(7, "poll"), (23, "select"), (232, "epoll_wait")];
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -22,12 +29,29 @@ mod numbers {
     pub const RECVFROM: u64 = 207;
     pub const RECVMSG: u64 = 212;
     pub const RECVMMSG: u64 = 243;
+    pub const PSELECT6: u64 = 72;
+    pub const PPOLL: u64 = 73;
+    pub const EPOLL_PWAIT: u64 = 22;
+    pub const IO_URING_ENTER: u64 = 426;
+    pub const EPOLL_PWAIT2: u64 = 441;
+    /// asm-generic has no poll, select or epoll_wait: libc implements them with the p* forms.
+    pub const LEGACY_WAITS: &[(u64, &str)] = &[];
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("ifsock knows the receive syscall numbers of x86_64 and aarch64 only: add this architecture's to kernel/arch.rs");
+compile_error!("ifsock knows the receive and wait syscall numbers of x86_64 and aarch64 only: add this architecture's to kernel/arch.rs");
 
-pub use numbers::{READ, RECVFROM, RECVMMSG, RECVMSG};
+pub use numbers::{EPOLL_PWAIT, EPOLL_PWAIT2, IO_URING_ENTER, PPOLL, PSELECT6, READ, RECVFROM, RECVMMSG, RECVMSG};
+
+/// The fd waits `kernel::waiters` recognises besides the receives, with their names: epoll,
+/// poll, select and io_uring (the legacy `poll`/`select`/`epoll_wait` on x86_64 only).
+pub const WAIT_SYSCALLS: [(u64, &str); 5] = [(PSELECT6, "pselect6"), (PPOLL, "ppoll"), (EPOLL_PWAIT, "epoll_pwait"), (IO_URING_ENTER, "io_uring_enter"), (EPOLL_PWAIT2, "epoll_pwait2")];
+
+/// Name of a receive or wait syscall number (`recvmsg`, `epoll_wait`, `ppoll`), `None` for any
+/// other number.
+pub fn fd_wait_syscall_name(nr: u64) -> Option<&'static str> {
+    RECV_SYSCALLS.iter().chain(WAIT_SYSCALLS.iter()).chain(numbers::LEGACY_WAITS.iter()).find(|(n, _)| *n == nr).map(|(_, s)| *s)
+}
 
 /// The receive syscalls `hung` and `teardown` recognise, with their names.
 pub const RECV_SYSCALLS: [(u64, &str); 4] = [(READ, "read"), (RECVFROM, "recvfrom"), (RECVMSG, "recvmsg"), (RECVMMSG, "recvmmsg")];
@@ -49,5 +73,19 @@ mod tests {
         assert_eq!(nrs.len(), 4);
         // The C library's own table for this target agrees.
         assert_eq!((READ, RECVFROM, RECVMSG, RECVMMSG), (libc::SYS_read as u64, libc::SYS_recvfrom as u64, libc::SYS_recvmsg as u64, libc::SYS_recvmmsg as u64));
+    }
+
+    #[test]
+    fn wait_syscall_numbers_match_the_c_library() {
+        let libc_nr = |n: libc::c_long| n as u64;
+        assert_eq!(
+            (PSELECT6, PPOLL, EPOLL_PWAIT, IO_URING_ENTER, EPOLL_PWAIT2),
+            (libc_nr(libc::SYS_pselect6), libc_nr(libc::SYS_ppoll), libc_nr(libc::SYS_epoll_pwait), libc_nr(libc::SYS_io_uring_enter), libc_nr(libc::SYS_epoll_pwait2))
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(numbers::LEGACY_WAITS, &[(libc_nr(libc::SYS_poll), "poll"), (libc_nr(libc::SYS_select), "select"), (libc_nr(libc::SYS_epoll_wait), "epoll_wait")]);
+        assert_eq!(fd_wait_syscall_name(PPOLL), Some("ppoll"));
+        assert_eq!(fd_wait_syscall_name(RECVMSG), Some("recvmsg"));
+        assert_eq!(fd_wait_syscall_name(u64::MAX), None);
     }
 }

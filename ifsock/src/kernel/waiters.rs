@@ -28,26 +28,6 @@ use crate::model::{
     tie::TiedSocket,
 };
 
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("kernel/waiters.rs: syscall numbers are defined for x86_64 only; add this architecture's");
-
-/// Syscall numbers of the waits we recognise (arch/x86/entry/syscalls/syscall_64.tbl).
-#[cfg(target_arch = "x86_64")]
-mod nr {
-    pub const READ: u64 = 0;
-    pub const POLL: u64 = 7;
-    pub const SELECT: u64 = 23;
-    pub const RECVFROM: u64 = 45;
-    pub const RECVMSG: u64 = 47;
-    pub const EPOLL_WAIT: u64 = 232;
-    pub const PSELECT6: u64 = 270;
-    pub const PPOLL: u64 = 271;
-    pub const EPOLL_PWAIT: u64 = 281;
-    pub const RECVMMSG: u64 = 299;
-    pub const IO_URING_ENTER: u64 = 426;
-    pub const EPOLL_PWAIT2: u64 = 441;
-}
-
 /// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h): `io_uring_enter` waits for completions.
 const IORING_ENTER_GETEVENTS: u64 = 1;
 /// `PF_KTHREAD` (include/linux/sched.h) in `/proc/PID/stat` flags.
@@ -72,23 +52,19 @@ pub enum WaitKind {
     IoUring,
 }
 
-/// Classifies a syscall number (x86_64) as a wait on file descriptors, with its name.
+/// Classifies a syscall number (of the architecture ifsock is built for, [`super::arch`]) as a
+/// wait on file descriptors, with its name.
 pub fn classify(nr: u64) -> Option<(WaitKind, &'static str)> {
-    Some(match nr {
-        nr::READ => (WaitKind::Recv, "read"),
-        nr::RECVFROM => (WaitKind::Recv, "recvfrom"),
-        nr::RECVMSG => (WaitKind::Recv, "recvmsg"),
-        nr::RECVMMSG => (WaitKind::Recv, "recvmmsg"),
-        nr::EPOLL_WAIT => (WaitKind::Epoll, "epoll_wait"),
-        nr::EPOLL_PWAIT => (WaitKind::Epoll, "epoll_pwait"),
-        nr::EPOLL_PWAIT2 => (WaitKind::Epoll, "epoll_pwait2"),
-        nr::POLL => (WaitKind::Poll, "poll"),
-        nr::PPOLL => (WaitKind::Poll, "ppoll"),
-        nr::SELECT => (WaitKind::Select, "select"),
-        nr::PSELECT6 => (WaitKind::Select, "pselect6"),
-        nr::IO_URING_ENTER => (WaitKind::IoUring, "io_uring_enter"),
+    let name = super::arch::fd_wait_syscall_name(nr)?;
+    let kind = match name {
+        "read" | "recvfrom" | "recvmsg" | "recvmmsg" => WaitKind::Recv,
+        "epoll_wait" | "epoll_pwait" | "epoll_pwait2" => WaitKind::Epoll,
+        "poll" | "ppoll" => WaitKind::Poll,
+        "select" | "pselect6" => WaitKind::Select,
+        "io_uring_enter" => WaitKind::IoUring,
         _ => return None,
-    })
+    };
+    Some((kind, name))
 }
 
 /// A parsed `/proc/PID/task/TID/syscall` line of a thread inside a syscall: its number and six
@@ -433,11 +409,15 @@ mod tests {
         assert_eq!(parse_syscall("running\n"), None);
         assert_eq!(parse_syscall("-1 0x7ffd5a8 0x7f12aa\n"), None);
         assert_eq!(parse_syscall("7 0x1 0x2\n"), None, "truncated line");
-        assert_eq!(classify(7), Some((WaitKind::Poll, "poll")));
-        assert_eq!(classify(270), Some((WaitKind::Select, "pselect6")));
-        assert_eq!(classify(441), Some((WaitKind::Epoll, "epoll_pwait2")));
-        assert_eq!(classify(47), Some((WaitKind::Recv, "recvmsg")));
-        assert_eq!(classify(202), None, "futex is not a wait on fds");
+        let nr = |n: libc::c_long| n as u64;
+        assert_eq!(classify(nr(libc::SYS_ppoll)), Some((WaitKind::Poll, "ppoll")));
+        assert_eq!(classify(nr(libc::SYS_pselect6)), Some((WaitKind::Select, "pselect6")));
+        assert_eq!(classify(nr(libc::SYS_epoll_pwait2)), Some((WaitKind::Epoll, "epoll_pwait2")));
+        assert_eq!(classify(nr(libc::SYS_recvmsg)), Some((WaitKind::Recv, "recvmsg")));
+        assert_eq!(classify(nr(libc::SYS_io_uring_enter)), Some((WaitKind::IoUring, "io_uring_enter")));
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(classify(nr(libc::SYS_poll)), Some((WaitKind::Poll, "poll")));
+        assert_eq!(classify(nr(libc::SYS_futex)), None, "futex is not a wait on fds");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `hung` output: the receivers table, one JSON object per receiver, and the `--follow`
-//! records (`ready`, `snapshot`). Field names are those of [`HungReceiver`].
+//! records (`ready`, `snapshot`). Field names are those of [`HungReceiver`]. Event loops waiting
+//! on stranded sockets ([`EventLoopWaiter`]) are kept apart: a second table, `event_loop` JSON
+//! records (one-shot) or the snapshot's `event_loops` array (`--follow`).
 use std::collections::HashMap;
 
 use anyhow::Result;
@@ -7,6 +9,7 @@ use serde::Serialize;
 
 use super::{fmt, human_ns, json_line, table, unix_ns};
 use crate::{
+    engine::health::EventLoopWaiter,
     model::{ids::NetnsIno, receiver::HungReceiver},
     probes::select::Selection,
 };
@@ -35,6 +38,21 @@ pub struct Snapshot<'a> {
     pub ts_unix_ns: u64,
     /// Receivers, longest blocked first.
     pub receivers: &'a [HungReceiver],
+    /// Event-loop threads (epoll, poll, select, unknown waits) whose interest set holds a
+    /// stranded socket, by (pid, tid, inode).
+    pub event_loops: &'a [EventLoopWaiter],
+}
+
+/// `{"type":"event_loop", …EventLoopWaiter}`: one-shot JSON line per event-loop waiter, after
+/// the receiver objects (which carry no `type`).
+#[derive(Debug, Serialize)]
+pub struct EventLoopLine<'a> {
+    /// Always `event_loop`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// The row.
+    #[serde(flatten)]
+    pub row: &'a EventLoopWaiter,
 }
 
 /// How the receivers are printed.
@@ -61,22 +79,72 @@ pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[Strin
     Ok(())
 }
 
-/// Prints one scan.
+/// Prints one scan: the receivers, then the event loops waiting on stranded sockets (the
+/// second table only when there is one).
 ///
 /// # Errors
 /// Stdout closed ([`super::StdoutClosed`]).
-pub fn receivers(rows: &[HungReceiver], style: &Style) -> Result<()> {
+pub fn receivers(rows: &[HungReceiver], loops: &[EventLoopWaiter], style: &Style) -> Result<()> {
     if style.json {
         if style.follow {
-            return json_line(&Snapshot { ty: "snapshot", ts_unix_ns: unix_ns(), receivers: rows });
+            return json_line(&Snapshot { ty: "snapshot", ts_unix_ns: unix_ns(), receivers: rows, event_loops: loops });
         }
         for r in rows {
             json_line(r)?;
         }
+        for row in loops {
+            json_line(&EventLoopLine { ty: "event_loop", row })?;
+        }
         return Ok(());
     }
     let (header, cells) = cells(rows, style.netns_names.as_ref());
+    table(&header, &cells)?;
+    if loops.is_empty() {
+        return Ok(());
+    }
+    super::out("\nevent loops waiting on stranded sockets\n")?;
+    let (header, cells) = loop_cells(loops, style.netns_names.as_ref());
     table(&header, &cells)
+}
+
+/// The event-loop table: PID/TID, COMM, VIA (`epoll:epoll_wait`), FD/EPFD (`fd 3 @epfd 5`),
+/// SOCKET (`udp 10.78.0.1:53 inode N`), STATUS (the strand reason and interface).
+pub fn loop_cells(rows: &[EventLoopWaiter], netns_names: Option<&HashMap<NetnsIno, String>>) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let mut header = vec!["PID/TID", "COMM", "VIA", "FD/EPFD", "SOCKET", "STATUS"];
+    if netns_names.is_some() {
+        header.insert(0, "NETNS");
+    }
+    let cells = rows
+        .iter()
+        .map(|r| {
+            let w = &r.waiter;
+            let fd = format!("fd {}{}", w.fd.map_or("?".into(), |f| f.to_string()), w.epfd.map(|e| format!(" @epfd {e}")).unwrap_or_default());
+            let why = w.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let proto = format!("{:?}", r.protocol).to_lowercase();
+            let local = match r.local_addr {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", r.local_port),
+                v4 => format!("{v4}:{}", r.local_port),
+            };
+            let iface = match (&r.stranded.ifname, r.stranded.ifindex) {
+                (Some(n), _) => format!(" {n}"),
+                (None, Some(i)) => format!(" ifindex {i}"),
+                _ => String::new(),
+            };
+            let mut row = vec![
+                format!("{}/{}", w.pid, w.tid),
+                w.comm.clone(),
+                format!("{}:{}{why}", w.via.name(), w.syscall),
+                fd,
+                format!("{proto} {local} inode {}", r.inode),
+                format!("{}{iface}", r.stranded.reason.name()),
+            ];
+            if let Some(names) = netns_names {
+                row.insert(0, names.get(&r.netns).cloned().unwrap_or_else(|| r.netns.to_string()));
+            }
+            row
+        })
+        .collect();
+    (header, cells)
 }
 
 /// The table: header and one row per receiver.
@@ -159,6 +227,32 @@ mod tests {
         let json = serde_json::to_value(row()).unwrap_or_default();
         assert_eq!(json["certainty"], "current_fd");
         assert_eq!(json["netns"], 7);
+    }
+
+    #[test]
+    fn event_loops_get_their_own_table_and_json_type() {
+        use crate::model::{
+            socket::Protocol,
+            stranded::{StrandReason, Stranded, Via, Waiter},
+        };
+        let row = EventLoopWaiter {
+            waiter: Waiter { pid: 812, tid: 813, comm: "unbound".into(), syscall: "epoll_wait", via: Via::Epoll, fd: Some(3), epfd: Some(5), fds: None, reason: None },
+            inode: SockInode(99),
+            netns: NetnsIno(7),
+            protocol: Protocol::Udp,
+            local_addr: "10.78.0.1".parse().unwrap(),
+            local_port: 53,
+            stranded: Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some("10.78.0.1".parse().unwrap()), since_unix_ns: None },
+        };
+        let (header, cells) = loop_cells(std::slice::from_ref(&row), None);
+        assert_eq!(header, vec!["PID/TID", "COMM", "VIA", "FD/EPFD", "SOCKET", "STATUS"]);
+        assert_eq!(cells[0], vec!["812/813", "unbound", "epoll:epoll_wait", "fd 3 @epfd 5", "udp 10.78.0.1:53 inode 99", "address_gone"]);
+        let v = serde_json::to_value(EventLoopLine { ty: "event_loop", row: &row }).unwrap();
+        assert_eq!((v["type"].as_str(), v["via"].as_str(), v["epfd"].as_u64()), (Some("event_loop"), Some("epoll"), Some(5)));
+        assert_eq!((v["protocol"].as_str(), v["stranded"]["reason"].as_str()), (Some("udp"), Some("address_gone")));
+        let snap = serde_json::to_value(Snapshot { ty: "snapshot", ts_unix_ns: 1, receivers: &[], event_loops: std::slice::from_ref(&row) }).unwrap();
+        assert_eq!(snap["event_loops"][0]["tid"], 813);
+        assert!(snap["receivers"].as_array().is_some_and(|r| r.is_empty()));
     }
 
     #[test]

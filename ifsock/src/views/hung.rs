@@ -3,6 +3,9 @@
 //!
 //! Args → probes (in-flight records), procfs and snapshots → [`engine::receivers`] →
 //! [`render::hung`]. The evidence rules (exact, current_fd, inferred…) are the engine's.
+//! Event loops (epoll, poll, select) waiting on stranded sockets come from socket health and
+//! the waiter pass ([`engine::health::event_loop_waiters`](crate::engine::health::event_loop_waiters)),
+//! listed apart from the receivers.
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::{bail, Result};
@@ -10,18 +13,24 @@ use anyhow::{bail, Result};
 pub use crate::engine::receivers::Context;
 use crate::{
     cli::{parse_bounded_duration, parse_positive_duration},
-    engine::receivers::{self as engine, Filter, Inputs, NetnsFilter},
+    engine::{
+        health::{event_loop_waiters, EventLoopWaiter},
+        receivers::{self as engine, Filter, Inputs, NetnsFilter},
+    },
     kernel::{
         netlink::{self, Received, Subscription},
-        netns,
+        netns::{self, NetnsHandle},
         procfs::{self, BlockedThread, Procfs},
         signals::Signals,
+        waiters::WaiterIndex,
     },
     model::{
         ids::NetnsIno,
         link::{ChangeKind, LinkTable, Update},
         receiver::InFlight,
         socket::Socket,
+        stranded::health,
+        tie,
     },
     probes::{select::ProbeSet, snapshot, Probes},
     render::{self, hung::Style, monotonic_ns},
@@ -115,6 +124,55 @@ async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result<Vec
     Ok(engine::receivers(&input, filter, &Procfs))
 }
 
+/// Event-loop threads waiting on a stranded socket, by the netns rules of the receivers: the
+/// sockets of the netns ifsock runs in, or of every netns with `--all-netns` (a netns that
+/// vanishes meanwhile is skipped); only `filter.pid`'s when set. `--min-blocked` does not apply:
+/// procfs gives no start time for an epoll/poll/select wait. The waiter pass over `/proc` is
+/// taken only when some socket is stranded.
+///
+/// # Errors
+/// Snapshot or netlink failures in the netns ifsock runs in.
+async fn event_loops(probes: &mut Probes, filter: &Filter, own: NetnsIno) -> Result<Vec<EventLoopWaiter>> {
+    let spaces: Vec<Option<NetnsHandle>> = match filter.netns {
+        NetnsFilter::All => netns::all().into_iter().map(Some).collect(),
+        NetnsFilter::Only(_) => vec![None],
+    };
+    let mut stranded = Vec::new();
+    for ns in &spaces {
+        let ino = ns.as_ref().map_or(own, |h| h.ino);
+        // Sockets before links, as in `sockets`: a bind that raced an address going away is
+        // judged against the later dump.
+        let read = async {
+            let sockets = snapshot::sockets(probes, ns.as_ref())?;
+            let (links, addrs) = netlink::dump_links_and_addrs(&netlink::connect_in(ns.as_ref())?).await?;
+            anyhow::Ok((sockets, links, addrs))
+        };
+        let (sockets, links, addrs) = match read.await {
+            Ok(r) => r,
+            Err(e) if ns.is_some() => {
+                tracing::debug!("netns {ino} skipped for event loops: {e:#}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for tied in tie::each_once(&sockets, ino, &links) {
+            if let Some(h) = health(&tied.socket, &links, &addrs, &[]) {
+                stranded.push((tied, h));
+            }
+        }
+    }
+    if stranded.is_empty() {
+        return Ok(Vec::new());
+    }
+    let index = WaiterIndex::discover();
+    let reports: Vec<_> = stranded.into_iter().map(|(tied, h)| index.report(tied, Some(h))).collect();
+    let mut rows = event_loop_waiters(&reports);
+    if let Some(pid) = filter.pid {
+        rows.retain(|r| r.waiter.pid == pid);
+    }
+    Ok(rows)
+}
+
 /// Runs `hung`.
 ///
 /// # Errors
@@ -144,7 +202,9 @@ pub async fn run(args: HungArgs) -> Result<()> {
         // detaching ten syscall tracepoints costs ~60 ms each (an RCU grace period per
         // unregister, measured on 6.18): most of a one-shot run's time.
         ctx.links.insert(own, snapshot::links(None).await?);
-        return render::hung::receivers(&scan(&mut probes, &ctx, &filter).await?, &style);
+        let receivers = scan(&mut probes, &ctx, &filter).await?;
+        let loops = event_loops(&mut probes, &filter, own).await?;
+        return render::hung::receivers(&receivers, &loops, &style);
     }
     let selection = probes.attach_recv(args.probe_set)?;
     let mut signals = Signals::new()?;
@@ -172,7 +232,9 @@ pub async fn run(args: HungArgs) -> Result<()> {
             },
             _ = tick.tick() => {
                 ctx.links.insert(own, table.links().cloned().collect());
-                render::hung::receivers(&scan(&mut probes, &ctx, &filter).await?, &style)?;
+                let receivers = scan(&mut probes, &ctx, &filter).await?;
+                let loops = event_loops(&mut probes, &filter, own).await?;
+                render::hung::receivers(&receivers, &loops, &style)?;
             }
         }
     }

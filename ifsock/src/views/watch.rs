@@ -22,6 +22,7 @@ use crate::{
         netlink::{self, Received, RCVBUF_MAX},
         netns::{self, NetnsHandle},
         signals::Signals,
+        waiters::WaiterIndex,
     },
     model::{ids::NetnsIno, sock_error::SockErrorProbe},
     probes::{select, Probes},
@@ -220,12 +221,17 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                     }
                 };
                 emit(records)?;
+                // A burst queued on the channel is judged once, after its last datagram.
+                if rx.is_empty() {
+                    emit(health(&mut engine, &mut probes, &spaces).await?)?;
+                }
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
                 engine.on_reconcile();
                 for ino in engine.netns() {
                     emit(redump(&mut engine, &mut probes, &spaces, ino, Source::Reconcile).await?)?;
                 }
+                emit(health(&mut engine, &mut probes, &spaces).await?)?;
             }
         }
     }
@@ -239,6 +245,30 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         bail!("the watched netns {what} was deleted (ip netns del): nothing left to watch; ifsock released it by exiting (use --all-netns to keep watching the others)");
     }
     Ok(())
+}
+
+/// Socket health after the changes just emitted: a fresh address dump per netns whose changes
+/// may have moved it, and, only if some socket did change health, one waiter pass over `/proc`
+/// for all of them (so a burst costs one pass, not one per change).
+async fn health(engine: &mut WatchEngine, probes: &mut Probes, spaces: &BTreeMap<NetnsIno, NsIo>) -> Result<Vec<WatchRecord>> {
+    for ino in engine.health_due() {
+        let addrs = match spaces.get(&ino) {
+            Some(io) => match netlink::dump(&io.rtnl).await {
+                Ok(d) => Some(d.addrs),
+                Err(e) => {
+                    tracing::warn!("address dump of netns {ino} failed, socket health judged with the last known address details: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+        engine.on_health(ino, addrs, &now(), &mut Snapshots { probes, spaces });
+    }
+    if !engine.wants_waiters() {
+        return Ok(Vec::new());
+    }
+    let index = tokio::task::spawn_blocking(WaiterIndex::discover).await.context("waiter pass over /proc")?;
+    Ok(engine.flush_health(&index, &now()))
 }
 
 /// Re-dumps `ino` and hands the dump to the engine (`resync` after ENOBUFS, `reconcile`).

@@ -374,3 +374,171 @@ fn finish_reports_tables_and_counters_without_inventing_bpf_zeros() {
     let v = serde_json::to_value(&r[1]).unwrap();
     assert!(c.counters.bpf.is_none() && v["counters"].get("ringbuf_drops").is_none(), "unreadable eBPF counters are absent, not 0: {v}");
 }
+
+/// Waiters per socket inode, fixed.
+#[derive(Default)]
+struct FakeWaiters(HashMap<u64, Vec<Waiter>>);
+impl WaiterLookup for FakeWaiters {
+    fn waiters_of(&self, s: &Socket) -> Vec<Waiter> {
+        self.0.get(&s.inode.0).cloned().unwrap_or_default()
+    }
+}
+
+fn epoll_waiter(fd: u32) -> Waiter {
+    Waiter { pid: 812, tid: 812, comm: "unbound".into(), syscall: "epoll_wait", via: crate::model::stranded::Via::Epoll, fd: Some(fd), epfd: Some(9), fds: None, reason: None }
+}
+
+/// Runs the health steps the view runs after a batch; returns (judged count, records).
+fn judge(e: &mut WatchEngine, fake: &mut Fake, waiters: &FakeWaiters, now: &Now) -> (usize, Vec<WatchRecord>) {
+    let mut n = 0;
+    for ino in e.health_due() {
+        n += e.on_health(ino, None, now, fake);
+    }
+    let records = if e.wants_waiters() { e.flush_health(waiters, now) } else { Vec::new() };
+    (n, records)
+}
+
+/// (type, inode, reason, cause) of each health record.
+fn health(records: &[WatchRecord]) -> Vec<(&'static str, u64, &'static str, Option<String>)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            WatchRecord::SocketStranded(e) => Some(("stranded", e.socket.tied.socket.inode.0, e.reason.name(), e.cause.clone())),
+            WatchRecord::SocketRecovered(e) => Some(("recovered", e.socket.tied.socket.inode.0, e.reason.name(), e.cause.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deladdr(i: u32, a: &str) -> Update {
+    Update::DelAddr { ifindex: IfIndex(i), addr: a.parse().unwrap() }
+}
+fn newaddr(i: u32, a: &str) -> Update {
+    Update::NewAddr { ifindex: IfIndex(i), addr: a.parse().unwrap() }
+}
+
+/// veth0 (5) holds 10.78.0.1 and is up; veth9 (9) holds 10.79.0.1 and is up.
+fn health_world(fake: &mut Fake, clock: &Clock) -> WatchEngine {
+    fake.sockets.insert(
+        NS,
+        vec![
+            udp(101, NS, [10, 78, 0, 1], 53, 0, false),  // address-bound on veth0
+            udp(102, NS, [0, 0, 0, 0], 5353, 5, false),  // SO_BINDTODEVICE veth0
+            udp(103, NS, [0, 0, 0, 0], 67, 0, true),     // wildcard IP_PKTINFO
+            udp(104, NS, [10, 79, 0, 1], 53, 0, false),  // healthy, on veth9
+            udp(105, NS, [0, 0, 0, 0], 123, 0, false),   // plain wildcard
+        ],
+    );
+    engine_with(vec![link(5, "veth0", IFF_UP | IFF_LOWER_UP, &["10.78.0.1"]), link(9, "veth9", IFF_UP | IFF_LOWER_UP, &["10.79.0.1"])], &[], fake, clock)
+}
+
+#[test]
+fn address_removal_strands_the_address_bound_socket_once_with_its_cause_and_waiters() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    let waiters = FakeWaiters([(101, vec![epoll_waiter(3)])].into());
+    let out = e.on_updates(NS, vec![deladdr(5, "10.78.0.1")], &clock.at(1), &mut fake);
+    assert_eq!(kinds(&out).len(), 1);
+    let (n, records) = judge(&mut e, &mut fake, &waiters, &clock.at(1));
+    assert_eq!(n, 1);
+    assert_eq!(health(&records), vec![("stranded", 101, "address_gone", Some("address_removed".into()))]);
+    let WatchRecord::SocketStranded(ev) = &records[0] else { unreachable!() };
+    assert_eq!((ev.ifindex, ev.ifname.as_deref()), (Some(IfIndex(5)), Some("veth0")), "the interface that last held it");
+    let v = serde_json::to_value(&records[0]).unwrap();
+    assert_eq!(v["type"], "socket_stranded");
+    assert_eq!(v["address"], "10.78.0.1");
+    assert_eq!(v["netns_name"], "demo");
+    assert_eq!(v["socket"]["stranded"]["reason"], "address_gone");
+    assert_eq!(v["waiters"][0]["via"], "epoll");
+    // The next, unrelated change does not report it again.
+    e.on_updates(NS, vec![newlink(9, "veth9", IFF_UP, None)], &clock.at(2), &mut fake);
+    let (_, again) = judge(&mut e, &mut fake, &waiters, &clock.at(2));
+    assert!(health(&again).is_empty(), "once per socket per change: {:?}", health(&again));
+    // The address comes back: recovered, with what it was stranded by.
+    e.on_updates(NS, vec![newaddr(5, "10.78.0.1")], &clock.at(3), &mut fake);
+    let (_, back) = judge(&mut e, &mut fake, &waiters, &clock.at(3));
+    assert_eq!(health(&back), vec![("recovered", 101, "address_gone", Some("address_added".into()))]);
+    let WatchRecord::SocketRecovered(ev) = &back[0] else { unreachable!() };
+    assert_eq!((ev.ifindex, ev.ifname.as_deref()), (Some(IfIndex(5)), Some("veth0")), "where the address came back");
+    let v = serde_json::to_value(&back[0]).unwrap();
+    assert_eq!((v["type"].as_str(), v["socket"]["stranded"].is_null()), (Some("socket_recovered"), true));
+}
+
+#[test]
+fn device_down_strands_the_bound_socket_and_up_recovers_it() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    let w = FakeWaiters::default();
+    e.on_updates(NS, vec![newlink(5, "veth0", 0, None)], &clock.at(1), &mut fake);
+    let (_, down) = judge(&mut e, &mut fake, &w, &clock.at(1));
+    assert_eq!(health(&down), vec![("stranded", 102, "device_down", Some("down".into()))], "address-bound 101 keeps its address while down");
+    e.on_updates(NS, vec![newlink(5, "veth0", IFF_UP | IFF_LOWER_UP, None)], &clock.at(2), &mut fake);
+    let (_, up) = judge(&mut e, &mut fake, &w, &clock.at(2));
+    assert_eq!(health(&up), vec![("recovered", 102, "device_down", Some("up".into()))]);
+}
+
+#[test]
+fn deletion_strands_bound_and_address_sockets_and_pktinfo_wildcards_only_by_the_deleted_interface() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    let w = FakeWaiters::default();
+    // A down of veth9 strands nothing bound to it and never the pktinfo wildcard.
+    e.on_updates(NS, vec![newlink(9, "veth9", 0, None)], &clock.at(1), &mut fake);
+    assert!(health(&judge(&mut e, &mut fake, &w, &clock.at(1)).1).is_empty());
+    e.on_updates(NS, vec![newlink(9, "veth9", IFF_UP, None)], &clock.at(2), &mut fake);
+    assert!(health(&judge(&mut e, &mut fake, &w, &clock.at(2)).1).is_empty());
+    // One datagram: the kernel's RTM_DELADDR, then RTM_DELLINK.
+    fake.asked = 0;
+    let out = e.on_updates(NS, vec![deladdr(5, "10.78.0.1"), dellink(5, "veth0")], &clock.at(3), &mut fake);
+    assert_eq!(kinds(&out).iter().map(|k| k.0).collect::<Vec<_>>(), vec![ChangeKind::AddressRemoved, ChangeKind::Deleted]);
+    let (n, records) = judge(&mut e, &mut fake, &w, &clock.at(3));
+    let mut got = health(&records);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("stranded", 101, "address_gone", Some("deleted".into())),
+            ("stranded", 102, "device_deleted", Some("deleted".into())),
+            ("stranded", 103, "interface_deleted", Some("deleted".into())),
+        ],
+        "104 (live veth9) and 105 (plain wildcard) are healthy; the deletion, not its RTM_DELADDR, is named the cause"
+    );
+    assert_eq!(n, 3);
+    let WatchRecord::SocketStranded(ev) = records.iter().find(|r| matches!(r, WatchRecord::SocketStranded(e) if e.socket.tied.socket.inode.0 == 102)).unwrap() else { unreachable!() };
+    assert_eq!(ev.ifname.as_deref(), Some("veth0"), "the deleted device is named from the change");
+    assert_eq!(fake.asked, 1, "the change's snapshot serves the health judgement");
+}
+
+#[test]
+fn healthy_sockets_on_a_live_interface_cause_no_waiter_pass() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    e.on_updates(NS, vec![newaddr(9, "10.79.0.2"), newlink(9, "veth9", IFF_UP, None)], &clock.at(1), &mut fake);
+    assert_eq!(e.health_due(), vec![NS]);
+    assert_eq!(e.on_health(NS, None, &clock.at(1), &mut fake), 0);
+    assert!(!e.wants_waiters(), "no health change, no /proc pass");
+    assert!(e.health_due().is_empty());
+}
+
+#[test]
+fn without_sockets_health_is_not_followed() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = WatchEngine::new(Config { sockets: false, ..config() });
+    e.add_netns(NS, None, dump(vec![link(5, "veth0", IFF_UP, &["10.78.0.1"])], &[]), false, &clock.at(0), &mut fake);
+    e.on_updates(NS, vec![dellink(5, "veth0")], &clock.at(1), &mut fake);
+    assert!(e.health_due().is_empty(), "--no-sockets disables socket_stranded");
+}
+
+#[test]
+fn with_iface_only_its_changes_strand_sockets() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    e.config.iface = Some("veth9".into());
+    // One datagram: veth9 goes down (watched), then veth0 loses its address (not watched).
+    e.on_updates(NS, vec![newlink(9, "veth9", 0, None), deladdr(5, "10.78.0.1")], &clock.at(1), &mut fake);
+    let (n, records) = judge(&mut e, &mut fake, &FakeWaiters::default(), &clock.at(1));
+    assert_eq!(n, 0, "104 on veth9 keeps its address while down; 101 was stranded by veth0's change: {:?}", health(&records));
+    e.on_updates(NS, vec![deladdr(9, "10.79.0.1")], &clock.at(2), &mut fake);
+    let (_, records) = judge(&mut e, &mut fake, &FakeWaiters::default(), &clock.at(2));
+    assert_eq!(health(&records), vec![("stranded", 104, "address_gone", Some("address_removed".into()))]);
+}
