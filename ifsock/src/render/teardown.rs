@@ -221,6 +221,23 @@ pub fn human(r: &TeardownReport) -> String {
             let _ = writeln!(text, "    {}[{}]/fd{}: {queue}", f.comm, f.pid, f.fd);
         }
     }
+    if let Some(a) = &r.abort {
+        let via = a.via.map_or("none", |v| v.name());
+        let _ = if a.dry_run {
+            writeln!(text, "--abort-stranded: would destroy {} socket(s) after the delete, via {via}", a.sockets.len())
+        } else {
+            writeln!(text, "--abort-stranded via {via}: {} destroyed, {} gone, {} failed", a.destroyed, a.gone, a.failed)
+        };
+        for s in &a.sockets {
+            let _ = writeln!(text, "  {}", super::abort::socket_line(s));
+            for w in &s.waiters {
+                let _ = writeln!(text, "  {}", super::abort::waiter_line(w, a.dry_run, a.observe_ms));
+            }
+        }
+        for k in &a.skipped {
+            let _ = writeln!(text, "  kept          inode {}: {}", k.inode, k.why);
+        }
+    }
     for u in &r.unobserved {
         let _ = writeln!(text, "not observed: {u}");
     }
