@@ -625,12 +625,12 @@ mod tests {
         // A second ownerless socket makes the closed fd ambiguous: no waiter is claimed.
         let all = vec![target.clone(), sock(12, [0; 4], 0, 17, 7, None)];
         assert!(waiters_of(std::slice::from_ref(&target), &all, &[blocked(200, None)]).is_empty());
-        let w = waiters_of(&[owned.clone()], &[owned.clone()], &[blocked(201, Some(11))]);
+        let w = waiters_of(std::slice::from_ref(&owned), std::slice::from_ref(&owned), &[blocked(201, Some(11))]);
         assert_eq!(w[0].certainty, "fd");
         // A closed fd number reused by a socket of another netns is not evidence.
         let mut elsewhere = blocked(202, Some(11));
         elsewhere.netns = NetnsIno(8);
-        assert!(waiters_of(&[owned.clone()], &[owned], &[elsewhere]).is_empty());
+        assert!(waiters_of(std::slice::from_ref(&owned), std::slice::from_ref(&owned), &[elsewhere]).is_empty());
         // recvmsg on an fd that now points at a pipe (reused after close): treated as closed.
         let mut reused = blocked(203, None);
         reused.fd_open = true;

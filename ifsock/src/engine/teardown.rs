@@ -750,7 +750,7 @@ impl Teardown {
             }
         }
         (s.netns == p.netns && s.bound_dev_if == 0 && p.addrs.contains(&s.local_addr))
-            .then(|| Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some(s.local_addr), since_unix_ns: None })
+            .then_some(Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some(s.local_addr), since_unix_ns: None })
     }
 
     /// The `--abort-stranded` step ran (or, in a dry run, was planned): its report goes into the
@@ -1182,7 +1182,7 @@ mod tests {
         };
         p.sockets.push(tied(listen.clone(), Binding::Device));
         let td = Teardown::new(p);
-        let dead = |s: &Socket| (s.bound_dev_if != 0).then(|| Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, address: None, since_unix_ns: None });
+        let dead = |s: &Socket| (s.bound_dev_if != 0).then_some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, address: None, since_unix_ns: None });
         let now = vec![sock(NS, 42, 5000, 5, [0; 4]), sock(NS, 44, 5002, 0, [0; 4]), sock(PEER_NS, 50, 6000, 9, [0; 4]), listen];
         // The wildcard socket 44 is chosen only because a receiver is still blocked on it.
         let (t, skipped) = td.abort_candidates(&now, &[blocked(9, (NS, 44))], dead);

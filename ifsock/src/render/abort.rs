@@ -28,8 +28,8 @@ ECONNABORTED. The report gives each waiter's woke_ms and the syscall's own retur
 Examples:
   ifsock -n svc abort --inode 48213 --dry-run
   ifsock -n svc abort --inode 48213 --yes --json
-  ifsock abort --stranded --iface wg0 --pid 812";
-
+  ifsock abort --stranded --iface wg0 --pid 812
+  ifsock abort --all-netns --stranded --dry-run";
 
 /// `destroyed udp 0.0.0.0:5000 -> *:* inode 123 cookie 77 via sock_diag owners - stranded device_down(x)`.
 pub fn socket_line(s: &SocketReport) -> String {

@@ -319,7 +319,7 @@ mod tests {
         assert!(text.ends_with("interrupted by SIGINT: veth0 left down, not deleted; restore: ip -n rz1 link set veth0 up; finish: ifsock --netns rz1 teardown veth0 --grace 0 --yes\n"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!((json["interrupted"].as_bool(), json["signal"].as_str(), json["state_left"].as_str()), (Some(true), Some("SIGINT"), Some("down")));
-        for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters"] {
+        for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters", "abort"] {
             assert!(json.get(field).is_some(), "field {field} of the documented report is missing");
         }
     }
