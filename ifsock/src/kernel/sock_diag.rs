@@ -1,5 +1,6 @@
-//! NETLINK_SOCK_DIAG (`inet_diag`): socket cookies by inode (`SOCK_DIAG_BY_FAMILY` dumps) and
-//! `SOCK_DESTROY` of one exact socket.
+//! NETLINK_SOCK_DIAG (`inet_diag`): `SOCK_DESTROY` of one exact socket, named by the identity
+//! the socket iterator read ([`DiagSocket::of`]: tuple, bound device, cookie), and a
+//! `SOCK_DIAG_BY_FAMILY` dump, which `doctor` uses to prove the inet_diag handlers exist.
 //!
 //! Kernel facts: `inet_diag_msg.id` is `struct inet_diag_sockid` with `idiag_if =
 //! sk->sk_bound_dev_if` and `idiag_cookie = sock_gen_cookie(sk)` (the value
