@@ -237,6 +237,9 @@ pub fn human(r: &TeardownReport) -> String {
         for k in &a.skipped {
             let _ = writeln!(text, "  kept          inode {}: {}", k.inode, k.why);
         }
+        if let Some(stop) = a.interrupted {
+            let _ = writeln!(text, "  interrupted by {} during the observation window: the waiters above are partial; the sockets marked destroyed were destroyed", stop.name());
+        }
     }
     for u in &r.unobserved {
         let _ = writeln!(text, "not observed: {u}");
@@ -322,6 +325,26 @@ mod tests {
         for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters", "abort"] {
             assert!(json.get(field).is_some(), "field {field} of the documented report is missing");
         }
+    }
+
+    #[test]
+    fn abort_step_interrupted_is_partial_and_ends_the_teardown_with_the_signal() {
+        let mut td = teardown(None);
+        td.down_sent(0);
+        td.down_done(1, StepOutcome::Ok, &[]);
+        td.grace_over(&[], None);
+        td.delete_done(2, 3, StepOutcome::Ok);
+        let mut a = crate::engine::abort::report(NetnsIno(7), false, None, vec![], 500, &[], &[], &[], &Default::default(), 0, vec![]);
+        a.interrupted = Some(Stop::Sigterm);
+        td.abort_done(a);
+        assert_eq!(td.next(), crate::engine::teardown::Next::Report);
+        let r = td.report(None);
+        assert_eq!((r.signal, r.state_left), (Some(Stop::Sigterm), LeftState::Deleted));
+        let text = human(&r);
+        assert!(text.contains("--abort-stranded via none: 0 destroyed"), "{text}");
+        assert!(text.contains("interrupted by SIGTERM during the observation window"), "{text}");
+        assert!(text.ends_with("interrupted by SIGTERM: veth0 deleted\n"), "{text}");
+        assert_eq!(serde_json::to_value(&r).unwrap()["abort"]["interrupted"], "SIGTERM");
     }
 
     #[test]
