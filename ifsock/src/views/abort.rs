@@ -98,11 +98,16 @@ pub async fn run(args: AbortArgs) -> Result<()> {
     let mut dumps = Vec::new();
     for h in std::iter::once(None).chain(others.iter().map(Some)) {
         let ino = h.map_or(here, |h| h.ino);
-        let what = || format!("reading the sockets and links of netns {ino}");
-        let mut s = snapshot::sockets(&mut probes, h).with_context(what)?;
-        s.retain(|s| s.netns == ino);
-        sockets.extend(s);
-        dumps.push((ino, netlink::dump(&netlink::connect_in(h).with_context(what)?).await.with_context(what)?));
+        match read_netns(&mut probes, h, ino).await {
+            Ok((s, d)) => {
+                sockets.extend(s);
+                dumps.push((ino, d));
+            }
+            Err(e) if h.is_none() => return Err(e),
+            // Another netns may vanish between the listing and the read: its sockets are then
+            // not candidates, and the log says so.
+            Err(e) => tracing::warn!("--all-netns: netns {ino} skipped: {e:#}"),
+        }
     }
     let scope: Vec<_> = dumps.iter().map(|(ino, _)| *ino).collect();
     let iface = match &args.iface {
@@ -144,6 +149,15 @@ pub async fn run(args: AbortArgs) -> Result<()> {
         bail!("{} of {} selected socket(s) could not be destroyed (see the error of each)", r.failed, r.sockets.len());
     }
     Ok(())
+}
+
+/// The sockets of netns `ino` (opened by `h`, or ours) and one rtnetlink dump of it.
+async fn read_netns(probes: &mut Probes, h: Option<&NetnsHandle>, ino: crate::model::ids::NetnsIno) -> Result<(Vec<Socket>, Dump)> {
+    let what = || format!("reading the sockets and links of netns {ino}");
+    let mut s = snapshot::sockets(probes, h).with_context(what)?;
+    s.retain(|s| s.netns == ino);
+    let d = netlink::dump(&netlink::connect_in(h).with_context(what)?).await.with_context(what)?;
+    Ok((s, d))
 }
 
 /// Asks on the terminal; refuses without one.
