@@ -31,6 +31,7 @@ impl Cli {
         let (name, all_netns) = match &self.command {
             Command::Sockets(a) => ("sockets", a.all_netns),
             Command::Hung(a) => ("hung", a.all_netns),
+            Command::Abort(a) => ("abort", a.all_netns),
             _ => return Ok(()),
         };
         if let (Some(ns), true) = (&self.netns, all_netns) {

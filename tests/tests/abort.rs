@@ -274,3 +274,109 @@ fn sigint_during_observation_prints_partial_report_and_exits_130() {
     b.send(b"x").unwrap();
     wait_until("unix receiver released", T, || thread_gone(reader)).unwrap();
 }
+
+/// A UDP socket bound in `ns` and a thread in `epoll_wait` on an epoll instance holding it.
+/// The thread sends (epoll_wait's return, its events, then the errno of a non-blocking
+/// `recv` on the socket), as an event-loop application would see them.
+fn epoll_waiter(ns: &Netns, addr: &str) -> (i32, u32, std::sync::mpsc::Receiver<(i32, u32, i32)>) {
+    use std::os::fd::IntoRawFd;
+    let addr = addr.to_string();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let fd = ns
+        .run(move || -> anyhow::Result<i32> {
+            let fd = std::net::UdpSocket::bind(&addr)?.into_raw_fd();
+            std::thread::spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+                // SAFETY: plain syscalls on fds this thread owns; the event buffer outlives them.
+                unsafe {
+                    let ep = libc::epoll_create1(0);
+                    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+                    libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev);
+                    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                    let n = libc::epoll_wait(ep, out.as_mut_ptr(), 4, -1);
+                    let mut buf = [0u8; 64];
+                    let r = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT);
+                    let errno = if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
+                    let _ = done_tx.send((n, out[0].events, errno));
+                }
+            });
+            Ok(fd)
+        })
+        .unwrap()
+        .unwrap();
+    let tid = tid_rx.recv().unwrap();
+    let waits = [libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2];
+    wait_until("thread in epoll_wait", T, || {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+            .is_ok_and(|s| waits.iter().any(|nr| s.starts_with(&format!("{nr} "))))
+    })
+    .unwrap();
+    (fd, tid, done)
+}
+
+#[test]
+fn epoll_waiter_wakes_with_a_positive_count_and_its_next_recv_gets_econnaborted() {
+    require_root();
+    let (bpf, diag) = mechanisms();
+    if bpf.is_err() && diag.is_err() {
+        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ae"), unique("aep"));
+    ns.veth(&a, &b, Some("10.209.1.1/24")).unwrap();
+    let (fd, tid, done) = epoll_waiter(&ns, "10.209.1.1:0");
+    let ino = inode_of(fd);
+    let report = abort_json(&ns, &["--inode", &ino.to_string(), "--yes"]);
+    let s = &report["sockets"][0];
+    assert_eq!(s["destroyed"], true, "{report}");
+    let w = s["waiters"].as_array().unwrap().iter().find(|w| w["tid"] == tid).unwrap_or_else(|| panic!("epoll waiter {tid} listed: {s}"));
+    assert_eq!(w["via"], "epoll", "{w}");
+    assert_eq!(w["syscall"].as_str().map(|c| c.starts_with("epoll_")), Some(true), "{w}");
+    assert!(w["epfd"].as_u64().is_some(), "the epoll fd is named: {w}");
+    assert_eq!(w["woke"], true, "{w}");
+    assert!(w["woke_ms"].as_f64().is_some_and(|ms| (0.0..=500.0).contains(&ms)), "woke_ms within the window: {w}");
+    assert!(w["ret"].as_i64().is_some_and(|r| r > 0), "epoll_wait returns a count, not an errno: {w}");
+    assert!(w["errno"].is_null(), "{w}");
+    let (n, events, errno) = done.recv_timeout(T).expect("the epoll thread returned");
+    assert_eq!(n, 1, "one ready socket");
+    assert_ne!(events & libc::EPOLLERR as u32, 0, "the destroyed socket is reported with EPOLLERR ({events:#x})");
+    assert_eq!(errno, libc::ECONNABORTED, "the application's next recv gets ECONNABORTED");
+    // SAFETY: the test owns fd.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn other_namespaces_are_touched_only_with_all_netns() {
+    require_root();
+    let (bpf, diag) = mechanisms();
+    if bpf.is_err() && diag.is_err() {
+        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("an"), unique("anp"));
+    ns.veth(&a, &b, Some("10.209.2.1/24")).unwrap();
+    let s = ns.run(|| std::net::UdpSocket::bind("10.209.2.1:0")).unwrap().unwrap();
+    let ino = socket_inode(&s).unwrap();
+    let so_error = || {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are valid for the call on an fd the test owns.
+        unsafe { libc::getsockopt(std::os::fd::AsRawFd::as_raw_fd(&s), libc::SOL_SOCKET, libc::SO_ERROR, (&mut v as *mut libc::c_int).cast(), &mut len) };
+        v
+    };
+    // From the caller's netns, without --netns or --all-netns: not found, not destroyed.
+    let out = ifsock(&["abort", "--inode", &ino.to_string(), "--yes"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all-netns"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(so_error(), 0, "a socket of another netns is never touched without --netns/--all-netns");
+    let out = ifsock(&["--netns", &ns.name, "abort", "--all-netns", "--inode", &ino.to_string(), "--yes"]).unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("contradict"), "--netns with --all-netns is refused");
+    let report = ifsock_json(&["abort", "--all-netns", "--inode", &ino.to_string(), "--yes", "--json"]).unwrap().remove(0);
+    let r = &report["sockets"][0];
+    assert_eq!(r["destroyed"], true, "{report}");
+    assert_eq!(r["netns"], ns.ino().unwrap(), "destroyed inside its own netns: {report}");
+    assert_eq!(so_error(), libc::ECONNABORTED, "the kernel aborted it");
+}

@@ -479,3 +479,54 @@ fn closed_stdout_does_not_stop_the_teardown_halfway_and_stderr_says_what_was_don
     assert!(ns.ifindex(&a).is_err(), "the teardown must be completed, not abandoned: {a} still exists");
     assert!(stderr.contains(&format!("stdout closed; {a} deleted")), "{stderr}");
 }
+
+#[test]
+fn abort_stranded_wakes_a_receiver_blocked_on_the_deleted_veth_and_reports_it() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tap"));
+    pair(&ns, &a, &b, 231);
+    let dev = a.clone();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (done_tx, done) = mpsc::channel();
+    let sock = ns
+        .run(move || -> anyhow::Result<UdpSocket> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            bind_to_device(&s, &dev)?;
+            let fd = s.as_raw_fd();
+            std::thread::spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+                let mut buf = [0u8; 64];
+                // SAFETY: fd stays open (the test holds the socket) for the call.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let errno = if n < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
+                let _ = done_tx.send((Instant::now(), errno));
+            });
+            Ok(s)
+        })
+        .unwrap()
+        .unwrap();
+    let ino = socket_inode(&sock).unwrap();
+    let tid: u32 = tid_rx.recv().unwrap();
+    wait_until("receiver blocked", T, || thread_blocked_in_recvfrom(ino)).unwrap();
+
+    let dry = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--dry-run", "--abort-stranded", "--json"]).unwrap().remove(0);
+    let planned = dry["abort"]["sockets"].as_array().unwrap_or_else(|| panic!("dry run lists what would be destroyed: {dry:#}"));
+    assert!(planned.iter().any(|s| s["inode"] == ino && s["result"] == "would_destroy"), "{dry:#}");
+    assert!(ns.ifindex(&a).is_ok(), "the dry run changed nothing");
+    assert!(done.try_recv().is_err(), "the dry run woke nothing");
+
+    let started = Instant::now();
+    let r = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--grace", "0", "--abort-stranded", "--yes", "--json"]).unwrap().remove(0);
+    assert_eq!(r["state_left"], "deleted", "{r:#}");
+    let (woke_at, errno) = done.recv_timeout(T).expect("the receiver woke");
+    assert!(woke_at > started, "woke after the teardown started");
+    assert_eq!(errno, libc::ECONNABORTED, "recv returned ECONNABORTED");
+    let s = r["abort"]["sockets"].as_array().unwrap().iter().find(|s| s["inode"] == ino).unwrap_or_else(|| panic!("abort lists the socket: {r:#}")).clone();
+    assert_eq!(s["destroyed"], true, "{s}");
+    assert_eq!(s["stranded"]["reason"], "device_deleted", "{s}");
+    let w = s["waiters"].as_array().unwrap().iter().find(|w| w["tid"] == tid).unwrap_or_else(|| panic!("the receiver is a waiter: {s}")).clone();
+    assert_eq!((w["woke"].as_bool(), w["errno"].as_i64()), (Some(true), Some(103)), "{w}");
+    let human = r["abort"]["destroyed"].as_u64();
+    assert!(human.is_some_and(|n| n >= 1), "{r:#}");
+}

@@ -1,6 +1,7 @@
 //! `abort`: which sockets to destroy (selection), who waits on them, and what each waiter saw
-//! after the destroy (observation). No I/O: sockets, links, procfs threads, destroy outcomes
-//! and syscall returns come in as values; report records go out.
+//! after the destroy (observation). No I/O: sockets, their health (`model::stranded::health`),
+//! procfs threads, `kernel::waiters` waits, destroy outcomes, syscall returns and clock values
+//! come in as values; report records go out.
 use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
@@ -9,47 +10,10 @@ use crate::{
     kernel::procfs::{syscall_name, BlockedThread},
     model::{
         ids::{IfIndex, NetnsIno, SockInode},
-        link::Link,
         socket::{Owner, Protocol, Socket},
+        stranded::{self, Stranded},
     },
 };
-
-/// Why a socket is dead for its interface. Local to `abort` until `model::stranded` (issue 16)
-/// lands; then [`select`]'s `health` argument is fed from there and this type goes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Stranded {
-    /// `device_deleted`, `device_down` or `address_gone`.
-    pub reason: &'static str,
-    /// The interface the socket was tied to, when known.
-    pub ifindex: Option<IfIndex>,
-    /// Its name, when it still exists.
-    pub ifname: Option<String>,
-    /// The local address no interface holds (`address_gone`).
-    pub address: Option<IpAddr>,
-}
-
-/// A minimal health check from one snapshot of the socket's netns: `sk_bound_dev_if` naming
-/// no link (`device_deleted`) or a link without `IFF_UP` (`device_down`); a specific local
-/// address (not loopback) that no link holds (`address_gone`). Wildcard IP_PKTINFO sockets of a
-/// deleted interface are not detectable from a snapshot and are never reported here.
-///
-/// To be replaced by `model::stranded` at merge.
-pub fn local_health(links: &[Link]) -> impl Fn(&Socket) -> Option<Stranded> + '_ {
-    move |s: &Socket| {
-        if s.bound_dev_if != 0 {
-            return match links.iter().find(|l| l.ifindex.0 == s.bound_dev_if) {
-                None => Some(Stranded { reason: "device_deleted", ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, address: None }),
-                Some(l) if !l.is_up() => Some(Stranded { reason: "device_down", ifindex: Some(l.ifindex), ifname: Some(l.name.clone()), address: None }),
-                Some(_) => None,
-            };
-        }
-        let a = s.local_addr;
-        if a.is_unspecified() || a.is_loopback() || links.iter().any(|l| l.addrs.contains(&a)) {
-            return None;
-        }
-        Some(Stranded { reason: "address_gone", ifindex: None, ifname: None, address: Some(a) })
-    }
-}
 
 /// What the user asked for; every present selector must match (AND).
 #[derive(Clone, Debug, Default)]
@@ -58,8 +22,9 @@ pub struct Selector {
     pub inodes: Vec<SockInode>,
     /// `--stranded`.
     pub stranded: bool,
-    /// `--iface NAME` with its ifindex (only with `--stranded`).
-    pub iface: Option<(IfIndex, String)>,
+    /// `--iface NAME` (only with `--stranded`) and the ifindex it has in each selected netns
+    /// (a deleted interface's sockets keep its old ifindex in `stranded.ifindex`).
+    pub iface: Option<(String, Vec<(NetnsIno, IfIndex)>)>,
     /// `--pid PID`: an owner of the socket, or a thread blocked on it, belongs to PID.
     pub pid: Option<u32>,
 }
@@ -93,12 +58,12 @@ pub enum SelectError {
     /// `--pid` alone would select every socket of a process.
     #[error("--pid only narrows a selection: combine it with --inode or --stranded")]
     PidAlone,
-    /// An inode that is no TCP/UDP socket of this netns.
-    #[error("no TCP/UDP socket with inode {0} in netns {1} (check `ifsock sockets`; a socket of another netns needs --netns)")]
-    NoSuchInode(SockInode, NetnsIno),
+    /// An inode that is no TCP/UDP socket of the selected namespaces (the second field names them).
+    #[error("no TCP/UDP socket with inode {0} in {1} (check `ifsock sockets`; a socket of another netns needs --netns NAME or --all-netns)")]
+    NoSuchInode(SockInode, String),
     /// Selectors that match nothing.
-    #[error("the selection ({0}) matches no socket in netns {1}; see `ifsock sockets` or `ifsock hung`")]
-    NothingMatched(String, NetnsIno),
+    #[error("the selection ({0}) matches no socket in {1}; see `ifsock sockets` or `ifsock hung`")]
+    NothingMatched(String, String),
 }
 
 /// True when `pid` owns the socket or has a thread blocked on it.
@@ -106,17 +71,24 @@ fn held_by(s: &Socket, pid: u32, waiters: &[Waiter]) -> bool {
     s.owners.iter().any(|o| o.pid == pid) || waiters.iter().any(|w| w.socket == s.inode && w.pid == pid)
 }
 
-/// Picks the sockets of netns `netns` to destroy. `health` says whether a socket is stranded;
+/// `netns N` for one namespace, `netns N, M` for several.
+fn scope_text(scope: &[NetnsIno]) -> String {
+    format!("netns {}", scope.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// Picks the sockets of the namespaces in `scope` to destroy (the caller's netns, the one of
+/// `--netns`, or every one with `--all-netns`). `health` says whether a socket is stranded
+/// (`model::stranded::health` against the links and addresses of the socket's netns);
 /// `waiters` come from [`waiters_of`] (for `--pid` on orphaned sockets).
 ///
-/// Safety rules: sockets of other namespaces are never selected; a TCP LISTEN socket only when
-/// named by `--inode` (otherwise it is returned in the skipped list).
+/// Safety rules: sockets of namespaces outside `scope` are never selected; a TCP LISTEN socket
+/// only when named by `--inode` (otherwise it is returned in the skipped list).
 ///
 /// # Errors
 /// [`SelectError`] for an empty selector, an unknown inode, or a selection matching nothing.
 pub fn select(
     sockets: &[Socket],
-    netns: NetnsIno,
+    scope: &[NetnsIno],
     sel: &Selector,
     waiters: &[Waiter],
     health: impl Fn(&Socket) -> Option<Stranded>,
@@ -124,10 +96,10 @@ pub fn select(
     if sel.inodes.is_empty() && !sel.stranded {
         return Err(if sel.pid.is_some() { SelectError::PidAlone } else { SelectError::NoSelector });
     }
-    let here: Vec<&Socket> = sockets.iter().filter(|s| s.netns == netns && s.inode.0 != 0).collect();
+    let here: Vec<&Socket> = sockets.iter().filter(|s| scope.contains(&s.netns) && s.inode.0 != 0).collect();
     for ino in &sel.inodes {
         if !here.iter().any(|s| s.inode == *ino) {
-            return Err(SelectError::NoSuchInode(*ino, netns));
+            return Err(SelectError::NoSuchInode(*ino, scope_text(scope)));
         }
     }
     let mut targets = Vec::new();
@@ -148,8 +120,8 @@ pub fn select(
         if sel.stranded {
             let Some(st) = &stranded else { continue };
             because.push("stranded");
-            if let Some((ifindex, _)) = &sel.iface {
-                if st.ifindex != Some(*ifindex) {
+            if let Some((_, per_ns)) = &sel.iface {
+                if !per_ns.iter().any(|(ns, i)| *ns == s.netns && st.ifindex == Some(*i)) {
                     continue;
                 }
                 because.push("iface");
@@ -175,8 +147,8 @@ pub fn select(
         if sel.stranded {
             what.push("stranded".to_string());
         }
-        if let Some((i, n)) = &sel.iface {
-            what.push(format!("iface {n} (ifindex {i})"));
+        if let Some((n, _)) = &sel.iface {
+            what.push(format!("iface {n}"));
         }
         if let Some(p) = sel.pid {
             what.push(format!("pid {p}"));
@@ -185,7 +157,7 @@ pub fn select(
         if !skipped.is_empty() {
             text.push_str(&format!("; {} TCP LISTEN socket(s) kept", skipped.len()));
         }
-        return Err(SelectError::NothingMatched(text, netns));
+        return Err(SelectError::NothingMatched(text, scope_text(scope)));
     }
     Ok((targets, skipped))
 }
@@ -203,14 +175,34 @@ pub struct Waiter {
     pub comm: String,
     /// The syscall it sleeps in (`recvmsg`, …, from `/proc/PID/task/TID/syscall`).
     pub syscall: &'static str,
-    /// `recv` (blocked in a receive syscall). epoll/poll/select waiters come with
-    /// `kernel::waiters` (issue 16).
+    /// `recv` (blocked in a receive syscall on it), `epoll` (in epoll_wait/epoll_pwait[2] on an
+    /// instance whose interest list holds it), `poll` or `select` (its fd is in the set the
+    /// thread waits on): `model::stranded::Via`.
     pub via: &'static str,
-    /// The fd passed to the syscall.
+    /// The socket's fd in the waiting process (the receive's fd, or the epoll/poll/select entry).
     pub fd: u32,
+    /// The epoll fd waited on (`via: epoll`), else null.
+    pub epfd: Option<u32>,
     /// `fd`: the fd still points at the socket; `inferred`: the fd is closed and the socket is
     /// the only one without an fd in the thread's netns (an inference, not a record).
     pub certainty: &'static str,
+}
+
+/// Adds the epoll/poll/select waits `kernel::waiters` found on `socket`
+/// (`WaiterIndex::for_socket`) to `out`. Receivers come from [`waiters_of`] only: the index ties
+/// a receive to whatever its fd number points at now, and after a close that number may name
+/// a newer socket of the same process (in another netns, even). Waits the index could not tie
+/// to this socket's fd (`via: unknown`, or a set that could not be read) are left out.
+pub fn add_indexed(out: &mut Vec<Waiter>, socket: SockInode, found: &[stranded::Waiter]) {
+    for w in found {
+        let Some(fd) = w.fd else { continue };
+        let indexed_only = matches!(w.via, stranded::Via::Epoll | stranded::Via::Poll | stranded::Via::Select);
+        if !indexed_only || out.iter().any(|o| o.socket == socket && o.tid == w.tid) {
+            continue;
+        }
+        out.push(Waiter { socket, pid: w.pid, tid: w.tid, comm: w.comm.clone(), syscall: w.syscall, via: w.via.name(), fd, epfd: w.epfd, certainty: "fd" });
+    }
+    out.sort_by_key(|w| (w.socket, w.tid));
 }
 
 /// Threads blocked receiving on one of `targets`: an open fd that points at it, or a closed fd
@@ -250,6 +242,7 @@ pub fn waiters_of(targets: &[Socket], all: &[Socket], blocked: &[BlockedThread])
             syscall: syscall_name(b.syscall),
             via: "recv",
             fd: b.fd,
+            epfd: None,
             certainty,
         });
     }
@@ -302,6 +295,54 @@ pub struct Return {
     pub nr: i64,
 }
 
+/// The observation window after a destroy: which watched threads returned from their syscall,
+/// and whether it is time to stop watching. Times are CLOCK_MONOTONIC ns.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    tids: Vec<u32>,
+    returns: HashMap<u32, Return>,
+    /// When the destroy started (before the first socket was destroyed).
+    pub destroyed_at_ns: u64,
+    until_ns: u64,
+}
+
+impl Observation {
+    /// Watches the threads of `waiters` (each once) for `window_ns` from `destroyed_at_ns`.
+    pub fn new(waiters: &[Waiter], destroyed_at_ns: u64, window_ns: u64) -> Self {
+        let mut tids: Vec<u32> = waiters.iter().map(|w| w.tid).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        Observation { tids, returns: HashMap::new(), destroyed_at_ns, until_ns: destroyed_at_ns.saturating_add(window_ns) }
+    }
+
+    /// The thread ids to watch (sorted, unique).
+    pub fn tids(&self) -> &[u32] {
+        &self.tids
+    }
+
+    /// Records the first return of `tid` seen (later ones of the same thread are other calls).
+    pub fn saw(&mut self, tid: u32, r: Return) {
+        if self.tids.contains(&tid) {
+            self.returns.entry(tid).or_insert(r);
+        }
+    }
+
+    /// True when every watched thread returned, or the window ended at `now_ns`.
+    pub fn done(&self, now_ns: u64) -> bool {
+        self.returns.len() == self.tids.len() || now_ns >= self.until_ns
+    }
+
+    /// ns left in the window at `now_ns`.
+    pub fn left_ns(&self, now_ns: u64) -> u64 {
+        self.until_ns.saturating_sub(now_ns)
+    }
+
+    /// The returns seen, by tid.
+    pub fn returns(&self) -> &HashMap<u32, Return> {
+        &self.returns
+    }
+}
+
 /// A waiter and what it did within the observation window.
 #[derive(Clone, Debug, Serialize)]
 pub struct WaiterReport {
@@ -328,8 +369,11 @@ pub struct WaiterReport {
 pub struct SocketReport {
     /// Socket inode.
     pub inode: SockInode,
-    /// Socket cookie (`sock_gen_cookie()`), None when sock_diag did not list the socket.
+    /// Socket cookie (`bpf_get_socket_cookie()` in the socket iterator, the value
+    /// `sock_gen_cookie()` gives sock_diag), None when the iterator gave none.
     pub cookie: Option<u64>,
+    /// Netns inode of the socket.
+    pub netns: NetnsIno,
     /// `tcp` or `udp`.
     pub protocol: Protocol,
     /// TCP state or `UNCONN`/`ESTABLISHED` for UDP.
@@ -392,7 +436,7 @@ fn endpoint(a: IpAddr, port: u16) -> String {
     }
 }
 
-/// Builds the report from the targets, their cookies, outcomes, waiters and the returns seen.
+/// Builds the report from the targets, outcomes, waiters and the returns seen.
 /// `destroyed_at_ns` is CLOCK_MONOTONIC when the destroy ran; `returns` is keyed by tid.
 #[allow(clippy::too_many_arguments)]
 pub fn report(
@@ -402,7 +446,6 @@ pub fn report(
     refused: Vec<String>,
     observe_ms: u64,
     targets: &[Target],
-    cookies: &HashMap<SockInode, u64>,
     outcomes: &[Outcome],
     waiters: &[Waiter],
     returns: &HashMap<u32, Return>,
@@ -438,7 +481,8 @@ pub fn report(
         let remote = if s.remote_port == 0 && s.remote_addr.is_unspecified() { "*:*".to_string() } else { endpoint(s.remote_addr, s.remote_port) };
         sockets.push(SocketReport {
             inode: s.inode,
-            cookie: cookies.get(&s.inode).copied(),
+            cookie: (s.cookie != 0).then_some(s.cookie),
+            netns: s.netns,
             protocol: s.protocol,
             state: s.state,
             local: endpoint(s.local_addr, s.local_port),
@@ -477,6 +521,7 @@ mod tests {
     use ifsock_common::{sock_flags, SockRecord};
 
     use super::*;
+    use crate::model::link::{AddrTable, Link};
 
     fn sock(ino: u64, laddr: [u8; 4], bound: u32, proto: u8, state: u8, owner: Option<u32>) -> Socket {
         let mut raw = [0u8; 16];
@@ -502,27 +547,21 @@ mod tests {
     }
 
     const NS: NetnsIno = NetnsIno(7);
+    const SCOPE: &[NetnsIno] = &[NS];
 
-    #[test]
-    fn local_health_names_deleted_down_and_address_gone() {
-        let links = vec![link(1, "lo", true, Some([127, 0, 0, 1])), link(4, "v0", false, None), link(5, "v1", true, Some([10, 0, 0, 1]))];
-        let h = local_health(&links);
-        assert_eq!(h(&sock(1, [0; 4], 9, 17, 7, None)).map(|s| s.reason), Some("device_deleted"));
-        assert_eq!(h(&sock(1, [0; 4], 4, 17, 7, None)).map(|s| (s.reason, s.ifname)), Some(("device_down", Some("v0".into()))));
-        assert_eq!(h(&sock(1, [0; 4], 5, 17, 7, None)), None);
-        assert_eq!(h(&sock(1, [10, 0, 0, 2], 0, 17, 7, None)).map(|s| s.reason), Some("address_gone"));
-        assert_eq!(h(&sock(1, [10, 0, 0, 1], 0, 17, 7, None)), None);
-        assert_eq!(h(&sock(1, [127, 0, 0, 5], 0, 17, 7, None)), None);
-        assert_eq!(h(&sock(1, [0; 4], 0, 17, 7, None)), None, "wildcard sockets are not judged from a snapshot");
+    /// The health the view feeds: `model::stranded::health` against a snapshot without
+    /// address details and without seen deletions.
+    fn health(links: &[Link]) -> impl Fn(&Socket) -> Option<Stranded> + '_ {
+        move |s| stranded::health(s, links, &AddrTable::default(), &[])
     }
 
     #[test]
     fn selection_without_selector_or_with_pid_alone_is_refused() {
         let socks = vec![sock(10, [0; 4], 0, 17, 7, Some(1))];
         let none = |_: &Socket| None;
-        assert_eq!(select(&socks, NS, &Selector::default(), &[], none).unwrap_err(), SelectError::NoSelector);
+        assert_eq!(select(&socks, SCOPE, &Selector::default(), &[], none).unwrap_err(), SelectError::NoSelector);
         let sel = Selector { pid: Some(1), ..Default::default() };
-        assert_eq!(select(&socks, NS, &sel, &[], none).unwrap_err(), SelectError::PidAlone);
+        assert_eq!(select(&socks, SCOPE, &sel, &[], none).unwrap_err(), SelectError::PidAlone);
     }
 
     #[test]
@@ -531,9 +570,9 @@ mod tests {
         other.netns = NetnsIno(8);
         let socks = vec![sock(10, [0; 4], 0, 17, 7, None), other];
         let sel = Selector { inodes: vec![SockInode(99)], ..Default::default() };
-        assert_eq!(select(&socks, NS, &sel, &[], |_| None).unwrap_err(), SelectError::NoSuchInode(SockInode(99), NS));
+        assert_eq!(select(&socks, SCOPE, &sel, &[], |_| None).unwrap_err(), SelectError::NoSuchInode(SockInode(99), "netns 7".into()));
         let sel = Selector { inodes: vec![SockInode(11)], ..Default::default() };
-        assert!(matches!(select(&socks, NS, &sel, &[], |_| None), Err(SelectError::NoSuchInode(..))));
+        assert!(matches!(select(&socks, SCOPE, &sel, &[], |_| None), Err(SelectError::NoSuchInode(..))));
     }
 
     #[test]
@@ -545,14 +584,14 @@ mod tests {
             sock(12, [0; 4], 6, 17, 7, Some(1)),        // stranded, but on z
             sock(13, [0; 4], 4, 6, 10, Some(1)),        // LISTEN on x: kept
         ];
-        let sel = Selector { stranded: true, iface: Some((IfIndex(4), "x".into())), ..Default::default() };
-        let (t, skipped) = select(&socks, NS, &sel, &[], local_health(&links)).unwrap();
+        let sel = Selector { stranded: true, iface: Some(("x".into(), vec![(NS, IfIndex(4))])), ..Default::default() };
+        let (t, skipped) = select(&socks, SCOPE, &sel, &[], health(&links)).unwrap();
         assert_eq!(t.iter().map(|t| t.socket.inode.0).collect::<Vec<_>>(), vec![10]);
         assert_eq!(t[0].because, vec!["stranded", "iface"]);
         assert_eq!(skipped.iter().map(|s| s.inode.0).collect::<Vec<_>>(), vec![13]);
         // Named by inode, a LISTEN socket is destroyed.
         let sel = Selector { inodes: vec![SockInode(13)], ..Default::default() };
-        assert_eq!(select(&socks, NS, &sel, &[], local_health(&links)).unwrap().0.len(), 1);
+        assert_eq!(select(&socks, SCOPE, &sel, &[], health(&links)).unwrap().0.len(), 1);
     }
 
     #[test]
@@ -560,12 +599,12 @@ mod tests {
         let links = vec![link(4, "x", false, None)];
         let socks = vec![sock(10, [0; 4], 4, 17, 7, Some(1)), sock(11, [0; 4], 4, 17, 7, Some(2))];
         let sel = Selector { stranded: true, pid: Some(2), ..Default::default() };
-        let (t, _) = select(&socks, NS, &sel, &[], local_health(&links)).unwrap();
+        let (t, _) = select(&socks, SCOPE, &sel, &[], health(&links)).unwrap();
         assert_eq!(t.iter().map(|t| t.socket.inode.0).collect::<Vec<_>>(), vec![11]);
         let sel = Selector { inodes: vec![SockInode(10)], pid: Some(2), ..Default::default() };
-        assert!(matches!(select(&socks, NS, &sel, &[], local_health(&links)), Err(SelectError::NothingMatched(..))));
+        assert!(matches!(select(&socks, SCOPE, &sel, &[], health(&links)), Err(SelectError::NothingMatched(..))));
         let sel = Selector { stranded: true, ..Default::default() };
-        assert!(matches!(select(&socks, NS, &sel, &[], |_| None), Err(SelectError::NothingMatched(..))));
+        assert!(matches!(select(&socks, SCOPE, &sel, &[], |_| None), Err(SelectError::NothingMatched(..))));
     }
 
     fn blocked(tid: u32, fd_socket: Option<u64>) -> BlockedThread {
@@ -586,12 +625,12 @@ mod tests {
         // A second ownerless socket makes the closed fd ambiguous: no waiter is claimed.
         let all = vec![target.clone(), sock(12, [0; 4], 0, 17, 7, None)];
         assert!(waiters_of(std::slice::from_ref(&target), &all, &[blocked(200, None)]).is_empty());
-        let w = waiters_of(&[owned.clone()], &[owned.clone()], &[blocked(201, Some(11))]);
+        let w = waiters_of(std::slice::from_ref(&owned), std::slice::from_ref(&owned), &[blocked(201, Some(11))]);
         assert_eq!(w[0].certainty, "fd");
         // A closed fd number reused by a socket of another netns is not evidence.
         let mut elsewhere = blocked(202, Some(11));
         elsewhere.netns = NetnsIno(8);
-        assert!(waiters_of(&[owned.clone()], &[owned], &[elsewhere]).is_empty());
+        assert!(waiters_of(std::slice::from_ref(&owned), std::slice::from_ref(&owned), &[elsewhere]).is_empty());
         // recvmsg on an fd that now points at a pipe (reused after close): treated as closed.
         let mut reused = blocked(203, None);
         reused.fd_open = true;
@@ -605,15 +644,14 @@ mod tests {
     fn report_gives_woke_ms_errno_and_counts() {
         let t = |ino| Target { socket: sock(ino, [0; 4], 0, 17, 7, None), stranded: None, because: vec!["inode"] };
         let targets = vec![t(10), t(11), t(12)];
-        let waiter = Waiter { socket: SockInode(10), pid: 100, tid: 200, comm: "rx".into(), syscall: "recvmsg", via: "recv", fd: 3, certainty: "inferred" };
+        let waiter = Waiter { socket: SockInode(10), pid: 100, tid: 200, comm: "rx".into(), syscall: "recvmsg", via: "recv", fd: 3, epfd: None, certainty: "inferred" };
         let returns = HashMap::from([(200, Return { ts_ns: 1_500_000, ret: -103, nr: 47 })]);
-        let cookies = HashMap::from([(SockInode(10), 77u64)]);
         let outcomes = vec![Outcome::Destroyed(Via::SockDiag), Outcome::Gone(Via::SockDiag), Outcome::Failed(Some(Via::SockDiag), "EPERM".into())];
-        let r = report(NS, false, Some(Via::SockDiag), vec![], 500, &targets, &cookies, &outcomes, &[waiter], &returns, 1_000_000, vec![]);
+        let r = report(NS, false, Some(Via::SockDiag), vec![], 500, &targets, &outcomes, &[waiter], &returns, 1_000_000, vec![]);
         assert_eq!((r.destroyed, r.gone, r.failed), (1, 1, 1));
         let s = &r.sockets[0];
         assert!(s.destroyed);
-        assert_eq!(s.cookie, Some(77));
+        assert_eq!(s.cookie, Some(10), "the iterator's cookie");
         assert_eq!(s.remote, "*:*");
         let w = &s.waiters[0];
         assert!(w.woke);
@@ -624,5 +662,58 @@ mod tests {
         assert_eq!(json["sockets"][0]["via"], "sock_diag");
         assert_eq!(json["sockets"][0]["waiters"][0]["tid"], 200);
         assert_eq!(json["sockets"][1]["result"], "gone");
+    }
+
+    #[test]
+    fn indexed_epoll_and_poll_waiters_join_receivers_once() {
+        let sw = |tid, via, fd: Option<u32>, epfd| stranded::Waiter {
+            pid: 100, tid, comm: "loop".into(), syscall: "epoll_wait", via, fd, epfd, fds: None, reason: None,
+        };
+        let recv = Waiter { socket: SockInode(10), pid: 100, tid: 200, comm: "rx".into(), syscall: "recvmsg", via: "recv", fd: 3, epfd: None, certainty: "fd" };
+        let mut out = vec![recv];
+        let found = [
+            sw(200, stranded::Via::Recv, Some(3), None),    // the same receiver: not twice
+            sw(199, stranded::Via::Recv, Some(3), None),    // a receive the fd table alone ties: not trusted
+            sw(201, stranded::Via::Epoll, Some(3), Some(4)), // epoll on it
+            sw(202, stranded::Via::Poll, Some(3), None),
+            sw(203, stranded::Via::Unknown, None, None),     // untied wait: not claimed
+        ];
+        add_indexed(&mut out, SockInode(10), &found);
+        let got: Vec<_> = out.iter().map(|w| (w.tid, w.via, w.epfd)).collect();
+        assert_eq!(got, vec![(200, "recv", None), (201, "epoll", Some(4)), (202, "poll", None)]);
+    }
+
+    #[test]
+    fn observation_ends_when_all_returned_or_window_over() {
+        let w = |tid| Waiter { socket: SockInode(10), pid: 1, tid, comm: "x".into(), syscall: "epoll_wait", via: "epoll", fd: 3, epfd: Some(4), certainty: "fd" };
+        let mut o = Observation::new(&[w(5), w(6), w(5)], 1_000, 500);
+        assert_eq!(o.tids(), &[5, 6]);
+        assert!(!o.done(1_100));
+        o.saw(5, Return { ts_ns: 1_050, ret: 1, nr: 232 });
+        o.saw(5, Return { ts_ns: 1_060, ret: -4, nr: 232 });
+        o.saw(9, Return { ts_ns: 1_060, ret: 0, nr: 0 });
+        assert_eq!(o.returns()[&5].ret, 1, "the first return is the wake-up");
+        assert!(!o.done(1_100));
+        assert!(o.done(1_500), "window over");
+        assert_eq!(o.left_ns(1_200), 300);
+        o.saw(6, Return { ts_ns: 1_070, ret: -103, nr: 47 });
+        assert!(o.done(1_100), "all returned");
+    }
+
+    #[test]
+    fn scope_holds_several_namespaces_and_iface_is_per_netns() {
+        let links = vec![link(4, "x", false, None)];
+        let mut other = sock(11, [0; 4], 4, 17, 7, Some(1));
+        other.netns = NetnsIno(8);
+        let socks = vec![sock(10, [0; 4], 4, 17, 7, Some(1)), other];
+        let sel = Selector { stranded: true, ..Default::default() };
+        let (t, _) = select(&socks, &[NS, NetnsIno(8)], &sel, &[], health(&links)).unwrap();
+        assert_eq!(t.len(), 2);
+        // ifindex 4 of netns 7 is not ifindex 4 of netns 8.
+        let sel = Selector { stranded: true, iface: Some(("x".into(), vec![(NetnsIno(8), IfIndex(4))])), ..Default::default() };
+        let (t, _) = select(&socks, &[NS, NetnsIno(8)], &sel, &[], health(&links)).unwrap();
+        assert_eq!(t.iter().map(|t| t.socket.inode.0).collect::<Vec<_>>(), vec![11]);
+        let (t, _) = select(&socks, SCOPE, &Selector { stranded: true, ..Default::default() }, &[], health(&links)).unwrap();
+        assert_eq!(t.len(), 1, "without the other netns in scope its sockets are never touched");
     }
 }

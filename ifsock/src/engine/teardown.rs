@@ -14,12 +14,14 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    engine::abort::{AbortReport, Skipped, Target},
     kernel::signals::Stop,
     model::{
         ids::{IfIndex, NetnsIno},
         kernel_event::InFlight,
         sock_error::SockError,
         socket::{Binding, Socket},
+        stranded::Stranded,
         tie::TiedSocket,
         tun::TunFd,
     },
@@ -335,6 +337,10 @@ pub struct TeardownReport {
     pub unobserved: Vec<String>,
     /// eBPF counters (`ringbuf_drops` > 0 means events were lost).
     pub counters: Counters,
+    /// `--abort-stranded`: the sockets destroyed after the delete (the dry run: those that would
+    /// be), as `abort --json` reports them; null without `--abort-stranded` or when the step
+    /// did not run (the delete did not happen).
+    pub abort: Option<AbortReport>,
 }
 
 /// The target as found before the teardown.
@@ -378,8 +384,9 @@ pub enum Next {
     Observe,
     /// Send the delete request; report with [`Teardown::delete_done`].
     Delete,
-    /// The interface is deleted: run what comes after the delete (nothing yet; `--abort-stranded`
-    /// goes here), then call [`Teardown::after_delete_done`].
+    /// The interface is deleted: run what comes after the delete (`--abort-stranded`: destroy
+    /// [`Teardown::abort_candidates`], then [`Teardown::abort_done`]; without it call
+    /// [`Teardown::after_delete_done`]).
     AfterDelete,
     /// Print the report.
     Report,
@@ -539,6 +546,7 @@ pub struct Teardown {
     alive: Option<HashSet<SockKey>>,
     companion_gone: Vec<Option<bool>>,
     unobserved: Vec<String>,
+    abort: Option<AbortReport>,
 }
 
 impl Teardown {
@@ -563,6 +571,7 @@ impl Teardown {
             alive: None,
             companion_gone,
             unobserved: Vec::new(),
+            abort: None,
         }
     }
 
@@ -685,6 +694,81 @@ impl Teardown {
         self.phase = Phase::Done;
     }
 
+    /// `teardown --abort-stranded`: which of the listed sockets (the target's and the
+    /// companions', e.g. the veth peer's in its netns) to destroy. `now` is a snapshot taken
+    /// after the delete (a dry run passes the plan's sockets), `blocked` the receivers blocked
+    /// now, `health` the socket's health in its netns (`model::stranded::health`).
+    ///
+    /// A socket is chosen when it is bound to the interface (device or address) and stranded
+    /// now (`because: stranded`), or when a receiver is still blocked on it (`blocked`). A socket
+    /// gone from `now`, or whose cookie changed (the inode reused), is not chosen. TCP LISTEN
+    /// sockets are kept (returned as skipped): `abort --inode` destroys those on request.
+    pub fn abort_candidates(&self, now: &[Socket], blocked: &[BlockedRecv], health: impl Fn(&Socket) -> Option<Stranded>) -> (Vec<Target>, Vec<Skipped>) {
+        let p = &self.plan;
+        let listed = p.sockets.iter().chain(p.companions.iter().flat_map(|c| c.sockets.iter()));
+        let mut targets: Vec<Target> = Vec::new();
+        let mut skipped = Vec::new();
+        for t in listed {
+            let key = key_of(t);
+            let Some(s) = now.iter().find(|s| (s.netns, s.inode.0) == key && s.cookie == t.socket.cookie && s.inode.0 != 0) else { continue };
+            if targets.iter().any(|x| (x.socket.netns, x.socket.inode.0) == key) {
+                continue;
+            }
+            let stranded = health(s);
+            let mut because = Vec::new();
+            if matches!(t.binding, Some(Binding::Device | Binding::Address)) && stranded.is_some() {
+                because.push("stranded");
+            }
+            if blocked.iter().any(|b| b.sock == key) {
+                because.push("blocked");
+            }
+            if because.is_empty() {
+                continue;
+            }
+            if s.protocol == crate::model::socket::Protocol::Tcp && s.state == "LISTEN" {
+                skipped.push(Skipped { inode: s.inode, why: "TCP LISTEN socket: destroyed only when named by abort --inode" });
+                continue;
+            }
+            targets.push(Target { socket: s.clone(), stranded, because });
+        }
+        (targets, skipped)
+    }
+
+    /// What the delete would do to `s` (for the dry run of `--abort-stranded`): a socket bound to
+    /// the target's device or to the veth peer's becomes `device_deleted`; one bound to an
+    /// address of the target becomes `address_gone` (unless another interface also holds it,
+    /// which the real run checks after the delete).
+    pub fn predicted_stranded(&self, s: &Socket) -> Option<Stranded> {
+        use crate::model::stranded::StrandReason;
+        let p = &self.plan;
+        let deleted = std::iter::once((p.netns, p.ifindex, &p.ifname))
+            .chain(p.companions.iter().filter(|c| c.relation == Relation::VethPeer).map(|c| (c.netns, c.ifindex, &c.ifname)));
+        for (netns, ifindex, name) in deleted {
+            if s.netns == netns && s.bound_dev_if == ifindex.0 {
+                let address = (!s.local_addr.is_unspecified()).then_some(s.local_addr);
+                return Some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(ifindex), ifname: Some(name.clone()), address, since_unix_ns: None });
+            }
+        }
+        (s.netns == p.netns && s.bound_dev_if == 0 && p.addrs.contains(&s.local_addr))
+            .then_some(Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some(s.local_addr), since_unix_ns: None })
+    }
+
+    /// The `--abort-stranded` step ran (or, in a dry run, was planned): its report goes into the
+    /// teardown report. An interrupt during its observation window interrupts the teardown
+    /// (exit 130/143); a socket that could not be destroyed fails it.
+    pub fn abort_done(&mut self, r: AbortReport) {
+        if let Some(stop) = r.interrupted {
+            self.interrupt(stop);
+        }
+        if r.failed > 0 {
+            self.error.get_or_insert(format!("--abort-stranded: {} of {} socket(s) could not be destroyed (see abort.sockets[].error)", r.failed, r.sockets.len()));
+        }
+        self.abort = Some(r);
+        if self.phase == Phase::Deleted {
+            self.phase = Phase::Done;
+        }
+    }
+
     /// Whether each companion (in plan order) is gone after the teardown (`None`: unchecked).
     pub fn companions_checked(&mut self, gone: Vec<Option<bool>>) {
         for (g, now) in self.companion_gone.iter_mut().zip(gone) {
@@ -776,6 +860,7 @@ impl Teardown {
             finish,
             unobserved,
             counters: counters.unwrap_or_default(),
+            abort: self.abort.clone(),
         }
     }
 
@@ -1083,5 +1168,39 @@ mod tests {
         td.down_done(T0, StepOutcome::Ok, &[]);
         td.fail("taking the end-of-grace socket snapshot: boom".into());
         assert_eq!((td.next(), td.state_left()), (Next::Report, LeftState::Down));
+    }
+
+    #[test]
+    fn abort_candidates_are_stranded_bound_or_blocked_sockets_still_there() {
+        use crate::model::stranded::{StrandReason, Stranded};
+        let mut p = plan(false);
+        let listen = {
+            let mut l = sock(NS, 46, 5003, 5, [0, 0, 0, 0]);
+            l.protocol = crate::model::socket::Protocol::Tcp;
+            l.state = "LISTEN";
+            l
+        };
+        p.sockets.push(tied(listen.clone(), Binding::Device));
+        let td = Teardown::new(p);
+        let dead = |s: &Socket| (s.bound_dev_if != 0).then_some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, address: None, since_unix_ns: None });
+        let now = vec![sock(NS, 42, 5000, 5, [0; 4]), sock(NS, 44, 5002, 0, [0; 4]), sock(PEER_NS, 50, 6000, 9, [0; 4]), listen];
+        // The wildcard socket 44 is chosen only because a receiver is still blocked on it.
+        let (t, skipped) = td.abort_candidates(&now, &[blocked(9, (NS, 44))], dead);
+        let got: Vec<_> = t.iter().map(|t| (t.socket.inode.0, t.because.clone())).collect();
+        assert_eq!(got, vec![(42, vec!["stranded"]), (44, vec!["blocked"]), (50, vec!["stranded"])]);
+        assert_eq!(skipped.iter().map(|s| s.inode.0).collect::<Vec<_>>(), vec![46], "LISTEN kept");
+        // Closed since the plan, or the inode reused by another socket (cookie differs): not chosen.
+        let mut reused = sock(NS, 42, 5000, 5, [0; 4]);
+        reused.cookie = 99;
+        let (t, _) = td.abort_candidates(&[reused], &[], dead);
+        assert!(t.is_empty());
+        // Healthy and nobody blocked: nothing to destroy.
+        let (t, _) = td.abort_candidates(&now, &[], |_| None);
+        assert!(t.is_empty());
+        // The dry run predicts: bound to the target or to the veth peer → device_deleted.
+        let pred = |s: &Socket| td.predicted_stranded(s).map(|st| (st.reason.name(), st.ifname));
+        assert_eq!(pred(&now[0]), Some(("device_deleted", Some("veth0".into()))));
+        assert_eq!(pred(&now[2]), Some(("device_deleted", Some("veth0p".into()))));
+        assert_eq!(pred(&now[1]), None, "a wildcard socket is not predicted stranded");
     }
 }

@@ -1,5 +1,6 @@
-//! NETLINK_SOCK_DIAG (`inet_diag`): socket cookies by inode (`SOCK_DIAG_BY_FAMILY` dumps) and
-//! `SOCK_DESTROY` of one exact socket.
+//! NETLINK_SOCK_DIAG (`inet_diag`): `SOCK_DESTROY` of one exact socket, named by the identity
+//! the socket iterator read ([`DiagSocket::of`]: tuple, bound device, cookie), and a
+//! `SOCK_DIAG_BY_FAMILY` dump, which `doctor` uses to prove the inet_diag handlers exist.
 //!
 //! Kernel facts: `inet_diag_msg.id` is `struct inet_diag_sockid` with `idiag_if =
 //! sk->sk_bound_dev_if` and `idiag_cookie = sock_gen_cookie(sk)` (the value
@@ -61,6 +62,32 @@ pub struct DiagSocket {
     pub remote: (IpAddr, u16),
     /// `idiag_if`: `sk_bound_dev_if`.
     pub bound_dev_if: u32,
+}
+
+impl DiagSocket {
+    /// The identity of a socket the iterator listed: its family (an IPv6 socket with a
+    /// v4-mapped address is addressed as AF_INET6 with `::ffff:a.b.c.d`, the form inet_diag
+    /// matches), tuple, `sk_bound_dev_if` and cookie (`bpf_get_socket_cookie()` reads the same
+    /// `sk_cookie` as `sock_gen_cookie()`). `state` is left 0: `SOCK_DESTROY` looks sockets up
+    /// by tuple with every state allowed.
+    pub fn of(s: &crate::model::socket::Socket) -> Self {
+        // `Socket::family` is the IP version (4 or 6), not the AF_ number.
+        let family = if s.family == 4 { AF_INET } else { AF_INET6 };
+        let on_wire = |a: IpAddr| match (family, a) {
+            (AF_INET6, IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => a,
+        };
+        DiagSocket {
+            family,
+            protocol: s.protocol,
+            state: 0,
+            inode: s.inode,
+            cookie: s.cookie,
+            local: (on_wire(s.local_addr), s.local_port),
+            remote: (on_wire(s.remote_addr), s.remote_port),
+            bound_dev_if: s.bound_dev_if,
+        }
+    }
 }
 
 /// What `SOCK_DESTROY` answered for one socket.
@@ -251,6 +278,25 @@ mod tests {
         assert_eq!(outcome(-libc::ENOENT), DestroyOutcome::Gone);
         assert_eq!(outcome(-libc::ESTALE), DestroyOutcome::Gone);
         assert_eq!(outcome(-libc::EOPNOTSUPP), DestroyOutcome::Failed(libc::EOPNOTSUPP));
+    }
+
+    #[test]
+    fn identity_of_an_iterator_socket_uses_af_numbers_and_v4_mapped_form() {
+        let rec = |family: u16, laddr: [u8; 16]| ifsock_common::SockRecord {
+            sk: 1, cookie: 0xabc, ino: 42, netns: 7, uid: 0, bound_dev_if: 3, family, protocol: 17, state: 7, lport: 53, rport: 0,
+            flags: 0, laddr, raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let d = DiagSocket::of(&crate::model::socket::Socket::from_record(&rec(2, v4)));
+        assert_eq!((d.family, d.cookie, d.bound_dev_if, d.local), (AF_INET, 0xabc, 3, (IpAddr::from([10, 0, 0, 1]), 53)));
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[10, 0, 0, 1]);
+        let d = DiagSocket::of(&crate::model::socket::Socket::from_record(&rec(10, mapped)));
+        assert_eq!(d.family, AF_INET6);
+        assert_eq!(d.local.0, "::ffff:10.0.0.1".parse::<IpAddr>().unwrap(), "a v4-mapped bind is asked for as AF_INET6");
     }
 
     #[test]

@@ -4,6 +4,33 @@ use anyhow::Result;
 use super::{fmt, json_line, line};
 use crate::engine::abort::{AbortReport, SocketReport, WaiterReport};
 
+/// What destroy does, for `abort --help` (README says the same at length).
+pub const ABOUT_DESTROY: &str = "\
+What destroy does: the kernel calls the protocol's diag_destroy with ECONNABORTED.
+  UDP (udp_abort): the socket's error becomes ECONNABORTED, a thread blocked in recvmsg/recvfrom
+  returns -1 ECONNABORTED once, and __udp_disconnect() clears the connected address and
+  sk_bound_dev_if. A socket explicitly bound to its port stays bound to that port, now without
+  its device binding: the application owns a changed socket afterwards.
+  TCP (tcp_abort): established connections send a RST to the peer; the socket is closed with
+  ECONNABORTED. A TCP LISTEN socket is destroyed only when named by --inode.
+
+Mechanisms, in order: bpf_sock_destroy() from an iter/udp or iter/tcp program that re-checks each
+socket's cookie (Linux >= 6.5), then SOCK_DESTROY over NETLINK_SOCK_DIAG with the exact tuple,
+the socket's bound device and its cookie (CONFIG_INET_DIAG_DESTROY). A socket that went away
+before the destroy is reported `gone`. Sockets of another netns are only reached with --netns
+or --all-netns (each is destroyed inside its own netns).
+
+Waiters: a thread blocked in recvmsg/recvfrom returns -1 ECONNABORTED. A thread in
+epoll_wait/poll/select on the socket wakes with the socket readable (EPOLLIN|EPOLLERR): its
+syscall returns a positive count, and the application's next recvmsg on it returns
+ECONNABORTED. The report gives each waiter's woke_ms and the syscall's own return value.
+
+Examples:
+  ifsock -n svc abort --inode 48213 --dry-run
+  ifsock -n svc abort --inode 48213 --yes --json
+  ifsock abort --stranded --iface wg0 --pid 812
+  ifsock abort --all-netns --stranded --dry-run";
+
 /// `destroyed udp 0.0.0.0:5000 -> *:* inode 123 cookie 77 via sock_diag owners - stranded device_down(x)`.
 pub fn socket_line(s: &SocketReport) -> String {
     let via = s.via.map(|v| format!(" via {}", v.name())).unwrap_or_default();
@@ -16,7 +43,7 @@ pub fn socket_line(s: &SocketReport) -> String {
                 (_, _, Some(a)) => format!("({a} on no interface)"),
                 _ => String::new(),
             };
-            format!(" stranded {}{at}", st.reason)
+            format!(" stranded {}{at}", st.reason.name())
         }
     };
     let cookie = s.cookie.map_or("?".to_string(), |c| c.to_string());
@@ -40,8 +67,15 @@ pub fn socket_line(s: &SocketReport) -> String {
 /// `  waiter rx[100] tid 200 recvmsg(fd 3, inferred): woke after 0.4 ms, ret -103 (ECONNABORTED)`.
 pub fn waiter_line(w: &WaiterReport, dry_run: bool, observe_ms: u64) -> String {
     let head = format!(
-        "  waiter {}[{}] tid {} {}(fd {}, {}, via {})",
-        w.waiter.comm, w.waiter.pid, w.waiter.tid, w.waiter.syscall, w.waiter.fd, w.waiter.certainty, w.waiter.via
+        "  waiter {}[{}] tid {} {}(fd {}{}, {}, via {})",
+        w.waiter.comm,
+        w.waiter.pid,
+        w.waiter.tid,
+        w.waiter.syscall,
+        w.waiter.fd,
+        w.waiter.epfd.map(|e| format!(" in epfd {e}")).unwrap_or_default(),
+        w.waiter.certainty,
+        w.waiter.via
     );
     let what = match (w.woke, w.woke_ms, w.ret) {
         _ if dry_run => "still blocked (dry run)".to_string(),

@@ -221,6 +221,26 @@ pub fn human(r: &TeardownReport) -> String {
             let _ = writeln!(text, "    {}[{}]/fd{}: {queue}", f.comm, f.pid, f.fd);
         }
     }
+    if let Some(a) = &r.abort {
+        let via = a.via.map_or("none", |v| v.name());
+        let _ = if a.dry_run {
+            writeln!(text, "--abort-stranded: would destroy {} socket(s) after the delete, via {via}", a.sockets.len())
+        } else {
+            writeln!(text, "--abort-stranded via {via}: {} destroyed, {} gone, {} failed", a.destroyed, a.gone, a.failed)
+        };
+        for s in &a.sockets {
+            let _ = writeln!(text, "  {}", super::abort::socket_line(s));
+            for w in &s.waiters {
+                let _ = writeln!(text, "  {}", super::abort::waiter_line(w, a.dry_run, a.observe_ms));
+            }
+        }
+        for k in &a.skipped {
+            let _ = writeln!(text, "  kept          inode {}: {}", k.inode, k.why);
+        }
+        if let Some(stop) = a.interrupted {
+            let _ = writeln!(text, "  interrupted by {} during the observation window: the waiters above are partial; the sockets marked destroyed were destroyed", stop.name());
+        }
+    }
     for u in &r.unobserved {
         let _ = writeln!(text, "not observed: {u}");
     }
@@ -302,9 +322,29 @@ mod tests {
         assert!(text.ends_with("interrupted by SIGINT: veth0 left down, not deleted; restore: ip -n rz1 link set veth0 up; finish: ifsock --netns rz1 teardown veth0 --grace 0 --yes\n"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!((json["interrupted"].as_bool(), json["signal"].as_str(), json["state_left"].as_str()), (Some(true), Some("SIGINT"), Some("down")));
-        for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters"] {
+        for field in ["netns", "ifindex", "ifname", "kind", "was_up", "addrs", "dry_run", "grace_ms", "down", "delete", "vanished_ms", "gone", "sockets", "wildcard_sockets", "unobserved", "counters", "abort"] {
             assert!(json.get(field).is_some(), "field {field} of the documented report is missing");
         }
+    }
+
+    #[test]
+    fn abort_step_interrupted_is_partial_and_ends_the_teardown_with_the_signal() {
+        let mut td = teardown(None);
+        td.down_sent(0);
+        td.down_done(1, StepOutcome::Ok, &[]);
+        td.grace_over(&[], None);
+        td.delete_done(2, 3, StepOutcome::Ok);
+        let mut a = crate::engine::abort::report(NetnsIno(7), false, None, vec![], 500, &[], &[], &[], &Default::default(), 0, vec![]);
+        a.interrupted = Some(Stop::Sigterm);
+        td.abort_done(a);
+        assert_eq!(td.next(), crate::engine::teardown::Next::Report);
+        let r = td.report(None);
+        assert_eq!((r.signal, r.state_left), (Some(Stop::Sigterm), LeftState::Deleted));
+        let text = human(&r);
+        assert!(text.contains("--abort-stranded via none: 0 destroyed"), "{text}");
+        assert!(text.contains("interrupted by SIGTERM during the observation window"), "{text}");
+        assert!(text.ends_with("interrupted by SIGTERM: veth0 deleted\n"), "{text}");
+        assert_eq!(serde_json::to_value(&r).unwrap()["abort"]["interrupted"], "SIGTERM");
     }
 
     #[test]

@@ -1,63 +1,32 @@
 //! `ifsock abort`: destroy exactly the selected sockets, so that what is stuck on them wakes
 //! with `ECONNABORTED`, and report what each waiter saw.
 //!
-//! args → snapshot (iterators, rtnetlink, procfs, sock_diag cookies) → `engine::abort::select`
-//! → confirm → destroy (`probes::destroy` kfunc iterator, else `kernel::sock_diag`) → observe
-//! (`raw_syscalls:sys_exit` per waiter) → `render::abort`.
-use std::{
-    collections::HashMap,
-    io::IsTerminal as _,
-    time::{Duration, Instant},
-};
+//! args → snapshot per netns (socket iterator with cookies, one rtnetlink dump) → health
+//! (`model::stranded::health`) and waiters (procfs receivers, `kernel::waiters`) →
+//! `engine::abort::select` → confirm → [`destroy::execute`] (kfunc iterator, else sock_diag;
+//! then the observation window) → `render::abort`.
+use std::{io::IsTerminal as _, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
     cli::parse_duration,
-    engine::abort::{self, Outcome, Return, Selector, Target, Via},
+    engine::abort::{self, Outcome, Selector, Target, Waiter},
     kernel::{
-        netns, procfs,
+        netlink,
+        netns::{self, NetnsHandle},
+        procfs,
         signals::{Interrupted, Signals},
-        sock_diag::{self, DestroyOutcome, DiagSocket},
+        waiters::WaiterIndex,
     },
-    model::{ids::SockInode, socket::Protocol},
-    probes::{
-        destroy::{DestroyIter, KfuncOutcome},
-        snapshot, Probes,
-    },
-    render::{self, fmt::errno_desc, monotonic_ns},
+    model::{ids::SockInode, link::Dump, socket::Socket, stranded},
+    probes::{snapshot, Probes},
+    render::{self, abort::ABOUT_DESTROY},
 };
 
-/// What destroy does, for `--help` and README.
-const ABOUT_DESTROY: &str = "\
-What destroy does: the kernel calls the protocol's diag_destroy with ECONNABORTED.
-  UDP (udp_abort): the socket's error becomes ECONNABORTED, a thread blocked in recvmsg/recvfrom
-  returns -1 ECONNABORTED once, and __udp_disconnect() clears the connected address and
-  sk_bound_dev_if. A socket explicitly bound to its port stays bound to that port, now without
-  its device binding: the application owns a changed socket afterwards.
-  TCP (tcp_abort): established connections send a RST to the peer; the socket is closed with
-  ECONNABORTED. A TCP LISTEN socket is destroyed only when named by --inode.
+pub mod destroy;
 
-Mechanisms, in order: bpf_sock_destroy() from an iter/udp or iter/tcp program that re-checks each
-socket's cookie (Linux >= 6.5), then SOCK_DESTROY over NETLINK_SOCK_DIAG with the exact tuple,
-the socket's bound device and its cookie (CONFIG_INET_DIAG_DESTROY). A socket that went away
-before the destroy is reported `gone`. Sockets of another netns are only reached with --netns.
-
-Examples:
-  ifsock -n svc abort --inode 48213 --dry-run
-  ifsock -n svc abort --inode 48213 --yes --json
-  ifsock abort --stranded --iface wg0 --pid 812";
-
-/// Which destroy mechanism to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ViaChoice {
-    /// bpf_sock_destroy() when it loads, else sock_diag.
-    Auto,
-    /// Only bpf_sock_destroy() (fails when it does not load).
-    Bpf,
-    /// Only SOCK_DESTROY over NETLINK_SOCK_DIAG.
-    SockDiag,
-}
+pub use destroy::ViaChoice;
 
 /// Options of `abort`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,7 +36,7 @@ pub struct AbortArgs {
     #[arg(long = "inode", value_name = "N", value_parser = parse_inode)]
     pub inodes: Vec<SockInode>,
     /// Destroy stranded sockets: bound to a deleted or down device, or to an address no
-    /// interface holds.
+    /// interface holds (the `stranded` of `sockets --json`).
     #[arg(long)]
     pub stranded: bool,
     /// With --stranded: only those tied to this interface.
@@ -76,6 +45,10 @@ pub struct AbortArgs {
     /// Only sockets owned by (or waited on by a thread of) this process.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Select among the sockets of every network namespace; each is destroyed inside its own.
+    /// Without it (or --netns) other namespaces are never touched.
+    #[arg(long)]
+    pub all_netns: bool,
     /// List what would be destroyed and why; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -101,6 +74,18 @@ fn parse_inode(s: &str) -> Result<SockInode, String> {
     }
 }
 
+/// Threads waiting on `targets`: receivers blocked on them (a closed fd is tied to the only
+/// ownerless socket of its netns among `all`), then the epoll/poll/select waiters and the
+/// receivers `kernel::waiters` finds through open fds.
+pub fn waiters(targets: &[Socket], all: &[Socket]) -> Vec<Waiter> {
+    let mut out = abort::waiters_of(targets, all, &procfs::blocked_receivers(None));
+    let index = WaiterIndex::discover();
+    for t in targets {
+        abort::add_indexed(&mut out, t.inode, &index.for_socket(t));
+    }
+    out
+}
+
 /// Runs `abort`.
 ///
 /// # Errors
@@ -108,42 +93,54 @@ fn parse_inode(s: &str) -> Result<SockInode, String> {
 pub async fn run(args: AbortArgs) -> Result<()> {
     let mut probes = Probes::load(u64::MAX)?;
     let here = netns::current_ino()?;
-    let sockets = snapshot::sockets(&mut probes, None)?;
-    let links = snapshot::links(None).await?;
+    let others: Vec<NetnsHandle> = if args.all_netns { netns::all().into_iter().filter(|h| h.ino != here).collect() } else { Vec::new() };
+    let mut sockets = Vec::new();
+    let mut dumps = Vec::new();
+    for h in std::iter::once(None).chain(others.iter().map(Some)) {
+        let ino = h.map_or(here, |h| h.ino);
+        match read_netns(&mut probes, h, ino).await {
+            Ok((s, d)) => {
+                sockets.extend(s);
+                dumps.push((ino, d));
+            }
+            Err(e) if h.is_none() => return Err(e),
+            // Another netns may vanish between the listing and the read: its sockets are then
+            // not candidates, and the log says so.
+            Err(e) => tracing::warn!("--all-netns: netns {ino} skipped: {e:#}"),
+        }
+    }
+    let scope: Vec<_> = dumps.iter().map(|(ino, _)| *ino).collect();
     let iface = match &args.iface {
         None => None,
         Some(name) => {
-            let l = links.iter().find(|l| &l.name == name).ok_or_else(|| {
-                anyhow!("no interface named {name:?} in netns {here} (a deleted interface's sockets are selected by --inode; see `ifsock sockets`)")
-            })?;
-            Some((l.ifindex, l.name.clone()))
+            let found: Vec<_> = dumps.iter().filter_map(|(ino, d)| d.links.iter().find(|l| &l.name == name).map(|l| (*ino, l.ifindex))).collect();
+            if found.is_empty() {
+                bail!("no interface named {name:?} in netns {here}{} (a deleted interface's sockets are selected by --inode; see `ifsock sockets`)", if args.all_netns { " or any other netns" } else { "" });
+            }
+            Some((name.clone(), found))
         }
     };
-    let local: Vec<_> = sockets.iter().filter(|s| s.netns == here).cloned().collect();
-    let blocked = procfs::blocked_receivers(None);
-    let all_waiters = abort::waiters_of(&local, &local, &blocked);
+    let health = |s: &Socket| -> Option<stranded::Stranded> {
+        let (_, d): &(_, Dump) = dumps.iter().find(|(ino, _)| *ino == s.netns)?;
+        stranded::health(s, &d.links, &d.addrs, &[])
+    };
+    let all_waiters = waiters(&sockets, &sockets);
     let sel = Selector { inodes: args.inodes.clone(), stranded: args.stranded, iface, pid: args.pid };
-    let (targets, skipped) = abort::select(&local, here, &sel, &all_waiters, abort::local_health(&links))?;
+    let (targets, skipped) = abort::select(&sockets, &scope, &sel, &all_waiters, health)?;
     let waiters: Vec<_> = all_waiters.into_iter().filter(|w| targets.iter().any(|t| t.socket.inode == w.socket)).collect();
-    let diag = cookies_by_inode();
-    let cookies: HashMap<SockInode, u64> = diag.iter().flatten().map(|(i, d)| (*i, d.cookie)).collect();
+    let mech = destroy::choose(args.via, &targets)?;
     if args.dry_run {
-        let observe_ms = args.observe.as_millis() as u64;
         let outcomes = vec![Outcome::WouldDestroy; targets.len()];
-        // Loading the destroy iterator destroys nothing: it says which mechanism would run.
-        let (via, mut refused, _) = choose(args.via, &targets)?;
-        if let Err(why) = &diag {
-            refused.push(why.clone());
-        }
-        let r = abort::report(here, true, Some(via), refused, observe_ms, &targets, &cookies, &outcomes, &waiters, &HashMap::new(), 0, skipped);
+        let r = abort::report(here, true, Some(mech.via), mech.refused.clone(), args.observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped);
         return render::abort::print(&r, args.json);
     }
     if !args.yes {
         confirm(&targets).await?;
     }
     let mut signals = Signals::new()?;
-    let ctx = Ctx { here, diag: &diag, cookies: &cookies };
-    let r = execute(&mut probes, &ctx, &targets, skipped, &waiters, args.via, args.observe, Some(&mut signals)).await?;
+    let handles: Vec<&NetnsHandle> = others.iter().collect();
+    let run = destroy::Run { here, handles: &handles, waiters: &waiters, observe: args.observe };
+    let r = destroy::execute(&mut probes, &mech, &run, &targets, skipped, Some(&mut signals)).await?;
     render::abort::print(&r, args.json)?;
     if let Some(stop) = r.interrupted {
         return Err(Interrupted(stop).into());
@@ -154,161 +151,13 @@ pub async fn run(args: AbortArgs) -> Result<()> {
     Ok(())
 }
 
-struct Ctx<'a> {
-    here: crate::model::ids::NetnsIno,
-    diag: &'a Diag,
-    cookies: &'a HashMap<SockInode, u64>,
-}
-
-/// Destroys `targets` (sockets of the caller's netns, e.g. those a teardown left stranded) with
-/// the best mechanism, watching the receivers blocked on them for `observe`; for
-/// `teardown --abort-stranded`. Never asks for confirmation: the caller did.
-///
-/// # Errors
-/// The watch cannot attach. Per-socket failures are in the
-/// report (`failed`), not errors.
-pub async fn abort_sockets(probes: &mut Probes, targets: &[Target], observe: Duration) -> Result<abort::AbortReport> {
-    let here = netns::current_ino()?;
-    let all = snapshot::sockets(probes, None)?;
-    let waiters = abort::waiters_of(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &all, &procfs::blocked_receivers(None));
-    let diag = cookies_by_inode();
-    let cookies: HashMap<SockInode, u64> = diag.iter().flatten().map(|(i, d)| (*i, d.cookie)).collect();
-    let ctx = Ctx { here, diag: &diag, cookies: &cookies };
-    execute(probes, &ctx, targets, Vec::new(), &waiters, ViaChoice::Auto, observe, None).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    probes: &mut Probes,
-    ctx: &Ctx<'_>,
-    targets: &[Target],
-    skipped: Vec<abort::Skipped>,
-    waiters: &[abort::Waiter],
-    choice: ViaChoice,
-    observe: Duration,
-    mut signals: Option<&mut Signals>,
-) -> Result<abort::AbortReport> {
-    let (via, refused, iters) = choose(choice, targets)?;
-    let tids: Vec<u32> = waiters.iter().map(|w| w.tid).collect();
-    // Watch before destroying: the wake-up is the first return after this.
-    probes.watch_returns(&tids)?;
-    let destroyed_at = monotonic_ns();
-    let outcomes = destroy(via, &iters, targets, ctx.diag, &refused);
-
-    let deadline = Instant::now() + observe;
-    let mut returns = HashMap::new();
-    let mut interrupted = None;
-    loop {
-        for (tid, r) in tids.iter().zip(probes.returns(&tids)?) {
-            if let Some(r) = r {
-                returns.insert(*tid, Return { ts_ns: r.ts_ns, ret: r.ret, nr: r.nr });
-            }
-        }
-        let now = Instant::now();
-        if returns.len() == tids.len() || now >= deadline {
-            break;
-        }
-        // The map has no notification; the 2 ms re-read bounds how soon the loop ends, not
-        // woke_ms (the return's time is the kernel's timestamp).
-        let nap = tokio::time::sleep((deadline - now).min(Duration::from_millis(2)));
-        match signals.as_deref_mut() {
-            Some(sig) => tokio::select! {
-                stop = sig.recv() => { interrupted = Some(stop); break; }
-                _ = nap => {}
-            },
-            None => nap.await,
-        }
-    }
-    let observe_ms = observe.as_millis() as u64;
-    let mut r = abort::report(ctx.here, false, Some(via), refused, observe_ms, targets, ctx.cookies, &outcomes, waiters, &returns, destroyed_at, skipped);
-    r.interrupted = interrupted;
-    if let Err(why) = ctx.diag {
-        r.refused.push(why.clone());
-    }
-    Ok(r)
-}
-
-/// Each socket's exact sock_diag identity (tuple, `idiag_if`, cookie) by inode, or why it
-/// cannot be read: without a cookie neither mechanism can name a socket exactly.
-type Diag = Result<HashMap<SockInode, DiagSocket>, String>;
-
-fn cookies_by_inode() -> Diag {
-    sock_diag::dump_all()
-        .map(|all| all.into_iter().map(|d| (d.inode, d)).collect())
-        .map_err(|e| format!("socket cookie unknown: {e}"))
-}
-
-/// Picks the mechanism: the kfunc iterator for every protocol among the targets, else sock_diag.
-fn choose(choice: ViaChoice, targets: &[Target]) -> Result<(Via, Vec<String>, Vec<DestroyIter>)> {
-    if choice == ViaChoice::SockDiag {
-        return Ok((Via::SockDiag, Vec::new(), Vec::new()));
-    }
-    let mut protocols: Vec<Protocol> = targets.iter().map(|t| t.socket.protocol).collect();
-    protocols.sort_by_key(|p| *p as u8);
-    protocols.dedup();
-    let loaded: Result<Vec<DestroyIter>> = protocols.iter().map(|p| DestroyIter::load(*p, targets.len() as u32)).collect();
-    match loaded {
-        Ok(iters) => Ok((Via::BpfSockDestroy, Vec::new(), iters)),
-        Err(e) if choice == ViaChoice::Bpf => Err(e.context("--via bpf")),
-        Err(e) => {
-            tracing::info!("bpf_sock_destroy not usable, using sock_diag: {e:#}");
-            Ok((Via::SockDiag, vec![format!("bpf_sock_destroy: {e:#}")], Vec::new()))
-        }
-    }
-}
-
-fn destroy(via: Via, iters: &[DestroyIter], targets: &[Target], diag: &Diag, refused: &[String]) -> Vec<Outcome> {
-    let diag = match diag {
-        Ok(d) => d,
-        Err(why) => return vec![Outcome::Failed(None, why.clone()); targets.len()],
-    };
-    match via {
-        Via::BpfSockDestroy => {
-            let mut out = vec![Outcome::Gone(via); targets.len()];
-            for it in iters {
-                let idx: Vec<usize> = (0..targets.len()).filter(|i| targets[*i].socket.protocol == it.protocol()).collect();
-                // A socket sock_diag did not list is gone already (closed between the two reads).
-                let known: Vec<usize> = idx.into_iter().filter(|i| diag.contains_key(&targets[*i].socket.inode)).collect();
-                let cookies: Vec<u64> = known.iter().filter_map(|i| diag.get(&targets[*i].socket.inode).map(|d| d.cookie)).collect();
-                match it.run(&cookies) {
-                    Ok(res) => {
-                        for (i, r) in known.iter().zip(res) {
-                            out[*i] = match r {
-                                KfuncOutcome::Destroyed => Outcome::Destroyed(via),
-                                KfuncOutcome::Gone => Outcome::Gone(via),
-                                KfuncOutcome::Failed(e) => Outcome::Failed(Some(via), format!("bpf_sock_destroy returned {}", errno_desc(e))),
-                            };
-                        }
-                    }
-                    Err(e) => {
-                        for i in &known {
-                            out[*i] = Outcome::Failed(Some(via), format!("{e:#}"));
-                        }
-                    }
-                }
-            }
-            out
-        }
-        Via::SockDiag => targets
-            .iter()
-            .map(|t| match diag.get(&t.socket.inode) {
-                None => Outcome::Gone(via),
-                Some(d) => match sock_diag::destroy(d) {
-                    Ok(DestroyOutcome::Destroyed) => Outcome::Destroyed(via),
-                    Ok(DestroyOutcome::Gone) => Outcome::Gone(via),
-                    Ok(DestroyOutcome::Failed(e)) if e == libc::EOPNOTSUPP => Outcome::Failed(
-                        None,
-                        format!(
-                            "no destroy mechanism: SOCK_DESTROY answered EOPNOTSUPP (kernel without CONFIG_INET_DIAG_DESTROY){}",
-                            refused.iter().map(|r| format!("; {r}")).collect::<String>()
-                        ),
-                    ),
-                    Ok(DestroyOutcome::Failed(e)) => Outcome::Failed(Some(via), format!("SOCK_DESTROY answered {}", errno_desc(e))),
-                    Err(e) => Outcome::Failed(Some(via), e.to_string()),
-                },
-            })
-            .collect(),
-    }
+/// The sockets of netns `ino` (opened by `h`, or ours) and one rtnetlink dump of it.
+async fn read_netns(probes: &mut Probes, h: Option<&NetnsHandle>, ino: crate::model::ids::NetnsIno) -> Result<(Vec<Socket>, Dump)> {
+    let what = || format!("reading the sockets and links of netns {ino}");
+    let mut s = snapshot::sockets(probes, h).with_context(what)?;
+    s.retain(|s| s.netns == ino);
+    let d = netlink::dump(&netlink::connect_in(h).with_context(what)?).await.with_context(what)?;
+    Ok((s, d))
 }
 
 /// Asks on the terminal; refuses without one.
@@ -319,7 +168,7 @@ async fn confirm(targets: &[Target]) -> Result<()> {
     eprintln!("about to destroy {} socket(s); each gets ECONNABORTED (TCP peers get a RST):", targets.len());
     for t in targets {
         let s = &t.socket;
-        eprintln!("  {:?} {}:{} inode {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, crate::render::fmt::owners(&s.owners, "-"));
+        eprintln!("  {:?} {}:{} inode {} netns {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, s.netns, render::fmt::owners(&s.owners, "-"));
     }
     eprint!("proceed? [y/N] ");
     let answer = tokio::task::spawn_blocking(|| {
@@ -330,7 +179,7 @@ async fn confirm(targets: &[Target]) -> Result<()> {
     .context("reading the confirmation")?
     .context("reading the confirmation from stdin")?;
     if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
-        bail!("not confirmed: no socket destroyed");
+        return Err(anyhow!("not confirmed: no socket destroyed"));
     }
     Ok(())
 }

@@ -16,14 +16,19 @@ use futures::FutureExt as _;
 
 use crate::{
     cli::parse_duration,
-    engine::teardown::{Next, Teardown},
+    engine::{
+        abort::{self, AbortReport, Outcome},
+        teardown::{BlockedRecv, Next, Teardown},
+    },
     kernel::{
         netlink::{self, Received, Subscription},
+        netns::NetnsHandle,
         signals::{Interrupted, Signals},
     },
-    model::link::Update,
+    model::{link::Update, socket::Socket},
     probes::{events::EventStream, Probes},
     render::{monotonic_ns, teardown as out},
+    views::abort::{self as abort_view, ViaChoice},
 };
 
 mod gather;
@@ -50,6 +55,14 @@ pub struct TeardownArgs {
     /// One JSON object: the report (fields documented in README.md), also on error and interrupt.
     #[arg(long)]
     pub json: bool,
+    /// After the delete, destroy the sockets it left stranded (bound to the interface or the veth
+    /// peer by device or address), and those with receivers still blocked, as `ifsock abort`
+    /// does; the report's `abort` field lists them (the dry run: what would be destroyed).
+    #[arg(long)]
+    pub abort_stranded: bool,
+    /// With --abort-stranded: how long to watch the waiters after the destroy.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, requires = "abort_stranded")]
+    pub observe: Duration,
 }
 
 /// Runs `teardown`.
@@ -67,6 +80,12 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
     if args.dry_run {
         let blocked = gather::blocked_now(&probes, &td);
         td.blocked_now(&blocked);
+        if args.abort_stranded {
+            match would_abort(&td, &blocked, args.observe) {
+                Ok(r) => td.abort_done(r),
+                Err(e) => td.fail(format!("--abort-stranded: {e:#}")),
+            }
+        }
         return finish(td, &probes, args.json);
     }
     if !args.yes {
@@ -163,7 +182,13 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
                     td.vanished(monotonic_ns());
                 }
             }
-            // The place for what follows a delete (`--abort-stranded`).
+            Next::AfterDelete if args.abort_stranded => match abort_stranded(probes, td, &peers, &mut signals, args.observe).await {
+                Ok(r) => td.abort_done(r),
+                Err(e) => {
+                    td.fail(format!("--abort-stranded: {e:#}"));
+                    td.after_delete_done();
+                }
+            },
             Next::AfterDelete => td.after_delete_done(),
             Next::Report => break,
         }
@@ -171,6 +196,30 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
     let gone = gather::companions_gone(td, handle, &peers).await;
     td.companions_checked(gone);
     Ok(())
+}
+
+/// The dry run of `--abort-stranded`: the listed sockets the delete would strand (predicted by
+/// the engine) or with receivers blocked now, and the mechanism that would run.
+fn would_abort(td: &Teardown, blocked: &[BlockedRecv], observe: Duration) -> Result<AbortReport> {
+    let p = td.plan();
+    let now: Vec<Socket> = p.netns_sockets.iter().chain(p.companions.iter().flat_map(|c| c.netns_sockets.iter())).cloned().collect();
+    let (targets, skipped) = td.abort_candidates(&now, blocked, |s| td.predicted_stranded(s));
+    let waiters = abort_view::waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now);
+    let mech = abort_view::destroy::choose(ViaChoice::Auto, &targets)?;
+    let outcomes = vec![Outcome::WouldDestroy; targets.len()];
+    Ok(abort::report(p.netns, true, Some(mech.via), mech.refused.clone(), observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped))
+}
+
+/// `--abort-stranded` after the delete: destroys what the engine picks from a fresh snapshot,
+/// each socket inside its own netns, and watches its waiters (a signal cuts the window short).
+async fn abort_stranded(probes: &mut Probes, td: &Teardown, peers: &[Option<NetnsHandle>], signals: &mut Signals, observe: Duration) -> Result<AbortReport> {
+    let now = gather::after_delete(probes, td, peers).await?;
+    let (targets, skipped) = td.abort_candidates(&now.sockets, &now.blocked, |s| now.health(s));
+    let waiters = abort_view::waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
+    let mech = abort_view::destroy::choose(ViaChoice::Auto, &targets)?;
+    let handles: Vec<&NetnsHandle> = peers.iter().flatten().collect();
+    let run = abort_view::destroy::Run { here: td.plan().netns, handles: &handles, waiters: &waiters, observe };
+    abort_view::destroy::execute(probes, &mech, &run, &targets, skipped, Some(signals)).await
 }
 
 /// Waits out the grace period: ends early when the interface vanishes or a signal arrives.

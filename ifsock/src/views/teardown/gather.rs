@@ -15,7 +15,8 @@ use crate::{
     },
     model::{
         ids::{IfIndex, NetnsIno},
-        link::Link,
+        link::{Dump, Link},
+        stranded::{self, SeenDeletion, Stranded},
         socket::{Binding, Socket},
         tie::{self, TiedSocket},
         tun,
@@ -234,6 +235,51 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         out.entry(r.tid).or_insert(b);
     }
     out.into_values().collect()
+}
+
+/// The state after the delete that `--abort-stranded` decides on: the sockets of our netns and
+/// of each companion's, one rtnetlink dump per netns, and the receivers still blocked.
+pub struct AfterDelete {
+    /// Every socket of those namespaces now.
+    pub sockets: Vec<Socket>,
+    /// Links and address details, per netns.
+    pub dumps: Vec<(NetnsIno, Dump)>,
+    /// Receivers blocked now on the listed sockets.
+    pub blocked: Vec<BlockedRecv>,
+    /// The deletion ifsock just did, the evidence for `interface_deleted` of wildcard sockets.
+    pub seen: Vec<SeenDeletion>,
+}
+
+impl AfterDelete {
+    /// `model::stranded::health` of `s` in its own netns.
+    pub fn health(&self, s: &Socket) -> Option<Stranded> {
+        let (_, d) = self.dumps.iter().find(|(ino, _)| *ino == s.netns)?;
+        stranded::health(s, &d.links, &d.addrs, &self.seen)
+    }
+}
+
+/// Reads [`AfterDelete`].
+///
+/// # Errors
+/// A snapshot or a dump failed.
+pub async fn after_delete(probes: &mut Probes, td: &Teardown, handles: &[Option<NetnsHandle>]) -> Result<AfterDelete> {
+    let here = td.plan().netns;
+    let mut sockets = snapshot::sockets(probes, None)?;
+    sockets.retain(|s| s.netns == here);
+    let mut dumps = vec![(here, netlink::dump(&netlink::connect()?).await?)];
+    for h in handles.iter().flatten() {
+        if dumps.iter().any(|(ino, _)| *ino == h.ino) {
+            continue;
+        }
+        let what = || format!("reading netns {} after the delete", h.path.display());
+        let mut s = snapshot::sockets(probes, Some(h)).with_context(what)?;
+        s.retain(|s| s.netns == h.ino);
+        sockets.extend(s);
+        dumps.push((h.ino, netlink::dump(&netlink::connect_in(Some(h)).with_context(what)?).await.with_context(what)?));
+    }
+    let p = td.plan();
+    let seen = vec![SeenDeletion { netns: here, ifindex: p.ifindex, name: p.ifname.clone(), at_unix_ns: crate::render::unix_ns() }];
+    Ok(AfterDelete { sockets, dumps, blocked: blocked_now(probes, td), seen })
 }
 
 /// The engine's view of a netlink request's result.
