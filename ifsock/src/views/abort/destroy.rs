@@ -169,13 +169,17 @@ pub async fn execute(probes: &mut Probes, mech: &Mechanism, run: &Run<'_>, targe
 }
 
 async fn observe(probes: &Probes, obs: &mut Observation, mut signals: Option<&mut Signals>) -> Result<Option<crate::kernel::signals::Stop>> {
-    loop {
+    let read = |obs: &mut Observation| -> Result<()> {
         let tids = obs.tids().to_vec();
         for (tid, r) in tids.iter().zip(probes.returns(&tids)?) {
             if let Some(r) = r {
                 obs.saw(*tid, Return { ts_ns: r.ts_ns, ret: r.ret, nr: r.nr });
             }
         }
+        Ok(())
+    };
+    loop {
+        read(obs)?;
         let now = monotonic_ns();
         if obs.done(now) {
             return Ok(None);
@@ -185,7 +189,12 @@ async fn observe(probes: &Probes, obs: &mut Observation, mut signals: Option<&mu
         let nap = tokio::time::sleep(Duration::from_nanos(obs.left_ns(now).min(2_000_000)));
         match signals.as_deref_mut() {
             Some(sig) => tokio::select! {
-                stop = sig.recv() => return Ok(Some(stop)),
+                stop = sig.recv() => {
+                    // A return recorded before the signal belongs in the partial report: read
+                    // the map once more instead of reporting it as not woken.
+                    read(obs)?;
+                    return Ok(Some(stop));
+                }
                 _ = nap => {}
             },
             None => nap.await,
