@@ -18,11 +18,11 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     kernel::procfs::syscall_name,
     model::{
-        ids::{NetnsIno, SockInode},
+        ids::{IfIndex, NetnsIno, SockInode},
         link::Link,
         kernel_event::{ProbeVia, RecvEntry},
-        receiver::{stranded, ties, BlockedThread, Certainty, HungReceiver, IfaceTie, InFlight},
-        socket::Socket,
+        receiver::{stranded, ties, BlockedThread, Certainty, HungReceiver, IfaceState, IfaceTie, InFlight},
+        socket::{Binding, Socket},
     },
 };
 
@@ -260,6 +260,57 @@ pub fn from_blocked(input: &Inputs<'_>, by_ino: &HashMap<SockInode, &Socket>, fi
     out
 }
 
+/// An interface deletion recorded by a recorder that was already running (the agent's or
+/// watch's journal, `journal::deletions_since`): the kernel keeps no trace of which interface a
+/// wildcard socket last received on, so only such a record can name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedDeletion {
+    /// Netns the interface was deleted from.
+    pub netns: NetnsIno,
+    /// Its ifindex.
+    pub ifindex: IfIndex,
+    /// Its name.
+    pub ifname: String,
+    /// When the recorder saw the deletion, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+}
+
+/// How far before an estimated receive start a recorded deletion still counts, ns.
+pub const ESTIMATED_START_SLACK_NS: u64 = 1_000_000_000;
+
+/// Marks receivers stranded by recorded deletions: a wildcard (no device, unspecified address)
+/// IP_PKTINFO socket whose receiver has been blocked since before an interface of its netns was
+/// deleted gets a `deleted` tie to that interface and `stranded`, and its evidence names
+/// `source` (the journal directory). Other receivers are left as they are: a device- or
+/// address-bound socket already shows its tie, and a receive that began after the deletion was
+/// not stranded by it. `now_unix_ns` and `blocked_ns` place the receive's start; when that
+/// start is an estimate from the scheduler clock (`blocked_source: sched_exec_start`, measured
+/// here to lag by up to ~0.2 s), a deletion up to [`ESTIMATED_START_SLACK_NS`] before it counts.
+pub fn mark_recorded_deletions(rows: &mut [HungReceiver], deletions: &[RecordedDeletion], now_unix_ns: u64, source: &str) {
+    for r in rows.iter_mut() {
+        let (Some(s), Some(blocked)) = (r.socket.as_ref(), r.blocked_ns) else { continue };
+        if !(s.pktinfo && s.bound_dev_if == 0 && s.local_addr.is_unspecified()) {
+            continue;
+        }
+        let slack = if r.blocked_source == "sched_exec_start" { ESTIMATED_START_SLACK_NS } else { 0 };
+        let started = now_unix_ns.saturating_sub(blocked).saturating_sub(slack);
+        for d in deletions.iter().filter(|d| d.netns == s.netns && d.ts_unix_ns >= started) {
+            if r.interfaces.iter().any(|t| t.ifindex == d.ifindex && t.state == IfaceState::Deleted) {
+                continue;
+            }
+            r.interfaces.push(IfaceTie { ifindex: d.ifindex, name: Some(d.ifname.clone()), binding: Binding::Wildcard, state: IfaceState::Deleted });
+            r.stranded = true;
+            let after_ms = (i128::from(d.ts_unix_ns) - i128::from(started + slack)) / 1_000_000;
+            r.evidence.push_str(&format!(
+                "; {} (ifindex {}) deleted {after_ms} ms after this receive began{}: from the journal {source}",
+                d.ifname,
+                d.ifindex,
+                if slack > 0 { " (start estimated)" } else { "" }
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -370,6 +421,32 @@ mod tests {
 
     fn alive(tids: &[u32]) -> Tasks {
         Tasks { alive: tids.iter().copied().collect(), ..Tasks::default() }
+    }
+
+    #[test]
+    fn recorded_deletions_strand_only_wildcard_pktinfo_receivers_blocked_before_them() {
+        let socks = vec![sock(42, NS, [0, 0, 0, 0], 0, true, false), sock(43, NS, [0, 0, 0, 0], 0, false, false)];
+        let c = ctx(vec![], vec![]);
+        let tasks = alive(&[11, 12]);
+        let mut rows = run(
+            &[inflight(11, 42, 90 * S, RecvProbe::Syscall), inflight(12, 43, 90 * S, RecvProbe::Syscall)],
+            &[],
+            &socks,
+            &c,
+            Filter::ALL,
+            &tasks,
+        );
+        assert!(rows.iter().all(|r| !r.stranded), "a snapshot alone never guesses");
+        // Blocked 10 s at unix time 1,000 s: the receive began at 990 s.
+        let gone = |ts: u64, netns| RecordedDeletion { netns, ifindex: IfIndex(7), ifname: "foo0".into(), ts_unix_ns: ts };
+        mark_recorded_deletions(&mut rows, &[gone(985 * S, NS), gone(995 * S, OTHER)], 1000 * S, "/j");
+        assert!(rows.iter().all(|r| !r.stranded), "before the receive began, or another netns: not this receiver's");
+        mark_recorded_deletions(&mut rows, &[gone(995 * S, NS), gone(996 * S, NS)], 1000 * S, "/j");
+        let seed = rows.iter().find(|r| r.tid == 11).unwrap();
+        assert!(seed.stranded);
+        assert_eq!(seed.interfaces.iter().filter(|t| t.ifindex == IfIndex(7) && t.state == IfaceState::Deleted).count(), 1, "one tie per interface");
+        assert!(seed.evidence.contains("foo0 (ifindex 7) deleted 5000 ms after this receive began: from the journal /j"), "{}", seed.evidence);
+        assert!(!rows.iter().find(|r| r.tid == 12).unwrap().stranded, "a wildcard socket without IP_PKTINFO still receives on the others");
     }
 
     #[test]

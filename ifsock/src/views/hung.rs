@@ -70,6 +70,35 @@ pub struct HungArgs {
     /// Only with `--follow`: a one-shot scan reads procfs and records nothing.
     #[arg(long, value_enum, requires = "follow")]
     pub probe_set: Option<ProbeSet>,
+    /// Journal of a recorder that was running before (`ifsock agent`): interfaces it saw
+    /// deleted name the interface a wildcard IP_PKTINFO receiver was stranded by. Default: the
+    /// agent's directory, when it exists.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<std::path::PathBuf>,
+}
+
+/// The journal to consult: `--journal DIR` (which must exist), else the agent's default
+/// directory when it exists, else none.
+fn journal_dir(arg: Option<&std::path::Path>) -> Result<Option<std::path::PathBuf>> {
+    match arg {
+        Some(d) if !d.is_dir() => bail!("--journal {}: no such directory (the agent writes it; see `ifsock agent --help`)", d.display()),
+        Some(d) => Ok(Some(d.to_path_buf())),
+        None => Ok(Some(std::path::PathBuf::from(crate::journal::DEFAULT_DIR)).filter(|d| d.is_dir())),
+    }
+}
+
+/// Marks receivers stranded by deletions a running recorder journaled since they began.
+fn consult_journal(rows: &mut [HungReceiver], dir: &std::path::Path) -> Result<()> {
+    let now = crate::render::unix_ns();
+    let mut deletions = Vec::new();
+    let spaces: HashSet<NetnsIno> = rows.iter().filter_map(|r| r.socket.as_ref().map(|s| s.netns)).collect();
+    let since = now.saturating_sub(rows.iter().filter_map(|r| r.blocked_ns).max().unwrap_or(0)).saturating_sub(engine::ESTIMATED_START_SLACK_NS);
+    for netns in spaces {
+        let found = crate::journal::deletions_since(dir, netns, since).map_err(|e| anyhow::anyhow!("reading the journal {}: {e}", dir.display()))?;
+        deletions.extend(found.into_iter().map(|d| engine::RecordedDeletion { netns, ifindex: d.ifindex, ifname: d.ifname, ts_unix_ns: d.ts_unix_ns }));
+    }
+    engine::mark_recorded_deletions(rows, &deletions, now, &dir.display().to_string());
+    Ok(())
 }
 
 /// In-flight records (decoded) and the sockets of the caller's netns plus those of every other
@@ -202,7 +231,10 @@ pub async fn run(args: HungArgs) -> Result<()> {
         // detaching ten syscall tracepoints costs ~60 ms each (an RCU grace period per
         // unregister, measured on 6.18): most of a one-shot run's time.
         ctx.links.insert(own, snapshot::links(None).await?);
-        let receivers = scan(&mut probes, &ctx, &filter).await?;
+        let mut receivers = scan(&mut probes, &ctx, &filter).await?;
+        if let Some(dir) = journal_dir(args.journal.as_deref())? {
+            consult_journal(&mut receivers, &dir)?;
+        }
         let loops = event_loops(&mut probes, &filter, own).await?;
         return render::hung::receivers(&receivers, &loops, &style);
     }
