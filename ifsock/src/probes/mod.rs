@@ -10,13 +10,13 @@ use std::{collections::HashSet, fs::File, io::Read, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, Iter, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
-    Counter, InFlightRecv, Record, SockRecord, TaskFileRecord, GLOBAL_OFFSETS, GLOBAL_RECV_REPORT_MIN_NS,
-    MAP_COUNTERS, MAP_INFLIGHT,
+    Counter, InFlightRecv, Record, SockFilter, SockRecord, TaskFileRecord, GLOBAL_OFFSETS,
+    GLOBAL_RECV_REPORT_MIN_NS, MAP_COUNTERS, MAP_INFLIGHT, MAP_SOCK_FILTER,
 };
 
 use crate::kernel::{netns::NetnsHandle, system};
@@ -88,7 +88,9 @@ pub struct RawSnapshot {
 /// A loaded eBPF object, its globals set to the running kernel's offsets.
 pub struct Probes {
     ebpf: Ebpf,
-    btf: Btf,
+    /// aya's parse of vmlinux BTF, made on first use (iterators, tp_btf, fentry/fexit) and
+    /// shared by every program load; commands that attach only tracepoints never parse it.
+    btf: Option<Btf>,
     iters_loaded: bool,
     /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as
     /// `doctor` and the banners print them).
@@ -138,21 +140,19 @@ impl Probes {
         let t = std::time::Instant::now();
         let offsets = crate::kernel::btf::cached_kernel_offsets()?;
         tracing::debug!("kernel offsets at {:?}", t.elapsed());
-        let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux for the loader")?;
-        tracing::debug!("aya BTF at {:?}", t.elapsed());
+        // No `.btf()`: the loader parses target BTF only for CO-RE relocations or typed ksyms,
+        // which the Rust object has none of (offsets come in as `GLOBAL_OFFSETS` instead).
         let mut loader = EbpfLoader::new();
         loader
-            .btf(&btf)
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf, iters_loaded: false, attached: Vec::new(), unavailable: Vec::new() })
+        Ok(Probes { ebpf, btf: None, iters_loaded: false, attached: Vec::new(), unavailable: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
-        let prog = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-        Ok(prog.try_into()?)
+        iter_in(&mut self.ebpf, name)
     }
 
     /// Loads the three iterator programs (`iter/udp`, `iter/tcp`, `iter/task_file`).
@@ -163,10 +163,10 @@ impl Probes {
         if self.iters_loaded {
             return Ok(());
         }
+        let btf = parsed_btf(&mut self.btf)?;
         for (name, target) in [(ITER_UDP, "udp"), (ITER_TCP, "tcp"), (ITER_TASK_FILE, "task_file")] {
-            let btf = self.btf.clone();
-            self.iter_mut(name)?
-                .load(target, &btf)
+            iter_in(&mut self.ebpf, name)?
+                .load(target, btf)
                 .with_context(|| format!("loading iterator iter/{target} ({name})"))?;
         }
         self.iters_loaded = true;
@@ -205,6 +205,29 @@ impl Probes {
             Err(e) => tracing::debug!("snapshot: counters unavailable: {e:#}"),
         }
         Ok(RawSnapshot { sockets, files })
+    }
+
+    /// As [`Probes::snapshot`], with `iter/udp` and `iter/tcp` writing only the sockets
+    /// `filter` admits ([`SockFilter::admits`]: a superset of those tied to one interface), so
+    /// the other sockets cost a walk but no record, copy or decode. The filter is cleared
+    /// afterwards, also when the snapshot failed.
+    ///
+    /// # Errors
+    /// As [`Probes::snapshot`], or the filter map could not be written.
+    pub fn snapshot_filtered(&mut self, netns: Option<&NetnsHandle>, filter: &SockFilter) -> Result<RawSnapshot> {
+        self.set_sock_filter(filter)?;
+        let snap = self.snapshot(netns);
+        let cleared = self.set_sock_filter(&SockFilter::OFF);
+        let snap = snap?;
+        cleared?;
+        Ok(snap)
+    }
+
+    fn set_sock_filter(&mut self, filter: &SockFilter) -> Result<()> {
+        let map = self.ebpf.map_mut(MAP_SOCK_FILTER).ok_or_else(|| anyhow!("map {MAP_SOCK_FILTER} missing from the object"))?;
+        let mut arr: BpfArray<&mut MapData, SockFilter> = BpfArray::try_from(map)?;
+        arr.set(0, filter, 0).with_context(|| format!("writing the socket filter into {MAP_SOCK_FILTER}"))?;
+        Ok(())
     }
 
     /// Attaches a tracepoint program to `category:name`. Several attachments of one program are fine.
@@ -355,13 +378,13 @@ impl Probes {
     }
 
     fn attach_fentry_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
-        let done = attach::attach_pair::<FEntry, FExit>(&mut self.ebpf, &self.btf, pair, function)?;
+        let done = attach::attach_pair::<FEntry, FExit>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
         self.attached.extend(done);
         Ok(())
     }
 
     fn attach_kprobe_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
-        let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, &self.btf, pair, function)?;
+        let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
         self.attached.extend(done);
         Ok(())
     }
@@ -473,10 +496,10 @@ impl Probes {
     }
 
     fn attach_btf_tracepoint(&mut self, program: &'static str, tracepoint: &str) -> Result<()> {
-        let btf = self.btf.clone();
+        let btf = parsed_btf(&mut self.btf)?;
         let prog: &mut BtfTracePoint = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
         if prog.fd().is_err() {
-            prog.load(tracepoint, &btf).with_context(|| format!("loading tp_btf on {tracepoint}"))?;
+            prog.load(tracepoint, btf).with_context(|| format!("loading tp_btf on {tracepoint}"))?;
         }
         prog.attach().with_context(|| format!("attaching tp_btf on {tracepoint}"))?;
         self.attached.push(Attached { kind: ProbeKind::TpBtf, target: tracepoint.to_string(), program });
@@ -525,6 +548,21 @@ impl Probes {
         let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;
         Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| InFlight::from_record(&v)).collect())
     }
+}
+
+fn iter_in<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
+
+/// The parsed vmlinux BTF, parsing it on first use ([`crate::kernel::btf::vmlinux_for_aya`]).
+fn parsed_btf(slot: &mut Option<Btf>) -> Result<&Btf> {
+    if slot.is_none() {
+        let t = std::time::Instant::now();
+        *slot = Some(crate::kernel::btf::vmlinux_for_aya()?);
+        tracing::debug!("aya BTF parsed in {:?}", t.elapsed());
+    }
+    slot.as_ref().ok_or_else(|| anyhow!("vmlinux BTF not parsed"))
 }
 
 /// Checks that the classic `sock:inet_sk_error_report` record has the field offsets the

@@ -1,10 +1,14 @@
 //! A point-in-time view of one netns: its sockets with owners (BPF iterators) and its links
 //! (rtnetlink dump).
+use std::net::IpAddr;
+
 use anyhow::Result;
+use ifsock_common::SockFilter;
 
 use crate::{
     kernel::{netlink, netns::NetnsHandle},
     model::{
+        ids::IfIndex,
         link::Link,
         socket::{join_owners, Socket},
     },
@@ -18,6 +22,23 @@ use crate::{
 /// Iterator load/attach/read failures, or entering `netns` failed.
 pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<Socket>> {
     let raw = probes.snapshot(netns)?;
+    let mut sockets: Vec<Socket> = raw.sockets.iter().map(Socket::from_record).collect();
+    join_owners(&mut sockets, &raw.files);
+    Ok(sockets)
+}
+
+/// Sockets of one netns that may be tied to the interface `ifindex` holding `addrs` (bound
+/// to it, to one of `addrs`, or to the wildcard), with owners: the iterators filter in the
+/// kernel ([`SockFilter`]); with more addresses than the filter holds, every socket is read.
+/// Callers still tie with [`crate::model::tie`], which decides exactly.
+///
+/// # Errors
+/// As [`sockets`].
+pub fn sockets_maybe_tied(probes: &mut Probes, netns: Option<&NetnsHandle>, ifindex: IfIndex, addrs: &[IpAddr]) -> Result<Vec<Socket>> {
+    let raw = match SockFilter::tied_to(ifindex.0, addrs) {
+        Some(filter) => probes.snapshot_filtered(netns, &filter)?,
+        None => probes.snapshot(netns)?,
+    };
     let mut sockets: Vec<Socket> = raw.sockets.iter().map(Socket::from_record).collect();
     join_owners(&mut sockets, &raw.files);
     Ok(sockets)
