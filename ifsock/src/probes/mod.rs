@@ -603,24 +603,33 @@ fn format_offsets(text: &str) -> Vec<(String, usize)> {
 /// but double the number of syscalls.
 const ITER_READ_BYTES: usize = 64 << 10;
 
+/// Decodes the iterator's output as it is read, through one reused buffer of
+/// [`ITER_READ_BYTES`] (plus one partial record carried to the next read): peak memory is the
+/// decoded records, not the raw bytes as well (at 100k sockets the raw `task_file` and socket
+/// output alone is ~20 MB, and a growing buffer doubles that).
 fn read_records<T: Record>(mut file: File) -> Result<Vec<T>> {
-    let mut buf = Vec::new();
-    let mut len = 0;
+    let size = std::mem::size_of::<T>();
+    let mut buf = vec![0u8; ITER_READ_BYTES + size];
+    let mut out = Vec::new();
+    let mut kept = 0;
     loop {
-        buf.resize(len + ITER_READ_BYTES, 0);
-        match file.read(&mut buf[len..]) {
+        match file.read(&mut buf[kept..]) {
             Ok(0) => break,
-            Ok(n) => len += n,
+            Ok(n) => {
+                let filled = kept + n;
+                let whole = filled - filled % size;
+                out.extend(buf[..whole].chunks_exact(size).filter_map(ifsock_common::read_record::<T>));
+                buf.copy_within(whole..filled, 0);
+                kept = filled - whole;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(anyhow::Error::from(e).context("reading BPF iterator output")),
         }
     }
-    buf.truncate(len);
-    let size = std::mem::size_of::<T>();
-    if buf.len() % size != 0 {
-        return Err(anyhow!("iterator returned {} bytes, not a multiple of {size}", buf.len()));
+    if kept != 0 {
+        return Err(anyhow!("iterator output ended with {kept} bytes of a {size}-byte record"));
     }
-    Ok(buf.chunks_exact(size).filter_map(ifsock_common::read_record::<T>).collect())
+    Ok(out)
 }
 
 /// Keeps the first record of every socket cookie. Before 6.16 (TCP) / 6.17 (UDP) a socket
@@ -653,6 +662,34 @@ mod tests {
         let out = dedupe_by_cookie(vec![rec(5, 80), rec(6, 81), rec(5, 80), rec(0, 82), rec(0, 83)]);
         let ports: Vec<u16> = out.iter().map(|r| r.lport).collect();
         assert_eq!(ports, vec![80, 81, 82, 83]);
+    }
+
+    fn file_with(bytes: &[u8]) -> File {
+        let path = std::env::temp_dir().join(format!("ifsock-read-records-{}-{}", std::process::id(), bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn iterator_output_is_decoded_across_reads_and_a_torn_record_is_an_error() {
+        // More than one read buffer; the record size does not divide it.
+        let size = std::mem::size_of::<SockRecord>();
+        assert_ne!(ITER_READ_BYTES % size, 0);
+        let n = ITER_READ_BYTES / size * 3 + 5;
+        let bytes: Vec<u8> = (0..n as u64)
+            .flat_map(|i| {
+                let r = rec(i + 1, 0);
+                // SAFETY: test-only view of a repr(C) integer record as bytes.
+                unsafe { std::slice::from_raw_parts((&r as *const SockRecord).cast::<u8>(), size) }.to_vec()
+            })
+            .collect();
+        let got = read_records::<SockRecord>(file_with(&bytes)).unwrap();
+        assert_eq!(got.len(), n);
+        assert!(got.iter().enumerate().all(|(i, r)| r.cookie == i as u64 + 1));
+        let err = read_records::<SockRecord>(file_with(&bytes[..bytes.len() - 1])).unwrap_err();
+        assert!(format!("{err:#}").contains(&format!("{} bytes of a {size}-byte record", size - 1)), "{err:#}");
     }
 
     #[test]
