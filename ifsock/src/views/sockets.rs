@@ -95,7 +95,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     // is missed, never attributed to a socket that no longer exists.
     let waiters = WaiterIndex::discover();
     let empty = AddrTable::default();
-    let reports: Vec<SocketReport> = rows
+    let reports = rows
         .into_iter()
         .map(|tied| {
             let (links, addrs) = addr_tables
@@ -105,16 +105,17 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             let stranded = health(&tied.socket, links, addrs, &[]);
             waiters.report(tied, stranded)
         })
-        .filter(|r| !args.stranded || r.stranded.is_some())
-        .collect();
+        .filter(|r| !args.stranded || r.stranded.is_some());
     // One write per ~64 KiB instead of one per socket (stays per line on a terminal).
     let out = crate::render::buffered();
     if args.json {
-        for row in &reports {
-            json_line(row)?;
+        // Streamed: each report is written and dropped, so no second copy of every row is held.
+        for row in reports {
+            json_line(&row)?;
         }
     } else {
-        print_reports(&reports)?;
+        // The table needs every row for its column widths.
+        print_reports(&reports.collect::<Vec<SocketReport>>())?;
     }
     out.finish()
 }
