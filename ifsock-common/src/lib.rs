@@ -12,6 +12,8 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the hash map `tid (u32) -> InFlightRecv` holding receives that have not returned yet.
 pub const MAP_INFLIGHT: &str = "INFLIGHT_RECV";
+/// Name of the one-entry array holding the [`SockFilter`] that `iter/udp` and `iter/tcp` apply.
+pub const MAP_SOCK_FILTER: &str = "SOCK_FILTER";
 /// Name of the read-only global holding [`KernelOffsets`].
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 /// Name of the read-only global `u64`: receives shorter than this many ns emit no [`RecvDoneEvent`].
@@ -672,6 +674,91 @@ impl Counter {
 /// Number of counters in [`MAP_COUNTERS`].
 pub const COUNTERS_LEN: u32 = 4;
 
+/// Address slots of a [`SockFilter`]: an IPv4 address takes two (plain and v4-mapped), an
+/// IPv6 address one. An interface with more addresses is not filtered in the kernel.
+pub const SOCK_FILTER_ADDRS: usize = 32;
+
+/// Which sockets `iter/udp` and `iter/tcp` write (value of [`MAP_SOCK_FILTER`], index 0),
+/// set by userspace before a snapshot of one interface's sockets and cleared after it.
+/// Admits a superset of what userspace ties to the interface (`model::tie`): sockets bound
+/// to the device (`sk_bound_dev_if == ifindex`), unbound sockets whose local address is the
+/// wildcard (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) or one of `addrs`; userspace then decides
+/// (e.g. a non-listening TCP wildcard socket is no receiver).
+/// Addresses use [`SockRecord::laddr`]'s layout: IPv4 in the first 4 bytes, rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockFilter {
+    /// 1: filter; 0: every socket is written (the state outside a filtered snapshot).
+    pub active: u32,
+    /// ifindex of the interface.
+    pub ifindex: u32,
+    /// Used slots of `addrs`.
+    pub naddrs: u32,
+    /// Padding (zero).
+    pub pad: u32,
+    /// Local addresses admitted, in `SockRecord::laddr` layout.
+    pub addrs: [[u8; 16]; SOCK_FILTER_ADDRS],
+}
+
+impl SockFilter {
+    /// No filtering: every socket is written.
+    pub const OFF: SockFilter = SockFilter { active: 0, ifindex: 0, naddrs: 0, pad: 0, addrs: [[0; 16]; SOCK_FILTER_ADDRS] };
+
+    /// The filter for the interface `ifindex` holding `addrs`; `None` when the addresses do
+    /// not fit [`SOCK_FILTER_ADDRS`] slots (the caller then reads every socket).
+    pub fn tied_to(ifindex: u32, addrs: &[core::net::IpAddr]) -> Option<SockFilter> {
+        let mut f = SockFilter { active: 1, ifindex, ..SockFilter::OFF };
+        let mut n = 0;
+        for a in addrs {
+            let forms: [Option<[u8; 16]>; 2] = match a {
+                core::net::IpAddr::V4(v4) => {
+                    let o = v4.octets();
+                    [Some([o[0], o[1], o[2], o[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Some(v4.to_ipv6_mapped().octets())]
+                }
+                core::net::IpAddr::V6(v6) => [Some(v6.octets()), None],
+            };
+            for form in forms.into_iter().flatten() {
+                *f.addrs.get_mut(n)? = form;
+                n += 1;
+            }
+        }
+        f.naddrs = n as u32;
+        Some(f)
+    }
+
+    /// True when a socket with `bound_dev_if` (`sk_bound_dev_if`) and local address `laddr`
+    /// ([`SockRecord::laddr`] layout) is to be written.
+    #[inline(always)]
+    pub fn admits(&self, bound_dev_if: u32, laddr: &[u8; 16]) -> bool {
+        if self.active == 0 {
+            return true;
+        }
+        if bound_dev_if != 0 {
+            return bound_dev_if == self.ifindex;
+        }
+        let l = halves(laddr);
+        // `::ffff:0.0.0.0` (bytes 8..16 = 0,0,ff,ff,0,0,0,0): a v4-mapped wildcard.
+        let mapped_any = u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+        if l[0] == 0 && (l[1] == 0 || l[1] == mapped_any) {
+            return true;
+        }
+        let n = self.naddrs as usize;
+        for a in self.addrs.iter().take(n) {
+            if halves(a) == l {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// An address as two `u64`s: compared without `memcmp`, which eBPF programs cannot call.
+#[inline(always)]
+fn halves(a: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: 16 bytes read as two u64s, unaligned; every bit pattern is a valid u64.
+    unsafe { core::ptr::read_unaligned(a.as_ptr().cast::<[u64; 2]>()) }
+}
+
 /// Plain-old-data records that may be built from any bytes of the right length.
 ///
 /// # Safety
@@ -694,6 +781,7 @@ unsafe impl Record for InFlightRecv {}
 unsafe impl Record for RecvDoneEvent {}
 unsafe impl Record for SendErrorEvent {}
 unsafe impl Record for SockErrorEvent {}
+unsafe impl Record for SockFilter {}
 
 /// Reads a record from the start of `bytes` (unaligned copy); `None` if `bytes` is shorter
 /// than `size_of::<T>()`. Extra bytes are ignored.
@@ -712,6 +800,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::InFlightRecv {}
     unsafe impl aya::Pod for super::SockErrorEvent {}
+    unsafe impl aya::Pod for super::SockFilter {}
 }
 
 // ---- abort: observing what destroyed sockets' waiters see (`ifsock abort`) ----
@@ -754,6 +843,38 @@ mod tests {
         bytes[1..5].copy_from_slice(&7u32.to_ne_bytes());
         assert_eq!(read_record::<u32>(&bytes[1..]), Some(7));
         assert_eq!(read_record::<u64>(&bytes[..7]), None);
+    }
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut raw = [0; 16];
+        raw[..4].copy_from_slice(&a);
+        raw
+    }
+
+    #[test]
+    fn sock_filter_admits_device_wildcard_and_interface_addresses_only() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let f = SockFilter::tied_to(5, &[IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), IpAddr::V6(v6)]).unwrap();
+        assert_eq!(f.naddrs, 3);
+        assert!(f.admits(5, &v4([10, 1, 1, 1])), "bound to the device");
+        assert!(!f.admits(6, &v4([10, 9, 0, 1])), "bound to another device");
+        assert!(f.admits(0, &v4([10, 9, 0, 1])));
+        assert!(f.admits(0, &Ipv4Addr::new(10, 9, 0, 1).to_ipv6_mapped().octets()), "v4-mapped on a v6 socket");
+        assert!(f.admits(0, &v6.octets()));
+        assert!(!f.admits(0, &v4([10, 9, 0, 2])));
+        assert!(!f.admits(0, &"fd00::2".parse::<Ipv6Addr>().unwrap().octets()));
+        assert!(f.admits(0, &[0; 16]), "wildcard");
+        assert!(f.admits(0, &Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().octets()), "v4-mapped wildcard");
+        assert!(SockFilter::OFF.admits(6, &v4([10, 9, 0, 2])), "inactive filter admits all");
+    }
+
+    #[test]
+    fn sock_filter_refuses_more_addresses_than_slots() {
+        use core::net::{IpAddr, Ipv4Addr};
+        let many: [IpAddr; SOCK_FILTER_ADDRS / 2 + 1] = core::array::from_fn(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8)));
+        assert!(SockFilter::tied_to(1, &many).is_none());
+        assert!(SockFilter::tied_to(1, &many[..SOCK_FILTER_ADDRS / 2]).is_some());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ifsock_common::{
 
 use crate::{
     kernel::{net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
-    maps::count,
+    maps::{count, SOCK_FILTER},
 };
 
 const AF_INET: u16 = 2;
@@ -147,6 +147,16 @@ fn sock_record(sk: u64, cookie: u64, protocol: u8, uid: u32, full: bool) -> Opti
     Some(rec)
 }
 
+/// Whether the userspace filter ([`SOCK_FILTER`], off unless a snapshot of one interface is
+/// running) lets this socket's record through.
+#[inline(always)]
+fn admitted(rec: &SockRecord) -> bool {
+    match SOCK_FILTER.get(0) {
+        Some(f) => f.admits(rec.bound_dev_if, &rec.laddr),
+        None => true,
+    }
+}
+
 /// `iter/udp`: context `struct bpf_iter__udp { meta; udp_sk; uid_t uid; int bucket; }`.
 #[unsafe(link_section = "iter/udp")]
 #[unsafe(no_mangle)]
@@ -157,8 +167,8 @@ pub extern "C" fn iter_udp_sockets(ctx: *mut c_void) -> i32 {
         return 0;
     }
     match sock_record(sk, cookie(sk), IPPROTO_UDP, uid, true) {
-        Some(rec) => seq_write(ctx, &rec),
-        None => 0,
+        Some(rec) if admitted(&rec) => seq_write(ctx, &rec),
+        _ => 0,
     }
 }
 
@@ -176,8 +186,8 @@ pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
     let state = rd::<u8>(sk, off!(skc_state)).unwrap_or(0);
     let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
     match sock_record(sk, cookie(sk), IPPROTO_TCP, uid, full) {
-        Some(rec) => seq_write(ctx, &rec),
-        None => 0,
+        Some(rec) if admitted(&rec) => seq_write(ctx, &rec),
+        _ => 0,
     }
 }
 

@@ -1,13 +1,17 @@
 //! Maps shared by the programs. Names match the `MAP_*` constants in `ifsock-common`.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use ifsock_common::{Counter, InFlightRecv, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY};
+use ifsock_common::{Counter, InFlightRecv, SockFilter, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY};
 
 /// Events to userspace: link requests, finished long receives, send errors, device events.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RINGBUF_BYTES, 0);
+
+/// The filter `iter/udp` and `iter/tcp` apply (index 0; all zero, i.e. off, until userspace sets it).
+#[map]
+pub static SOCK_FILTER: Array<SockFilter> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters indexed by `ifsock_common::Counter`.
 #[map]

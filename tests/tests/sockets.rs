@@ -183,3 +183,48 @@ fn sockets_beyond_one_seq_buffer_are_each_listed_once_and_retries_are_counted() 
     assert!(retries >= 2, "{N} records must overflow the seq buffer: iter_retries={retries}");
     drop(socks);
 }
+
+/// `--iface` filters in the kernel (`SockFilter` in `iter/udp`/`iter/tcp`): IPv4, IPv6 and
+/// v4-mapped bindings to the interface's addresses, device bindings and wildcards come
+/// through; sockets on another interface's address or device, and the many unrelated ones,
+/// do not.
+#[test]
+fn iface_filter_in_the_kernel_keeps_v4_v6_mapped_device_and_wildcard_ties_only() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b, c, d) = (unique("fa"), unique("fb"), unique("fc"), unique("fd"));
+    ns.veth(&a, &b, Some("10.203.0.1/24")).unwrap();
+    ns.veth(&c, &d, Some("10.204.0.1/24")).unwrap();
+    ns.ip(&["addr", "add", "fd03::1/64", "dev", &a, "nodad"]).unwrap();
+    let c2 = c.clone();
+    let socks = ns
+        .run(move || -> anyhow::Result<_> {
+            let mut held = vec![
+                UdpSocket::bind("10.203.0.1:6201")?,
+                UdpSocket::bind("[fd03::1]:6202")?,
+                UdpSocket::bind("[::ffff:10.203.0.1]:6203")?,
+                UdpSocket::bind("[::]:6204")?,
+                UdpSocket::bind("0.0.0.0:6205")?,
+            ];
+            let on_c = UdpSocket::bind("0.0.0.0:6206")?;
+            bind_to_device(&on_c, &c2)?;
+            held.push(on_c);
+            for port in 6300..6600 {
+                held.push(UdpSocket::bind(("10.204.0.1", port))?);
+            }
+            Ok(held)
+        })
+        .unwrap()
+        .unwrap();
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--iface", &a, "--json"]).unwrap();
+    let mut ports: Vec<u64> = rows.iter().filter(|r| r["protocol"] == "udp").filter_map(|r| r["local_port"].as_u64()).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, vec![6201, 6202, 6203, 6204, 6205], "{rows:#?}");
+    let mapped = find(&rows, "udp", 6203).unwrap();
+    assert_eq!(mapped["binding"], "address", "{mapped}");
+    assert_eq!(find(&rows, "udp", 6204).unwrap()["binding"], "wildcard");
+    // The unfiltered listing still has every socket.
+    let all = ifsock_json(&["--netns", &ns.name, "sockets", "--json"]).unwrap();
+    assert!(all.len() >= socks.len(), "{} rows for {} sockets", all.len(), socks.len());
+    drop(socks);
+}

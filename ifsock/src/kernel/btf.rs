@@ -29,6 +29,36 @@ pub enum BtfError {
     Required(&'static str),
 }
 
+/// vmlinux BTF parsed by aya, for the program loads that need a target type id (iterators,
+/// tp_btf, fentry/fexit). The file is mapped rather than read: sysfs serves this bin
+/// attribute one page per `read()` (kernfs), ~1,000 reads for 4 MB, while the kernel maps it
+/// from Linux 6.16 (`btf_sysfs_vmlinux_mmap`). Older kernels refuse the map (ENODEV/EINVAL)
+/// and get the plain read.
+///
+/// # Errors
+/// No kernel BTF, unreadable, or aya could not parse it.
+pub fn vmlinux_for_aya() -> anyhow::Result<aya::Btf> {
+    use anyhow::Context as _;
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(BtfError::Missing.into());
+    }
+    let endian = aya::Endianness::default();
+    let file = std::fs::File::open(VMLINUX_BTF).with_context(|| format!("opening {VMLINUX_BTF}"))?;
+    // Private and read-only: `btf_sysfs_vmlinux_mmap` refuses shared or writable maps (EACCES).
+    // SAFETY: the kernel's BTF is read-only and never changes while the kernel runs; the map
+    // is dropped before this returns (aya copies what it parses).
+    let mapped = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) };
+    let parsed = match mapped {
+        Ok(map) => aya::Btf::parse(&map, endian),
+        Err(e) => {
+            tracing::debug!("{VMLINUX_BTF} cannot be mapped ({e}), reading it");
+            let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+            aya::Btf::parse(&data, endian)
+        }
+    };
+    parsed.with_context(|| format!("parsing {VMLINUX_BTF} for the program loader"))
+}
+
 /// Parsed kernel BTF: vmlinux plus optional module split BTF.
 pub struct KernelBtf {
     vmlinux: Btf,

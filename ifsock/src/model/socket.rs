@@ -170,10 +170,12 @@ pub fn join_owners(sockets: &mut [Socket], files: &[TaskFileRecord]) {
     for f in files.iter().filter(|f| f.kind == ifsock_common::file_kind::SOCKET) {
         by_ino.entry(f.ino).or_default().push(Owner { pid: f.pid, comm: comm_str(&f.comm), fd: f.fd });
     }
+    // Moved, not cloned: one socket inode is one `struct socket`, listed once per snapshot
+    // (records are deduplicated by cookie before this join).
     for s in sockets.iter_mut().filter(|s| s.inode.0 != 0) {
-        if let Some(owners) = by_ino.get(&s.inode.0) {
-            s.owners = owners.clone();
-            s.owners.sort_by_key(|o| (o.pid, o.fd));
+        if let Some(mut owners) = by_ino.remove(&s.inode.0) {
+            owners.sort_by_key(|o| (o.pid, o.fd));
+            s.owners = owners;
         }
     }
 }

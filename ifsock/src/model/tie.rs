@@ -26,7 +26,8 @@ pub struct TiedSocket {
     pub socket: Socket,
 }
 
-/// Sockets tied to one interface (with its addresses) in `netns`.
+/// Sockets tied to one interface (with its addresses) in `netns`, cloned from `sockets`
+/// (callers that keep the snapshot; [`tied_to_owned`] moves them instead).
 pub fn tied_to(
     sockets: &[Socket],
     netns: NetnsIno,
@@ -37,17 +38,33 @@ pub fn tied_to(
 ) -> Vec<TiedSocket> {
     sockets
         .iter()
-        .filter_map(|s| {
-            let binding = s.binding_to(netns, ifindex, addrs)?;
-            Some(TiedSocket {
-                ifindex: Some(ifindex),
-                ifname: Some(name.to_string()),
-                binding: Some(binding),
-                bound_dev_name: bound_name(s, links, Some((ifindex, name))),
-                socket: s.clone(),
-            })
-        })
+        .filter(|s| s.binding_to(netns, ifindex, addrs).is_some())
+        .cloned()
+        .filter_map(|s| tie_to(s, netns, ifindex, name, addrs, links))
         .collect()
+}
+
+/// As [`tied_to`], consuming the snapshot: no socket or owner list is copied.
+pub fn tied_to_owned(
+    sockets: Vec<Socket>,
+    netns: NetnsIno,
+    ifindex: IfIndex,
+    name: &str,
+    addrs: &[IpAddr],
+    links: &[Link],
+) -> Vec<TiedSocket> {
+    sockets.into_iter().filter_map(|s| tie_to(s, netns, ifindex, name, addrs, links)).collect()
+}
+
+fn tie_to(s: Socket, netns: NetnsIno, ifindex: IfIndex, name: &str, addrs: &[IpAddr], links: &[Link]) -> Option<TiedSocket> {
+    let binding = s.binding_to(netns, ifindex, addrs)?;
+    Some(TiedSocket {
+        ifindex: Some(ifindex),
+        ifname: Some(name.to_string()),
+        binding: Some(binding),
+        bound_dev_name: bound_name(&s, links, Some((ifindex, name))),
+        socket: s,
+    })
 }
 
 fn bound_name(s: &Socket, links: &[Link], known: Option<(IfIndex, &str)>) -> Option<String> {
@@ -64,26 +81,88 @@ fn bound_name(s: &Socket, links: &[Link], known: Option<(IfIndex, &str)>) -> Opt
 
 /// Every socket once, tied to the interface it is most specifically bound to: its device,
 /// the interface holding its address, or none; wildcard sockets have no single interface.
+/// Clones from `sockets`; [`each_once_owned`] moves them instead.
 pub fn each_once(sockets: &[Socket], netns: NetnsIno, links: &[Link]) -> Vec<TiedSocket> {
-    sockets
-        .iter()
-        .filter(|s| s.netns == netns)
-        .map(|s| {
-            let tie = links.iter().find_map(|l| {
-                let addrs: Vec<IpAddr> = l.addrs.iter().copied().collect();
-                match s.binding_to(netns, l.ifindex, &addrs)? {
-                    Binding::Wildcard => None,
-                    b => Some((l, b)),
-                }
-            });
-            let (ifindex, ifname, binding) = match tie {
-                Some((l, b)) => (Some(l.ifindex), Some(l.name.clone()), Some(b)),
-                None if s.bound_dev_if == 0 && s.local_addr.is_unspecified() => {
-                    (None, None, s.binding_to(netns, IfIndex(0), &[]))
-                }
-                None => (None, None, None),
-            };
-            TiedSocket { ifindex, ifname, binding, bound_dev_name: bound_name(s, links, None), socket: s.clone() }
-        })
-        .collect()
+    let tables = addr_lists(links);
+    sockets.iter().filter(|s| s.netns == netns).map(|s| tie_once(s.clone(), netns, links, &tables)).collect()
+}
+
+/// As [`each_once`], consuming the snapshot: no socket or owner list is copied.
+pub fn each_once_owned(sockets: Vec<Socket>, netns: NetnsIno, links: &[Link]) -> Vec<TiedSocket> {
+    let tables = addr_lists(links);
+    sockets.into_iter().filter(|s| s.netns == netns).map(|s| tie_once(s, netns, links, &tables)).collect()
+}
+
+/// Each link's addresses as a slice, built once per snapshot rather than once per socket and link.
+fn addr_lists(links: &[Link]) -> Vec<Vec<IpAddr>> {
+    links.iter().map(|l| l.addrs.iter().copied().collect()).collect()
+}
+
+fn tie_once(s: Socket, netns: NetnsIno, links: &[Link], addrs: &[Vec<IpAddr>]) -> TiedSocket {
+    let tie = links.iter().zip(addrs).find_map(|(l, a)| match s.binding_to(netns, l.ifindex, a)? {
+        Binding::Wildcard => None,
+        b => Some((l, b)),
+    });
+    let (ifindex, ifname, binding) = match tie {
+        Some((l, b)) => (Some(l.ifindex), Some(l.name.clone()), Some(b)),
+        None if s.bound_dev_if == 0 && s.local_addr.is_unspecified() => (None, None, s.binding_to(netns, IfIndex(0), &[])),
+        None => (None, None, None),
+    };
+    TiedSocket { ifindex, ifname, binding, bound_dev_name: bound_name(&s, links, None), socket: s }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, net::Ipv4Addr};
+
+    use ifsock_common::SockRecord;
+
+    use super::*;
+    use crate::model::socket::Owner;
+
+    const NS: NetnsIno = NetnsIno(7);
+
+    fn udp(laddr: [u8; 4], bound: u32, port: u16) -> Socket {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&laddr);
+        let rec = SockRecord {
+            sk: 1, cookie: port as u64, ino: port as u64, netns: NS.0, uid: 0, bound_dev_if: bound, family: 2, protocol: 17,
+            state: 7, lport: port, rport: 0, flags: 0, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut s = Socket::from_record(&rec);
+        s.owners = vec![Owner { pid: 10, comm: "serv".into(), fd: port as u32 }];
+        s
+    }
+
+    fn link(i: u32, name: &str, addr: [u8; 4]) -> Link {
+        Link { ifindex: IfIndex(i), name: name.into(), flags: 0, addrs: BTreeSet::from([IpAddr::V4(Ipv4Addr::from(addr))]) }
+    }
+
+    fn json(rows: &[TiedSocket]) -> serde_json::Value {
+        serde_json::to_value(rows).unwrap()
+    }
+
+    #[test]
+    fn moving_the_snapshot_ties_exactly_like_borrowing_it() {
+        let links = [link(2, "a", [10, 1, 0, 1]), link(3, "b", [10, 2, 0, 1])];
+        let sockets = vec![udp([10, 1, 0, 1], 0, 1), udp([10, 2, 0, 1], 0, 2), udp([0, 0, 0, 0], 3, 3), udp([0, 0, 0, 0], 0, 4), udp([10, 9, 0, 1], 0, 5)];
+        let borrowed = each_once(&sockets, NS, &links);
+        let ties: Vec<_> = borrowed.iter().map(|t| (t.socket.local_port, t.ifname.clone(), t.binding)).collect();
+        assert_eq!(
+            ties,
+            vec![
+                (1, Some("a".into()), Some(Binding::Address)),
+                (2, Some("b".into()), Some(Binding::Address)),
+                (3, Some("b".into()), Some(Binding::Device)),
+                (4, None, Some(Binding::Wildcard)),
+                (5, None, None),
+            ]
+        );
+        assert_eq!(json(&borrowed), json(&each_once_owned(sockets.clone(), NS, &links)));
+        let addrs: Vec<IpAddr> = links[1].addrs.iter().copied().collect();
+        let to_b = tied_to(&sockets, NS, IfIndex(3), "b", &addrs, &links);
+        assert_eq!(to_b.iter().map(|t| t.socket.local_port).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(to_b[1].bound_dev_name.as_deref(), Some("b"));
+        assert_eq!(json(&to_b), json(&tied_to_owned(sockets, NS, IfIndex(3), "b", &addrs, &links)));
+    }
 }

@@ -11,13 +11,13 @@ use std::{collections::HashSet, fs::File, io::Read, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, Iter, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
-    Counter, InFlightRecv, Record, SockRecord, TaskFileRecord, GLOBAL_OFFSETS, GLOBAL_RECV_REPORT_MIN_NS,
-    MAP_COUNTERS, MAP_INFLIGHT,
+    Counter, InFlightRecv, Record, SockFilter, SockRecord, TaskFileRecord, GLOBAL_OFFSETS,
+    GLOBAL_RECV_REPORT_MIN_NS, MAP_COUNTERS, MAP_INFLIGHT, MAP_SOCK_FILTER,
 };
 
 use crate::kernel::{netns::NetnsHandle, system};
@@ -89,7 +89,9 @@ pub struct RawSnapshot {
 /// A loaded eBPF object, its globals set to the running kernel's offsets.
 pub struct Probes {
     ebpf: Ebpf,
-    btf: Btf,
+    /// aya's parse of vmlinux BTF, made on first use (iterators, tp_btf, fentry/fexit) and
+    /// shared by every program load; commands that attach only tracepoints never parse it.
+    btf: Option<Btf>,
     iters_loaded: bool,
     /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as
     /// `doctor` and the banners print them).
@@ -139,21 +141,19 @@ impl Probes {
         let t = std::time::Instant::now();
         let offsets = crate::kernel::btf::cached_kernel_offsets()?;
         tracing::debug!("kernel offsets at {:?}", t.elapsed());
-        let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux for the loader")?;
-        tracing::debug!("aya BTF at {:?}", t.elapsed());
+        // No `.btf()`: the loader parses target BTF only for CO-RE relocations or typed ksyms,
+        // which the Rust object has none of (offsets come in as `GLOBAL_OFFSETS` instead).
         let mut loader = EbpfLoader::new();
         loader
-            .btf(&btf)
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf, iters_loaded: false, attached: Vec::new(), unavailable: Vec::new() })
+        Ok(Probes { ebpf, btf: None, iters_loaded: false, attached: Vec::new(), unavailable: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
-        let prog = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-        Ok(prog.try_into()?)
+        iter_in(&mut self.ebpf, name)
     }
 
     /// Loads the three iterator programs (`iter/udp`, `iter/tcp`, `iter/task_file`).
@@ -164,10 +164,10 @@ impl Probes {
         if self.iters_loaded {
             return Ok(());
         }
+        let btf = parsed_btf(&mut self.btf)?;
         for (name, target) in [(ITER_UDP, "udp"), (ITER_TCP, "tcp"), (ITER_TASK_FILE, "task_file")] {
-            let btf = self.btf.clone();
-            self.iter_mut(name)?
-                .load(target, &btf)
+            iter_in(&mut self.ebpf, name)?
+                .load(target, btf)
                 .with_context(|| format!("loading iterator iter/{target} ({name})"))?;
         }
         self.iters_loaded = true;
@@ -206,6 +206,29 @@ impl Probes {
             Err(e) => tracing::debug!("snapshot: counters unavailable: {e:#}"),
         }
         Ok(RawSnapshot { sockets, files })
+    }
+
+    /// As [`Probes::snapshot`], with `iter/udp` and `iter/tcp` writing only the sockets
+    /// `filter` admits ([`SockFilter::admits`]: a superset of those tied to one interface), so
+    /// the other sockets cost a walk but no record, copy or decode. The filter is cleared
+    /// afterwards, also when the snapshot failed.
+    ///
+    /// # Errors
+    /// As [`Probes::snapshot`], or the filter map could not be written.
+    pub fn snapshot_filtered(&mut self, netns: Option<&NetnsHandle>, filter: &SockFilter) -> Result<RawSnapshot> {
+        self.set_sock_filter(filter)?;
+        let snap = self.snapshot(netns);
+        let cleared = self.set_sock_filter(&SockFilter::OFF);
+        let snap = snap?;
+        cleared?;
+        Ok(snap)
+    }
+
+    fn set_sock_filter(&mut self, filter: &SockFilter) -> Result<()> {
+        let map = self.ebpf.map_mut(MAP_SOCK_FILTER).ok_or_else(|| anyhow!("map {MAP_SOCK_FILTER} missing from the object"))?;
+        let mut arr: BpfArray<&mut MapData, SockFilter> = BpfArray::try_from(map)?;
+        arr.set(0, filter, 0).with_context(|| format!("writing the socket filter into {MAP_SOCK_FILTER}"))?;
+        Ok(())
     }
 
     /// Attaches a tracepoint program to `category:name`. Several attachments of one program are fine.
@@ -356,13 +379,13 @@ impl Probes {
     }
 
     fn attach_fentry_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
-        let done = attach::attach_pair::<FEntry, FExit>(&mut self.ebpf, &self.btf, pair, function)?;
+        let done = attach::attach_pair::<FEntry, FExit>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
         self.attached.extend(done);
         Ok(())
     }
 
     fn attach_kprobe_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
-        let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, &self.btf, pair, function)?;
+        let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
         self.attached.extend(done);
         Ok(())
     }
@@ -474,10 +497,10 @@ impl Probes {
     }
 
     fn attach_btf_tracepoint(&mut self, program: &'static str, tracepoint: &str) -> Result<()> {
-        let btf = self.btf.clone();
+        let btf = parsed_btf(&mut self.btf)?;
         let prog: &mut BtfTracePoint = self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
         if prog.fd().is_err() {
-            prog.load(tracepoint, &btf).with_context(|| format!("loading tp_btf on {tracepoint}"))?;
+            prog.load(tracepoint, btf).with_context(|| format!("loading tp_btf on {tracepoint}"))?;
         }
         prog.attach().with_context(|| format!("attaching tp_btf on {tracepoint}"))?;
         self.attached.push(Attached { kind: ProbeKind::TpBtf, target: tracepoint.to_string(), program });
@@ -528,6 +551,21 @@ impl Probes {
     }
 }
 
+fn iter_in<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
+
+/// The parsed vmlinux BTF, parsing it on first use ([`crate::kernel::btf::vmlinux_for_aya`]).
+fn parsed_btf(slot: &mut Option<Btf>) -> Result<&Btf> {
+    if slot.is_none() {
+        let t = std::time::Instant::now();
+        *slot = Some(crate::kernel::btf::vmlinux_for_aya()?);
+        tracing::debug!("aya BTF parsed in {:?}", t.elapsed());
+    }
+    slot.as_ref().ok_or_else(|| anyhow!("vmlinux BTF not parsed"))
+}
+
 /// Checks that the classic `sock:inet_sk_error_report` record has the field offsets the
 /// program reads ([`ifsock_common::inet_sk_error_report_format`]).
 fn check_sock_error_format() -> Result<()> {
@@ -566,24 +604,33 @@ fn format_offsets(text: &str) -> Vec<(String, usize)> {
 /// but double the number of syscalls.
 const ITER_READ_BYTES: usize = 64 << 10;
 
+/// Decodes the iterator's output as it is read, through one reused buffer of
+/// [`ITER_READ_BYTES`] (plus one partial record carried to the next read): peak memory is the
+/// decoded records, not the raw bytes as well (at 100k sockets the raw `task_file` and socket
+/// output alone is ~20 MB, and a growing buffer doubles that).
 fn read_records<T: Record>(mut file: File) -> Result<Vec<T>> {
-    let mut buf = Vec::new();
-    let mut len = 0;
+    let size = std::mem::size_of::<T>();
+    let mut buf = vec![0u8; ITER_READ_BYTES + size];
+    let mut out = Vec::new();
+    let mut kept = 0;
     loop {
-        buf.resize(len + ITER_READ_BYTES, 0);
-        match file.read(&mut buf[len..]) {
+        match file.read(&mut buf[kept..]) {
             Ok(0) => break,
-            Ok(n) => len += n,
+            Ok(n) => {
+                let filled = kept + n;
+                let whole = filled - filled % size;
+                out.extend(buf[..whole].chunks_exact(size).filter_map(ifsock_common::read_record::<T>));
+                buf.copy_within(whole..filled, 0);
+                kept = filled - whole;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(anyhow::Error::from(e).context("reading BPF iterator output")),
         }
     }
-    buf.truncate(len);
-    let size = std::mem::size_of::<T>();
-    if buf.len() % size != 0 {
-        return Err(anyhow!("iterator returned {} bytes, not a multiple of {size}", buf.len()));
+    if kept != 0 {
+        return Err(anyhow!("iterator output ended with {kept} bytes of a {size}-byte record"));
     }
-    Ok(buf.chunks_exact(size).filter_map(ifsock_common::read_record::<T>).collect())
+    Ok(out)
 }
 
 /// Keeps the first record of every socket cookie. Before 6.16 (TCP) / 6.17 (UDP) a socket
@@ -616,6 +663,34 @@ mod tests {
         let out = dedupe_by_cookie(vec![rec(5, 80), rec(6, 81), rec(5, 80), rec(0, 82), rec(0, 83)]);
         let ports: Vec<u16> = out.iter().map(|r| r.lport).collect();
         assert_eq!(ports, vec![80, 81, 82, 83]);
+    }
+
+    fn file_with(bytes: &[u8]) -> File {
+        let path = std::env::temp_dir().join(format!("ifsock-read-records-{}-{}", std::process::id(), bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn iterator_output_is_decoded_across_reads_and_a_torn_record_is_an_error() {
+        // More than one read buffer; the record size does not divide it.
+        let size = std::mem::size_of::<SockRecord>();
+        assert_ne!(ITER_READ_BYTES % size, 0);
+        let n = ITER_READ_BYTES / size * 3 + 5;
+        let bytes: Vec<u8> = (0..n as u64)
+            .flat_map(|i| {
+                let r = rec(i + 1, 0);
+                // SAFETY: test-only view of a repr(C) integer record as bytes.
+                unsafe { std::slice::from_raw_parts((&r as *const SockRecord).cast::<u8>(), size) }.to_vec()
+            })
+            .collect();
+        let got = read_records::<SockRecord>(file_with(&bytes)).unwrap();
+        assert_eq!(got.len(), n);
+        assert!(got.iter().enumerate().all(|(i, r)| r.cookie == i as u64 + 1));
+        let err = read_records::<SockRecord>(file_with(&bytes[..bytes.len() - 1])).unwrap_err();
+        assert!(format!("{err:#}").contains(&format!("{} bytes of a {size}-byte record", size - 1)), "{err:#}");
     }
 
     #[test]

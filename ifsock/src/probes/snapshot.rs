@@ -1,14 +1,18 @@
 //! A point-in-time view of one netns: its sockets with owners (BPF iterators) and its links
 //! (rtnetlink dump).
+use std::net::IpAddr;
+
 use anyhow::Result;
+use ifsock_common::SockFilter;
 
 use crate::{
     kernel::{netlink, netns::NetnsHandle},
     model::{
+        ids::IfIndex,
         link::Link,
         socket::{join_owners, Socket},
     },
-    probes::Probes,
+    probes::{Probes, RawSnapshot},
 };
 
 /// Sockets of one netns with owners, from the `iter/udp`, `iter/tcp` and `iter/task_file`
@@ -18,9 +22,32 @@ use crate::{
 /// Iterator load/attach/read failures, or entering `netns` failed.
 pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<Socket>> {
     let raw = probes.snapshot(netns)?;
-    let mut sockets: Vec<Socket> = raw.sockets.iter().map(Socket::from_record).collect();
-    join_owners(&mut sockets, &raw.files);
-    Ok(sockets)
+    Ok(decode(raw))
+}
+
+/// Sockets of one netns that may be tied to the interface `ifindex` holding `addrs` (bound
+/// to it, to one of `addrs`, or to the wildcard), with owners: the iterators filter in the
+/// kernel ([`SockFilter`]); with more addresses than the filter holds, every socket is read.
+/// Callers still tie with [`crate::model::tie`], which decides exactly.
+///
+/// # Errors
+/// As [`sockets`].
+pub fn sockets_maybe_tied(probes: &mut Probes, netns: Option<&NetnsHandle>, ifindex: IfIndex, addrs: &[IpAddr]) -> Result<Vec<Socket>> {
+    let raw = match SockFilter::tied_to(ifindex.0, addrs) {
+        Some(filter) => probes.snapshot_filtered(netns, &filter)?,
+        None => probes.snapshot(netns)?,
+    };
+    Ok(decode(raw))
+}
+
+/// Decodes a snapshot, freeing the raw socket records before the owner join (which needs
+/// the file records and its own index): one raw copy fewer at the peak.
+fn decode(raw: RawSnapshot) -> Vec<Socket> {
+    let RawSnapshot { sockets: records, files } = raw;
+    let mut sockets: Vec<Socket> = records.iter().map(Socket::from_record).collect();
+    drop(records);
+    join_owners(&mut sockets, &files);
+    sockets
 }
 
 /// Dumps links (with addresses) of `netns`, or of the caller's netns.

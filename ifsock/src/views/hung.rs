@@ -32,7 +32,7 @@ use crate::{
         stranded::health,
         tie,
     },
-    probes::{select::ProbeSet, snapshot, Probes},
+    probes::{plan, select::ProbeSet, snapshot, Probes},
     render::{self, hung::Style, monotonic_ns},
 };
 pub use crate::model::receiver::{tie_strands, Certainty, HungReceiver, IfaceState, IfaceTie};
@@ -238,7 +238,8 @@ pub async fn run(args: HungArgs) -> Result<()> {
         let loops = event_loops(&mut probes, &filter, own).await?;
         return render::hung::receivers(&receivers, &loops, &style);
     }
-    let selection = probes.attach_recv(args.probe_set)?;
+    let forced = plan::Forced { probe_set: args.probe_set, sock_error_probe: None };
+    let selection = probes.apply(&plan::HUNG, forced)?.recv.ok_or_else(|| anyhow::anyhow!("hung: receive probes reported attached without a selection"))?;
     let mut signals = Signals::new()?;
     // Subscribe before dumping so that no deletion falls between the two.
     let mut sub = Subscription::open(None)?;

@@ -26,7 +26,7 @@ use crate::{
         signals::{Interrupted, Signals},
     },
     model::{link::Update, socket::Socket},
-    probes::{events::EventStream, Probes},
+    probes::{events::EventStream, plan, Probes},
     render::{monotonic_ns, teardown as out},
     views::abort::{self as abort_view, ViaChoice},
 };
@@ -130,14 +130,18 @@ async fn prepare(args: &TeardownArgs) -> Result<(Probes, rtnetlink::Handle, Tear
 async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Handle, td: &mut Teardown) -> Result<()> {
     // From here on SIGINT/SIGTERM end the grace period instead of killing the process.
     let mut signals = Signals::new()?;
-    for (what, r) in [
-        ("send errors (syscalls:sys_{enter,exit}_{sendto,sendmsg})", probes.attach_send_errors()),
-        ("receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{enter,exit}_{recv*,read})", probes.attach_recv(None).map(|_| ())),
-        ("kernel-reported socket errors (sock:inet_sk_error_report)", probes.attach_sock_errors()),
-    ] {
-        if let Err(e) = r {
-            td.unobserved(format!("{what}: {e:#}"));
-        }
+    // Every group is optional: a refused probe is reported as unobserved, never an error.
+    for skipped in probes.apply(&plan::TEARDOWN, plan::Forced::default())?.skipped {
+        let what = match skipped.group {
+            plan::Group::SendErrors => "send errors (syscalls:sys_{enter,exit}_{sendto,sendmsg})",
+            plan::Group::Recv => "receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{enter,exit}_{recv*,read})",
+            plan::Group::SockErrors => "kernel-reported socket errors (sock:inet_sk_error_report)",
+            other => {
+                td.unobserved(format!("{other}: {}", skipped.reason));
+                continue;
+            }
+        };
+        td.unobserved(format!("{what}: {}", skipped.reason));
     }
     let mut events = probes.events()?;
     let mut sub = Subscription::open(None)?;

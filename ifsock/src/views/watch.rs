@@ -10,7 +10,7 @@ mod follow;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use follow::{kernel_input, now, open_ns, NetlinkMsg, NsIo, Snapshots};
 use tokio::sync::mpsc;
 
@@ -25,7 +25,7 @@ use crate::{
         waiters::WaiterIndex,
     },
     model::{ids::NetnsIno, sock_error::SockErrorProbe},
-    probes::{select, Probes},
+    probes::{plan, select, Probes},
     render,
 };
 
@@ -93,26 +93,15 @@ fn parse_rcvbuf(s: &str) -> Result<usize, String> {
 pub async fn run(args: WatchArgs) -> Result<()> {
     let mut signals = Signals::new()?;
     let mut probes = Probes::load(u64::MAX)?;
-    let selection = probes.attach_device(args.probe_set)?;
-    if let Err(e) = probes.attach_link_requests() {
-        tracing::warn!("link-request tracepoints unavailable, events will carry no cause: {e:#}");
-    }
-    let recv_selection = match probes.attach_recv(args.probe_set) {
-        Ok(sel) => Some(sel),
-        Err(e) if args.probe_set.is_some() => return Err(e.context("attaching the receive probes")),
-        Err(e) => {
-            tracing::warn!("receive probes unavailable, no receiver_stranded events: {e:#}");
-            None
-        }
-    };
-    // Socket errors are extra evidence: without them watch still follows interfaces.
-    let (sock_errors, sock_errors_refused) = match probes.attach_sock_errors_with(args.sock_error_probe) {
-        Ok(a) => (Some(a.probe), a.tp_btf_refused.map(|r| format!("tp_btf: {r}"))),
-        Err(e) if args.sock_error_probe.is_some() => return Err(e.context("--sock-error-probe")),
-        Err(e) => {
-            tracing::warn!("socket errors unavailable, no socket_error events: {e:#}");
-            (None, Some(format!("{e:#}")))
-        }
+    // Device probes are required; link requests, receive tracking and socket errors are
+    // evidence (warned about and left out when refused, unless forced).
+    let forced = plan::Forced { probe_set: args.probe_set, sock_error_probe: args.sock_error_probe };
+    let applied = probes.apply(&plan::WATCH, forced)?;
+    let selection = applied.device.clone().ok_or_else(|| anyhow!("watch: device probes reported attached without a selection"))?;
+    let recv_selection = applied.recv.clone();
+    let (sock_errors, sock_errors_refused) = match &applied.sock_errors {
+        Some(a) => (Some(a.probe), a.tp_btf_refused.as_ref().map(|r| format!("tp_btf: {r}"))),
+        None => (None, applied.skipped.iter().find(|s| s.group == plan::Group::SockErrors).map(|s| s.reason.clone())),
     };
     let mut events = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();

@@ -60,6 +60,22 @@ pub fn scale(n: u64, rows: &mut Vec<Row>) -> Result<()> {
         rss_kib: Some(if_rss),
     });
 
+    // `--iface` on an interface that holds none of the sockets: the iterators still walk every
+    // socket, but the kernel-side filter (`SockFilter`) writes no record for them.
+    let (va, vb) = (ifsock_tests::unique("bf"), ifsock_tests::unique("bg"));
+    ns.veth(&va, &vb, Some("10.250.0.1/24"))?;
+    let (if_iface, iface_rss, iface_lines) = best(&[bin, "sockets", "--iface", &va, "--json"], &ns.name, Sink::Pipe, reps, t)?;
+    ensure!(iface_lines == 0, "sockets --iface {va} listed {iface_lines} sockets, none is tied to it");
+    rows.push(Row {
+        name: format!("`sockets --iface X --json`, {label} UDP sockets, none tied to X (filtered in the kernel)"),
+        ifsock: format!("{if_iface:.0} ms ({:.2} µs/socket walked)", per(if_iface) / 1e3),
+        baseline: format!("unfiltered `sockets --json` {if_pipe:.0} ms"),
+        ratio: Some(if_iface / if_pipe),
+        target: "— (cost of the walk alone)".into(),
+        met: None,
+        rss_kib: Some(iface_rss),
+    });
+
     let (if_file, if_rss, _) = best(&[bin, "sockets", "--json"], &ns.name, Sink::File, reps, t)?;
     if n <= 100_000 {
         let (ssp, _, _) = best(&["ss", "-uanp"], &ns.name, Sink::File, 1, t)?;
