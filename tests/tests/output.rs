@@ -12,6 +12,14 @@ use ifsock_tests::*;
 
 /// 3,000 UDP sockets in a fresh netns: `sockets --json` prints about 1 MB, more than a pipe holds.
 fn netns_with_sockets() -> Result<(Netns, Vec<UdpSocket>)> {
+    // 3,000 sockets need more than the usual soft limit of 1,024 fds (the VM guest's is that).
+    let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    let (soft, hard) = nix::sys::resource::getrlimit(limit)?;
+    let want = hard.min(8192);
+    if soft < want {
+        nix::sys::resource::setrlimit(limit, want, hard)?;
+    }
+    anyhow::ensure!(want > 3100, "RLIMIT_NOFILE hard limit {hard} is below the 3,100 fds this test needs");
     let ns = Netns::new()?;
     let socks = ns.run(|| -> Result<Vec<UdpSocket>> { (0..3000).map(|_| Ok(UdpSocket::bind("127.0.0.1:0")?)).collect() })??;
     Ok((ns, socks))
