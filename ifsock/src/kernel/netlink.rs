@@ -269,23 +269,32 @@ pub fn rmem_max() -> Option<usize> {
 }
 
 /// Sets the receive buffer to `size` bytes: `SO_RCVBUF` up to `net.core.rmem_max` (which would
-/// silently cap a larger request), `SO_RCVBUFFORCE` above it.
+/// silently cap a larger request), `SO_RCVBUFFORCE` above it. Where `rmem_max` cannot be read
+/// (before Linux 6.3 the sysctl exists only in the initial netns, so not inside `--netns X`),
+/// `SO_RCVBUFFORCE` is tried first and `SO_RCVBUF` used when it is not permitted.
 fn set_rcvbuf(socket: &Socket, size: usize) -> Result<()> {
     if size > RCVBUF_MAX {
         anyhow::bail!("receive buffer {size} bytes is above the kernel's limit of {RCVBUF_MAX}");
     }
-    let max = rmem_max().unwrap_or(usize::MAX);
-    let (opt, name) = if size > max { (libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE") } else { (libc::SO_RCVBUF, "SO_RCVBUF") };
-    let value = size as libc::c_int;
-    // SAFETY: a c_int option value of the size passed.
-    let r = unsafe {
-        libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, opt, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    let max = rmem_max();
+    let set = |opt: libc::c_int| -> std::io::Result<()> {
+        let value = size as libc::c_int;
+        // SAFETY: a c_int option value of the size passed.
+        let r = unsafe {
+            libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, opt, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
     };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(e).with_context(|| format!("setting {name} to {size} bytes on the subscription socket (net.core.rmem_max is {max}; above it CAP_NET_ADMIN is needed)"));
+    let shown = max.map_or("unreadable in this netns".to_string(), |m| m.to_string());
+    let context = |name: &str| format!("setting {name} to {size} bytes on the subscription socket (net.core.rmem_max is {shown}; above it CAP_NET_ADMIN is needed)");
+    match max {
+        Some(m) if size <= m => set(libc::SO_RCVBUF).with_context(|| context("SO_RCVBUF")),
+        Some(_) => set(libc::SO_RCVBUFFORCE).with_context(|| context("SO_RCVBUFFORCE")),
+        None => match set(libc::SO_RCVBUFFORCE) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => set(libc::SO_RCVBUF).with_context(|| context("SO_RCVBUF")),
+            r => r.with_context(|| context("SO_RCVBUFFORCE")),
+        },
     }
-    Ok(())
 }
 
 /// One receive from the subscription socket.
