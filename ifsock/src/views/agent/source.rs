@@ -316,6 +316,57 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        engine::watch::{ChangeEvent, Config, NetnsRemovedRecord},
+        model::{ids::IfIndex, link::Change},
+    };
+
+    fn pipeline() -> Pipeline {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Pipeline::new(WatchEngine::new(Config { iface: None, sockets: false, recv_tracking: false, stranded_after: std::time::Duration::from_secs(5) }), tx)
+    }
+
+    fn change(kind: ChangeKind, name: &str) -> WatchRecord {
+        WatchRecord::Change(ChangeEvent {
+            ts_unix_ns: 7,
+            source: Source::Netlink,
+            netns: NetnsIno(9),
+            netns_name: Some("blue".into()),
+            from_netns: None,
+            change: Change { kind, ifindex: IfIndex(4), name: name.into(), old_name: None, old_ifindex: None, address: None },
+            cause: None,
+            kernel: None,
+            sockets: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn every_record_is_journaled_and_changes_count_and_mark_a_snapshot() {
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.take(vec![change(ChangeKind::Deleted, "veth0")], &mut out);
+        assert!(matches!(out[0], Out::Metric(Input::LinkEvent(ChangeKind::Deleted))), "{out:?}");
+        assert!(matches!(&out[1], Out::Record(WatchRecord::Change(_))), "{out:?}");
+        assert!(p.dirty(), "a change asks for a snapshot");
+        assert_eq!(p.health.deletions().len(), 1, "a deletion is evidence for interface_deleted");
+        assert_eq!(p.health.deletions()[0].name, "veth0");
+        assert_eq!(p.health.deletions()[0].at_unix_ns, 7);
+        p.take(vec![change(ChangeKind::Recreated, "veth0")], &mut out);
+        assert!(p.health.deletions().is_empty(), "the interface is back");
+    }
+
+    #[test]
+    fn a_removed_netns_drops_its_gauges_and_its_pending_snapshot() {
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.take(vec![change(ChangeKind::Up, "veth0")], &mut out);
+        out.clear();
+        let removed = NetnsRemovedRecord { ts_unix_ns: 8, netns: NetnsIno(9), netns_name: None, still_exists: false, held_by_ifsock: false, other_holders: Vec::new(), links: 0 };
+        p.take(vec![WatchRecord::NetnsRemoved(removed)], &mut out);
+        assert!(matches!(out[0], Out::Metric(Input::NetnsGone(NetnsIno(9)))), "{out:?}");
+        assert!(matches!(&out[1], Out::Record(WatchRecord::NetnsRemoved(_))), "{out:?}");
+        assert!(!p.dirty());
+    }
 
     #[test]
     fn container_label_only_without_a_name() {
