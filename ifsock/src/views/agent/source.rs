@@ -25,18 +25,25 @@ use crate::{
         cgroup::{self, Attribution},
         netlink::{self, Received},
         netns::{self, NetnsHandle},
+        procfs,
         waiters::WaiterIndex,
     },
     model::{
         ids::NetnsIno,
         link::ChangeKind,
         socket::Protocol,
-        stranded::{SeenDeletion, SocketHealthEvent, Via},
+        stranded::{SeenDeletion, SocketHealthEvent},
         tie,
     },
     probes::Probes,
     render::fmt,
 };
+
+/// Receive buffer of each netns's rtnetlink subscription, bytes. A recorder must keep up with
+/// a burst of 1,000 changes (about 1 KiB each) without `ENOBUFS`; the kernel default
+/// (`net.core.rmem_default`, ~208 KiB) overflows under one. Set with SO_RCVBUFFORCE when above
+/// `net.core.rmem_max`; memory is only used while messages are queued.
+const RCVBUF: usize = 8 << 20;
 
 /// A task's pid with its container attribution (`kernel::cgroup::of_pid`, `/proc/PID/cgroup`).
 #[derive(Clone, Debug, Serialize)]
@@ -167,7 +174,7 @@ impl Pipeline {
             if self.engine.follows(h.ino) {
                 continue;
             }
-            match follow::open_ns(Some(h), None, self.tx.clone()).await {
+            match follow::open_ns(Some(h), Some(RCVBUF), self.tx.clone()).await {
                 Ok((ino, name, io, dump, _)) => {
                     let label = label_of(name, io.handle.as_ref());
                     self.spaces.insert(ino, io);
@@ -261,7 +268,11 @@ impl Pipeline {
         if self.dirty.is_empty() {
             return;
         }
-        let waiters = WaiterIndex::discover();
+        // The gauge needs receive waiters only: one cheap pass over /proc/*/task/*/syscall.
+        // The full waiter index (epoll/poll/select, reading fdinfo and task memory) costs far
+        // more and is built only when a socket's health changed, for its journal line.
+        let blocked = procfs::blocked_receivers(None);
+        let mut waiters: Option<WaiterIndex> = None;
         let now = follow::now();
         for ino in std::mem::take(&mut self.dirty) {
             let Some(io) = self.spaces.get(&ino) else { continue };
@@ -293,7 +304,7 @@ impl Pipeline {
                     },
                     stranded: h.as_ref().map(|s| (s.ifname.clone().unwrap_or_default(), s.reason.name())),
                 });
-                let receiving = waiters.for_socket(&t.socket).into_iter().filter(|w| w.via == Via::Recv).count();
+                let receiving = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).count();
                 snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), receiving));
             }
             for change in self.health.update(ino, &sockets, &dump.links, &dump.addrs, now.unix_ns) {
@@ -302,7 +313,7 @@ impl Pipeline {
                     HealthChange::Recovered { socket, was } => ("socket_recovered", socket, was),
                 };
                 let Some(t) = tied.iter().find(|t| t.socket.inode == socket.inode && t.socket.sk == socket.sk) else { continue };
-                let report = waiters.report(t.clone(), self.health.assess(&socket, &dump.links, &dump.addrs));
+                let report = waiters.get_or_insert_with(WaiterIndex::discover).report(t.clone(), self.health.assess(&socket, &dump.links, &dump.addrs));
                 let owner_cgroups = attributed(socket.owners.iter().map(|o| o.pid).collect());
                 let waiter_cgroups = attributed(report.waiters.iter().map(|w| w.pid).collect());
                 let event = SocketHealthEvent::new(&by, report, now.unix_ns, label.clone(), None);
