@@ -458,3 +458,56 @@ fn port_in_use_and_unwritable_journal_fail_at_start_with_the_fix() -> Result<()>
     assert!(err.contains("journal directory") && err.contains("--journal"), "{err}");
     Ok(())
 }
+
+/// Seed 003 with the agent running: a wildcard IP_PKTINFO receiver blocked in recvmsg in a test
+/// netns, whose veth is then deleted. The kernel keeps no trace of which interface such a socket
+/// last received on; the journal does, and `journal::deletions_since` (what `hung` and
+/// `sockets --stranded` consult) returns the deletion. The agent itself marks the socket
+/// `interface_deleted` with the blocked thread among its waiters.
+#[test]
+fn seed_003_deletion_under_a_blocked_pktinfo_receiver_is_in_the_journal() -> Result<()> {
+    use ifsock::{journal, model::ids::NetnsIno};
+    use ifsock_tests::BlockedReceiver;
+    require_root();
+    let agent = Agent::start(&[])?;
+    let ns = Netns::new()?;
+    let ino = NetnsIno(u32::try_from(ns.ino()?)?);
+    poll("netns_added in the journal", Duration::from_secs(30), || {
+        agent.journal_records().iter().any(|r| r["type"] == "netns_added" && r["netns_name"] == ns.name.as_str())
+    })?;
+    let (a, b) = (unique("sd"), unique("se"));
+    ns.veth(&a, &b, Some("10.243.0.1/24"))?;
+    poll("the veth's creation in the journal", Duration::from_secs(30), || {
+        agent.journal_records().iter().any(|r| r["type"] == "change" && r["event"] == "created" && r["name"] == a.as_str())
+    })?;
+    let receiver = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None)?;
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let deleted_index = ns.ifindex(&a)?;
+    ns.ip(&["link", "del", &a])?;
+
+    let mut found = Vec::new();
+    poll("the deletion from journal::deletions_since", Duration::from_secs(30), || {
+        found = journal::deletions_since(&agent.journal.0, ino, since).unwrap_or_default();
+        found.iter().any(|d| d.ifname == a)
+    })?;
+    let d = found.iter().find(|d| d.ifname == a).context("deletion vanished")?;
+    assert_eq!(d.ifindex.0, deleted_index);
+    assert!(d.ts_unix_ns >= since, "{d:?} is older than the deletion");
+    assert!(journal::deletions_since(&agent.journal.0, ino, d.ts_unix_ns + 1)?.iter().all(|d| d.ifname != a), "since filters");
+    assert!(journal::deletions_since(&agent.journal.0, NetnsIno(ino.0.wrapping_add(1)), since)?.is_empty(), "netns filters");
+
+    let mut stranded = None;
+    poll("socket_stranded interface_deleted in the journal", Duration::from_secs(30), || {
+        stranded = agent.journal_records().into_iter().find(|r| {
+            r["type"] == "socket_stranded" && r["netns_name"] == ns.name.as_str() && r["socket"]["local_port"] == receiver.port
+        });
+        stranded.is_some()
+    })?;
+    let rec = stranded.context("record vanished")?;
+    assert_eq!(rec["reason"], "interface_deleted", "{rec}");
+    // One RTM_DELLINK takes both ends of the pair: the latest deletion of the netns is named.
+    assert!(rec["ifname"] == a.as_str() || rec["ifname"] == b.as_str(), "{rec}");
+    let waiters = rec["waiters"].as_array().context("no waiters")?;
+    assert!(waiters.iter().any(|w| w["tid"] == receiver.tid && w["via"] == "recv"), "{rec}");
+    Ok(())
+}

@@ -16,15 +16,24 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
     cli::parse_duration,
-    engine::metrics::{Input, LostSource, Metrics, MetricsEngine},
+    engine::{
+        metrics::{Input, LostSource, Metrics, MetricsEngine},
+        watch::{Config, WatchEngine, WatchRecord},
+    },
     journal::{self, Journal},
     kernel::signals::{Interrupted, Signals},
     probes::Probes,
     render::metrics as exposition,
 };
 
+// The follower code of `watch --all-netns`, compiled here as well because `views/watch.rs`
+// keeps its module private; at merge this becomes `use super::watch::follow` once that module
+// is `pub(crate)`.
+#[path = "watch/follow.rs"]
+mod follow;
 mod source;
-use source::{Follower, NetlinkMsg, Out};
+use follow::NetlinkMsg;
+use source::{Out, Pipeline};
 
 /// Options of `agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +59,10 @@ pub struct AgentArgs {
 /// Least time between two socket snapshots (gauges lag a change by at most this).
 const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
 
+/// `receiver_stranded` is raised again for a receiver still blocked this long after the change
+/// (`--receivers` only; the default of `watch --stranded-after`).
+const STRANDED_AFTER: Duration = Duration::from_secs(5);
+
 /// A file that signals `POLLPRI` whenever the mount table changes (`mounts_poll`, since 2.6.15).
 struct MountTable(std::fs::File);
 impl std::os::fd::AsRawFd for MountTable {
@@ -69,9 +82,11 @@ impl Sink {
     fn take(&mut self, out: &mut Vec<Out>) {
         for o in out.drain(..) {
             let written = match &o {
-                Out::Change(r) => self.journal.append(r),
+                // Session records of `watch` (start, final state and counters) are not history.
+                Out::Record(WatchRecord::Ready(_) | WatchRecord::State(_) | WatchRecord::Counters(_)) => Ok(()),
+                // Everything else, including record types the engine gains later, is journaled.
+                Out::Record(r) => self.journal.append(r),
                 Out::Health(r) => self.journal.append(r),
-                Out::Netns(r) => self.journal.append(r),
                 Out::Metric(_) => Ok(()),
             };
             // Write failures are logged and counted by the journal; serving goes on.
@@ -150,6 +165,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut metrics = MetricsEngine::new();
     metrics.apply(Input::ProbeSet { path: "sockets".into(), set: "iter".into() });
     metrics.apply(Input::ProbeSet { path: "links".into(), set: "rtnetlink".into() });
+    // No device or link-request probes: the device ones need fentry/kprobe, and the link-request
+    // tracepoints fire on every sendmsg/ioctl of the host, a cost the agent does not pay while
+    // idle; changes come from rtnetlink, causes are left to `watch`.
     let recv = if args.receivers {
         let sel = probes.attach_recv(None).context("--receivers: attaching the receive-path probes")?;
         format!("{:?}", sel.chosen).to_lowercase()
@@ -157,6 +175,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         "none".into()
     };
     metrics.apply(Input::ProbeSet { path: "recv".into(), set: recv });
+    // Socket errors fire only when the kernel reports one (`sk_error_report`): free while idle.
+    let sock_errors = match probes.attach_sock_errors_with(None) {
+        Ok(a) => format!("{:?}", a.probe).to_lowercase(),
+        Err(e) => {
+            tracing::warn!("socket errors unavailable, none will be journaled: {e:#}");
+            "none".into()
+        }
+    };
+    metrics.apply(Input::ProbeSet { path: "sock_errors".into(), set: sock_errors });
+    let mut events = probes.events()?;
     let table = MountTable(std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?);
     // SAFETY: the file is owned by the AsyncFd and stays open until it is dropped.
     let mounts = unsafe { AsyncFd::register_with_interest(table, tokio::io::Interest::PRIORITY) }
@@ -164,11 +192,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (publish, published) = tokio::sync::watch::channel(Arc::new(metrics.values()));
     let mut sink = Sink { journal, metrics, publish };
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
-    let mut follower = Follower::new(tx);
+    // Gauges come from the agent's own rate-limited snapshots, not from one per change batch.
+    let config = Config { iface: None, sockets: false, recv_tracking: args.receivers, stranded_after: STRANDED_AFTER };
+    let mut pipeline = Pipeline::new(WatchEngine::new(config), tx);
     let mut out = Vec::new();
     // The mount table is watched before the first discovery: a netns added in between is seen.
-    follower.discover(&mut out).await;
-    follower.snapshot(&mut probes, &mut out);
+    pipeline.discover(&mut probes, false, &mut out).await;
+    pipeline.snapshot(&mut probes, &mut out).await;
     sink.take(&mut out);
     serve(listener, published)?;
     eprintln!(
@@ -176,13 +206,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         args.listen,
         args.journal.display(),
         args.journal_max_bytes,
-        follower.followed()
+        pipeline.followed()
     );
     let mut reconcile = (!args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + args.reconcile_every, args.reconcile_every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    // Only while a down/delete awaits its receiver scan or a stranded receiver is followed.
+    let mut stranded_tick = tokio::time::interval(SNAPSHOT_GAP);
     // Snapshots walk every socket and task of the host: under a steady stream of changes they
     // are taken at most once per SNAPSHOT_GAP, the changes in between are one batch.
     let mut last_snapshot = tokio::time::Instant::now();
@@ -191,12 +223,28 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::select! {
             stop = signals.recv() => break stop,
             _ = async { match snapshot_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
+            _ = stranded_tick.tick(), if args.receivers && pipeline.engine().wants_receiver_scan() => {
+                let engine = pipeline.engine();
+                let blocked = crate::kernel::procfs::blocked_receivers(None);
+                let receivers = if engine.following_stranded() || !blocked.is_empty() || !probes.inflight()?.is_empty() {
+                    super::hung::collect_from(&mut probes, &engine.receiver_context(), Duration::ZERO, None, blocked)?
+                } else {
+                    Vec::new()
+                };
+                let records = engine.on_receivers(&receivers, &follow::now());
+                out.extend(records.into_iter().map(Out::Record));
+            }
+            batch = events.next_batch() => {
+                pipeline.on_kernel(batch?, &mut probes, &mut out);
+            }
             msg = rx.recv() => {
                 let Some((ino, received)) = msg else { continue };
-                follower.on_netlink(ino, received, &mut out).await;
+                // Evidence is written at syscall entry, before the kernel acts: drain it first.
+                pipeline.on_kernel(events.drain(), &mut probes, &mut out);
+                pipeline.on_netlink(ino, received, &mut probes, &mut out).await;
                 // One snapshot per batch: everything already queued belongs to this batch.
                 while let Ok((ino, received)) = rx.try_recv() {
-                    follower.on_netlink(ino, received, &mut out).await;
+                    pipeline.on_netlink(ino, received, &mut probes, &mut out).await;
                 }
             }
             guard = mounts.ready(tokio::io::Interest::PRIORITY) => {
@@ -204,17 +252,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 guard.clear_ready();
                 // A full scan: our own subscription sockets keep a deleted netns alive, so one
                 // that left /run/netns and every process must be dropped here.
-                follower.discover(&mut out).await;
+                pipeline.discover(&mut probes, true, &mut out).await;
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
-                follower.discover(&mut out).await;
-                follower.reconcile(&mut out).await;
+                pipeline.discover(&mut probes, true, &mut out).await;
+                pipeline.reconcile(&mut probes, &mut out).await;
             }
         }
         let now = tokio::time::Instant::now();
-        if follower.dirty() {
+        if pipeline.dirty() {
             if now >= last_snapshot + SNAPSHOT_GAP {
-                follower.snapshot(&mut probes, &mut out);
+                pipeline.snapshot(&mut probes, &mut out).await;
                 last_snapshot = now;
                 snapshot_due = None;
             } else {
@@ -226,8 +274,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
         sink.take(&mut out);
     };
+    pipeline.on_kernel(events.drain(), &mut probes, &mut out);
+    sink.take(&mut out);
     let flushed = sink.journal.flush();
-    drop(follower);
+    drop(pipeline);
+    drop(events);
     drop(probes);
     match flushed {
         Ok(()) => eprintln!("agent: {}: journal flushed to {}, probes detached", stop.name(), args.journal.display()),

@@ -1,96 +1,51 @@
-//! The agent's event source — a STAND-IN, to be replaced at merge by `engine::watch`'s
-//! `WatchEngine` (its `WatchRecord`s feed [`crate::journal::Journal::append`] and
-//! [`crate::engine::metrics::Input`] the same way) and the local [`health`] check by
-//! `model::stranded`.
+//! The agent's event source: the `watch --all-netns` pipeline (`engine::watch::WatchEngine` fed
+//! by `views/watch/follow.rs`, the same follower code as `watch`), with what only a recorder
+//! needs on top: every [`WatchRecord`] is journaled, records become metric inputs, and socket
+//! snapshots (taken by the caller at most once per `SNAPSHOT_GAP` per changed netns, and at
+//! reconcile) set the gauges and journal socket health changes judged by `model::stranded`
+//! through `engine::health::HealthTracker`.
 //!
-//! It follows the links and addresses of every netns (rtnetlink `RTNLGRP_LINK` and the two
-//! address groups, one subscription per netns), and after each batch of changes takes one
-//! socket snapshot per changed netns (`probes::snapshot::sockets`) to set the gauges and to
-//! journal sockets that became stranded or recovered.
-//!
-//! Start-up race (seed 004): each netns is subscribed before it is dumped, so a change during
-//! the dump is queued and applied on top of it. Loss (seed 002): `ENOBUFS` means a re-dump
-//! and diff (counted as lost and as a resync).
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+//! Start-up race (seed 004): `follow::open_ns` subscribes before it dumps. Loss (seed 002):
+//! `ENOBUFS` is counted (`Lost(NetlinkEnobufs, 1)`, `Resync`) and answered by a re-dump handed
+//! to the engine as `Source::Resync`.
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::follow::{self, NetlinkMsg, NsIo, Snapshots};
 use crate::{
-    engine::metrics::{Input, LostSource, NetnsSnapshot, SocketRow},
+    engine::{
+        health::{HealthChange, HealthTracker},
+        metrics::{Input, LostSource, NetnsSnapshot, SocketRow},
+        watch::{Removal, Source, WatchEngine, WatchRecord},
+    },
     kernel::{
         cgroup::{self, Attribution},
-        netlink::{self, Received, Subscription},
+        netlink::{self, Received},
         netns::{self, NetnsHandle},
-        procfs::{self, BlockedThread},
+        procfs,
+        waiters::WaiterIndex,
     },
     model::{
-        ids::{IfIndex, NetnsIno, SockInode},
-        link::{Change, ChangeKind, Link, LinkTable},
-        socket::{Protocol, Socket},
-        tie::{self, TiedSocket},
+        ids::NetnsIno,
+        link::ChangeKind,
+        socket::Protocol,
+        stranded::{SeenDeletion, SocketHealthEvent},
+        tie,
     },
-    probes::{snapshot, Probes},
-    render::{fmt, unix_ns},
+    probes::Probes,
+    render::fmt,
 };
 
-/// Why a socket cannot receive what it was bound for (the names of `model::stranded`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// Bound to a specific local address that no interface of its netns holds.
-    AddressGone,
-    /// `sk_bound_dev_if` names an interface without `IFF_UP`.
-    DeviceDown,
-    /// `sk_bound_dev_if` names no existing interface.
-    DeviceDeleted,
-}
+/// Receive buffer of each netns's rtnetlink subscription, bytes. A recorder must keep up with
+/// a burst of 1,000 changes (about 1 KiB each) without `ENOBUFS`; the kernel default
+/// (`net.core.rmem_default`, ~208 KiB) overflows under one. Set with SO_RCVBUFFORCE when above
+/// `net.core.rmem_max`; memory is only used while messages are queued.
+const RCVBUF: usize = 8 << 20;
 
-impl Reason {
-    /// The snake_case name (metric label and JSON).
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::AddressGone => "address_gone",
-            Reason::DeviceDown => "device_down",
-            Reason::DeviceDeleted => "device_deleted",
-        }
-    }
-}
-
-/// The health of one socket: `(reason, ifindex, ifname)` of the interface involved, or `None`
-/// when healthy. `last_holder` names the interface that last held an address (from the
-/// netns's history: the kernel forgets it with the address); `deleted` the links gone.
-pub fn health(
-    s: &Socket,
-    links: &[Link],
-    last_holder: &HashMap<IpAddr, (IfIndex, String)>,
-    deleted: &HashMap<IfIndex, String>,
-) -> Option<(Reason, Option<IfIndex>, String)> {
-    if s.bound_dev_if != 0 {
-        let idx = IfIndex(s.bound_dev_if);
-        return match links.iter().find(|l| l.ifindex == idx) {
-            None => Some((Reason::DeviceDeleted, Some(idx), deleted.get(&idx).cloned().unwrap_or_default())),
-            Some(l) if !l.is_up() => Some((Reason::DeviceDown, Some(idx), l.name.clone())),
-            Some(_) => None,
-        };
-    }
-    let addr = s.local_addr.to_canonical();
-    // 127.0.0.0/8 and ::1 are local on `lo` as a whole, not as listed addresses.
-    if addr.is_unspecified() || addr.is_loopback() {
-        return None;
-    }
-    if links.iter().any(|l| l.addrs.iter().any(|a| a.to_canonical() == addr)) {
-        return None;
-    }
-    let (ifindex, ifname) = last_holder.get(&addr).cloned().map_or((None, String::new()), |(i, n)| (Some(i), n));
-    Some((Reason::AddressGone, ifindex, ifname))
-}
-
-/// A task's pid with its container attribution (`kernel::cgroup`).
+/// A task's pid with its container attribution (`kernel::cgroup::of_pid`, `/proc/PID/cgroup`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Attributed {
     /// Thread-group id.
@@ -100,151 +55,64 @@ pub struct Attributed {
     pub attribution: Attribution,
 }
 
-/// A thread blocked receiving on the socket (`/proc/PID/task/TID/syscall`).
+/// The journal line of a socket health change: watch's `socket_stranded` / `socket_recovered`
+/// payload ([`SocketHealthEvent`]) plus the cgroups of the socket's owners and waiters.
 #[derive(Clone, Debug, Serialize)]
-pub struct Waiter {
-    /// Thread-group id.
-    pub pid: u32,
-    /// Thread id.
-    pub tid: u32,
-    /// Command.
-    pub comm: String,
-    /// Syscall name.
-    pub syscall: &'static str,
-    /// Always `recv` here (epoll/poll/select waiters come with `kernel::waiters` at merge).
-    pub via: &'static str,
-    /// The fd it waits on.
-    pub fd: u32,
-    /// cgroup, container and pod of the task.
-    #[serde(flatten)]
-    pub attribution: Attribution,
-}
-
-/// `socket_stranded` / `socket_recovered`, the shape `watch` uses.
-#[derive(Clone, Debug, Serialize)]
-pub struct SocketHealthRecord {
+pub struct SocketHealthLine {
     /// `socket_stranded` or `socket_recovered`.
     #[serde(rename = "type")]
     pub ty: &'static str,
-    /// When the change batch was seen, ns since the Unix epoch.
-    pub ts_unix_ns: u64,
-    /// Netns inode.
-    pub netns: NetnsIno,
-    /// Netns label (name under /run/netns, else container, else null).
-    pub netns_name: Option<String>,
-    /// Why (for `socket_recovered`: the reason it had).
-    pub reason: Reason,
-    /// The interface involved.
-    pub ifindex: Option<IfIndex>,
-    /// Its name (`""` when unknown).
-    pub ifname: String,
-    /// The socket's specific local address, if it has one.
-    pub address: Option<IpAddr>,
-    /// The socket, as a `sockets --json` row.
-    pub socket: TiedSocket,
-    /// The owners' cgroups.
-    pub owner_cgroups: Vec<Attributed>,
-    /// Threads blocked receiving on it.
-    pub waiters: Vec<Waiter>,
-}
-
-/// A link change, the shape of `watch --json`'s `change` lines.
-#[derive(Clone, Debug, Serialize)]
-pub struct ChangeRecord {
-    /// `"change"`.
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-    /// Wall-clock time, ns since the Unix epoch.
-    pub ts_unix_ns: u64,
-    /// `netlink`, `resync`, `reconcile` or `discovery`.
-    pub source: &'static str,
-    /// Netns inode.
-    pub netns: NetnsIno,
-    /// Netns label.
-    pub netns_name: Option<String>,
-    /// The change.
+    /// The record as `watch` spells it.
     #[serde(flatten)]
-    pub change: Change,
+    pub event: SocketHealthEvent,
+    /// The owners' cgroups, one per pid.
+    pub owner_cgroups: Vec<Attributed>,
+    /// The waiters' cgroups, one per pid.
+    pub waiter_cgroups: Vec<Attributed>,
 }
 
-/// `netns_added` / `netns_removed`.
-#[derive(Clone, Debug, Serialize)]
-pub struct NetnsRecord {
-    /// The type.
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-    /// Wall-clock time, ns since the Unix epoch.
-    pub ts_unix_ns: u64,
-    /// Netns inode.
-    pub netns: NetnsIno,
-    /// Netns label.
-    pub netns_name: Option<String>,
-}
-
-/// What the source produces: records for the journal and inputs for the metrics.
+/// What the pipeline hands the agent: journal lines and metric inputs, in order.
 #[derive(Debug)]
 pub enum Out {
-    /// A change.
-    Change(ChangeRecord),
-    /// A socket stranded or recovered.
-    Health(SocketHealthRecord),
-    /// A netns came or went.
-    Netns(NetnsRecord),
+    /// A record of the watch engine, journaled as `watch --json` prints it.
+    Record(WatchRecord),
+    /// A socket health change found at a snapshot.
+    Health(Box<SocketHealthLine>),
     /// A metric input.
     Metric(Input),
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Ns {
-    label: Option<String>,
-    handle: Option<NetnsHandle>,
-    rtnl: rtnetlink::Handle,
-    table: LinkTable,
-    last_holder: HashMap<IpAddr, (IfIndex, String)>,
-    deleted: HashMap<IfIndex, String>,
-    stranded: HashMap<SockInode, Reason>,
-    dirty: bool,
-    _reader: AbortOnDrop,
-}
-
-impl Ns {
-    fn learn(&mut self) {
-        for l in self.table.links() {
-            for a in &l.addrs {
-                self.last_holder.insert(a.to_canonical(), (l.ifindex, l.name.clone()));
-            }
-        }
-    }
-}
-
-/// Messages from the per-netns subscription readers.
-pub type NetlinkMsg = (NetnsIno, Result<Received>);
-
-/// Every followed netns.
-pub struct Follower {
-    spaces: BTreeMap<NetnsIno, Ns>,
+/// Every followed netns: the watch engine, its per-netns I/O, and the health of their sockets.
+pub struct Pipeline {
+    engine: WatchEngine,
+    spaces: BTreeMap<NetnsIno, NsIo>,
+    health: HealthTracker,
+    /// Namespaces changed since their last snapshot.
+    dirty: BTreeSet<NetnsIno>,
+    /// The label each netns was added with (the engine keeps its own copy for its records).
+    labels: BTreeMap<NetnsIno, Option<String>>,
     tx: mpsc::UnboundedSender<NetlinkMsg>,
 }
 
 /// The netns label: its name under /run/netns, else `container:<id12>` of a task in it.
-fn label_of(h: &NetnsHandle) -> Option<String> {
-    if let Some(n) = &h.name {
-        return Some(n.clone());
+fn label_of(name: Option<String>, h: Option<&NetnsHandle>) -> Option<String> {
+    if name.is_some() {
+        return name;
     }
-    let pid = h.path.to_str()?.strip_prefix("/proc/")?.split('/').next()?.parse().ok()?;
-    cgroup::of_pid(pid).container_id.map(|id| format!("container:{}", &id[..12]))
+    let pid = h?.path.to_str()?.strip_prefix("/proc/")?.split('/').next()?.parse().ok()?;
+    cgroup::of_pid(pid).container_id.map(|id| format!("container:{}", id.get(..12).unwrap_or(&id)))
 }
 
-impl Follower {
-    /// A follower sending subscription messages to `tx`.
-    pub fn new(tx: mpsc::UnboundedSender<NetlinkMsg>) -> Self {
-        Follower { spaces: BTreeMap::new(), tx }
+fn attributed(mut pids: Vec<u32>) -> Vec<Attributed> {
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter().map(|pid| Attributed { pid, attribution: cgroup::of_pid(pid) }).collect()
+}
+
+impl Pipeline {
+    /// A pipeline over `engine` whose subscription readers send to `tx`.
+    pub fn new(engine: WatchEngine, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Self {
+        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), labels: BTreeMap::new(), tx }
     }
 
     /// How many namespaces are followed.
@@ -252,168 +120,181 @@ impl Follower {
         self.spaces.len()
     }
 
-    async fn open(&self, h: NetnsHandle) -> Result<Ns> {
-        let rt = tokio::runtime::Handle::current();
-        let (mut sub, conn, rtnl) = h.run(move || -> Result<_> {
-            let _guard = rt.enter();
-            let sub = Subscription::open(None)?;
-            let (conn, rtnl, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-            Ok((sub, conn, rtnl))
-        })??;
-        tokio::spawn(conn);
-        let (ino, tx) = (h.ino, self.tx.clone());
-        let reader = tokio::spawn(async move {
-            loop {
-                let r = sub.recv().await;
-                if let Ok(Received::Overrun) = r {
-                    sub.discard_pending();
+    /// The engine (for the receiver scan of `--receivers`).
+    pub fn engine(&mut self) -> &mut WatchEngine {
+        &mut self.engine
+    }
+
+    /// Turns engine records into journal lines and metric inputs; notes deletions for health.
+    fn take(&mut self, records: Vec<WatchRecord>, out: &mut Vec<Out>) {
+        for r in records {
+            match &r {
+                WatchRecord::Change(ev) => {
+                    out.push(Out::Metric(Input::LinkEvent(ev.change.kind)));
+                    match ev.change.kind {
+                        // The only evidence `interface_deleted` is based on (model::stranded).
+                        ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion {
+                            netns: ev.netns,
+                            ifindex: ev.change.ifindex,
+                            name: ev.change.name.clone(),
+                            at_unix_ns: ev.ts_unix_ns,
+                        }),
+                        ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => self.health.saw_creation(ev.netns, &ev.change.name),
+                        _ => {}
+                    }
+                    self.dirty.insert(ev.netns);
                 }
-                let stop = r.is_err();
-                if tx.send((ino, r)).is_err() || stop {
-                    break;
+                WatchRecord::NetnsRemoved(n) => {
+                    out.push(Out::Metric(Input::NetnsGone(n.netns)));
+                    self.dirty.remove(&n.netns);
                 }
+                WatchRecord::NetnsAdded(n) => {
+                    self.dirty.insert(n.netns);
+                }
+                _ => {}
             }
-        });
-        let table = LinkTable::from_links(netlink::dump_links(&rtnl).await.with_context(|| format!("dumping links of netns {ino}"))?);
-        let mut ns = Ns {
-            label: label_of(&h),
-            handle: Some(h),
-            rtnl,
-            table,
-            last_holder: HashMap::new(),
-            deleted: HashMap::new(),
-            stranded: HashMap::new(),
-            dirty: true,
-            _reader: AbortOnDrop(reader),
-        };
-        ns.learn();
-        Ok(ns)
+            out.push(Out::Record(r));
+        }
     }
 
     /// Follows namespaces that appeared (named ones under /run/netns and those of running
-    /// processes) and drops those that are gone. Called at start, on every mount-table change
-    /// and at reconcile. A named netns that cannot be opened yet (`ip netns add` creates the
-    /// file before it bind-mounts the namespace on it) is picked up at the mount that follows.
-    pub async fn discover(&mut self, out: &mut Vec<Out>) {
+    /// processes) and drops those that are gone. Called at start (`announce: false`: no
+    /// `netns_added` for what was there before), on every mount-table change and at reconcile.
+    /// A named netns that cannot be opened yet (`ip netns add` creates the file before it
+    /// bind-mounts the namespace on it) is picked up at the mount that follows.
+    pub async fn discover(&mut self, probes: &mut Probes, announce: bool, out: &mut Vec<Out>) {
         let present = netns::all();
-        let inos: Vec<NetnsIno> = present.iter().map(|h| h.ino).collect();
-        let gone: Vec<NetnsIno> = self.spaces.keys().copied().filter(|i| !inos.contains(i)).collect();
+        let gone: Vec<NetnsIno> = self.engine.netns().into_iter().filter(|i| !present.iter().any(|h| h.ino == *i)).collect();
         for ino in gone {
-            self.remove(ino, out);
+            // Unreachable by name and by process: only our handle and sockets keep it.
+            let removal = Removal { still_exists: true, held_by_ifsock: true, other_holders: Vec::new() };
+            self.remove(ino, removal, out);
         }
         for h in present {
-            if self.spaces.contains_key(&h.ino) {
+            if self.engine.follows(h.ino) {
                 continue;
             }
-            let ino = h.ino;
-            match self.open(h).await {
-                Ok(ns) => {
-                    out.push(Out::Netns(NetnsRecord { ty: "netns_added", ts_unix_ns: unix_ns(), netns: ino, netns_name: ns.label.clone() }));
-                    self.spaces.insert(ino, ns);
+            match follow::open_ns(Some(h), Some(RCVBUF), self.tx.clone()).await {
+                Ok((ino, name, io, dump, _)) => {
+                    let label = label_of(name, io.handle.as_ref());
+                    self.spaces.insert(ino, io);
+                    self.labels.insert(ino, label.clone());
+                    let records = self.engine.add_netns(ino, label, dump, announce, &follow::now(), &mut Snapshots { probes, spaces: &self.spaces });
+                    self.dirty.insert(ino);
+                    self.take(records, out);
                 }
-                Err(e) => tracing::debug!("netns {ino} not followed (yet): {e:#}"),
+                Err(e) => tracing::debug!("netns not followed (yet): {e:#}"),
             }
         }
     }
 
-    fn remove(&mut self, ino: NetnsIno, out: &mut Vec<Out>) {
-        if let Some(ns) = self.spaces.remove(&ino) {
-            out.push(Out::Netns(NetnsRecord { ty: "netns_removed", ts_unix_ns: unix_ns(), netns: ino, netns_name: ns.label }));
-            out.push(Out::Metric(Input::NetnsGone(ino)));
-        }
+    fn remove(&mut self, ino: NetnsIno, removal: Removal, out: &mut Vec<Out>) {
+        let records = self.engine.remove_netns(ino, removal, &follow::now());
+        self.spaces.remove(&ino);
+        self.labels.remove(&ino);
+        self.dirty.remove(&ino);
+        self.take(records, out);
+        // remove_netns reports nothing for a netns it did not follow; the gauges go anyway.
+        out.push(Out::Metric(Input::NetnsGone(ino)));
     }
 
-    fn changes(&mut self, ino: NetnsIno, changes: Vec<Change>, source: &'static str, out: &mut Vec<Out>) {
-        let Some(ns) = self.spaces.get_mut(&ino) else { return };
-        for c in changes {
-            if matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
-                ns.deleted.insert(c.ifindex, c.name.clone());
-            }
-            out.push(Out::Metric(Input::LinkEvent(c.kind)));
-            out.push(Out::Change(ChangeRecord { ty: "change", ts_unix_ns: unix_ns(), source, netns: ino, netns_name: ns.label.clone(), change: c }));
-        }
-        ns.learn();
-        ns.dirty = true;
+    /// Ring-buffer events (socket errors) for the engine, then the socket errors it can report.
+    pub fn on_kernel(&mut self, events: Vec<crate::probes::events::Event>, probes: &mut Probes, out: &mut Vec<Out>) {
+        events.into_iter().filter_map(follow::kernel_input).for_each(|i| self.engine.on_kernel(i));
+        let records = self.engine.flush_sock_errors(&follow::now(), &mut Snapshots { probes, spaces: &self.spaces });
+        self.take(records, out);
     }
 
-    /// Applies one subscription message. A namespace whose reader failed (it was destroyed)
-    /// is dropped.
-    pub async fn on_netlink(&mut self, ino: NetnsIno, received: Result<Received>, out: &mut Vec<Out>) {
-        let Some(ns) = self.spaces.get_mut(&ino) else { return };
+    /// Applies one subscription message. A namespace whose reader failed (it was destroyed) is
+    /// dropped.
+    pub async fn on_netlink(&mut self, ino: NetnsIno, received: Result<Received>, probes: &mut Probes, out: &mut Vec<Out>) {
+        if !self.engine.follows(ino) {
+            return;
+        }
         match received {
             Ok(Received::Updates(updates)) => {
-                let mut all = Vec::new();
-                for u in updates {
-                    all.extend(ns.table.apply(u));
-                }
-                self.changes(ino, all, "netlink", out);
+                let records = self.engine.on_updates(ino, updates, &follow::now(), &mut Snapshots { probes, spaces: &self.spaces });
+                self.take(records, out);
             }
             Ok(Received::Overrun) => {
                 tracing::warn!("rtnetlink ENOBUFS in netns {ino}: events were lost, re-dumping");
+                self.engine.on_overrun(ino);
                 out.push(Out::Metric(Input::Lost(LostSource::NetlinkEnobufs, 1)));
                 out.push(Out::Metric(Input::Resync));
-                self.redump(ino, "resync", out).await;
+                self.redump(ino, Source::Resync, probes, out).await;
             }
             Err(e) => {
                 tracing::debug!("netns {ino}: subscription ended: {e:#}");
-                self.remove(ino, out);
+                self.remove(ino, Removal { still_exists: false, held_by_ifsock: false, other_holders: Vec::new() }, out);
             }
         }
     }
 
-    async fn redump(&mut self, ino: NetnsIno, source: &'static str, out: &mut Vec<Out>) {
-        let Some(ns) = self.spaces.get_mut(&ino) else { return };
-        match netlink::dump_links(&ns.rtnl).await {
-            Ok(fresh) => {
-                let changes = ns.table.diff_and_replace(fresh);
-                self.changes(ino, changes, source, out);
+    async fn redump(&mut self, ino: NetnsIno, source: Source, probes: &mut Probes, out: &mut Vec<Out>) {
+        let Some(io) = self.spaces.get(&ino) else { return };
+        match netlink::dump(&io.rtnl).await {
+            Ok(dump) => {
+                let records = self.engine.on_dump(ino, dump, source, &follow::now(), &mut Snapshots { probes, spaces: &self.spaces });
+                self.take(records, out);
             }
             Err(e) => {
                 tracing::debug!("netns {ino}: re-dump failed, dropping it: {e:#}");
-                self.remove(ino, out);
+                self.remove(ino, Removal { still_exists: false, held_by_ifsock: false, other_holders: Vec::new() }, out);
             }
         }
     }
 
     /// The periodic reconcile: re-dumps every netns and marks all of them for a snapshot.
-    pub async fn reconcile(&mut self, out: &mut Vec<Out>) {
+    pub async fn reconcile(&mut self, probes: &mut Probes, out: &mut Vec<Out>) {
+        self.engine.on_reconcile();
         out.push(Out::Metric(Input::Reconcile));
-        for ino in self.spaces.keys().copied().collect::<Vec<_>>() {
-            self.redump(ino, "reconcile", out).await;
-            if let Some(ns) = self.spaces.get_mut(&ino) {
-                ns.dirty = true;
+        for ino in self.engine.netns() {
+            self.redump(ino, Source::Reconcile, probes, out).await;
+            if self.engine.follows(ino) {
+                self.dirty.insert(ino);
             }
         }
     }
 
-    /// Whether a netns changed since the last [`Follower::snapshot`].
+    /// Whether a netns changed since the last [`Pipeline::snapshot`].
     pub fn dirty(&self) -> bool {
-        self.spaces.values().any(|n| n.dirty)
+        !self.dirty.is_empty()
     }
 
-    /// One socket snapshot per netns changed since the last call: gauges for the metrics, and
-    /// `socket_stranded` / `socket_recovered` for sockets whose health changed.
-    pub fn snapshot(&mut self, probes: &mut Probes, out: &mut Vec<Out>) {
-        if !self.spaces.values().any(|n| n.dirty) {
+    /// One socket snapshot per netns changed since the last call (BPF socket iterator, a link
+    /// and address dump, and one `/proc` pass for waiters): gauges for the metrics, and
+    /// `socket_stranded` / `socket_recovered` lines for sockets whose health changed.
+    pub async fn snapshot(&mut self, probes: &mut Probes, out: &mut Vec<Out>) {
+        if self.dirty.is_empty() {
             return;
         }
+        // The gauge needs receive waiters only: one cheap pass over /proc/*/task/*/syscall.
+        // The full waiter index (epoll/poll/select, reading fdinfo and task memory) costs far
+        // more and is built only when a socket's health changed, for its journal line.
         let blocked = procfs::blocked_receivers(None);
-        let now = unix_ns();
-        for (&ino, ns) in self.spaces.iter_mut().filter(|(_, n)| n.dirty) {
-            ns.dirty = false;
-            let sockets = match snapshot::sockets(probes, ns.handle.as_ref()) {
-                Ok(s) => s,
+        let mut waiters: Option<WaiterIndex> = None;
+        let now = follow::now();
+        for ino in std::mem::take(&mut self.dirty) {
+            let Some(io) = self.spaces.get(&ino) else { continue };
+            let dump = match netlink::dump(&io.rtnl).await {
+                Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!("netns {ino}: socket snapshot failed, gauges keep their last values: {e:#}");
+                    tracing::warn!("netns {ino}: link dump for the socket snapshot failed, gauges keep their last values: {e:#}");
                     continue;
                 }
             };
-            let links: Vec<Link> = ns.table.links().cloned().collect();
-            let label = ns.label.clone().unwrap_or_else(|| ino.to_string());
-            let mut snap = NetnsSnapshot { netns: label, ..NetnsSnapshot::default() };
-            let mut stranded_now = HashMap::new();
-            for t in tie::each_once(&sockets, ino, &links) {
-                let h = health(&t.socket, &links, &ns.last_holder, &ns.deleted);
+            let sockets = match crate::probes::snapshot::sockets(probes, io.handle.as_ref()).with_context(|| format!("socket snapshot of netns {ino}")) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("{e:#}; gauges keep their last values");
+                    continue;
+                }
+            };
+            let label = self.labels.get(&ino).cloned().flatten();
+            let mut snap = NetnsSnapshot { netns: label.clone().unwrap_or_else(|| ino.to_string()), ..NetnsSnapshot::default() };
+            let tied = tie::each_once(&sockets, ino, &dump.links);
+            for t in &tied {
+                let h = self.health.assess(&t.socket, &dump.links, &dump.addrs);
                 snap.sockets.push(SocketRow {
                     ifname: t.ifname.clone().unwrap_or_default(),
                     binding: fmt::binding(t.binding),
@@ -421,60 +302,23 @@ impl Follower {
                         Protocol::Tcp => "tcp",
                         Protocol::Udp => "udp",
                     },
-                    stranded: h.as_ref().map(|(r, _, n)| (n.clone(), r.name())),
+                    stranded: h.as_ref().map(|s| (s.ifname.clone().unwrap_or_default(), s.reason.name())),
                 });
-                let waiting: Vec<&BlockedThread> = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).collect();
-                snap.blocked_receivers.extend(waiting.iter().map(|_| h.is_some()));
-                let before = ns.stranded.get(&t.socket.inode).copied();
-                let (ty, reason, ifindex, ifname) = match (&h, before) {
-                    (Some((r, i, n)), b) if b != Some(*r) => ("socket_stranded", *r, *i, n.clone()),
-                    (None, Some(r)) => ("socket_recovered", r, None, t.ifname.clone().unwrap_or_default()),
-                    _ => {
-                        if let Some((r, _, _)) = h {
-                            stranded_now.insert(t.socket.inode, r);
-                        }
-                        continue;
-                    }
-                };
-                if let Some((r, _, _)) = h {
-                    stranded_now.insert(t.socket.inode, r);
-                }
-                let address = (!t.socket.local_addr.is_unspecified()).then_some(t.socket.local_addr);
-                let mut pids: Vec<u32> = t.socket.owners.iter().map(|o| o.pid).collect();
-                pids.sort_unstable();
-                pids.dedup();
-                let owner_cgroups = pids.into_iter().map(|pid| Attributed { pid, attribution: cgroup::of_pid(pid) }).collect();
-                let waiters = waiting
-                    .iter()
-                    .map(|b| Waiter {
-                        pid: b.pid,
-                        tid: b.tid,
-                        comm: b.comm.clone(),
-                        syscall: procfs::syscall_name(b.syscall),
-                        via: "recv",
-                        fd: b.fd,
-                        attribution: cgroup::of_pid(b.pid),
-                    })
-                    .collect();
-                out.push(Out::Health(SocketHealthRecord {
-                    ty,
-                    ts_unix_ns: now,
-                    netns: ino,
-                    netns_name: ns.label.clone(),
-                    reason,
-                    ifindex,
-                    ifname,
-                    address,
-                    socket: t,
-                    owner_cgroups,
-                    waiters,
-                }));
+                let receiving = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).count();
+                snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), receiving));
             }
-            // Closed sockets leave the map; addresses nobody holds or is bound to are forgotten.
-            ns.stranded = stranded_now;
-            let bound: std::collections::HashSet<IpAddr> = sockets.iter().map(|s| s.local_addr.to_canonical()).collect();
-            let held: std::collections::HashSet<IpAddr> = links.iter().flat_map(|l| l.addrs.iter().map(|a| a.to_canonical())).collect();
-            ns.last_holder.retain(|a, _| bound.contains(a) || held.contains(a));
+            for change in self.health.update(ino, &sockets, &dump.links, &dump.addrs, now.unix_ns) {
+                let (ty, socket, by) = match change {
+                    HealthChange::Stranded { socket, stranded } => ("socket_stranded", socket, stranded),
+                    HealthChange::Recovered { socket, was } => ("socket_recovered", socket, was),
+                };
+                let Some(t) = tied.iter().find(|t| t.socket.inode == socket.inode && t.socket.sk == socket.sk) else { continue };
+                let report = waiters.get_or_insert_with(WaiterIndex::discover).report(t.clone(), self.health.assess(&socket, &dump.links, &dump.addrs));
+                let owner_cgroups = attributed(socket.owners.iter().map(|o| o.pid).collect());
+                let waiter_cgroups = attributed(report.waiters.iter().map(|w| w.pid).collect());
+                let event = SocketHealthEvent::new(&by, report, now.unix_ns, label.clone(), None);
+                out.push(Out::Health(Box::new(SocketHealthLine { ty, event, owner_cgroups, waiter_cgroups })));
+            }
             out.push(Out::Metric(Input::Snapshot(ino, snap)));
         }
     }
@@ -482,69 +326,68 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-    use crate::model::link::IFF_UP;
+    use crate::{
+        engine::watch::{ChangeEvent, Config, NetnsRemovedRecord},
+        model::{ids::IfIndex, link::Change},
+    };
 
-    fn sock(addr: &str, dev: u32) -> Socket {
-        Socket {
-            cookie: 0,
-            v4_mapped: false,
-            protocol: Protocol::Udp,
-            family: 4,
-            local_addr: addr.parse().unwrap(),
-            local_port: 53,
-            remote_addr: "0.0.0.0".parse().unwrap(),
-            remote_port: 0,
-            state: "UNCONN",
-            inode: SockInode(1),
-            netns: NetnsIno(1),
-            uid: 0,
-            bound_dev_if: dev,
-            pktinfo: false,
-            rx_queue: 0,
-            drops: 0,
-            owners: vec![],
-            sk: 0,
-        }
+    fn pipeline() -> Pipeline {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Pipeline::new(WatchEngine::new(Config { iface: None, sockets: false, recv_tracking: false, stranded_after: std::time::Duration::from_secs(5) }), tx)
     }
 
-    fn link(i: u32, name: &str, up: bool, addrs: &[&str]) -> Link {
-        Link {
-            ifindex: IfIndex(i),
-            name: name.into(),
-            flags: if up { IFF_UP } else { 0 },
-            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect::<BTreeSet<IpAddr>>(),
-        }
+    fn change(kind: ChangeKind, name: &str) -> WatchRecord {
+        WatchRecord::Change(ChangeEvent {
+            ts_unix_ns: 7,
+            source: Source::Netlink,
+            netns: NetnsIno(9),
+            netns_name: Some("blue".into()),
+            from_netns: None,
+            change: Change { kind, ifindex: IfIndex(4), name: name.into(), old_name: None, old_ifindex: None, address: None },
+            cause: None,
+            kernel: None,
+            sockets: Vec::new(),
+        })
     }
 
     #[test]
-    fn address_gone_names_the_last_holder() {
-        let mut holder = HashMap::new();
-        holder.insert("10.1.0.1".parse().unwrap(), (IfIndex(5), "veth0".to_string()));
-        let links = [link(1, "lo", true, &["127.0.0.1"])];
-        let h = health(&sock("10.1.0.1", 0), &links, &holder, &HashMap::new());
-        assert_eq!(h, Some((Reason::AddressGone, Some(IfIndex(5)), "veth0".into())));
-        assert_eq!(health(&sock("10.1.0.2", 0), &links, &holder, &HashMap::new()), Some((Reason::AddressGone, None, String::new())));
+    fn every_record_is_journaled_and_changes_count_and_mark_a_snapshot() {
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.take(vec![change(ChangeKind::Deleted, "veth0")], &mut out);
+        assert!(matches!(out[0], Out::Metric(Input::LinkEvent(ChangeKind::Deleted))), "{out:?}");
+        assert!(matches!(&out[1], Out::Record(WatchRecord::Change(_))), "{out:?}");
+        assert!(p.dirty(), "a change asks for a snapshot");
+        assert_eq!(p.health.deletions().len(), 1, "a deletion is evidence for interface_deleted");
+        assert_eq!(p.health.deletions()[0].name, "veth0");
+        assert_eq!(p.health.deletions()[0].at_unix_ns, 7);
+        p.take(vec![change(ChangeKind::Recreated, "veth0")], &mut out);
+        assert!(p.health.deletions().is_empty(), "the interface is back");
     }
 
     #[test]
-    fn healthy_sockets_are_never_stranded() {
-        let links = [link(1, "lo", true, &["127.0.0.1"]), link(2, "veth0", true, &["10.1.0.1"])];
-        let none = HashMap::new();
-        for s in [sock("10.1.0.1", 0), sock("0.0.0.0", 0), sock("127.0.0.53", 0), sock("0.0.0.0", 2), sock("::ffff:10.1.0.1", 0)] {
-            assert_eq!(health(&s, &links, &none, &HashMap::new()), None, "{s:?}");
-        }
+    fn a_removed_netns_drops_its_gauges_and_its_pending_snapshot() {
+        let mut p = pipeline();
+        let mut out = Vec::new();
+        p.take(vec![change(ChangeKind::Up, "veth0")], &mut out);
+        out.clear();
+        let removed = NetnsRemovedRecord { ts_unix_ns: 8, netns: NetnsIno(9), netns_name: None, still_exists: false, held_by_ifsock: false, other_holders: Vec::new(), links: 0 };
+        p.take(vec![WatchRecord::NetnsRemoved(removed)], &mut out);
+        assert!(matches!(out[0], Out::Metric(Input::NetnsGone(NetnsIno(9)))), "{out:?}");
+        assert!(matches!(&out[1], Out::Record(WatchRecord::NetnsRemoved(_))), "{out:?}");
+        assert!(!p.dirty());
     }
 
     #[test]
-    fn bound_device_down_or_deleted() {
-        let links = [link(2, "veth0", false, &["10.1.0.1"])];
-        let mut deleted = HashMap::new();
-        deleted.insert(IfIndex(9), "gone0".to_string());
-        let none = HashMap::new();
-        assert_eq!(health(&sock("0.0.0.0", 2), &links, &none, &deleted), Some((Reason::DeviceDown, Some(IfIndex(2)), "veth0".into())));
-        assert_eq!(health(&sock("0.0.0.0", 9), &links, &none, &deleted), Some((Reason::DeviceDeleted, Some(IfIndex(9)), "gone0".into())));
+    fn container_label_only_without_a_name() {
+        assert_eq!(label_of(Some("blue".into()), None).as_deref(), Some("blue"));
+        assert_eq!(label_of(None, None), None);
+    }
+
+    #[test]
+    fn attributed_lists_each_pid_once() {
+        let a = attributed(vec![3, 1, 3, 1]);
+        assert_eq!(a.iter().map(|a| a.pid).collect::<Vec<_>>(), vec![1, 3]);
     }
 }
