@@ -26,11 +26,8 @@ use crate::{
     render::metrics as exposition,
 };
 
-// The follower code of `watch --all-netns`, compiled here as well because `views/watch.rs`
-// keeps its module private; at merge this becomes `use super::watch::follow` once that module
-// is `pub(crate)`.
-#[path = "watch/follow.rs"]
-mod follow;
+// The follower code of `watch --all-netns`: one per-netns subscription, dump and snapshot path.
+use super::watch::follow;
 mod source;
 use follow::NetlinkMsg;
 use source::{Out, Pipeline};

@@ -6,7 +6,7 @@
 //! that happens during the dump is queued on the subscription and applied on top of the dump.
 //! Loss (seed 002): `ENOBUFS` triggers an immediate re-dump and diff (`source: resync`); a
 //! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
-mod follow;
+pub(crate) mod follow;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -18,10 +18,10 @@ use crate::{
 };
 
 /// The I/O side of one followed netns; dropping it releases the namespace (file, sockets).
-pub(super) struct NsIo {
+pub(crate) struct NsIo {
     /// `None`: ifsock's own netns (no setns needed).
-    pub(super) handle: Option<NetnsHandle>,
-    pub(super) rtnl: rtnetlink::Handle,
+    pub(crate) handle: Option<NetnsHandle>,
+    pub(crate) rtnl: rtnetlink::Handle,
     _reader: AbortOnDrop,
 }
 
@@ -33,11 +33,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-pub(super) type NetlinkMsg = (NetnsIno, Result<Received>);
+pub(crate) type NetlinkMsg = (NetnsIno, Result<Received>);
 
 /// Opens a follower for one netns: subscription first, then the dump (see the module docs).
 /// Returns its inode, name, I/O handles, dump and the subscription's effective rcvbuf.
-pub(super) async fn open_ns(handle: Option<NetnsHandle>, rcvbuf: Option<usize>, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Result<(NetnsIno, Option<String>, NsIo, Dump, Option<usize>)> {
+pub(crate) async fn open_ns(handle: Option<NetnsHandle>, rcvbuf: Option<usize>, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Result<(NetnsIno, Option<String>, NsIo, Dump, Option<usize>)> {
     let (ino, name) = match &handle {
         Some(h) => (h.ino, h.name.clone()),
         None => {
@@ -75,9 +75,9 @@ pub(super) async fn open_ns(handle: Option<NetnsHandle>, rcvbuf: Option<usize>, 
 }
 
 /// Socket snapshots for the engine, by BPF iterators run inside each followed netns.
-pub(super) struct Snapshots<'a> {
-    pub(super) probes: &'a mut Probes,
-    pub(super) spaces: &'a BTreeMap<NetnsIno, NsIo>,
+pub(crate) struct Snapshots<'a> {
+    pub(crate) probes: &'a mut Probes,
+    pub(crate) spaces: &'a BTreeMap<NetnsIno, NsIo>,
 }
 
 impl SocketSource for Snapshots<'_> {
@@ -88,12 +88,12 @@ impl SocketSource for Snapshots<'_> {
 }
 
 /// The clock, read once per input handed to the engine.
-pub(super) fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now { at: std::time::Instant::now(), mono_ns: monotonic_ns(), unix_ns: unix_ns() }
 }
 
 /// A ring-buffer event as the engine's input (`None`: not the engine's business).
-pub(super) fn kernel_input(ev: Event) -> Option<KernelInput> {
+pub(crate) fn kernel_input(ev: Event) -> Option<KernelInput> {
     match ev {
         Event::LinkRequest(r) => Some(KernelInput::LinkRequest(r)),
         Event::Device(d) => Some(KernelInput::Device(KernelEvidence::from_event(&d))),
