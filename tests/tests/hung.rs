@@ -210,9 +210,17 @@ fn hung_stops_quietly_when_stdout_is_closed() {
         assert_eq!(out.status.code(), Some(141), "ifsock {args:?}: {stderr}");
         assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked") && !stderr.contains("error"), "ifsock {args:?}: {stderr}");
     }
-    // As a shell runs it: `head` takes two tables' headers and leaves; the next tick's write fails.
-    let cmd = format!("set -o pipefail; {} hung --follow --interval=1ms 2>/dev/null | head -2 >/dev/null", ifsock_bin().display());
-    let status = std::process::Command::new("bash").args(["-c", &cmd]).status().unwrap();
+    // As a shell pipeline runs it (`hung --follow | head -2`, built here without a shell so it
+    // also runs in the busybox guest): `head` takes two lines and leaves; the next write fails.
+    let mut hung = std::process::Command::new(ifsock_bin())
+        .args(["hung", "--follow", "--interval=1ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let head = std::process::Command::new("head").arg("-2").stdin(hung.stdout.take().unwrap()).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(head.success());
+    let status = hung.wait().unwrap();
     assert_eq!(status.code(), Some(141), "hung --follow | head -2");
 }
 
@@ -285,6 +293,15 @@ fn hung_started_after_the_deletion_names_the_interface_from_the_journal() {
     ns.veth(&a, &b, Some("10.207.0.1/24")).unwrap();
     let ifindex = ns.ifindex(&a).unwrap();
     let r = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None).unwrap();
+    let pid = std::process::id().to_string();
+    // The receive's start, for a receiver found in procfs, is estimated from the scheduler clock,
+    // which can lag: delete only once that estimate itself says 1.5 s, so the deletion comes
+    // after the estimated start by more than the lag (an observed state, not a fixed pause).
+    wait_until("the estimate of the receiver's blocked time reaches 1.5 s", Duration::from_secs(60), || {
+        ifsock_json(&["--netns", &ns.name, "hung", "--json", "--min-blocked", "0", "--pid", &pid])
+            .is_ok_and(|rows| rows.iter().any(|v| v["tid"] == r.tid && v["blocked_ns"].as_u64().is_some_and(|b| b >= 1_500_000_000)))
+    })
+    .unwrap();
     ns.ip(&["link", "del", &a]).unwrap();
     let deleted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     r.close_fd();
@@ -297,7 +314,6 @@ fn hung_started_after_the_deletion_names_the_interface_from_the_journal() {
         "event": "deleted", "ifindex": ifindex, "name": a});
     std::fs::write(dir.join("journal-0000000000.jsonl"), format!("{record}\n")).unwrap();
 
-    let pid = std::process::id().to_string();
     let row_with = |journal: &std::path::Path| {
         let rows = ifsock_json(&["--netns", &ns.name, "hung", "--json", "--min-blocked", "0", "--pid", &pid, "--journal", journal.to_str().unwrap()]).unwrap();
         rows.into_iter().find(|v| v["tid"] == r.tid).unwrap_or_else(|| panic!("receiver {} missing", r.tid))
