@@ -170,15 +170,7 @@ async fn confirm(targets: &[Target]) -> Result<()> {
         let s = &t.socket;
         eprintln!("  {:?} {}:{} inode {} netns {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, s.netns, render::fmt::owners(&s.owners, "-"));
     }
-    eprint!("proceed? [y/N] ");
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .context("reading the confirmation")?
-    .context("reading the confirmation from stdin")?;
-    if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+    if !crate::cli::ask_proceed("").await? {
         return Err(anyhow!("not confirmed: no socket destroyed"));
     }
     Ok(())

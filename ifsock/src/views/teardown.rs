@@ -11,7 +11,7 @@
 //! traced, and an interface deleted by someone else during grace is seen (and not deleted again).
 use std::{io::IsTerminal as _, time::Duration};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use futures::FutureExt as _;
 
 use crate::{
@@ -301,15 +301,7 @@ async fn confirm(td: &Teardown) -> Result<()> {
             p.ifname
         );
     }
-    eprint!("{}proceed? [y/N] ", out::confirm_prompt(p));
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .context("reading the confirmation")?
-    .context("reading the confirmation from stdin")?;
-    if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+    if !crate::cli::ask_proceed(&out::confirm_prompt(p)).await? {
         bail!("not confirmed: {} left untouched", p.ifname);
     }
     Ok(())
