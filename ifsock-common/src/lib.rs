@@ -14,6 +14,10 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_INFLIGHT: &str = "INFLIGHT_RECV";
 /// Name of the one-entry array holding the [`SockFilter`] that `iter/udp` and `iter/tcp` apply.
 pub const MAP_SOCK_FILTER: &str = "SOCK_FILTER";
+/// Name of the hash map of the filter's addresses (`[u8; 16]` in `SockRecord::laddr` layout
+/// -> 1), at most [`SOCK_FILTER_ADDRS`] entries: one lookup per socket instead of a loop, which
+/// the 6.1 verifier refused (E2BIG: too many states through the record paths).
+pub const MAP_SOCK_FILTER_ADDRS: &str = "SOCK_FILTER_ADDRS";
 /// Name of the read-only global holding [`KernelOffsets`].
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 /// Name of the read-only global `u64`: receives shorter than this many ns emit no [`RecvDoneEvent`].
@@ -730,6 +734,14 @@ impl SockFilter {
     /// ([`SockRecord::laddr`] layout) is to be written.
     #[inline(always)]
     pub fn admits(&self, bound_dev_if: u32, laddr: &[u8; 16]) -> bool {
+        let n = self.naddrs as usize;
+        self.admits_with(bound_dev_if, laddr, |l| self.addrs.iter().take(n).any(|a| halves(a) == halves(l)))
+    }
+
+    /// As [`SockFilter::admits`], with the address membership answered by `held` (the eBPF side
+    /// looks it up in [`MAP_SOCK_FILTER_ADDRS`]; `addrs` is userspace's copy).
+    #[inline(always)]
+    pub fn admits_with(&self, bound_dev_if: u32, laddr: &[u8; 16], held: impl FnOnce(&[u8; 16]) -> bool) -> bool {
         if self.active == 0 {
             return true;
         }
@@ -742,13 +754,7 @@ impl SockFilter {
         if l[0] == 0 && (l[1] == 0 || l[1] == mapped_any) {
             return true;
         }
-        let n = self.naddrs as usize;
-        for a in self.addrs.iter().take(n) {
-            if halves(a) == l {
-                return true;
-            }
-        }
-        false
+        held(laddr)
     }
 }
 

@@ -13,7 +13,7 @@ use ifsock_common::{
 
 use crate::{
     kernel::{net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
-    maps::{count, SOCK_FILTER},
+    maps::{count, SOCK_FILTER, SOCK_FILTER_ADDRS},
 };
 
 const AF_INET: u16 = 2;
@@ -152,7 +152,8 @@ fn sock_record(sk: u64, cookie: u64, protocol: u8, uid: u32, full: bool) -> Opti
 #[inline(always)]
 fn admitted(rec: &SockRecord) -> bool {
     match SOCK_FILTER.get(0) {
-        Some(f) => f.admits(rec.bound_dev_if, &rec.laddr),
+        // SAFETY: a map lookup by a key on the stack; the value is not kept.
+        Some(f) => f.admits_with(rec.bound_dev_if, &rec.laddr, |l| unsafe { SOCK_FILTER_ADDRS.get(l) }.is_some()),
         None => true,
     }
 }

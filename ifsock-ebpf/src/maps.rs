@@ -13,6 +13,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RINGBUF_BYTES, 0);
 #[map]
 pub static SOCK_FILTER: Array<SockFilter> = Array::with_max_entries(1, 0);
 
+/// The filter's local addresses (`SockRecord::laddr` layout -> 1): a set, looked up once per socket.
+#[map]
+pub static SOCK_FILTER_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(ifsock_common::SOCK_FILTER_ADDRS as u32, 0);
+
 /// Per-CPU counters indexed by `ifsock_common::Counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);

@@ -228,6 +228,18 @@ impl Probes {
         let map = self.ebpf.map_mut(MAP_SOCK_FILTER).ok_or_else(|| anyhow!("map {MAP_SOCK_FILTER} missing from the object"))?;
         let mut arr: BpfArray<&mut MapData, SockFilter> = BpfArray::try_from(map)?;
         arr.set(0, filter, 0).with_context(|| format!("writing the socket filter into {MAP_SOCK_FILTER}"))?;
+        let map = self
+            .ebpf
+            .map_mut(ifsock_common::MAP_SOCK_FILTER_ADDRS)
+            .ok_or_else(|| anyhow!("map {} missing from the object", ifsock_common::MAP_SOCK_FILTER_ADDRS))?;
+        let mut set: BpfHashMap<&mut MapData, [u8; 16], u8> = BpfHashMap::try_from(map)?;
+        let old: Vec<[u8; 16]> = set.keys().filter_map(Result::ok).collect();
+        for k in old {
+            set.remove(&k).context("clearing the socket filter's addresses")?;
+        }
+        for a in filter.addrs.iter().take(filter.naddrs as usize) {
+            set.insert(a, &1, 0).context("writing the socket filter's addresses")?;
+        }
         Ok(())
     }
 
