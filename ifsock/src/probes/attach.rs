@@ -80,37 +80,28 @@ where
     fn detach_link(&mut self, id: Self::LinkId) -> Result<(), ProgramError>;
 }
 
-impl FnProgram for FEntry {
-    type LinkId = aya::programs::fentry::FEntryLinkId;
-    fn load_for(&mut self, function: &str, btf: &Btf) -> Result<(), ProgramError> {
-        if self.fd().is_ok() {
-            return Ok(());
+/// fentry and fexit load against a BTF function and attach without arguments.
+macro_rules! trampoline_program {
+    ($ty:ty, $link:ty) => {
+        impl FnProgram for $ty {
+            type LinkId = $link;
+            fn load_for(&mut self, function: &str, btf: &Btf) -> Result<(), ProgramError> {
+                if self.fd().is_ok() {
+                    return Ok(());
+                }
+                self.load(function, btf)
+            }
+            fn attach_to(&mut self, _function: &str) -> Result<Self::LinkId, ProgramError> {
+                self.attach()
+            }
+            fn detach_link(&mut self, id: Self::LinkId) -> Result<(), ProgramError> {
+                self.detach(id)
+            }
         }
-        self.load(function, btf)
-    }
-    fn attach_to(&mut self, _function: &str) -> Result<Self::LinkId, ProgramError> {
-        self.attach()
-    }
-    fn detach_link(&mut self, id: Self::LinkId) -> Result<(), ProgramError> {
-        self.detach(id)
-    }
+    };
 }
-
-impl FnProgram for FExit {
-    type LinkId = aya::programs::fexit::FExitLinkId;
-    fn load_for(&mut self, function: &str, btf: &Btf) -> Result<(), ProgramError> {
-        if self.fd().is_ok() {
-            return Ok(());
-        }
-        self.load(function, btf)
-    }
-    fn attach_to(&mut self, _function: &str) -> Result<Self::LinkId, ProgramError> {
-        self.attach()
-    }
-    fn detach_link(&mut self, id: Self::LinkId) -> Result<(), ProgramError> {
-        self.detach(id)
-    }
-}
+trampoline_program!(FEntry, aya::programs::fentry::FEntryLinkId);
+trampoline_program!(FExit, aya::programs::fexit::FExitLinkId);
 
 impl FnProgram for KProbe {
     type LinkId = aya::programs::kprobe::KProbeLinkId;
