@@ -18,6 +18,14 @@ pub const MAP_SOCK_FILTER: &str = "SOCK_FILTER";
 /// -> 1), at most [`SOCK_FILTER_ADDRS`] entries: one lookup per socket instead of a loop, which
 /// the 6.1 verifier refused (E2BIG: too many states through the record paths).
 pub const MAP_SOCK_FILTER_ADDRS: &str = "SOCK_FILTER_ADDRS";
+/// Name of the one-entry array (`u32`): 1 while `iter/task_file` writes only socket fds whose
+/// inode is in [`MAP_OWNER_INODES`] (and no tun fds), 0 otherwise.
+pub const MAP_OWNER_FILTER: &str = "OWNER_FILTER";
+/// Name of the hash map `socket inode (u64) -> 1`: the sockets whose owners a filtered
+/// snapshot wants, at most [`OWNER_FILTER_CAPACITY`] entries.
+pub const MAP_OWNER_INODES: &str = "OWNER_INODES";
+/// Capacity of [`MAP_OWNER_INODES`]: a filtered snapshot with more sockets reads every fd.
+pub const OWNER_FILTER_CAPACITY: u32 = 16384;
 /// Name of the read-only global holding [`KernelOffsets`].
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 /// Name of the read-only global `u64`: receives shorter than this many ns emit no [`RecvDoneEvent`].
@@ -682,36 +690,49 @@ pub const COUNTERS_LEN: u32 = 4;
 /// IPv6 address one. An interface with more addresses is not filtered in the kernel.
 pub const SOCK_FILTER_ADDRS: usize = 32;
 
+/// Interfaces one [`SockFilter`] can hold: a change batch touching more (a burst over many
+/// links) is not filtered in the kernel.
+pub const SOCK_FILTER_IFINDEXES: usize = 4;
+
 /// Which sockets `iter/udp` and `iter/tcp` write (value of [`MAP_SOCK_FILTER`], index 0),
-/// set by userspace before a snapshot of one interface's sockets and cleared after it.
-/// Admits a superset of what userspace ties to the interface (`model::tie`): sockets bound
-/// to the device (`sk_bound_dev_if == ifindex`), unbound sockets whose local address is the
-/// wildcard (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) or one of `addrs`; userspace then decides
-/// (e.g. a non-listening TCP wildcard socket is no receiver).
+/// set by userspace before a snapshot of some interfaces' sockets and cleared after it.
+/// Admits a superset of what userspace ties to the interfaces (`model::tie`): sockets bound
+/// to one of the devices (`sk_bound_dev_if` in `ifindexes`), unbound sockets whose local
+/// address is the wildcard (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) or one of `addrs`; userspace
+/// then decides (e.g. a non-listening TCP wildcard socket is no receiver).
 /// Addresses use [`SockRecord::laddr`]'s layout: IPv4 in the first 4 bytes, rest zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockFilter {
     /// 1: filter; 0: every socket is written (the state outside a filtered snapshot).
     pub active: u32,
-    /// ifindex of the interface.
-    pub ifindex: u32,
     /// Used slots of `addrs`.
     pub naddrs: u32,
-    /// Padding (zero).
-    pub pad: u32,
+    /// ifindexes of the interfaces; unused slots are 0, which no bound socket has.
+    pub ifindexes: [u32; SOCK_FILTER_IFINDEXES],
     /// Local addresses admitted, in `SockRecord::laddr` layout.
     pub addrs: [[u8; 16]; SOCK_FILTER_ADDRS],
 }
 
 impl SockFilter {
     /// No filtering: every socket is written.
-    pub const OFF: SockFilter = SockFilter { active: 0, ifindex: 0, naddrs: 0, pad: 0, addrs: [[0; 16]; SOCK_FILTER_ADDRS] };
+    pub const OFF: SockFilter = SockFilter { active: 0, naddrs: 0, ifindexes: [0; SOCK_FILTER_IFINDEXES], addrs: [[0; 16]; SOCK_FILTER_ADDRS] };
 
     /// The filter for the interface `ifindex` holding `addrs`; `None` when the addresses do
     /// not fit [`SOCK_FILTER_ADDRS`] slots (the caller then reads every socket).
     pub fn tied_to(ifindex: u32, addrs: &[core::net::IpAddr]) -> Option<SockFilter> {
-        let mut f = SockFilter { active: 1, ifindex, ..SockFilter::OFF };
+        Self::tied_to_any(&[ifindex], addrs)
+    }
+
+    /// The filter for the interfaces `ifindexes` holding `addrs` between them; `None` when
+    /// they do not fit [`SOCK_FILTER_IFINDEXES`] / [`SOCK_FILTER_ADDRS`] slots, or when
+    /// `ifindexes` is empty or holds 0 (the caller then reads every socket).
+    pub fn tied_to_any(ifindexes: &[u32], addrs: &[core::net::IpAddr]) -> Option<SockFilter> {
+        if ifindexes.is_empty() || ifindexes.len() > SOCK_FILTER_IFINDEXES || ifindexes.contains(&0) {
+            return None;
+        }
+        let mut f = SockFilter { active: 1, ..SockFilter::OFF };
+        f.ifindexes[..ifindexes.len()].copy_from_slice(ifindexes);
         let mut n = 0;
         for a in addrs {
             let forms: [Option<[u8; 16]>; 2] = match a {
@@ -722,6 +743,9 @@ impl SockFilter {
                 core::net::IpAddr::V6(v6) => [Some(v6.octets()), None],
             };
             for form in forms.into_iter().flatten() {
+                if f.addrs.iter().take(n).any(|x| *x == form) {
+                    continue;
+                }
                 *f.addrs.get_mut(n)? = form;
                 n += 1;
             }
@@ -746,7 +770,8 @@ impl SockFilter {
             return true;
         }
         if bound_dev_if != 0 {
-            return bound_dev_if == self.ifindex;
+            let i = &self.ifindexes;
+            return bound_dev_if == i[0] || bound_dev_if == i[1] || bound_dev_if == i[2] || bound_dev_if == i[3];
         }
         let l = halves(laddr);
         // `::ffff:0.0.0.0` (bytes 8..16 = 0,0,ff,ff,0,0,0,0): a v4-mapped wildcard.
@@ -881,6 +906,19 @@ mod tests {
         let many: [IpAddr; SOCK_FILTER_ADDRS / 2 + 1] = core::array::from_fn(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8)));
         assert!(SockFilter::tied_to(1, &many).is_none());
         assert!(SockFilter::tied_to(1, &many[..SOCK_FILTER_ADDRS / 2]).is_some());
+    }
+
+    #[test]
+    fn sock_filter_holds_several_interfaces_and_refuses_more_than_its_slots() {
+        use core::net::{IpAddr, Ipv4Addr};
+        let a = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1));
+        let f = SockFilter::tied_to_any(&[5, 9], &[a, a]).unwrap();
+        assert_eq!(f.naddrs, 2, "a repeated address takes its slots once");
+        assert!(f.admits(5, &v4([1, 1, 1, 1])) && f.admits(9, &v4([1, 1, 1, 1])));
+        assert!(!f.admits(7, &v4([10, 9, 0, 1])), "bound to a device not in the set");
+        assert!(SockFilter::tied_to_any(&[1, 2, 3, 4, 5], &[]).is_none());
+        assert!(SockFilter::tied_to_any(&[], &[]).is_none());
+        assert!(SockFilter::tied_to_any(&[0], &[]).is_none(), "0 would admit nothing bound and is no interface");
     }
 
     #[test]

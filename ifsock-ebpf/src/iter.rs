@@ -13,7 +13,7 @@ use ifsock_common::{
 
 use crate::{
     kernel::{net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
-    maps::{count, SOCK_FILTER, SOCK_FILTER_ADDRS},
+    maps::{count, OWNER_FILTER, OWNER_INODES, SOCK_FILTER, SOCK_FILTER_ADDRS},
 };
 
 const AF_INET: u16 = 2;
@@ -79,37 +79,47 @@ fn cookie(sk: u64) -> u64 {
 
 /// Fills a `SockRecord` from a `struct sock *`, or from the `struct sock_common` of a TCP mini
 /// socket when `full` is false (TIME_WAIT, NEW_SYN_RECV: no `sk_socket`, queue or flags to read).
+/// The filter ([`admitted`]) is applied as soon as the device and local address are read: a
+/// socket it refuses costs four reads, not the whole record (and no cookie).
 #[inline(always)]
-fn sock_record(sk: u64, cookie: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord> {
+fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord> {
     let family = rd::<u16>(sk, off!(skc_family))?;
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
+    let bound_dev_if = rd::<u32>(sk, off!(skc_bound_dev_if)).unwrap_or(0);
+    let mut laddr = [0u8; 16];
+    if family == AF_INET {
+        let l = rd::<[u8; 4]>(sk, off!(skc_rcv_saddr)).unwrap_or([0; 4]);
+        laddr[..4].copy_from_slice(&l);
+    } else {
+        laddr = rd::<[u8; 16]>(sk, off!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+    }
+    if !admitted(bound_dev_if, &laddr) {
+        return None;
+    }
     let mut rec = SockRecord {
         sk,
-        cookie,
+        cookie: cookie(sk),
         ino: 0,
         netns: net_inum(rd::<u64>(sk, off!(skc_net)).unwrap_or(0)),
         uid,
-        bound_dev_if: rd::<u32>(sk, off!(skc_bound_dev_if)).unwrap_or(0),
+        bound_dev_if,
         family,
         protocol,
         state: rd::<u8>(sk, off!(skc_state)).unwrap_or(0),
         lport: rd::<u16>(sk, off!(skc_num)).unwrap_or(0),
         rport: u16::from_be(rd::<u16>(sk, off!(skc_dport)).unwrap_or(0)),
         flags: 0,
-        laddr: [0; 16],
+        laddr,
         raddr: [0; 16],
         rx_queue: 0,
         drops: 0,
     };
     if family == AF_INET {
-        let l = rd::<[u8; 4]>(sk, off!(skc_rcv_saddr)).unwrap_or([0; 4]);
         let r = rd::<[u8; 4]>(sk, off!(skc_daddr)).unwrap_or([0; 4]);
-        rec.laddr[..4].copy_from_slice(&l);
         rec.raddr[..4].copy_from_slice(&r);
     } else {
-        rec.laddr = rd::<[u8; 16]>(sk, off!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
         rec.raddr = rd::<[u8; 16]>(sk, off!(skc_v6_daddr)).unwrap_or([0; 16]);
     }
     if !full {
@@ -150,10 +160,10 @@ fn sock_record(sk: u64, cookie: u64, protocol: u8, uid: u32, full: bool) -> Opti
 /// Whether the userspace filter ([`SOCK_FILTER`], off unless a snapshot of one interface is
 /// running) lets this socket's record through.
 #[inline(always)]
-fn admitted(rec: &SockRecord) -> bool {
+fn admitted(bound_dev_if: u32, laddr: &[u8; 16]) -> bool {
     match SOCK_FILTER.get(0) {
         // SAFETY: a map lookup by a key on the stack; the value is not kept.
-        Some(f) => f.admits_with(rec.bound_dev_if, &rec.laddr, |l| unsafe { SOCK_FILTER_ADDRS.get(l) }.is_some()),
+        Some(f) => f.admits_with(bound_dev_if, laddr, |l| unsafe { SOCK_FILTER_ADDRS.get(l) }.is_some()),
         None => true,
     }
 }
@@ -167,9 +177,9 @@ pub extern "C" fn iter_udp_sockets(ctx: *mut c_void) -> i32 {
     if sk == 0 {
         return 0;
     }
-    match sock_record(sk, cookie(sk), IPPROTO_UDP, uid, true) {
-        Some(rec) if admitted(&rec) => seq_write(ctx, &rec),
-        _ => 0,
+    match sock_record(sk, IPPROTO_UDP, uid, true) {
+        Some(rec) => seq_write(ctx, &rec),
+        None => 0,
     }
 }
 
@@ -186,9 +196,9 @@ pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
     }
     let state = rd::<u8>(sk, off!(skc_state)).unwrap_or(0);
     let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
-    match sock_record(sk, cookie(sk), IPPROTO_TCP, uid, full) {
-        Some(rec) if admitted(&rec) => seq_write(ctx, &rec),
-        _ => 0,
+    match sock_record(sk, IPPROTO_TCP, uid, full) {
+        Some(rec) => seq_write(ctx, &rec),
+        None => 0,
     }
 }
 
@@ -220,13 +230,22 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
     } else {
         return 0;
     };
+    let ino = rd::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
+    // A filtered snapshot wants the owners of a few sockets only: every other fd costs the
+    // walk, no record.
+    if OWNER_FILTER.get(0).is_some_and(|on| *on != 0) {
+        // SAFETY: read-only lookup of a plain u64 key.
+        if kind != file_kind::SOCKET || unsafe { OWNER_INODES.get(&ino) }.is_none() {
+            return 0;
+        }
+    }
     let (pid, tid, comm) = task_ids(task);
     let mut rec = TaskFileRecord {
         kind,
         pid,
         tid,
         fd,
-        ino: rd::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
+        ino,
         comm,
         netns: task_netns(task),
         tun_ifindex: 0,

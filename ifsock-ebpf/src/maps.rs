@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use ifsock_common::{Counter, InFlightRecv, SockFilter, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY};
+use ifsock_common::{Counter, InFlightRecv, SockFilter, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY, OWNER_FILTER_CAPACITY};
 
 /// Events to userspace: link requests, finished long receives, send errors, device events.
 #[map]
@@ -16,6 +16,14 @@ pub static SOCK_FILTER: Array<SockFilter> = Array::with_max_entries(1, 0);
 /// The filter's local addresses (`SockRecord::laddr` layout -> 1): a set, looked up once per socket.
 #[map]
 pub static SOCK_FILTER_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(ifsock_common::SOCK_FILTER_ADDRS as u32, 0);
+
+/// 1 while `iter/task_file` writes only the socket fds in `OWNER_INODES` (index 0; 0 = off).
+#[map]
+pub static OWNER_FILTER: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Socket inodes whose owners a filtered snapshot wants (inode -> 1).
+#[map]
+pub static OWNER_INODES: HashMap<u64, u8> = HashMap::with_max_entries(OWNER_FILTER_CAPACITY, 0);
 
 /// Per-CPU counters indexed by `ifsock_common::Counter`.
 #[map]

@@ -16,6 +16,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -68,14 +69,34 @@ impl Now {
 }
 
 /// Where the engine gets the sockets of a netns when a change needs them (BPF iterators in
-/// the view, a fixed list in tests). Asked at most once per netns per input batch.
+/// the view, a fixed list in tests). Per netns and burst: at most [`FILTERED_PER_BURST`]
+/// filtered snapshots, then at most one full one.
 pub trait SocketSource {
     /// Sockets of `netns` with owners.
     ///
     /// # Errors
     /// The snapshot failed; the change is then reported without sockets.
     fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>>;
+
+    /// A superset of the sockets of `netns` that may be tied to any of `ifindexes` (bound to
+    /// one by device, to one of `addrs`, or to the wildcard), with owners: what one change
+    /// needs, without a full snapshot (the view filters in the kernel; at most
+    /// [`ifsock_common::SOCK_FILTER_IFINDEXES`] interfaces are asked at once). The engine ties
+    /// exactly afterwards. The default is every socket of `netns`.
+    ///
+    /// # Errors
+    /// As [`SocketSource::sockets`].
+    fn sockets_tied(&mut self, netns: NetnsIno, ifindexes: &[IfIndex], addrs: &[IpAddr]) -> Result<Vec<Socket>> {
+        let _ = (ifindexes, addrs);
+        self.sockets(netns)
+    }
 }
+
+/// Filtered snapshots ([`SocketSource::sockets_tied`]) one netns may take within one burst
+/// (datagrams read back to back, see [`WatchEngine::more_queued`]) before the engine takes one
+/// full snapshot that serves the rest of the burst: a lone change costs a filtered walk, a
+/// burst of 1,000 changes at most this many walks and one full snapshot.
+pub const FILTERED_PER_BURST: u32 = 4;
 
 /// Who waits on a socket now (the view's one `/proc` pass, `kernel::waiters::WaiterIndex`; a
 /// fixed list in tests).
@@ -456,8 +477,15 @@ struct Space {
     removed_addrs: HashMap<IfIndex, Vec<(IpAddr, Instant)>>,
     /// Links deleted or moved out during this run, newest last.
     deleted: VecDeque<Link>,
-    /// Sockets of the current input batch (asked for once, lazily).
+    /// Every socket of the current burst (asked for once, lazily, after
+    /// [`FILTERED_PER_BURST`] filtered snapshots).
     batch_sockets: Option<Vec<Socket>>,
+    /// Filtered snapshots taken in the current burst.
+    filtered_in_burst: u32,
+    /// The last filtered snapshot of this burst and its scope (ifindexes, addresses): a later
+    /// change of the burst whose scope it covers (the veth peer's deletion, the health
+    /// judgement after both) reuses it instead of walking again.
+    burst_filtered: Option<(Vec<IfIndex>, Vec<IpAddr>, Arc<Vec<Socket>>)>,
     /// Address details as of the last dump (live `RTM_NEWADDR`s carry no flags here).
     addrs: AddrTable,
     /// Links and address details before the first queued health change: every socket is judged
@@ -525,6 +553,9 @@ pub struct WatchEngine {
     health: HealthTracker,
     health_ready: Vec<HealthReady>,
     counters: WatchCounters,
+    /// The view said more input was queued after the last datagram: the burst goes on and
+    /// its snapshot stays valid.
+    continuing: bool,
 }
 
 impl WatchEngine {
@@ -542,7 +573,22 @@ impl WatchEngine {
             health: HealthTracker::new(),
             health_ready: Vec::new(),
             counters: WatchCounters::default(),
+            continuing: false,
         }
+    }
+
+    /// Tells the engine whether more input is queued after the datagram just handed to
+    /// [`on_updates`](Self::on_updates) (`true`: the burst goes on, and the sockets read for
+    /// it serve the next datagram too; `false`: the next datagram starts a new burst, with
+    /// fresh snapshots). Without calls every datagram is its own burst.
+    pub fn more_queued(&mut self, more: bool) {
+        self.continuing = more;
+    }
+
+    fn start_burst(space: &mut Space) {
+        space.batch_sockets = None;
+        space.filtered_in_burst = 0;
+        space.burst_filtered = None;
     }
 
     /// The counters so far.
@@ -630,7 +676,9 @@ impl WatchEngine {
     pub fn on_updates(&mut self, netns: NetnsIno, updates: Vec<Update>, now: &Now, src: &mut dyn SocketSource) -> Vec<WatchRecord> {
         let mut out = Vec::new();
         let Some(space) = self.spaces.get_mut(&netns) else { return out };
-        space.batch_sockets = None;
+        if !std::mem::take(&mut self.continuing) {
+            Self::start_burst(space);
+        }
         self.counters.netlink_messages += 1;
         for u in updates {
             let Some(space) = self.spaces.get_mut(&netns) else { break };
@@ -659,7 +707,7 @@ impl WatchEngine {
     pub fn on_dump(&mut self, netns: NetnsIno, dump: Dump, source: Source, now: &Now, src: &mut dyn SocketSource) -> Vec<WatchRecord> {
         let mut out = Vec::new();
         let Some(space) = self.spaces.get_mut(&netns) else { return out };
-        space.batch_sockets = None;
+        Self::start_burst(space);
         let before: Vec<Link> = space.table.links().cloned().collect();
         if space.health_before.is_none() {
             space.health_before = Some((before.clone(), space.addrs.clone()));
@@ -731,7 +779,13 @@ impl WatchEngine {
         self.counters.events += 1;
         let gone = source == Source::NetnsRemoved;
         // A namespace found while watching has no "before": its sockets are judged from its next change.
-        if self.config.sockets && !gone && source != Source::Discovery && moves_health(change.kind) {
+        // A brand-new interface can move no socket's health unless an interface of its name
+        // was deleted before (IP_PKTINFO wildcards recover): no socket can be bound to an
+        // ifindex before it exists, and its addresses come as changes of their own.
+        let deleted_before = self.health.deletions().iter().any(|d| d.netns == ino && d.name == change.name)
+            || self.spaces.get(&ino).is_some_and(|s| s.health_pending.iter().any(|(c, _)| c.kind == ChangeKind::Deleted && c.name == change.name));
+        let fresh = change.kind == ChangeKind::Created && !deleted_before;
+        if self.config.sockets && !gone && source != Source::Discovery && moves_health(change.kind) && !fresh {
             if let Some(space) = self.spaces.get_mut(&ino) {
                 if space.health_before.is_none() {
                     // `prior` is this link before the update; every other link is unchanged yet.
@@ -817,15 +871,6 @@ impl WatchEngine {
     /// `sk_bound_dev_if`) are used.
     fn sockets_for(&mut self, ino: NetnsIno, change: &Change, prior: Option<&Link>, now: &Now, src: &mut dyn SocketSource) -> Vec<TiedSocket> {
         let Some(space) = self.spaces.get_mut(&ino) else { return Vec::new() };
-        if space.batch_sockets.is_none() {
-            match src.sockets(ino) {
-                Ok(s) => space.batch_sockets = Some(s),
-                Err(e) => {
-                    tracing::warn!("socket snapshot of netns {ino} failed, change reported without sockets: {e:#}");
-                    return Vec::new();
-                }
-            }
-        }
         let current = space.table.get(change.ifindex);
         let mut addrs: Vec<IpAddr> = current.or(prior).map(|l| l.addrs.iter().copied().collect()).unwrap_or_default();
         if matches!(change.kind, ChangeKind::Deleted | ChangeKind::MovedOut) {
@@ -834,8 +879,51 @@ impl WatchEngine {
             }
         }
         let links: Vec<Link> = space.table.links().cloned().collect();
-        let sockets = space.batch_sockets.as_deref().unwrap_or_default();
+        // One request acts on both ends of a veth pair: the walk covers the peer too, so its
+        // change (next in the burst) needs no walk of its own.
+        let mut scope = vec![change.ifindex];
+        let mut scope_addrs = addrs.clone();
+        if let Some(peer) = space.table.peer_of(change.ifindex).filter(|p| *p != change.ifindex) {
+            scope.push(peer);
+            scope_addrs.extend(space.table.get(peer).into_iter().flat_map(|l| l.addrs.iter().copied()));
+        }
+        let filtered;
+        let sockets: &[Socket] = match Self::burst_sockets(space, ino, &scope, &scope_addrs, src) {
+            Ok(Some(s)) => {
+                filtered = s;
+                &filtered
+            }
+            Ok(None) => space.batch_sockets.as_deref().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("socket snapshot of netns {ino} failed, change reported without sockets: {e:#}");
+                return Vec::new();
+            }
+        };
         tie::tied_to(sockets, ino, change.ifindex, &change.name, &addrs, &links)
+    }
+
+    /// The sockets a change of `ifindexes` (holding `addrs`) in this burst needs:
+    /// `Some(filtered)`: the burst's last filtered snapshot when its scope covers this one,
+    /// else a new one ([`SocketSource::sockets_tied`]) while the burst has taken fewer than
+    /// [`FILTERED_PER_BURST`] and the interfaces fit one kernel filter; or `None`: every
+    /// socket, in `space.batch_sockets` (read now if this burst has none yet).
+    fn burst_sockets(space: &mut Space, ino: NetnsIno, ifindexes: &[IfIndex], addrs: &[IpAddr], src: &mut dyn SocketSource) -> Result<Option<Arc<Vec<Socket>>>> {
+        if space.batch_sockets.is_some() {
+            return Ok(None);
+        }
+        if let Some((ifs, held, sockets)) = &space.burst_filtered {
+            if ifindexes.iter().all(|i| ifs.contains(i)) && addrs.iter().all(|a| held.contains(a)) {
+                return Ok(Some(sockets.clone()));
+            }
+        }
+        if space.filtered_in_burst < FILTERED_PER_BURST && ifindexes.len() <= ifsock_common::SOCK_FILTER_IFINDEXES {
+            space.filtered_in_burst += 1;
+            let sockets = Arc::new(src.sockets_tied(ino, ifindexes, addrs)?);
+            space.burst_filtered = Some((ifindexes.to_vec(), addrs.to_vec(), sockets.clone()));
+            return Ok(Some(sockets));
+        }
+        space.batch_sockets = Some(src.sockets(ino)?);
+        Ok(None)
     }
 
     /// Namespaces with queued changes that may have stranded or recovered sockets: for each the
@@ -844,10 +932,12 @@ impl WatchEngine {
         self.spaces.iter().filter(|(_, s)| !s.health_pending.is_empty()).map(|(i, _)| *i).collect()
     }
 
-    /// Judges every socket of `netns` against the links before and after the queued changes
+    /// Judges the sockets of `netns` the queued changes can move (tied to one of their
+    /// interfaces or addresses, or wildcard) against the links before and after them
     /// (`addrs`: address details of a fresh `RTM_GETADDR` dump, `None` if it failed: the last
-    /// known ones are kept). Sockets come from the batch snapshot already taken for the change,
-    /// else one is asked of `src`. Returns how many sockets changed health (stranded or
+    /// known ones are kept). Sockets come from the burst's snapshot when it covers them, else
+    /// a filtered one is asked of `src` (every socket when more than
+    /// [`ifsock_common::SOCK_FILTER_IFINDEXES`] interfaces changed). Returns how many sockets changed health (stranded or
     /// recovered); their records wait for [`flush_health`](Self::flush_health).
     pub fn on_health(&mut self, netns: NetnsIno, addrs: Option<AddrTable>, now: &Now, src: &mut dyn SocketSource) -> usize {
         let Some(space) = self.spaces.get_mut(&netns) else { return 0 };
@@ -857,16 +947,31 @@ impl WatchEngine {
             space.addrs = a;
         }
         let Some((links_before, addrs_before)) = before else { return 0 };
-        if space.batch_sockets.is_none() {
-            match src.sockets(netns) {
-                Ok(s) => space.batch_sockets = Some(s),
-                Err(e) => {
-                    tracing::warn!("socket snapshot of netns {netns} failed, socket health not judged: {e:#}");
-                    return 0;
-                }
+        // Only sockets tied to an interface the changes touched can change health (bound to
+        // it or to one of its addresses before or after, or wildcard): a filtered snapshot
+        // of those serves, unless the burst already holds every socket.
+        let mut ifindexes: Vec<IfIndex> = Vec::new();
+        let mut scope_addrs: Vec<IpAddr> = Vec::new();
+        for (c, _) in &pending {
+            if !ifindexes.contains(&c.ifindex) {
+                ifindexes.push(c.ifindex);
             }
+            scope_addrs.extend(c.address);
         }
-        let sockets = space.batch_sockets.clone().unwrap_or_default();
+        for l in links_before.iter().chain(space.table.links()).filter(|l| ifindexes.contains(&l.ifindex)) {
+            scope_addrs.extend(l.addrs.iter().copied());
+        }
+        let filtered = match Self::burst_sockets(space, netns, &ifindexes, &scope_addrs, src) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("socket snapshot of netns {netns} failed, socket health not judged: {e:#}");
+                return 0;
+            }
+        };
+        let sockets: &[Socket] = match &filtered {
+            Some(s) => s,
+            None => space.batch_sockets.as_deref().unwrap_or_default(),
+        };
         let links: Vec<Link> = space.table.links().cloned().collect();
         let addrs_now = space.addrs.clone();
         // Deletions the queued changes saw count only after the "before" judgement.

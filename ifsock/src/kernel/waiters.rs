@@ -174,27 +174,28 @@ pub fn read_remote(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, nix::errn
     Ok(buf)
 }
 
-/// The fd table of one process, read once per discovery pass and only for processes that have a
-/// waiting thread.
+/// The fd table of one process with a waiting thread, read lazily: only the fds a wait names
+/// (the receive fd, an epoll interest list, a poll/select set) are looked up, each once per
+/// discovery pass. A process holding 100k sockets and waiting on one costs one `readlink`,
+/// not 100k.
 struct FdTable {
-    fds: HashMap<u32, FdKind>,
+    pid: u32,
+    fds: std::cell::RefCell<HashMap<u32, Option<FdKind>>>,
 }
 
 impl FdTable {
-    fn read(pid: u32) -> std::io::Result<Self> {
-        let mut fds = HashMap::new();
-        for entry in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else { continue };
-            // An fd closed between readdir and readlink is simply not in the table.
-            if let Ok(link) = fs::read_link(entry.path()) {
-                fds.insert(fd, fd_kind(&link.to_string_lossy()));
-            }
-        }
-        Ok(FdTable { fds })
+    /// Checks that `/proc/PID/fd` can be read (the process exists and we may look).
+    fn open(pid: u32) -> std::io::Result<Self> {
+        drop(fs::read_dir(format!("/proc/{pid}/fd"))?);
+        Ok(FdTable { pid, fds: Default::default() })
+    }
+    /// What `fd` points at; `None` when it is not open (or closed since).
+    fn kind(&self, fd: u32) -> Option<FdKind> {
+        *self.fds.borrow_mut().entry(fd).or_insert_with(|| fs::read_link(format!("/proc/{}/fd/{fd}", self.pid)).ok().map(|l| fd_kind(&l.to_string_lossy())))
     }
     fn socket(&self, fd: u32) -> Option<SockInode> {
-        match self.fds.get(&fd) {
-            Some(FdKind::Socket(i)) => Some(*i),
+        match self.kind(fd) {
+            Some(FdKind::Socket(i)) => Some(i),
             _ => None,
         }
     }
@@ -277,7 +278,7 @@ impl WaiterIndex {
             }
             return;
         }
-        let fds = state.fds.get_or_insert_with(|| FdTable::read(pid).map_err(|e| format!("reading /proc/{pid}/fd: {e}")));
+        let fds = state.fds.get_or_insert_with(|| FdTable::open(pid).map_err(|e| format!("reading /proc/{pid}/fd: {e}")));
         let table = match fds {
             Ok(t) => &*t,
             Err(e) => {
@@ -293,7 +294,7 @@ impl WaiterIndex {
                     Some(ino) => self.by_inode.entry(ino).or_default().push(waiter(Via::Recv, Some(fd), None)),
                     // read(2) on a pipe or file is no socket wait; a receive syscall on an fd
                     // closed while it sleeps still holds a socket we cannot name.
-                    None if table.fds.contains_key(&fd) || args[0] as i64 == -1 => {}
+                    None if table.kind(fd).is_some() || args[0] as i64 == -1 => {}
                     None if w.syscall == "read" => {}
                     None => unknown(self, Via::Recv, format!("fd {fd} was closed while the thread waits in {}", w.syscall), None),
                 }
@@ -385,7 +386,7 @@ fn epoll_sockets(pid: u32, epfd: u32, table: &FdTable, seen: &mut HashSet<u32>, 
     let text = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
     let mut out = Vec::new();
     for t in parse_epoll_fdinfo(&text) {
-        match table.fds.get(&t.tfd) {
+        match table.kind(t.tfd) {
             Some(FdKind::Epoll) => {
                 // A nested instance that vanished in between just contributes nothing.
                 if let Ok(inner) = epoll_sockets(pid, t.tfd, table, seen, depth + 1) {

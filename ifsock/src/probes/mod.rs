@@ -187,41 +187,105 @@ impl Probes {
     /// # Errors
     /// Iterator attach/read failures, or entering `netns` failed.
     pub fn snapshot(&mut self, netns: Option<&NetnsHandle>) -> Result<RawSnapshot> {
+        let sockets = self.read_sockets(netns)?;
+        let files = self.read_files()?;
+        self.log_snapshot(&sockets, &files);
+        Ok(RawSnapshot { sockets, files })
+    }
+
+    /// `iter/udp` then `iter/tcp` in `netns`, deduplicated by cookie.
+    fn read_sockets(&mut self, netns: Option<&NetnsHandle>) -> Result<Vec<SockRecord>> {
         self.load_iterators()?;
         let udp = self.iter_link(ITER_UDP)?;
         let tcp = self.iter_link(ITER_TCP)?;
-        let files = self.iter_link(ITER_TASK_FILE)?;
-        let read_sockets = move || -> Result<Vec<SockRecord>> {
+        let read = move || -> Result<Vec<SockRecord>> {
             let mut out = read_records::<SockRecord>(udp.into_file()?)?;
             out.extend(read_records::<SockRecord>(tcp.into_file()?)?);
             Ok(dedupe_by_cookie(out))
         };
-        let sockets = match netns {
-            None => read_sockets()?,
-            Some(ns) => ns.run(read_sockets)??,
-        };
-        let files = read_records::<TaskFileRecord>(files.into_file()?)?;
+        match netns {
+            None => read(),
+            Some(ns) => ns.run(read)?,
+        }
+    }
+
+    /// `iter/task_file` over every task of the system.
+    fn read_files(&mut self) -> Result<Vec<TaskFileRecord>> {
+        self.load_iterators()?;
+        let files = self.iter_link(ITER_TASK_FILE)?;
+        read_records::<TaskFileRecord>(files.into_file()?)
+    }
+
+    fn log_snapshot(&self, sockets: &[SockRecord], files: &[TaskFileRecord]) {
         match self.counters() {
             Ok(c) => tracing::debug!("snapshot: {} socket records, {} file records, iter_retries={} so far", sockets.len(), files.len(), c.iter_retries),
             Err(e) => tracing::debug!("snapshot: counters unavailable: {e:#}"),
         }
-        Ok(RawSnapshot { sockets, files })
     }
 
     /// As [`Probes::snapshot`], with `iter/udp` and `iter/tcp` writing only the sockets
-    /// `filter` admits ([`SockFilter::admits`]: a superset of those tied to one interface), so
-    /// the other sockets cost a walk but no record, copy or decode. The filter is cleared
-    /// afterwards, also when the snapshot failed.
+    /// `filter` admits ([`SockFilter::admits`]: a superset of those tied to its interfaces), so
+    /// the other sockets cost a walk but no record, copy or decode. Owners are read only for
+    /// the sockets admitted: none admitted, no `iter/task_file` walk at all; up to
+    /// [`ifsock_common::OWNER_FILTER_CAPACITY`], `iter/task_file` writes only their fds
+    /// (their inodes in map `OWNER_INODES`); more, every fd is read. `files` holds socket
+    /// records only (no tun fds). The filters are cleared afterwards, also on failure.
     ///
     /// # Errors
-    /// As [`Probes::snapshot`], or the filter map could not be written.
+    /// As [`Probes::snapshot`], or a filter map could not be written.
     pub fn snapshot_filtered(&mut self, netns: Option<&NetnsHandle>, filter: &SockFilter) -> Result<RawSnapshot> {
         self.set_sock_filter(filter)?;
-        let snap = self.snapshot(netns);
+        let sockets = self.read_sockets(netns);
         let cleared = self.set_sock_filter(&SockFilter::OFF);
-        let snap = snap?;
+        let sockets = sockets?;
         cleared?;
-        Ok(snap)
+        let inodes: HashSet<u64> = sockets.iter().map(|r| r.ino).filter(|i| *i != 0).collect();
+        let files = if inodes.is_empty() {
+            Vec::new()
+        } else if inodes.len() <= ifsock_common::OWNER_FILTER_CAPACITY as usize {
+            self.set_owner_filter(&inodes, true)?;
+            let files = self.read_files();
+            let cleared = self.set_owner_filter(&inodes, false);
+            let files = files?;
+            cleared?;
+            files
+        } else {
+            let mut files = self.read_files()?;
+            files.retain(|f| f.kind == ifsock_common::file_kind::SOCKET && inodes.contains(&f.ino));
+            files
+        };
+        self.log_snapshot(&sockets, &files);
+        Ok(RawSnapshot { sockets, files })
+    }
+
+    /// Sets (`on`: only the socket fds of `inodes`) or clears (`!on`: and removes `inodes`)
+    /// the owner filter of `iter/task_file` (maps `OWNER_INODES`, `OWNER_FILTER`). Inodes a
+    /// failed run left behind are harmless: only listed sockets are joined with owners.
+    fn set_owner_filter(&mut self, inodes: &HashSet<u64>, on: bool) -> Result<()> {
+        use ifsock_common::{MAP_OWNER_FILTER, MAP_OWNER_INODES};
+        let flag = |ebpf: &mut Ebpf, v: u32| -> Result<()> {
+            let map = ebpf.map_mut(MAP_OWNER_FILTER).ok_or_else(|| anyhow!("map {MAP_OWNER_FILTER} missing from the object"))?;
+            let mut arr: BpfArray<&mut MapData, u32> = BpfArray::try_from(map)?;
+            arr.set(0, &v, 0).context("writing the owner filter flag")?;
+            Ok(())
+        };
+        if !on {
+            flag(&mut self.ebpf, 0)?;
+        }
+        let map = self.ebpf.map_mut(MAP_OWNER_INODES).ok_or_else(|| anyhow!("map {MAP_OWNER_INODES} missing from the object"))?;
+        let mut set: BpfHashMap<&mut MapData, u64, u8> = BpfHashMap::try_from(map)?;
+        for i in inodes {
+            if on {
+                set.insert(i, &1, 0).context("writing the owner filter's inodes")?;
+            } else {
+                // Absent already (ENOENT) is fine.
+                let _ = set.remove(i);
+            }
+        }
+        if on {
+            flag(&mut self.ebpf, 1)?;
+        }
+        Ok(())
     }
 
     fn set_sock_filter(&mut self, filter: &SockFilter) -> Result<()> {

@@ -33,7 +33,17 @@ pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<S
 /// # Errors
 /// As [`sockets`].
 pub fn sockets_maybe_tied(probes: &mut Probes, netns: Option<&NetnsHandle>, ifindex: IfIndex, addrs: &[IpAddr]) -> Result<Vec<Socket>> {
-    let raw = match SockFilter::tied_to(ifindex.0, addrs) {
+    sockets_maybe_tied_any(probes, netns, &[ifindex], addrs)
+}
+
+/// As [`sockets_maybe_tied`] for several interfaces at once (at most
+/// [`ifsock_common::SOCK_FILTER_IFINDEXES`]; more, or none, reads every socket).
+///
+/// # Errors
+/// As [`sockets`].
+pub fn sockets_maybe_tied_any(probes: &mut Probes, netns: Option<&NetnsHandle>, ifindexes: &[IfIndex], addrs: &[IpAddr]) -> Result<Vec<Socket>> {
+    let raw_ifindexes: Vec<u32> = ifindexes.iter().map(|i| i.0).collect();
+    let raw = match SockFilter::tied_to_any(&raw_ifindexes, addrs) {
         Some(filter) => probes.snapshot_filtered(netns, &filter)?,
         None => probes.snapshot(netns)?,
     };

@@ -150,17 +150,37 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         if args.count.is_some_and(|c| engine.counters().events >= c) || lost_own.is_some() {
             break;
         }
+        // Biased: a queued netlink message is handled before any scan or tick (which would
+        // delay its line by a /proc pass: ~10-35 ms measured), signals before everything.
         tokio::select! {
+            biased;
             _ = signals.recv() => break,
-            _ = stranded_tick.tick(), if engine.wants_receiver_scan() => {
-                // Nothing in a receive at all (no recorded entry, no blocked thread): no scan.
-                let blocked = crate::kernel::procfs::blocked_receivers(None);
-                let receivers = if engine.following_stranded() || !blocked.is_empty() || !probes.inflight()?.is_empty() {
-                    hung::collect_from(&mut probes, &engine.receiver_context(), Duration::ZERO, None, blocked)?
-                } else {
-                    Vec::new()
+            msg = rx.recv() => {
+                let Some((ino, received)) = msg else { break };
+                // Evidence is written at syscall entry, before the kernel acts: drain it first.
+                events.drain().into_iter().filter_map(kernel_input).for_each(|i| engine.on_kernel(i));
+                emit(engine.flush_sock_errors(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
+                let records = match received? {
+                    Received::Updates(updates) => engine.on_updates(ino, updates, &now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }),
+                    Received::Overrun => {
+                        engine.on_overrun(ino);
+                        tracing::warn!("rtnetlink ENOBUFS in netns {ino}: events were lost, re-dumping");
+                        redump(&mut engine, &mut probes, &spaces, ino, Source::Resync).await?
+                    }
                 };
-                emit(engine.on_receivers(&receivers, &now()))?;
+                emit(records)?;
+                // A burst queued on the channel shares its snapshots and is judged once, after
+                // its last datagram.
+                // The netlink readers run on this thread: let them queue what the kernel has
+                // sent meanwhile (the veth peer's notification) before asking.
+                tokio::task::yield_now().await;
+                engine.more_queued(!rx.is_empty());
+                if rx.is_empty() {
+                    emit(health(&mut engine, &mut probes, &spaces).await?)?;
+                }
+            }
+            batch = events.next_batch() => {
+                batch?.into_iter().filter_map(kernel_input).for_each(|i| engine.on_kernel(i));
             }
             _ = discovery.tick(), if args.all_netns || own.is_some() => {
                 if let Some((ino, name)) = &own {
@@ -193,27 +213,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                     }
                 }
             }
-            batch = events.next_batch() => {
-                batch?.into_iter().filter_map(kernel_input).for_each(|i| engine.on_kernel(i));
-            }
-            msg = rx.recv() => {
-                let Some((ino, received)) = msg else { break };
-                // Evidence is written at syscall entry, before the kernel acts: drain it first.
-                events.drain().into_iter().filter_map(kernel_input).for_each(|i| engine.on_kernel(i));
-                emit(engine.flush_sock_errors(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
-                let records = match received? {
-                    Received::Updates(updates) => engine.on_updates(ino, updates, &now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }),
-                    Received::Overrun => {
-                        engine.on_overrun(ino);
-                        tracing::warn!("rtnetlink ENOBUFS in netns {ino}: events were lost, re-dumping");
-                        redump(&mut engine, &mut probes, &spaces, ino, Source::Resync).await?
-                    }
+            _ = stranded_tick.tick(), if engine.wants_receiver_scan() => {
+                // Nothing in a receive at all (no recorded entry, no blocked thread): no scan.
+                let blocked = crate::kernel::procfs::blocked_receivers(None);
+                let receivers = if engine.following_stranded() || !blocked.is_empty() || !probes.inflight()?.is_empty() {
+                    hung::collect_from(&mut probes, &engine.receiver_context(), Duration::ZERO, None, blocked)?
+                } else {
+                    Vec::new()
                 };
-                emit(records)?;
-                // A burst queued on the channel is judged once, after its last datagram.
-                if rx.is_empty() {
-                    emit(health(&mut engine, &mut probes, &spaces).await?)?;
-                }
+                emit(engine.on_receivers(&receivers, &now()))?;
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
                 engine.on_reconcile();

@@ -25,16 +25,31 @@ impl Clock {
     }
 }
 
-/// Fixed sockets per netns; counts the snapshots asked for.
+/// Fixed sockets per netns; counts the full and the filtered snapshots asked for.
 #[derive(Default)]
 struct Fake {
     sockets: HashMap<NetnsIno, Vec<Socket>>,
     asked: usize,
+    asked_tied: usize,
 }
 impl SocketSource for Fake {
     fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>> {
         self.asked += 1;
         Ok(self.sockets.get(&netns).cloned().unwrap_or_default())
+    }
+
+    /// What the kernel filter admits: bound to one of `ifindexes`, or unbound on the wildcard
+    /// or one of `addrs`.
+    fn sockets_tied(&mut self, netns: NetnsIno, ifindexes: &[IfIndex], addrs: &[IpAddr]) -> Result<Vec<Socket>> {
+        self.asked_tied += 1;
+        let all = self.sockets.get(&netns).cloned().unwrap_or_default();
+        Ok(all
+            .into_iter()
+            .filter(|s| match s.bound_dev_if {
+                0 => s.local_addr.is_unspecified() || addrs.contains(&s.local_addr),
+                dev => ifindexes.contains(&IfIndex(dev)),
+            })
+            .collect())
     }
 }
 
@@ -188,15 +203,26 @@ fn removed_addresses_tie_address_bound_sockets_to_the_deletion_for_a_while() {
 }
 
 #[test]
-fn one_snapshot_serves_a_whole_datagram_and_none_is_taken_without_sockets() {
+fn a_burst_takes_a_few_filtered_snapshots_then_one_full_one_and_none_without_sockets() {
     let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
-    let mut e = engine_with((1..=4).map(|i| link(i, &format!("v{i}"), IFF_UP, &[])).collect(), &[], &mut fake, &clock);
-    e.on_updates(NS, (1..=4).map(|i| newlink(i, &format!("v{i}"), 0, None)).collect(), &clock.at(1), &mut fake);
-    assert_eq!(fake.asked, 1);
+    let names: Vec<String> = (1..=8).map(|i| format!("v{i}")).collect();
+    let mut e = engine_with((1..=8).map(|i| link(i, &names[i as usize - 1], IFF_UP, &[])).collect(), &[], &mut fake, &clock);
+    fake.asked = 0;
+    // One datagram downing six links: FILTERED_PER_BURST filtered walks, then one full snapshot.
+    e.on_updates(NS, (1..=6).map(|i| newlink(i, &names[i as usize - 1], 0, None)).collect(), &clock.at(1), &mut fake);
+    assert_eq!((fake.asked_tied, fake.asked), (FILTERED_PER_BURST as usize, 1));
+    // More was queued: the next datagram belongs to the same burst and reuses the full one.
+    e.more_queued(true);
+    e.on_updates(NS, vec![newlink(7, "v7", 0, None)], &clock.at(2), &mut fake);
+    assert_eq!((fake.asked_tied, fake.asked), (FILTERED_PER_BURST as usize, 1));
+    // The queue ran dry: a new burst starts with a fresh, filtered snapshot.
+    e.more_queued(false);
+    e.on_updates(NS, vec![newlink(8, "v8", 0, None)], &clock.at(3), &mut fake);
+    assert_eq!((fake.asked_tied, fake.asked), (FILTERED_PER_BURST as usize + 1, 1));
     let mut quiet = WatchEngine::new(Config { sockets: false, ..config() });
     quiet.add_netns(NS, None, dump(vec![link(1, "v1", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
     quiet.on_updates(NS, vec![newlink(1, "v1", 0, None)], &clock.at(1), &mut fake);
-    assert_eq!(fake.asked, 1, "--no-sockets takes no snapshot");
+    assert_eq!((fake.asked_tied, fake.asked), (FILTERED_PER_BURST as usize + 1, 1), "--no-sockets takes no snapshot");
 }
 
 #[test]
@@ -488,7 +514,7 @@ fn deletion_strands_bound_and_address_sockets_and_pktinfo_wildcards_only_by_the_
     e.on_updates(NS, vec![newlink(9, "veth9", IFF_UP, None)], &clock.at(2), &mut fake);
     assert!(health(&judge(&mut e, &mut fake, &w, &clock.at(2)).1).is_empty());
     // One datagram: the kernel's RTM_DELADDR, then RTM_DELLINK.
-    fake.asked = 0;
+    (fake.asked, fake.asked_tied) = (0, 0);
     let out = e.on_updates(NS, vec![deladdr(5, "10.78.0.1"), dellink(5, "veth0")], &clock.at(3), &mut fake);
     assert_eq!(kinds(&out).iter().map(|k| k.0).collect::<Vec<_>>(), vec![ChangeKind::AddressRemoved, ChangeKind::Deleted]);
     let (n, records) = judge(&mut e, &mut fake, &w, &clock.at(3));
@@ -506,7 +532,48 @@ fn deletion_strands_bound_and_address_sockets_and_pktinfo_wildcards_only_by_the_
     assert_eq!(n, 3);
     let WatchRecord::SocketStranded(ev) = records.iter().find(|r| matches!(r, WatchRecord::SocketStranded(e) if e.socket.tied.socket.inode.0 == 102)).unwrap() else { unreachable!() };
     assert_eq!(ev.ifname.as_deref(), Some("veth0"), "the deleted device is named from the change");
-    assert_eq!(fake.asked, 1, "the change's snapshot serves the health judgement");
+    assert_eq!((fake.asked_tied, fake.asked), (1, 0), "one walk of the deleted interface's sockets serves the change and the health judgement");
+}
+
+#[test]
+fn a_veth_pair_deleted_in_one_burst_costs_one_walk_that_covers_both_ends() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let on_a = udp(201, NS, [0, 0, 0, 0], 53, 5, false);
+    let on_b = udp(202, NS, [10, 6, 0, 1], 53, 0, false);
+    let elsewhere = udp(203, NS, [0, 0, 0, 0], 54, 7, false);
+    fake.sockets.insert(NS, vec![on_a, on_b, elsewhere]);
+    let mut e = engine_with(vec![link(5, "a", IFF_UP, &[]), link(6, "b", IFF_UP, &["10.6.0.1"]), link(7, "c", IFF_UP, &[])], &[(5, 6)], &mut fake, &clock);
+    let w = FakeWaiters::default();
+    fake.asked_tied = 0;
+    let first = e.on_updates(NS, vec![dellink(5, "a")], &clock.at(1), &mut fake);
+    assert_eq!(changes(&first)[0].sockets.iter().map(|s| s.socket.inode.0).collect::<Vec<_>>(), vec![201]);
+    e.more_queued(true);
+    let second = e.on_updates(NS, vec![dellink(6, "b")], &clock.at(2), &mut fake);
+    assert_eq!(changes(&second)[0].sockets.iter().map(|s| s.socket.inode.0).collect::<Vec<_>>(), vec![202], "the peer's sockets come from the first walk");
+    e.more_queued(false);
+    let (n, _) = judge(&mut e, &mut fake, &w, &clock.at(2));
+    assert_eq!(n, 2, "both ends' sockets are stranded");
+    assert_eq!((fake.asked_tied, fake.asked), (1, 0), "one filtered walk for both deletions and the health judgement");
+    // The next burst walks again: the sockets may have changed in between.
+    e.on_updates(NS, vec![newlink(7, "c", 0, None)], &clock.at(3), &mut fake);
+    assert_eq!(fake.asked_tied, 2);
+}
+
+#[test]
+fn a_new_interface_costs_no_health_walk_unless_its_name_was_deleted_before() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    let w = FakeWaiters::default();
+    e.on_updates(NS, vec![newlink(20, "fresh0", 0, None)], &clock.at(1), &mut fake);
+    assert!(e.health_due().is_empty(), "nothing can be tied to an ifindex that did not exist");
+    // veth0 deleted, then a new interface of that name: the pktinfo wildcard recovers.
+    e.on_updates(NS, vec![dellink(5, "veth0")], &clock.at(2), &mut fake);
+    let (_, gone) = judge(&mut e, &mut fake, &w, &clock.at(2));
+    assert!(health(&gone).iter().any(|h| h.1 == 103 && h.0 == "stranded"));
+    e.on_updates(NS, vec![newlink(21, "veth0", IFF_UP, None)], &clock.at(3), &mut fake);
+    assert_eq!(e.health_due(), vec![NS]);
+    let (_, back) = judge(&mut e, &mut fake, &w, &clock.at(3));
+    assert!(health(&back).iter().any(|h| h.1 == 103 && h.0 == "recovered"), "{:?}", health(&back));
 }
 
 #[test]

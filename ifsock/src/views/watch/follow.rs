@@ -1,7 +1,7 @@
 //! The I/O of `watch` around the engine: per followed netns the rtnetlink subscription and
 //! its reader task, the request connection for dumps, and socket snapshots; the clock; ring
 //! buffer events turned into engine inputs.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
@@ -12,7 +12,11 @@ use crate::{
         netlink::{self, Received, Subscription},
         netns::{self, NetnsHandle},
     },
-    model::{ids::NetnsIno, link::Dump, socket::Socket},
+    model::{
+        ids::{IfIndex, NetnsIno},
+        link::Dump,
+        socket::Socket,
+    },
     probes::{events::Event, snapshot, Probes},
     render::{monotonic_ns, unix_ns},
 };
@@ -84,6 +88,11 @@ impl SocketSource for Snapshots<'_> {
     fn sockets(&mut self, netns: NetnsIno) -> Result<Vec<Socket>> {
         let io = self.spaces.get(&netns).with_context(|| format!("netns {netns} is not followed"))?;
         snapshot::sockets(self.probes, io.handle.as_ref())
+    }
+
+    fn sockets_tied(&mut self, netns: NetnsIno, ifindexes: &[IfIndex], addrs: &[IpAddr]) -> Result<Vec<Socket>> {
+        let io = self.spaces.get(&netns).with_context(|| format!("netns {netns} is not followed"))?;
+        snapshot::sockets_maybe_tied_any(self.probes, io.handle.as_ref(), ifindexes, addrs)
     }
 }
 
