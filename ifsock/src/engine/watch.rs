@@ -485,7 +485,7 @@ struct Space {
     /// The last filtered snapshot of this burst and its scope (ifindexes, addresses): a later
     /// change of the burst whose scope it covers (the veth peer's deletion, the health
     /// judgement after both) reuses it instead of walking again.
-    burst_filtered: Option<(Vec<IfIndex>, Vec<IpAddr>, Arc<Vec<Socket>>)>,
+    burst_filtered: Option<BurstWalk>,
     /// Address details as of the last dump (live `RTM_NEWADDR`s carry no flags here).
     addrs: AddrTable,
     /// Links and address details before the first queued health change: every socket is judged
@@ -495,6 +495,9 @@ struct Space {
     /// Changes since `health_before` that may move socket health, with when they were seen.
     health_pending: Vec<(Change, u64)>,
 }
+
+/// A filtered snapshot of one burst: its scope (ifindexes, addresses) and the sockets admitted.
+type BurstWalk = (Vec<IfIndex>, Vec<IpAddr>, Arc<Vec<Socket>>);
 
 /// Whether a change can strand or recover a socket.
 fn moves_health(kind: ChangeKind) -> bool {
@@ -975,7 +978,7 @@ impl WatchEngine {
         let links: Vec<Link> = space.table.links().cloned().collect();
         let addrs_now = space.addrs.clone();
         // Deletions the queued changes saw count only after the "before" judgement.
-        self.health.prime(netns, &sockets, &links_before, &addrs_before);
+        self.health.prime(netns, sockets, &links_before, &addrs_before);
         for (c, at) in &pending {
             match c.kind {
                 ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion { netns, ifindex: c.ifindex, name: c.name.clone(), at_unix_ns: *at }),
@@ -983,7 +986,7 @@ impl WatchEngine {
                 _ => {}
             }
         }
-        let changes = self.health.update(netns, &sockets, &links, &addrs_now, now.unix_ns);
+        let changes = self.health.update(netns, sockets, &links, &addrs_now, now.unix_ns);
         let before_ready = self.health_ready.len();
         for mut change in changes {
             let (st, recovered) = match &mut change {
