@@ -76,6 +76,42 @@ fn watch_reports_down_up_rename_delete_recreate_in_order() {
 }
 
 #[test]
+fn sockets_after_prints_the_deletion_first_then_the_sockets_it_had() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("sa"), unique("sb"));
+    ns.veth(&a, &b, Some("10.207.0.1/24")).unwrap();
+    let index = ns.ifindex(&a).unwrap();
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--sockets-after"]).unwrap();
+    w.wait_for("ready line", T, |v| v["type"] == "ready").unwrap();
+    let a2 = a.clone();
+    let bound = ns
+        .run(move || -> anyhow::Result<_> {
+            let s = UdpSocket::bind("0.0.0.0:6311")?;
+            bind_to_device(&s, &a2)?;
+            Ok((s, UdpSocket::bind("10.207.0.1:6312")?))
+        })
+        .unwrap()
+        .unwrap();
+    ns.ip(&["link", "del", &a]).unwrap();
+    let del = w.wait_for("deleted", T, |v| v["type"] == "change" && v["event"] == "deleted" && v["ifindex"] == index).unwrap();
+    assert_eq!(del["sockets_follow"], true, "{del}");
+    assert!(del["sockets"].as_array().unwrap().is_empty(), "{del}");
+    let follow = w
+        .wait_for("change_sockets", T, |v| v["type"] == "change_sockets" && v["ifindex"] == index && v["event"] == "deleted")
+        .unwrap();
+    assert_eq!(follow["change_ts_unix_ns"], del["ts_unix_ns"], "{follow}");
+    let sockets = follow["sockets"].as_array().unwrap();
+    for (port, binding, fd) in [(6311, "device", bound.0.as_raw_fd()), (6312, "address", bound.1.as_raw_fd())] {
+        assert!(
+            sockets.iter().any(|s| s["local_port"] == port && s["binding"] == binding && s["owners"].as_array().unwrap().iter().any(|o| o["fd"] == fd)),
+            "{binding}-bound socket :{port} missing: {follow}"
+        );
+    }
+    w.interrupt().unwrap();
+}
+
+#[test]
 fn second_watch_run_works_after_ctrl_c() {
     require_root();
     let ns = Netns::new().unwrap();

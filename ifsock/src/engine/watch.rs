@@ -123,6 +123,10 @@ pub struct Config {
     pub recv_tracking: bool,
     /// A stranded receiver still blocked this long after its stranding is reported again.
     pub stranded_after: Duration,
+    /// Print each change before its sockets are read (`--sockets-after`): the change record
+    /// has `sockets_follow: true` and no sockets, and a [`WatchRecord::ChangeSockets`] record
+    /// follows from [`WatchEngine::flush_change_sockets`].
+    pub sockets_after: bool,
 }
 
 /// Where a change was learned.
@@ -250,7 +254,33 @@ pub struct ChangeEvent {
     /// The kernel device probe that saw it (fentry/kprobe sets).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelEvidence>,
-    /// Sockets tied to the interface at that moment (for a deletion: those tied to it when it went).
+    /// Sockets tied to the interface at that moment (for a deletion: those tied to it when it
+    /// went); empty when `sockets_follow`.
+    pub sockets: Vec<TiedSocket>,
+    /// `--sockets-after`: the sockets were not read yet; a `change_sockets` record with the
+    /// same `netns`, `ifindex`, `event` and `ts_unix_ns` (as `change_ts_unix_ns`) follows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sockets_follow: bool,
+}
+
+/// `change_sockets` (`--sockets-after`): the sockets of a change printed before they were read.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeSocketsEvent {
+    /// When the sockets were read, ns since the Unix epoch.
+    pub ts_unix_ns: u64,
+    /// `ts_unix_ns` of the change record these belong to.
+    pub change_ts_unix_ns: u64,
+    /// Netns inode.
+    pub netns: NetnsIno,
+    /// Netns name under /run/netns, when it has one.
+    pub netns_name: Option<String>,
+    /// The change's kind (`deleted`, `down`, …).
+    pub event: &'static str,
+    /// The change's ifindex.
+    pub ifindex: IfIndex,
+    /// The change's interface name.
+    pub name: String,
+    /// Sockets tied to the interface when they were read (same rules as a change's `sockets`).
     pub sockets: Vec<TiedSocket>,
 }
 
@@ -439,6 +469,8 @@ pub enum WatchRecord {
     Ready(Ready),
     /// An interface change.
     Change(ChangeEvent),
+    /// The sockets of a change printed before they were read (`--sockets-after`).
+    ChangeSockets(ChangeSocketsEvent),
     /// A receiver stranded by a change.
     ReceiverStranded(StrandedEvent),
     /// A socket a change stranded (address gone, device down or deleted, a wildcard IP_PKTINFO
@@ -559,6 +591,9 @@ pub struct WatchEngine {
     /// The view said more input was queued after the last datagram: the burst goes on and
     /// its snapshot stays valid.
     continuing: bool,
+    /// `--sockets-after`: changes printed whose sockets are still to be read (netns, change,
+    /// the link before it, the change record's `ts_unix_ns`).
+    sockets_due: Vec<(NetnsIno, Change, Option<Link>, u64)>,
 }
 
 impl WatchEngine {
@@ -577,6 +612,7 @@ impl WatchEngine {
             health_ready: Vec::new(),
             counters: WatchCounters::default(),
             continuing: false,
+            sockets_due: Vec::new(),
         }
     }
 
@@ -810,17 +846,22 @@ impl WatchEngine {
                 evidence: if k.via == "fentry" { "fentry:device" } else { "kprobe:device" }.to_string(),
             })
         });
-        let sockets = if gone || !self.config.sockets || matches!(change.kind, ChangeKind::AddressAdded | ChangeKind::AddressRemoved) {
+        let wants_sockets = !gone && self.config.sockets && !matches!(change.kind, ChangeKind::AddressAdded | ChangeKind::AddressRemoved);
+        let sockets_follow = wants_sockets && self.config.sockets_after;
+        let sockets = if !wants_sockets || sockets_follow {
             Vec::new()
         } else {
             self.sockets_for(ino, &change, prior, now, src)
         };
+        if sockets_follow {
+            self.sockets_due.push((ino, change.clone(), prior.cloned(), now.unix_ns));
+        }
         let strands = !gone && matches!(change.kind, ChangeKind::Down | ChangeKind::Deleted | ChangeKind::MovedOut);
         if strands && self.config.recv_tracking {
             self.pending_strands.push(change.clone());
         }
         let netns_name = self.spaces.get(&ino).and_then(|n| n.name.clone());
-        out.push(WatchRecord::Change(ChangeEvent { ts_unix_ns: now.unix_ns, source, netns: ino, netns_name, from_netns, change, cause, kernel, sockets }));
+        out.push(WatchRecord::Change(ChangeEvent { ts_unix_ns: now.unix_ns, source, netns: ino, netns_name, from_netns, change, cause, kernel, sockets, sockets_follow }));
     }
 
     /// The request behind `change`: one naming the interface, else one that made or deleted
@@ -927,6 +968,31 @@ impl WatchEngine {
         }
         space.batch_sockets = Some(src.sockets(ino)?);
         Ok(None)
+    }
+
+    /// `--sockets-after`: reads the sockets of the changes already printed (in their order,
+    /// one filtered walk per burst where it covers them, as for change lines) and returns one
+    /// [`WatchRecord::ChangeSockets`] per change. Call after the change records are written.
+    pub fn flush_change_sockets(&mut self, now: &Now, src: &mut dyn SocketSource) -> Vec<WatchRecord> {
+        let mut out = Vec::new();
+        for (ino, change, prior, change_ts) in std::mem::take(&mut self.sockets_due) {
+            if !self.spaces.contains_key(&ino) {
+                continue;
+            }
+            let sockets = self.sockets_for(ino, &change, prior.as_ref(), now, src);
+            let netns_name = self.spaces.get(&ino).and_then(|s| s.name.clone());
+            out.push(WatchRecord::ChangeSockets(ChangeSocketsEvent {
+                ts_unix_ns: now.unix_ns,
+                change_ts_unix_ns: change_ts,
+                netns: ino,
+                netns_name,
+                event: change.kind.name(),
+                ifindex: change.ifindex,
+                name: change.name,
+                sockets,
+            }));
+        }
+        out
     }
 
     /// Namespaces with queued changes that may have stranded or recovered sockets: for each the

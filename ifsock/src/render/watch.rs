@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{clock, fmt, human_ns, json_line, line};
 use crate::{
-    engine::watch::{ChangeEvent, NetnsRemovedRecord, Ready, SockErrorLine, Source, StrandedEvent, WatchCounters, WatchRecord},
+    engine::watch::{ChangeEvent, ChangeSocketsEvent, NetnsRemovedRecord, Ready, SockErrorLine, Source, StrandedEvent, WatchCounters, WatchRecord},
     model::{sock_error::InodeSource, socket::Binding, tie::TiedSocket},
 };
 
@@ -27,6 +27,11 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
         WatchRecord::Ready(r) => stderr(&ready_line(r)),
         WatchRecord::Change(c) => {
             for l in change_lines(c) {
+                line(&l)?;
+            }
+        }
+        WatchRecord::ChangeSockets(c) => {
+            for l in change_sockets_lines(c) {
                 line(&l)?;
             }
         }
@@ -94,12 +99,33 @@ pub fn change_lines(ev: &ChangeEvent) -> Vec<String> {
             head.push_str(&format!(" ({})", cause.evidence));
         }
     }
-    let bound: Vec<&TiedSocket> = ev.sockets.iter().filter(|s| !matches!(s.binding, Some(Binding::Wildcard))).collect();
-    let wildcard = ev.sockets.len() - bound.len();
-    if !ev.sockets.is_empty() {
-        head.push_str(&format!("; sockets: {} bound, {} wildcard", bound.len(), wildcard));
+    if ev.sockets_follow {
+        head.push_str("; sockets follow");
     }
     let mut out = vec![head];
+    socket_lines(&ev.sockets, &mut out);
+    out
+}
+
+/// `HH:MM:SS.mmm change_sockets  deleted ifindex 4 vb (change at HH:MM:SS.mmm); sockets: 1
+/// bound, 2 wildcard`, then one indented line per bound socket (`--sockets-after`).
+pub fn change_sockets_lines(ev: &ChangeSocketsEvent) -> Vec<String> {
+    let mut out = vec![format!("{} {:<15} {} ifindex {} {} (change at {})", clock(ev.ts_unix_ns), "change_sockets", ev.event, ev.ifindex, ev.name, clock(ev.change_ts_unix_ns))];
+    if ev.sockets.is_empty() {
+        out[0].push_str("; no sockets");
+    }
+    socket_lines(&ev.sockets, &mut out);
+    out
+}
+
+/// Appends `; sockets: N bound, M wildcard` to `out[0]` (when there are any) and one indented
+/// line per bound socket (wildcard sockets are only counted).
+fn socket_lines(sockets: &[TiedSocket], out: &mut Vec<String>) {
+    let bound: Vec<&TiedSocket> = sockets.iter().filter(|s| !matches!(s.binding, Some(Binding::Wildcard))).collect();
+    let wildcard = sockets.len() - bound.len();
+    if !sockets.is_empty() {
+        out[0].push_str(&format!("; sockets: {} bound, {} wildcard", bound.len(), wildcard));
+    }
     for s in bound {
         out.push(format!(
             "    {:?} {:<8} {}:{} inode {} {}",
@@ -111,7 +137,6 @@ pub fn change_lines(ev: &ChangeEvent) -> Vec<String> {
             fmt::owners(&s.socket.owners, "no owner")
         ));
     }
-    out
 }
 
 /// `receiver_stranded (interface_change) server[41]/tid 42 recvmsg fd 3 blocked 1.2s on veth-a (deleted, Exact)`.
@@ -265,6 +290,7 @@ mod tests {
             cause,
             kernel: None,
             sockets: Vec::new(),
+            sockets_follow: false,
         }
     }
 

@@ -190,7 +190,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sink = Sink { journal, metrics, publish };
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
     // Gauges come from the agent's own rate-limited snapshots, not from one per change batch.
-    let config = Config { iface: None, sockets: false, recv_tracking: args.receivers, stranded_after: STRANDED_AFTER };
+    let config = Config { iface: None, sockets: false, recv_tracking: args.receivers, stranded_after: STRANDED_AFTER, sockets_after: false };
     let mut pipeline = Pipeline::new(WatchEngine::new(config), tx);
     let mut out = Vec::new();
     // The mount table is watched before the first discovery: a netns added in between is seen.

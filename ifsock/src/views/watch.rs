@@ -48,6 +48,10 @@ pub struct WatchArgs {
     /// Do not attach socket snapshots to events (cheaper under bursts).
     #[arg(long)]
     pub no_sockets: bool,
+    /// Print each change as soon as it is parsed, with `sockets_follow: true` and no sockets,
+    /// then its sockets in a `change_sockets` record (read right after the change is written).
+    #[arg(long, conflicts_with = "no_sockets")]
+    pub sockets_after: bool,
     /// Stop after this many change events (for scripts and tests).
     #[arg(long)]
     pub count: Option<u64>,
@@ -105,7 +109,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     };
     let mut events = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
-    let config = Config { iface: args.iface.clone(), sockets: !args.no_sockets, recv_tracking: recv_selection.is_some(), stranded_after: args.stranded_after };
+    let config = Config { iface: args.iface.clone(), sockets: !args.no_sockets, recv_tracking: recv_selection.is_some(), stranded_after: args.stranded_after, sockets_after: args.sockets_after };
     let mut engine = WatchEngine::new(config);
     let mut spaces: BTreeMap<NetnsIno, NsIo> = BTreeMap::new();
     let emit = |records: Vec<WatchRecord>| -> Result<()> { records.iter().try_for_each(|r| render::watch::record(r, args.json)) };
@@ -142,10 +146,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         t.tick().await;
     }
     let mut stranded_tick = tokio::time::interval(Duration::from_millis(250));
+    // A /proc pass for stranded receivers in flight on a blocking thread.
+    let mut scan: Option<tokio::task::JoinHandle<Vec<crate::kernel::procfs::BlockedThread>>> = None;
     // Namespaces come and go: /run/netns and /proc/*/ns/net are re-read every second.
     let mut discovery = tokio::time::interval(Duration::from_secs(1));
     let mut lost_own = None;
     loop {
+        if rx.is_empty() {
+            emit(engine.flush_change_sockets(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
+        }
         emit(engine.flush_sock_errors(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
         if args.count.is_some_and(|c| engine.counters().events >= c) || lost_own.is_some() {
             break;
@@ -175,7 +184,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 // sent meanwhile (the veth peer's notification) before asking.
                 tokio::task::yield_now().await;
                 engine.more_queued(!rx.is_empty());
+                // `--sockets-after`: queued changes are printed before any socket is read.
                 if rx.is_empty() {
+                    emit(engine.flush_change_sockets(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
                     emit(health(&mut engine, &mut probes, &spaces).await?)?;
                 }
             }
@@ -213,9 +224,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                     }
                 }
             }
-            _ = stranded_tick.tick(), if engine.wants_receiver_scan() => {
+            _ = stranded_tick.tick(), if engine.wants_receiver_scan() && scan.is_none() => {
+                // The pass over /proc/*/task/*/syscall runs on a blocking thread, so netlink
+                // input that arrives meanwhile is printed at once (its result is the branch below).
+                scan = Some(tokio::task::spawn_blocking(|| crate::kernel::procfs::blocked_receivers(None)));
+            }
+            blocked = async { scan.as_mut().expect("guarded by is_some").await }, if scan.is_some() => {
+                scan = None;
+                let blocked = blocked.context("scan of blocked threads")?;
                 // Nothing in a receive at all (no recorded entry, no blocked thread): no scan.
-                let blocked = crate::kernel::procfs::blocked_receivers(None);
                 let receivers = if engine.following_stranded() || !blocked.is_empty() || !probes.inflight()?.is_empty() {
                     hung::collect_from(&mut probes, &engine.receiver_context(), Duration::ZERO, None, blocked)?
                 } else {
@@ -233,6 +250,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     }
     events.drain().into_iter().filter_map(kernel_input).for_each(|i| engine.on_kernel(i));
+    emit(engine.flush_change_sockets(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
     emit(engine.flush_sock_errors(&now(), &mut Snapshots { probes: &mut probes, spaces: &spaces }))?;
     let bpf = probes.counters().map_err(|e| tracing::warn!("eBPF counters unreadable: {e:#}")).ok();
     // Release every namespace before the exit status is decided: nothing keeps them alive.

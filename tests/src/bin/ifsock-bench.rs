@@ -68,8 +68,9 @@ fn main() -> Result<()> {
         group("hung", r);
     }
     if want("watch") {
-        group("watch", watch::latency(false, 30, &mut rows));
-        group("watch", watch::latency(true, 30, &mut rows));
+        group("watch", watch::latency(watch::Sockets::InLine, 30, &mut rows));
+        group("watch", watch::latency(watch::Sockets::After, 30, &mut rows));
+        group("watch", watch::latency(watch::Sockets::None, 30, &mut rows));
     }
     if want("burst") {
         group("burst", watch::burst(10, 500, &mut rows));

@@ -54,7 +54,7 @@ impl SocketSource for Fake {
 }
 
 fn config() -> Config {
-    Config { iface: None, sockets: true, recv_tracking: true, stranded_after: Duration::from_secs(1) }
+    Config { iface: None, sockets: true, recv_tracking: true, stranded_after: Duration::from_secs(1), sockets_after: false }
 }
 
 fn link(i: u32, name: &str, flags: u32, addrs: &[&str]) -> Link {
@@ -557,6 +557,32 @@ fn a_veth_pair_deleted_in_one_burst_costs_one_walk_that_covers_both_ends() {
     // The next burst walks again: the sockets may have changed in between.
     e.on_updates(NS, vec![newlink(7, "c", 0, None)], &clock.at(3), &mut fake);
     assert_eq!(fake.asked_tied, 2);
+}
+
+#[test]
+fn with_sockets_after_the_change_comes_first_and_its_sockets_in_a_record_of_their_own() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    fake.sockets.insert(NS, vec![udp(301, NS, [0, 0, 0, 0], 53, 5, false), udp(302, NS, [0, 0, 0, 0], 54, 6, false)]);
+    let mut e = WatchEngine::new(Config { sockets_after: true, ..config() });
+    e.add_netns(NS, Some("demo".into()), dump(vec![link(5, "a", IFF_UP, &[]), link(6, "b", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
+    (fake.asked, fake.asked_tied) = (0, 0);
+    let out = e.on_updates(NS, vec![dellink(5, "a")], &clock.at(1), &mut fake);
+    let change = changes(&out)[0];
+    assert!(change.sockets_follow && change.sockets.is_empty());
+    assert_eq!((fake.asked, fake.asked_tied), (0, 0), "no walk before the change is handed back");
+    let v = serde_json::to_value(WatchRecord::Change(change.clone())).unwrap();
+    assert_eq!(v["sockets_follow"], true);
+    let follow = e.flush_change_sockets(&clock.at(2), &mut fake);
+    let [WatchRecord::ChangeSockets(cs)] = &follow[..] else { panic!("{follow:?}") };
+    assert_eq!((cs.event, cs.ifindex, cs.change_ts_unix_ns), ("deleted", IfIndex(5), change.ts_unix_ns));
+    assert_eq!(cs.sockets.iter().map(|s| s.socket.inode.0).collect::<Vec<_>>(), vec![301]);
+    assert!(e.flush_change_sockets(&clock.at(3), &mut fake).is_empty(), "each change's sockets once");
+    // Without the option the field is left out of the JSON.
+    let mut plain = WatchEngine::new(config());
+    plain.add_netns(NS, None, dump(vec![link(6, "b", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
+    let out = plain.on_updates(NS, vec![dellink(6, "b")], &clock.at(1), &mut fake);
+    let v = serde_json::to_value(WatchRecord::Change(changes(&out)[0].clone())).unwrap();
+    assert!(v.get("sockets_follow").is_none() && v["sockets"].as_array().unwrap().len() == 1, "{v}");
 }
 
 #[test]

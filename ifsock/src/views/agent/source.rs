@@ -334,7 +334,7 @@ mod tests {
 
     fn pipeline() -> Pipeline {
         let (tx, _rx) = mpsc::unbounded_channel();
-        Pipeline::new(WatchEngine::new(Config { iface: None, sockets: false, recv_tracking: false, stranded_after: std::time::Duration::from_secs(5) }), tx)
+        Pipeline::new(WatchEngine::new(Config { iface: None, sockets: false, recv_tracking: false, stranded_after: std::time::Duration::from_secs(5), sockets_after: false }), tx)
     }
 
     fn change(kind: ChangeKind, name: &str) -> WatchRecord {
@@ -348,6 +348,7 @@ mod tests {
             cause: None,
             kernel: None,
             sockets: Vec::new(),
+            sockets_follow: false,
         })
     }
 
