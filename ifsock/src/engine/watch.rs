@@ -98,6 +98,10 @@ pub trait SocketSource {
 /// burst of 1,000 changes at most this many walks and one full snapshot.
 pub const FILTERED_PER_BURST: u32 = 4;
 
+/// Longest a burst lasts: input that never pauses still gets fresh snapshots this often (a
+/// socket bound during a long stream of changes is seen within this bound).
+pub const MAX_BURST: Duration = Duration::from_secs(1);
+
 /// Who waits on a socket now (the view's one `/proc` pass, `kernel::waiters::WaiterIndex`; a
 /// fixed list in tests).
 pub trait WaiterLookup {
@@ -514,6 +518,8 @@ struct Space {
     batch_sockets: Option<Vec<Socket>>,
     /// Filtered snapshots taken in the current burst.
     filtered_in_burst: u32,
+    /// When the current burst started.
+    burst_since: Option<Instant>,
     /// The last filtered snapshot of this burst and its scope (ifindexes, addresses): a later
     /// change of the burst whose scope it covers (the veth peer's deletion, the health
     /// judgement after both) reuses it instead of walking again.
@@ -618,16 +624,17 @@ impl WatchEngine {
 
     /// Tells the engine whether more input is queued after the datagram just handed to
     /// [`on_updates`](Self::on_updates) (`true`: the burst goes on, and the sockets read for
-    /// it serve the next datagram too; `false`: the next datagram starts a new burst, with
-    /// fresh snapshots). Without calls every datagram is its own burst.
+    /// it serve the next datagram too, for at most [`MAX_BURST`]; `false`: the next datagram
+    /// starts a new burst, with fresh snapshots). Without calls every datagram is its own burst.
     pub fn more_queued(&mut self, more: bool) {
         self.continuing = more;
     }
 
-    fn start_burst(space: &mut Space) {
+    fn start_burst(space: &mut Space, at: Instant) {
         space.batch_sockets = None;
         space.filtered_in_burst = 0;
         space.burst_filtered = None;
+        space.burst_since = Some(at);
     }
 
     /// The counters so far.
@@ -715,8 +722,9 @@ impl WatchEngine {
     pub fn on_updates(&mut self, netns: NetnsIno, updates: Vec<Update>, now: &Now, src: &mut dyn SocketSource) -> Vec<WatchRecord> {
         let mut out = Vec::new();
         let Some(space) = self.spaces.get_mut(&netns) else { return out };
-        if !std::mem::take(&mut self.continuing) {
-            Self::start_burst(space);
+        let continuing = std::mem::take(&mut self.continuing);
+        if !continuing || space.burst_since.is_none_or(|t| now.at.duration_since(t) >= MAX_BURST) {
+            Self::start_burst(space, now.at);
         }
         self.counters.netlink_messages += 1;
         for u in updates {
@@ -746,7 +754,7 @@ impl WatchEngine {
     pub fn on_dump(&mut self, netns: NetnsIno, dump: Dump, source: Source, now: &Now, src: &mut dyn SocketSource) -> Vec<WatchRecord> {
         let mut out = Vec::new();
         let Some(space) = self.spaces.get_mut(&netns) else { return out };
-        Self::start_burst(space);
+        Self::start_burst(space, now.at);
         let before: Vec<Link> = space.table.links().cloned().collect();
         if space.health_before.is_none() {
             space.health_before = Some((before.clone(), space.addrs.clone()));

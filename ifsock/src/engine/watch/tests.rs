@@ -219,10 +219,18 @@ fn a_burst_takes_a_few_filtered_snapshots_then_one_full_one_and_none_without_soc
     e.more_queued(false);
     e.on_updates(NS, vec![newlink(8, "v8", 0, None)], &clock.at(3), &mut fake);
     assert_eq!((fake.asked_tied, fake.asked), (FILTERED_PER_BURST as usize + 1, 1));
+    // Input that never pauses: after MAX_BURST the burst is cut and snapshots are fresh again.
+    e.more_queued(true);
+    e.on_updates(NS, vec![newlink(8, "v8", IFF_UP, None)], &clock.at(4), &mut fake);
+    assert_eq!(fake.asked_tied, FILTERED_PER_BURST as usize + 1, "same burst: the walk is reused");
+    e.more_queued(true);
+    e.on_updates(NS, vec![newlink(8, "v8", 0, None)], &clock.at(3 + MAX_BURST.as_millis() as u64), &mut fake);
+    assert_eq!(fake.asked_tied, FILTERED_PER_BURST as usize + 2, "a burst lasts at most MAX_BURST");
+    let asked = (fake.asked_tied, fake.asked);
     let mut quiet = WatchEngine::new(Config { sockets: false, ..config() });
     quiet.add_netns(NS, None, dump(vec![link(1, "v1", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
     quiet.on_updates(NS, vec![newlink(1, "v1", 0, None)], &clock.at(1), &mut fake);
-    assert_eq!((fake.asked_tied, fake.asked), (FILTERED_PER_BURST as usize + 1, 1), "--no-sockets takes no snapshot");
+    assert_eq!((fake.asked_tied, fake.asked), asked, "--no-sockets takes no snapshot");
 }
 
 #[test]
