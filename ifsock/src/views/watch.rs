@@ -49,7 +49,7 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_sockets: bool,
     /// Print each change as soon as it is parsed, with `sockets_follow: true` and no sockets,
-    /// then its sockets in a `change_sockets` record (read right after the change is written).
+    /// then its sockets in a `change_sockets` record (read once no further netlink input is queued).
     #[arg(long, conflicts_with = "no_sockets")]
     pub sockets_after: bool,
     /// Stop after this many change events (for scripts and tests).
