@@ -12,6 +12,12 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the hash map `tid (u32) -> InFlightRecv` holding receives that have not returned yet.
 pub const MAP_INFLIGHT: &str = "INFLIGHT_RECV";
+/// Name of the hash map `tid (u32) -> u64` the receive probes keep between a
+/// kprobed receive function's entry and its kretprobe: the `int *err` argument, as a u64
+/// (ifsock-ebpf `maps::RECV_ERR_PTR`).
+pub const MAP_RECV_ERR_PTR: &str = "RECV_ERR_PTR";
+/// Name of the hash map `tid (u32) -> fd (u32)` of sends in flight (ifsock-ebpf `maps::SEND_FD`).
+pub const MAP_SEND_FD: &str = "SEND_FD";
 /// Name of the one-entry array holding the [`SockFilter`] that `iter/udp` and `iter/tcp` apply.
 pub const MAP_SOCK_FILTER: &str = "SOCK_FILTER";
 /// Name of the hash map of the filter's addresses (`[u8; 16]` in `SockRecord::laddr` layout

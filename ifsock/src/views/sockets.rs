@@ -44,7 +44,7 @@ pub struct SocketsArgs {
 /// # Errors
 /// Unknown interface (in every namespace searched), or probe/netlink failures.
 pub async fn run(args: SocketsArgs) -> Result<()> {
-    let mut probes = Probes::load(u64::MAX)?;
+    let mut probes = Probes::load_for_snapshots()?;
     let spaces: Vec<Option<NetnsHandle>> =
         if args.all_netns { netns::all().into_iter().map(Some).collect() } else { vec![None] };
     let own = netns::current_ino()?;

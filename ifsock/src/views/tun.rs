@@ -45,7 +45,7 @@ struct JsonLine<'a> {
 /// # Errors
 /// Unknown interface or one that is not tun/tap, probe loading or netlink failures.
 pub async fn run(args: TunArgs) -> Result<()> {
-    let mut probes = Probes::load(u64::MAX)?;
+    let mut probes = Probes::load_for_snapshots()?;
     let handle = netlink::connect()?;
     let netns = netns::current_ino()?;
     let mut links = netlink::dump_tun_links(&handle).await?;
