@@ -576,6 +576,13 @@ struct HealthReady {
     links: Vec<Link>,
 }
 
+/// A receiver scan in progress ([`WatchEngine::begin_receiver_scan`]): how many of the pending
+/// downs/deletes it covers (the oldest ones, in arrival order).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiverScan {
+    covers: usize,
+}
+
 /// The correlator behind `watch`.
 #[derive(Debug)]
 pub struct WatchEngine {
@@ -1181,13 +1188,29 @@ impl WatchEngine {
         ctx
     }
 
-    /// Takes one receiver scan (done by the view with the receivers code): raises
-    /// `receiver_stranded` for receivers on the interfaces of pending downs/deletes, and again
-    /// for followed ones still blocked `stranded_after` after their stranding; forgets those
-    /// that woke (absent from the scan).
+    /// A receiver scan that starts now and ends later, off the event loop: the links for its
+    /// ties ([`Self::receiver_context`]) and the pending downs/deletes it can judge, which are
+    /// those already pending. Hand its result to [`Self::on_scanned_receivers`]; a change that
+    /// arrives meanwhile waits for the next scan (this one's links do not show it).
+    pub fn begin_receiver_scan(&self) -> (receivers::Context, ReceiverScan) {
+        (self.receiver_context(), ReceiverScan { covers: self.pending_strands.len() })
+    }
+
+    /// Takes one receiver scan made now, covering every pending change
+    /// ([`Self::on_scanned_receivers`]).
     pub fn on_receivers(&mut self, receivers: &[HungReceiver], now: &Now) -> Vec<WatchRecord> {
+        let scan = ReceiverScan { covers: self.pending_strands.len() };
+        self.on_scanned_receivers(scan, receivers, now)
+    }
+
+    /// Takes one receiver scan (done by the view with the receivers code): raises
+    /// `receiver_stranded` for receivers on the interfaces of the pending downs/deletes `scan`
+    /// covers, and again for followed ones still blocked `stranded_after` after their
+    /// stranding; forgets those that woke (absent from the scan).
+    pub fn on_scanned_receivers(&mut self, scan: ReceiverScan, receivers: &[HungReceiver], now: &Now) -> Vec<WatchRecord> {
         let mut out = Vec::new();
-        for change in std::mem::take(&mut self.pending_strands) {
+        let covered: Vec<Change> = self.pending_strands.drain(..scan.covers.min(self.pending_strands.len())).collect();
+        for change in covered {
             for r in receivers {
                 // The change must agree with what the scan sees now (a down followed by a delete
                 // in the same tick strands by the delete).

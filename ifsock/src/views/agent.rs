@@ -18,7 +18,7 @@ use crate::{
     cli::parse_duration,
     engine::{
         metrics::{Input, LostSource, Metrics, MetricsEngine},
-        watch::{Config, WatchEngine, WatchRecord},
+        watch::{Config, ReceiverScan, WatchEngine, WatchRecord},
     },
     journal::{self, Journal},
     kernel::signals::{Interrupted, Signals},
@@ -210,8 +210,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    // Only while a down/delete awaits its receiver scan or a stranded receiver is followed.
+    // Only while a down/delete awaits its receiver scan or a stranded receiver is followed; the
+    // scan runs on a blocking thread (netlink changes are taken meanwhile).
     let mut stranded_tick = tokio::time::interval(SNAPSHOT_GAP);
+    let scanner = super::hung::ReceiverScanner::new(&probes)?;
+    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<super::hung::HungReceiver>>>)> = None;
     // Snapshots walk every socket and task of the host: under a steady stream of changes they
     // are taken at most once per SNAPSHOT_GAP, the changes in between are one batch.
     let mut last_snapshot = tokio::time::Instant::now();
@@ -220,15 +223,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::select! {
             stop = signals.recv() => break stop,
             _ = async { match snapshot_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
-            _ = stranded_tick.tick(), if args.receivers && pipeline.engine().wants_receiver_scan() => {
+            _ = stranded_tick.tick(), if args.receivers && scan.is_none() && pipeline.engine().wants_receiver_scan() => {
                 let engine = pipeline.engine();
-                let blocked = crate::kernel::procfs::blocked_receivers(None);
-                let receivers = if engine.following_stranded() || !blocked.is_empty() || !probes.inflight()?.is_empty() {
-                    super::hung::collect_from(&mut probes, &engine.receiver_context(), Duration::ZERO, None, blocked)?
-                } else {
-                    Vec::new()
-                };
-                let records = engine.on_receivers(&receivers, &follow::now());
+                let (ctx, covers) = engine.begin_receiver_scan();
+                scan = Some((covers, scanner.start(ctx, engine.following_stranded())));
+            }
+            receivers = async { (&mut scan.as_mut().expect("guarded by is_some").1).await }, if scan.is_some() => {
+                let covers = scan.take().expect("guarded by is_some").0;
+                let receivers = receivers.context("receiver scan")??;
+                let records = pipeline.engine().on_scanned_receivers(covers, &receivers, &follow::now());
                 out.extend(records.into_iter().map(Out::Record));
             }
             batch = events.next_batch() => {

@@ -103,8 +103,12 @@ fn consult_journal(rows: &mut [HungReceiver], dir: &std::path::Path) -> Result<(
 
 /// In-flight records (decoded) and the sockets of the caller's netns plus those of every other
 /// netns a receiving thread is in, when `filter` can need them.
-fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread]) -> Result<(Vec<InFlight>, Vec<Socket>, Vec<netns::NetnsHandle>)> {
-    let inflight: Vec<InFlight> = probes.inflight()?;
+fn gather(
+    probes: &mut Probes,
+    filter: &Filter,
+    blocked: &[BlockedThread],
+    inflight: Vec<InFlight>,
+) -> Result<(Vec<InFlight>, Vec<Socket>, Vec<netns::NetnsHandle>)> {
     let own = netns::current_ino()?;
     let mut sockets = snapshot::sockets(probes, None)?;
     let known: HashSet<_> = sockets.iter().map(|s| s.inode).collect();
@@ -122,24 +126,55 @@ fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread]) -> Re
     Ok((inflight, sockets, handles))
 }
 
-/// Every blocked receiver of any netns at least `min_blocked` long (longest first), with a
-/// procfs scan the caller already made (`procfs::blocked_receivers(pid)`); `ctx` holds the
-/// links of each netns. Used by `watch`.
-///
-/// # Errors
-/// Iterator or map read failures.
-pub fn collect_from(probes: &mut Probes, ctx: &Context, min_blocked: Duration, pid: Option<u32>, blocked: Vec<BlockedThread>) -> Result<Vec<HungReceiver>> {
-    let filter = Filter { min_blocked_ns: min_blocked.as_nanos() as u64, pid, netns: NetnsFilter::All };
-    let (inflight, sockets, _) = gather(probes, &filter, &blocked)?;
-    let input = Inputs { inflight: &inflight, blocked: &blocked, sockets: &sockets, ctx, now_ns: monotonic_ns() };
-    Ok(engine::receivers(&input, &filter, &Procfs))
+/// Receiver scans for `watch` and the agent, each on a blocking thread so that the event loop
+/// prints netlink changes while it runs (a scan takes socket snapshots: ~20 ms at 10k sockets).
+/// The order is that of `hung`: the /proc pass, then the in-flight map (read through its own
+/// fd), then the sockets, through an iterator-only [`Probes`] of the scanner's own, loaded on
+/// the first scan that needs sockets (the event loop's `Probes` stays with the event loop).
+pub struct ReceiverScanner {
+    inflight: std::sync::Arc<crate::probes::InflightReader>,
+    probes: std::sync::Arc<std::sync::Mutex<Option<Probes>>>,
+}
+
+impl ReceiverScanner {
+    /// A scanner reading `probes`' in-flight map.
+    ///
+    /// # Errors
+    /// As [`Probes::inflight_reader`].
+    pub fn new(probes: &Probes) -> Result<Self> {
+        Ok(Self { inflight: std::sync::Arc::new(probes.inflight_reader()?), probes: Default::default() })
+    }
+
+    /// Starts one scan of every blocked receiver of any netns, ties judged by `ctx`. With
+    /// nothing in a receive (no in-flight record, no blocked thread) and `following` false
+    /// (no stranded receiver to see wake), no socket is read and the scan is empty.
+    pub fn start(&self, ctx: Context, following: bool) -> tokio::task::JoinHandle<Result<Vec<HungReceiver>>> {
+        let (inflight, probes) = (self.inflight.clone(), self.probes.clone());
+        tokio::task::spawn_blocking(move || {
+            let blocked = procfs::blocked_receivers(None);
+            let records = inflight.read();
+            if !following && blocked.is_empty() && records.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut slot = probes.lock().map_err(|_| anyhow::anyhow!("an earlier receiver scan panicked"))?;
+            if slot.is_none() {
+                *slot = Some(Probes::load_for_snapshots()?);
+            }
+            let probes = slot.as_mut().ok_or_else(|| anyhow::anyhow!("scanner probes not loaded"))?;
+            let filter = Filter { min_blocked_ns: 0, pid: None, netns: NetnsFilter::All };
+            let (records, sockets, _) = gather(probes, &filter, &blocked, records)?;
+            let input = Inputs { inflight: &records, blocked: &blocked, sockets: &sockets, ctx: &ctx, now_ns: monotonic_ns() };
+            Ok(engine::receivers(&input, &filter, &Procfs))
+        })
+    }
 }
 
 /// One `hung` scan; with `--all-netns` the links of the other namespaces are dumped too, so
 /// that their receivers get interface ties.
 async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result<Vec<HungReceiver>> {
     let blocked = procfs::blocked_receivers(filter.pid);
-    let (inflight, sockets, handles) = gather(probes, filter, &blocked)?;
+    let inflight = probes.inflight()?;
+    let (inflight, sockets, handles) = gather(probes, filter, &blocked, inflight)?;
     let mut ctx = ctx.clone();
     if filter.netns == NetnsFilter::All {
         for h in &handles {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::hung;
 use crate::{
     cli::parse_duration,
-    engine::watch::{Config, Ready, Removal, Source, WatchEngine, WatchRecord},
+    engine::watch::{Config, Ready, ReceiverScan, Removal, Source, WatchEngine, WatchRecord},
     kernel::{
         netlink::{self, Received, RCVBUF_MAX},
         netns::{self, NetnsHandle},
@@ -146,8 +146,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         t.tick().await;
     }
     let mut stranded_tick = tokio::time::interval(Duration::from_millis(250));
-    // A /proc pass for stranded receivers in flight on a blocking thread.
-    let mut scan: Option<tokio::task::JoinHandle<Vec<crate::kernel::procfs::BlockedThread>>> = None;
+    // A receiver scan (the /proc pass and its socket snapshots) in flight on a blocking thread.
+    let scanner = hung::ReceiverScanner::new(&probes)?;
+    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<hung::HungReceiver>>>)> = None;
     // Namespaces come and go: /run/netns and /proc/*/ns/net are re-read every second.
     let mut discovery = tokio::time::interval(Duration::from_secs(1));
     let mut lost_own = None;
@@ -225,20 +226,16 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 }
             }
             _ = stranded_tick.tick(), if engine.wants_receiver_scan() && scan.is_none() => {
-                // The pass over /proc/*/task/*/syscall runs on a blocking thread, so netlink
-                // input that arrives meanwhile is printed at once (its result is the branch below).
-                scan = Some(tokio::task::spawn_blocking(|| crate::kernel::procfs::blocked_receivers(None)));
+                // The pass over /proc/*/task/*/syscall and the socket snapshots run on a blocking
+                // thread, so netlink input that arrives meanwhile is printed at once (the scan's
+                // result is the branch below; it judges only the changes pending now).
+                let (ctx, covers) = engine.begin_receiver_scan();
+                scan = Some((covers, scanner.start(ctx, engine.following_stranded())));
             }
-            blocked = async { scan.as_mut().expect("guarded by is_some").await }, if scan.is_some() => {
-                scan = None;
-                let blocked = blocked.context("scan of blocked threads")?;
-                // Nothing in a receive at all (no recorded entry, no blocked thread): no scan.
-                let receivers = if engine.following_stranded() || !blocked.is_empty() || !probes.inflight()?.is_empty() {
-                    hung::collect_from(&mut probes, &engine.receiver_context(), Duration::ZERO, None, blocked)?
-                } else {
-                    Vec::new()
-                };
-                emit(engine.on_receivers(&receivers, &now()))?;
+            receivers = async { (&mut scan.as_mut().expect("guarded by is_some").1).await }, if scan.is_some() => {
+                let covers = scan.take().expect("guarded by is_some").0;
+                let receivers = receivers.context("receiver scan")??;
+                emit(engine.on_scanned_receivers(covers, &receivers, &now()))?;
             }
             _ = async { match reconcile.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => {
                 engine.on_reconcile();

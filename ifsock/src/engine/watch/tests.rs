@@ -336,6 +336,27 @@ fn a_wildcard_pktinfo_receiver_is_stranded_by_the_deleted_veth_not_by_its_peers_
 }
 
 #[test]
+fn a_change_that_arrives_during_a_receiver_scan_waits_for_the_next_scan() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(5, "va", IFF_UP, &[]), link(8, "vc", IFF_UP, &[])], &[], &mut fake, &clock);
+    e.on_updates(NS, vec![dellink(5, "va")], &clock.at(1), &mut fake);
+    let (ctx, scan) = e.begin_receiver_scan();
+    assert_eq!(ctx.deleted[&NS].iter().map(|l| l.ifindex.0).collect::<Vec<_>>(), vec![5]);
+    // While the scan runs on its thread, vc is deleted: the scan's links do not show it.
+    e.on_updates(NS, vec![dellink(8, "vc")], &clock.at(2), &mut fake);
+    let on_va = receiver(10, false, vec![tie(5, Binding::Device, IfaceState::Deleted)]);
+    let on_vc = receiver(11, false, vec![tie(8, Binding::Device, IfaceState::Deleted)]);
+    // Even if the scan did see a receiver tied to vc, it judges only the change pending when it began.
+    let r = e.on_scanned_receivers(scan, &[on_va.clone(), on_vc.clone()], &clock.at(3));
+    assert_eq!(stranded(&r), vec![(10, "interface_change", ChangeKind::Deleted)]);
+    assert!(e.wants_receiver_scan(), "vc's delete still waits for its scan");
+    let (ctx, scan) = e.begin_receiver_scan();
+    assert!(ctx.deleted[&NS].iter().any(|l| l.ifindex.0 == 8), "the next scan ties receivers to vc");
+    let r = e.on_scanned_receivers(scan, &[on_va, on_vc], &clock.at(4));
+    assert_eq!(stranded(&r), vec![(11, "interface_change", ChangeKind::Deleted)]);
+}
+
+#[test]
 fn without_receive_tracking_nothing_waits_for_a_scan() {
     let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
     let mut e = WatchEngine::new(Config { recv_tracking: false, ..config() });
