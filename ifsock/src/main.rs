@@ -9,6 +9,7 @@ use ifsock::{
 };
 
 fn main() -> ExitCode {
+    map_large_allocations_apart();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {
@@ -24,6 +25,18 @@ fn main() -> ExitCode {
             eprintln!("ifsock: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Fixes glibc's mmap threshold at 256 KiB. By default it rises to the size of each mapped
+/// block freed (up to 32 MiB), after which large buffers come from the heap and their memory
+/// stays with the process once freed: the raw socket records of a 100k-socket snapshot (10 MB,
+/// freed before the file walk) then still counted at the command's peak RSS (+4.6 MB measured).
+/// Mapped apart, a freed buffer is unmapped; a growing one is moved by `mremap`, not copied.
+fn map_large_allocations_apart() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

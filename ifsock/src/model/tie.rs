@@ -27,7 +27,7 @@ pub struct TiedSocket {
 }
 
 /// Sockets tied to one interface (with its addresses) in `netns`, cloned from `sockets`
-/// (callers that keep the snapshot; [`tied_to_owned`] moves them instead).
+/// (callers that keep the snapshot; [`Ties`] moves them instead).
 pub fn tied_to(
     sockets: &[Socket],
     netns: NetnsIno,
@@ -42,18 +42,6 @@ pub fn tied_to(
         .cloned()
         .filter_map(|s| tie_to(s, netns, ifindex, name, addrs, links))
         .collect()
-}
-
-/// As [`tied_to`], consuming the snapshot: no socket or owner list is copied.
-pub fn tied_to_owned(
-    sockets: Vec<Socket>,
-    netns: NetnsIno,
-    ifindex: IfIndex,
-    name: &str,
-    addrs: &[IpAddr],
-    links: &[Link],
-) -> Vec<TiedSocket> {
-    sockets.into_iter().filter_map(|s| tie_to(s, netns, ifindex, name, addrs, links)).collect()
 }
 
 fn tie_to(s: Socket, netns: NetnsIno, ifindex: IfIndex, name: &str, addrs: &[IpAddr], links: &[Link]) -> Option<TiedSocket> {
@@ -81,16 +69,56 @@ fn bound_name(s: &Socket, links: &[Link], known: Option<(IfIndex, &str)>) -> Opt
 
 /// Every socket once, tied to the interface it is most specifically bound to: its device,
 /// the interface holding its address, or none; wildcard sockets have no single interface.
-/// Clones from `sockets`; [`each_once_owned`] moves them instead.
+/// Clones from `sockets`; [`Ties`] moves them instead.
 pub fn each_once(sockets: &[Socket], netns: NetnsIno, links: &[Link]) -> Vec<TiedSocket> {
     let tables = addr_lists(links);
     sockets.iter().filter(|s| s.netns == netns).map(|s| tie_once(s.clone(), netns, links, &tables)).collect()
 }
 
-/// As [`each_once`], consuming the snapshot: no socket or owner list is copied.
-pub fn each_once_owned(sockets: Vec<Socket>, netns: NetnsIno, links: &[Link]) -> Vec<TiedSocket> {
-    let tables = addr_lists(links);
-    sockets.into_iter().filter(|s| s.netns == netns).map(|s| tie_once(s, netns, links, &tables)).collect()
+/// How one netns's sockets are tied, decided one socket at a time (for callers that sort many
+/// sockets before they need the [`TiedSocket`]s, and so hold each socket once): every socket
+/// once ([`each_once`]), or only those tied to one interface ([`tied_to`]).
+#[derive(Debug, Clone)]
+pub struct Ties {
+    netns: NetnsIno,
+    links: Vec<Link>,
+    addrs: Vec<Vec<IpAddr>>,
+    /// `Some`: only sockets tied to this interface (ifindex, name, its addresses).
+    only: Option<(IfIndex, String, Vec<IpAddr>)>,
+}
+
+impl Ties {
+    /// Every socket of `netns` once, as [`each_once`].
+    pub fn each_once(netns: NetnsIno, links: Vec<Link>) -> Self {
+        Self { netns, addrs: addr_lists(&links), links, only: None }
+    }
+
+    /// Only the sockets tied to `ifindex` (named `name`, holding `addrs`), as [`tied_to`].
+    pub fn to_interface(netns: NetnsIno, ifindex: IfIndex, name: &str, addrs: &[IpAddr], links: Vec<Link>) -> Self {
+        Self { netns, addrs: addr_lists(&links), links, only: Some((ifindex, name.to_string(), addrs.to_vec())) }
+    }
+
+    /// `None` when `s` is not listed; otherwise the ifindex its row will carry (`None`: tied to
+    /// no single interface). Equal to the `ifindex` of [`Ties::tie`]'s result.
+    pub fn ifindex_of(&self, s: &Socket) -> Option<Option<IfIndex>> {
+        match &self.only {
+            Some((ifindex, _, addrs)) => s.binding_to(self.netns, *ifindex, addrs).map(|_| Some(*ifindex)),
+            None if s.netns != self.netns => None,
+            None => Some(self.links.iter().zip(&self.addrs).find_map(|(l, a)| match s.binding_to(self.netns, l.ifindex, a)? {
+                Binding::Wildcard => None,
+                _ => Some(l.ifindex),
+            })),
+        }
+    }
+
+    /// The row of a listed socket ([`Ties::ifindex_of`] is `Some`), moving it.
+    pub fn tie(&self, s: Socket) -> Option<TiedSocket> {
+        match &self.only {
+            Some((ifindex, name, addrs)) => tie_to(s, self.netns, *ifindex, name, addrs, &self.links),
+            None if s.netns != self.netns => None,
+            None => Some(tie_once(s, self.netns, &self.links, &self.addrs)),
+        }
+    }
 }
 
 /// Each link's addresses as a slice, built once per snapshot rather than once per socket and link.
@@ -143,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn moving_the_snapshot_ties_exactly_like_borrowing_it() {
+    fn deciding_one_socket_at_a_time_ties_exactly_like_borrowing_the_snapshot() {
         let links = [link(2, "a", [10, 1, 0, 1]), link(3, "b", [10, 2, 0, 1])];
         let sockets = vec![udp([10, 1, 0, 1], 0, 1), udp([10, 2, 0, 1], 0, 2), udp([0, 0, 0, 0], 3, 3), udp([0, 0, 0, 0], 0, 4), udp([10, 9, 0, 1], 0, 5)];
         let borrowed = each_once(&sockets, NS, &links);
@@ -158,11 +186,25 @@ mod tests {
                 (5, None, None),
             ]
         );
-        assert_eq!(json(&borrowed), json(&each_once_owned(sockets.clone(), NS, &links)));
+        let lazy = |ties: &Ties, sockets: &[Socket]| -> Vec<TiedSocket> {
+            sockets
+                .iter()
+                .filter_map(|s| {
+                    let ifindex = ties.ifindex_of(s)?;
+                    let row = ties.tie(s.clone()).expect("listed by ifindex_of");
+                    assert_eq!(row.ifindex, ifindex, "the sort key's ifindex is the row's");
+                    Some(row)
+                })
+                .collect()
+        };
+        assert_eq!(json(&borrowed), json(&lazy(&Ties::each_once(NS, links.to_vec()), &sockets)));
+        let mut elsewhere = udp([10, 1, 0, 1], 0, 6);
+        elsewhere.netns = NetnsIno(8);
+        assert!(Ties::each_once(NS, links.to_vec()).ifindex_of(&elsewhere).is_none(), "another netns's socket is not listed");
         let addrs: Vec<IpAddr> = links[1].addrs.iter().copied().collect();
         let to_b = tied_to(&sockets, NS, IfIndex(3), "b", &addrs, &links);
         assert_eq!(to_b.iter().map(|t| t.socket.local_port).collect::<Vec<_>>(), vec![2, 3, 4]);
         assert_eq!(to_b[1].bound_dev_name.as_deref(), Some("b"));
-        assert_eq!(json(&to_b), json(&tied_to_owned(sockets, NS, IfIndex(3), "b", &addrs, &links)));
+        assert_eq!(json(&to_b), json(&lazy(&Ties::to_interface(NS, IfIndex(3), "b", &addrs, links.to_vec()), &sockets)));
     }
 }

@@ -21,8 +21,9 @@ use crate::{
 /// # Errors
 /// Iterator load/attach/read failures, or entering `netns` failed.
 pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<Socket>> {
-    let raw = probes.snapshot(netns)?;
-    Ok(decode(raw))
+    let (mut sockets, files) = probes.snapshot_decoded(netns, |records| records.iter().map(Socket::from_record).collect::<Vec<_>>())?;
+    join_owners(&mut sockets, &files);
+    Ok(sockets)
 }
 
 /// Sockets of one netns that may be tied to the interface `ifindex` holding `addrs` (bound

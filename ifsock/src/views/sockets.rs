@@ -8,7 +8,9 @@ use crate::{
     model::{
         link::{AddrTable, Link},
         stranded::{health, SocketReport},
-        tie::{self, TiedSocket},
+        ids::{NetnsIno, SockInode},
+        socket::Socket,
+        tie::{Ties, TiedSocket},
     },
     probes::snapshot,
     render::{json_line, table},
@@ -48,7 +50,11 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let spaces: Vec<Option<NetnsHandle>> =
         if args.all_netns { netns::all().into_iter().map(Some).collect() } else { vec![None] };
     let own = netns::current_ino()?;
-    let mut rows: Vec<TiedSocket> = Vec::new();
+    // Each netns's sockets, held once: the rows are sorted by key alone, and a socket is moved
+    // into its row only when that row is written (at 100k sockets, holding every row as well
+    // as every socket was ~20 MB more, and the sort moved 192-byte rows).
+    let mut held: Vec<(Ties, Vec<Option<Socket>>)> = Vec::new();
+    let mut keys: Vec<(RowKey, u32, u32)> = Vec::new();
     let mut found_iface = false;
     let mut addr_tables: Vec<(crate::model::ids::NetnsIno, Vec<Link>, AddrTable)> = Vec::new();
     for ns in &spaces {
@@ -71,14 +77,23 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         // hold lost it after the bind (stranded). The other order misjudges a socket bound
         // between the two reads to an address that just finished DAD.
         let (links, addrs) = netlink::dump_links_and_addrs(&conn).await?;
-        match target(&links, &args) {
+        let ties = match target(&links, &args) {
             Some(link) => {
                 found_iface = true;
                 let link_addrs: Vec<_> = link.addrs.iter().copied().collect();
-                rows.extend(tie::tied_to_owned(sockets, ino, link.ifindex, &link.name, &link_addrs, &links));
+                Some(Ties::to_interface(ino, link.ifindex, &link.name, &link_addrs, links.clone()))
             }
-            None if !filtered => rows.extend(tie::each_once_owned(sockets, ino, &links)),
-            None => {}
+            None if !filtered => Some(Ties::each_once(ino, links.clone())),
+            None => None,
+        };
+        if let Some(ties) = ties {
+            let space = held.len() as u32;
+            for (i, s) in sockets.iter().enumerate() {
+                if let Some(ifindex) = ties.ifindex_of(s) {
+                    keys.push((row_key(s, ifindex), space, i as u32));
+                }
+            }
+            held.push((ties, sockets.into_iter().map(Some).collect()));
         }
         addr_tables.push((ino, links, addrs));
     }
@@ -87,20 +102,21 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         let scope = if args.all_netns { "any network namespace" } else { "this network namespace (try --all-netns or --netns NAME)" };
         bail!("unknown {what}: no such interface in {scope}");
     }
-    // Unstable (no merge buffer: 10 MB at 100k rows) on a key that is unique per socket, so
-    // the order is still the same from run to run.
-    rows.sort_unstable_by(|a, b| {
-        let key = |r: &TiedSocket| (r.socket.netns, r.ifindex, r.socket.protocol as u8, r.socket.local_port, r.socket.local_addr, r.socket.inode, r.socket.cookie);
-        key(a).cmp(&key(b))
-    });
+    // Unstable (no merge buffer) on a key that is unique per socket, so the order is still the
+    // same from run to run.
+    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
     // is missed, never attributed to a socket that no longer exists.
     // No rows, no waiter to name: skip the pass (it reads the fd table of every waiting
     // process: 100k `readlink`s, ~0.7 s, for 100k sockets held by waiting processes).
-    let waiters = if rows.is_empty() { WaiterIndex::default() } else { WaiterIndex::discover() };
+    let waiters = if keys.is_empty() { WaiterIndex::default() } else { WaiterIndex::discover() };
     let empty = AddrTable::default();
-    let reports = rows
+    let reports = keys
         .into_iter()
+        .filter_map(|(_, space, i)| {
+            let (ties, sockets) = held.get_mut(space as usize)?;
+            ties.tie(sockets.get_mut(i as usize)?.take()?)
+        })
         .map(|tied| {
             let (links, addrs) = addr_tables
                 .iter()
@@ -122,6 +138,14 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         print_reports(&reports.collect::<Vec<SocketReport>>())?;
     }
     out.finish()
+}
+
+/// The order of `sockets` rows: netns, ifindex (untied first), protocol, local port and
+/// address, inode, cookie (unique per socket).
+type RowKey = (NetnsIno, Option<IfIndex>, u8, u16, IpAddr, SockInode, u64);
+
+fn row_key(s: &Socket, ifindex: Option<IfIndex>) -> RowKey {
+    (s.netns, ifindex, s.protocol as u8, s.local_port, s.local_addr, s.inode, s.cookie)
 }
 
 /// The interface `--iface`/`--ifindex` names among `links`, if any.
