@@ -165,12 +165,17 @@ pub fn burst(rounds: usize, pairs: usize, rows: &mut Vec<Row>) -> Result<()> {
         let t = Instant::now();
         sh(&["ip", "-n", &ns.name, "-batch", path.to_str().context("path")?])?;
         let batch_done = t.elapsed();
-        let mut deleted = 0usize;
-        w.wait_for("marker deleted", Duration::from_secs(300), |v| {
+        // Until both ends of the marker pair are printed: the kernel deletes them together, and
+        // the peer's line may come after the named end's.
+        let (mut deleted, mut markers) = (0usize, 0usize);
+        w.wait_for("marker pair deleted", Duration::from_secs(300), |v| {
             if v["type"] == "change" && v["event"] == "deleted" {
                 deleted += 1;
+                if v["name"] == m1.as_str() || v["name"] == m2.as_str() {
+                    markers += 1;
+                }
             }
-            v["type"] == "change" && v["event"] == "deleted" && v["name"] == m1.as_str()
+            markers == 2
         })?;
         let took = t.elapsed();
         let _ = std::fs::remove_file(&path);
