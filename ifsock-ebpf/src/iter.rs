@@ -17,7 +17,7 @@ use ifsock_common::{
 
 use crate::{
     kernel::{net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
-    maps::{count, OWNER_FILTER, OWNER_INODES, SOCK_FILTER, SOCK_FILTER_ADDRS},
+    maps::{count, TaskIds, OWNER_FILTER, OWNER_INODES, SOCK_FILTER, SOCK_FILTER_ADDRS, TASK_IDS},
 };
 
 const AF_INET: u16 = 2;
@@ -43,6 +43,13 @@ struct IterMeta {
 struct IterCtxHead {
     meta: *const IterMeta,
     object: u64,
+}
+
+/// `ctx->meta->session_id`: one number per iterator session (one snapshot's walk).
+#[inline(always)]
+fn session_id(ctx: *mut c_void) -> u64 {
+    // SAFETY: as in `entry_seq`; a scalar field.
+    unsafe { core::ptr::read_volatile(&raw const (*(*ctx.cast::<IterCtxHead>()).meta).session_id) }
 }
 
 /// `ctx->meta->seq`, read where the program starts (see the module notes). Volatile, so that the
@@ -87,23 +94,51 @@ fn cookie(sk: u64) -> u64 {
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
 }
 
+/// A scalar field at `off` of a trusted BTF pointer the iterator hands over (`udp_sock *` for
+/// `iter/udp`, `sock_common *` for `iter/tcp`, `task_struct *` for `iter/task_file`), loaded
+/// through that pointer: the verifier checks the access against the struct's BTF once, at load,
+/// and the JIT makes it a fault-safe load, so there is no `bpf_probe_read_kernel` call per field
+/// per socket (`iter/udp` at 100k sockets: 298 → 259 ms for all of `sockets --json`). Scalars
+/// only, and only fields the pointer's type covers (`iter/tcp`'s stops at `sock_common`): a
+/// pointer field would cost the verifier a linear BTF search per visit (see the module notes).
+/// Volatile, so that the compiler neither merges two fields into one wider load nor moves it.
+#[inline(always)]
+fn typed_field<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if off == ifsock_common::OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: `base` is the iterator's non-NULL object and `off` a field of type T in it, both
+    // from the running kernel's BTF (the verifier refuses the program otherwise).
+    Some(unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize).cast::<T>()) })
+}
+
+/// An IPv6 address field of `sock_common` (`struct in6_addr`, 8-byte aligned), as two [`typed_field`] loads.
+#[inline(always)]
+fn common_v6(sk: u64, off: u32) -> [u8; 16] {
+    let (Some(hi), Some(lo)) = (typed_field::<u64>(sk, off), typed_field::<u64>(sk, off.wrapping_add(8))) else { return [0; 16] };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hi.to_ne_bytes());
+    out[8..].copy_from_slice(&lo.to_ne_bytes());
+    out
+}
+
 /// Fills a `SockRecord` from a `struct sock *`, or from the `struct sock_common` of a TCP mini
 /// socket when `full` is false (TIME_WAIT, NEW_SYN_RECV: no `sk_socket`, queue or flags to read).
 /// The filter ([`admitted`]) is applied as soon as the device and local address are read: a
 /// socket it refuses costs four reads, not the whole record (and no cookie).
 #[inline(always)]
-fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord> {
-    let family = rd::<u16>(sk, off!(skc_family))?;
+fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool, typed_sock: bool) -> Option<SockRecord> {
+    let family = typed_field::<u16>(sk, off!(skc_family))?;
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let bound_dev_if = rd::<u32>(sk, off!(skc_bound_dev_if)).unwrap_or(0);
+    let bound_dev_if = typed_field::<u32>(sk, off!(skc_bound_dev_if)).unwrap_or(0);
     let mut laddr = [0u8; 16];
     if family == AF_INET {
-        let l = rd::<[u8; 4]>(sk, off!(skc_rcv_saddr)).unwrap_or([0; 4]);
-        laddr[..4].copy_from_slice(&l);
+        let l = typed_field::<u32>(sk, off!(skc_rcv_saddr)).unwrap_or(0);
+        laddr[..4].copy_from_slice(&l.to_ne_bytes());
     } else {
-        laddr = rd::<[u8; 16]>(sk, off!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        laddr = common_v6(sk, off!(skc_v6_rcv_saddr));
     }
     if !admitted(bound_dev_if, &laddr) {
         return None;
@@ -117,9 +152,9 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord
         bound_dev_if,
         family,
         protocol,
-        state: rd::<u8>(sk, off!(skc_state)).unwrap_or(0),
-        lport: rd::<u16>(sk, off!(skc_num)).unwrap_or(0),
-        rport: u16::from_be(rd::<u16>(sk, off!(skc_dport)).unwrap_or(0)),
+        state: typed_field::<u8>(sk, off!(skc_state)).unwrap_or(0),
+        lport: typed_field::<u16>(sk, off!(skc_num)).unwrap_or(0),
+        rport: u16::from_be(typed_field::<u16>(sk, off!(skc_dport)).unwrap_or(0)),
         flags: 0,
         laddr,
         raddr: [0; 16],
@@ -127,10 +162,10 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord
         drops: 0,
     };
     if family == AF_INET {
-        let r = rd::<[u8; 4]>(sk, off!(skc_daddr)).unwrap_or([0; 4]);
-        rec.raddr[..4].copy_from_slice(&r);
+        let r = typed_field::<u32>(sk, off!(skc_daddr)).unwrap_or(0);
+        rec.raddr[..4].copy_from_slice(&r.to_ne_bytes());
     } else {
-        rec.raddr = rd::<[u8; 16]>(sk, off!(skc_v6_daddr)).unwrap_or([0; 16]);
+        rec.raddr = common_v6(sk, off!(skc_v6_daddr));
     }
     if !full {
         rec.flags |= sock_flags::NO_SOCKET | sock_flags::MINI;
@@ -142,8 +177,15 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool) -> Option<SockRecord
     } else {
         rec.ino = rd::<u64>(socket + off!(socket_to_inode) as u64, off!(inode_i_ino)).unwrap_or(0);
     }
-    rec.rx_queue = rd::<u32>(sk, off!(sk_rcvq_len)).unwrap_or(0);
-    rec.drops = rd::<u32>(sk, off!(sk_drops)).unwrap_or(0);
+    // `iter/udp`'s pointer is typed `struct udp_sock *`, which covers these `struct sock`
+    // scalars; `iter/tcp`'s `sock_common *` does not.
+    if typed_sock {
+        rec.rx_queue = typed_field::<u32>(sk, off!(sk_rcvq_len)).unwrap_or(0);
+        rec.drops = typed_field::<u32>(sk, off!(sk_drops)).unwrap_or(0);
+    } else {
+        rec.rx_queue = rd::<u32>(sk, off!(sk_rcvq_len)).unwrap_or(0);
+        rec.drops = rd::<u32>(sk, off!(sk_drops)).unwrap_or(0);
+    }
     let word_off = off!(inet_pktinfo_word);
     let word: u64 = match off!(inet_pktinfo_size) {
         8 => rd::<u64>(sk, word_off).unwrap_or(0),
@@ -188,7 +230,7 @@ pub extern "C" fn iter_udp_sockets(ctx: *mut c_void) -> i32 {
     if sk == 0 {
         return 0;
     }
-    match sock_record(sk, IPPROTO_UDP, uid, true) {
+    match sock_record(sk, IPPROTO_UDP, uid, true, true) {
         Some(rec) => seq_write(seq, &rec),
         None => 0,
     }
@@ -206,9 +248,9 @@ pub extern "C" fn iter_tcp_sockets(ctx: *mut c_void) -> i32 {
     if sk == 0 {
         return 0;
     }
-    let state = rd::<u8>(sk, off!(skc_state)).unwrap_or(0);
+    let state = typed_field::<u8>(sk, off!(skc_state)).unwrap_or(0);
     let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
-    match sock_record(sk, IPPROTO_TCP, uid, full) {
+    match sock_record(sk, IPPROTO_TCP, uid, full, false) {
         Some(rec) => seq_write(seq, &rec),
         None => 0,
     }
@@ -252,7 +294,7 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
             return 0;
         }
     }
-    let (pid, tid, comm) = task_ids(task);
+    let (pid, tid, comm, netns) = cached_task_ids(ctx, task);
     let mut rec = TaskFileRecord {
         kind,
         pid,
@@ -260,7 +302,7 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
         fd,
         ino,
         comm,
-        netns: task_netns(task),
+        netns,
         tun_ifindex: 0,
         tun_name: [0; IFNAME_LEN],
         tun_flags: 0,
@@ -281,6 +323,29 @@ pub extern "C" fn iter_task_files(ctx: *mut c_void) -> i32 {
         }
     }
     seq_write(seq, &rec)
+}
+
+/// (tgid, tid, comm, netns inode) of the visited task, from [`TASK_IDS`] when this session's
+/// previous record was of the same task (same pointer and tid), else read and cached.
+#[inline(always)]
+fn cached_task_ids(ctx: *mut c_void, task: u64) -> (u32, u32, [u8; ifsock_common::COMM_LEN], u32) {
+    let session = session_id(ctx);
+    // `ctx->task` is a trusted `task_struct *`: its tid is a direct load.
+    let tid_now = typed_field::<u32>(task, off!(task_pid)).unwrap_or(0);
+    let Some(cache) = TASK_IDS.get_ptr_mut(0) else {
+        let (pid, tid, comm) = task_ids(task);
+        return (pid, tid, comm, task_netns(task));
+    };
+    // SAFETY: this CPU's entry; the program runs with migration disabled.
+    unsafe {
+        if (*cache).session == session && (*cache).task == task && (*cache).tid == tid_now && tid_now != 0 {
+            return ((*cache).pid, (*cache).tid, (*cache).comm, (*cache).netns);
+        }
+        let (pid, tid, comm) = task_ids(task);
+        let netns = task_netns(task);
+        *cache = TaskIds { session, task, tid, pid, netns, _pad: 0, comm };
+        (pid, tid, comm, netns)
+    }
 }
 
 /// Fills the tun fields from a `struct tun_file *` (drivers/net/tun.c).

@@ -50,3 +50,23 @@ pub fn count(counter: Counter) {
         unsafe { *slot += 1 };
     }
 }
+
+/// What `iter/task_file` read of the task it is visiting: the iterator visits a task's fds one
+/// after another, so each record after the first reuses it instead of seven reads of the task
+/// (pid, tid, comm, `task->nsproxy->net_ns->ns.inum`). Valid for one iterator session only
+/// (`bpf_iter_meta.session_id`: one snapshot), and only while the task pointer and tid match.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TaskIds {
+    pub session: u64,
+    pub task: u64,
+    pub tid: u32,
+    pub pid: u32,
+    pub netns: u32,
+    pub _pad: u32,
+    pub comm: [u8; ifsock_common::COMM_LEN],
+}
+
+/// One [`TaskIds`] per CPU (an iterator's program runs on one CPU at a time).
+#[map]
+pub static TASK_IDS: PerCpuArray<TaskIds> = PerCpuArray::with_max_entries(1, 0);
