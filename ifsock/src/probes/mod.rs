@@ -861,7 +861,11 @@ const ITER_READ_BYTES: usize = 64 << 10;
 /// [`ITER_READ_BYTES`] (plus one partial record carried to the next read): peak memory is the
 /// decoded records, not the raw bytes as well (at 100k sockets the raw `task_file` and socket
 /// output alone is ~20 MB, and a growing buffer doubles that).
-fn read_records<T: Record>(mut file: File) -> Result<Vec<T>> {
+///
+/// `EAGAIN` is a pause, not an end: `bpf_seq_read()` returns it when one `read()` visited
+/// `MAX_ITER_OBJECTS` (1,000,000) objects without writing a byte (a filter that admits none of
+/// a million sockets), after saving its position; the next `read()` resumes there.
+fn read_records<T: Record>(mut file: impl Read) -> Result<Vec<T>> {
     let size = std::mem::size_of::<T>();
     let mut buf = vec![0u8; ITER_READ_BYTES + size];
     let mut out = Vec::new();
@@ -877,6 +881,7 @@ fn read_records<T: Record>(mut file: File) -> Result<Vec<T>> {
                 kept = filled - whole;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
             Err(e) => return Err(anyhow::Error::from(e).context("reading BPF iterator output")),
         }
     }
@@ -954,6 +959,43 @@ mod tests {
         assert!(got.iter().enumerate().all(|(i, r)| r.cookie == i as u64 + 1));
         let err = read_records::<SockRecord>(file_with(&bytes[..bytes.len() - 1])).unwrap_err();
         assert!(format!("{err:#}").contains(&format!("{} bytes of a {size}-byte record", size - 1)), "{err:#}");
+    }
+
+    /// A reader that fails with `errno` once before every `every`-th read.
+    struct Pausing<R> {
+        inner: R,
+        errno: i32,
+        every: usize,
+        reads: usize,
+    }
+
+    impl<R: Read> Read for Pausing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            if self.reads % self.every == 1 {
+                return Err(std::io::Error::from_raw_os_error(self.errno));
+            }
+            self.inner.read(buf)
+        }
+    }
+
+    #[test]
+    fn an_iterator_read_paused_with_eagain_resumes_and_other_errors_stop_it() {
+        let size = std::mem::size_of::<SockRecord>();
+        let bytes: Vec<u8> = (0..(ITER_READ_BYTES / size * 2) as u64)
+            .flat_map(|i| {
+                let r = rec(i + 1, 0);
+                // SAFETY: test-only view of a repr(C) integer record as bytes.
+                unsafe { std::slice::from_raw_parts((&r as *const SockRecord).cast::<u8>(), size) }.to_vec()
+            })
+            .collect();
+        let n = bytes.len() / size;
+        let paused = Pausing { inner: &bytes[..], errno: libc::EAGAIN, every: 2, reads: 0 };
+        let got = read_records::<SockRecord>(paused).expect("EAGAIN is retried");
+        assert_eq!(got.len(), n);
+        let failing = Pausing { inner: &bytes[..], errno: libc::EIO, every: 2, reads: 0 };
+        let err = read_records::<SockRecord>(failing).unwrap_err();
+        assert!(format!("{err:#}").contains("reading BPF iterator output"), "{err:#}");
     }
 
     #[test]
