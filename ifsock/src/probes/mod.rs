@@ -7,7 +7,7 @@ pub mod plan;
 pub mod select;
 pub mod snapshot;
 
-use std::{collections::HashSet, fs::File, io::Read, path::Path};
+use std::{collections::HashSet, io::Read, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -933,10 +933,10 @@ mod tests {
         assert_eq!(ports, vec![80, 81, 82, 83]);
     }
 
-    fn file_with(bytes: &[u8]) -> File {
+    fn file_with(bytes: &[u8]) -> std::fs::File {
         let path = std::env::temp_dir().join(format!("ifsock-read-records-{}-{}", std::process::id(), bytes.len()));
         std::fs::write(&path, bytes).unwrap();
-        let f = File::open(&path).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         f
     }

@@ -74,7 +74,7 @@ pub fn select(caps: &Capabilities, forced: Option<ProbeSet>) -> Result<Selection
 /// it). A set counts as allowed only if every function got it or better, so the selection is the
 /// weakest set in use; `fentry_err`/`kprobe_err` are the first refusal of each.
 pub fn combine(outcomes: &[Option<ProbeSet>], fentry_err: Option<String>, kprobe_err: Option<String>) -> Capabilities {
-    let all = |ok: &dyn Fn(ProbeSet) -> bool| outcomes.iter().all(|o| o.is_some_and(|s| ok(s)));
+    let all = |ok: &dyn Fn(ProbeSet) -> bool| outcomes.iter().all(|o| o.is_some_and(ok));
     let fentry_ok = !outcomes.is_empty() && all(&|s| s == ProbeSet::Fentry);
     let kprobe_ok = !outcomes.is_empty() && all(&|s| s != ProbeSet::Tracepoint);
     Capabilities {

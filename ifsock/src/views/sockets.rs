@@ -104,7 +104,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     }
     // Unstable (no merge buffer) on a key that is unique per socket, so the order is still the
     // same from run to run.
-    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    keys.sort_unstable_by_key(|k| k.0);
     // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
     // is missed, never attributed to a socket that no longer exists.
     // No rows, no waiter to name: skip the pass (it reads the fd table of every waiting
