@@ -23,6 +23,12 @@ fn ready(ns: &Netns, d: &mut Daemon, port: u16, waits: &[i64], want: usize) -> V
         if d.check_running().is_err() {
             return true;
         }
+        // The listing is bracketed by the daemon being in its wait: listed before it got there
+        // (a fast `sockets` can be done while the daemon still starts up), its rows would
+        // rightly name no waiter. An idle daemon does not leave its wait in between.
+        if !in_syscall(pid, waits) {
+            return false;
+        }
         rows = port_rows(&socket_rows(ns, false).unwrap_or_default(), pid, port);
         rows.len() >= want && in_syscall(pid, waits)
     })
