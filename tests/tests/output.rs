@@ -10,18 +10,20 @@ use std::{
 use anyhow::{Context as _, Result};
 use ifsock_tests::*;
 
-/// 3,000 UDP sockets in a fresh netns: `sockets --json` prints about 1 MB, more than a pipe holds.
+/// 4,000 UDP sockets in a fresh netns: `sockets --json` prints about 1.9 MB, more than a pipe
+/// holds once ifsock has widened it to 1 MiB.
 fn netns_with_sockets() -> Result<(Netns, Vec<UdpSocket>)> {
-    // 3,000 sockets need more than the usual soft limit of 1,024 fds (the VM guest's is that).
+    // 4,000 sockets need more than the usual soft limit of 1,024 fds (the VM guest's is that;
+    // its hard limit is the kernel's default for init, 4,096).
     let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
     let (soft, hard) = nix::sys::resource::getrlimit(limit)?;
     let want = hard.min(8192);
     if soft < want {
         nix::sys::resource::setrlimit(limit, want, hard)?;
     }
-    anyhow::ensure!(want > 3100, "RLIMIT_NOFILE hard limit {hard} is below the 3,100 fds this test needs");
+    anyhow::ensure!(want >= 4064, "RLIMIT_NOFILE hard limit {hard} is below the 4,064 fds this test needs");
     let ns = Netns::new()?;
-    let socks = ns.run(|| -> Result<Vec<UdpSocket>> { (0..3000).map(|_| Ok(UdpSocket::bind("127.0.0.1:0")?)).collect() })??;
+    let socks = ns.run(|| -> Result<Vec<UdpSocket>> { (0..4000).map(|_| Ok(UdpSocket::bind("127.0.0.1:0")?)).collect() })??;
     Ok((ns, socks))
 }
 
@@ -42,17 +44,23 @@ fn sockets_json_fills_a_pipe_with_a_few_writes_not_one_per_line() -> Result<()> 
     let (ns, _socks) = netns_with_sockets()?;
     let mut child = Command::new(ifsock_bin()).args(["--netns", &ns.name, "sockets", "--json"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
     let pid = child.id();
-    // Nobody reads yet: ifsock fills the pipe (64 KiB by default) and blocks in write.
+    // Nobody reads yet: ifsock widens the pipe (1 MiB, or fs.pipe-max-size if lower), fills it
+    // and blocks in write.
     wait_until("ifsock blocked writing to a full pipe", Duration::from_secs(60), || blocked_in_write(pid))?;
     let writes = write_calls(pid)?;
     let out = child.stdout.take().context("stdout")?;
+    let capacity = nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_GETPIPE_SZ)? as u64;
+    let max: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")?.trim().parse()?;
+    assert_eq!(capacity, max.min(1 << 20), "stdout pipe buffer");
     let lines = BufReader::new(out).lines().collect::<std::io::Result<Vec<_>>>()?;
     let status = child.wait()?;
     assert!(status.success(), "sockets --json failed: {status}");
-    assert!(lines.len() >= 3000, "only {} lines for 3,000 sockets", lines.len());
-    let per_line_writes = 64 * 1024 / lines[0].len().max(1) as u64;
-    // Line-buffered output would have needed ~per_line_writes calls to fill the pipe.
-    assert!(writes <= 4, "{writes} write calls to fill a 64 KiB pipe (one per line would be ~{per_line_writes})");
+    assert!(lines.len() >= 4000, "only {} lines for 4,000 sockets", lines.len());
+    let per_line_writes = capacity / lines[0].len().max(1) as u64;
+    // Line-buffered output would have needed ~per_line_writes calls to fill the pipe; buffered
+    // output writes 64 KiB chunks.
+    let chunks = capacity / (64 * 1024);
+    assert!(writes <= chunks + 4, "{writes} write calls to fill a {capacity}-byte pipe ({chunks} chunks; one per line would be ~{per_line_writes})");
     Ok(())
 }
 

@@ -57,8 +57,24 @@ pub struct Buffered(());
 pub fn buffered() -> Buffered {
     if !std::io::stdout().is_terminal() {
         BUFFERED.store(true, Ordering::Relaxed);
+        widen_pipe();
     }
     Buffered(())
+}
+
+/// Size asked for a stdout pipe's buffer ([`widen_pipe`]): the default `fs.pipe-max-size`.
+pub const PIPE_BYTES: i32 = 1 << 20;
+
+/// When stdout is a pipe, asks the kernel for a [`PIPE_BYTES`] buffer (`F_SETPIPE_SZ`) instead
+/// of the default 64 KiB, so that bulk output waits for its reader 16 times less often:
+/// `sockets --json` at 100k sockets into `cat`, 364–370 → 313–320 ms (`hyperfine`, 10–12 runs).
+/// Refusals (not a pipe, above `fs.pipe-max-size`, over the user's pipe quota) change nothing.
+fn widen_pipe() {
+    use std::os::fd::AsFd as _;
+    let stdout = std::io::stdout();
+    if let Err(e) = nix::fcntl::fcntl(stdout.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)) {
+        tracing::debug!("stdout pipe buffer left as it is: {e}");
+    }
 }
 
 impl Buffered {
