@@ -282,7 +282,8 @@ impl Probes {
     /// As [`Probes::snapshot`] for callers that want the sockets and their owners only: the
     /// socket records go to `decode` before the file walk, so they are gone before the file
     /// records arrive (at 100k sockets, ~10 MB fewer at the command's peak), and the file
-    /// records are the socket fds of those sockets only (no tun fds). With at most
+    /// records are socket fds only (no tun fds; with more than [`OWNER_FILTER_WORTH`] sockets,
+    /// those of other namespaces' sockets too, which a join by inode ignores). With at most
     /// [`OWNER_FILTER_WORTH`] sockets, `iter/task_file` writes only their fds, however many
     /// fds the host's other processes hold.
     ///
@@ -295,9 +296,19 @@ impl Probes {
     ) -> Result<(S, Vec<TaskFileRecord>)> {
         let sockets = self.read_sockets(netns)?;
         let count = sockets.len();
-        let inodes: HashSet<u64> = sockets.iter().map(|r| r.ino).filter(|i| *i != 0).collect();
+        // The inode set only serves the filter: above OWNER_FILTER_WORTH every socket fd is kept
+        // and the owner join (by inode) ignores those of other sockets, so no set is built.
+        let inodes: Option<HashSet<u64>> =
+            (count <= OWNER_FILTER_WORTH).then(|| sockets.iter().map(|r| r.ino).filter(|i| *i != 0).collect());
         let decoded = decode(sockets);
-        let files = self.owner_files(&inodes, OWNER_FILTER_WORTH)?;
+        let files = match &inodes {
+            Some(inodes) => self.owner_files(inodes, OWNER_FILTER_WORTH)?,
+            None => {
+                let mut files = self.read_files()?;
+                files.retain(|f| f.kind == ifsock_common::file_kind::SOCKET);
+                files
+            }
+        };
         self.log_snapshot(count, files.len());
         Ok((decoded, files))
     }
