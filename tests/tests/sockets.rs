@@ -228,3 +228,58 @@ fn iface_filter_in_the_kernel_keeps_v4_v6_mapped_device_and_wildcard_ties_only()
     assert!(all.len() >= socks.len(), "{} rows for {} sockets", all.len(), socks.len());
     drop(socks);
 }
+
+/// `sockets --json` in `ns` with ifsock's debug log: the rows and stderr.
+fn sockets_with_log(ns: &Netns) -> (Vec<Value>, String) {
+    let out = std::process::Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "sockets", "--json"])
+        .env("RUST_LOG", "ifsock=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (rows, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The walk of a table is skipped only while the netns's `sockstat` counts say it holds none
+/// of its sockets: a lone IPv6 listener (`sockstat6`) and a lone TIME_WAIT socket (`tw`) each
+/// bring the TCP walk back.
+#[test]
+fn a_table_without_sockets_of_the_netns_is_not_walked_and_one_socket_brings_the_walk_back() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let udp = ns.run(|| UdpSocket::bind("127.0.0.1:6401")).unwrap().unwrap();
+    let (rows, log) = sockets_with_log(&ns);
+    assert!(find(&rows, "udp", 6401).is_some(), "{rows:#?}");
+    assert!(rows.iter().all(|r| r["protocol"] != "tcp"), "{rows:#?}");
+    assert!(log.contains("1 UDP, 0 TCP sockets in this netns; walks skipped"), "no skipped TCP walk in the log: {log}");
+
+    let v6 = ns.run(|| TcpListener::bind("[::1]:6402")).unwrap().unwrap();
+    let (rows, log) = sockets_with_log(&ns);
+    assert!(find(&rows, "tcp", 6402).is_some_and(|r| r["state"] == "LISTEN"), "IPv6 listener missing: {rows:#?}");
+    assert!(!log.contains("walks skipped"), "a walk was skipped with a TCP and a UDP socket: {log}");
+
+    // The client closes first and the listener goes: only the client's TIME_WAIT is left.
+    let client_port = ns
+        .run(move || -> anyhow::Result<u16> {
+            use std::io::Read;
+            let client = std::net::TcpStream::connect("[::1]:6402")?;
+            let port = client.local_addr()?.port();
+            let (mut server, _) = v6.accept()?;
+            drop(client);
+            assert_eq!(server.read(&mut [0u8; 1])?, 0, "server sees the client's FIN");
+            drop(server);
+            drop(v6);
+            Ok(port)
+        })
+        .unwrap()
+        .unwrap();
+    wait_until("only the client's TIME-WAIT left (ss -tan)", std::time::Duration::from_secs(10), || {
+        let ss = ss_tcp(&ns);
+        ss.len() == 1 && ss[0].starts_with("TIME-WAIT") && ss[0].contains(&format!(":{client_port} "))
+    })
+    .unwrap();
+    let (rows, _) = sockets_with_log(&ns);
+    assert!(find(&rows, "tcp", client_port).is_some_and(|r| r["state"] == "TIME_WAIT"), "TIME_WAIT :{client_port} missing: {rows:#?}");
+    drop(udp);
+}

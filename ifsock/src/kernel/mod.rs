@@ -1,5 +1,6 @@
 //! Facts read from the running kernel outside the eBPF programs: BTF offsets, rtnetlink,
-//! network namespaces, procfs, and system state (privileges, mounts, lockdown).
+//! network namespaces, procfs, per-netns socket counts, and system state (privileges, mounts,
+//! lockdown).
 pub mod arch;
 pub mod btf;
 pub mod cgroup;
@@ -8,5 +9,6 @@ pub mod netns;
 pub mod procfs;
 pub mod signals;
 pub mod sock_diag;
+pub mod sockstat;
 pub mod system;
 pub mod waiters;

@@ -21,7 +21,7 @@ use ifsock_common::{
     MAP_SEND_FD, MAP_SOCK_FILTER,
 };
 
-use crate::kernel::{netns::NetnsHandle, system};
+use crate::kernel::{netns::NetnsHandle, sockstat, system};
 use crate::model::{kernel_event::InFlight, sock_error::SOCK_ERROR_TRACEPOINT};
 pub use crate::model::sock_error::SockErrorProbe;
 pub use attach::{refusal, Attached, ProbeKind};
@@ -313,14 +313,28 @@ impl Probes {
         Ok((decoded, files))
     }
 
-    /// `iter/udp` then `iter/tcp` in `netns`, deduplicated by cookie.
+    /// `iter/udp` then `iter/tcp` in `netns`, deduplicated by cookie. A table the netns has no
+    /// socket in (its `sockstat` counts, [`sockstat::here`], read on the thread in `netns` just
+    /// before) is not walked: each walk visits every bucket of a table the whole host shares
+    /// (here 262,144 TCP established buckets, 2.3 ms with none of them used). Counts that
+    /// cannot be read mean both walks.
     fn read_sockets(&mut self, netns: Option<&NetnsHandle>) -> Result<Vec<SockRecord>> {
         self.load_iterators()?;
         let udp = self.iter_link(ITER_UDP)?;
         let tcp = self.iter_link(ITER_TCP)?;
         let read = move || -> Result<Vec<SockRecord>> {
-            let mut out = read_records::<SockRecord>(udp.into_file()?)?;
-            out.extend(read_records::<SockRecord>(tcp.into_file()?)?);
+            let inuse = sockstat::here().map_err(|e| tracing::debug!("sockstat unreadable, walking both tables: {e}")).ok();
+            let walk = |count: fn(&sockstat::InUse) -> u64| inuse.as_ref().is_none_or(|c| count(c) > 0);
+            let mut out = Vec::new();
+            if walk(|c| c.udp) {
+                out = read_records::<SockRecord>(udp.into_file()?)?;
+            }
+            if walk(|c| c.tcp) {
+                out.extend(read_records::<SockRecord>(tcp.into_file()?)?);
+            }
+            if let Some(c) = inuse.filter(|c| c.udp == 0 || c.tcp == 0) {
+                tracing::debug!("sockstat: {} UDP, {} TCP sockets in this netns; walks skipped for the empty tables", c.udp, c.tcp);
+            }
             Ok(dedupe_by_cookie(out))
         };
         match netns {
