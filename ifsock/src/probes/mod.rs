@@ -325,12 +325,18 @@ impl Probes {
         let read = move || -> Result<Vec<SockRecord>> {
             let inuse = sockstat::here().map_err(|e| tracing::debug!("sockstat unreadable, walking both tables: {e}")).ok();
             let walk = |count: fn(&sockstat::InUse) -> u64| inuse.as_ref().is_none_or(|c| count(c) > 0);
+            let timed = |name: &str, link: aya::programs::iter::IterLink| -> Result<Vec<SockRecord>> {
+                let started = std::time::Instant::now();
+                let records = read_records::<SockRecord>(link.into_file()?)?;
+                tracing::debug!("{name} walk: {} records in {} µs", records.len(), started.elapsed().as_micros());
+                Ok(records)
+            };
             let mut out = Vec::new();
             if walk(|c| c.udp) {
-                out = read_records::<SockRecord>(udp.into_file()?)?;
+                out = timed("iter/udp", udp)?;
             }
             if walk(|c| c.tcp) {
-                out.extend(read_records::<SockRecord>(tcp.into_file()?)?);
+                out.extend(timed("iter/tcp", tcp)?);
             }
             if let Some(c) = inuse.filter(|c| c.udp == 0 || c.tcp == 0) {
                 tracing::debug!("sockstat: {} UDP, {} TCP sockets in this netns; walks skipped for the empty tables", c.udp, c.tcp);

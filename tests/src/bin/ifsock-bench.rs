@@ -4,7 +4,8 @@
 //!   `ss -uan` / `ss -uanp`, and start-up on a netns with 10 sockets vs `ss -tuanp`;
 //! - `hung`: `hung` on an idle host and with 1,000 blocked receivers;
 //! - `watch`: interface delete → `watch --json` line vs `ip monitor link` (10k sockets, and
-//!   `--no-sockets`);
+//!   `--no-sockets`), and the floor of a line with its sockets (one filtered walk, ifsock's
+//!   `iter/udp` and sock_diag's);
 //! - `burst`: 10 rounds of 1,000 links created and deleted;
 //! - `recv`: the receive path per probe set, its floor (empty programs), per-program cost;
 //! - `waiters`: waiter discovery (epoll/poll) per 1,000 waiting threads.
@@ -71,6 +72,7 @@ fn main() -> Result<()> {
         group("watch", watch::latency(watch::Sockets::InLine, 30, &mut rows));
         group("watch", watch::latency(watch::Sockets::After, 30, &mut rows));
         group("watch", watch::latency(watch::Sockets::None, 30, &mut rows));
+        group("watch", watch::walk_floor(&mut rows));
     }
     if want("burst") {
         group("burst", watch::burst(10, 500, &mut rows));
