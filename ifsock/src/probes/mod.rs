@@ -40,8 +40,10 @@ pub const OWNER_FILTER_WORTH: usize = 1024;
 pub const ITER_UDP: &str = "iter_udp_sockets";
 /// `iter/tcp` program.
 pub const ITER_TCP: &str = "iter_tcp_sockets";
-/// `iter/task_file` program.
+/// `iter/task_file` program writing socket and tun fds ([`Probes::tun_files`]).
 pub const ITER_TASK_FILE: &str = "iter_task_files";
+/// `iter/task_file` program writing socket fds only (every socket snapshot's owners).
+pub const ITER_TASK_SOCKETS: &str = "iter_task_sockets";
 
 /// tp_btf program on `inet_sk_error_report` (socket errors with the `struct sock *`).
 pub const SOCKERR_BTF: &str = "sockerr_btf_error_report";
@@ -101,7 +103,10 @@ pub struct Probes {
     /// The iterator targets' ids-only BTF ([`btf_with_func_ids`]), built on a thread while the
     /// object loads; `None` when the ids could not be had (then the parsed BTF is used).
     iter_btf: Option<std::thread::JoinHandle<Btf>>,
-    iters_loaded: bool,
+    /// That BTF once built (kept for an iterator loaded later, [`Probes::tun_files`]).
+    small_btf: Option<Btf>,
+    /// Iterator programs loaded so far.
+    iters_loaded: Vec<&'static str>,
     /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as
     /// `doctor` and the banners print them).
     pub attached: Vec<Attached>,
@@ -192,29 +197,37 @@ impl Probes {
         }
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf: None, iter_btf, iters_loaded: false, attached: Vec::new(), unavailable: Vec::new() })
+        Ok(Probes { ebpf, btf: None, iter_btf, small_btf: None, iters_loaded: Vec::new(), attached: Vec::new(), unavailable: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
         iter_in(&mut self.ebpf, name)
     }
 
-    /// Loads the three iterator programs (`iter/udp`, `iter/tcp`, `iter/task_file`), each on
-    /// its own thread: the kernel verifies privileged programs concurrently, and verification is
-    /// most of a one-shot command's start-up (~2–3 ms per program on 6.18).
+    /// Loads the three iterator programs of a socket snapshot (`iter/udp`, `iter/tcp`, and
+    /// `iter/task_file` for socket fds only), each on its own thread: the kernel verifies
+    /// privileged programs concurrently, and verification is most of a one-shot command's
+    /// start-up (~2–5 ms per program on 6.18).
     ///
     /// # Errors
     /// The kernel lacks BPF iterators (< 5.9 for tcp/udp) or the verifier refused a program.
     pub fn load_iterators(&mut self) -> Result<()> {
-        if self.iters_loaded {
+        self.load_iters(&[(ITER_UDP, "udp"), (ITER_TCP, "tcp"), (ITER_TASK_SOCKETS, "task_file")])
+    }
+
+    /// Loads those of `wanted` (program name, iterator target) not loaded yet, in parallel.
+    fn load_iters(&mut self, wanted: &[(&'static str, &'static str)]) -> Result<()> {
+        let mut pending: Vec<(&'static str, &'static str)> = wanted.iter().copied().filter(|(n, _)| !self.iters_loaded.contains(n)).collect();
+        if pending.is_empty() {
             return Ok(());
         }
         // The ids alone, cached per boot, spare the full vmlinux parse; a program refused with
         // them is retried below with the fully parsed BTF.
-        let ids_only = self.iter_btf.take().and_then(|h| h.join().ok());
-        let mut pending: Vec<(&'static str, &'static str)> =
-            vec![(ITER_UDP, "udp"), (ITER_TCP, "tcp"), (ITER_TASK_FILE, "task_file")];
-        if let Some(small) = &ids_only {
+        if let Some(h) = self.iter_btf.take() {
+            self.small_btf = h.join().ok();
+        }
+        let loaded: Vec<&'static str> = pending.iter().map(|(n, _)| *n).collect();
+        if let Some(small) = &self.small_btf {
             let mut progs: Vec<(&'static str, &'static str, &mut Iter)> = Vec::new();
             for (name, prog) in self.ebpf.programs_mut() {
                 if let Some(&(n, target)) = pending.iter().find(|(n, _)| *n == name) {
@@ -229,7 +242,7 @@ impl Probes {
                         let verify = move || {
                             let t = std::time::Instant::now();
                             let loaded = prog.load(target, small);
-                            tracing::debug!("iter/{target} verified in {:?}", t.elapsed());
+                            tracing::debug!("{name} (iter/{target}) verified in {:?}", t.elapsed());
                             loaded
                         };
                         (name, target, scope.spawn(verify))
@@ -256,7 +269,7 @@ impl Probes {
                 .load(target, btf)
                 .with_context(|| format!("loading iterator iter/{target} ({name})"))?;
         }
-        self.iters_loaded = true;
+        self.iters_loaded.extend(loaded);
         tracing::debug!("iterators verified and loaded");
         Ok(())
     }
@@ -268,7 +281,8 @@ impl Probes {
     }
 
     /// Runs the iterators and returns their records. Sockets are those of `netns` (the
-    /// iterators walk the netns of the thread that opens them), or of ifsock's own netns.
+    /// iterators walk the netns of the thread that opens them), or of ifsock's own netns;
+    /// `files` are the socket fds of every task of the system (tun fds: [`Probes::tun_files`]).
     ///
     /// # Errors
     /// Iterator attach/read failures, or entering `netns` failed.
@@ -349,9 +363,21 @@ impl Probes {
         }
     }
 
-    /// `iter/task_file` over every task of the system.
+    /// `iter/task_file` over every task of the system, socket fds only.
     fn read_files(&mut self) -> Result<Vec<TaskFileRecord>> {
         self.load_iterators()?;
+        let files = self.iter_link(ITER_TASK_SOCKETS)?;
+        read_records::<TaskFileRecord>(files.into_file()?)
+    }
+
+    /// The socket and tun fds of every task of the system (`iter/task_file` by
+    /// [`ITER_TASK_FILE`], verified on first use: only `tun` and a teardown of a tun/tap read
+    /// tun fds), with no socket walk.
+    ///
+    /// # Errors
+    /// The program could not be loaded, attached or read.
+    pub fn tun_files(&mut self) -> Result<Vec<TaskFileRecord>> {
+        self.load_iters(&[(ITER_TASK_FILE, "task_file")])?;
         let files = self.iter_link(ITER_TASK_FILE)?;
         read_records::<TaskFileRecord>(files.into_file()?)
     }
@@ -608,6 +634,15 @@ impl Probes {
     }
 
     fn attach_kprobe_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
+        // Without the kprobe PMU and tracefs `kprobe_events` (aya's two ways to attach) the
+        // attach must fail, so the program is not loaded first: verifying
+        // `dev_kprobe_close_many` alone was ~0.45 s of `watch`'s start-up on 6.18 (410,299
+        // instructions), only to be refused.
+        let pmu = "/sys/bus/event_source/devices/kprobe/type";
+        if !exists(pmu) && !exists(&format!("{}/kprobe_events", system::TRACEFS)) {
+            let why = format!("kprobe {} for {function}: no kprobe PMU ({pmu}) and no {}/kprobe_events; not loaded", pair.entry.0, system::TRACEFS);
+            return Err(anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context(why));
+        }
         let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
         self.attached.extend(done);
         Ok(())

@@ -65,11 +65,11 @@ pub async fn run(args: TunArgs) -> Result<()> {
     let before = if args.interval.is_zero() {
         None
     } else {
-        let first = probes.snapshot(None).context("first task_file snapshot")?.files;
+        let first = probes.tun_files().context("first task_file snapshot")?;
         tokio::time::sleep(args.interval).await;
         Some(first)
     };
-    let after = probes.snapshot(None).context("task_file snapshot")?.files;
+    let after = probes.tun_files().context("task_file snapshot")?;
     let devices = tun::build(&links, netns, before.as_deref(), &after);
     for (d, l) in devices.iter().zip(&links) {
         if let (Some(raw), Some(info)) = (d.tun_struct_flags, &l.info) {

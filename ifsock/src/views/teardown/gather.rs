@@ -129,7 +129,7 @@ pub async fn plan(
     }
     let tun_holders = if rel.kind.as_deref() == Some("tun") {
         let tun_links: Vec<_> = netlink::dump_tun_links(handle).await?.into_iter().filter(|l| l.ifindex == target.ifindex).collect();
-        let files = probes.snapshot(None).context("reading the fds that hold the tun/tap (iter/task_file)")?.files;
+        let files = probes.tun_files().context("reading the fds that hold the tun/tap (iter/task_file)")?;
         tun::build(&tun_links, netns, None, &files).into_iter().flat_map(|d| d.fds).collect()
     } else {
         Vec::new()
