@@ -103,8 +103,10 @@ pub struct Probes {
     /// The iterator targets' ids-only BTF ([`btf_with_func_ids`]), built on a thread while the
     /// object loads; `None` when the ids could not be had (then the parsed BTF is used).
     iter_btf: Option<std::thread::JoinHandle<Btf>>,
-    /// That BTF once built (kept for an iterator loaded later, [`Probes::tun_files`]).
-    small_btf: Option<Btf>,
+    /// The ids it holds, to build it again for an iterator loaded later ([`Probes::tun_files`]):
+    /// it is not kept, since placing three functions at their ids takes ~100k placeholder
+    /// types (~4 MB held for the command's life otherwise).
+    iter_funcs: Vec<(&'static str, u32)>,
     /// Iterator programs loaded so far.
     iters_loaded: Vec<&'static str>,
     /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as
@@ -172,16 +174,19 @@ impl Probes {
         let t = std::time::Instant::now();
         let offsets = crate::kernel::btf::cached_kernel_offsets()?;
         tracing::debug!("kernel offsets at {:?}", t.elapsed());
-        let iter_btf = match crate::kernel::btf::cached_iter_func_ids() {
-            Ok(ids) => {
-                let funcs: Vec<(&'static str, u32)> = crate::kernel::btf::ITER_TARGET_FUNCS.into_iter().zip(ids).collect();
-                std::thread::Builder::new().name("ifsock-btf-ids".into()).spawn(move || btf_with_func_ids(&funcs)).ok()
-            }
+        let iter_funcs: Vec<(&'static str, u32)> = match crate::kernel::btf::cached_iter_func_ids() {
+            Ok(ids) => crate::kernel::btf::ITER_TARGET_FUNCS.into_iter().zip(ids).collect(),
             Err(e) => {
                 tracing::debug!("iterator target ids unavailable ({e:#}); the iterators will use parsed vmlinux BTF");
-                None
+                Vec::new()
             }
         };
+        let iter_btf = (!iter_funcs.is_empty())
+            .then(|| {
+                let funcs = iter_funcs.clone();
+                std::thread::Builder::new().name("ifsock-btf-ids".into()).spawn(move || btf_with_func_ids(&funcs)).ok()
+            })
+            .flatten();
         // No `.btf()`: the loader parses target BTF only for CO-RE relocations or typed ksyms,
         // which the Rust object has none of (offsets come in as `GLOBAL_OFFSETS` instead).
         let mut loader = EbpfLoader::new();
@@ -197,7 +202,7 @@ impl Probes {
         }
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf: None, iter_btf, small_btf: None, iters_loaded: Vec::new(), attached: Vec::new(), unavailable: Vec::new() })
+        Ok(Probes { ebpf, btf: None, iter_btf, iter_funcs, iters_loaded: Vec::new(), attached: Vec::new(), unavailable: Vec::new() })
     }
 
     fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
@@ -223,11 +228,12 @@ impl Probes {
         }
         // The ids alone, cached per boot, spare the full vmlinux parse; a program refused with
         // them is retried below with the fully parsed BTF.
-        if let Some(h) = self.iter_btf.take() {
-            self.small_btf = h.join().ok();
-        }
+        let small_btf: Option<Btf> = match self.iter_btf.take() {
+            Some(h) => h.join().ok(),
+            None => (!self.iter_funcs.is_empty()).then(|| btf_with_func_ids(&self.iter_funcs)),
+        };
         let loaded: Vec<&'static str> = pending.iter().map(|(n, _)| *n).collect();
-        if let Some(small) = &self.small_btf {
+        if let Some(small) = &small_btf {
             let mut progs: Vec<(&'static str, &'static str, &mut Iter)> = Vec::new();
             for (name, prog) in self.ebpf.programs_mut() {
                 if let Some(&(n, target)) = pending.iter().find(|(n, _)| *n == name) {
@@ -367,7 +373,10 @@ impl Probes {
     fn read_files(&mut self) -> Result<Vec<TaskFileRecord>> {
         self.load_iterators()?;
         let files = self.iter_link(ITER_TASK_SOCKETS)?;
-        read_records::<TaskFileRecord>(files.into_file()?)
+        let started = std::time::Instant::now();
+        let records = read_records::<TaskFileRecord>(files.into_file()?)?;
+        tracing::debug!("iter/task_file walk: {} records in {} µs", records.len(), started.elapsed().as_micros());
+        Ok(records)
     }
 
     /// The socket and tun fds of every task of the system (`iter/task_file` by
