@@ -272,7 +272,8 @@ pub struct SockRecord {
     pub cookie: u64,
     /// Socket inode number (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 when there is no `struct socket`.
     pub ino: u64,
-    /// Inode of the socket's netns (`sk->sk_net->ns.inum`).
+    /// Inode of the socket's netns, filled in by userspace: the netns the walk ran in, since
+    /// `iter/udp` and `iter/tcp` visit only that netns's sockets (`seq_sk_match()`, `net_eq`).
     pub netns: u32,
     /// Owner uid as given by the iterator context (`bpf_iter__udp.uid`).
     pub uid: u32,

@@ -147,7 +147,10 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool, typed_sock: bool) ->
         sk,
         cookie: cookie(sk),
         ino: 0,
-        netns: net_inum(rd::<u64>(sk, off!(skc_net)).unwrap_or(0)),
+        // Filled in by userspace: `iter/udp` and `iter/tcp` visit only the sockets of the netns
+        // the iterator was created in (`seq_sk_match()`: `net_eq(sock_net(sk),
+        // seq_file_net(seq))`), so two reads per socket would only repeat one number.
+        netns: 0,
         uid,
         bound_dev_if,
         family,
@@ -187,11 +190,17 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool, typed_sock: bool) ->
         rec.drops = rd::<u32>(sk, off!(sk_drops)).unwrap_or(0);
     }
     let word_off = off!(inet_pktinfo_word);
-    let word: u64 = match off!(inet_pktinfo_size) {
-        8 => rd::<u64>(sk, word_off).unwrap_or(0),
-        4 => rd::<u32>(sk, word_off).unwrap_or(0) as u64,
-        2 => rd::<u16>(sk, word_off).unwrap_or(0) as u64,
-        1 => rd::<u8>(sk, word_off).unwrap_or(0) as u64,
+    // The flags word of `struct inet_sock` (`inet_flags`; `cmsg_flags` before 6.6), a scalar
+    // `iter/udp`'s `udp_sock *` covers: a direct load there.
+    let word: u64 = match (off!(inet_pktinfo_size), typed_sock) {
+        (8, true) => typed_field::<u64>(sk, word_off).unwrap_or(0),
+        (4, true) => typed_field::<u32>(sk, word_off).unwrap_or(0) as u64,
+        (2, true) => typed_field::<u16>(sk, word_off).unwrap_or(0) as u64,
+        (1, true) => typed_field::<u8>(sk, word_off).unwrap_or(0) as u64,
+        (8, false) => rd::<u64>(sk, word_off).unwrap_or(0),
+        (4, false) => rd::<u32>(sk, word_off).unwrap_or(0) as u64,
+        (2, false) => rd::<u16>(sk, word_off).unwrap_or(0) as u64,
+        (1, false) => rd::<u8>(sk, word_off).unwrap_or(0) as u64,
         _ => 0,
     };
     let bit = off!(inet_pktinfo_bit);

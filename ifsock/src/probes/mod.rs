@@ -361,6 +361,11 @@ impl Probes {
             if let Some(c) = inuse.filter(|c| c.udp == 0 || c.tcp == 0) {
                 tracing::debug!("sockstat: {} UDP, {} TCP sockets in this netns; walks skipped for the empty tables", c.udp, c.tcp);
             }
+            // The iterators leave `netns` to us (see `SockRecord::netns`): this thread's.
+            let here = crate::kernel::netns::current_ino()?.0;
+            for r in &mut out {
+                r.netns = here;
+            }
             Ok(dedupe_by_cookie(out))
         };
         match netns {
