@@ -112,6 +112,15 @@ fn typed_field<T: Copy>(base: u64, off: u32) -> Option<T> {
     Some(unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize).cast::<T>()) })
 }
 
+/// A scalar field of the socket: a [`typed_field`] load when the iterator's pointer type covers
+/// it (`typed`: `iter/udp`'s `udp_sock *`), else a `bpf_probe_read_kernel` (`iter/tcp`'s
+/// `sock_common *` stops short of `struct sock`). `typed` is a constant at every call, so each
+/// program keeps one of the two.
+#[inline(always)]
+fn sock_field<T: Copy>(typed: bool, sk: u64, off: u32) -> Option<T> {
+    if typed { typed_field::<T>(sk, off) } else { rd::<T>(sk, off) }
+}
+
 /// An IPv6 address field of `sock_common` (`struct in6_addr`, 8-byte aligned), as two [`typed_field`] loads.
 #[inline(always)]
 fn common_v6(sk: u64, off: u32) -> [u8; 16] {
@@ -180,27 +189,15 @@ fn sock_record(sk: u64, protocol: u8, uid: u32, full: bool, typed_sock: bool) ->
     } else {
         rec.ino = rd::<u64>(socket + off!(socket_to_inode) as u64, off!(inode_i_ino)).unwrap_or(0);
     }
-    // `iter/udp`'s pointer is typed `struct udp_sock *`, which covers these `struct sock`
-    // scalars; `iter/tcp`'s `sock_common *` does not.
-    if typed_sock {
-        rec.rx_queue = typed_field::<u32>(sk, off!(sk_rcvq_len)).unwrap_or(0);
-        rec.drops = typed_field::<u32>(sk, off!(sk_drops)).unwrap_or(0);
-    } else {
-        rec.rx_queue = rd::<u32>(sk, off!(sk_rcvq_len)).unwrap_or(0);
-        rec.drops = rd::<u32>(sk, off!(sk_drops)).unwrap_or(0);
-    }
+    rec.rx_queue = sock_field::<u32>(typed_sock, sk, off!(sk_rcvq_len)).unwrap_or(0);
+    rec.drops = sock_field::<u32>(typed_sock, sk, off!(sk_drops)).unwrap_or(0);
+    // The flags word of `struct inet_sock` (`inet_flags`; `cmsg_flags` before 6.6).
     let word_off = off!(inet_pktinfo_word);
-    // The flags word of `struct inet_sock` (`inet_flags`; `cmsg_flags` before 6.6), a scalar
-    // `iter/udp`'s `udp_sock *` covers: a direct load there.
-    let word: u64 = match (off!(inet_pktinfo_size), typed_sock) {
-        (8, true) => typed_field::<u64>(sk, word_off).unwrap_or(0),
-        (4, true) => typed_field::<u32>(sk, word_off).unwrap_or(0) as u64,
-        (2, true) => typed_field::<u16>(sk, word_off).unwrap_or(0) as u64,
-        (1, true) => typed_field::<u8>(sk, word_off).unwrap_or(0) as u64,
-        (8, false) => rd::<u64>(sk, word_off).unwrap_or(0),
-        (4, false) => rd::<u32>(sk, word_off).unwrap_or(0) as u64,
-        (2, false) => rd::<u16>(sk, word_off).unwrap_or(0) as u64,
-        (1, false) => rd::<u8>(sk, word_off).unwrap_or(0) as u64,
+    let word: u64 = match off!(inet_pktinfo_size) {
+        8 => sock_field::<u64>(typed_sock, sk, word_off).unwrap_or(0),
+        4 => sock_field::<u32>(typed_sock, sk, word_off).unwrap_or(0) as u64,
+        2 => sock_field::<u16>(typed_sock, sk, word_off).unwrap_or(0) as u64,
+        1 => sock_field::<u8>(typed_sock, sk, word_off).unwrap_or(0) as u64,
         _ => 0,
     };
     let bit = off!(inet_pktinfo_bit);

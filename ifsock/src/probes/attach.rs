@@ -187,6 +187,15 @@ pub fn errno(e: &anyhow::Error) -> Option<i32> {
     })
 }
 
+/// The kprobe PMU's type file: present when `perf_event_open` can create kprobes.
+pub(crate) const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Whether aya can attach a kprobe at all: through the kprobe PMU or, without it, through
+/// tracefs `kprobe_events` (its legacy path). Neither: every kprobe attach fails with ENOENT.
+pub(crate) fn kprobes_attachable() -> bool {
+    super::exists(KPROBE_PMU) || super::exists(&format!("{}/kprobe_events", system::TRACEFS))
+}
+
 /// Kernel-internal `ENOTSUPP` (include/linux/errno.h), returned to userspace by some BPF paths.
 const ENOTSUPP: i32 = 524;
 
@@ -195,7 +204,7 @@ const ENOTSUPP: i32 = 524;
 /// in the chain (a program missing from the object, a format check).
 pub fn refusal(e: &anyhow::Error) -> String {
     let lockdown = system::lockdown();
-    let kprobe_pmu = super::exists("/sys/bus/event_source/devices/kprobe/type");
+    let kprobe_pmu = super::exists(KPROBE_PMU);
     refusal_of(errno(e), lockdown.as_deref(), kprobe_pmu).unwrap_or_else(|| {
         format!("{e:#}").lines().next().unwrap_or("refused").to_string()
     })

@@ -648,13 +648,11 @@ impl Probes {
     }
 
     fn attach_kprobe_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
-        // Without the kprobe PMU and tracefs `kprobe_events` (aya's two ways to attach) the
-        // attach must fail, so the program is not loaded first: verifying
+        // Where the attach must fail, the program is not loaded first: verifying
         // `dev_kprobe_close_many` alone was ~0.45 s of `watch`'s start-up on 6.18 (410,299
         // instructions), only to be refused.
-        let pmu = "/sys/bus/event_source/devices/kprobe/type";
-        if !exists(pmu) && !exists(&format!("{}/kprobe_events", system::TRACEFS)) {
-            let why = format!("kprobe {} for {function}: no kprobe PMU ({pmu}) and no {}/kprobe_events; not loaded", pair.entry.0, system::TRACEFS);
+        if !attach::kprobes_attachable() {
+            let why = format!("kprobe {} for {function}: no kprobe PMU ({}) and no {}/kprobe_events; not loaded", pair.entry.0, attach::KPROBE_PMU, system::TRACEFS);
             return Err(anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context(why));
         }
         let done = attach::attach_pair::<KProbe, KProbe>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;

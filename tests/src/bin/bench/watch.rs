@@ -259,7 +259,9 @@ pub fn walk_floor(rows: &mut Vec<Row>) -> Result<()> {
 
 /// One `SOCK_DIAG_BY_FAMILY` dump of the calling thread's netns's IPv4 UDP sockets whose local
 /// address is `src`, filtered in the kernel by an `INET_DIAG_BC_S_COND` bytecode (the request
-/// `ss -uan src ADDR` sends); returns how many sockets the kernel admitted.
+/// `ss -uan src ADDR` sends); returns how many sockets the kernel admitted. Built by hand:
+/// `netlink-packet-sock-diag`'s `InetRequest` (which `kernel::sock_diag` uses) has no
+/// `INET_DIAG_REQ_BYTECODE` attribute.
 fn sock_diag_udp4_src(src: std::net::Ipv4Addr) -> Result<usize> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
