@@ -52,6 +52,12 @@ enum Task {
         /// Also run these benchmarks in the guest after the tests (comma-separated, e.g. `recv`).
         #[arg(long)]
         bench: Option<String>,
+        /// Run each selected test binary this many times in the one guest (hunting a flake).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        /// Pass this name filter to every test binary (libtest's substring match).
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Run the benchmarks and print one table: each row gives ifsock, a baseline measured in
     /// the same run, the ratio, the target and whether it is met (peak RSS too).
@@ -114,7 +120,9 @@ fn main() -> Result<()> {
                 .args(&args);
             status(&mut cmd)
         }
-        Task::VmTest { kernel, modules, only, bench } => vm_test(&root, kernel, modules, only, bench),
+        Task::VmTest { kernel, modules, only, bench, repeat, filter } => {
+            vm_test(&root, kernel, modules, VmSelection { only, filter, repeat }, bench)
+        }
         Task::Bench { args } => {
             toolchain::ensure(may_install())?;
             let bin = build(true)?;
@@ -136,7 +144,18 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
     ("agent", "needs a Prometheus server and python3 with prometheus-client (a venv made by .ci/run), which the busybox initramfs does not carry"),
 ];
 
-fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only: Option<String>, bench: Option<String>) -> Result<()> {
+/// Which integration tests `vm-test` runs, and how often.
+struct VmSelection {
+    /// Test binaries whose name contains one of these (comma-separated); all when `None`.
+    only: Option<String>,
+    /// libtest name filter passed to each binary.
+    filter: Option<String>,
+    /// Runs of each binary, at least 1.
+    repeat: u32,
+}
+
+fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, sel: VmSelection, bench: Option<String>) -> Result<()> {
+    let VmSelection { only, filter, repeat } = sel;
     toolchain::ensure(may_install())?;
     vm::ensure_host_packages()?;
     let bin = build(true)?;
@@ -163,7 +182,14 @@ fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only:
             continue;
         }
         let guest = format!("/ifsock/tests/{name}");
-        script.push_str(&format!("echo \"== {name}\"; {guest} --test-threads=1 || fail=1\n"));
+        let filter = filter.as_deref().map(|f| format!(" '{}'", f.replace('\'', ""))).unwrap_or_default();
+        if repeat > 1 {
+            script.push_str(&format!(
+                "for i in $(seq {repeat}); do echo \"== {name} (run $i of {repeat})\"; {guest} --test-threads=1{filter} || fail=1; done\n"
+            ));
+        } else {
+            script.push_str(&format!("echo \"== {name}\"; {guest} --test-threads=1{filter} || fail=1\n"));
+        }
         payload.push(vm::Payload { host: PathBuf::from(exe), guest });
     }
     if let Some(bench) = bench {
@@ -186,17 +212,32 @@ fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, only:
         script.push_str(&format!("echo \"== bench {names}\"; /ifsock/tests/ifsock-bench {names} || fail=1\n"));
     }
     script.push_str("exit $fail\n");
-    let outcome = vm::run(
-        root,
-        &vm::VmOptions {
-            kernel,
-            modules_dir: modules,
-            payload,
-            script,
-            timeout: std::time::Duration::from_secs(40 * 60),
-            env: Vec::new(),
+    let opts = vm::VmOptions {
+        kernel,
+        modules_dir: modules,
+        payload,
+        script,
+        timeout: std::time::Duration::from_secs(40 * 60),
+        env: Vec::new(),
+    };
+    let outcome = match vm::run(root, &opts) {
+        // A guest soft lockup (the guest panics on one, see the initramfs's /init) was seen
+        // in two of nine full runs under TCG (6.1 guest, both during a teardown test), never on
+        // the host kernel; no rerun repeated it. Its stacks are kept and printed, and the suite
+        // boots once more; a second one fails the run.
+        Err(e) => match vm::soft_lockup(&root.join("target/vm/last-run.log")) {
+            Some(report) => {
+                let kept = root.join("target/vm/soft-lockup.log");
+                std::fs::copy(root.join("target/vm/last-run.log"), &kept).context("keeping the soft lockup's log")?;
+                eprintln!("vm-test: WARNING: the guest kernel hit a soft lockup and panicked ({e:#});\nvm-test: its stacks:\n{report}\nvm-test: full log kept in {}; booting the suite once more", kept.display());
+                let again = vm::run(root, &opts).context("the second boot after a guest soft lockup")?;
+                eprintln!("vm-test: WARNING: this run needed a second boot: the first ended in a guest soft lockup (see {})", kept.display());
+                again
+            }
+            None => return Err(e),
         },
-    )?;
+        Ok(outcome) => outcome,
+    };
     eprintln!("vm-test: kernel {} exit {} (log {})", outcome.kernel_release, outcome.exit_code, outcome.log_path.display());
     if outcome.exit_code != 0 {
         bail!("integration tests failed in the VM (kernel {})", outcome.kernel_release);

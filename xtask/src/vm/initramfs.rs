@@ -245,6 +245,13 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true
 mkdir -p /run/netns
 hostname ifsock-vm
 ulimit -l unlimited 2>/dev/null || true
+# `quiet` leaves the console at log level 4, which hides the registers and call trace of a soft
+# lockup (printed at KERN_DEFAULT); 5 shows them and still hides KERN_INFO chatter. A soft lockup
+# backtraces every CPU and panics, so a deadlocked guest ends at once with its stacks in the log
+# instead of at the VM timeout.
+echo 5 > /proc/sys/kernel/printk
+echo 1 > /proc/sys/kernel/softlockup_all_cpu_backtrace 2>/dev/null || true
+echo 1 > /proc/sys/kernel/softlockup_panic 2>/dev/null || true
 "#,
     );
     for m in modules {

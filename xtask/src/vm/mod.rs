@@ -226,6 +226,19 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
     })
 }
 
+/// The soft lockup report(s) in a guest console log, if the guest hit one: each `BUG: soft lockup`
+/// line with the registers and call trace printed after it (up to 60 lines each, at most three
+/// reports). `None` when the log has no soft lockup or cannot be read.
+pub fn soft_lockup(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, _) in lines.iter().enumerate().filter(|(_, l)| l.contains("BUG: soft lockup")).take(3) {
+        out.extend(lines[i..].iter().take(60).copied());
+    }
+    (!out.is_empty()).then(|| out.join("\n"))
+}
+
 /// Installs (apt-get) qemu-system-x86, busybox-static, cpio, xz-utils when missing; idempotent.
 ///
 /// Actually checked/installed: `qemu-system-x86`, `busybox-static`, `xz-utils`, `iproute2`
@@ -364,6 +377,26 @@ fn validate_options(opts: &VmOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soft_lockup_is_found_with_its_stack_and_a_clean_log_is_not() {
+        let dir = std::env::temp_dir().join(format!("xtask-lockup-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("console.log");
+        fs::write(&log, "vm| test a ... ok\nvm| IFSOCK-VM-EXIT=0\n").unwrap();
+        assert_eq!(soft_lockup(&log), None);
+        fs::write(
+            &log,
+            "vm| test a ... ok\n[ 284.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [ifsock:868]\n[ 284.1] RIP: 0010:text_poke_bp_batch+0x1/0x2\n[ 284.1] Call Trace:\n",
+        )
+        .unwrap();
+        let report = soft_lockup(&log).expect("a soft lockup");
+        assert!(report.starts_with("[ 284.1] watchdog: BUG: soft lockup"), "{report}");
+        assert!(report.contains("RIP: 0010:text_poke_bp_batch"), "{report}");
+        assert!(!report.contains("test a"), "{report}");
+        assert_eq!(soft_lockup(&dir.join("missing.log")), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn guest_paths() {
