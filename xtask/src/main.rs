@@ -156,6 +156,8 @@ struct VmSelection {
 
 fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, sel: VmSelection, bench: Option<String>) -> Result<()> {
     let VmSelection { only, filter, repeat } = sel;
+    // Single-quoted for the guest's shell (a quote in the filter is dropped).
+    let filter = filter.as_deref().map(|f| format!(" '{}'", f.replace('\'', ""))).unwrap_or_default();
     toolchain::ensure(may_install())?;
     vm::ensure_host_packages()?;
     let bin = build(true)?;
@@ -182,7 +184,6 @@ fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, sel: 
             continue;
         }
         let guest = format!("/ifsock/tests/{name}");
-        let filter = filter.as_deref().map(|f| format!(" '{}'", f.replace('\'', ""))).unwrap_or_default();
         if repeat > 1 {
             script.push_str(&format!(
                 "for i in $(seq {repeat}); do echo \"== {name} (run $i of {repeat})\"; {guest} --test-threads=1{filter} || fail=1; done\n"
@@ -225,10 +226,10 @@ fn vm_test(root: &Path, kernel: Option<PathBuf>, modules: Option<PathBuf>, sel: 
         // in two of nine full runs under TCG (6.1 guest, both during a teardown test), never on
         // the host kernel; no rerun repeated it. Its stacks are kept and printed, and the suite
         // boots once more; a second one fails the run.
-        Err(e) => match vm::soft_lockup(&root.join("target/vm/last-run.log")) {
+        Err(e) => match vm::soft_lockup(&vm::last_run_log(root)) {
             Some(report) => {
-                let kept = root.join("target/vm/soft-lockup.log");
-                std::fs::copy(root.join("target/vm/last-run.log"), &kept).context("keeping the soft lockup's log")?;
+                let kept = vm::last_run_log(root).with_file_name("soft-lockup.log");
+                std::fs::copy(vm::last_run_log(root), &kept).context("keeping the soft lockup's log")?;
                 eprintln!("vm-test: WARNING: the guest kernel hit a soft lockup and panicked ({e:#});\nvm-test: its stacks:\n{report}\nvm-test: full log kept in {}; booting the suite once more", kept.display());
                 let again = vm::run(root, &opts).context("the second boot after a guest soft lockup")?;
                 eprintln!("vm-test: WARNING: this run needed a second boot: the first ended in a guest soft lockup (see {})", kept.display());

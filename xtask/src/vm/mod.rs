@@ -185,7 +185,7 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
     build_initramfs(&initrd, modules_dir.as_deref(), opts)
         .with_context(|| format!("building the initramfs {}", initrd.display()))?;
 
-    let log_path = vm_dir.join("last-run.log");
+    let log_path = last_run_log(workspace_root);
     let result_path = vm_dir.join("result.txt");
     let started = Instant::now();
     let console = boot(
@@ -224,6 +224,11 @@ pub fn run(workspace_root: &std::path::Path, opts: &VmOptions) -> anyhow::Result
         log_path,
         kernel_release,
     })
+}
+
+/// The console log [`run`] writes (`target/vm/last-run.log`), also when it returns an error.
+pub fn last_run_log(workspace_root: &Path) -> PathBuf {
+    workspace_root.join("target").join("vm").join("last-run.log")
 }
 
 /// The soft lockup report(s) in a guest console log, if the guest hit one: each `BUG: soft lockup`
