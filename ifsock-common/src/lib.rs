@@ -485,7 +485,9 @@ pub struct LinkRequestEvent {
 pub struct InFlightRecv {
     /// Entry time, `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns).
     pub since_ns: u64,
-    /// Kernel address of the `struct sock`.
+    /// Kernel address of the `struct sock`: from the kernel-function argument, the `read`
+    /// entry, or `sock:sock_recv_length` (a `recvmsg`/`recvfrom`/`recvmmsg` record has 0 until
+    /// the receive ends).
     pub sk: u64,
     /// Socket inode number (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 if the sock has no socket.
     pub ino: u64,
@@ -499,7 +501,9 @@ pub struct InFlightRecv {
     /// the native numbers of the kernel's architecture, named by userspace's `kernel::arch`), or
     /// `u32::MAX` when unknown (kernel-function probes).
     pub syscall: u32,
-    /// Inode of the task's netns.
+    /// Inode of the task's netns; 0 in the map (the entry probes leave it out), filled in
+    /// at exit for a `RecvDoneEvent` and by userspace (`InFlight::complete`) for a record read
+    /// in flight.
     pub netns: u32,
     /// [`probe_via`] value of the probe that recorded the entry.
     pub via: u32,
@@ -515,7 +519,7 @@ pub struct InFlightRecv {
     pub waited_ns: u64,
     /// Bytes copied to user memory during this receive (`skb:skb_copy_datagram_iovec` `len`).
     pub copied_bytes: u64,
-    /// Task command.
+    /// Task command; zeros in the map, filled in as `netns` is.
     pub comm: [u8; COMM_LEN],
 }
 

@@ -8,9 +8,20 @@
 //!   `struct sock *` is argument 0; the datagram's `skb->len` or `-*err` at exit) and on
 //!   `__skb_wait_for_more_packets` (the time actually spent asleep, its return code).
 //! - Tracepoints: `syscalls:sys_enter_{recvmsg,recvfrom,recvmmsg,read}` (fd @16,
-//!   `__syscall_nr` @8), resolving the socket from the fd at entry, and `sys_exit_*` (ret @16);
-//!   `sock:sock_recv_length` (sk @8, ret @20, >= 6.4) confirms the socket and gives the kernel's
-//!   return; `skb:skb_copy_datagram_iovec` (len @16) counts the bytes copied.
+//!   `__syscall_nr` @8) and `sys_exit_*` (ret @16); `sock:sock_recv_length` (sk @8, ret @20,
+//!   >= 6.4) names the socket and gives the kernel's return; `skb:skb_copy_datagram_iovec`
+//!   (len @16) counts the bytes copied.
+//!
+//! The entry does the least it can, since it runs on every receive of the host: tid -> time,
+//! fd, syscall and socket inode, one map insert. `recvmsg`/`recvfrom`/`recvmmsg` take only
+//! sockets, so their fd is resolved in five reads without checks (`current_socket_fd_ino`);
+//! `read` checks the inode mode (`current_fd_socket`), because every `read` of every file
+//! enters here and only socket reads are recorded. The inode is taken at entry, not later:
+//! the fd can be closed by another thread while the receive waits (seed 003), and the socket
+//! then has no fd left to find it by. The netns and comm are not recorded at entry: a receive
+//! that reports at exit fills them in then ([`complete`]), and userspace completes a record it
+//! reads while the receive is still in flight from procfs (`InFlight::complete`:
+//! `/proc/PID/task/TID/{comm,ns/net}`); `sock_recv_length` stores the `struct sock *`.
 //!
 //! When both kinds are attached (a kernel-function probe missing for one function), a kernel
 //! function entered inside a recorded syscall refines that record instead of replacing it.
@@ -23,7 +34,7 @@ use aya_ebpf::{
 use ifsock_common::{probe_via, recv_func, Counter, EventKind, InFlightRecv, RecvDoneEvent, COMM_LEN, NO_FD};
 
 use crate::{
-    kernel::{current_fd_socket, current_task, off, rd, sk_ino, task_netns},
+    kernel::{current_fd_socket, current_socket_fd_ino, current_task, off, rd, sk_ino, task_netns},
     maps::{count, EVENTS, INFLIGHT_RECV, RECV_ERR_PTR},
 };
 
@@ -54,9 +65,10 @@ fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// A new in-flight record for the current task. Pid, tid and comm come from helpers
-/// (`bpf_get_current_pid_tgid`, `bpf_get_current_comm`: no faultable reads of the task); only
-/// the netns needs `task->nsproxy->net_ns`.
+/// A new in-flight record for the current task: time, pid and tid from helpers. The netns
+/// and comm are left empty (0, zeros) for [`complete`] or userspace to fill in: they cost a
+/// helper and three faultable reads (`task->nsproxy->net_ns->ns.inum`) that most receives,
+/// which return at once, never use.
 #[inline(always)]
 fn record(sk: u64, ino: u64, fd: u32, syscall: u32, via: u32, func: u32) -> InFlightRecv {
     let id = bpf_get_current_pid_tgid();
@@ -68,15 +80,32 @@ fn record(sk: u64, ino: u64, fd: u32, syscall: u32, via: u32, func: u32) -> InFl
         tid: id as u32,
         fd,
         syscall,
-        netns: task_netns(current_task()),
+        netns: 0,
         via,
         func,
         kernel_ret: i32::MIN,
         wait_since_ns: 0,
         waited_ns: 0,
         copied_bytes: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: [0; COMM_LEN],
     }
+}
+
+/// Fills in what [`record`] left out, in the context of the receiving task (at its return):
+/// the netns and comm, and an inode the entry could not read from the `struct sock *`
+/// (`sock:sock_recv_length`). False when a syscall's fd gave no socket (a `recvfrom` on a
+/// pipe): not a socket receive, nothing to report.
+#[inline(always)]
+fn complete(entry: &mut InFlightRecv) -> bool {
+    if entry.ino == 0 && entry.sk != 0 {
+        entry.ino = sk_ino(entry.sk);
+    }
+    if entry.ino == 0 && entry.fd != NO_FD {
+        return false;
+    }
+    entry.netns = task_netns(current_task());
+    entry.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    true
 }
 
 #[inline(always)]
@@ -100,8 +129,11 @@ fn finish(tid: u32, rec: *mut InFlightRecv, ret: impl FnOnce() -> i64) {
         return;
     }
     // SAFETY: as above; copied out before removal.
-    let entry = unsafe { *rec };
+    let mut entry = unsafe { *rec };
     let _ = INFLIGHT_RECV.remove(&tid);
+    if !complete(&mut entry) {
+        return;
+    }
     let ev = RecvDoneEvent { kind: EventKind::RecvDone as u32, _pad: 0, ts_ns: now, ret: ret(), entry };
     if EVENTS.output(&ev, 0).is_err() {
         count(Counter::RingbufDrops);
@@ -110,11 +142,24 @@ fn finish(tid: u32, rec: *mut InFlightRecv, ret: impl FnOnce() -> i64) {
 
 // ---- tracepoint set -------------------------------------------------------------------------
 
-/// Entry of a receive syscall: record it when the fd is a socket.
+/// Entry of `recvmsg`/`recvfrom`/`recvmmsg`: record tid -> time, fd, syscall, socket inode.
+/// Their fd can only be a socket (or the syscall fails at once with `ENOTSOCK`/`EBADF`, and
+/// the record goes at its exit), so the inode is read without the mode check of `read`.
 #[tracepoint]
 pub fn recv_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the syscall tracepoint format (identical for the four syscalls):
     // `__syscall_nr` (int) @8, `fd` (unsigned long / int widened) @16.
+    let (nr, fd) = unsafe { (tp_field::<i32>(&ctx, 8), tp_field::<u64>(&ctx, 16) as u32) };
+    let rec = record(0, current_socket_fd_ino(fd), fd, nr as u32, probe_via::TRACEPOINT, recv_func::SYSCALL);
+    insert(rec.tid, &rec);
+    0
+}
+
+/// Entry of `read`: record it only when the fd is a socket (`current->files->fdt->fd[fd]`,
+/// `f_inode->i_mode`); every `read` of every file of the host passes here.
+#[tracepoint]
+pub fn recv_enter_read(ctx: TracePointContext) -> u32 {
+    // SAFETY: as in `recv_enter`.
     let (nr, fd) = unsafe { (tp_field::<i32>(&ctx, 8), tp_field::<u64>(&ctx, 16) as u32) };
     let Some((sk, ino)) = current_fd_socket(fd) else { return 0 };
     let rec = record(sk, ino, fd, nr as u32, probe_via::TRACEPOINT, recv_func::SYSCALL);
@@ -134,7 +179,8 @@ pub fn recv_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sock:sock_recv_length` (end of `sock_recvmsg`): the kernel's own return for this socket.
+/// `sock:sock_recv_length` (end of `sock_recvmsg`): the socket of a record made without one
+/// (`recv_enter`), and the kernel's own return for it.
 #[tracepoint]
 pub fn recv_sock_length(ctx: TracePointContext) -> u32 {
     let tid = current_tid();
@@ -143,6 +189,9 @@ pub fn recv_sock_length(ctx: TracePointContext) -> u32 {
     let (sk, ret) = unsafe { (tp_field::<u64>(&ctx, 8), tp_field::<i32>(&ctx, 20)) };
     // SAFETY: map value owned by this tid; only this thread writes it.
     unsafe {
+        if (*rec).sk == 0 {
+            (*rec).sk = sk;
+        }
         if (*rec).sk == sk {
             (*rec).kernel_ret = ret;
         }
@@ -173,8 +222,10 @@ fn func_enter(sk: u64, func: u32, via: u32) {
     if let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) {
         // SAFETY: map value owned by this tid.
         unsafe {
-            if (*rec).func == recv_func::SYSCALL && (*rec).sk == sk {
-                // Inside a recorded syscall on the same socket: keep its fd and start time.
+            if (*rec).func == recv_func::SYSCALL && ((*rec).sk == sk || (*rec).sk == 0) {
+                // Inside a recorded syscall on the same socket (or one whose socket is not
+                // resolved yet, `recv_enter`): keep its fd and start time.
+                (*rec).sk = sk;
                 (*rec).func = func;
                 (*rec).via = via;
                 return;

@@ -27,6 +27,11 @@ fn hung_follow_records_orphaned_receiver_exactly() {
     assert_eq!(row["certainty"], "exact", "{row}");
     assert_eq!(row["stranded"], false, "healthy interface, not stranded: {row}");
     assert_eq!(row["fd_open"], true);
+    // The entry probe records no comm or netns (userspace reads them from procfs): the row
+    // still names the receiving thread and its netns.
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{}/comm", r.tid)).unwrap();
+    assert_eq!(row["comm"], comm.trim_end(), "{row}");
+    assert_eq!(row["netns"], ns.ino().unwrap(), "{row}");
 
     ns.ip(&["link", "del", &a]).unwrap();
     r.close_fd();

@@ -146,6 +146,15 @@ impl TaskSource for Procfs {
     }
 }
 
+impl crate::model::kernel_event::ThreadFacts for Procfs {
+    fn thread_netns(&self, pid: u32, tid: u32) -> Option<NetnsIno> {
+        thread_netns(pid, tid)
+    }
+    fn thread_comm(&self, pid: u32, tid: u32) -> Option<String> {
+        fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|c| c.trim_end_matches('\n').to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,7 +109,35 @@ pub struct InFlight {
     pub comm: String,
 }
 
+/// Facts about a live thread that an in-flight record leaves to userspace ([`InFlight::complete`]).
+/// The live source is `kernel::procfs::Procfs`; tests pass fakes.
+pub trait ThreadFacts {
+    /// The thread's netns inode (`/proc/PID/task/TID/ns/net`), `None` when it is gone.
+    fn thread_netns(&self, pid: u32, tid: u32) -> Option<NetnsIno>;
+    /// The thread's command (`/proc/PID/task/TID/comm`), `None` when it is gone.
+    fn thread_comm(&self, pid: u32, tid: u32) -> Option<String>;
+}
+
 impl InFlight {
+    /// Fills in the netns and comm, which the entry probes leave out to stay cheap (a helper
+    /// and three faultable reads per receive that most receives, returning at once, never
+    /// use); the thread is alive while its receive is in flight. Returns false when the record
+    /// is no socket receive of a live thread: a syscall entry whose fd gave no socket inode
+    /// (`recvfrom` on a pipe, failing with `ENOTSOCK` right after), or a thread gone since.
+    pub fn complete(&mut self, facts: &impl ThreadFacts) -> bool {
+        if self.ino.0 == 0 && self.fd.is_some() {
+            return false;
+        }
+        if self.netns.0 == 0 {
+            let Some(ns) = facts.thread_netns(self.pid, self.tid) else { return false };
+            self.netns = ns;
+        }
+        if self.comm.is_empty() {
+            self.comm = facts.thread_comm(self.pid, self.tid).unwrap_or_default();
+        }
+        true
+    }
+
     /// Decodes an `INFLIGHT_RECV` value.
     pub fn from_record(r: &InFlightRecv) -> Self {
         let fd = (r.fd != NO_FD).then_some(r.fd);
@@ -286,6 +314,37 @@ mod tests {
         assert_eq!(fe.probe_name(), "fentry:__skb_recv_udp");
         let kp = InFlight::from_record(&raw(NO_FD, probe_via::KPROBE, recv_func::SKB_WAIT, u32::MAX));
         assert_eq!((kp.via, kp.probe_name().as_str()), (ProbeVia::Kprobe, "kprobe:__skb_wait_for_more_packets"));
+    }
+
+    /// Fake procfs: one live thread (pid 7, tid 8) in netns 9.
+    struct Facts;
+    impl ThreadFacts for Facts {
+        fn thread_netns(&self, pid: u32, tid: u32) -> Option<NetnsIno> {
+            (pid, tid).eq(&(7, 8)).then_some(NetnsIno(9))
+        }
+        fn thread_comm(&self, pid: u32, tid: u32) -> Option<String> {
+            (pid, tid).eq(&(7, 8)).then(|| "serv".into())
+        }
+    }
+
+    /// A `recvfrom` entry as `recv_enter` records it: no netns, no comm.
+    fn entry(ino: u64, tid: u32) -> InFlight {
+        let nr = crate::kernel::arch::RECVMSG as u32;
+        InFlight::from_record(&InFlightRecv { sk: 0, ino, netns: 0, comm: [0; 16], tid, ..raw(3, probe_via::TRACEPOINT, recv_func::SYSCALL, nr) })
+    }
+
+    #[test]
+    fn an_entry_record_gets_netns_and_comm_from_procfs_and_a_non_socket_or_gone_thread_is_dropped() {
+        let mut e = entry(42, 8);
+        assert_eq!((e.netns, e.comm.as_str()), (NetnsIno(0), ""));
+        assert!(e.complete(&Facts));
+        assert_eq!((e.ino, e.netns, e.comm.as_str()), (SockInode(42), NetnsIno(9), "serv"));
+        assert!(!entry(0, 8).complete(&Facts), "no socket inode behind the fd: the recvfrom fails with ENOTSOCK");
+        assert!(!entry(42, 99).complete(&Facts), "thread 99 is gone");
+        // What the probe recorded is kept: a kernel-function record has no fd, and its comm.
+        let mut k = InFlight { netns: NetnsIno(0), ..InFlight::from_record(&raw(NO_FD, probe_via::FENTRY, recv_func::SKB_RECV_UDP, u32::MAX)) };
+        assert!(k.complete(&Facts));
+        assert_eq!((k.ino, k.netns, k.comm.as_str()), (SockInode(42), NetnsIno(9), "serv"));
     }
 
     #[test]

@@ -573,7 +573,8 @@ impl Probes {
         if !all_covered {
             for sc in ["recvmsg", "recvfrom", "recvmmsg", "read"] {
                 self.attach_tracepoint("recv_exit", "syscalls", &format!("sys_exit_{sc}"))?;
-                self.attach_tracepoint("recv_enter", "syscalls", &format!("sys_enter_{sc}"))?;
+                let enter = if sc == "read" { "recv_enter_read" } else { "recv_enter" };
+                self.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{sc}"))?;
             }
             for (prog, cat, name) in [("recv_sock_length", "sock", "sock_recv_length"), ("recv_skb_copy", "skb", "skb_copy_datagram_iovec")] {
                 if let Err(e) = self.attach_tracepoint(prog, cat, name) {
@@ -848,9 +849,17 @@ impl InflightReader {
     }
 }
 
-/// Every entry of an in-flight map, decoded; entries removed during the walk are skipped.
+/// Every entry of an in-flight map, decoded, with the netns and comm the entry probes leave
+/// out read from procfs ([`InFlight::complete`]). Entries removed during the walk (their
+/// receive returned), entries whose fd is no socket and entries of threads gone since are
+/// skipped.
 fn decode_inflight<T: std::borrow::Borrow<MapData>>(map: &BpfHashMap<T, u32, InFlightRecv>) -> Vec<InFlight> {
-    map.iter().filter_map(|r| r.ok()).map(|(_, v)| InFlight::from_record(&v)).collect()
+    let procfs = crate::kernel::procfs::Procfs;
+    map.iter()
+        .filter_map(|r| r.ok())
+        .map(|(_, v)| InFlight::from_record(&v))
+        .filter_map(|mut e| e.complete(&procfs).then_some(e))
+        .collect()
 }
 
 fn iter_in<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter> {
