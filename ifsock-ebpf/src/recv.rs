@@ -171,9 +171,13 @@ pub fn recv_enter_read(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn recv_exit(ctx: TracePointContext) -> u32 {
     let tid = current_tid();
+    if RECV_REPORT_MIN_NS.load() == u64::MAX {
+        // Nothing is ever reported (`hung`): one delete, no lookup, no clock read.
+        let _ = INFLIGHT_RECV.remove(&tid);
+        return 0;
+    }
     // Every `read` of any file ends here: a miss (not a recorded socket receive) costs one lookup.
     let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
-    // SAFETY: ret offset from the sys_exit format.
     // SAFETY: `ret` (long) @16 of the sys_exit format.
     finish(tid, rec, || unsafe { tp_field::<i64>(&ctx, 16) });
     0
