@@ -485,9 +485,9 @@ pub struct LinkRequestEvent {
 pub struct InFlightRecv {
     /// Entry time, `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns).
     pub since_ns: u64,
-    /// Kernel address of the `struct sock`: from the kernel-function argument, the `read`
-    /// entry, or `sock:sock_recv_length` (a `recvmsg`/`recvfrom`/`recvmmsg` record has 0 until
-    /// the receive ends).
+    /// Kernel address of the `struct sock`: from the kernel-function argument or the `read`
+    /// entry; 0 for a `recvmsg`/`recvfrom`/`recvmmsg` entry (its fd is resolved to the inode
+    /// only).
     pub sk: u64,
     /// Socket inode number (`SOCK_INODE(sk->sk_socket)->i_ino`), 0 if the sock has no socket.
     pub ino: u64,
@@ -509,16 +509,13 @@ pub struct InFlightRecv {
     pub via: u32,
     /// [`recv_func`] value: what was entered.
     pub func: u32,
-    /// `ret` of `sock:sock_recv_length` (bytes or `-errno`, from `sock_recvmsg`, >= 6.4), or
-    /// `i32::MIN` when that tracepoint did not fire.
-    pub kernel_ret: i32,
+    /// Padding (keeps `wait_since_ns` 8-aligned).
+    pub _pad: u32,
     /// When the task entered `__skb_wait_for_more_packets` (CLOCK_MONOTONIC ns), 0 when not
     /// waiting (kernel-function sets only).
     pub wait_since_ns: u64,
     /// Time spent in `__skb_wait_for_more_packets` by earlier waits of this receive (ns).
     pub waited_ns: u64,
-    /// Bytes copied to user memory during this receive (`skb:skb_copy_datagram_iovec` `len`).
-    pub copied_bytes: u64,
     /// Task command; zeros in the map, filled in as `netns` is.
     pub comm: [u8; COMM_LEN],
 }

@@ -8,9 +8,10 @@
 //!   `struct sock *` is argument 0; the datagram's `skb->len` or `-*err` at exit) and on
 //!   `__skb_wait_for_more_packets` (the time actually spent asleep, its return code).
 //! - Tracepoints: `syscalls:sys_enter_{recvmsg,recvfrom,recvmmsg,read}` (fd @16,
-//!   `__syscall_nr` @8) and `sys_exit_*` (ret @16); `sock:sock_recv_length` (sk @8, ret @20,
-//!   >= 6.4) names the socket and gives the kernel's return; `skb:skb_copy_datagram_iovec`
-//!   (len @16) counts the bytes copied.
+//!   `__syscall_nr` @8) and `sys_exit_*` (ret @16). Nothing else runs per receive:
+//!   `sock:sock_recv_length` (the kernel's return, >= 6.4) and `skb:skb_copy_datagram_iovec`
+//!   (bytes copied) were attached until no command read what they recorded, at ~70 ns and a
+//!   tracepoint dispatch per receive each.
 //!
 //! The entry does the least it can, since it runs on every receive of the host: tid -> time,
 //! fd, syscall and socket inode, one map insert. `recvmsg`/`recvfrom`/`recvmmsg` take only
@@ -21,7 +22,7 @@
 //! then has no fd left to find it by. The netns and comm are not recorded at entry: a receive
 //! that reports at exit fills them in then ([`complete`]), and userspace completes a record it
 //! reads while the receive is still in flight from procfs (`InFlight::complete`:
-//! `/proc/PID/task/TID/{comm,ns/net}`); `sock_recv_length` stores the `struct sock *`.
+//! `/proc/PID/task/TID/{comm,ns/net}`).
 //!
 //! When both kinds are attached (a kernel-function probe missing for one function), a kernel
 //! function entered inside a recorded syscall refines that record instead of replacing it.
@@ -83,17 +84,16 @@ fn record(sk: u64, ino: u64, fd: u32, syscall: u32, via: u32, func: u32) -> InFl
         netns: 0,
         via,
         func,
-        kernel_ret: i32::MIN,
+        _pad: 0,
         wait_since_ns: 0,
         waited_ns: 0,
-        copied_bytes: 0,
         comm: [0; COMM_LEN],
     }
 }
 
 /// Fills in what [`record`] left out, in the context of the receiving task (at its return):
-/// the netns and comm, and an inode the entry could not read from the `struct sock *`
-/// (`sock:sock_recv_length`). False when a syscall's fd gave no socket (a `recvfrom` on a
+/// the netns and comm, and an inode the entry could not read from the `struct sock *` (a
+/// kernel-function argument). False when a syscall's fd gave no socket (a `recvfrom` on a
 /// pipe): not a socket receive, nothing to report.
 #[inline(always)]
 fn complete(entry: &mut InFlightRecv) -> bool {
@@ -180,40 +180,6 @@ pub fn recv_exit(ctx: TracePointContext) -> u32 {
     let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
     // SAFETY: `ret` (long) @16 of the sys_exit format.
     finish(tid, rec, || unsafe { tp_field::<i64>(&ctx, 16) });
-    0
-}
-
-/// `sock:sock_recv_length` (end of `sock_recvmsg`): the socket of a record made without one
-/// (`recv_enter`), and the kernel's own return for it.
-#[tracepoint]
-pub fn recv_sock_length(ctx: TracePointContext) -> u32 {
-    let tid = current_tid();
-    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
-    // SAFETY: offsets from the tracepoint format (sk @8, ret @20).
-    let (sk, ret) = unsafe { (tp_field::<u64>(&ctx, 8), tp_field::<i32>(&ctx, 20)) };
-    // SAFETY: map value owned by this tid; only this thread writes it.
-    unsafe {
-        if (*rec).sk == 0 {
-            (*rec).sk = sk;
-        }
-        if (*rec).sk == sk {
-            (*rec).kernel_ret = ret;
-        }
-    }
-    0
-}
-
-/// `skb:skb_copy_datagram_iovec` (`len` @16): bytes copied to user memory by this receive.
-#[tracepoint]
-pub fn recv_skb_copy(ctx: TracePointContext) -> u32 {
-    let tid = current_tid();
-    let Some(rec) = INFLIGHT_RECV.get_ptr_mut(&tid) else { return 0 };
-    // SAFETY: offset from the tracepoint format.
-    let len = unsafe { tp_field::<i32>(&ctx, 16) };
-    if len > 0 {
-        // SAFETY: map value owned by this tid.
-        unsafe { (*rec).copied_bytes += len as u64 };
-    }
     0
 }
 

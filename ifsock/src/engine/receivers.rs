@@ -393,7 +393,7 @@ mod tests {
         let syscall = (probe == RecvProbe::Syscall).then_some(crate::kernel::arch::RECVMSG);
         InFlight {
             since_ns, sk: 0, ino: SockInode(ino), pid: 10, tid, fd: syscall.map(|_| 3), syscall, netns: NS, via, entry,
-            kernel_ret: None, wait_since_ns: None, waited_ns: 0, copied_bytes: 0, comm: "srv".into(),
+            wait_since_ns: None, waited_ns: 0, comm: "srv".into(),
         }
     }
 

@@ -97,14 +97,10 @@ pub struct InFlight {
     pub via: ProbeVia,
     /// What was entered.
     pub entry: RecvEntry,
-    /// `sock:sock_recv_length` `ret` (bytes or `-errno`, >= 6.4), when it fired.
-    pub kernel_ret: Option<i32>,
     /// When the task entered `__skb_wait_for_more_packets` (ns), `None` when not waiting.
     pub wait_since_ns: Option<u64>,
     /// Time spent in earlier waits of this receive (ns).
     pub waited_ns: u64,
-    /// Bytes copied to user memory during this receive (`skb:skb_copy_datagram_iovec`).
-    pub copied_bytes: u64,
     /// Task command.
     pub comm: String,
 }
@@ -152,10 +148,8 @@ impl InFlight {
             netns: NetnsIno(r.netns),
             via: ProbeVia::from_raw(r.via),
             entry: RecvEntry::from_raw(r.func),
-            kernel_ret: (r.kernel_ret != i32::MIN).then_some(r.kernel_ret),
             wait_since_ns: (r.wait_since_ns != 0).then_some(r.wait_since_ns),
             waited_ns: r.waited_ns,
-            copied_bytes: r.copied_bytes,
             comm: comm_str(&r.comm),
         }
     }
@@ -298,7 +292,7 @@ mod tests {
         comm[..4].copy_from_slice(b"serv");
         InFlightRecv {
             since_ns: 5, sk: 0x1000, ino: 42, pid: 7, tid: 8, fd, syscall, netns: 9, via, func,
-            kernel_ret: i32::MIN, wait_since_ns: 0, waited_ns: 0, copied_bytes: 0, comm,
+            _pad: 0, wait_since_ns: 0, waited_ns: 0, comm,
         }
     }
 
@@ -306,7 +300,7 @@ mod tests {
     fn in_flight_records_decode_sentinels_to_none_and_name_their_probe() {
         let nr = crate::kernel::arch::RECVMSG as u32;
         let sc = InFlight::from_record(&raw(3, probe_via::TRACEPOINT, recv_func::SYSCALL, nr));
-        assert_eq!((sc.fd, sc.syscall_name(), sc.kernel_ret, sc.wait_since_ns), (Some(3), Some("recvmsg"), None, None));
+        assert_eq!((sc.fd, sc.syscall_name(), sc.wait_since_ns), (Some(3), Some("recvmsg"), None));
         assert_eq!(sc.probe_name(), "tracepoint:syscalls:sys_enter_recvmsg");
         assert_eq!((sc.ino, sc.comm.as_str(), sc.entry), (SockInode(42), "serv", RecvEntry::Syscall));
         let fe = InFlight::from_record(&raw(NO_FD, probe_via::FENTRY, recv_func::SKB_RECV_UDP, u32::MAX));

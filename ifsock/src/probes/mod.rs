@@ -112,7 +112,7 @@ pub struct Probes {
     /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as
     /// `doctor` and the banners print them).
     pub attached: Vec<Attached>,
-    /// Optional probes this kernel does not have, with the reason (`sock:sock_recv_length`, ...).
+    /// Optional probes this kernel does not have, with the reason (`doctor` lists them).
     pub unavailable: Vec<(String, String)>,
 }
 
@@ -543,8 +543,7 @@ impl Probes {
     /// kprobe/kretprobe) on `__skb_recv_udp`, `__skb_recv_datagram` and
     /// `__skb_wait_for_more_packets`. When any of them cannot be probed (or `forced` is
     /// [`ProbeSet::Tracepoint`]) the tracepoint set is attached too:
-    /// `syscalls:sys_{enter,exit}_{recvmsg,recvfrom,recvmmsg,read}`, plus `sock:sock_recv_length`
-    /// (>= 6.4) and `skb:skb_copy_datagram_iovec` when the kernel has them.
+    /// `syscalls:sys_{enter,exit}_{recvmsg,recvfrom,recvmmsg,read}`.
     ///
     /// # Errors
     /// A forced set this kernel refuses, or a syscall tracepoint that cannot attach.
@@ -575,11 +574,6 @@ impl Probes {
                 self.attach_tracepoint("recv_exit", "syscalls", &format!("sys_exit_{sc}"))?;
                 let enter = if sc == "read" { "recv_enter_read" } else { "recv_enter" };
                 self.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{sc}"))?;
-            }
-            for (prog, cat, name) in [("recv_sock_length", "sock", "sock_recv_length"), ("recv_skb_copy", "skb", "skb_copy_datagram_iovec")] {
-                if let Err(e) = self.attach_tracepoint(prog, cat, name) {
-                    self.unavailable.push((format!("{cat}:{name}"), refusal(&e)));
-                }
             }
         }
         tracing::info!("receive path: {selection}");
