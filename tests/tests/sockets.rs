@@ -184,6 +184,39 @@ fn sockets_beyond_one_seq_buffer_are_each_listed_once_and_retries_are_counted() 
     drop(socks);
 }
 
+/// Above `OWNER_FILTER_WORTH` (1,024) sockets the owner walk (`iter/task_file`) runs on a
+/// second thread beside the socket walk: every socket still gets its owner, the right fd.
+#[test]
+fn many_sockets_walked_beside_the_owner_walk_each_get_their_owner_and_fd() {
+    require_root();
+    const N: u16 = 1500;
+    // The soft fd limit is often 1,024: raise it to the hard limit for the held sockets.
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(lim.rlim_max >= u64::from(N) + 64, "hard RLIMIT_NOFILE {} is too low for {N} sockets", lim.rlim_max);
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: valid pointer to an initialised rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    let ns = Netns::new().unwrap();
+    let socks = ns
+        .run(|| -> anyhow::Result<Vec<UdpSocket>> { (0..N).map(|i| Ok(UdpSocket::bind(("127.0.0.1", 30000 + i))?)).collect() })
+        .unwrap()
+        .unwrap();
+    let (rows, log) = sockets_with_log(&ns);
+    assert!(log.contains("beside the socket walk"), "{N} sockets must take the parallel owner walk: {log}");
+    let pid = std::process::id();
+    for (i, s) in socks.iter().enumerate() {
+        let port = 30000 + i as u16;
+        let row = find(&rows, "udp", port).unwrap_or_else(|| panic!("udp :{port} missing"));
+        let owners = row["owners"].as_array().unwrap();
+        assert_eq!(owners.len(), 1, "{row}");
+        assert_eq!((owners[0]["pid"].as_u64(), owners[0]["fd"].as_i64()), (Some(u64::from(pid)), Some(i64::from(s.as_raw_fd()))), "{row}");
+    }
+    assert_eq!(rows.iter().filter(|r| r["protocol"] == "udp").count(), usize::from(N));
+    drop(socks);
+}
+
 /// `--iface` filters in the kernel (`SockFilter` in `iter/udp`/`iter/tcp`): IPv4, IPv6 and
 /// v4-mapped bindings to the interface's addresses, device bindings and wildcards come
 /// through; sockets on another interface's address or device, and the many unrelated ones,

@@ -161,40 +161,78 @@ impl Socket {
     }
 }
 
-/// One `comm` allocation per process and name rather than per owner record (100k sockets of
-/// one process were 100k copies of its name). Keyed by the raw name too: tasks of one process
-/// that do not share an fd table are visited apart and may carry other thread names.
+/// The socket fds of tasks, as the owner join needs them: (inode, pid, fd, name) in 24 bytes
+/// each, built record by record while `iter/task_file` is read ([`SocketFds::push`]), so the
+/// 104-byte records are never held (at 100k sockets, 10 MB fewer). One `comm` allocation per
+/// process and name rather than per fd (100k sockets of one process were 100k copies of its
+/// name); keyed by the raw name too: tasks of one process that do not share an fd table are
+/// visited apart and may carry other thread names.
 #[derive(Default)]
-struct Comms(std::collections::HashMap<(u32, [u8; ifsock_common::COMM_LEN]), std::sync::Arc<str>>);
+pub struct SocketFds {
+    fds: Vec<(u64, u32, u32, u32)>,
+    names: Vec<std::sync::Arc<str>>,
+    ids: std::collections::HashMap<(u32, [u8; ifsock_common::COMM_LEN]), u32>,
+    /// The last (pid, name) seen and its id: the iterator visits a task's fds together.
+    last: Option<((u32, [u8; ifsock_common::COMM_LEN]), u32)>,
+}
 
-impl Comms {
-    fn get(&mut self, pid: u32, raw: &[u8; ifsock_common::COMM_LEN]) -> std::sync::Arc<str> {
-        self.0.entry((pid, *raw)).or_insert_with(|| comm_str(raw).into()).clone()
+impl SocketFds {
+    /// Keeps `r` when it is a socket fd ([`ifsock_common::file_kind::SOCKET`]).
+    pub fn push(&mut self, r: &TaskFileRecord) {
+        if r.kind != ifsock_common::file_kind::SOCKET {
+            return;
+        }
+        let key = (r.pid, r.comm);
+        let id = match self.last {
+            Some((k, id)) if k == key => id,
+            _ => {
+                let next = self.names.len() as u32;
+                let id = *self.ids.entry(key).or_insert(next);
+                if id == next {
+                    self.names.push(comm_str(&r.comm).into());
+                }
+                self.last = Some((key, id));
+                id
+            }
+        };
+        self.fds.push((r.ino, r.pid, r.fd, id));
+    }
+
+    /// The socket fds among `records`.
+    pub fn from_records(records: &[TaskFileRecord]) -> Self {
+        let mut out = SocketFds::default();
+        records.iter().for_each(|r| out.push(r));
+        out
+    }
+
+    /// Number of socket fds kept.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// True when no socket fd was kept.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
     }
 }
 
-/// Attaches owners from `iter/task_file` socket records to sockets, by socket inode.
-pub fn join_owners(sockets: &mut [Socket], files: &[TaskFileRecord]) {
-    // The socket fds sorted by (inode, pid, fd), 24 bytes each, instead of a hash map of owner
-    // lists: at 100k sockets the map's table and its lists (each allocated for four owners by
-    // `push`) were ~14 MB at the command's peak. Each socket's list is allocated at its size.
-    let mut fds: Vec<(u64, u32, u32, u32)> = files
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.kind == ifsock_common::file_kind::SOCKET)
-        .map(|(i, f)| (f.ino, f.pid, f.fd, i as u32))
-        .collect();
-    fds.sort_unstable();
-    let mut comms = Comms::default();
+/// Attaches owners to sockets by socket inode, from the socket fds of `iter/task_file`.
+/// Owners come sorted by pid, then fd; each socket's list is allocated at its size.
+pub fn join_owners(sockets: &mut [Socket], fds: SocketFds) {
+    // The fds sorted by (inode, pid, fd) instead of a hash map of owner lists: at 100k sockets
+    // the map's table and its lists (each allocated for four owners by `push`) were ~14 MB at
+    // the command's peak.
+    let SocketFds { fds: mut sorted, names, .. } = fds;
+    sorted.sort_unstable();
     for s in sockets.iter_mut().filter(|s| s.inode.0 != 0) {
-        let start = fds.partition_point(|e| e.0 < s.inode.0);
-        let held = fds[start..].iter().take_while(|e| e.0 == s.inode.0);
+        let start = sorted.partition_point(|e| e.0 < s.inode.0);
+        let held = sorted[start..].iter().take_while(|e| e.0 == s.inode.0);
         let n = held.clone().count();
         if n == 0 {
             continue;
         }
         let mut owners = Vec::with_capacity(n);
-        owners.extend(held.map(|&(_, pid, fd, i)| Owner { pid, comm: comms.get(pid, &files[i as usize].comm), fd }));
+        owners.extend(held.map(|&(_, pid, fd, id)| Owner { pid, comm: names[id as usize].clone(), fd }));
         s.owners = owners;
     }
 }
@@ -271,7 +309,7 @@ mod tests {
             tun_ifindex: 0, tun_name: [0; 16], tun_flags: 0, tun_queue: 0, tun_detached: 0, tun_backlog: 0,
             tun_ring_size: 0, tun_numqueues: 0, tun_numdisabled: 0, tun_owner: 0, tun_group: 0, tun_netns: 0,
         };
-        join_owners(&mut socks, &[f]);
+        join_owners(&mut socks, SocketFds::from_records(&[f]));
         assert_eq!(socks[0].owners, vec![Owner { pid: 10, comm: "serv".into(), fd: 3 }]);
     }
 
@@ -300,7 +338,7 @@ mod tests {
             file(10, 7, 42, name(b"a"), ifsock_common::file_kind::TUN),
             file(30, 1, 0, name(b"c"), sock),
         ];
-        join_owners(&mut socks, &files);
+        join_owners(&mut socks, SocketFds::from_records(&files));
         let fds: Vec<(u32, &str, u32)> = socks[0].owners.iter().map(|o| (o.pid, &*o.comm, o.fd)).collect();
         assert_eq!(fds, vec![(10, "a", 4), (10, "a", 5), (20, "b", 9)], "socket fds only, by pid then fd");
         assert_eq!(socks[0].owners.capacity(), 3);

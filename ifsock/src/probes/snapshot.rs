@@ -10,7 +10,7 @@ use crate::{
     model::{
         ids::IfIndex,
         link::Link,
-        socket::{join_owners, Socket},
+        socket::{join_owners, Socket, SocketFds},
     },
     probes::{Probes, RawSnapshot},
 };
@@ -21,8 +21,8 @@ use crate::{
 /// # Errors
 /// Iterator load/attach/read failures, or entering `netns` failed.
 pub fn sockets(probes: &mut Probes, netns: Option<&NetnsHandle>) -> Result<Vec<Socket>> {
-    let (mut sockets, files) = probes.snapshot_decoded(netns, |records| records.iter().map(Socket::from_record).collect::<Vec<_>>())?;
-    join_owners(&mut sockets, &files);
+    let (mut sockets, fds) = probes.snapshot_decoded(netns, |records| records.iter().map(Socket::from_record).collect::<Vec<_>>())?;
+    join_owners(&mut sockets, fds);
     Ok(sockets)
 }
 
@@ -57,7 +57,7 @@ fn decode(raw: RawSnapshot) -> Vec<Socket> {
     let RawSnapshot { sockets: records, files } = raw;
     let mut sockets: Vec<Socket> = records.iter().map(Socket::from_record).collect();
     drop(records);
-    join_owners(&mut sockets, &files);
+    join_owners(&mut sockets, SocketFds::from_records(&files));
     sockets
 }
 
