@@ -8,6 +8,7 @@ use ifsock_tests::{ifsock_bin, Netns};
 
 use crate::util::{median, ms, timed, Holder, Row, Sink};
 
+/// `reps` runs of `args`: (median ms, peak RSS KiB, stdout lines of the last run).
 fn best(args: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> Result<(f64, u64, u64)> {
     let mut times = Vec::new();
     let mut rss = 0;
@@ -19,6 +20,30 @@ fn best(args: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> 
         lines = r.stdout_lines;
     }
     Ok((median(&times), rss, lines))
+}
+
+/// `reps` runs of `base` and of `ours` taken in turn (alternating which goes first), so that
+/// both see the same load: (fastest ms, peak RSS KiB, stdout lines) of each. On a shared
+/// machine other load only ever adds time, so the fastest run is the closest to the cost
+/// being measured; a median of runs taken one command after the other compared the two under
+/// different load (the 100k pipe ratio ranged 1.16–1.78 over three runs of one binary).
+fn fastest_in_turn(base: &[&str], ours: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> Result<((f64, u64, u64), (f64, u64, u64))> {
+    let (mut b, mut o) = ((f64::INFINITY, 0, 0), (f64::INFINITY, 0, 0));
+    let one = |args: &[&str], acc: &mut (f64, u64, u64)| -> Result<()> {
+        let r = timed(args, Some(ns), sink, timeout)?;
+        *acc = (acc.0.min(ms(r.took)), acc.1.max(r.maxrss_kib), r.stdout_lines);
+        Ok(())
+    };
+    for i in 0..reps {
+        if i % 2 == 0 {
+            one(base, &mut b)?;
+            one(ours, &mut o)?;
+        } else {
+            one(ours, &mut o)?;
+            one(base, &mut b)?;
+        }
+    }
+    Ok((b, o))
 }
 
 /// Rows for `n` sockets: stdout a pipe (vs `ss -uan`), stdout a file (vs `ss -uanp` up to
@@ -39,13 +64,13 @@ pub fn scale(n: u64, rows: &mut Vec<Row>) -> Result<()> {
     eprintln!("bench sockets: {n} sockets held by {} processes after {:.1} s", holders.len(), t0.elapsed().as_secs_f64());
     let bin = ifsock_bin();
     let bin = bin.to_str().unwrap_or("ifsock");
-    let reps = if n >= 1_000_000 { 1 } else if n >= 100_000 { 3 } else { 5 };
+    let reps = if n >= 1_000_000 { 1 } else if n >= 100_000 { 5 } else { 7 };
     let t = Duration::from_secs(600);
     let per = |ms: f64| ms * 1e6 / n as f64;
     let label = if n >= 1_000_000 { format!("{}M", n / 1_000_000) } else { format!("{}k", n / 1000) };
 
-    let (ss_pipe, _, ss_lines) = best(&["ss", "-uan"], &ns.name, Sink::Pipe, reps, t)?;
-    let (if_pipe, if_rss, if_lines) = best(&[bin, "sockets", "--json"], &ns.name, Sink::Pipe, reps, t)?;
+    let ((ss_pipe, _, ss_lines), (if_pipe, if_rss, if_lines)) =
+        fastest_in_turn(&["ss", "-uan"], &[bin, "sockets", "--json"], &ns.name, Sink::Pipe, reps, t)?;
     ensure!(if_lines >= n, "ifsock sockets listed {if_lines} of {n} sockets");
     ensure!(ss_lines > n, "ss -uan listed {ss_lines} lines for {n} sockets");
     let rss_ok = n != 100_000 || if_rss <= 40 * 1024;
@@ -76,21 +101,26 @@ pub fn scale(n: u64, rows: &mut Vec<Row>) -> Result<()> {
         rss_kib: Some(iface_rss),
     });
 
-    let (if_file, if_rss, _) = best(&[bin, "sockets", "--json"], &ns.name, Sink::File, reps, t)?;
     if n <= 100_000 {
-        let (ssp, _, _) = best(&["ss", "-uanp"], &ns.name, Sink::File, 1, t)?;
+        let ((ssp, _, _), (if_file, if_rss, _)) = fastest_in_turn(&["ss", "-uanp"], &[bin, "sockets", "--json"], &ns.name, Sink::File, 3, t)?;
         let speedup = ssp / if_file;
         rows.push(Row {
             name: format!("same, {label}, stdout a file"),
             ifsock: format!("{if_file:.0} ms ({:.2} µs/socket)", per(if_file) / 1e3),
             baseline: format!("`ss -uanp` {ssp:.0} ms"),
             ratio: Some(if_file / ssp),
-            target: format!("≥ 10× faster than `ss -uanp` (here {speedup:.1}×)"),
-            met: Some(speedup >= 10.0),
+            // Issue 14 sets this target at 100k sockets; below, `ss -uanp`'s procfs pass over
+            // the host's fds is too short for a ratio to mean much, so the row is for scale.
+            target: if n == 100_000 {
+                format!("≥ 10× faster than `ss -uanp` (here {speedup:.1}×)")
+            } else {
+                format!("— (the ≥ 10× target is at 100k; here {speedup:.1}×)")
+            },
+            met: (n == 100_000).then_some(speedup >= 10.0),
             rss_kib: Some(if_rss),
         });
     } else {
-        let (ss_file, _, _) = best(&["ss", "-uan"], &ns.name, Sink::File, reps, t)?;
+        let ((ss_file, _, _), (if_file, if_rss, _)) = fastest_in_turn(&["ss", "-uan"], &[bin, "sockets", "--json"], &ns.name, Sink::File, reps, t)?;
         rows.push(Row {
             name: format!("same, {label}, stdout a file"),
             ifsock: format!("{if_file:.0} ms ({:.2} µs/socket)", per(if_file) / 1e3),
@@ -113,8 +143,7 @@ pub fn startup(rows: &mut Vec<Row>) -> Result<()> {
     let bin = bin.to_str().unwrap_or("ifsock");
     let t = Duration::from_secs(60);
     timed(&[bin, "sockets"], Some(&ns.name), Sink::Null, t)?;
-    let (ss, _, _) = best(&["ss", "-tuanp"], &ns.name, Sink::Pipe, 10, t)?;
-    let (ifs, rss, _) = best(&[bin, "sockets"], &ns.name, Sink::Pipe, 10, t)?;
+    let ((ss, _, _), (ifs, rss, _)) = fastest_in_turn(&["ss", "-tuanp"], &[bin, "sockets"], &ns.name, Sink::Pipe, 10, t)?;
     rows.push(Row {
         name: "start-up: `sockets`, 10 UDP sockets".into(),
         ifsock: format!("{ifs:.1} ms"),
