@@ -293,7 +293,7 @@ impl Probes {
     /// # Errors
     /// Iterator attach/read failures, or entering `netns` failed.
     pub fn snapshot(&mut self, netns: Option<&NetnsHandle>) -> Result<RawSnapshot> {
-        let sockets = self.read_sockets(netns)?;
+        let sockets = self.read_sockets(netns, None)?;
         let files = self.read_files()?;
         self.log_snapshot(sockets.len(), files.len());
         Ok(RawSnapshot { sockets, files })
@@ -333,7 +333,7 @@ impl Probes {
                     tracing::debug!("iter/task_file walk: {} socket fds in {} µs (beside the socket walk)", fds.len(), started.elapsed().as_micros());
                     Ok(fds)
                 });
-                let sockets = self.read_sockets(netns);
+                let sockets = self.read_sockets(netns, counts);
                 let fds = walker.join().map_err(|_| anyhow!("the iter/task_file reader thread panicked"));
                 (sockets, fds)
             });
@@ -343,7 +343,7 @@ impl Probes {
             self.log_snapshot(count, fds.len());
             return Ok((decoded, fds));
         }
-        let sockets = self.read_sockets(netns)?;
+        let sockets = self.read_sockets(netns, None)?;
         let count = sockets.len();
         // The inode set only serves the filter: above OWNER_FILTER_WORTH every socket fd is kept
         // and the owner join (by inode) ignores those of other sockets, so no set is built.
@@ -363,12 +363,13 @@ impl Probes {
     /// before) is not walked: each walk visits every bucket of a table the whole host shares
     /// (here 262,144 TCP established buckets, 2.3 ms with none of them used). Counts that
     /// cannot be read mean both walks.
-    fn read_sockets(&mut self, netns: Option<&NetnsHandle>) -> Result<Vec<SockRecord>> {
+    /// `counts`: the netns's counts when the caller has just read them (not read again).
+    fn read_sockets(&mut self, netns: Option<&NetnsHandle>, counts: Option<sockstat::InUse>) -> Result<Vec<SockRecord>> {
         self.load_iterators()?;
         let udp = self.iter_link(ITER_UDP)?;
         let tcp = self.iter_link(ITER_TCP)?;
         let read = move || -> Result<Vec<SockRecord>> {
-            let inuse = sockstat::here().map_err(|e| tracing::debug!("sockstat unreadable, walking both tables: {e}")).ok();
+            let inuse = counts.or_else(|| sockstat::here().map_err(|e| tracing::debug!("sockstat unreadable, walking both tables: {e}")).ok());
             let walk = |count: fn(&sockstat::InUse) -> u64| inuse.as_ref().is_none_or(|c| count(c) > 0);
             let timed = |name: &str, link: aya::programs::iter::IterLink| -> Result<Vec<SockRecord>> {
                 let started = std::time::Instant::now();
@@ -440,7 +441,7 @@ impl Probes {
     /// As [`Probes::snapshot`], or a filter map could not be written.
     pub fn snapshot_filtered(&mut self, netns: Option<&NetnsHandle>, filter: &SockFilter) -> Result<RawSnapshot> {
         self.set_sock_filter(filter)?;
-        let sockets = self.read_sockets(netns);
+        let sockets = self.read_sockets(netns, None);
         let cleared = self.set_sock_filter(&SockFilter::OFF);
         let sockets = sockets?;
         cleared?;
