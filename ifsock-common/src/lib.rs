@@ -10,8 +10,23 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU `u64` counter array indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Name of the hash map `tid (u32) -> InFlightRecv` holding receives that have not returned yet.
+/// Name of the hash map `tid (u32) -> InFlightRecv` holding receives that have not returned
+/// yet, for threads whose tid is beyond [`MAP_INFLIGHT_SLOTS`] (the `kernel.pid_max` of most
+/// hosts is 32768 or 4194304).
 pub const MAP_INFLIGHT: &str = "INFLIGHT_RECV";
+/// Name of the array `InFlightRecv` indexed by tid (`BPF_F_MMAPABLE`), holding the receives in
+/// flight of threads whose tid is below its length: userspace sizes it to `kernel.pid_max`, at
+/// most [`INFLIGHT_SLOTS_MAX`]. A slot is in flight while its `since_ns` is non-zero. An array
+/// lookup is inlined by the verifier (`array_map_gen_lookup`) and needs no lock, where each
+/// hash insert or delete cost ~110 ns on the receive path. Userspace reads it through `mmap`.
+pub const MAP_INFLIGHT_SLOTS: &str = "INFLIGHT_SLOTS";
+/// Most entries of [`MAP_INFLIGHT_SLOTS`]: 65,536 × 88 bytes = 5.5 MiB of kernel memory.
+pub const INFLIGHT_SLOTS_MAX: u32 = 65536;
+/// Entries of [`MAP_INFLIGHT_SLOTS`] in the object, before userspace sizes it (the default
+/// `kernel.pid_max`).
+pub const INFLIGHT_SLOTS_DEFAULT: u32 = 32768;
+/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`, 5.5+): an array map userspace can `mmap`.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Name of the hash map `tid (u32) -> u64` the receive probes keep between a
 /// kprobed receive function's entry and its kretprobe: the `int *err` argument, as a u64
 /// (ifsock-ebpf `maps::RECV_ERR_PTR`).
@@ -483,7 +498,10 @@ pub struct LinkRequestEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightRecv {
-    /// Entry time, `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns).
+    /// Entry time, CLOCK_MONOTONIC ns: `bpf_ktime_get_ns()` at entry when receives are timed at
+    /// their exit (`watch`, `teardown`); for `hung`, the first `bpf_ktime_get_ns()` of the current
+    /// jiffy on the CPU, early by less than one tick (`1/CONFIG_HZ` s), never late. 0 in a
+    /// free slot.
     pub since_ns: u64,
     /// Kernel address of the `struct sock`: from the kernel-function argument or the `read`
     /// entry; 0 for a `recvmsg`/`recvfrom`/`recvmmsg` entry (its fd is resolved to the inode
@@ -509,8 +527,11 @@ pub struct InFlightRecv {
     pub via: u32,
     /// [`recv_func`] value: what was entered.
     pub func: u32,
-    /// Padding (keeps `wait_since_ns` 8-aligned).
-    pub _pad: u32,
+    /// Sequence word of a slot of [`MAP_INFLIGHT_SLOTS`] (a seqlock with one writer, the slot's
+    /// thread): odd while the thread rewrites the record, bumped to the next even value after.
+    /// Userspace keeps a copy only when it read the same even value before and after copying. 0
+    /// in the hash map and in events, where nothing reads it.
+    pub seq: u32,
     /// When the task entered `__skb_wait_for_more_packets` (CLOCK_MONOTONIC ns), 0 when not
     /// waiting (kernel-function sets only).
     pub wait_since_ns: u64,

@@ -1,7 +1,7 @@
 //! Reads of kernel structures at offsets taken from the running kernel's BTF (no CO-RE in Rust
 //! eBPF): userspace fills `OFFSETS` before load.
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel},
     Global,
 };
 use ifsock_common::{KernelOffsets, COMM_LEN, OFFSET_NONE};
@@ -80,22 +80,67 @@ pub fn file_socket(file: u64) -> Option<(u64, u64)> {
     Some((sk, ino))
 }
 
-/// `current->files->fdt->fd[fd]`, or `None` if the fd is not open.
+/// `current->files->fdt->fd[fd]`, or `None` if the fd is not open: the fd table by direct loads
+/// ([`current_fdt`]), `fd[fd]` by one helper read.
 #[inline(always)]
 pub fn current_fd_file(fd: u32) -> Option<u64> {
-    let files = rd::<u64>(current_task(), off!(task_files))?;
-    let fdt = rd::<u64>(files, off!(files_fdt))?;
-    let max = rd::<u32>(fdt, off!(fdt_max_fds))?;
+    let fdt = current_fdt()?;
+    let max = fdt_field::<u32>(fdt, off!(fdt_max_fds))?;
     if fd >= max {
         return None;
     }
-    let array = rd::<u64>(fdt, off!(fdt_fd))?;
+    let array = fdt_field::<u64>(fdt, off!(fdt_fd))?;
     let file = rd::<u64>(array + (fd as u64) * 8, 0)?;
     if file == 0 {
         None
     } else {
         Some(file)
     }
+}
+
+/// `current->files->fdt` (`struct fdtable *`) by direct loads through the BTF-typed pointer of
+/// `bpf_get_current_task_btf()` (5.11+), instead of `bpf_get_current_task()` and
+/// `bpf_probe_read_kernel` calls: the verifier knows the offsets, which are read from the frozen
+/// `.rodata`, as constants, checks each load against the field's BTF type (`task_struct.files`,
+/// `files_struct.fdt`) and JITs it as one faultable load (`BPF_PROBE_MEM`; a fault gives 0). The
+/// pointer returned stays BTF-typed, so its fields ([`current_fd_array`], `max_fds`) load the same
+/// way. `None` when an offset is missing or a pointer is NULL (an exiting task has no `files`).
+/// Tracing program types only (tracepoints here), where the helper exists.
+#[inline(always)]
+fn current_fdt() -> Option<*const u8> {
+    let (o_files, o_fdt) = (off!(task_files), off!(files_fdt));
+    if o_files == OFFSET_NONE || o_fdt == OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: the helper returns the current task, never NULL; each load is at the BTF offset
+    // of a pointer field of the struct the previous load returned, and faults read as 0.
+    unsafe {
+        let task = bpf_get_current_task_btf().cast::<u8>();
+        let files = core::ptr::read_volatile(task.add(o_files as usize).cast::<*const u8>());
+        if files.is_null() {
+            return None;
+        }
+        let fdt = core::ptr::read_volatile(files.add(o_fdt as usize).cast::<*const u8>());
+        (!fdt.is_null()).then_some(fdt)
+    }
+}
+
+/// A field of the BTF-typed `fdt` of [`current_fdt`], by direct load (see there).
+#[inline(always)]
+fn fdt_field<T: Copy + Default>(fdt: *const u8, off: u32) -> Option<T> {
+    if off == OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: `off` is the BTF offset of a field of type `T` of `struct fdtable`.
+    Some(unsafe { core::ptr::read_volatile(fdt.add(off as usize).cast::<T>()) })
+}
+
+/// `current->files->fdt->fd`, the fd array (`struct file __rcu **`), as a plain address: a
+/// pointer to a pointer has no struct type for the verifier to walk, so `fd[n]` and what lies
+/// beyond are helper reads.
+#[inline(always)]
+pub fn current_fd_array() -> Option<u64> {
+    fdt_field::<u64>(current_fdt()?, off!(fdt_fd)).filter(|&a| a != 0)
 }
 
 /// The socket behind one of the current task's fds: (`struct sock *`, inode).
@@ -105,20 +150,14 @@ pub fn current_fd_socket(fd: u32) -> Option<(u64, u64)> {
 }
 
 /// Inode number of the socket behind fd `fd` of the current task, for an fd the caller knows
-/// to be a socket (`recvmsg`/`recvfrom`/`recvmmsg` take only sockets): five faultable reads
-/// (`current->files->fdt->fd[fd]->private_data`, then the inode beside the `struct socket` in
-/// its `struct socket_alloc`) instead of [`current_fd_socket`]'s ten. The fd-table bound and the
+/// to be a socket (`recvmsg`/`recvfrom`/`recvmmsg` take only sockets): three direct loads
+/// ([`current_fd_array`]) and three `bpf_probe_read_kernel` calls (`fd[fd]`, `->private_data`,
+/// then the inode beside the `struct socket` in its `struct socket_alloc`). The fd-table bound and the
 /// inode mode are not checked: for an fd out of range or not a socket the syscall fails at once
 /// (`EBADF`, `ENOTSOCK`) and the value, whatever the reads gave, goes with its record at exit.
 #[inline(always)]
 pub fn current_socket_fd_ino(fd: u32) -> u64 {
-    let file = (|| {
-        let files = rd::<u64>(current_task(), off!(task_files))?;
-        let fdt = rd::<u64>(files, off!(files_fdt))?;
-        let array = rd::<u64>(fdt, off!(fdt_fd))?;
-        rd::<u64>(array + (fd as u64) * 8, 0)
-    })()
-    .unwrap_or(0);
+    let file = current_fd_array().and_then(|array| rd::<u64>(array + (fd as u64) * 8, 0)).unwrap_or(0);
     let socket = rd::<u64>(file, off!(file_private_data)).unwrap_or(0);
     if socket == 0 {
         return 0;

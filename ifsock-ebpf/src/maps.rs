@@ -3,7 +3,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use ifsock_common::{Counter, InFlightRecv, SockFilter, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY, OWNER_FILTER_CAPACITY};
+use ifsock_common::{
+    Counter, InFlightRecv, SockFilter, BPF_F_MMAPABLE, COUNTERS_LEN, EVENTS_RINGBUF_BYTES, INFLIGHT_CAPACITY, INFLIGHT_SLOTS_DEFAULT,
+    OWNER_FILTER_CAPACITY,
+};
 
 /// Events to userspace: link requests, finished long receives, send errors, device events.
 #[map]
@@ -29,10 +32,30 @@ pub static OWNER_INODES: HashMap<u64, u8> = HashMap::with_max_entries(OWNER_FILT
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
-/// tid -> receive in flight.
+/// The entry clock of `recv`'s `entry_ns` on this CPU (index 0): the jiffy it was last read in and
+/// `bpf_ktime_get_ns()` then.
+#[map]
+pub static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
+
+/// A value of [`TICK_CLOCK`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TickClock {
+    /// `bpf_jiffies64()` when `ns` was read.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns) at the first entry of that jiffy on this CPU.
+    pub ns: u64,
+}
+
+/// tid -> receive in flight, for tids beyond `INFLIGHT_SLOTS`.
 #[map]
 pub static INFLIGHT_RECV: HashMap<u32, InFlightRecv> =
     HashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+/// Receive in flight indexed by tid (`since_ns != 0` while in flight), `mmap`ed by userspace;
+/// resized at load to `kernel.pid_max` (at most `INFLIGHT_SLOTS_MAX`).
+#[map]
+pub static INFLIGHT_SLOTS: Array<InFlightRecv> = Array::with_max_entries(INFLIGHT_SLOTS_DEFAULT, BPF_F_MMAPABLE);
 
 /// tid -> `int *err` argument of a kprobed receive function, for its kretprobe.
 #[map]

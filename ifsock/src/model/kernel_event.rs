@@ -292,7 +292,7 @@ mod tests {
         comm[..4].copy_from_slice(b"serv");
         InFlightRecv {
             since_ns: 5, sk: 0x1000, ino: 42, pid: 7, tid: 8, fd, syscall, netns: 9, via, func,
-            _pad: 0, wait_since_ns: 0, waited_ns: 0, comm,
+            seq: 0, wait_since_ns: 0, waited_ns: 0, comm,
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod destroy;
 pub mod events;
+pub mod inflight;
 pub mod plan;
 pub mod select;
 pub mod snapshot;
@@ -16,8 +17,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use ifsock_common::{
-    Counter, InFlightRecv, Record, SockFilter, SockRecord, TaskFileRecord, GLOBAL_OFFSETS,
-    GLOBAL_RECV_REPORT_MIN_NS, MAP_ABORT_WATCH, MAP_COUNTERS, MAP_EVENTS, MAP_INFLIGHT, MAP_RECV_ERR_PTR,
+    Counter, Record, SockFilter, SockRecord, TaskFileRecord, GLOBAL_OFFSETS,
+    GLOBAL_RECV_REPORT_MIN_NS, MAP_ABORT_WATCH, MAP_COUNTERS, MAP_EVENTS, MAP_INFLIGHT, MAP_INFLIGHT_SLOTS, MAP_RECV_ERR_PTR,
     MAP_SEND_FD, MAP_SOCK_FILTER,
 };
 
@@ -26,6 +27,7 @@ use crate::model::{kernel_event::InFlight, sock_error::SOCK_ERROR_TRACEPOINT, so
 pub use crate::model::sock_error::SockErrorProbe;
 pub use attach::{refusal, Attached, ProbeKind};
 use attach::Pair;
+pub use inflight::InflightReader;
 pub use select::{ProbeSet, Selection};
 
 /// The compiled eBPF object, built by `aya-build` from `ifsock-ebpf`.
@@ -194,11 +196,13 @@ impl Probes {
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .override_global(GLOBAL_RECV_REPORT_MIN_NS, &recv_report_min_ns, true);
         if snapshots_only {
-            for map in [MAP_INFLIGHT, MAP_RECV_ERR_PTR, MAP_SEND_FD, MAP_ABORT_WATCH] {
+            for map in [MAP_INFLIGHT, MAP_INFLIGHT_SLOTS, MAP_RECV_ERR_PTR, MAP_SEND_FD, MAP_ABORT_WATCH] {
                 loader.map_max_entries(map, 1);
             }
             // A ring buffer's size is a power-of-two multiple of the page size.
             loader.map_max_entries(MAP_EVENTS, page_size());
+        } else {
+            loader.map_max_entries(MAP_INFLIGHT_SLOTS, inflight::slot_count()?);
         }
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
@@ -833,53 +837,19 @@ impl Probes {
     /// function (fentry/kprobe sets) or of a receive syscall (tracepoint set), decoded.
     ///
     /// # Errors
-    /// The map is missing. An entry removed while the map is walked (its receive returned) is
-    /// skipped: it is no longer in flight.
+    /// As [`Probes::inflight_reader`] and [`InflightReader::read`].
     pub fn inflight(&self) -> Result<Vec<InFlight>> {
-        let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
-        let map: BpfHashMap<&MapData, u32, InFlightRecv> = BpfHashMap::try_from(map)?;
-        Ok(decode_inflight(&map))
+        self.inflight_reader()?.read()
     }
 
-    /// A second handle on the in-flight map, for reading it on another thread (a duplicated
-    /// map fd: the same kernel map, no copy).
+    /// A second handle on the in-flight maps, for reading them on another thread (duplicated
+    /// map fds: the same kernel maps, no copy).
     ///
     /// # Errors
-    /// The map is missing or its fd could not be duplicated (EMFILE).
+    /// A map is missing or its fd could not be duplicated (EMFILE).
     pub fn inflight_reader(&self) -> Result<InflightReader> {
-        use std::os::fd::AsFd as _;
-        let map = self.ebpf.map(MAP_INFLIGHT).ok_or_else(|| anyhow!("in-flight map missing"))?;
-        let aya::maps::Map::HashMap(data) = map else { return Err(anyhow!("{MAP_INFLIGHT} is not a hash map")) };
-        let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating the in-flight map's fd")?;
-        let data = MapData::from_fd(fd).context("opening the in-flight map by fd")?;
-        Ok(InflightReader { map: BpfHashMap::try_from(aya::maps::Map::HashMap(data))? })
+        InflightReader::open(&self.ebpf)
     }
-}
-
-/// The in-flight receive map (`INFLIGHT_RECV`, tid -> `InFlightRecv`) opened apart from
-/// [`Probes`] ([`Probes::inflight_reader`]), so a blocking thread can read it.
-pub struct InflightReader {
-    map: BpfHashMap<MapData, u32, InFlightRecv>,
-}
-
-impl InflightReader {
-    /// As [`Probes::inflight`].
-    pub fn read(&self) -> Vec<InFlight> {
-        decode_inflight(&self.map)
-    }
-}
-
-/// Every entry of an in-flight map, decoded, with the netns and comm the entry probes leave
-/// out read from procfs ([`InFlight::complete`]). Entries removed during the walk (their
-/// receive returned), entries whose fd is no socket and entries of threads gone since are
-/// skipped.
-fn decode_inflight<T: std::borrow::Borrow<MapData>>(map: &BpfHashMap<T, u32, InFlightRecv>) -> Vec<InFlight> {
-    let procfs = crate::kernel::procfs::Procfs;
-    map.iter()
-        .filter_map(|r| r.ok())
-        .map(|(_, v)| InFlight::from_record(&v))
-        .filter_map(|mut e| e.complete(&procfs).then_some(e))
-        .collect()
 }
 
 fn iter_in<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter> {

@@ -152,7 +152,7 @@ impl ReceiverScanner {
         let (inflight, probes) = (self.inflight.clone(), self.probes.clone());
         tokio::task::spawn_blocking(move || {
             let blocked = procfs::blocked_receivers(None);
-            let records = inflight.read();
+            let records = inflight.read()?;
             if !following && blocked.is_empty() && records.is_empty() {
                 return Ok(Vec::new());
             }
