@@ -499,7 +499,7 @@ pub struct LinkRequestEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightRecv {
     /// Entry time, CLOCK_MONOTONIC ns: `bpf_ktime_get_ns()` at entry when receives are timed at
-    /// their exit (`watch`, `teardown`); for `hung`, the first `bpf_ktime_get_ns()` of the current
+    /// their exit (`teardown`); otherwise (`hung`, `watch`, `abort`, `agent`) the first `bpf_ktime_get_ns()` of the current
     /// jiffy on the CPU, early by less than one tick (`1/CONFIG_HZ` s), never late. 0 in a
     /// free slot.
     pub since_ns: u64,

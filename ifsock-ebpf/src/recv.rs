@@ -60,8 +60,8 @@ fn now_ns() -> u64 {
 }
 
 /// The entry time of a receive, CLOCK_MONOTONIC ns. [`now_ns`] when receives are timed at their
-/// exit (`RECV_REPORT_MIN_NS` set: `watch`, `teardown`). Else (`hung`, which only compares it
-/// with the time of a later query), the clock as first read in the current jiffy on this CPU
+/// exit (`RECV_REPORT_MIN_NS` set: `teardown`). Else (`hung`, `watch`, `abort`, `agent`, which
+/// only compare it with the time of a later query), the clock as first read in the current jiffy on this CPU
 /// (`TICK_CLOCK`): `bpf_jiffies64()` is a load, and `bpf_ktime_get_ns()` is called once per
 /// CPU per tick instead of once per receive, so the time is early by less than one tick
 /// (`1/CONFIG_HZ` s: 4 ms at 250 Hz) and never late. Reading the clock cost ~85 ns a call on the

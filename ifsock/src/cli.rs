@@ -51,7 +51,7 @@ pub enum Command {
     Sockets(SocketsArgs),
     /// Stream interface changes (created, up/down, renamed, deleted, recreated, moved) with the
     /// sockets tied to the interface and the task that caused the change.
-    #[command(after_help = "Examples:\n  ifsock watch --iface wg0\n  ifsock --netns blue watch --json --sockets-after\n  ifsock watch --all-netns --no-sockets --json")]
+    #[command(after_help = "Examples:\n  ifsock watch --iface wg0\n  ifsock --netns blue watch --json --sockets-inline\n  ifsock watch --all-netns --no-sockets --json")]
     Watch(WatchArgs),
     /// Tasks blocked receiving on a socket: for how long, on which socket and interface, even
     /// after the socket's fd was closed.

@@ -7,6 +7,9 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Longest kernel tick, ns (`CONFIG_HZ` 100): the most a tick-precise start can be early by.
+const TICK_MAX_NS: u64 = 10_000_000;
+
 fn mine<'a>(snapshot: &'a Value, tid: u32) -> Option<&'a Value> {
     snapshot["receivers"].as_array()?.iter().find(|r| r["tid"] == tid)
 }
@@ -23,6 +26,8 @@ fn hung_follow_records_orphaned_receiver_exactly() {
     let t0 = Instant::now();
     let r = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None).unwrap();
     let healthy = h.wait_for("receiver listed", T, |v| mine(v, r.tid).is_some()).unwrap();
+    // The receive was in flight by now.
+    let listed = Instant::now();
     let row = mine(&healthy, r.tid).unwrap();
     assert_eq!(row["certainty"], "exact", "{row}");
     assert_eq!(row["stranded"], false, "healthy interface, not stranded: {row}");
@@ -35,6 +40,8 @@ fn hung_follow_records_orphaned_receiver_exactly() {
 
     ns.ip(&["link", "del", &a]).unwrap();
     r.close_fd();
+    // The snapshot awaited below shows the fd closed, so it was taken after this.
+    let closed = Instant::now();
     let snap = h
         .wait_for("orphaned + deleted", T, |v| mine(v, r.tid).is_some_and(|r| r["fd_open"] == false && r["stranded"] == true))
         .unwrap();
@@ -46,7 +53,13 @@ fn hung_follow_records_orphaned_receiver_exactly() {
     assert_eq!(row["socket"]["pktinfo"], true);
     assert_eq!(row["socket"]["local_port"], r.port);
     let blocked = row["blocked_ns"].as_u64().unwrap();
-    assert!(blocked > 0 && blocked <= elapsed, "blocked {blocked} ns not within elapsed {elapsed} ns");
+    // The recorded start is the clock as first read in its tick on that CPU: early by less than
+    // one tick (10 ms at the lowest CONFIG_HZ, 100), never late.
+    let at_least = closed.duration_since(listed).as_nanos() as u64;
+    assert!(
+        blocked >= at_least && blocked <= elapsed + TICK_MAX_NS,
+        "blocked {blocked} ns: not between {at_least} ns (listed → fd closed) and elapsed {elapsed} ns + one tick"
+    );
     assert!(
         row["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == a.as_str() && i["state"] == "deleted"),
         "deleted interface missing: {row}"

@@ -48,7 +48,7 @@ fn deleted_veth_is_seen_by(set: &str) {
         })
         .unwrap()
         .unwrap();
-    let mut w = match Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--probe-set", set]) {
+    let mut w = match Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--probe-set", set, "--sockets-inline"]) {
         Ok(w) => w,
         Err(e) => panic!("{e:#}"),
     };

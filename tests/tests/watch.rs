@@ -15,7 +15,8 @@ fn watch_reports_down_up_rename_delete_recreate_in_order() {
     let (a, b, renamed) = (unique("wa"), unique("wb"), unique("wr"));
     ns.veth(&a, &b, Some("10.204.0.1/24")).unwrap();
     let first = ns.ifindex(&a).unwrap();
-    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"]).unwrap();
+    // `--sockets-inline`: the deletion's own record carries the sockets it had.
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--sockets-inline"]).unwrap();
     w.wait_for("ready line", T, |v| v["type"] == "ready").unwrap();
 
     let a2 = a.clone();
@@ -76,13 +77,13 @@ fn watch_reports_down_up_rename_delete_recreate_in_order() {
 }
 
 #[test]
-fn sockets_after_prints_the_deletion_first_then_the_sockets_it_had() {
+fn by_default_the_deletion_is_printed_first_then_the_sockets_it_had() {
     require_root();
     let ns = Netns::new().unwrap();
     let (a, b) = (unique("sa"), unique("sb"));
     ns.veth(&a, &b, Some("10.207.0.1/24")).unwrap();
     let index = ns.ifindex(&a).unwrap();
-    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--sockets-after"]).unwrap();
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"]).unwrap();
     w.wait_for("ready line", T, |v| v["type"] == "ready").unwrap();
     let a2 = a.clone();
     let bound = ns
@@ -301,6 +302,8 @@ fn empty_iface_and_out_of_range_rcvbuf_are_refused_with_the_range() {
         (vec!["watch", "--rcvbuf", "0"], "1 to 1073741823 bytes"),
         (vec!["watch", "--rcvbuf", "2147483648"], "1 to 1073741823 bytes"),
         (vec!["watch", "--rcvbuf", "4k"], "not a size in bytes"),
+        (vec!["watch", "--sockets-inline", "--no-sockets"], "cannot be used with"),
+        (vec!["watch", "--sockets-inline", "--sockets-after"], "cannot be used with"),
     ] {
         let out = ifsock(&args).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -127,7 +127,8 @@ pub struct Config {
     pub recv_tracking: bool,
     /// A stranded receiver still blocked this long after its stranding is reported again.
     pub stranded_after: Duration,
-    /// Print each change before its sockets are read (`--sockets-after`): the change record
+    /// Print each change before its sockets are read (the default; false with
+    /// `--sockets-inline`): the change record
     /// has `sockets_follow: true` and no sockets, and a [`WatchRecord::ChangeSockets`] record
     /// follows from [`WatchEngine::flush_change_sockets`].
     pub sockets_after: bool,
@@ -261,13 +262,13 @@ pub struct ChangeEvent {
     /// Sockets tied to the interface at that moment (for a deletion: those tied to it when it
     /// went); empty when `sockets_follow`.
     pub sockets: Vec<TiedSocket>,
-    /// `--sockets-after`: the sockets were not read yet; a `change_sockets` record with the
+    /// Sockets after the change (the default): the sockets were not read yet; a `change_sockets` record with the
     /// same `netns`, `ifindex`, `event` and `ts_unix_ns` (as `change_ts_unix_ns`) follows.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sockets_follow: bool,
 }
 
-/// `change_sockets` (`--sockets-after`): the sockets of a change printed before they were read.
+/// `change_sockets` (the default, not `--sockets-inline`): the sockets of a change printed before they were read.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChangeSocketsEvent {
     /// When the sockets were read, ns since the Unix epoch.
@@ -473,7 +474,7 @@ pub enum WatchRecord {
     Ready(Ready),
     /// An interface change.
     Change(ChangeEvent),
-    /// The sockets of a change printed before they were read (`--sockets-after`).
+    /// The sockets of a change printed before they were read (the default, not `--sockets-inline`).
     ChangeSockets(ChangeSocketsEvent),
     /// A receiver stranded by a change.
     ReceiverStranded(StrandedEvent),
@@ -604,7 +605,7 @@ pub struct WatchEngine {
     /// The view said more input was queued after the last datagram: the burst goes on and
     /// its snapshot stays valid.
     continuing: bool,
-    /// `--sockets-after`: changes printed whose sockets are still to be read (netns, change,
+    /// Sockets after the change (the default): changes printed whose sockets are still to be read (netns, change,
     /// the link before it, the change record's `ts_unix_ns`).
     sockets_due: Vec<(NetnsIno, Change, Option<Link>, u64)>,
 }
@@ -985,7 +986,7 @@ impl WatchEngine {
         Ok(None)
     }
 
-    /// `--sockets-after`: reads the sockets of the changes already printed (in their order,
+    /// Sockets after the change (the default): reads the sockets of the changes already printed (in their order,
     /// one filtered walk per burst where it covers them, as for change lines) and returns one
     /// [`WatchRecord::ChangeSockets`] per change. Call after the change records are written.
     pub fn flush_change_sockets(&mut self, now: &Now, src: &mut dyn SocketSource) -> Vec<WatchRecord> {

@@ -32,9 +32,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// What the change line of a latency run carries.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Sockets {
-    /// Its sockets, read before it is printed (the default).
+    /// `--sockets-inline`: its sockets, read before it is printed.
     InLine,
-    /// `--sockets-after`: none; a `change_sockets` record follows.
+    /// The default: none; a `change_sockets` record follows.
     After,
     /// `--no-sockets`.
     None,
@@ -47,8 +47,8 @@ pub fn latency(mode: Sockets, iters: usize, rows: &mut Vec<Row>) -> Result<()> {
     let (tx, rx) = mpsc::channel::<(Instant, From)>();
     let mut args = vec!["--netns", ns.name.as_str(), "watch", "--json", "--reconcile-every", "0"];
     match mode {
-        Sockets::InLine => {}
-        Sockets::After => args.push("--sockets-after"),
+        Sockets::InLine => args.push("--sockets-inline"),
+        Sockets::After => {}
         Sockets::None => args.push("--no-sockets"),
     }
     let mut watch = Command::new(ifsock_bin()).args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
@@ -123,8 +123,8 @@ pub fn latency(mode: Sockets, iters: usize, rows: &mut Vec<Row>) -> Result<()> {
     let (med, p90, p99) = (median(&extra), percentile(&extra, 90.0), percentile(&extra, 99.0));
     let (name, target, met) = match mode {
         Sockets::None => ("interface delete → `watch --json --no-sockets` line", "median extra ≤ 0.5 ms", med <= 0.5),
-        Sockets::InLine => ("interface delete → `watch --json` line (sockets in it), 10k UDP sockets", "median extra ≤ 1 ms, p99 ≤ 5 ms", med <= 1.0 && p99 <= 5.0),
-        Sockets::After => ("interface delete → `watch --json --sockets-after` line (its sockets in the next record), 10k UDP sockets", "median extra ≤ 1 ms, p99 ≤ 5 ms", med <= 1.0 && p99 <= 5.0),
+        Sockets::InLine => ("interface delete → `watch --json --sockets-inline` line (sockets in it), 10k UDP sockets", "— (one filtered walk later than the default)", true),
+        Sockets::After => ("interface delete → `watch --json` line (the default: its sockets in the next record), 10k UDP sockets", "median extra ≤ 1 ms, p99 ≤ 5 ms", med <= 1.0 && p99 <= 5.0),
     };
     rows.push(Row {
         name: format!("{name} ({iters} deletions)"),
@@ -132,7 +132,7 @@ pub fn latency(mode: Sockets, iters: usize, rows: &mut Vec<Row>) -> Result<()> {
         baseline: format!("`ip monitor link` {:.2} ms after `ip link del` started (median)", median(&after)),
         ratio: None,
         target: target.into(),
-        met: Some(met),
+        met: (mode != Sockets::InLine).then_some(met),
         rss_kib: hwm,
     });
     Ok(())
@@ -250,8 +250,8 @@ pub fn walk_floor(rows: &mut Vec<Row>) -> Result<()> {
         ifsock: format!("`iter/udp` {walk:.2} ms (median of 15, ifsock's debug log)"),
         baseline: format!("sock_diag dump with a bytecode filter (`ss -uan src 192.0.2.1`'s request, sent by the bench): {diag:.2} ms (fastest of 40)"),
         ratio: Some(walk / diag),
-        target: "≤ 1 ms (the line's median extra)".into(),
-        met: Some(walk <= 1.0),
+        target: "— (floor of the `--sockets-inline` line; the default line does not wait for it)".into(),
+        met: None,
         rss_kib: None,
     });
     Ok(())
