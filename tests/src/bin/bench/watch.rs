@@ -84,14 +84,17 @@ pub fn latency(mode: Sockets, iters: usize, rows: &mut Vec<Row>) -> Result<()> {
         for _ in 0..iters {
             let (a, b) = (unique("bl"), unique("bm"));
             ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            // Each deletion starts from an idle watcher: with --sockets-after that is after the
-            // creation's own `change_sockets` record (its walk), not just its change line.
+            // Each deletion starts from an idle watcher: by default that is after the creation's
+            // `change_sockets` records (their walks), not just its change lines, and for both
+            // ends of the pair, whose notifications the kernel sends in either order (the walk
+            // of the one seen last would otherwise still run when the deletion comes).
             let created_done = if mode == Sockets::After { "change_sockets" } else { "change" };
-            let (mut seen_w, mut seen_i) = (false, false);
-            while !(seen_w && seen_i) {
+            let (mut seen_a, mut seen_b, mut seen_i) = (false, false, false);
+            while !(seen_a && seen_b && seen_i) {
                 let (_, m) = rx.recv_timeout(Duration::from_secs(30)).context("creation not reported")?;
                 match m {
-                    From::Watch(v) if v["type"] == created_done && v["event"] == "created" && v["name"] == a.as_str() => seen_w = true,
+                    From::Watch(v) if v["type"] == created_done && v["event"] == "created" && v["name"] == a.as_str() => seen_a = true,
+                    From::Watch(v) if v["type"] == created_done && v["event"] == "created" && v["name"] == b.as_str() => seen_b = true,
                     From::Ip(l) if l.contains(&format!(": {a}@")) => seen_i = true,
                     _ => {}
                 }
