@@ -107,7 +107,7 @@ pub struct SockErrorsSeen {
 }
 
 /// A thread in a receive on a socket: the one shape every source is reduced to (a procfs scan
-/// of `/proc/PID/task/TID/syscall`, an `INFLIGHT_RECV` entry, the entry inside a `RecvDone`
+/// of `/proc/PID/task/TID/syscall`, an in-flight record (`INFLIGHT_SLOTS`/`INFLIGHT_RECV`), the entry inside a `RecvDone`
 /// event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockedRecv {
@@ -126,7 +126,7 @@ pub struct BlockedRecv {
 }
 
 impl BlockedRecv {
-    /// From an in-flight record (`INFLIGHT_RECV`, or the entry of a `RecvDone` event): the fd
+    /// From an in-flight record (a slot or `INFLIGHT_RECV` value, or the entry of a `RecvDone` event): the fd
     /// and syscall number are known for the tracepoint set only (`fd == NO_FD` otherwise).
     pub fn from_inflight(r: &InFlight) -> Self {
         BlockedRecv {

@@ -73,7 +73,7 @@ impl RecvEntry {
     }
 }
 
-/// A receive that has not returned yet (`INFLIGHT_RECV` map value, keyed by tid).
+/// A receive that has not returned yet (an `INFLIGHT_SLOTS` slot, indexed by tid, or an `INFLIGHT_RECV` value for a tid beyond the slots).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InFlight {
     /// Entry time (CLOCK_MONOTONIC ns).
@@ -134,7 +134,7 @@ impl InFlight {
         true
     }
 
-    /// Decodes an `INFLIGHT_RECV` value.
+    /// Decodes an in-flight record (`INFLIGHT_SLOTS` slot or `INFLIGHT_RECV` value).
     pub fn from_record(r: &InFlightRecv) -> Self {
         let fd = (r.fd != NO_FD).then_some(r.fd);
         InFlight {

@@ -204,7 +204,7 @@ pub async fn companions_gone(td: &Teardown, handle: &rtnetlink::Handle, handles:
 }
 
 /// Receivers blocked right now on the watched sockets: procfs for threads that entered before
-/// the probes were attached, `INFLIGHT_RECV` for later ones (keyed by tid).
+/// the probes were attached, the in-flight records (`INFLIGHT_SLOTS`, `INFLIGHT_RECV`) for later ones.
 pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
     let by_ino: HashMap<u64, SockKey> = td.watched().into_iter().map(|k| (k.1, k)).collect();
     let owners: HashSet<u32> = td.owner_pids();
