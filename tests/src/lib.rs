@@ -16,6 +16,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+pub mod skip;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique short name (`<prefix><pid%10000><n>`), at most 15 bytes (IFNAMSIZ - 1).
