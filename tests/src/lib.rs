@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
     process::{Child, ChildStdout, Command, Output, Stdio},
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         mpsc,
     },
     time::{Duration, Instant},
@@ -18,14 +18,56 @@ use serde_json::Value;
 
 pub mod skip;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_of_different_pids_never_meet() {
+        // The old decimal form: pid 1234 with n 56 and pid 12345 with n 6 were both "x123456".
+        let name = |pid: u32, n: u32| format!("x{}-{}", base36(pid, 5), base36(n, 1));
+        assert_ne!(name(1234, 56), name(12345, 6));
+        assert_eq!(base36(0, 5), "00000");
+        assert_eq!(base36(4_194_304, 5), "2hwcg", "pid_max's limit still fits 5 digits");
+        assert_eq!(base36(35, 1), "z");
+        assert_eq!(base36(36, 1), "10");
+        let u = unique("abcd");
+        assert!(u.len() <= 15 && u.starts_with("abcd"), "{u}");
+    }
+
+    #[test]
+    fn temp_path_removes_a_tree_on_drop() {
+        let t = TempPath::new("tp", "tree");
+        std::fs::create_dir_all(t.path.join("a/b")).unwrap();
+        std::fs::write(t.path.join("a/b/f"), "x").unwrap();
+        let p = t.path.clone();
+        drop(t);
+        assert!(!p.exists());
+    }
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A unique short name (`<prefix><pid%10000><n>`), at most 15 bytes (IFNAMSIZ - 1).
+/// A unique short name, `<prefix><pid>-<n>`: the pid in 5 base-36 digits (fixed width, so
+/// every pid up to `pid_max`'s limit 2^22 fits and two processes never share a name; printing
+/// the bare decimal pid let pid 1234 with n 56 meet pid 12345 with n 6), then a per-process
+/// counter in base 36. At most 15 bytes (IFNAMSIZ - 1) with a prefix of up to 5 bytes and
+/// fewer than 36^4 names per process.
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
+    let name = format!("{prefix}{}-{}", base36(std::process::id(), 5), base36(n, 1));
     assert!(name.len() <= 15, "interface name too long: {name}");
     name
+}
+
+/// `v` in base 36 (`0-9a-z`), zero-padded to at least `width` digits.
+fn base36(mut v: u32, width: usize) -> String {
+    let mut digits = Vec::new();
+    while v > 0 || digits.len() < width {
+        digits.push(char::from_digit(v % 36, 36).unwrap_or('0'));
+        v /= 36;
+    }
+    digits.iter().rev().collect()
 }
 
 /// The ifsock binary under test: `$IFSOCK_BIN`, else `target/debug/ifsock`.
@@ -233,6 +275,14 @@ pub fn owned(fd: i32) -> OwnedFd {
 }
 
 /// A thread blocked in `recvmsg(2)` on a UDP socket, created inside a namespace.
+///
+/// `Drop` releases the thread and the socket: while the fd is open it is shut down
+/// (`shutdown(SHUT_RDWR)` wakes a recvmsg on an unconnected UDP socket too: `inet_shutdown` sets
+/// `RCV_SHUTDOWN` and calls `sk_state_change`, although it returns `ENOTCONN`), then closed;
+/// after [`BlockedReceiver::close_fd`] the thread is woken with a datagram sent from its own
+/// netns to its bound address. The thread is joined once it returns (bounded wait). A socket
+/// that no fd and no datagram can reach any more (fd closed, bound to a deleted device) keeps
+/// its thread blocked until the test process exits: that is the state the test built.
 pub struct BlockedReceiver {
     /// The receiving thread's tid.
     pub tid: u32,
@@ -241,6 +291,11 @@ pub struct BlockedReceiver {
     /// The local port.
     pub port: u16,
     done: mpsc::Receiver<isize>,
+    /// The bound address, for the wake-up datagram in `Drop`.
+    local: std::net::SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+    fd_closed: AtomicBool,
+    returned: AtomicBool,
 }
 
 impl BlockedReceiver {
@@ -253,7 +308,7 @@ impl BlockedReceiver {
         let (tid_tx, tid_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         // The receiving thread is spawned inside the namespace, like a service living there.
-        let (fd, port) = ns.run(move || -> Result<(i32, u16)> {
+        let (fd, local, thread) = ns.run(move || -> Result<(i32, std::net::SocketAddr, std::thread::JoinHandle<()>)> {
             let s = std::net::UdpSocket::bind(&addr)?;
             if pktinfo {
                 set_pktinfo(&s)?;
@@ -261,9 +316,9 @@ impl BlockedReceiver {
             if let Some(d) = &device {
                 bind_to_device(&s, d)?;
             }
-            let port = s.local_addr()?.port();
+            let local = s.local_addr()?;
             let fd = s.into_raw_fd();
-            std::thread::spawn(move || {
+            let thread = std::thread::spawn(move || {
                 let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
                 let mut buf = [0u8; 512];
                 let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
@@ -275,10 +330,19 @@ impl BlockedReceiver {
                 let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
                 let _ = done_tx.send(n);
             });
-            Ok((fd, port))
+            Ok((fd, local, thread))
         })??;
         let tid = tid_rx.recv()?;
-        let r = BlockedReceiver { tid, fd, port, done };
+        let r = BlockedReceiver {
+            tid,
+            fd,
+            port: local.port(),
+            done,
+            local,
+            thread: Some(thread),
+            fd_closed: AtomicBool::new(false),
+            returned: AtomicBool::new(false),
+        };
         r.await_blocked()?;
         Ok(r)
     }
@@ -303,8 +367,10 @@ impl BlockedReceiver {
 
     /// Closes the fd from another thread (the blocked recvmsg keeps the socket alive).
     pub fn close_fd(&self) {
-        // SAFETY: the fd is owned by this receiver and closed once.
-        unsafe { libc::close(self.fd) };
+        if !self.fd_closed.swap(true, Ordering::SeqCst) {
+            // SAFETY: the fd is owned by this receiver and closed once (the flag above).
+            unsafe { libc::close(self.fd) };
+        }
     }
 
     /// Wakes the receiver by sending it a datagram inside `ns` (to 127.0.0.1 or `to`), and
@@ -316,7 +382,53 @@ impl BlockedReceiver {
             s.send_to(b"wake", &to)?;
             Ok(())
         })??;
-        Ok(self.done.recv_timeout(Duration::from_secs(10))?)
+        let n = self.done.recv_timeout(Duration::from_secs(10))?;
+        self.returned.store(true, Ordering::SeqCst);
+        Ok(n)
+    }
+
+    /// Sends one datagram to the bound address (127.0.0.1 for a wildcard) from the receiving
+    /// thread's own netns (`/proc/self/task/TID/ns/net`: the namespace object may outlive its
+    /// `Netns` name).
+    fn poke(&self) -> Result<()> {
+        let ns = std::fs::File::open(format!("/proc/self/task/{}/ns/net", self.tid))?;
+        let mut to = self.local;
+        if to.ip().is_unspecified() {
+            to.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                std::net::UdpSocket::bind("0.0.0.0:0")?.send_to(b"drop", to)?;
+                Ok(())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("poke thread panicked"))?
+        })
+    }
+}
+
+impl Drop for BlockedReceiver {
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else { return };
+        let fd_open = !self.fd_closed.load(Ordering::SeqCst);
+        let mut returned = self.returned.load(Ordering::SeqCst) || thread.is_finished();
+        if !returned {
+            if fd_open {
+                // SAFETY: the fd is still owned by this receiver (not closed: the flag).
+                unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            } else {
+                let _ = self.poke();
+            }
+            returned = self.done.recv_timeout(Duration::from_secs(5)).is_ok();
+        }
+        if returned {
+            let _ = thread.join();
+        }
+        if fd_open {
+            // SAFETY: as above; closed once, here.
+            unsafe { libc::close(self.fd) };
+        }
     }
 }
 
@@ -528,11 +640,11 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// Writes `contents` to a new uniquely named file.
+    /// Writes `contents` to a new uniquely named file (removed also when the write fails).
     pub fn new(stem: &str, contents: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("{}-{stem}", unique("ifsk")));
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        Ok(TempFile { path })
+        let file = TempFile { path: std::env::temp_dir().join(format!("{}-{stem}", unique("ifsk"))) };
+        std::fs::write(&file.path, contents).with_context(|| format!("writing {}", file.path.display()))?;
+        Ok(file)
     }
 
     /// The path as text.
@@ -544,6 +656,40 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A unique path under the system temp dir that nothing exists at yet; whatever the test puts
+/// there (a file, or a directory tree such as a journal) is removed in `Drop`, also when the test
+/// fails.
+pub struct TempPath {
+    /// The path.
+    pub path: PathBuf,
+}
+
+impl TempPath {
+    /// `<temp dir>/<unique(prefix)>-<stem>`.
+    pub fn new(prefix: &str, stem: &str) -> Self {
+        TempPath { path: std::env::temp_dir().join(format!("{}-{stem}", unique(prefix))) }
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -126,6 +126,26 @@ pub fn needs(feature: Feature) -> bool {
     false
 }
 
+/// True when the calling test may go on: this kernel has at least one of `features` (a test
+/// that runs whichever path exists, e.g. `abort` without `--via`). When it has none, writes one
+/// `SKIP <test>: <a>|<b>: <fact a>; <fact b>` line and returns false.
+///
+/// # Panics
+/// None of `features` is there although `$IFSOCK_MUST_RUN` lists one of them.
+pub fn needs_any(features: &[Feature]) -> bool {
+    if features.iter().any(|f| f.available().is_ok()) {
+        return true;
+    }
+    let facts: Vec<String> = features.iter().filter_map(|f| f.available().err().map(|e| format!("{}: {e}", f.name()))).collect();
+    let test = test_name();
+    let names: Vec<&str> = features.iter().map(|f| f.name()).collect();
+    if let Some(f) = features.iter().find(|f| must_run(**f)) {
+        panic!("{test} must run the {} path on this kernel ($IFSOCK_MUST_RUN), but: {}", f.name(), facts.join("; "));
+    }
+    record(&format!("SKIP {test}: {}: {}", names.join("|"), facts.join("; ")));
+    false
+}
+
 /// True when `$IFSOCK_MUST_RUN` lists `feature`.
 pub fn must_run(feature: Feature) -> bool {
     std::env::var("IFSOCK_MUST_RUN").is_ok_and(|v| v.split(',').any(|n| n.trim() == feature.name()))
@@ -152,8 +172,15 @@ fn record(line: &str) {
 }
 
 /// The lockdown mode in `/sys/kernel/security/lockdown` (the bracketed word), if readable.
+/// securityfs is mounted first when it is not (a fresh boot may not have it; the answer must not
+/// depend on whether ifsock, which mounts it too, ran before). `None`: the kernel has no
+/// lockdown LSM (no file even with securityfs mounted).
 pub fn lockdown() -> Option<String> {
-    let text = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    const PATH: &str = "/sys/kernel/security/lockdown";
+    if !std::path::Path::new(PATH).exists() {
+        let _ = nix::mount::mount(Some("securityfs"), "/sys/kernel/security", Some("securityfs"), nix::mount::MsFlags::empty(), None::<&str>);
+    }
+    let text = std::fs::read_to_string(PATH).ok()?;
     text.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(['[', ']']).to_string())
 }
 

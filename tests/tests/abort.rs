@@ -1,23 +1,22 @@
 //! `ifsock abort` cures seed 003 (a wildcard IP_PKTINFO UDP socket, its interface deleted, its
 //! fd closed, a thread still blocked in recvmsg) by destroying exactly that socket, with either
 //! mechanism; `--stranded --iface` destroys exactly the dead sockets of one interface.
+//!
+//! A test for one mechanism runs it or skips on a kernel fact the harness reads
+//! (`skip::needs`): the `bpf_sock_destroy` kfunc in BTF (>= 6.5), or the kernel's answer to
+//! `SOCK_DESTROY` of a socket of the harness's own. A test without `--via` needs either.
 use std::{os::fd::BorrowedFd, time::Duration};
 
-use ifsock_tests::*;
+use ifsock_tests::{
+    skip::{self, Feature},
+    *,
+};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
 
-/// The two mechanisms as `doctor --json` reports them: (bpf_sock_destroy, sock_diag), each
-/// `Ok(())` or the reason it is missing.
-fn mechanisms() -> (Result<(), String>, Result<(), String>) {
-    let v = &ifsock_json(&["doctor", "--json"]).unwrap()[0];
-    let m = v["socket_destroy"].as_array().expect("doctor lists socket_destroy").clone();
-    let get = |i: usize| -> Result<(), String> {
-        if m[i]["loaded"] == true { Ok(()) } else { Err(m[i]["reason"].as_str().unwrap_or("?").to_string()) }
-    };
-    (get(0), get(1))
-}
+/// Both mechanisms, in the order `abort` tries them.
+const EITHER: [Feature; 2] = [Feature::BpfSockDestroy, Feature::SockDiagDestroy];
 
 fn thread_in_recvmsg(tid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_recvmsg)))
@@ -77,14 +76,12 @@ fn assert_cured(report: &Value, ino: u64, tid: u32, via: &str) {
 #[test]
 fn abort_by_inode_wakes_seed_003_receiver_with_econnaborted() {
     require_root();
-    let (bpf, diag) = mechanisms();
-    if bpf.is_err() && diag.is_err() {
-        eprintln!("SKIP: no socket destroy mechanism on this kernel: bpf_sock_destroy: {:?}; sock_diag: {:?}", bpf, diag);
+    if !skip::needs_any(&EITHER) {
         return;
     }
     let (ns, r, ino) = seed_003();
     let report = abort_json(&ns, &["--inode", &ino.to_string(), "--yes"]);
-    let expected = if bpf.is_ok() { "bpf_sock_destroy" } else { "sock_diag" };
+    let expected = if Feature::BpfSockDestroy.available().is_ok() { "bpf_sock_destroy" } else { "sock_diag" };
     assert_eq!(report["via"], expected, "mechanisms tried in order: {report}");
     assert_cured(&report, ino, r.tid, expected);
 }
@@ -92,8 +89,7 @@ fn abort_by_inode_wakes_seed_003_receiver_with_econnaborted() {
 #[test]
 fn abort_via_bpf_sock_destroy_wakes_seed_003_receiver() {
     require_root();
-    if let (Err(why), _) = mechanisms() {
-        eprintln!("SKIP: bpf_sock_destroy unavailable here (needs Linux >= 6.5 with the kfunc in BTF): {why}");
+    if !skip::needs(Feature::BpfSockDestroy) {
         return;
     }
     let (ns, r, ino) = seed_003();
@@ -104,8 +100,7 @@ fn abort_via_bpf_sock_destroy_wakes_seed_003_receiver() {
 #[test]
 fn abort_via_sock_diag_wakes_seed_003_receiver() {
     require_root();
-    if let (_, Err(why)) = mechanisms() {
-        eprintln!("SKIP: SOCK_DESTROY unavailable here (needs CONFIG_INET_DIAG_DESTROY): {why}");
+    if !skip::needs(Feature::SockDiagDestroy) {
         return;
     }
     let (ns, r, ino) = seed_003();
@@ -131,9 +126,10 @@ fn dry_run_lists_the_socket_and_wakes_nothing() {
     release(&ns, ino, r.tid);
 }
 
-/// A real abort releases the thread, when this kernel has a mechanism.
+/// A real abort releases the thread, when this kernel has a mechanism (else the thread stays
+/// blocked until the test process exits).
 fn release(ns: &Netns, ino: u64, tid: u32) {
-    if let (Err(_), Err(_)) = mechanisms() {
+    if EITHER.iter().all(|f| f.available().is_err()) {
         return;
     }
     abort_json(ns, &["--inode", &ino.to_string(), "--yes"]);
@@ -143,9 +139,7 @@ fn release(ns: &Netns, ino: u64, tid: u32) {
 #[test]
 fn stranded_iface_destroys_exactly_that_interfaces_dead_sockets() {
     require_root();
-    let (bpf, diag) = mechanisms();
-    if bpf.is_err() && diag.is_err() {
-        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+    if !skip::needs_any(&EITHER) {
         return;
     }
     let ns = Netns::new().unwrap();
@@ -229,9 +223,7 @@ fn abort_without_terminal_or_yes_is_refused_and_destroys_nothing() {
 #[test]
 fn sigint_during_observation_prints_partial_report_and_exits_130() {
     require_root();
-    let (bpf, diag) = mechanisms();
-    if bpf.is_err() && diag.is_err() {
-        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+    if !skip::needs_any(&EITHER) {
         return;
     }
     let (ns, r, ino) = seed_003();
@@ -318,9 +310,7 @@ fn epoll_waiter(ns: &Netns, addr: &str) -> (i32, u32, std::sync::mpsc::Receiver<
 #[test]
 fn epoll_waiter_wakes_with_a_positive_count_and_its_next_recv_gets_econnaborted() {
     require_root();
-    let (bpf, diag) = mechanisms();
-    if bpf.is_err() && diag.is_err() {
-        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+    if !skip::needs_any(&EITHER) {
         return;
     }
     let ns = Netns::new().unwrap();
@@ -350,9 +340,7 @@ fn epoll_waiter_wakes_with_a_positive_count_and_its_next_recv_gets_econnaborted(
 #[test]
 fn other_namespaces_are_touched_only_with_all_netns() {
     require_root();
-    let (bpf, diag) = mechanisms();
-    if bpf.is_err() && diag.is_err() {
-        eprintln!("SKIP: no socket destroy mechanism on this kernel: {bpf:?}; {diag:?}");
+    if !skip::needs_any(&EITHER) {
         return;
     }
     let ns = Netns::new().unwrap();
