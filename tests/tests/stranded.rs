@@ -279,6 +279,24 @@ print("ready", s.fileno(), outer.fileno(), flush=True)
 outer.poll(600)
 "#;
 
+/// The threads of `pid` that the kernel shows asleep in an epoll wait
+/// (`/proc/PID/task/TID/syscall`, first field).
+fn epoll_tids(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|t| {
+            t.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("syscall"))
+                        .ok()
+                        .and_then(|l| l.split_whitespace().next()?.parse::<i64>().ok())
+                        .is_some_and(|nr| EPOLL_WAITS.contains(&nr))
+                })
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn nested_epoll_shared_by_threads_names_every_waiting_thread() {
     require_root();
@@ -291,26 +309,13 @@ fn nested_epoll_shared_by_threads_names_every_waiting_thread() {
     let line = d.wait_line("ready", READY).unwrap();
     let fds: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
     let (sock_fd, outer_fd) = (fds[0], fds[1]);
-    let in_epoll = || {
-        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| {
-            t.flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("syscall"))
-                        .ok()
-                        .and_then(|l| l.split_whitespace().next()?.parse::<i64>().ok())
-                        .is_some_and(|nr| EPOLL_WAITS.contains(&nr))
-                })
-                .count()
-        })
-    };
-    wait_until("four threads in epoll_wait on the outer instance", READY, || in_epoll() == 4).unwrap();
+    wait_until("four threads in epoll_wait on the outer instance", READY, || epoll_tids(pid).len() == 4).unwrap();
     let rows = rows_of(&socket_rows(&ns, false).unwrap(), pid);
     assert_eq!(rows.len(), 1, "{rows:#?}");
     let w = rows[0]["waiters"].as_array().unwrap();
     assert_eq!(w.len(), 4, "every thread sharing the epoll fd: {}", rows[0]);
-    let mut tids: Vec<u64> = w.iter().map(|w| w["tid"].as_u64().unwrap()).collect();
-    tids.dedup();
-    assert_eq!(tids.len(), 4, "{}", rows[0]);
+    let tids: std::collections::HashSet<u64> = w.iter().map(|w| w["tid"].as_u64().unwrap()).collect();
+    assert_eq!(tids, epoll_tids(pid), "each of the four threads the kernel shows in epoll_wait, once: {}", rows[0]);
     for w in w {
         assert_eq!(w["via"], "epoll", "{w}");
         assert_eq!(w["epfd"], outer_fd, "the fd the thread waits in: {w}");
