@@ -1,6 +1,8 @@
 //! `ifsock watch` against the real kernel: classification, order, bound sockets at deletion,
 //! the pid of the process that deleted the link (syscall tracepoint evidence), veth peers,
-//! namespaces that go away, SIGTERM, and refused arguments.
+//! namespaces that go away, SIGTERM and a second signal during the clean-up, `--iface`,
+//! `--count`, `--netns pid:PID`, a reconcile finding what the subscription never got, and
+//! refused arguments.
 use std::{io::Write, net::UdpSocket, os::fd::AsRawFd, process::Command, time::Duration};
 
 use ifsock_tests::*;
@@ -330,6 +332,264 @@ fn ready_reports_the_effective_rcvbuf_including_above_rmem_max() {
         let mut w = Running::start(&args).unwrap();
         let ready = w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
         assert_eq!(ready["rcvbuf"].as_u64(), Some(want), "--rcvbuf {arg:?}: {ready}");
+        // What the kernel has on watch's own subscription socket, read through a copy of it.
+        let subs = subscriptions_of(w.pid());
+        let real = sockopt_int(&subs[0], libc::SOL_SOCKET, libc::SO_RCVBUF).map(|b| b as u64);
+        assert_eq!(real, Some(want), "SO_RCVBUF of the subscription socket itself, --rcvbuf {arg:?}");
         assert!(w.interrupt().unwrap().success());
     }
+}
+
+/// An `int` socket option of `fd`.
+fn sockopt_int(fd: &impl AsRawFd, level: i32, name: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for the call.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    (rc == 0).then_some(v)
+}
+
+/// The multicast groups `fd` (a netlink socket) has joined: `NETLINK_LIST_MEMBERSHIPS`, a
+/// bitmap where bit N-1 is group N.
+fn memberships(fd: &impl AsRawFd) -> Vec<u32> {
+    let mut bits = [0u32; 8];
+    let mut len = std::mem::size_of_val(&bits) as libc::socklen_t;
+    // SAFETY: bits and len are valid for the call.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_NETLINK, libc::NETLINK_LIST_MEMBERSHIPS, bits.as_mut_ptr().cast(), &mut len) };
+    assert_eq!(rc, 0, "NETLINK_LIST_MEMBERSHIPS: {}", std::io::Error::last_os_error());
+    (0..256u32).filter(|g| bits[(g / 32) as usize] & (1 << (g % 32)) != 0).map(|g| g + 1).collect()
+}
+
+/// The NETLINK_ROUTE sockets of process `pid` that joined multicast groups (watch's
+/// subscription: its dump sockets join none), duplicated into this process with
+/// `pidfd_getfd(2)`: the same open socket, so a socket option read or set here is its own.
+fn subscriptions_of(pid: u32) -> Vec<std::os::fd::OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(pidfd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    let pidfd = owned(pidfd as i32);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if !std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:[")) {
+            continue;
+        }
+        let Ok(target) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else { continue };
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+        if fd < 0 {
+            continue; // closed since the listing
+        }
+        let fd = owned(fd as i32);
+        let route = sockopt_int(&fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+            && sockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::NETLINK_ROUTE);
+        if route && !memberships(&fd).is_empty() {
+            out.push(fd);
+        }
+    }
+    out
+}
+
+/// Makes watch's subscription deaf: every group it joined is dropped on its own socket
+/// (`NETLINK_DROP_MEMBERSHIP` through a pidfd_getfd copy), so the kernel sends it nothing
+/// more and says nothing about it: the silent loss a reconcile exists for.
+fn deafen(pid: u32) {
+    let subs = subscriptions_of(pid);
+    assert_eq!(subs.len(), 1, "one rtnetlink subscription in watch --netns");
+    for fd in &subs {
+        for group in memberships(fd) {
+            setsockopt(fd, libc::SOL_NETLINK, libc::NETLINK_DROP_MEMBERSHIP, &group.to_ne_bytes()).unwrap();
+        }
+        assert_eq!(memberships(fd), Vec::<u32>::new(), "the subscription left every group");
+    }
+}
+
+const IFF_UP: u64 = 1;
+
+#[test]
+fn reconcile_every_reports_a_change_the_subscription_never_delivered_and_only_with_the_option() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ra"), unique("rb"));
+    ns.veth(&a, &b, None).unwrap();
+    let index = ns.ifindex(&a).unwrap();
+    let of_a = |v: &Value| v["type"] == "change" && v["ifindex"] == index;
+
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "1s", "--no-sockets"]).unwrap();
+    w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    deafen(w.pid());
+    let started = std::time::Instant::now();
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
+    let late = w.wait_for("the down found by a reconcile", T, |v| of_a(v) && v["event"] == "down").unwrap();
+    let took = started.elapsed();
+    assert_eq!(late["source"], "reconcile", "the subscription was deaf: only a re-dump can have found it: {late}");
+    assert!(w.interrupt().unwrap().success());
+    let lines = w.rest();
+    assert!(!lines.iter().any(|v| of_a(v) && v["source"] == "netlink"), "a notification reached the deaf subscription");
+    let counters = lines.iter().find(|v| v["type"] == "counters").expect("counters on exit");
+    assert!(counters["counters"]["reconcile_changes"].as_u64().unwrap() >= 1, "{counters}");
+
+    // The same silent change without a reconcile: watch never learns it. The window is three
+    // times what the reconcile above took (at least 3 s): an absence has no event to wait for.
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--no-sockets"]).unwrap();
+    w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    deafen(w.pid());
+    ns.ip(&["link", "set", &a, "up"]).unwrap();
+    let window = (took * 3).max(Duration::from_secs(3));
+    let seen = w.wait_for("no change of the deafened link", window, |v| of_a(v));
+    assert!(seen.is_err(), "a change reached watch without a reconcile: {seen:?}");
+    assert!(w.interrupt().unwrap().success());
+    let lines = w.rest();
+    let counters = lines.iter().find(|v| v["type"] == "counters").expect("counters on exit");
+    assert_eq!(counters["counters"]["reconciles"], 0, "{counters}");
+    // The kernel has the link up; watch's last known state still has it down.
+    let kernel_up = ns.ip(&["-j", "link", "show", "dev", &a]).map(|o| String::from_utf8_lossy(&o.stdout).contains("\"UP\"")).unwrap();
+    assert!(kernel_up, "ip link shows {a} up");
+    let state = lines.iter().find(|v| v["type"] == "state").expect("state on exit");
+    let link = state["links"].as_array().unwrap().iter().find(|l| l["ifindex"] == index).unwrap_or_else(|| panic!("{a} in {state}"));
+    assert_eq!(link["flags"].as_u64().unwrap() & IFF_UP, 0, "watch never learnt of the up: {link}");
+}
+
+#[test]
+fn iface_filter_prints_only_the_changes_of_that_name_current_or_previous() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b, c, d, renamed, e) = (unique("fa"), unique("fb"), unique("fc"), unique("fd"), unique("fr"), unique("fe"));
+    ns.veth(&a, &b, Some("10.232.0.1/24")).unwrap();
+    ns.veth(&c, &d, Some("10.232.1.1/24")).unwrap();
+    let index = ns.ifindex(&a).unwrap();
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--no-sockets", "--iface", &a]).unwrap();
+    w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    let on_a = |event: &'static str| move |v: &Value| v["type"] == "change" && v["event"] == event && v["ifindex"] == index;
+    // One subscription delivers the notifications in order: another interface's change made
+    // before one of `a`'s is handled (and, were it not filtered, printed) before it.
+    ns.ip(&["link", "set", &c, "down"]).unwrap();
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
+    w.wait_for("a down", T, on_a("down")).unwrap();
+    ns.ip(&["link", "set", &c, "up"]).unwrap();
+    ns.ip(&["addr", "add", "10.232.1.2/24", "dev", &c]).unwrap();
+    ns.ip(&["link", "set", &a, "name", &renamed]).unwrap();
+    // The rename is `a`'s (its previous name); what the link does under its new name is not.
+    w.wait_for("renamed", T, on_a("renamed")).unwrap();
+    ns.ip(&["link", "set", &renamed, "up"]).unwrap();
+    ns.ip(&["link", "set", &d, "down"]).unwrap();
+    // A new interface that takes the name is `a` again.
+    ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &e]).unwrap();
+    let new = w.wait_for("the new a", T, |v| v["type"] == "change" && v["name"] == a.as_str() && v["ifindex"] != index).unwrap();
+    assert!(new["event"] == "created" || new["event"] == "recreated", "{new}");
+    assert!(w.interrupt().unwrap().success());
+    let changes: Vec<Value> = w.rest().into_iter().filter(|v| v["type"] == "change").collect();
+    let foreign: Vec<&Value> = changes.iter().filter(|v| v["name"] != a.as_str() && v["old_name"] != a.as_str()).collect();
+    assert!(foreign.is_empty(), "changes of other names printed with --iface {a}: {foreign:#?}");
+    for event in ["down", "renamed"] {
+        assert!(changes.iter().any(|v| v["event"] == event && v["ifindex"] == index), "{event} of {a}: {changes:#?}");
+    }
+}
+
+#[test]
+fn count_n_exits_zero_by_itself_after_n_changes() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--no-sockets", "--count", "2"]).unwrap();
+    w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    let (a, b) = (unique("ca"), unique("cb"));
+    // One request, two changes: both ends of the pair created.
+    ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
+    wait_until("watch exits by itself after 2 changes", T, || exited(w.pid())).unwrap();
+    let status = w.interrupt().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    let lines = w.rest();
+    let created: Vec<&Value> = lines.iter().filter(|v| v["type"] == "change").collect();
+    assert_eq!(created.len(), 2, "{created:#?}");
+    for n in [&a, &b] {
+        assert!(created.iter().any(|v| v["event"] == "created" && v["name"] == n.as_str()), "{n} created: {created:#?}");
+    }
+    assert!(lines.iter().any(|v| v["type"] == "counters"), "counters printed on the way out");
+}
+
+/// The bits of the signals `pid` catches (`SigCgt` in /proc/PID/status).
+fn caught(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("SigCgt:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_second_signal_during_the_clean_up_ends_watch_at_once() {
+    use std::{io::BufRead as _, os::fd::FromRawFd as _, os::unix::fs::OpenOptionsExt as _, os::unix::process::ExitStatusExt as _};
+    require_root();
+    let ns = Netns::new().unwrap();
+    // stdout is a one-page pipe that the test stops reading after `ready` and then fills: the
+    // clean-up's first line (the final state) blocks in write(2) until the process ends.
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
+    assert!(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    // A second open file of the same pipe, non-blocking, to fill it without making watch's
+    // own stdout non-blocking.
+    let filler = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(format!("/proc/self/fd/{}", wr.as_raw_fd())).unwrap();
+    let mut child = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"])
+        .stdout(std::process::Stdio::from(wr))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // SAFETY: r is ours; the File owns it from here.
+    let mut reader = std::io::BufReader::new(unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(r)) });
+    let mut line = String::new();
+    while !line.contains("\"type\":\"ready\"") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "watch exited before ready");
+    }
+    let mut full = 0;
+    loop {
+        match (&filler).write(b"x") {
+            Ok(_) => full += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the pipe: {e}"),
+        }
+    }
+    assert!(full > 0);
+    let (sigint, sigterm) = (1u64 << (libc::SIGINT - 1), 1u64 << (libc::SIGTERM - 1));
+    assert_ne!(caught(pid) & sigint, 0, "watch catches SIGINT while it runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    wait_until("watch cleaning up, blocked writing its final state", T, || {
+        caught(pid) & (sigint | sigterm) == 0 && in_syscall(pid, &[libc::SYS_write, libc::SYS_writev])
+    })
+    .unwrap();
+    assert!(!exited(pid), "watch is still in its clean-up");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_until("the second signal ends watch", Duration::from_secs(5), || exited(pid)).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "ended by the second signal itself, not by finishing its clean-up: {status}");
+    drop(reader);
+}
+
+/// `ip netns exec NS sleep 600`: a process living in the namespace, killed on drop.
+struct Resident(std::process::Child);
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn netns_pid_follows_the_namespace_of_that_process() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let ino = ns.ino().unwrap();
+    let resident = Resident(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap());
+    let pid = resident.0.id();
+    wait_until("the resident entered the netns", T, || std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.to_string_lossy() == format!("net:[{ino}]"))).unwrap();
+    let target = format!("pid:{pid}");
+    let mut w = Running::start(&["--netns", &target, "watch", "--json", "--reconcile-every", "0", "--no-sockets"]).unwrap();
+    let ready = w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    assert_eq!(ready["netns"], serde_json::json!([ino]), "{ready}");
+    let (a, b) = (unique("na"), unique("nb"));
+    ns.veth(&a, &b, None).unwrap();
+    let created = w.wait_for("created", T, |v| v["type"] == "change" && v["event"] == "created" && v["name"] == a.as_str()).unwrap();
+    assert_eq!(created["netns"], ino, "{created}");
+    assert!(w.interrupt().unwrap().success());
+    drop(resident);
 }
