@@ -2,9 +2,11 @@
 //! connected UDP socket that sends to a closed port gets an ICMP port unreachable, the kernel
 //! sets `sk_err` = ECONNREFUSED and reports it (`__udp4_lib_err()` → `sk_error_report()`);
 //! `watch` must show it with the socket's inode, through tp_btf and through the classic
-//! tracepoint fallback, and `teardown` must list it on the socket bound to the interface.
+//! tracepoint fallback, and `teardown` must list it on the socket bound to the interface. A TCP
+//! connection reset by its peer: `tcp_reset()` sets `sk_err` = ECONNRESET and reports it.
 use std::{
-    net::UdpSocket,
+    io::Read as _,
+    net::{TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -167,4 +169,48 @@ fn teardown_lists_kernel_reported_errors_on_a_socket_bound_to_the_interface() {
     assert!(seen["count"].as_u64().unwrap() >= 1);
     assert!(seen["remote"].as_str().unwrap().starts_with("10.231.0.2:"), "{seen}");
     drop(sock);
+}
+
+/// An established TCP connection on 127.0.0.1 whose server end is closed with `SO_LINGER`
+/// {on, 0}: `tcp_close()` sends a RST instead of a FIN, and the client's `tcp_reset()` sets
+/// `sk_err` = ECONNRESET and reports it. Returns the client (kept open, so it still has its
+/// inode), its inode, its local port and the server's port, once its blocked read returned
+/// ECONNRESET.
+fn reset_tcp() -> anyhow::Result<(TcpStream, u64, u16, u16)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server_port = listener.local_addr()?.port();
+    let mut client = TcpStream::connect(("127.0.0.1", server_port))?;
+    let (server, _) = listener.accept()?;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: linger is plain data, read as bytes for the call.
+    let bytes = unsafe { std::slice::from_raw_parts((&linger as *const libc::linger).cast::<u8>(), std::mem::size_of::<libc::linger>()) };
+    setsockopt(&server, libc::SOL_SOCKET, libc::SO_LINGER, bytes)?;
+    drop(server);
+    let err = client.read(&mut [0u8; 16]).expect_err("a read after the peer's RST fails");
+    anyhow::ensure!(err.raw_os_error() == Some(libc::ECONNRESET), "expected ECONNRESET, got {err}");
+    let ino = socket_inode(&client)?;
+    let port = client.local_addr()?.port();
+    Ok((client, ino, port, server_port))
+}
+
+#[test]
+fn watch_reports_econnreset_on_a_tcp_connection_reset_by_its_peer() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"]).unwrap();
+    let ready = w.wait_for("ready line", T, |v| v["type"] == "ready").unwrap();
+    assert_eq!(ready["sock_errors"], "tp_btf", "tp_btf on inet_sk_error_report needs Linux >= 5.14 with BTF: {ready}");
+    let (client, ino, port, server_port) = ns.run(reset_tcp).unwrap().unwrap();
+    let ev = w.wait_for("socket_error of the reset connection", T, is_error_of(ino)).unwrap();
+    assert_eq!((ev["errno"].as_i64(), ev["error"].as_str()), (Some(i64::from(libc::ECONNRESET)), Some("ECONNRESET")), "{ev}");
+    assert_eq!(ev["protocol"], "tcp", "{ev}");
+    assert_eq!(ev["family"], 4);
+    assert_eq!(ev["local"], format!("127.0.0.1:{port}"), "{ev}");
+    assert_eq!(ev["remote"], format!("127.0.0.1:{server_port}"), "{ev}");
+    assert_eq!(ev["netns"], ns.ino().unwrap());
+    assert_eq!(ev["via"], "tp_btf");
+    assert!(w.interrupt().unwrap().success());
+    let errors_of_it = w.rest().iter().filter(|v| v["type"] == "socket_error" && v["inode"] == ino).count();
+    assert_eq!(errors_of_it, 1, "one reset, one report");
+    drop(client);
 }
