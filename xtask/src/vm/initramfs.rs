@@ -1,6 +1,20 @@
 //! The initramfs: busybox, iproute2 tools and payload files with their shared libraries
 //! (`ldd`), the modules, and the `/init` script, written as a newc cpio.
-use super::*;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    io::{BufWriter, Read, Write},
+    path::Path,
+    process::Command,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use super::{
+    first_existing,
+    kernel::{plan_modules, read_up_to, walk_files},
+    VmOptions, BUSYBOX_CANDIDATES, HOST_TOOLS, LOG_PREFIX, REQUIRED_MODULES, WANTED_MODULES,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Shared libraries
@@ -252,6 +266,8 @@ ulimit -l unlimited 2>/dev/null || true
 echo 5 > /proc/sys/kernel/printk
 echo 1 > /proc/sys/kernel/softlockup_all_cpu_backtrace 2>/dev/null || true
 echo 1 > /proc/sys/kernel/softlockup_panic 2>/dev/null || true
+# watchdog_thresh is set on the kernel command line for emulation (xtask/src/vm/boot.rs).
+echo "ifsock-vm: soft lockup panics after 2 x $(cat /proc/sys/kernel/watchdog_thresh) s"
 "#,
     );
     for m in modules {

@@ -1,7 +1,17 @@
 //! The guest kernel: Debian's cloud kernel package fetched with `apt-get download`, unpacked
 //! and cached under `target/vm/kernel/`, and the network modules the tests need (with their
 //! dependencies from `modinfo`).
-use super::*;
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::{self, File},
+    io::Read,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use super::{KERNEL_METAPACKAGE, LOG_PREFIX};
 
 // ---------------------------------------------------------------------------------------------
 // Kernel cache
