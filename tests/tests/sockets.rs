@@ -93,8 +93,41 @@ fn sockets_without_filter_lists_each_socket_once() {
 
 /// `ss -tan` data lines (state column first) in `ns`.
 fn ss_tcp(ns: &Netns) -> Vec<String> {
-    let out = sh(&["ip", "netns", "exec", &ns.name, "ss", "-tanH"]).unwrap();
+    ss(ns, "-tanH")
+}
+
+/// `ss FLAGS` data lines in `ns` (the kernel's own listing, over sock_diag).
+fn ss(ns: &Netns, flags: &str) -> Vec<String> {
+    let out = sh(&["ip", "netns", "exec", &ns.name, "ss", flags]).unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+/// The local port of an `ss -n` data line (`STATE RECV-Q SEND-Q LOCAL:PORT PEER:PORT …`).
+fn ss_local_port(line: &str) -> Option<u64> {
+    line.split_whitespace().nth(3)?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// `(pid, fd)` of every owner in an `ss -p` line (`users:(("comm",pid=P,fd=F),…)`).
+fn ss_owners(line: &str) -> Vec<(u64, i64)> {
+    line.split("pid=")
+        .skip(1)
+        .filter_map(|rest| {
+            let (pid, rest) = rest.split_once(",fd=")?;
+            let fd: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((pid.parse().ok()?, fd.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One count of one protocol line of `/proc/net/sockstat{,6}` as seen in `ns`
+/// (`"sockstat", "TCP", "inuse"`).
+fn sockstat(ns: &Netns, file: &str, proto: &str, field: &str) -> u64 {
+    // thread-self: /proc/net is /proc/self/net, the netns of the thread group leader.
+    let text = ns.run(|| std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))).unwrap().unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{proto}:"))).unwrap_or_else(|| panic!("no {proto} in {file}: {text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == field).unwrap_or_else(|| panic!("no {field} in {line}"));
+    words[at + 1].parse().unwrap()
 }
 
 #[test]
@@ -158,8 +191,9 @@ fn sockets_rows_carry_distinct_nonzero_cookies() {
 #[test]
 fn sockets_beyond_one_seq_buffer_are_each_listed_once_and_retries_are_counted() {
     require_root();
-    // 900 records of 88 bytes overflow the iterator's 32 KiB seq buffer at least twice: each
-    // overflow is a retry of the same socket in the next read(), never a loss or a duplicate.
+    // The kernel gives a BPF iterator a seq buffer of 8 pages (`bpf_seq_read()`); 900 sockets do
+    // not fit in one: an overflow is a retry of the same socket in the next read(), never a loss
+    // or a duplicate. The list is checked against the kernel's own (ss, over sock_diag).
     const N: u16 = 900;
     let ns = Netns::new().unwrap();
     let socks = ns
@@ -173,6 +207,9 @@ fn sockets_beyond_one_seq_buffer_are_each_listed_once_and_retries_are_counted() 
     ports.sort_unstable();
     let want: Vec<u64> = (0..N).map(|i| u64::from(20000 + i)).collect();
     assert_eq!(ports, want, "every socket exactly once");
+    let mut kernel: Vec<u64> = ss(&ns, "-uanH").iter().filter_map(|l| ss_local_port(l)).collect();
+    kernel.sort_unstable();
+    assert_eq!(ports, kernel, "the UDP sockets ss lists in the netns");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let retries: u64 = stderr
         .split("iter_retries=")
@@ -180,7 +217,8 @@ fn sockets_beyond_one_seq_buffer_are_each_listed_once_and_retries_are_counted() 
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no iter_retries in the -vv log: {stderr}"));
-    assert!(retries >= 2, "{N} records must overflow the seq buffer: iter_retries={retries}");
+    // The one view of the overflow path having run: ifsock's own counter of retried records.
+    assert!(retries >= 1, "{N} records must overflow the seq buffer: iter_retries={retries}");
     drop(socks);
 }
 
@@ -204,14 +242,20 @@ fn many_sockets_walked_beside_the_owner_walk_each_get_their_owner_and_fd() {
         .unwrap()
         .unwrap();
     let (rows, log) = sockets_with_log(&ns);
+    // The path the test is named for leaves no trace in the kernel: its debug line is the evidence
+    // that it ran; what it found is checked against the kernel below.
     assert!(log.contains("beside the socket walk"), "{N} sockets must take the parallel owner walk: {log}");
     let pid = std::process::id();
+    // ss -p: the owners the kernel's sock_diag inodes and procfs fd links give, per port.
+    let kernel: std::collections::HashMap<u64, Vec<(u64, i64)>> =
+        ss(&ns, "-uanpH").iter().filter_map(|l| Some((ss_local_port(l)?, ss_owners(l)))).collect();
     for (i, s) in socks.iter().enumerate() {
         let port = 30000 + i as u16;
         let row = find(&rows, "udp", port).unwrap_or_else(|| panic!("udp :{port} missing"));
         let owners = row["owners"].as_array().unwrap();
         assert_eq!(owners.len(), 1, "{row}");
         assert_eq!((owners[0]["pid"].as_u64(), owners[0]["fd"].as_i64()), (Some(u64::from(pid)), Some(i64::from(s.as_raw_fd()))), "{row}");
+        assert_eq!(kernel.get(&u64::from(port)), Some(&vec![(u64::from(pid), i64::from(s.as_raw_fd()))]), "ss -p on :{port}");
     }
     assert_eq!(rows.iter().filter(|r| r["protocol"] == "udp").count(), usize::from(N));
     drop(socks);
@@ -282,15 +326,19 @@ fn a_table_without_sockets_of_the_netns_is_not_walked_and_one_socket_brings_the_
     require_root();
     let ns = Netns::new().unwrap();
     let udp = ns.run(|| UdpSocket::bind("127.0.0.1:6401")).unwrap().unwrap();
+    assert_eq!((sockstat(&ns, "sockstat", "TCP", "inuse"), sockstat(&ns, "sockstat6", "TCP6", "inuse")), (0, 0), "the kernel counts no TCP socket here");
     let (rows, log) = sockets_with_log(&ns);
     assert!(find(&rows, "udp", 6401).is_some(), "{rows:#?}");
     assert!(rows.iter().all(|r| r["protocol"] != "tcp"), "{rows:#?}");
-    assert!(log.contains("1 UDP, 0 TCP sockets in this netns; walks skipped"), "no skipped TCP walk in the log: {log}");
+    // The skip leaves no trace in the kernel: its debug line is the evidence that it happened.
+    assert!(log.contains("walks skipped"), "no skipped TCP walk in the log: {log}");
 
+    // A lone IPv6 listener: sockstat counts it in sockstat6 only.
     let v6 = ns.run(|| TcpListener::bind("[::1]:6402")).unwrap().unwrap();
-    let (rows, log) = sockets_with_log(&ns);
+    assert_eq!((sockstat(&ns, "sockstat", "TCP", "inuse"), sockstat(&ns, "sockstat6", "TCP6", "inuse")), (0, 1), "the listener is counted in sockstat6 only");
+    let (rows, _) = sockets_with_log(&ns);
     assert!(find(&rows, "tcp", 6402).is_some_and(|r| r["state"] == "LISTEN"), "IPv6 listener missing: {rows:#?}");
-    assert!(!log.contains("walks skipped"), "a walk was skipped with a TCP and a UDP socket: {log}");
+    assert_eq!(rows.iter().filter(|r| r["protocol"] == "tcp").count(), ss_tcp(&ns).len(), "the TCP sockets ss lists");
 
     // The client closes first and the listener goes: only the client's TIME_WAIT is left.
     let client_port = ns
@@ -312,6 +360,7 @@ fn a_table_without_sockets_of_the_netns_is_not_walked_and_one_socket_brings_the_
         ss.len() == 1 && ss[0].starts_with("TIME-WAIT") && ss[0].contains(&format!(":{client_port} "))
     })
     .unwrap();
+    assert_eq!(sockstat(&ns, "sockstat", "TCP", "tw"), 1, "the kernel counts the TIME_WAIT socket");
     let (rows, _) = sockets_with_log(&ns);
     assert!(find(&rows, "tcp", client_port).is_some_and(|r| r["state"] == "TIME_WAIT"), "TIME_WAIT :{client_port} missing: {rows:#?}");
     drop(udp);
