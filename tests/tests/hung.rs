@@ -324,21 +324,19 @@ fn hung_started_after_the_deletion_names_the_interface_from_the_journal() {
     let deleted_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     r.close_fd();
     // The record a running agent journals for the deletion (a `change` line, as `watch --json`).
-    let dir = std::env::temp_dir().join(format!("ifsock-journal-{}", unique("j")));
-    std::fs::create_dir_all(&dir).unwrap();
-    let empty = std::env::temp_dir().join(format!("ifsock-journal-empty-{}", unique("j")));
-    std::fs::create_dir_all(&empty).unwrap();
+    let dir = TempDir::new("journal");
+    let empty = TempDir::new("journal-empty");
     let record = serde_json::json!({"type": "change", "ts_unix_ns": deleted_at, "source": "netlink", "netns": ns.ino().unwrap(),
         "event": "deleted", "ifindex": ifindex, "name": a});
-    std::fs::write(dir.join("journal-0000000000.jsonl"), format!("{record}\n")).unwrap();
+    std::fs::write(dir.0.join("journal-0000000000.jsonl"), format!("{record}\n")).unwrap();
 
     let row_with = |journal: &std::path::Path| {
         let rows = ifsock_json(&["--netns", &ns.name, "hung", "--json", "--min-blocked", "0", "--pid", &pid, "--journal", journal.to_str().unwrap()]).unwrap();
         rows.into_iter().find(|v| v["tid"] == r.tid).unwrap_or_else(|| panic!("receiver {} missing", r.tid))
     };
-    let without = row_with(&empty);
+    let without = row_with(&empty.0);
     assert_eq!(without["stranded"], false, "no recorder saw the deletion: a snapshot alone never guesses: {without}");
-    let row = row_with(&dir);
+    let row = row_with(&dir.0);
     assert_eq!(row["stranded"], true, "{row}");
     assert!(
         row["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == a.as_str() && i["ifindex"] == ifindex && i["state"] == "deleted"),
@@ -348,6 +346,21 @@ fn hung_started_after_the_deletion_names_the_interface_from_the_journal() {
     let missing = ifsock(&["hung", "--journal", "/nonexistent/ifsock-journal"]).unwrap();
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no such directory"), "{missing:?}");
     assert_eq!(r.wake(&ns, "127.0.0.1").unwrap(), 4);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&empty);
+}
+
+/// A directory made for one test, removed on drop (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ifsock-{tag}-{}", unique("j")));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
