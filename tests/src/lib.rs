@@ -36,6 +36,26 @@ mod tests {
     }
 
     #[test]
+    fn blocked_receiver_drop_releases_its_thread_with_the_fd_open_or_closed() {
+        require_root();
+        let ns = Netns::new().unwrap();
+        for close_first in [false, true] {
+            let r = BlockedReceiver::start(&ns, "0.0.0.0:0", false, None).unwrap();
+            let tid = r.tid;
+            if close_first {
+                r.close_fd();
+            }
+            drop(r);
+            // Drop joined the thread; the kernel releases its task right after (a thread's
+            // exit clears the tid that join waits on before the task leaves /proc).
+            wait_until(&format!("thread {tid} gone (fd closed first: {close_first})"), Duration::from_secs(5), || {
+                !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
     fn temp_path_removes_a_tree_on_drop() {
         let t = TempPath::new("tp", "tree");
         std::fs::create_dir_all(t.path.join("a/b")).unwrap();
@@ -281,8 +301,8 @@ pub fn owned(fd: i32) -> OwnedFd {
 /// `RCV_SHUTDOWN` and calls `sk_state_change`, although it returns `ENOTCONN`), then closed;
 /// after [`BlockedReceiver::close_fd`] the thread is woken with a datagram sent from its own
 /// netns to its bound address. The thread is joined once it returns (bounded wait). A socket
-/// that no fd and no datagram can reach any more (fd closed, bound to a deleted device) keeps
-/// its thread blocked until the test process exits: that is the state the test built.
+/// that no fd and no datagram can reach any more (fd closed and bound to a device) keeps its
+/// thread blocked until the test process exits: that is the state the test built.
 pub struct BlockedReceiver {
     /// The receiving thread's tid.
     pub tid: u32,
@@ -293,6 +313,8 @@ pub struct BlockedReceiver {
     done: mpsc::Receiver<isize>,
     /// The bound address, for the wake-up datagram in `Drop`.
     local: std::net::SocketAddr,
+    /// Bound to a device (`SO_BINDTODEVICE`): a datagram from loopback never reaches it.
+    device_bound: bool,
     thread: Option<std::thread::JoinHandle<()>>,
     fd_closed: AtomicBool,
     returned: AtomicBool,
@@ -305,6 +327,7 @@ impl BlockedReceiver {
         use std::os::fd::IntoRawFd;
         let addr = addr.to_string();
         let device = device.map(str::to_string);
+        let device_bound = device.is_some();
         let (tid_tx, tid_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         // The receiving thread is spawned inside the namespace, like a service living there.
@@ -339,6 +362,7 @@ impl BlockedReceiver {
             port: local.port(),
             done,
             local,
+            device_bound,
             thread: Some(thread),
             fd_closed: AtomicBool::new(false),
             returned: AtomicBool::new(false),
@@ -414,13 +438,13 @@ impl Drop for BlockedReceiver {
         let fd_open = !self.fd_closed.load(Ordering::SeqCst);
         let mut returned = self.returned.load(Ordering::SeqCst) || thread.is_finished();
         if !returned {
-            if fd_open {
+            let woken = if fd_open {
                 // SAFETY: the fd is still owned by this receiver (not closed: the flag).
-                unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+                unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 || nix::errno::Errno::last() == nix::errno::Errno::ENOTCONN }
             } else {
-                let _ = self.poke();
-            }
-            returned = self.done.recv_timeout(Duration::from_secs(5)).is_ok();
+                !self.device_bound && self.poke().is_ok()
+            };
+            returned = woken && self.done.recv_timeout(Duration::from_secs(5)).is_ok();
         }
         if returned {
             let _ = thread.join();

@@ -11,7 +11,7 @@ use std::{
     process::{Command, ExitStatus, Stdio},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -171,11 +171,12 @@ fn host_test(root: &Path, args: &[String]) -> Result<()> {
     let skips: Vec<report::Skip> =
         std::fs::read_to_string(&skip_log).unwrap_or_default().lines().filter_map(report::Skip::parse).collect();
     let must: Vec<&str> = must_run.iter().map(String::as_str).collect();
-    report::finish(&totals, &skips, &must)?;
+    let counted = report::finish(&totals, &skips, &must);
     if !st.success() {
-        bail!("cargo test failed ({st}) although no test result line counted a failure: a build error or a crashed test binary (see above)");
+        let why = counted.err().unwrap_or_else(|| anyhow!("no test result line counted a failure: a build error or a crashed test binary (see above)"));
+        return Err(why.context(format!("cargo test failed ({st})")));
     }
-    Ok(())
+    counted
 }
 
 /// Runs `cmd` with its stdout passed through as it arrives (libtest's `test x ... ` shows before
