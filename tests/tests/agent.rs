@@ -665,3 +665,48 @@ fn hung_reads_the_deletion_from_a_journal_the_agent_wrote() -> Result<()> {
     r.close_fd();
     Ok(())
 }
+
+/// README: the journal's total size stays under `--journal-max-bytes`, the oldest segments going
+/// when a new one starts, and a full disk does not stop the agent. While the disk is full, each
+/// failed record counts its own length toward the bound (and leaves an empty segment file), so
+/// segments of history go although the bytes on disk never came near the bound.
+#[test]
+#[ignore = "bug: while the disk is full, failed records count toward --journal-max-bytes (Journal::append pushes current_bytes + len for a segment that holds 0 bytes) and each leaves an empty segment file: older history is removed with the disk far under the bound"]
+fn a_full_disk_keeps_the_history_that_fits_the_bound() -> Result<()> {
+    require_root();
+    let max: u64 = 32 * 1024;
+    let fs = Tmpfs::mount("1m")?;
+    let mut agent = Agent::start_in(&["--journal-max-bytes", &max.to_string()], TempDir(fs.0.join("j")), Stdio::null())?;
+    let ns = Netns::new()?;
+    agent.wait_record("netns_added in the journal", |r| r["type"] == "netns_added" && r["netns_name"] == ns.name.as_str())?;
+    let batch = TempDir::new("batch");
+    std::fs::write(&batch.0, (0..10).map(|i| format!("link add hu{i} type veth peer name hv{i}\n")).collect::<String>())?;
+    ns.ip(&["-batch", &batch.0.to_string_lossy()])?;
+    agent.wait_record("the history in the journal", |r| r["type"] == "change" && r["name"] == "hu9")?;
+    let sizes = |dir: &Path| -> Vec<(PathBuf, u64)> { journal_files(dir).into_iter().map(|f| { let n = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0); (f, n) }).collect() };
+    let before = sizes(&agent.journal.0);
+
+    let filler = fs.fill()?;
+    let errors = |agent: &Agent| agent.metrics().ok().and_then(|m| sample(&m, "ifsock_journal_write_errors_total"));
+    std::fs::write(&batch.0, (10..160).map(|i| format!("link add hu{i} type veth peer name hv{i}\n")).collect::<String>())?;
+    ns.ip(&["-batch", &batch.0.to_string_lossy()])?;
+    poll("100 journal write errors", Duration::from_secs(30), || errors(&agent).is_some_and(|e| e >= 100.0))?;
+    std::fs::remove_file(&filler)?;
+    let c = unique("ag");
+    ns.ip(&["link", "add", &c, "type", "veth", "peer", "name", &unique("ah")])?;
+    agent.wait_record("a change after the disk has room again", |r| r["type"] == "change" && r["name"] == c.as_str())?;
+    assert_eq!(agent.terminate()?.code(), Some(143));
+
+    let after = sizes(&agent.journal.0);
+    let on_disk: u64 = after.iter().map(|(_, n)| n).sum();
+    let removed: Vec<&(PathBuf, u64)> = before.iter().filter(|(f, _)| !f.exists()).collect();
+    let removed_bytes: u64 = removed.iter().map(|(_, n)| n).sum();
+    // A removal is due only when keeping the segment would have passed the bound.
+    assert!(
+        removed.is_empty() || on_disk + removed_bytes + max / 8 > max,
+        "segments {removed:?} were removed with {on_disk} bytes on disk (+{removed_bytes} removed), bound {max}"
+    );
+    let empty = after.iter().filter(|(_, n)| *n == 0).count();
+    assert!(empty <= 1, "{empty} empty segment files left by failed writes");
+    Ok(())
+}
