@@ -1,7 +1,8 @@
 //! `ifsock teardown` against the real kernel, in a namespace of the test's own: what a sender
 //! bound to the interface gets between down and delete (seed 000), a receiver that nothing
-//! wakes (seed 003), the dry run, the safety refusals, and an interface deleted by someone else
-//! during the grace period.
+//! wakes (seed 003), the dry run, the safety refusals (lo, unknown names, no confirmation, a
+//! "no" on the terminal's prompt, a grace over 24 h), an interface deleted by someone else
+//! during the grace period, and a second signal while the interrupted teardown reports.
 use std::{
     net::UdpSocket,
     os::fd::AsRawFd,
@@ -529,4 +530,168 @@ fn abort_stranded_wakes_a_receiver_blocked_on_the_deleted_veth_and_reports_it() 
     assert_eq!((w["woke"].as_bool(), w["errno"].as_i64()), (Some(true), Some(103)), "{w}");
     let human = r["abort"]["destroyed"].as_u64();
     assert!(human.is_some_and(|n| n >= 1), "{r:#}");
+}
+
+/// `teardown` with a terminal for its stdin (`openpty(3)`): its stderr is collected on a
+/// thread so the test can wait for the confirmation prompt.
+struct OnTerminal {
+    child: std::process::Child,
+    master: std::fs::File,
+    stderr: Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnTerminal {
+    fn start(args: &[&str]) -> Self {
+        use std::{io::Read as _, os::fd::FromRawFd as _};
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: out-pointers to two ints; null name, termios and winsize are allowed.
+        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds are fresh and owned here.
+        let (master, slave) = unsafe { (std::fs::File::from_raw_fd(master), std::os::fd::OwnedFd::from_raw_fd(slave)) };
+        let mut child = Command::new(ifsock_bin()).args(args).stdin(Stdio::from(slave)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let (sink, mut from) = (stderr.clone(), child.stderr.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        OnTerminal { child, master, stderr, reader: Some(reader) }
+    }
+
+    /// Waits for the prompt, answers `line`, and returns the finished run's status, stdout
+    /// and stderr.
+    fn answer(mut self, line: &str) -> (std::process::ExitStatus, String, String) {
+        use std::io::{Read as _, Write as _};
+        let stderr = self.stderr.clone();
+        let child = &mut self.child;
+        wait_until("the confirmation prompt", Duration::from_secs(120), || {
+            stderr.lock().unwrap().contains("proceed? [y/N]") || child.try_wait().ok().flatten().is_some()
+        })
+        .unwrap();
+        assert!(self.child.try_wait().unwrap().is_none(), "teardown exited before asking: {}", self.stderr.lock().unwrap());
+        self.master.write_all(line.as_bytes()).unwrap();
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        // The stderr reader ends at the pipe's end, with the process: its last bytes are in.
+        self.reader.take().unwrap().join().unwrap();
+        let err = self.stderr.lock().unwrap().clone();
+        (status, out, err)
+    }
+}
+
+impl Drop for OnTerminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn on_a_terminal_teardown_asks_and_no_leaves_the_interface_untouched_while_yes_proceeds() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    let index = pair(&ns, &a, &b, 232);
+    let args = ["--netns", ns.name.as_str(), "teardown", a.as_str(), "--grace", "0"];
+
+    let (status, out, err) = OnTerminal::start(&args).answer("n\n");
+    assert_eq!(status.code(), Some(1), "a refused confirmation is an error: {err}");
+    assert!(err.contains(&format!("about to set {a} (ifindex {index}")), "the prompt says what would happen: {err}");
+    assert!(err.contains(&format!("not confirmed: {a} left untouched")), "{err}");
+    assert!(out.is_empty(), "nothing on stdout: {out}");
+    assert_eq!(ns.ifindex(&a).unwrap(), index, "{a} still exists");
+    assert!(link_flags(&ns, &a).unwrap().iter().any(|f| f == "UP"), "{a} still up");
+
+    let (status, out, err) = OnTerminal::start(&args).answer("y\n");
+    assert!(status.success(), "{err}");
+    assert!(out.contains("deleted after"), "{out}");
+    assert!(ns.ifindex(&a).is_err(), "confirmed: {a} deleted");
+}
+
+#[test]
+fn grace_longer_than_a_day_and_json_refusals_of_lo_change_nothing() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    let index = pair(&ns, &a, &b, 233);
+    let out = ifsock(&["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "25h"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("longer than 24h"), "{err}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(ns.ifindex(&a).unwrap(), index);
+    assert!(link_flags(&ns, &a).unwrap().iter().any(|f| f == "UP"), "a refused teardown left {a} changed");
+
+    // Before the interface is known, the JSON refusal is the short object.
+    let out = ifsock(&["--netns", &ns.name, "teardown", "lo", "--yes", "--json"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["dry_run", "error", "ifname", "interrupted", "state_left", "type"], "{r:#}");
+    assert_eq!((r["ifname"].as_str(), r["state_left"].as_str(), r["interrupted"].as_bool()), (Some("lo"), Some("untouched"), Some(false)), "{r:#}");
+    assert!(r["error"].as_str().unwrap().contains("loopback"), "{r:#}");
+    assert!(link_flags(&ns, "lo").unwrap().iter().any(|f| f == "UP"), "lo untouched");
+}
+
+/// The bits of the signals `pid` catches (`SigCgt` in /proc/PID/status).
+fn caught(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("SigCgt:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_second_signal_while_the_interrupted_teardown_reports_ends_it_at_once_and_the_interface_stays_down() {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::process::ExitStatusExt as _};
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    let index = pair(&ns, &a, &b, 234);
+    // stdout is a one-page pipe the test fills and never reads: after the first signal the
+    // report's write blocks, and the process can end only by the second signal.
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
+    assert!(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    let filler = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(format!("/proc/self/fd/{}", wr.as_raw_fd())).unwrap();
+    while (&filler).write(b"x").is_ok() {}
+    let mut child = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "60s"])
+        .stdout(Stdio::from(wr))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (sigint, sigterm) = (1u64 << (libc::SIGINT - 1), 1u64 << (libc::SIGTERM - 1));
+    wait_until("ifsock's down (IFF_UP cleared) with its signal handlers installed", T, || {
+        link_flags(&ns, &a).is_some_and(|f| !f.iter().any(|f| f == "UP")) && caught(pid) & sigint != 0
+    })
+    .unwrap();
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    wait_until("the interrupted teardown blocked writing its report", T, || {
+        caught(pid) & (sigint | sigterm) == 0 && in_syscall(pid, &[libc::SYS_write, libc::SYS_writev])
+    })
+    .unwrap();
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the second signal did not end the teardown");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "ended by the second signal itself: {status}");
+    assert_left_down(&ns, &a, index);
+    drop(r);
 }
