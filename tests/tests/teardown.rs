@@ -695,3 +695,59 @@ fn a_second_signal_while_the_interrupted_teardown_reports_ends_it_at_once_and_th
     assert_left_down(&ns, &a, index);
     drop(r);
 }
+
+#[test]
+fn teardown_lists_a_tcp_reset_during_grace_on_a_connection_bound_to_the_interfaces_address() {
+    use std::{io::Read as _, net::{TcpListener, TcpStream}};
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    pair(&ns, &a, &b, 235);
+    // Both ends on `a`'s address: the local route of an address stays while its device is
+    // down (only its deletion removes it), so the peer's RST still arrives during grace.
+    let (mut client, server) = ns
+        .run(|| -> anyhow::Result<(TcpStream, TcpStream)> {
+            let l = TcpListener::bind("10.235.0.1:0")?;
+            let c = TcpStream::connect(l.local_addr()?)?;
+            Ok((c, l.accept()?.0))
+        })
+        .unwrap()
+        .unwrap();
+    let ino = socket_inode(&client).unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let child = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "teardown", &a, "--yes", "--json", "--grace", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let down = wait_until("ifsock's down (IFF_UP cleared)", T, || link_flags(&ns, &a).is_some_and(|f| !f.iter().any(|f| f == "UP")));
+    // The peer closes with SO_LINGER {on, 0}: a RST instead of a FIN.
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: linger is plain data, read as bytes for the call.
+    let bytes = unsafe { std::slice::from_raw_parts((&linger as *const libc::linger).cast::<u8>(), std::mem::size_of::<libc::linger>()) };
+    setsockopt(&server, libc::SOL_SOCKET, libc::SO_LINGER, bytes).unwrap();
+    drop(server);
+    client.set_read_timeout(Some(T)).unwrap();
+    let read = client.read(&mut [0u8; 16]);
+    // Ends the grace period early: an interface deleted by someone else.
+    ns.ip(&["link", "del", &a]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    down.unwrap();
+    assert_eq!(read.map_err(|e| e.raw_os_error()).err(), Some(Some(libc::ECONNRESET)), "the client saw the RST during grace");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = socket(&r, ino);
+    assert_eq!((s["binding"].as_str(), s["protocol"].as_str()), (Some("address"), Some("tcp")), "{s:#}");
+    let seen = s["socket_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["errno"] == libc::ECONNRESET)
+        .unwrap_or_else(|| panic!("no kernel-reported ECONNRESET on the connection: {s:#}"));
+    assert_eq!((seen["error"].as_str(), seen["count"].as_u64()), (Some("ECONNRESET"), Some(1)), "{seen}");
+    assert_eq!(seen["remote"], server_addr.to_string(), "{seen}");
+    let first = seen["first_ms"].as_f64().unwrap();
+    assert!(first >= 0.0 && r["vanished_ms"].as_f64().is_some_and(|v| first <= v), "during grace: {r:#}");
+    drop(client);
+}
