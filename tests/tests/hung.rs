@@ -10,7 +10,7 @@ const T: Duration = Duration::from_secs(20);
 /// Longest kernel tick, ns (`CONFIG_HZ` 100): the most a tick-precise start can be early by.
 const TICK_MAX_NS: u64 = 10_000_000;
 
-fn mine<'a>(snapshot: &'a Value, tid: u32) -> Option<&'a Value> {
+fn mine(snapshot: &Value, tid: u32) -> Option<&Value> {
     snapshot["receivers"].as_array()?.iter().find(|r| r["tid"] == tid)
 }
 
