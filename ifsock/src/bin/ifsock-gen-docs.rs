@@ -89,3 +89,39 @@ fn see_also(sub: Option<&str>, subs: &[String]) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_the_reference_page_its_man_page_points_to() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let missing: Vec<String> = Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| format!("{}.md", s.get_name()))
+            .filter(|page| !docs.join(page).is_file())
+            .collect();
+        assert!(missing.is_empty(), "docs/ lacks {missing:?}: each man page's SEE ALSO names docs/<subcommand>.md");
+    }
+
+    #[test]
+    fn man_pages_are_one_per_visible_subcommand_plus_the_main_page() {
+        let dir = std::env::temp_dir().join(format!("ifsock-gen-docs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        write_man_pages(&dir).expect("man pages");
+        let mut written: Vec<String> =
+            std::fs::read_dir(&dir).expect("read temp dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+        written.sort();
+        let mut expected: Vec<String> =
+            Cli::command().get_subcommands().filter(|s| !s.is_hide_set()).map(|s| format!("ifsock-{}.1", s.get_name())).collect();
+        expected.push("ifsock.1".into());
+        expected.sort();
+        let sockets = std::fs::read_to_string(dir.join("ifsock-sockets.1")).expect("sockets page");
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
+        assert_eq!(written, expected);
+        assert!(sockets.contains(&format!("\"ifsock {}\"", env!("CARGO_PKG_VERSION"))), "title line carries the version");
+        assert!(sockets.contains("docs/sockets.md"), "SEE ALSO names the reference page");
+    }
+}
