@@ -1,5 +1,6 @@
 //! Project tasks: toolchain setup, build, run, tests, benchmarks and the VM test. The only place
 //! that knows about toolchains and QEMU.
+mod docs;
 mod expect;
 mod report;
 mod toolchain;
@@ -70,6 +71,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Write the man pages and shell completions (docs/man, docs/completions) from ifsock's clap
+    /// definitions; `--check` fails when the checked-in ones differ (CI runs it).
+    Docs {
+        /// Regenerate into target/docs-check and compare instead of writing docs/.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -124,6 +132,10 @@ fn main() -> Result<()> {
                 .env("IFSOCK_BIN", &bin)
                 .args(&args);
             status(&mut cmd)
+        }
+        Task::Docs { check } => {
+            toolchain::ensure(may_install())?;
+            docs::run(&root, check)
         }
     }
 }
