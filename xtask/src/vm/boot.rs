@@ -26,17 +26,21 @@ pub(super) struct Console {
 /// The guest kernel's command line.
 ///
 /// `watchdog_thresh=60`: the soft-lockup detector fires when a CPU has not scheduled for
-/// 2 × watchdog_thresh s (default 10, so 20 s). Under TCG a vCPU is a host thread, ~10-50×
-/// slower than hardware and descheduled whenever the 2-core host is busy; and attaching fentry
-/// or kprobes patches kernel text through `text_poke_bp_batch`, which IPIs every other CPU and
-/// waits for each to run `do_sync_core` (`text_poke_sync` → `on_each_cpu(…, wait=1)`, three
-/// times per batch) with preemption disabled, after TCG has thrown away the translated code of
-/// the patched page. A starved second vCPU makes that wait longer than 20 s with no kernel fault:
-/// that is where the two earlier lockups were reported (RIP in `text_poke_bp_batch` while probes
-/// attached, in 2 of 9 full runs, never on the host kernel, never repeated by a rerun). 60 (the
-/// maximum, 120 s) keeps the detector for a real lockup, and `softlockup_panic` (set by /init)
-/// still ends the run loudly with every CPU's stack; the tests' own bounds (60 s per awaited
-/// line) and the 40-minute VM timeout catch a real hang well before or regardless of it.
+/// 2 × watchdog_thresh s (default 10, so 20 s). Attaching fentry or kprobes patches kernel text
+/// through `text_poke_bp_batch`, which IPIs every other CPU and waits for each to run
+/// `do_sync_core` (`text_poke_sync` → `on_each_cpu(…, wait=1)`, three times per batch) with
+/// preemption disabled; under TCG each vCPU is a host thread, and sending an IPI is an APIC write
+/// that QEMU emulates under its global lock. The two earlier lockups were reported there (RIP in
+/// `text_poke_bp_batch` while probes attached, 2 of 9 full runs, never on the host kernel, never
+/// repeated by a rerun). Measured (function_graph on `text_poke_bp_batch`, max_graph_depth 1, in
+/// the 6.1 guest, kernel_probes + abort twice, host load average 5-9 on 2 cores, Dec 2026): 577
+/// batches, median 0.3 ms, p90 16 ms, p99 25 ms, max 33 ms; with the full call graph one
+/// `flat_send_IPI_mask` alone took 4.5 ms. Ordinary emulation speed is thus ~600× below 20 s:
+/// a lockup there needs a vCPU thread the host did not run for tens of seconds (an overloaded
+/// host), or an IPI never delivered (a real hang, which this setting does not hide). 60, the
+/// maximum (120 s), tolerates the first; `softlockup_panic` (set by /init) still ends the second
+/// loudly with every CPU's stack, and the tests' own bounds (60 s per awaited line) and the
+/// 40-minute VM timeout catch any hang regardless. There is no second boot: a lockup fails the run.
 pub(super) const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init mitigations=off watchdog_thresh=60";
 
 /// KVM only on request (`IFSOCK_VM_KVM=1`): /dev/kvm may exist in a nested VM whose KVM cannot
