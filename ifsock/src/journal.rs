@@ -8,8 +8,10 @@
 //!
 //! Crash safety: records are appended with one `write(2)` each, so a crash leaves at most one
 //! torn line at the end of the last segment; [`read`] skips lines that do not parse and counts
-//! them. After a failed write the segment is abandoned (a partial line may end it) and the next
-//! record starts a new one.
+//! them. After a failed write (a full disk, `ENOSPC`) the segment is cut back to its last whole
+//! line and kept, so a full disk leaves neither torn lines nor one empty segment per lost record
+//! (when the cut fails, the segment is closed at its real size instead); the first record written
+//! after a run of failures starts a new segment unless the current one is still empty.
 use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},
@@ -142,6 +144,19 @@ pub struct Journal {
     current_bytes: u64,
     write_errors: u64,
     failing: bool,
+    /// Test hook: while set, every write fails as [`Fault`] says.
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+/// A write failure injected by unit tests (a disk filling up mid-line).
+#[cfg(test)]
+#[derive(Clone, Copy)]
+struct Fault {
+    /// Bytes of the line that reach the file before the write fails with `ENOSPC`.
+    written: usize,
+    /// Whether cutting the segment back to its last whole line fails too.
+    cut_fails: bool,
 }
 
 /// Segment file name of `seq` (zero-padded so names sort in order).
@@ -186,6 +201,8 @@ impl Journal {
             current_bytes: 0,
             write_errors: 0,
             failing: false,
+            #[cfg(test)]
+            fault: None,
         };
         j.open_segment().map_err(|e| match e {
             JournalError::Write { source, .. } => dir_err(source),
@@ -272,15 +289,47 @@ impl Journal {
                     tracing::error!("journal: {e}; records are being lost until writes succeed again (counted in ifsock_journal_write_errors_total)");
                 }
                 self.failing = true;
-                // The segment may end in a partial line now: never append after it.
-                if let Some(f) = self.current.take() {
-                    let _ = f.sync_all();
-                    self.closed.push_back((self.seq, self.current_bytes + len));
-                    self.seq += 1;
-                }
+                self.discard_partial(len);
             }
         }
         r
+    }
+
+    /// After a failed write of a `len`-byte line: cuts the current segment back to the
+    /// `current_bytes` of whole lines it held and keeps it, so a full disk neither leaves a torn
+    /// line (a line cut just before its newline would read as a whole record that was counted
+    /// lost) nor one new empty segment per lost record. When the cut fails, the segment is
+    /// closed at the bytes it really holds (never `current_bytes + len`: on a full disk nothing
+    /// of the line may have been written, and counting it would make [`Journal::trim`] remove
+    /// history that fits the bound), nothing is appended after its torn line ([`read`] skips
+    /// it), and the next record starts a new segment.
+    fn discard_partial(&mut self, len: u64) {
+        let Some(f) = self.current.as_ref() else { return };
+        let whole = self.current_bytes;
+        let on_disk = |f: &File| f.metadata().map(|m| m.len());
+        #[cfg(test)]
+        let cut_fails = self.fault.is_some_and(|fault| fault.cut_fails);
+        #[cfg(not(test))]
+        let cut_fails = false;
+        let cut = || -> std::io::Result<bool> {
+            if on_disk(f)? == whole {
+                return Ok(true);
+            }
+            if cut_fails {
+                return Err(std::io::Error::other("injected: cut fails"));
+            }
+            f.set_len(whole)?;
+            Ok(on_disk(f)? == whole)
+        };
+        if cut().unwrap_or(false) {
+            return;
+        }
+        // The length is unknown only when fstat fails too: assume the whole line got there.
+        let bytes = on_disk(f).unwrap_or(whole + len);
+        let _ = f.sync_all();
+        self.current = None;
+        self.closed.push_back((self.seq, bytes));
+        self.seq += 1;
     }
 
     fn write_line(&mut self, line: &[u8], len: u64) -> Result<(), JournalError> {
@@ -288,7 +337,9 @@ impl Journal {
             self.trim();
             self.open_segment()?;
         }
-        if self.current_bytes > 0 && self.current_bytes + len > self.segment_max {
+        // After a run of failures, a new segment: lost records then fall between segments,
+        // never inside one (docs/agent.md: "a fresh segment when writes succeed again").
+        if self.current_bytes > 0 && (self.failing || self.current_bytes + len > self.segment_max) {
             self.rotate()?;
         }
         let path = self.path(self.seq);
@@ -296,6 +347,11 @@ impl Journal {
             path: path.clone(),
             source: std::io::Error::other("no open segment"),
         })?;
+        #[cfg(test)]
+        if let Some(fault) = self.fault {
+            let _ = f.write_all(&line[..fault.written.min(line.len())]);
+            return Err(JournalError::Write { path, source: std::io::ErrorKind::StorageFull.into() });
+        }
         f.write_all(line).map_err(|source| JournalError::Write { path, source })?;
         self.current_bytes += len;
         Ok(())
@@ -524,6 +580,91 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         j.append(&rec(1_000, "up", "a")).unwrap();
         assert_eq!(read(&dir, 0).unwrap().entries.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The bytes each segment file holds, oldest first.
+    fn sizes(dir: &Path) -> Vec<(u64, u64)> {
+        segments(dir).unwrap().into_iter().map(|(s, _, b)| (s, b)).collect()
+    }
+
+    fn full_disk(written: usize, cut_fails: bool) -> Option<Fault> {
+        Some(Fault { written, cut_fails })
+    }
+
+    #[test]
+    fn a_full_disk_keeps_history_reuses_one_segment_and_counts_every_lost_record() {
+        let dir = tmp("full");
+        let mut j = Journal::open(&dir, MIN_MAX_BYTES).unwrap();
+        // Four full segments of history, well under the bound: the next record rotates.
+        let line_len = serde_json::to_string(&rec(0, "up", "a")).unwrap().len() as u64 + 1;
+        let mut ts = 0;
+        while !(segments(&dir).unwrap().len() == 4 && j.current_bytes + line_len > j.segment_max) {
+            j.append(&rec(ts, "up", "a")).unwrap();
+            ts += 1;
+        }
+        let before = sizes(&dir);
+        j.fault = full_disk(0, false);
+        for i in 0..500 {
+            assert!(matches!(j.append(&rec(10_000 + i, "up", "a")), Err(JournalError::Write { .. })));
+        }
+        assert_eq!(j.write_errors(), 500, "every lost record is counted");
+        let during = sizes(&dir);
+        assert!(before.iter().all(|s| during.contains(s)), "history removed or resized: {before:?} -> {during:?}");
+        assert_eq!(during.len(), before.len() + 1, "one segment per lost record: {during:?}");
+        assert_eq!(during.last().map(|(_, b)| *b), Some(0), "{during:?}");
+        let closed: Vec<(u64, u64)> = j.closed.iter().copied().collect();
+        assert_eq!(closed, during[..during.len() - 1], "closed segments counted at their real size");
+        j.fault = None;
+        j.append(&rec(20_000, "up", "a")).unwrap();
+        assert_eq!(sizes(&dir).len(), during.len(), "the segment nothing was written to is reused");
+        let r = read(&dir, 0).unwrap();
+        assert_eq!(r.skipped, 0);
+        let got: Vec<u64> = r.entries.iter().map(|e| e.header.ts_unix_ns).collect();
+        assert_eq!(got, (0..ts).chain([20_000]).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_cut_short_leaves_no_torn_line() {
+        let line_len = serde_json::to_string(&rec(2, "up", "a")).unwrap().len() + 1;
+        // Cut mid-line, and cut just before the newline (the rest would parse as a whole record).
+        for written in [1, 40, line_len - 1] {
+            let dir = tmp(&format!("cut{written}"));
+            let mut j = Journal::open(&dir, MIN_MAX_BYTES).unwrap();
+            j.append(&rec(1, "up", "a")).unwrap();
+            j.fault = full_disk(written, false);
+            assert!(j.append(&rec(2, "up", "a")).is_err());
+            assert_eq!(sizes(&dir), vec![(0, line_len as u64)], "written {written}: cut back to the whole line");
+            j.fault = None;
+            j.append(&rec(3, "up", "a")).unwrap();
+            assert_eq!(sizes(&dir), vec![(0, line_len as u64), (1, line_len as u64)], "a new segment after the failure");
+            let r = read(&dir, 0).unwrap();
+            assert_eq!((r.entries.iter().map(|e| e.header.ts_unix_ns).collect::<Vec<_>>(), r.skipped), (vec![1, 3], 0), "written {written}");
+            assert_eq!(j.write_errors(), 1);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_cut_is_closed_at_its_real_size() {
+        let dir = tmp("nocut");
+        let mut j = Journal::open(&dir, MIN_MAX_BYTES).unwrap();
+        j.append(&rec(1, "up", "a")).unwrap();
+        let whole = sizes(&dir)[0].1;
+        j.fault = full_disk(40, true);
+        assert!(j.append(&rec(2, "up", "a")).is_err());
+        assert_eq!(j.closed.iter().copied().collect::<Vec<_>>(), vec![(0, whole + 40)]);
+        // Nothing is written after the torn line; a failure that wrote nothing needs no cut and
+        // keeps the new segment current.
+        j.fault = full_disk(0, true);
+        assert!(j.append(&rec(3, "up", "a")).is_err());
+        j.fault = None;
+        j.append(&rec(4, "up", "a")).unwrap();
+        assert_eq!(sizes(&dir), vec![(0, whole + 40), (1, whole)]);
+        let r = read(&dir, 0).unwrap();
+        assert_eq!((r.entries.iter().map(|e| e.header.ts_unix_ns).collect::<Vec<_>>(), r.skipped), (vec![1, 4], 1));
+        assert_eq!(j.write_errors(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
