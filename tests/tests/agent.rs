@@ -667,9 +667,9 @@ fn hung_reads_the_deletion_from_a_journal_the_agent_wrote() -> Result<()> {
 }
 
 /// README: the journal's total size stays under `--journal-max-bytes`, the oldest segments going
-/// when a new one starts, and a full disk does not stop the agent. While the disk is full, each
-/// failed record counts its own length toward the bound (and leaves an empty segment file), so
-/// segments of history go although the bytes on disk never came near the bound.
+/// when a new one starts, and a full disk does not stop the agent. A record that failed to be
+/// written counts nothing toward the bound and leaves no empty segment behind, so no history
+/// that fits the bound is deleted while the disk is full (before a1d0ef2 it was).
 #[test]
 fn a_full_disk_keeps_the_history_that_fits_the_bound() -> Result<()> {
     require_root();
