@@ -18,54 +18,6 @@ use serde_json::Value;
 
 pub mod skip;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unique_names_of_different_pids_never_meet() {
-        // The old decimal form: pid 1234 with n 56 and pid 12345 with n 6 were both "x123456".
-        let name = |pid: u32, n: u32| format!("x{}-{}", base36(pid, 5), base36(n, 1));
-        assert_ne!(name(1234, 56), name(12345, 6));
-        assert_eq!(base36(0, 5), "00000");
-        assert_eq!(base36(4_194_304, 5), "2hwcg", "pid_max's limit still fits 5 digits");
-        assert_eq!(base36(35, 1), "z");
-        assert_eq!(base36(36, 1), "10");
-        let u = unique("abcd");
-        assert!(u.len() <= 15 && u.starts_with("abcd"), "{u}");
-    }
-
-    #[test]
-    fn blocked_receiver_drop_releases_its_thread_with_the_fd_open_or_closed() {
-        require_root();
-        let ns = Netns::new().unwrap();
-        for close_first in [false, true] {
-            let r = BlockedReceiver::start(&ns, "0.0.0.0:0", false, None).unwrap();
-            let tid = r.tid;
-            if close_first {
-                r.close_fd();
-            }
-            drop(r);
-            // Drop joined the thread; the kernel releases its task right after (a thread's
-            // exit clears the tid that join waits on before the task leaves /proc).
-            wait_until(&format!("thread {tid} gone (fd closed first: {close_first})"), Duration::from_secs(5), || {
-                !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
-            })
-            .unwrap();
-        }
-    }
-
-    #[test]
-    fn temp_path_removes_a_tree_on_drop() {
-        let t = TempPath::new("tp", "tree");
-        std::fs::create_dir_all(t.path.join("a/b")).unwrap();
-        std::fs::write(t.path.join("a/b/f"), "x").unwrap();
-        let p = t.path.clone();
-        drop(t);
-        assert!(!p.exists());
-    }
-}
-
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique short name, `<prefix><pid>-<n>`: the pid in 5 base-36 digits (fixed width, so
@@ -788,3 +740,51 @@ pub const EPOLL_WAITS: [i64; 3] = [libc::SYS_epoll_wait, libc::SYS_epoll_pwait, 
 pub const POLL_WAITS: [i64; 2] = [libc::SYS_poll, libc::SYS_ppoll];
 /// select, pselect6.
 pub const SELECT_WAITS: [i64; 2] = [libc::SYS_select, libc::SYS_pselect6];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_of_different_pids_never_meet() {
+        // The old decimal form: pid 1234 with n 56 and pid 12345 with n 6 were both "x123456".
+        let name = |pid: u32, n: u32| format!("x{}-{}", base36(pid, 5), base36(n, 1));
+        assert_ne!(name(1234, 56), name(12345, 6));
+        assert_eq!(base36(0, 5), "00000");
+        assert_eq!(base36(4_194_304, 5), "2hwcg", "pid_max's limit still fits 5 digits");
+        assert_eq!(base36(35, 1), "z");
+        assert_eq!(base36(36, 1), "10");
+        let u = unique("abcd");
+        assert!(u.len() <= 15 && u.starts_with("abcd"), "{u}");
+    }
+
+    #[test]
+    fn blocked_receiver_drop_releases_its_thread_with_the_fd_open_or_closed() {
+        require_root();
+        let ns = Netns::new().unwrap();
+        for close_first in [false, true] {
+            let r = BlockedReceiver::start(&ns, "0.0.0.0:0", false, None).unwrap();
+            let tid = r.tid;
+            if close_first {
+                r.close_fd();
+            }
+            drop(r);
+            // Drop joined the thread; the kernel releases its task right after (a thread's
+            // exit clears the tid that join waits on before the task leaves /proc).
+            wait_until(&format!("thread {tid} gone (fd closed first: {close_first})"), Duration::from_secs(5), || {
+                !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn temp_path_removes_a_tree_on_drop() {
+        let t = TempPath::new("tp", "tree");
+        std::fs::create_dir_all(t.path.join("a/b")).unwrap();
+        std::fs::write(t.path.join("a/b/f"), "x").unwrap();
+        let p = t.path.clone();
+        drop(t);
+        assert!(!p.exists());
+    }
+}
