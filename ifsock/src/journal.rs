@@ -17,6 +17,7 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     net::IpAddr,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -188,7 +189,10 @@ impl Journal {
     /// here by opening the first segment, so an unwritable directory fails at start).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, JournalError> {
         let dir_err = |source| JournalError::Dir { dir: dir.to_path_buf(), source };
-        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        // 0700 and 0600 whatever the umask: the journal names every netns's processes, pids,
+        // cgroups and addresses. The mode is set again on a directory that already existed.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         let existing = segments(dir).map_err(dir_err)?;
         let seq = existing.last().map_or(0, |(s, _, _)| s + 1);
         let mut j = Journal {
@@ -231,7 +235,9 @@ impl Journal {
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)).map(|()| f))
             .map_err(|source| JournalError::Write { path: path.clone(), source })?;
         self.current_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
         self.current = Some(f);
