@@ -641,6 +641,16 @@ fn grace_longer_than_a_day_and_json_refusals_of_lo_change_nothing() {
     assert!(link_flags(&ns, "lo").unwrap().iter().any(|f| f == "UP"), "lo untouched");
 }
 
+/// A child process killed and reaped on drop, also when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The bits of the signals `pid` catches (`SigCgt` in /proc/PID/status).
 fn caught(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -658,18 +668,22 @@ fn a_second_signal_while_the_interrupted_teardown_reports_ends_it_at_once_and_th
     let index = pair(&ns, &a, &b, 234);
     // stdout is a one-page pipe the test fills and never reads: after the first signal the
     // report's write blocks, and the process can end only by the second signal.
-    let (r, wr) = nix::unistd::pipe().unwrap();
+    // Close-on-exec, so that no child holds the read end: once the test drops it, a teardown
+    // still blocked (a failure) gets EPIPE instead of waiting forever.
+    let (r, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
     assert!(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
     let filler = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(format!("/proc/self/fd/{}", wr.as_raw_fd())).unwrap();
     while (&filler).write(b"x").is_ok() {}
-    let mut child = Command::new(ifsock_bin())
-        .args(["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "60s"])
-        .stdout(Stdio::from(wr))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    let mut child = Reaped(
+        Command::new(ifsock_bin())
+            .args(["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "60s"])
+            .stdout(Stdio::from(wr))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
     let (sigint, sigterm) = (1u64 << (libc::SIGINT - 1), 1u64 << (libc::SIGTERM - 1));
     wait_until("ifsock's down (IFF_UP cleared) with its signal handlers installed", T, || {
         link_flags(&ns, &a).is_some_and(|f| !f.iter().any(|f| f == "UP")) && caught(pid) & sigint != 0
@@ -685,7 +699,7 @@ fn a_second_signal_while_the_interrupted_teardown_reports_ends_it_at_once_and_th
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "the second signal did not end the teardown");

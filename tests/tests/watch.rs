@@ -521,18 +521,22 @@ fn a_second_signal_during_the_clean_up_ends_watch_at_once() {
     let ns = Netns::new().unwrap();
     // stdout is a one-page pipe that the test stops reading after `ready` and then fills: the
     // clean-up's first line (the final state) blocks in write(2) until the process ends.
-    let (r, wr) = nix::unistd::pipe().unwrap();
+    // Close-on-exec, so that no child holds the read end: once the test drops it, a watch
+    // still blocked (a failure) gets EPIPE instead of waiting forever.
+    let (r, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
     assert!(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
     // A second open file of the same pipe, non-blocking, to fill it without making watch's
     // own stdout non-blocking.
     let filler = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(format!("/proc/self/fd/{}", wr.as_raw_fd())).unwrap();
-    let mut child = Command::new(ifsock_bin())
-        .args(["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"])
-        .stdout(std::process::Stdio::from(wr))
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    let mut child = Reaped(
+        Command::new(ifsock_bin())
+            .args(["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"])
+            .stdout(std::process::Stdio::from(wr))
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
     // SAFETY: r is ours; the File owns it from here.
     let mut reader = std::io::BufReader::new(unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(r)) });
     let mut line = String::new();
@@ -559,15 +563,15 @@ fn a_second_signal_during_the_clean_up_ends_watch_at_once() {
     assert!(!exited(pid), "watch is still in its clean-up");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_until("the second signal ends watch", Duration::from_secs(5), || exited(pid)).unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "ended by the second signal itself, not by finishing its clean-up: {status}");
     drop(reader);
 }
 
-/// `ip netns exec NS sleep 600`: a process living in the namespace, killed on drop.
-struct Resident(std::process::Child);
+/// A child process killed and reaped on drop, also when the test fails.
+struct Reaped(std::process::Child);
 
-impl Drop for Resident {
+impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -579,7 +583,8 @@ fn netns_pid_follows_the_namespace_of_that_process() {
     require_root();
     let ns = Netns::new().unwrap();
     let ino = ns.ino().unwrap();
-    let resident = Resident(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap());
+    // `ip netns exec NS sleep 600`: a process living in the namespace.
+    let resident = Reaped(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap());
     let pid = resident.0.id();
     wait_until("the resident entered the netns", T, || std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.to_string_lossy() == format!("net:[{ino}]"))).unwrap();
     let target = format!("pid:{pid}");
