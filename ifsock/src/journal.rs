@@ -10,6 +10,7 @@
 //! torn line at the end of the last segment; [`read`] skips lines that do not parse and counts
 //! them. After a failed write the segment is abandoned (a partial line may end it) and the next
 //! record starts a new one.
+#![deny(missing_docs)]
 use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},

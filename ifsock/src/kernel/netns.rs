@@ -91,9 +91,13 @@ impl NetnsHandle {
 /// bind mounts under /run/netns.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
-// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (include/uapi/linux/nsfs.h, Linux >= 4.11): the
-// `CLONE_NEW*` type of a namespace file.
-nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+nix::ioctl_none!(
+    /// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (include/uapi/linux/nsfs.h, Linux >= 4.11): the
+    /// `CLONE_NEW*` type of a namespace file, as the ioctl's return value (`ENOTTY` before 4.11).
+    ns_get_nstype,
+    0xb7,
+    0x3
+);
 
 /// Refuses anything but a network namespace file: the file must live on nsfs (`fstatfs`
 /// `f_type == NSFS_MAGIC`) and `NS_GET_NSTYPE` must say `CLONE_NEWNET`. Kernels without
