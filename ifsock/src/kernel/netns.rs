@@ -138,7 +138,12 @@ fn ns_type_name(t: i32) -> &'static str {
     }
 }
 
-/// The inode of the calling thread's netns.
+/// The inode of the calling thread's netns (`stat` of `/proc/thread-self/ns/net`, an nsfs
+/// inode: the `net->ns.inum` the eBPF side reads).
+///
+/// # Errors
+/// `/proc/thread-self/ns/net` cannot be stat'ed (procfs not mounted, Linux < 3.17 has no
+/// `thread-self`).
 pub fn current_ino() -> Result<NetnsIno> {
     Ok(NetnsIno(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32))
 }
