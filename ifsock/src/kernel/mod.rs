@@ -1,7 +1,7 @@
+#![deny(missing_docs)]
 //! Facts read from the running kernel outside the eBPF programs: BTF offsets, rtnetlink,
 //! network namespaces, procfs, per-netns socket counts, and system state (privileges, mounts,
 //! lockdown).
-#![deny(missing_docs)]
 pub mod arch;
 pub mod btf;
 pub mod cgroup;
