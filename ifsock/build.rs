@@ -1,3 +1,4 @@
+//! Builds ifsock-ebpf for the BPF target with aya-build (the object `probes::load` embeds).
 use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 

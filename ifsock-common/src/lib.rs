@@ -5,6 +5,7 @@
 //! [`read_record`]. Ring-buffer events start with a `u32` [`EventKind`] so userspace can dispatch
 //! on the first four bytes.
 #![no_std]
+#![deny(missing_docs)]
 
 /// Name of the ring buffer map carrying [`LinkRequestEvent`], [`RecvDoneEvent`] and [`SendErrorEvent`].
 pub const MAP_EVENTS: &str = "EVENTS";

@@ -10,14 +10,25 @@
 
 #[cfg(target_arch = "x86_64")]
 mod numbers {
+    //! x86_64 numbers: arch/x86/entry/syscalls/syscall_64.tbl (`common`/`64` entries).
+
+    /// `read(2)`.
     pub const READ: u64 = 0;
+    /// `recvfrom(2)` (also `recv(3)`, which glibc implements with it).
     pub const RECVFROM: u64 = 45;
+    /// `recvmsg(2)`.
     pub const RECVMSG: u64 = 47;
+    /// `recvmmsg(2)`.
     pub const RECVMMSG: u64 = 299;
+    /// `pselect6(2)` (glibc's `select`/`pselect` on newer ABIs).
     pub const PSELECT6: u64 = 270;
+    /// `ppoll(2)`.
     pub const PPOLL: u64 = 271;
+    /// `epoll_pwait(2)`.
     pub const EPOLL_PWAIT: u64 = 281;
+    /// `io_uring_enter(2)` (Linux >= 5.1).
     pub const IO_URING_ENTER: u64 = 426;
+    /// `epoll_pwait2(2)` (Linux >= 5.11).
     pub const EPOLL_PWAIT2: u64 = 441;
     /// Waits only the older ABIs have (asm-generic, hence arm64, dropped them).
     pub const LEGACY_WAITS: &[(u64, &str)] = &[(7, "poll"), (23, "select"), (232, "epoll_wait")];
@@ -25,14 +36,25 @@ mod numbers {
 
 #[cfg(target_arch = "aarch64")]
 mod numbers {
+    //! arm64 numbers: include/uapi/asm-generic/unistd.h (`__NR_*`).
+
+    /// `read(2)`.
     pub const READ: u64 = 63;
+    /// `recvfrom(2)` (also `recv(3)`).
     pub const RECVFROM: u64 = 207;
+    /// `recvmsg(2)`.
     pub const RECVMSG: u64 = 212;
+    /// `recvmmsg(2)`.
     pub const RECVMMSG: u64 = 243;
+    /// `pselect6(2)` (libc's `select` too: asm-generic has no `select`).
     pub const PSELECT6: u64 = 72;
+    /// `ppoll(2)` (libc's `poll` too: asm-generic has no `poll`).
     pub const PPOLL: u64 = 73;
+    /// `epoll_pwait(2)` (libc's `epoll_wait` too: asm-generic has no `epoll_wait`).
     pub const EPOLL_PWAIT: u64 = 22;
+    /// `io_uring_enter(2)` (Linux >= 5.1).
     pub const IO_URING_ENTER: u64 = 426;
+    /// `epoll_pwait2(2)` (Linux >= 5.11).
     pub const EPOLL_PWAIT2: u64 = 441;
     /// asm-generic has no poll, select or epoll_wait: libc implements them with the p* forms.
     pub const LEGACY_WAITS: &[(u64, &str)] = &[];

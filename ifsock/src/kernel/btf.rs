@@ -419,35 +419,6 @@ const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     hash
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs only where the kernel has BTF (every CI machine does); asserts layouts that hold on
-    /// all supported kernels (sock_common starts struct sock; net.ns.inum is resolvable).
-    #[test]
-    fn running_kernel_offsets_are_consistent() {
-        if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: no {VMLINUX_BTF} on this kernel (needs CONFIG_DEBUG_INFO_BTF)");
-            return;
-        }
-        let btf = KernelBtf::load(&["tun"]).expect("parse BTF");
-        let k = btf.kernel_offsets().expect("required offsets");
-        assert_eq!(btf.offset("sock", "__sk_common"), 0);
-        assert!(k.skc_num > k.skc_daddr, "skc_portpair follows skc_addrpair");
-        assert!(k.inet_pktinfo_size == 8 || k.inet_pktinfo_size <= 2);
-        assert_ne!(k.ipv6_rxopt, OFFSET_NONE);
-        assert!(k.ipv6_rxinfo_bit < 16);
-        assert!(btf.has_function("skb_recv_datagram") || btf.has_function("__skb_recv_datagram"));
-        assert!(!btf.has_function("no_such_kernel_function_ifsock"));
-        assert_ne!(k.sk_err, OFFSET_NONE, "sock.sk_err exists on every kernel");
-        let ids = cached_iter_func_ids().expect("iterator target ids");
-        assert!(ids[0] != 0 && ids[0] != ids[1] && ids[1] != ids[2], "three distinct BTF ids: {ids:?}");
-        assert_eq!(cached_iter_func_ids().expect("cached"), ids, "the cache returns what was computed");
-        assert_ne!(k.sk_protocol, OFFSET_NONE, "sock.sk_protocol is a u16 wherever inet_sk_error_report exists (>= 5.14)");
-    }
-}
-
 /// Where [`cached_kernel_offsets`] keeps its per-boot cache (tmpfs: gone at reboot).
 pub const OFFSETS_CACHE_DIR: &str = "/run/ifsock";
 
@@ -480,4 +451,33 @@ pub fn cached_kernel_offsets() -> Result<KernelOffsets, BtfError> {
         }
     }
     Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs only where the kernel has BTF (every CI machine does); asserts layouts that hold on
+    /// all supported kernels (sock_common starts struct sock; net.ns.inum is resolvable).
+    #[test]
+    fn running_kernel_offsets_are_consistent() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF} on this kernel (needs CONFIG_DEBUG_INFO_BTF)");
+            return;
+        }
+        let btf = KernelBtf::load(&["tun"]).expect("parse BTF");
+        let k = btf.kernel_offsets().expect("required offsets");
+        assert_eq!(btf.offset("sock", "__sk_common"), 0);
+        assert!(k.skc_num > k.skc_daddr, "skc_portpair follows skc_addrpair");
+        assert!(k.inet_pktinfo_size == 8 || k.inet_pktinfo_size <= 2);
+        assert_ne!(k.ipv6_rxopt, OFFSET_NONE);
+        assert!(k.ipv6_rxinfo_bit < 16);
+        assert!(btf.has_function("skb_recv_datagram") || btf.has_function("__skb_recv_datagram"));
+        assert!(!btf.has_function("no_such_kernel_function_ifsock"));
+        assert_ne!(k.sk_err, OFFSET_NONE, "sock.sk_err exists on every kernel");
+        let ids = cached_iter_func_ids().expect("iterator target ids");
+        assert!(ids[0] != 0 && ids[0] != ids[1] && ids[1] != ids[2], "three distinct BTF ids: {ids:?}");
+        assert_eq!(cached_iter_func_ids().expect("cached"), ids, "the cache returns what was computed");
+        assert_ne!(k.sk_protocol, OFFSET_NONE, "sock.sk_protocol is a u16 wherever inet_sk_error_report exists (>= 5.14)");
+    }
 }

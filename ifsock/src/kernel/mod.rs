@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! Facts read from the running kernel outside the eBPF programs: BTF offsets, rtnetlink,
 //! network namespaces, procfs, per-netns socket counts, and system state (privileges, mounts,
 //! lockdown).

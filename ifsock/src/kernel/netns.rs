@@ -91,9 +91,13 @@ impl NetnsHandle {
 /// bind mounts under /run/netns.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
-// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (include/uapi/linux/nsfs.h, Linux >= 4.11): the
-// `CLONE_NEW*` type of a namespace file.
-nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+nix::ioctl_none!(
+    /// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (include/uapi/linux/nsfs.h, Linux >= 4.11): the
+    /// `CLONE_NEW*` type of a namespace file, as the ioctl's return value (`ENOTTY` before 4.11).
+    ns_get_nstype,
+    0xb7,
+    0x3
+);
 
 /// Refuses anything but a network namespace file: the file must live on nsfs (`fstatfs`
 /// `f_type == NSFS_MAGIC`) and `NS_GET_NSTYPE` must say `CLONE_NEWNET`. Kernels without
@@ -134,7 +138,12 @@ fn ns_type_name(t: i32) -> &'static str {
     }
 }
 
-/// The inode of the calling thread's netns.
+/// The inode of the calling thread's netns (`stat` of `/proc/thread-self/ns/net`, an nsfs
+/// inode: the `net->ns.inum` the eBPF side reads).
+///
+/// # Errors
+/// `/proc/thread-self/ns/net` cannot be stat'ed (procfs not mounted, Linux < 3.17 has no
+/// `thread-self`).
 pub fn current_ino() -> Result<NetnsIno> {
     Ok(NetnsIno(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32))
 }

@@ -1,4 +1,5 @@
 //! What ifsock knows: interfaces, sockets and their owners, tasks, and interface events.
+#![deny(missing_docs)]
 pub mod event;
 pub mod ids;
 pub mod kernel_event;

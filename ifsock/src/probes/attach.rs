@@ -1,15 +1,18 @@
 //! Attaching programs: one attach-with-rollback for entry/exit pairs on a kernel function
-//! (fentry/fexit, kprobe/kretprobe), the typed record of what is attached, and why the kernel
-//! refused a probe, read from the errno it returned.
+//! (fentry/fexit, kprobe/kretprobe), the typed record of what is attached, why the kernel
+//! refused a probe (read from the errno it returned), and the [`Probes`] methods that attach
+//! each probe group with its fallback (device path, receive path, link requests, send errors,
+//! a whole [`plan::Plan`]).
 use std::fmt;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    programs::{FEntry, FExit, KProbe, Program, ProgramError},
+    programs::{FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
     Btf, Ebpf,
 };
 use serde::Serialize;
 
+use super::{load::parsed_btf, plan, select, ProbeSet, Probes, Selection};
 use crate::kernel::system;
 
 /// A kind of attach point.
@@ -225,6 +228,236 @@ fn refusal_of(errno: Option<i32>, lockdown: Option<&str>, kprobe_pmu: bool) -> O
         ("ENOENT", _) if !kprobe_pmu => "ENOENT (no kprobe PMU: /sys/bus/event_source/devices/kprobe/type missing)".to_string(),
         _ => name,
     })
+}
+
+/// A kernel function to probe: BTF names to try (newest first) and the programs per set.
+struct FnTarget {
+    what: &'static str,
+    candidates: &'static [&'static str],
+    fentry: Pair,
+    kprobe: Pair,
+}
+
+const fn fentry(entry: &'static str, exit: Option<&'static str>) -> Pair {
+    Pair {
+        entry: (entry, ProbeKind::Fentry),
+        exit: match exit {
+            Some(x) => Some((x, ProbeKind::Fexit)),
+            None => None,
+        },
+    }
+}
+
+const fn kprobe(entry: &'static str, exit: Option<&'static str>) -> Pair {
+    Pair {
+        entry: (entry, ProbeKind::Kprobe),
+        exit: match exit {
+            Some(x) => Some((x, ProbeKind::Kretprobe)),
+            None => None,
+        },
+    }
+}
+
+impl Probes {
+    /// Attaches a tracepoint program to `category:name`. Several attachments of one program are fine.
+    ///
+    /// # Errors
+    /// The tracepoint does not exist on this kernel, or the program was refused.
+    pub fn attach_tracepoint(&mut self, program: &'static str, category: &str, name: &str) -> Result<()> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().with_context(|| format!("loading {program}"))?;
+        }
+        prog.attach(category, name).with_context(|| format!("attaching {program} to {category}:{name}"))?;
+        self.attached.push(Attached { kind: ProbeKind::Tracepoint, target: format!("{category}:{name}"), program });
+        Ok(())
+    }
+
+    /// Attaches the device-path probes (close and unregister), each with its own fallback:
+    /// fentry, then kprobe (unless `forced` names one set). Target functions are resolved from
+    /// the running kernel's BTF, not from its version. Returns the set in use and, for every
+    /// better set, why it was refused.
+    ///
+    /// # Errors
+    /// A forced set that this kernel refuses.
+    pub fn attach_device(&mut self, forced: Option<ProbeSet>) -> Result<Selection> {
+        let targets = [
+            FnTarget {
+                what: "close",
+                candidates: &["netif_close_many", "dev_close_many", "__dev_close_many"],
+                fentry: fentry("dev_fentry_close_many", None),
+                kprobe: kprobe("dev_kprobe_close_many", None),
+            },
+            FnTarget {
+                what: "unregister",
+                candidates: &["unregister_netdevice_queue"],
+                fentry: fentry("dev_fentry_unregister", None),
+                kprobe: kprobe("dev_kprobe_unregister", None),
+            },
+        ];
+        let (selection, _) = self.attach_functions(&targets, forced)?;
+        tracing::info!("device path: {selection}");
+        Ok(selection)
+    }
+
+    /// Attaches receive tracking, each function with its own fallback (fentry/fexit, then
+    /// kprobe/kretprobe) on `__skb_recv_udp`, `__skb_recv_datagram` and
+    /// `__skb_wait_for_more_packets`. When any of them cannot be probed (or `forced` is
+    /// [`ProbeSet::Tracepoint`]) the tracepoint set is attached too:
+    /// `syscalls:sys_{enter,exit}_{recvmsg,recvfrom,recvmmsg,read}`.
+    ///
+    /// # Errors
+    /// A forced set this kernel refuses, or a syscall tracepoint that cannot attach.
+    pub fn attach_recv(&mut self, forced: Option<ProbeSet>) -> Result<Selection> {
+        let targets = [
+            FnTarget {
+                what: "UDP receive",
+                candidates: &["__skb_recv_udp"],
+                fentry: fentry("recv_fentry_udp", Some("recv_fexit_udp")),
+                kprobe: kprobe("recv_kprobe_udp", Some("recv_kretprobe_func")),
+            },
+            FnTarget {
+                what: "datagram receive",
+                candidates: &["__skb_recv_datagram"],
+                fentry: fentry("recv_fentry_dgram", Some("recv_fexit_dgram")),
+                kprobe: kprobe("recv_kprobe_dgram", Some("recv_kretprobe_func")),
+            },
+            FnTarget {
+                what: "datagram wait",
+                candidates: &["__skb_wait_for_more_packets"],
+                fentry: fentry("recv_fentry_wait", Some("recv_fexit_wait")),
+                kprobe: kprobe("recv_kprobe_wait", Some("recv_kretprobe_wait")),
+            },
+        ];
+        let (selection, all_covered) = self.attach_functions(&targets, forced)?;
+        if !all_covered {
+            for sc in ["recvmsg", "recvfrom", "recvmmsg", "read"] {
+                self.attach_tracepoint("recv_exit", "syscalls", &format!("sys_exit_{sc}"))?;
+                let enter = if sc == "read" { "recv_enter_read" } else { "recv_enter" };
+                self.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{sc}"))?;
+            }
+        }
+        tracing::info!("receive path: {selection}");
+        Ok(selection)
+    }
+
+    /// Attaches each target with its own fallback (fentry, then kprobe, unless `forced`).
+    /// Returns the selection (the weakest set in use, with why each better one was refused)
+    /// and whether every target got a kernel-function probe.
+    ///
+    /// # Errors
+    /// `forced` names fentry or kprobe and some target could not be attached with it.
+    fn attach_functions(&mut self, targets: &[FnTarget], forced: Option<ProbeSet>) -> Result<(Selection, bool)> {
+        let kbtf = crate::kernel::btf::KernelBtf::load(&[])?;
+        let mut fentry_err: Option<String> = None;
+        let mut kprobe_err: Option<String> = None;
+        let mut outcomes = Vec::new();
+        for t in targets {
+            let Some(function) = t.candidates.iter().copied().find(|f| kbtf.has_function(f)) else {
+                let why = format!("no {} function ({}) in this kernel's BTF", t.what, t.candidates.join("/"));
+                fentry_err.get_or_insert(why.clone());
+                kprobe_err.get_or_insert(why);
+                self.unavailable.push((t.candidates.join("/"), "not in BTF".into()));
+                outcomes.push(None);
+                continue;
+            };
+            if forced.is_none() || forced == Some(ProbeSet::Fentry) {
+                match self.attach_fentry_pair(&t.fentry, function) {
+                    Ok(()) => {
+                        outcomes.push(Some(ProbeSet::Fentry));
+                        continue;
+                    }
+                    Err(e) => {
+                        fentry_err.get_or_insert(refusal(&e));
+                    }
+                }
+            }
+            if forced.is_none() || forced == Some(ProbeSet::Kprobe) {
+                match self.attach_kprobe_pair(&t.kprobe, function) {
+                    Ok(()) => {
+                        outcomes.push(Some(ProbeSet::Kprobe));
+                        continue;
+                    }
+                    Err(e) => {
+                        kprobe_err.get_or_insert(refusal(&e));
+                    }
+                }
+            }
+            outcomes.push(None);
+        }
+        let uncovered = outcomes.iter().any(Option::is_none);
+        if let Some(set @ (ProbeSet::Fentry | ProbeSet::Kprobe)) = forced {
+            if uncovered {
+                let why = if set == ProbeSet::Fentry { fentry_err } else { kprobe_err };
+                return Err(anyhow!("probe set {set:?} was forced but this kernel refuses it: {}", why.unwrap_or_default()));
+            }
+        }
+        let caps = select::combine(&outcomes, fentry_err, kprobe_err);
+        let selection = select::select(&caps, forced).map_err(anyhow::Error::msg)?;
+        Ok((selection, !uncovered))
+    }
+
+    fn attach_fentry_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
+        let done = attach_pair::<FEntry, FExit>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
+        self.attached.extend(done);
+        Ok(())
+    }
+
+    fn attach_kprobe_pair(&mut self, pair: &Pair, function: &str) -> Result<()> {
+        // Where the attach must fail, the program is not loaded first: verifying
+        // `dev_kprobe_close_many` alone was ~0.45 s of `watch`'s start-up on 6.18 (410,299
+        // instructions), only to be refused.
+        if !kprobes_attachable() {
+            let why = format!("kprobe {} for {function}: no kprobe PMU ({}) and no {}/kprobe_events; not loaded", pair.entry.0, KPROBE_PMU, system::TRACEFS);
+            return Err(anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context(why));
+        }
+        let done = attach_pair::<KProbe, KProbe>(&mut self.ebpf, parsed_btf(&mut self.btf)?, pair, function)?;
+        self.attached.extend(done);
+        Ok(())
+    }
+
+    /// Attaches the syscall tracepoints that name the task behind a link change
+    /// (`sys_enter_sendmsg`, `sys_enter_sendto` for netlink, `sys_enter_ioctl` for SIOCSIFFLAGS).
+    pub fn attach_link_requests(&mut self) -> Result<()> {
+        self.attach_tracepoint("link_enter_sendmsg", "syscalls", "sys_enter_sendmsg")?;
+        self.attach_tracepoint("link_enter_sendto", "syscalls", "sys_enter_sendto")?;
+        self.attach_tracepoint("link_enter_ioctl", "syscalls", "sys_enter_ioctl")
+    }
+
+    /// Attaches send-error tracking (`sys_enter/exit_{sendto,sendmsg}`).
+    pub fn attach_send_errors(&mut self) -> Result<()> {
+        for sc in ["sendto", "sendmsg"] {
+            self.attach_tracepoint("send_exit", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tracepoint("send_enter", "syscalls", &format!("sys_enter_{sc}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the groups of `plan` in order with the one warn-or-fail policy of
+    /// [`plan::apply`]: a required or forced group that fails is an error; an optional one is
+    /// warned about once and recorded in [`Probes::unavailable`].
+    ///
+    /// # Errors
+    /// A required or forced group failed (the chain holds the kernel's reason).
+    pub fn apply(&mut self, plan: &plan::Plan, forced: plan::Forced) -> Result<plan::Applied> {
+        use plan::{Group, Outcome};
+        let applied = plan::apply(plan, forced, |group| match group {
+            Group::Device => self.attach_device(forced.probe_set).map(Outcome::Selection),
+            Group::Recv => self.attach_recv(forced.probe_set).map(Outcome::Selection),
+            Group::LinkRequests => self.attach_link_requests().map(|()| Outcome::Done),
+            Group::SendErrors => self.attach_send_errors().map(|()| Outcome::Done),
+            Group::SockErrors => self.attach_sock_errors_with(forced.sock_error_probe).map(Outcome::SockErrors),
+            Group::Iterators => self.load_iterators().map(|()| Outcome::Done),
+        })?;
+        for s in &applied.skipped {
+            self.unavailable.push((s.group.to_string(), s.reason.clone()));
+        }
+        Ok(applied)
+    }
 }
 
 #[cfg(test)]

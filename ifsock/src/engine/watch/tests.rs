@@ -6,10 +6,11 @@ use crate::{
     model::{
         event::{RequestOp, LinkRequest},
         link::{IFF_LOWER_UP, IFF_UP},
-        sock_error::CurrentTask,
+        ids::SockInode,
+        sock_error::{CurrentTask, InodeSource, SockErrorProbe},
         socket::Binding,
     },
-    model::receiver::{Certainty, IfaceState, IfaceTie},
+    model::receiver::{Certainty, HungReceiver, IfaceState, IfaceTie},
 };
 
 const NS: NetnsIno = NetnsIno(7);
