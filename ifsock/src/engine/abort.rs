@@ -7,11 +7,12 @@ use std::{collections::HashMap, net::IpAddr};
 use serde::Serialize;
 
 use crate::{
-    kernel::procfs::{syscall_name, BlockedThread},
     model::{
         ids::{IfIndex, NetnsIno, SockInode},
         socket::{Owner, Protocol, Socket},
+        receiver::BlockedThread,
         stranded::{self, Stranded},
+        sys::{errno_name, recv_syscall_name as syscall_name},
     },
 };
 
@@ -473,7 +474,7 @@ pub fn report(
                     woke_ms: r.map(|r| (r.ts_ns as i128 - destroyed_at_ns as i128) as f64 / 1e6),
                     ret: r.map(|r| r.ret),
                     errno,
-                    errno_name: errno.map(crate::render::fmt::errno_name),
+                    errno_name: errno.map(errno_name),
                     observed_by: if dry_run || matches!(o, Outcome::Failed(..)) { "none" } else { "raw_syscalls:sys_exit" },
                 }
             })

@@ -23,10 +23,10 @@ use crate::{
         socket::{Binding, Socket},
         stranded::Stranded,
         tie::TiedSocket,
+        sys::errno_name,
         tun::TunFd,
     },
     probes::{events::Event, Counters},
-    render::fmt::errno_name,
 };
 
 /// (netns inode, socket inode): a socket, wherever it lives.

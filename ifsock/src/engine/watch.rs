@@ -36,10 +36,10 @@ use crate::{
         sock_error::{protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
         socket::Socket,
         stranded::{SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded, Waiter},
+        sys::errno_name,
         tie::{self, TiedSocket},
     },
     probes::{select::Selection, Counters},
-    render::fmt::errno_name,
 };
 
 /// How long a removed address still ties sockets to its (now deleted) interface: on

@@ -6,6 +6,7 @@ pub mod link;
 pub mod receiver;
 pub mod sock_error;
 pub mod stranded;
+pub mod sys;
 pub mod socket;
 pub mod tie;
 pub mod tun;

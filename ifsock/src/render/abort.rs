@@ -80,7 +80,7 @@ pub fn waiter_line(w: &WaiterReport, dry_run: bool, observe_ms: u64) -> String {
     let what = match (w.woke, w.woke_ms, w.ret) {
         _ if dry_run => "still blocked (dry run)".to_string(),
         (true, Some(ms), Some(ret)) => {
-            let errno = w.errno.map(|e| format!(" ({})", fmt::errno_name(e))).unwrap_or_default();
+            let errno = w.errno.map(|e| format!(" ({})", crate::model::sys::errno_name(e))).unwrap_or_default();
             format!("woke after {ms:.1} ms, ret {ret}{errno}")
         }
         _ if w.observed_by == "none" => "not observed".to_string(),

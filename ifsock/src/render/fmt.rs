@@ -1,4 +1,5 @@
-//! Formatters shared by every renderer: owners, bindings, errno names. Written once here so
+//! Formatters shared by every renderer: owners, bindings, addresses (errno names are
+//! [`crate::model::sys`]'s). Written once here so
 //! the table, the event lines and the reports spell things the same way.
 use crate::model::socket::{Binding, Owner};
 
@@ -36,30 +37,18 @@ pub fn addr(a: &std::net::IpAddr, v4_mapped: bool) -> String {
     }
 }
 
-/// errno name (`ECONNREFUSED`), `UnknownErrno` for numbers the platform does not define.
-pub fn errno_name(errno: i32) -> String {
-    format!("{:?}", nix::errno::Errno::from_raw(errno))
-}
-
-/// `ENODEV: No such device`.
-pub fn errno_desc(errno: i32) -> String {
-    format!("{}: {}", errno_name(errno), nix::errno::Errno::from_raw(errno).desc())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn owners_bindings_and_errnos_are_spelled_once() {
+    fn owners_and_bindings_are_spelled_once() {
         let o = Owner { pid: 12, comm: "unbound".into(), fd: 3 };
         assert_eq!(owner(&o), "unbound[12]/fd3");
         assert_eq!(owners(&[o.clone(), Owner { fd: 4, ..o }], "-"), "unbound[12]/fd3,unbound[12]/fd4");
         assert_eq!(owners(&[], "-"), "-");
         assert_eq!(binding(Some(Binding::Wildcard)), "wildcard");
         assert_eq!(binding(None), "none");
-        assert_eq!(errno_name(111), "ECONNREFUSED");
-        assert_eq!(errno_desc(19), "ENODEV: No such device");
         let v4 = std::net::IpAddr::from([10, 253, 0, 1]);
         assert_eq!(addr(&v4, true), "[::ffff:10.253.0.1]");
         assert_eq!(addr(&v4, false), "10.253.0.1");

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{fmt, human_ns, json_line, table, unix_ns};
+use super::{fmt, human_ns, json_line, table};
+use crate::kernel::clock::unix_ns;
 use crate::{
     engine::health::EventLoopWaiter,
     model::{ids::NetnsIno, receiver::HungReceiver},

@@ -9,49 +9,28 @@
 //! Cost: nothing runs between events. Namespaces appear through the mount table (`ip netns
 //! add` bind-mounts under /run/netns; `/proc/self/mountinfo` signals `POLLPRI` on every mount
 //! change), links through rtnetlink, and the only timer is `--reconcile-every`.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
-    cli::parse_duration,
+    args::AgentArgs,
     engine::{
         metrics::{Input, LostSource, Metrics, MetricsEngine},
         watch::{Config, ReceiverScan, WatchEngine, WatchRecord},
     },
     journal::{self, Journal},
     kernel::signals::{Interrupted, Signals},
+    model::receiver::HungReceiver,
     probes::Probes,
+    sources::{follow::{self, NetlinkMsg}, receivers::ReceiverScanner},
     render::metrics as exposition,
 };
 
 // The follower code of `watch --all-netns`: one per-netns subscription, dump and snapshot path.
-use super::watch::follow;
 mod source;
-use follow::NetlinkMsg;
 use source::{Out, Pipeline};
-
-/// Options of `agent`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AgentArgs {
-    /// Serve /metrics and /healthz here (loopback by default; 0.0.0.0:9469 only if asked).
-    #[arg(long, default_value = "127.0.0.1:9469")]
-    pub listen: SocketAddr,
-    /// Journal directory (JSON lines, rotated).
-    #[arg(long, default_value = journal::DEFAULT_DIR)]
-    pub journal: PathBuf,
-    /// Bound on the journal's total size, bytes (8 segments of a eighth each; at least 32768).
-    #[arg(long, default_value_t = journal::DEFAULT_MAX_BYTES)]
-    pub journal_max_bytes: u64,
-    /// Re-dump every netns's links and re-take its socket snapshot this often (0 = never).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub reconcile_every: Duration,
-    /// Also attach the receive-path probes (costs a probe hit per receive on the host; off by
-    /// default: blocked receivers are found from /proc at each snapshot).
-    #[arg(long)]
-    pub receivers: bool,
-}
 
 /// Least time between two socket snapshots (gauges lag a change by at most this).
 const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
@@ -213,8 +192,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // Only while a down/delete awaits its receiver scan or a stranded receiver is followed; the
     // scan runs on a blocking thread (netlink changes are taken meanwhile).
     let mut stranded_tick = tokio::time::interval(SNAPSHOT_GAP);
-    let scanner = super::hung::ReceiverScanner::new(&probes)?;
-    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<super::hung::HungReceiver>>>)> = None;
+    let scanner = ReceiverScanner::new(&probes)?;
+    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<HungReceiver>>>)> = None;
     // Snapshots walk every socket and task of the host: under a steady stream of changes they
     // are taken at most once per SNAPSHOT_GAP, the changes in between are one batch.
     let mut last_snapshot = tokio::time::Instant::now();

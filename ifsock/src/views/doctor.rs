@@ -4,17 +4,10 @@ use serde::Serialize;
 
 use crate::render::{json_line, line};
 use crate::{
+    args::DoctorArgs,
     kernel::system,
     probes::{select, Probes, SockErrorProbe},
 };
-
-/// Options of `doctor`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DoctorArgs {
-    /// One JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Serialize)]
 struct ProbeStatus {

@@ -2,12 +2,11 @@
 //! with its queue's index, state and backlog, and a warning for an attached queue that fills up
 //! with nobody reading it (seed 001: a queue left attached by a process that never reads, so the
 //! kernel steers part of the traffic into it).
-use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    cli::parse_bounded_duration,
+    args::TunArgs,
     render::{json_line, line, table},
 };
 use crate::{
@@ -15,20 +14,6 @@ use crate::{
     model::tun::{self, QueueState, TunDevice, TunFlags},
     probes::Probes,
 };
-
-/// Options of `tun`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TunArgs {
-    /// Only this device (exact name).
-    pub iface: Option<String>,
-    /// Time between the two queue snapshots that show whether backlogs drain (0: one snapshot,
-    /// no warnings; at most 24h).
-    #[arg(long, default_value = "500ms", value_parser = parse_bounded_duration)]
-    pub interval: Duration,
-    /// One JSON object per device (fields documented in README.md).
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// One `--json` line: a device with the interval its backlogs were compared over.
 #[derive(serde::Serialize)]

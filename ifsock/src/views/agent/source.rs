@@ -1,5 +1,5 @@
 //! The agent's event source: the `watch --all-netns` pipeline (`engine::watch::WatchEngine` fed
-//! by `views/watch/follow.rs`, the same follower code as `watch`), with what only a recorder
+//! by `sources/follow.rs`, the same follower code as `watch`), with what only a recorder
 //! needs on top: every [`WatchRecord`] is journaled, records become metric inputs, and socket
 //! snapshots (taken by the caller at most once per `SNAPSHOT_GAP` per changed netns, and at
 //! reconcile) set the gauges and journal socket health changes judged by `model::stranded`
@@ -14,7 +14,6 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::follow::{self, NetlinkMsg, NsIo, Snapshots};
 use crate::{
     engine::{
         health::{HealthChange, HealthTracker},
@@ -36,6 +35,7 @@ use crate::{
         tie,
     },
     probes::Probes,
+    sources::follow::{self, NetlinkMsg, NsIo, Snapshots},
     render::fmt,
 };
 

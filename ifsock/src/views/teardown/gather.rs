@@ -14,6 +14,7 @@ use crate::{
         procfs,
     },
     model::{
+        sys,
         ids::{IfIndex, NetnsIno},
         link::{Dump, Link},
         stranded::{self, SeenDeletion, Stranded},
@@ -213,7 +214,7 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         .filter(|b| owners.contains(&b.pid))
         .filter_map(|b| {
             let sock = *by_ino.get(&b.fd_socket?.0)?;
-            let syscall = procfs::syscall_name(b.syscall);
+            let syscall = sys::recv_syscall_name(b.syscall);
             Some((b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall, sock }))
         })
         .collect();
@@ -227,8 +228,8 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         b.sock = sock;
         // Kernel-function sets record no fd: read it while the thread is still in the syscall.
         if b.fd.is_none() {
-            if let Some((nr, fd)) = procfs::thread_syscall(r.pid, r.tid).filter(|(nr, _)| procfs::syscall_name(*nr) != "?") {
-                b.syscall = procfs::syscall_name(nr);
+            if let Some((nr, fd)) = procfs::thread_syscall(r.pid, r.tid).filter(|(nr, _)| sys::recv_syscall_name(*nr) != "?") {
+                b.syscall = sys::recv_syscall_name(nr);
                 b.fd = u32::try_from(fd).ok();
             }
         }
@@ -278,7 +279,7 @@ pub async fn after_delete(probes: &mut Probes, td: &Teardown, handles: &[Option<
         dumps.push((h.ino, netlink::dump(&netlink::connect_in(Some(h)).with_context(what)?).await.with_context(what)?));
     }
     let p = td.plan();
-    let seen = vec![SeenDeletion { netns: here, ifindex: p.ifindex, name: p.ifname.clone(), at_unix_ns: crate::render::unix_ns() }];
+    let seen = vec![SeenDeletion { netns: here, ifindex: p.ifindex, name: p.ifname.clone(), at_unix_ns: crate::kernel::clock::unix_ns() }];
     Ok(AfterDelete { sockets, dumps, blocked: blocked_now(probes, td), seen })
 }
 
@@ -288,7 +289,7 @@ pub fn outcome(r: Result<()>) -> StepOutcome {
         Ok(()) => StepOutcome::Ok,
         Err(e) => {
             let errno = netlink::errno_of(&e);
-            let error = errno.map_or_else(|| format!("{e:#}"), crate::render::fmt::errno_desc);
+            let error = errno.map_or_else(|| format!("{e:#}"), crate::model::sys::errno_desc);
             StepOutcome::Refused { errno, error }
         }
     }
