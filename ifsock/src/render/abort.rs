@@ -4,6 +4,16 @@ use anyhow::Result;
 use super::{fmt, json_line, line};
 use crate::engine::abort::{AbortReport, SocketReport, WaiterReport};
 
+/// The confirmation prompt's text (without the question): the sockets that will be destroyed.
+pub fn confirm_prompt(targets: &[crate::engine::abort::Target]) -> Vec<String> {
+    let mut lines = vec![format!("about to destroy {} socket(s); each gets ECONNABORTED (TCP peers get a RST):", targets.len())];
+    for t in targets {
+        let s = &t.socket;
+        lines.push(format!("  {:?} {}:{} inode {} netns {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, s.netns, fmt::owners(&s.owners, "-")));
+    }
+    lines
+}
+
 /// What destroy does, for `abort --help` (README says the same at length).
 pub const ABOUT_DESTROY: &str = "\
 What destroy does: the kernel calls the protocol's diag_destroy with ECONNABORTED.

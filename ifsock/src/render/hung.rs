@@ -76,7 +76,7 @@ pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[Strin
     if json {
         return json_line(&Ready { ty: "ready", netns, probe_set: selection, probes });
     }
-    eprintln!("recording receives (receive path: {selection}); Ctrl-C to stop");
+    super::err_line(&format!("recording receives (receive path: {selection}); Ctrl-C to stop"));
     Ok(())
 }
 

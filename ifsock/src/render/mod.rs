@@ -1,6 +1,7 @@
 //! What users read: one renderer per record (human lines/tables and typed JSON), plus the
 //! shared formatters (owners, errno names, timestamps) written once here.
 pub mod abort;
+pub mod escape;
 pub mod fmt;
 pub mod health;
 pub mod hung;
@@ -134,25 +135,51 @@ fn emit(fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
     result
 }
 
-/// Writes text to stdout: at once and flushed (line-oriented consumers read each record as it
-/// comes), or into the buffer while a [`Buffered`] guard is active.
+/// Writes human text (lines ending in `\n`) to stdout: at once and flushed (line-oriented
+/// consumers read each record as it comes), or into the buffer while a [`Buffered`] guard is
+/// active. Control characters other than the line ends are escaped ([`escape::escape_lines`]).
 ///
 /// # Errors
 /// [`StdoutClosed`] when the reader went away; other write errors with context.
 pub fn out(text: &str) -> Result<()> {
+    raw(&escape::escape_lines(text))
+}
+
+/// Writes text as it is (already escaped, or JSON), as [`out`].
+fn raw(text: &str) -> Result<()> {
     emit(|b| {
         b.extend_from_slice(text.as_bytes());
         Ok(())
     })
 }
 
-/// Writes one line (a `\n` is added) to stdout, as [`out`].
+/// Writes one line of human text (a `\n` is added) to stdout, as [`out`]; every control
+/// character in `text`, a newline included, is escaped ([`escape::escape`]).
 ///
 /// # Errors
 /// As [`out`].
 pub fn line(text: &str) -> Result<()> {
     emit(|b| {
-        b.extend_from_slice(text.as_bytes());
+        b.extend_from_slice(escape::escape(text).as_bytes());
+        b.push(b'\n');
+        Ok(())
+    })
+}
+
+/// Writes one line of human text on stderr (what describes the run, not its records), escaped
+/// as [`line`]; a failed write to stderr is ignored (there is nowhere left to report it).
+pub fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", escape::escape(text));
+}
+
+/// Writes one line that is JSON already (a record as the journal stored it, serialised by
+/// serde: its strings carry control characters as `\uXXXX`), unchanged, as [`out`].
+///
+/// # Errors
+/// As [`out`].
+pub fn json_text_line(json: &str) -> Result<()> {
+    emit(|b| {
+        b.extend_from_slice(json.as_bytes());
         b.push(b'\n');
         Ok(())
     })
@@ -175,7 +202,8 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<()> {
     })
 }
 
-/// Prints rows as a table with left-aligned columns sized to their content.
+/// Prints rows as a table with left-aligned columns sized to their content; each cell is
+/// escaped ([`escape::escape`]) before it is measured.
 ///
 /// # Errors
 /// As [`out`].
@@ -183,15 +211,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(escape::escape(cell).len());
         }
     }
     let mut text = String::new();
     let mut push = |cells: Vec<&str>| {
         let start = text.len();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = escape::escape(cell);
             if i + 1 == cells.len() {
-                text.push_str(cell);
+                text.push_str(&cell);
             } else {
                 text.push_str(&format!("{cell:<w$}  "));
             }
@@ -204,7 +233,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     for row in rows {
         push(row.iter().map(String::as_str).collect());
     }
-    out(&text)
+    raw(&text)
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix-epoch ns timestamp.

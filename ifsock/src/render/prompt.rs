@@ -1,13 +1,16 @@
 //! Questions asked on the terminal before a command changes anything.
 
-/// Asks `prompt` + `proceed? [y/N]` on stderr and reads the answer from the terminal (without
-/// blocking the runtime). `Ok(true)` only for `y`/`yes`.
+/// Prints `lines` (escaped, as every human line) and `proceed? [y/N]` on stderr and reads the
+/// answer from the terminal (without blocking the runtime). `Ok(true)` only for `y`/`yes`.
 ///
 /// # Errors
 /// stdin could not be read.
-pub async fn ask_proceed(prompt: &str) -> anyhow::Result<bool> {
+pub async fn ask_proceed(lines: &[String]) -> anyhow::Result<bool> {
     use anyhow::Context as _;
-    eprint!("{prompt}proceed? [y/N] ");
+    for l in lines {
+        super::err_line(l);
+    }
+    eprint!("proceed? [y/N] ");
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line)

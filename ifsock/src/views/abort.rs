@@ -102,12 +102,7 @@ async fn confirm(targets: &[Target]) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("refusing to destroy {} socket(s) without confirmation: stdin is not a terminal; pass --yes to confirm, or --dry-run to see what would be destroyed", targets.len());
     }
-    eprintln!("about to destroy {} socket(s); each gets ECONNABORTED (TCP peers get a RST):", targets.len());
-    for t in targets {
-        let s = &t.socket;
-        eprintln!("  {:?} {}:{} inode {} netns {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, s.netns, render::fmt::owners(&s.owners, "-"));
-    }
-    if !render::prompt::ask_proceed("").await? {
+    if !render::prompt::ask_proceed(&render::abort::confirm_prompt(targets)).await? {
         return Err(anyhow!("not confirmed: no socket destroyed"));
     }
     Ok(())

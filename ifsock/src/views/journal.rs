@@ -51,7 +51,7 @@ pub fn run(args: JournalArgs, netns: Option<String>) -> Result<()> {
     };
     for e in read.entries.iter().filter(|e| keep(e)) {
         if args.json {
-            render::line(&e.line)?;
+            render::json_text_line(&e.line)?;
         } else {
             render::line(&human(e))?;
         }

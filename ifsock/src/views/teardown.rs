@@ -252,8 +252,8 @@ fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
     // The report is printed after the last step, so a closed stdout never stops a teardown
     // halfway; stderr then says what was done.
     match (out::state_line(&report), &printed) {
-        (Some(l), _) if json || printed.is_err() => eprintln!("ifsock: {l}"),
-        (None, Err(_)) if !report.dry_run => eprintln!("ifsock: stdout closed; {}", out::left(&report)),
+        (Some(l), _) if json || printed.is_err() => crate::render::err_line(&format!("ifsock: {l}")),
+        (None, Err(_)) if !report.dry_run => crate::render::err_line(&format!("ifsock: stdout closed; {}", out::left(&report))),
         _ => {}
     }
     printed?;
