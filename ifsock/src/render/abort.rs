@@ -9,7 +9,7 @@ pub fn confirm_prompt(targets: &[crate::engine::abort::Target]) -> Vec<String> {
     let mut lines = vec![format!("about to destroy {} socket(s); each gets ECONNABORTED (TCP peers get a RST):", targets.len())];
     for t in targets {
         let s = &t.socket;
-        lines.push(format!("  {:?} {}:{} inode {} netns {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, s.netns, fmt::owners(&s.owners, "-")));
+        lines.push(format!("  {} {} inode {} netns {} owners {}", fmt::protocol(s.protocol), fmt::local(s), s.inode, s.netns, fmt::owners(&s.owners, "-")));
     }
     lines
 }
@@ -61,10 +61,7 @@ pub fn socket_line(s: &SocketReport) -> String {
     format!(
         "{:<13} {} {} {} -> {} inode {} cookie {cookie}{via} owners {}{stranded} [by {}]{error}",
         s.result,
-        match s.protocol {
-            crate::model::socket::Protocol::Tcp => "tcp",
-            crate::model::socket::Protocol::Udp => "udp",
-        },
+        fmt::protocol(s.protocol),
         s.state,
         s.local,
         s.remote,

@@ -1,7 +1,7 @@
 //! Formatters shared by every renderer: owners, bindings, addresses (errno names are
 //! [`crate::model::sys`]'s). Written once here so
 //! the table, the event lines and the reports spell things the same way.
-use crate::model::socket::{Binding, Owner};
+use crate::model::socket::{Binding, Owner, Protocol, Socket};
 
 /// `comm[pid]/fdN`, as in the `OWNERS` column.
 pub fn owner(o: &Owner) -> String {
@@ -37,6 +37,27 @@ pub fn addr(a: &std::net::IpAddr, v4_mapped: bool) -> String {
     }
 }
 
+/// `tcp` or `udp` ([`Protocol::name`]).
+pub fn protocol(p: Protocol) -> &'static str {
+    p.name()
+}
+
+/// Protocol and IP version, as the `PROTO` column: `udp4`, `tcp6`.
+pub fn proto_family(s: &Socket) -> String {
+    format!("{}{}", s.protocol.name(), s.family)
+}
+
+/// `address:port` as tables show it ([`addr`]): `10.0.0.1:53`, `[fe80::1]:53`,
+/// `[::ffff:10.0.0.1]:53` for a v4-mapped socket.
+pub fn endpoint(a: &std::net::IpAddr, v4_mapped: bool, port: u16) -> String {
+    format!("{}:{port}", addr(a, v4_mapped))
+}
+
+/// The local endpoint of a socket ([`endpoint`]).
+pub fn local(s: &Socket) -> String {
+    endpoint(&s.local_addr, s.v4_mapped, s.local_port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +74,10 @@ mod tests {
         assert_eq!(addr(&v4, true), "[::ffff:10.253.0.1]");
         assert_eq!(addr(&v4, false), "10.253.0.1");
         assert_eq!(addr(&"fe80::1".parse().unwrap_or(v4), false), "[fe80::1]");
+        assert_eq!(endpoint(&v4, true, 53), "[::ffff:10.253.0.1]:53");
+        assert_eq!(endpoint(&"fe80::1".parse().unwrap_or(v4), false, 53), "[fe80::1]:53");
+        assert_eq!(protocol(Protocol::Udp), "udp");
+        // The table's spelling is the JSON's.
+        assert_eq!(serde_json::to_value(Protocol::Tcp).unwrap(), protocol(Protocol::Tcp));
     }
 }

@@ -5,8 +5,12 @@ pub mod escape;
 pub mod fmt;
 pub mod health;
 pub mod hung;
+pub mod journal;
 pub mod metrics;
+pub mod doctor;
 pub mod prompt;
+pub mod sockets;
+pub mod tun;
 pub mod teardown;
 pub mod watch;
 

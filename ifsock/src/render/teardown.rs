@@ -9,7 +9,7 @@ use crate::{
     engine::teardown::{Companion, LeftState, Plan, Relation, SocketSeen, TeardownReport},
     model::{socket::Binding, tie::TiedSocket, tun::QueueState},
     render::{
-        fmt::{binding, owners},
+        fmt::{self, binding, owners},
         line,
     },
 };
@@ -18,12 +18,10 @@ use crate::{
 pub fn socket_line(t: &TiedSocket) -> String {
     let s = &t.socket;
     format!(
-        "{}{} {} {}:{} inode {}{} {}",
-        format!("{:?}", s.protocol).to_lowercase(),
-        s.family,
+        "{} {} {} inode {}{} {}",
+        fmt::proto_family(s),
         binding(t.binding),
-        s.local_addr,
-        s.local_port,
+        fmt::local(s),
         s.inode,
         if s.pktinfo { " pktinfo" } else { "" },
         owners(&s.owners, "no owner")
@@ -243,7 +241,7 @@ pub fn human_lines(r: &TeardownReport) -> Vec<String> {
         text.push(format!("not observed: {u}"));
     }
     if let Some(l) = state_line(r) {
-        text.push(format!("{l}"));
+        text.push(l);
     }
     text
 }

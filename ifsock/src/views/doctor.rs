@@ -1,37 +1,15 @@
 //! `ifsock doctor`: what this kernel allows and which probes ifsock can use.
 use anyhow::Result;
-use serde::Serialize;
 
-use crate::render::{json_line, line};
 use crate::{
     args::DoctorArgs,
+    render::{
+        self,
+        doctor::{ProbeStatus, Report},
+    },
     kernel::system,
-    probes::{select, Probes, SockErrorProbe},
+    probes::{Probes, SockErrorProbe},
 };
-
-#[derive(Serialize)]
-struct ProbeStatus {
-    probe: String,
-    loaded: bool,
-    reason: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Report {
-    kernel_release: String,
-    btf: bool,
-    lockdown: Option<String>,
-    tracefs_mounted: bool,
-    bpffs_mounted: bool,
-    mounted_now: system::MountReport,
-    /// Device path (close/unregister) set.
-    probe_set: Option<select::Selection>,
-    /// Receive path (`__skb_recv_udp`, `__skb_recv_datagram`, `__skb_wait_for_more_packets`) set.
-    recv_probe_set: Option<select::Selection>,
-    probes: Vec<ProbeStatus>,
-    /// Socket destroy mechanisms (`abort`), in the order they are tried.
-    socket_destroy: Vec<ProbeStatus>,
-}
 
 /// Runs `doctor`: checks, mounts what is missing, and tries every probe.
 ///
@@ -108,29 +86,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         probes: probes_status,
         socket_destroy: destroy_mechanisms(),
     };
-    if args.json {
-        return json_line(&report);
-    }
-    line(&format!("kernel:    {}", report.kernel_release))?;
-    line(&format!("BTF:       {}", if report.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "MISSING: ifsock needs CONFIG_DEBUG_INFO_BTF=y" }))?;
-    line(&format!("lockdown:  {}", report.lockdown.as_deref().unwrap_or("not available")))?;
-    line(&format!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" }))?;
-    line(&format!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" }))?;
-    match &report.probe_set {
-        Some(sel) => line(&format!("device path:  {sel}"))?,
-        None => line("device path:  no probe set (the object did not load)")?,
-    }
-    match &report.recv_probe_set {
-        Some(sel) => line(&format!("receive path: {sel}"))?,
-        None => line("receive path: no probe set")?,
-    }
-    for p in &report.probes {
-        match &p.reason {
-            None => line(&format!("  ok      {}", p.probe))?,
-            Some(r) => line(&format!("  refused {}: {r}", p.probe))?,
-        }
-    }
-    print_destroy_mechanisms(&report.socket_destroy)
+    render::doctor::print(&report, args.json)
 }
 
 // ---- socket destroy mechanisms (`abort`) ----
@@ -152,15 +108,4 @@ fn destroy_mechanisms() -> Vec<ProbeStatus> {
             reason: diag.err(),
         },
     ]
-}
-
-fn print_destroy_mechanisms(list: &[ProbeStatus]) -> Result<()> {
-    crate::render::line("socket destroy (abort), in order of use:")?;
-    for p in list {
-        match &p.reason {
-            None => crate::render::line(&format!("  ok      {}", p.probe))?,
-            Some(r) => crate::render::line(&format!("  refused {}: {r}", p.probe))?,
-        }
-    }
-    Ok(())
 }

@@ -9,28 +9,6 @@ use crate::{
     render,
 };
 
-fn human(e: &Entry) -> String {
-    let h = &e.header;
-    let ns = match (&h.netns, &h.netns_name) {
-        (Some(i), Some(n)) => format!("{i}({n})"),
-        (Some(i), None) => i.to_string(),
-        (None, _) => "-".into(),
-    };
-    let iface = |name: &Option<String>| match (h.ifindex, name.as_deref()) {
-        (Some(i), Some(n)) if !n.is_empty() => format!(" {i}:{n}"),
-        (Some(i), _) => format!(" {i}"),
-        (None, Some(n)) if !n.is_empty() => format!(" {n}"),
-        _ => String::new(),
-    };
-    let addr = h.address.map(|a| format!(" {a}")).unwrap_or_default();
-    let detail = match h.ty.as_str() {
-        "change" => format!("{}{}{addr}", h.event.as_deref().unwrap_or("?"), iface(&h.name)),
-        "socket_stranded" | "socket_recovered" => format!("{}{}{addr}", h.reason.as_deref().unwrap_or("?"), iface(&h.ifname)),
-        _ => iface(&h.name).trim_start().to_string(),
-    };
-    format!("{} {:<17} netns {ns} {detail}", render::date_time(h.ts_unix_ns), h.ty).trim_end().to_string()
-}
-
 /// Prints the journal's records, oldest first.
 ///
 /// # Errors
@@ -50,11 +28,7 @@ pub fn run(args: JournalArgs, netns: Option<String>) -> Result<()> {
             })
     };
     for e in read.entries.iter().filter(|e| keep(e)) {
-        if args.json {
-            render::json_text_line(&e.line)?;
-        } else {
-            render::line(&human(e))?;
-        }
+        render::journal::entry(e, args.json)?;
     }
     Ok(())
 }

@@ -11,10 +11,10 @@ use crate::{
         stranded::{health, SocketReport},
         ids::{NetnsIno, SockInode},
         socket::Socket,
-        tie::{Ties, TiedSocket},
+        tie::Ties,
     },
     probes::snapshot,
-    render::{json_line, table},
+    render::{self, json_line},
 };
 use crate::{
     kernel::netns::{self, NetnsHandle},
@@ -108,7 +108,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         })
         .filter(|r| !args.stranded || r.stranded.is_some());
     // One write per ~64 KiB instead of one per socket (stays per line on a terminal).
-    let out = crate::render::buffered();
+    let out = render::buffered();
     if args.json {
         // Streamed: each report is written and dropped, so no second copy of every row is held.
         for row in reports {
@@ -116,7 +116,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         }
     } else {
         // The table needs every row for its column widths.
-        print_reports(&reports.collect::<Vec<SocketReport>>())?;
+        render::sockets::table(&reports.collect::<Vec<SocketReport>>())?;
     }
     out.finish()
 }
@@ -136,53 +136,4 @@ fn target<'a>(links: &'a [Link], args: &SocketsArgs) -> Option<&'a Link> {
         (None, Some(i)) => links.iter().find(|l| l.ifindex == IfIndex(i)),
         (None, None) => None,
     }
-}
-
-/// Prints socket reports as a table: [`print_table`]'s columns, then STATUS (`ok` or the strand
-/// reason) and WAITERS (`comm[pid]/tid via fd`, `-` when none).
-///
-/// # Errors
-/// Writing to stdout failed (see [`crate::render::out`]).
-pub fn print_reports(rows: &[SocketReport]) -> anyhow::Result<()> {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut c = cells(&r.tied);
-            c.push(r.status().to_string());
-            c.push(crate::render::health::waiters(&r.waiters));
-            c
-        })
-        .collect();
-    let mut header = HEADER.to_vec();
-    header.extend(["STATUS", "WAITERS"]);
-    table(&header, &cells)
-}
-
-/// Prints tied sockets as a table (shared with `watch` and `teardown`).
-///
-/// # Errors
-/// Writing to stdout failed (see [`crate::render::out`]).
-pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
-    let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
-    table(&HEADER, &cells)
-}
-
-const HEADER: [&str; 11] = ["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"];
-
-fn cells(r: &TiedSocket) -> Vec<String> {
-    let s = &r.socket;
-    let owners = crate::render::fmt::owners(&s.owners, "-");
-    vec![
-        s.netns.to_string(),
-        r.ifindex.map_or("-".into(), |i| i.to_string()),
-        r.ifname.clone().unwrap_or_else(|| "-".into()),
-        crate::render::fmt::binding(r.binding).to_string(),
-        format!("{:?}{}", s.protocol, s.family).to_lowercase(),
-        format!("{}:{}", crate::render::fmt::addr(&s.local_addr, s.v4_mapped), s.local_port),
-        format!("{}:{}", crate::render::fmt::addr(&s.remote_addr, s.v4_mapped), s.remote_port),
-        s.state.to_string(),
-        s.inode.to_string(),
-        if s.pktinfo { "yes".into() } else { "no".into() },
-        owners,
-    ]
 }

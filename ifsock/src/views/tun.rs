@@ -7,23 +7,13 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     args::TunArgs,
-    render::{json_line, line, table},
+    render,
 };
 use crate::{
     kernel::{netlink, netns},
-    model::tun::{self, QueueState, TunDevice, TunFlags},
+    model::tun::{self, TunFlags},
     probes::Probes,
 };
-
-/// One `--json` line: a device with the interval its backlogs were compared over.
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    interval_ms: u64,
-    #[serde(flatten)]
-    device: &'a TunDevice,
-}
 
 /// Runs `tun`.
 ///
@@ -64,70 +54,5 @@ pub async fn run(args: TunArgs) -> Result<()> {
             }
         }
     }
-    if args.json {
-        for device in &devices {
-            json_line(&JsonLine { ty: "tun", interval_ms: args.interval.as_millis() as u64, device })?;
-        }
-        return Ok(());
-    }
-    if devices.is_empty() {
-        line(&format!("no tun/tap devices in netns {netns}"))?;
-    }
-    for d in &devices {
-        print_device(d)?;
-    }
-    Ok(())
-}
-
-fn print_device(d: &TunDevice) -> Result<()> {
-    let f = &d.flags;
-    let mut flags = vec![f.mode.map_or("?".to_string(), |m| format!("{m:?}").to_lowercase())];
-    for (on, name) in [(f.multi_queue, "multi_queue"), (f.persist, "persist"), (f.vnet_hdr, "vnet_hdr"), (f.no_pi, "no_pi")] {
-        if on {
-            flags.push(name.to_string());
-        }
-    }
-    let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-    line(&format!(
-        "{} ifindex {} netns {}: {} {}{}; owner {} group {}; queues {} attached, {} detached; {} fd(s)",
-        d.name,
-        d.ifindex,
-        d.netns,
-        flags.join(","),
-        if d.up { "up" } else { "down" },
-        if d.carrier { ",carrier" } else { ",no-carrier" },
-        id(d.owner),
-        id(d.group),
-        d.numqueues,
-        d.numdisabled,
-        d.fds.len()
-    ))?;
-    if !d.fds.is_empty() {
-        let rows: Vec<Vec<String>> = d
-            .fds
-            .iter()
-            .map(|fd| {
-                vec![
-                    format!("  {}", fd.pid),
-                    fd.comm.clone(),
-                    fd.fd.to_string(),
-                    fd.queue.map_or("-".into(), |q| q.to_string()),
-                    match fd.state {
-                        QueueState::Attached => "attached".into(),
-                        QueueState::Detached => "detached".into(),
-                    },
-                    match fd.backlog_before {
-                        Some(b) => format!("{b}→{}", fd.backlog),
-                        None => fd.backlog.to_string(),
-                    },
-                    fd.ring_size.to_string(),
-                ]
-            })
-            .collect();
-        table(&["  PID", "COMM", "FD", "QUEUE", "STATE", "BACKLOG", "RING"], &rows)?;
-    }
-    for w in &d.warnings {
-        line(&format!("warning: {}", w.message))?;
-    }
-    Ok(())
+    render::tun::devices(&devices, netns, args.interval.as_millis() as u64, args.json)
 }

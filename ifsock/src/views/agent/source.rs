@@ -30,7 +30,6 @@ use crate::{
     model::{
         ids::NetnsIno,
         link::ChangeKind,
-        socket::Protocol,
         stranded::{SeenDeletion, SocketHealthEvent},
         tie,
     },
@@ -298,10 +297,7 @@ impl Pipeline {
                 snap.sockets.push(SocketRow {
                     ifname: t.ifname.clone().unwrap_or_default(),
                     binding: fmt::binding(t.binding),
-                    protocol: match t.socket.protocol {
-                        Protocol::Tcp => "tcp",
-                        Protocol::Udp => "udp",
-                    },
+                    protocol: fmt::protocol(t.socket.protocol),
                     stranded: h.as_ref().map(|s| (s.ifname.clone().unwrap_or_default(), s.reason.name())),
                 });
                 let receiving = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).count();
