@@ -4,5 +4,6 @@ pub mod abort;
 pub mod health;
 pub mod metrics;
 pub mod receivers;
+pub mod sockets;
 pub mod teardown;
 pub mod watch;
