@@ -4,6 +4,7 @@ pub mod abort;
 pub mod health;
 pub mod metrics;
 pub mod receivers;
+pub mod snapshot;
 pub mod sockets;
 pub mod teardown;
 pub mod watch;

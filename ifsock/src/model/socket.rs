@@ -26,6 +26,17 @@ impl Protocol {
     }
 }
 
+/// `device`, `address`, `wildcard`, or `none` for an untied socket: the JSON spelling, which
+/// tables and metric labels use too.
+pub fn binding_name(b: Option<Binding>) -> &'static str {
+    match b {
+        Some(Binding::Device) => "device",
+        Some(Binding::Address) => "address",
+        Some(Binding::Wildcard) => "wildcard",
+        None => "none",
+    }
+}
+
 /// `a.b.c.d:port` or `[v6]:port`: an endpoint as JSON fields (`abort`'s `local`/`remote`) spell it.
 pub fn endpoint(a: IpAddr, port: u16) -> String {
     match a {

@@ -18,12 +18,7 @@ pub fn owners(list: &[Owner], empty: &str) -> String {
 
 /// `device`, `address`, `wildcard`, or `none` (the JSON spelling).
 pub fn binding(b: Option<Binding>) -> &'static str {
-    match b {
-        Some(Binding::Device) => "device",
-        Some(Binding::Address) => "address",
-        Some(Binding::Wildcard) => "wildcard",
-        None => "none",
-    }
+    crate::model::socket::binding_name(b)
 }
 
 /// An address as tables show it: IPv4 plain, IPv6 in brackets, and the IPv4 address of a
