@@ -23,7 +23,7 @@ use crate::{
     journal::{self, Journal},
     kernel::signals::{Interrupted, Signals},
     model::receiver::HungReceiver,
-    probes::Probes,
+    probes::{plan, Probes},
     sources::{follow::{self, NetlinkMsg}, receivers::ReceiverScanner},
     render::metrics as exposition,
 };
@@ -137,28 +137,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(args.listen).map_err(|e| listen_error(args.listen, e))?;
     listener.set_nonblocking(true)?;
     let mut probes = Probes::load(u64::MAX)?;
-    probes.load_iterators()?;
+    let applied = probes.apply(if args.receivers { &plan::AGENT_RECEIVERS } else { &plan::AGENT }, plan::Forced::default())?;
     let mut metrics = MetricsEngine::new();
     metrics.apply(Input::ProbeSet { path: "sockets".into(), set: "iter".into() });
     metrics.apply(Input::ProbeSet { path: "links".into(), set: "rtnetlink".into() });
-    // No device or link-request probes: the device ones need fentry/kprobe, and the link-request
-    // tracepoints fire on every sendmsg/ioctl of the host, a cost the agent does not pay while
-    // idle; changes come from rtnetlink, causes are left to `watch`.
-    let recv = if args.receivers {
-        let sel = probes.attach_recv(None).context("--receivers: attaching the receive-path probes")?;
-        format!("{:?}", sel.chosen).to_lowercase()
-    } else {
-        "none".into()
-    };
+    let recv = applied.recv.map_or_else(|| "none".into(), |sel| format!("{:?}", sel.chosen).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "recv".into(), set: recv });
-    // Socket errors fire only when the kernel reports one (`sk_error_report`): free while idle.
-    let sock_errors = match probes.attach_sock_errors_with(None) {
-        Ok(a) => format!("{:?}", a.probe).to_lowercase(),
-        Err(e) => {
-            tracing::warn!("socket errors unavailable, none will be journaled: {e:#}");
-            "none".into()
-        }
-    };
+    let sock_errors = applied.sock_errors.map_or_else(|| "none".into(), |a| format!("{:?}", a.probe).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "sock_errors".into(), set: sock_errors });
     let mut events = probes.events()?;
     let table = MountTable(std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?);

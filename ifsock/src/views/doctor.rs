@@ -8,7 +8,10 @@ use crate::{
         doctor::{ProbeStatus, Report},
     },
     kernel::system,
-    probes::{Probes, SockErrorProbe},
+    probes::{
+        plan::{self, Group},
+        Probes, SockErrorProbe,
+    },
 };
 
 /// Runs `doctor`: checks, mounts what is missing, and tries every probe.
@@ -21,28 +24,29 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     let mut probes_status = Vec::new();
     let mut selection = None;
     let mut recv_selection = None;
-    match Probes::load(u64::MAX) {
+    // Every group through the one policy, all optional: a refusal is doctor's answer.
+    let loaded = Probes::load(u64::MAX).and_then(|mut p| p.apply(&plan::DOCTOR_PATHS, plan::Forced::default()).map(|a| (p, a)));
+    match loaded {
         Err(e) => probes_status.push(ProbeStatus { probe: "object".into(), loaded: false, reason: Some(format!("{e:#}")) }),
-        Ok(mut probes) => {
-            match probes.attach_device(None) {
-                Ok(sel) => selection = Some(sel),
-                Err(e) => probes_status.push(ProbeStatus { probe: "device probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
-            }
-            match probes.attach_recv(None) {
-                Ok(sel) => recv_selection = Some(sel),
-                Err(e) => probes_status.push(ProbeStatus { probe: "receive probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
+        Ok((mut probes, paths)) => {
+            selection = paths.device.clone();
+            recv_selection = paths.recv.clone();
+            for s in &paths.skipped {
+                probes_status.push(ProbeStatus { probe: s.group.to_string(), loaded: false, reason: Some(s.reason.clone()) });
             }
             for a in probes.attached.iter() {
                 probes_status.push(ProbeStatus { probe: a.to_string(), loaded: true, reason: None });
             }
-            for (name, res) in [
-                ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),
-                ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", probes.attach_link_requests()),
-                ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", probes.attach_send_errors()),
+            let applied = probes.apply(&plan::DOCTOR_EVIDENCE, plan::Forced::default())?;
+            let refusal = |g: Group| applied.skipped.iter().find(|s| s.group == g).map(|s| s.reason.clone());
+            for (name, g) in [
+                ("iter/udp, iter/tcp, iter/task_file", Group::Iterators),
+                ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", Group::LinkRequests),
+                ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", Group::SendErrors),
             ] {
-                probes_status.push(ProbeStatus { probe: name.into(), loaded: res.is_ok(), reason: res.err().map(|e| format!("{e:#}")) });
+                probes_status.push(ProbeStatus { probe: name.into(), loaded: applied.has(g), reason: refusal(g) });
             }
-            match probes.attach_sock_errors_with(None) {
+            match applied.sock_errors.clone().ok_or_else(|| refusal(Group::SockErrors).unwrap_or_default()) {
                 Ok(a) => {
                     if let Some(why) = a.tp_btf_refused {
                         probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", SockErrorProbe::TpBtf), loaded: false, reason: Some(why) });
@@ -50,7 +54,8 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                     probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", a.probe), loaded: true, reason: None });
                     // The fallback, tried too so that its state is known before it is needed.
                     if a.probe == SockErrorProbe::TpBtf {
-                        let res = probes.attach_sock_errors_with(Some(SockErrorProbe::Tracepoint));
+                        let forced = plan::Forced { probe_set: None, sock_error_probe: Some(SockErrorProbe::Tracepoint) };
+                        let res = probes.apply(&plan::DOCTOR_SOCK_ERROR_FALLBACK, forced);
                         probes_status.push(ProbeStatus {
                             probe: format!("{} (socket errors fallback)", SockErrorProbe::Tracepoint),
                             loaded: res.is_ok(),
@@ -61,10 +66,12 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                 Err(e) => probes_status.push(ProbeStatus {
                     probe: format!("{} or {} (socket errors)", SockErrorProbe::TpBtf, SockErrorProbe::Tracepoint),
                     loaded: false,
-                    reason: Some(format!("{e:#}")),
+                    reason: Some(e),
                 }),
             }
-            for (name, why) in &probes.unavailable {
+            // The groups left out are listed above with their own names.
+            let groups: Vec<String> = paths.skipped.iter().chain(&applied.skipped).map(|s| s.group.to_string()).collect();
+            for (name, why) in probes.unavailable.iter().filter(|(n, _)| !groups.contains(n)) {
                 probes_status.push(ProbeStatus { probe: name.clone(), loaded: false, reason: Some(why.clone()) });
             }
             for (path, sel) in [("device path", &selection), ("receive path", &recv_selection)] {
