@@ -12,7 +12,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::sync::mpsc;
 
 use crate::{
     args::AgentArgs,
@@ -21,16 +21,20 @@ use crate::{
         watch::{Config, ReceiverScan, WatchEngine, WatchRecord},
     },
     journal::{self, Journal},
-    kernel::signals::{Interrupted, Signals},
+    kernel::{
+        netns,
+        signals::{Interrupted, Signals},
+    },
     model::receiver::HungReceiver,
     probes::{plan, Probes},
-    sources::{follow::{self, NetlinkMsg}, receivers::ReceiverScanner},
+    sources::{
+        agent::{Out, Pipeline},
+        follow::{self, NetlinkMsg},
+        receivers::ReceiverScanner,
+    },
     render::metrics as exposition,
 };
 
-// The follower code of `watch --all-netns`: one per-netns subscription, dump and snapshot path.
-mod source;
-use source::{Out, Pipeline};
 
 /// Least time between two socket snapshots (gauges lag a change by at most this).
 const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
@@ -38,14 +42,6 @@ const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
 /// `receiver_stranded` is raised again for a receiver still blocked this long after the change
 /// (`--receivers` only; the default of `watch --stranded-after`).
 const STRANDED_AFTER: Duration = Duration::from_secs(5);
-
-/// A file that signals `POLLPRI` whenever the mount table changes (`mounts_poll`, since 2.6.15).
-struct MountTable(std::fs::File);
-impl std::os::fd::AsRawFd for MountTable {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
 
 /// Where records go: the journal, and the metrics aggregator.
 struct Sink {
@@ -146,10 +142,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let sock_errors = applied.sock_errors.map_or_else(|| "none".into(), |a| format!("{:?}", a.probe).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "sock_errors".into(), set: sock_errors });
     let mut events = probes.events()?;
-    let table = MountTable(std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?);
-    // SAFETY: the file is owned by the AsyncFd and stays open until it is dropped.
-    let mounts = unsafe { AsyncFd::register_with_interest(table, tokio::io::Interest::PRIORITY) }
-        .context("watching the mount table for new namespaces")?;
+    let mounts = netns::watch_mounts()?;
     let (publish, published) = tokio::sync::watch::channel(Arc::new(metrics.values()));
     let mut sink = Sink { journal, metrics, publish };
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();

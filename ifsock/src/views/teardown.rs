@@ -16,23 +16,17 @@ use futures::FutureExt as _;
 
 use crate::{
     args::TeardownArgs,
-    engine::{
-        abort::{self, AbortReport, Outcome},
-        teardown::{BlockedRecv, Next, Teardown},
-    },
+    engine::teardown::{Next, Teardown},
     kernel::{
         clock::monotonic_ns,
         netlink::{self, Received, Subscription},
-        netns::NetnsHandle,
         signals::{Interrupted, Signals},
     },
-    model::{link::Update, socket::Socket},
+    model::link::Update,
     probes::{events::EventStream, plan, Probes},
     render::teardown as out,
-    sources::destroy::{self, waiters, ViaChoice},
+    sources::teardown::{self as gather, abort_stranded, would_abort},
 };
-
-mod gather;
 
 /// Receives in flight at least this long (ns) emit a `RecvDone` event when they return.
 pub const RECV_REPORT_MIN_NS: u64 = 1_000_000;
@@ -106,16 +100,7 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
     let mut signals = Signals::new()?;
     // Every group is optional: a refused probe is reported as unobserved, never an error.
     for skipped in probes.apply(&plan::TEARDOWN, plan::Forced::default())?.skipped {
-        let what = match skipped.group {
-            plan::Group::SendErrors => "send errors (syscalls:sys_{enter,exit}_{sendto,sendmsg})",
-            plan::Group::Recv => "receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{enter,exit}_{recv*,read})",
-            plan::Group::SockErrors => "kernel-reported socket errors (sock:inet_sk_error_report)",
-            other => {
-                td.unobserved(format!("{other}: {}", skipped.reason));
-                continue;
-            }
-        };
-        td.unobserved(format!("{what}: {}", skipped.reason));
+        td.unobserved(gather::unobserved(&skipped));
     }
     let mut events = probes.events()?;
     let mut sub = Subscription::open(None)?;
@@ -174,30 +159,6 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
     let gone = gather::companions_gone(td, handle, &peers).await;
     td.companions_checked(gone);
     Ok(())
-}
-
-/// The dry run of `--abort-stranded`: the listed sockets the delete would strand (predicted by
-/// the engine) or with receivers blocked now, and the mechanism that would run.
-fn would_abort(td: &Teardown, blocked: &[BlockedRecv], observe: Duration) -> Result<AbortReport> {
-    let p = td.plan();
-    let now: Vec<Socket> = p.netns_sockets.iter().chain(p.companions.iter().flat_map(|c| c.netns_sockets.iter())).cloned().collect();
-    let (targets, skipped) = td.abort_candidates(&now, blocked, |s| td.predicted_stranded(s));
-    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now);
-    let mech = destroy::choose(ViaChoice::Auto, &targets)?;
-    let outcomes = vec![Outcome::WouldDestroy; targets.len()];
-    Ok(abort::report(p.netns, true, Some(mech.via), mech.refused.clone(), observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped))
-}
-
-/// `--abort-stranded` after the delete: destroys what the engine picks from a fresh snapshot,
-/// each socket inside its own netns, and watches its waiters (a signal cuts the window short).
-async fn abort_stranded(probes: &mut Probes, td: &Teardown, peers: &[Option<NetnsHandle>], signals: &mut Signals, observe: Duration) -> Result<AbortReport> {
-    let now = gather::after_delete(probes, td, peers).await?;
-    let (targets, skipped) = td.abort_candidates(&now.sockets, &now.blocked, |s| now.health(s));
-    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
-    let mech = destroy::choose(ViaChoice::Auto, &targets)?;
-    let handles: Vec<&NetnsHandle> = peers.iter().flatten().collect();
-    let run = destroy::Run { here: td.plan().netns, handles: &handles, waiters: &waiters, observe };
-    destroy::execute(probes, &mech, &run, &targets, skipped, Some(signals)).await
 }
 
 /// Waits out the grace period: ends early when the interface vanishes or a signal arrives.

@@ -1,17 +1,24 @@
 //! What the teardown engine asks for, read from the kernel: the plan (the target, the sockets
 //! tied to it, and what the delete takes with it: veth peer, possibly in another netns; bridge
 //! ports; the master; the fds holding a tun/tap), receivers blocked now, sockets alive now,
-//! and the netlink step outcomes.
-use std::collections::{HashMap, HashSet};
+//! and the netlink step outcomes; and `--abort-stranded` through the destroy path.
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
-    engine::teardown::{BlockedRecv, CompanionPlan, Plan, Relation, SockKey, StepOutcome, Teardown},
+    engine::{
+        abort::{self, AbortReport, Outcome},
+        teardown::{BlockedRecv, CompanionPlan, Plan, Relation, SockKey, StepOutcome, Teardown},
+    },
     kernel::{
         netlink::{self, LinkRelations},
         netns::{self, NetnsHandle},
         procfs,
+        signals::Signals,
     },
     model::{
         sys,
@@ -22,7 +29,8 @@ use crate::{
         tie::{self, TiedSocket},
         tun,
     },
-    probes::{snapshot, Probes},
+    probes::{plan, snapshot, Probes},
+    sources::destroy::{self, waiters, ViaChoice},
 };
 
 /// `IFF_LOOPBACK` (include/uapi/linux/if.h).
@@ -295,6 +303,41 @@ pub fn outcome(r: Result<()>) -> StepOutcome {
     }
 }
 
+/// The dry run of `--abort-stranded`: the listed sockets the delete would strand (predicted by
+/// the engine) or with receivers blocked now, and the mechanism that would run.
+pub fn would_abort(td: &Teardown, blocked: &[BlockedRecv], observe: Duration) -> Result<AbortReport> {
+    let p = td.plan();
+    let now: Vec<Socket> = p.netns_sockets.iter().chain(p.companions.iter().flat_map(|c| c.netns_sockets.iter())).cloned().collect();
+    let (targets, skipped) = td.abort_candidates(&now, blocked, |s| td.predicted_stranded(s));
+    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now);
+    let mech = destroy::choose(ViaChoice::Auto, &targets)?;
+    let outcomes = vec![Outcome::WouldDestroy; targets.len()];
+    Ok(abort::report(p.netns, true, Some(mech.via), mech.refused.clone(), observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped))
+}
+
+/// `--abort-stranded` after the delete: destroys what the engine picks from a fresh snapshot,
+/// each socket inside its own netns, and watches its waiters (a signal cuts the window short).
+pub async fn abort_stranded(probes: &mut Probes, td: &Teardown, peers: &[Option<NetnsHandle>], signals: &mut Signals, observe: Duration) -> Result<AbortReport> {
+    let now = after_delete(probes, td, peers).await?;
+    let (targets, skipped) = td.abort_candidates(&now.sockets, &now.blocked, |s| now.health(s));
+    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
+    let mech = destroy::choose(ViaChoice::Auto, &targets)?;
+    let handles: Vec<&NetnsHandle> = peers.iter().flatten().collect();
+    let run = destroy::Run { here: td.plan().netns, handles: &handles, waiters: &waiters, observe };
+    destroy::execute(probes, &mech, &run, &targets, skipped, Some(signals)).await
+}
+
+/// What the report says a refused probe group leaves unobserved, with the kernel's reason.
+pub fn unobserved(skipped: &plan::Skipped) -> String {
+    let what = match skipped.group {
+        plan::Group::SendErrors => "send errors (syscalls:sys_{enter,exit}_{sendto,sendmsg})",
+        plan::Group::Recv => "receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{enter,exit}_{recv*,read})",
+        plan::Group::SockErrors => "kernel-reported socket errors (sock:inet_sk_error_report)",
+        other => return format!("{other}: {}", skipped.reason),
+    };
+    format!("{what}: {}", skipped.reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +355,13 @@ mod tests {
         assert!(find_target(&links, "veth*").is_err());
         assert!(find_target(&links, "lo").unwrap_err().to_string().contains("loopback"));
         assert!(find_target(&links, "lo2").unwrap_err().to_string().contains("loopback"), "IFF_LOOPBACK under another name");
+    }
+
+    #[test]
+    fn a_refused_group_is_reported_as_what_goes_unobserved() {
+        let s = |group| plan::Skipped { group, reason: "EPERM (lockdown=integrity)".into() };
+        assert_eq!(unobserved(&s(plan::Group::Recv)).split(" (").next(), Some("receive wake-ups"));
+        assert!(unobserved(&s(plan::Group::SendErrors)).ends_with(": EPERM (lockdown=integrity)"));
+        assert_eq!(unobserved(&s(plan::Group::Iterators)), "socket iterators: EPERM (lockdown=integrity)");
     }
 }

@@ -1,4 +1,4 @@
-//! The agent's event source: the `watch --all-netns` pipeline (`engine::watch::WatchEngine` fed
+//! The agent's event source (for `views/agent.rs`): the `watch --all-netns` pipeline (`engine::watch::WatchEngine` fed
 //! by `sources/follow.rs`, the same follower code as `watch`), with what only a recorder
 //! needs on top: every [`WatchRecord`] is journaled, records become metric inputs, and socket
 //! snapshots (taken by the caller at most once per `SNAPSHOT_GAP` per changed netns, and at
