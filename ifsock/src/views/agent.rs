@@ -155,13 +155,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     pipeline.snapshot(&mut probes, &mut out).await;
     sink.take(&mut out);
     serve(listener, published)?;
-    eprintln!(
+    crate::render::err_line(&format!(
         "agent: serving http://{}/metrics, journal {} (max {} bytes), following {} netns (SIGTERM to stop)",
         args.listen,
         args.journal.display(),
         args.journal_max_bytes,
         pipeline.followed()
-    );
+    ));
     let mut reconcile = (!args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + args.reconcile_every, args.reconcile_every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,8 +238,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     drop(events);
     drop(probes);
     match flushed {
-        Ok(()) => eprintln!("agent: {}: journal flushed to {}, probes detached", stop.name(), args.journal.display()),
-        Err(e) => eprintln!("agent: {}: probes detached; journal flush failed: {e}", stop.name()),
+        Ok(()) => crate::render::err_line(&format!("agent: {}: journal flushed to {}, probes detached", stop.name(), args.journal.display())),
+        Err(e) => crate::render::err_line(&format!("agent: {}: probes detached; journal flush failed: {e}", stop.name())),
     }
     Err(Interrupted(stop).into())
 }
