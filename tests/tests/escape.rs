@@ -137,7 +137,7 @@ fn sockets_and_hung_escape_names_and_comms_and_json_keeps_them_exact() {
     assert!(text.contains("\\x1b[2J\\x07e"), "hung: the interface name is not shown escaped:\n{text}");
 
     let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--iface", &evil, "--json"]).unwrap();
-    let row = rows.iter().find(|r| r["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"].to_string() == pid))).expect("the child's socket row");
+    let row = rows.iter().find(|r| r["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"].as_u64() == Some(u64::from(child.pid.as_raw().unsigned_abs()))))).expect("the child's socket row");
     assert_eq!(row["ifname"], evil.as_str(), "{row:#}");
     assert_eq!(row["owners"][0]["comm"], EVIL_COMM, "{row:#}");
     let rows = ifsock_json(&["--netns", &ns.name, "hung", "--min-blocked", "0", "--pid", &pid, "--json"]).unwrap();

@@ -52,7 +52,7 @@ pub enum WaitKind {
     IoUring,
 }
 
-/// Classifies a syscall number (of the architecture ifsock is built for, [`super::arch`]) as a
+/// Classifies a syscall number (of the architecture ifsock is built for, [`crate::model::sys`]) as a
 /// wait on file descriptors, with its name.
 pub fn classify(nr: u64) -> Option<(WaitKind, &'static str)> {
     let name = crate::model::sys::fd_wait_syscall_name(nr)?;

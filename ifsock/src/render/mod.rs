@@ -171,7 +171,7 @@ pub fn line(text: &str) -> Result<()> {
 }
 
 /// Writes one line of human text on stderr (what describes the run, not its records), escaped
-/// as [`line`]; a failed write to stderr is ignored (there is nowhere left to report it).
+/// as [`line`](fn@line); a failed write to stderr is ignored (there is nowhere left to report it).
 pub fn err_line(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", escape::escape(text));
 }

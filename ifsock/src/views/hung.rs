@@ -1,9 +1,8 @@
 //! `ifsock hung`: tasks blocked receiving on a socket, for how long, on which socket and
 //! interface — even when the socket's fd was already closed (seed 003).
 //!
-//! Args → [`sources::receivers`](crate::sources::receivers) (procfs, the probes' in-flight
-//! records, snapshots) → [`engine::receivers`](crate::engine::receivers) →
-//! [`render::hung`](crate::render::hung). The evidence rules (exact, current_fd, inferred…) are the engine's.
+//! Args → [`crate::sources::receivers`] (procfs, the probes' in-flight records, snapshots) →
+//! [`crate::engine::receivers`] → [`crate::render::hung`]. The evidence rules (exact, current_fd, inferred…) are the engine's.
 //! Event loops (epoll, poll, select) waiting on stranded sockets come from socket health and
 //! the waiter pass ([`engine::health::event_loop_waiters`](crate::engine::health::event_loop_waiters)),
 //! listed apart from the receivers.

@@ -1,7 +1,7 @@
 //! `ifsock sockets`: which sockets are tied to which interface, with owners.
 //!
-//! Args → per netns a socket snapshot (BPF iterators) and a link dump → [`engine::sockets`](crate::engine::sockets)
-//! (join, order, health) and the waiter pass → [`render::sockets`](crate::render::sockets) or JSON lines.
+//! Args → per netns a socket snapshot (BPF iterators) and a link dump → [`crate::engine::sockets`]
+//! (join, order, health) and the waiter pass → [`crate::render::sockets`] or JSON lines.
 use std::net::IpAddr;
 
 use anyhow::{bail, Result};
