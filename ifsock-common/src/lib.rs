@@ -5,7 +5,6 @@
 //! [`read_record`]. Ring-buffer events start with a `u32` [`EventKind`] so userspace can dispatch
 //! on the first four bytes.
 #![no_std]
-#![deny(missing_docs)]
 
 /// Name of the ring buffer map carrying [`LinkRequestEvent`], [`RecvDoneEvent`] and [`SendErrorEvent`].
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -517,7 +516,7 @@ pub struct InFlightRecv {
     /// File descriptor passed to the syscall, or [`NO_FD`] (kernel-function probes).
     pub fd: u32,
     /// Syscall number as the kernel reports it (`__syscall_nr` of the `sys_enter_*` tracepoint:
-    /// the native numbers of the kernel's architecture, named by userspace's `kernel::arch`), or
+    /// the native numbers of the kernel's architecture, named by userspace's `model::sys`), or
     /// `u32::MAX` when unknown (kernel-function probes).
     pub syscall: u32,
     /// Inode of the task's netns; 0 in the map (the entry probes leave it out), filled in

@@ -1,10 +1,8 @@
-//! Command-line interface.
+//! Command-line interface: the `ifsock` command and its subcommands, assembled from the
+//! options in [`crate::args`] (man pages and completions are generated from [`Cli`]).
 use clap::{Parser, Subcommand};
 
-use crate::views::{
-    abort::AbortArgs, agent::AgentArgs, doctor::DoctorArgs, hung::HungArgs, journal::JournalArgs, sockets::SocketsArgs, teardown::TeardownArgs,
-    tun::TunArgs, watch::WatchArgs,
-};
+use crate::args::{AbortArgs, AgentArgs, DoctorArgs, HungArgs, JournalArgs, SocketsArgs, TeardownArgs, TunArgs, WatchArgs};
 
 /// ifsock: which sockets are tied to an interface, what happened to it, and who is stuck.
 #[derive(Debug, Parser)]
@@ -81,60 +79,8 @@ pub enum Command {
     Journal(JournalArgs),
 }
 
-/// Parses a duration such as `500ms`, `5s`, `2m`, `1h`, or plain seconds.
-///
-/// # Errors
-/// Unknown unit or not a number.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 5s, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range (examples: 500ms, 5s, 2m)"))
-}
-
-
-/// The longest interval or duration any option accepts (24 h): anything longer is a typo.
-pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-/// The shortest period a repeating option accepts (1 ms): 0 would spin.
-pub const MIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// A period between repeated actions (`hung --interval`, `tun --interval`): 1ms to 24h.
-///
-/// # Errors
-/// Not a duration (see [`parse_duration`]), or outside 1ms..=24h, with the range in the message.
-pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
-    if d < MIN_PERIOD || d > MAX_DURATION {
-        return Err(format!("{s:?} is out of range: use 1ms to 24h"));
-    }
-    Ok(d)
-}
-
-/// A wait or threshold where 0 means "none" or "at once" (`--grace`, `--min-blocked`,
-/// `--stranded-after`; `--reconcile-every`, where 0 turns it off): 0 to 24h.
-///
-/// # Errors
-/// Not a duration (see [`parse_duration`]), or over 24h, with the range in the message.
-pub fn parse_bounded_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
-    if d > MAX_DURATION {
-        return Err(format!("{s:?} is out of range: use 0 to 24h"));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -153,39 +99,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    fn periods_refuse_zero_and_more_than_a_day() {
-        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
-        assert_eq!(parse_positive_duration("24h"), Ok(MAX_DURATION));
-        for bad in ["0", "0s", "0.0001s", "25h", "999999h"] {
-            let e = parse_positive_duration(bad).err().unwrap_or_default();
-            assert!(e.contains("1ms to 24h"), "{bad}: {e}");
-        }
-        assert!(parse_positive_duration("5x").is_err());
-    }
-
-    #[test]
-    fn bounded_durations_allow_zero_but_not_more_than_a_day() {
-        assert_eq!(parse_bounded_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_bounded_duration("999999h").err().unwrap_or_default().contains("0 to 24h"));
-    }
-}
-
-/// Asks `prompt` + `proceed? [y/N]` on stderr and reads the answer from the terminal (without
-/// blocking the runtime). `Ok(true)` only for `y`/`yes`.
-///
-/// # Errors
-/// stdin could not be read.
-pub async fn ask_proceed(prompt: &str) -> anyhow::Result<bool> {
-    use anyhow::Context as _;
-    eprint!("{prompt}proceed? [y/N] ");
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .context("reading the confirmation")?
-    .context("reading the confirmation from stdin")?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
 }

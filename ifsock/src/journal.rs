@@ -12,7 +12,6 @@
 //! line and kept, so a full disk leaves neither torn lines nor one empty segment per lost record
 //! (when the cut fails, the segment is closed at its real size instead); the first record written
 //! after a run of failures starts a new segment unless the current one is still empty.
-#![deny(missing_docs)]
 use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},

@@ -22,7 +22,9 @@ fn main() -> ExitCode {
             ExitCode::from(e.downcast_ref::<Interrupted>().map_or(130, |i| i.0.exit_code()))
         }
         Err(e) => {
-            eprintln!("ifsock: error: {e:#}");
+            // Errors quote what the user or the system named (an interface, a path): escaped
+            // like every human line.
+            render::err_line(&format!("ifsock: error: {e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -2,16 +2,17 @@
 //! after the destroy (observation). No I/O: sockets, their health (`model::stranded::health`),
 //! procfs threads, `kernel::waiters` waits, destroy outcomes, syscall returns and clock values
 //! come in as values; report records go out.
-use std::{collections::HashMap, net::IpAddr};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
 use crate::{
-    kernel::procfs::{syscall_name, BlockedThread},
     model::{
         ids::{IfIndex, NetnsIno, SockInode},
-        socket::{Owner, Protocol, Socket},
+        socket::{endpoint, Owner, Protocol, Socket},
+        receiver::BlockedThread,
         stranded::{self, Stranded},
+        sys::{errno_name, recv_syscall_name as syscall_name},
     },
 };
 
@@ -429,13 +430,6 @@ pub struct AbortReport {
     pub interrupted: Option<crate::kernel::signals::Stop>,
 }
 
-fn endpoint(a: IpAddr, port: u16) -> String {
-    match a {
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-    }
-}
-
 /// Builds the report from the targets, outcomes, waiters and the returns seen.
 /// `destroyed_at_ns` is CLOCK_MONOTONIC when the destroy ran; `returns` is keyed by tid.
 #[allow(clippy::too_many_arguments)]
@@ -473,7 +467,7 @@ pub fn report(
                     woke_ms: r.map(|r| (r.ts_ns as i128 - destroyed_at_ns as i128) as f64 / 1e6),
                     ret: r.map(|r| r.ret),
                     errno,
-                    errno_name: errno.map(crate::render::fmt::errno_name),
+                    errno_name: errno.map(errno_name),
                     observed_by: if dry_run || matches!(o, Outcome::Failed(..)) { "none" } else { "raw_syscalls:sys_exit" },
                 }
             })
@@ -542,7 +536,7 @@ mod tests {
             ifindex: IfIndex(ifindex),
             name: name.into(),
             flags: if up { libc::IFF_UP as u32 } else { 0 },
-            addrs: addr.map(IpAddr::from).into_iter().collect::<BTreeSet<_>>(),
+            addrs: addr.map(std::net::IpAddr::from).into_iter().collect::<BTreeSet<_>>(),
         }
     }
 

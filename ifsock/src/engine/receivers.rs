@@ -16,24 +16,15 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    kernel::procfs::syscall_name,
     model::{
         ids::{IfIndex, NetnsIno, SockInode},
         link::Link,
         kernel_event::{ProbeVia, RecvEntry},
-        receiver::{stranded, ties, BlockedThread, Certainty, HungReceiver, IfaceState, IfaceTie, InFlight},
+        receiver::{stranded, ties, BlockedThread, TaskSource, Certainty, HungReceiver, IfaceState, IfaceTie, InFlight},
         socket::{Binding, Socket},
+        sys::recv_syscall_name as syscall_name,
     },
 };
-
-/// Task facts read on demand (procfs in production, a fake in tests).
-pub trait TaskSource {
-    /// Whether thread `tid` of process `pid` still exists (`/proc/PID/task/TID`).
-    fn thread_alive(&self, pid: u32, tid: u32) -> bool;
-    /// The socket fd `fd` of `pid` refers to now (`/proc/PID/fd/FD` → `socket:[INO]`); None
-    /// when the fd is closed or is not a socket.
-    fn fd_socket(&self, pid: u32, fd: u32) -> Option<SockInode>;
-}
 
 /// Interfaces per netns: what receivers' sockets are tied to.
 #[derive(Default, Clone, Debug)]
@@ -390,7 +381,7 @@ mod tests {
             RecvProbe::Fentry(_) => (ProbeVia::Fentry, RecvEntry::SkbRecvUdp),
             RecvProbe::Kprobe(_) => (ProbeVia::Kprobe, RecvEntry::SkbRecvUdp),
         };
-        let syscall = (probe == RecvProbe::Syscall).then_some(crate::kernel::arch::RECVMSG);
+        let syscall = (probe == RecvProbe::Syscall).then_some(crate::model::sys::RECVMSG);
         InFlight {
             since_ns, sk: 0, ino: SockInode(ino), pid: 10, tid, fd: syscall.map(|_| 3), syscall, netns: NS, via, entry,
             wait_since_ns: None, waited_ns: 0, comm: "srv".into(),

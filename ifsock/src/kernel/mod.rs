@@ -1,9 +1,8 @@
-#![deny(missing_docs)]
 //! Facts read from the running kernel outside the eBPF programs: BTF offsets, rtnetlink,
 //! network namespaces, procfs, per-netns socket counts, and system state (privileges, mounts,
 //! lockdown).
-pub mod arch;
 pub mod btf;
+pub mod clock;
 pub mod cgroup;
 pub mod netlink;
 pub mod netns;

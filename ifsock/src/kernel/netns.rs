@@ -213,3 +213,25 @@ pub fn holders(ino: NetnsIno) -> Vec<u32> {
 pub fn named_ino(name: &str) -> Option<NetnsIno> {
     std::fs::metadata(Path::new(NETNS_RUN_DIR).join(name)).ok().map(|m| NetnsIno(m.ino() as u32))
 }
+/// A file that signals `POLLPRI` whenever the mount table changes (`mounts_poll`, since 2.6.15):
+/// `ip netns add` bind-mounts under /run/netns, so a new named netns shows up here.
+pub struct MountTable(std::fs::File);
+
+impl std::os::fd::AsRawFd for MountTable {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// `/proc/self/mountinfo`, registered with the runtime for `POLLPRI`: await
+/// `ready(Interest::PRIORITY)` for the next mount-table change.
+///
+/// # Errors
+/// The file cannot be opened or registered (outside a tokio runtime).
+pub fn watch_mounts() -> anyhow::Result<tokio::io::unix::AsyncFd<MountTable>> {
+    use anyhow::Context as _;
+    let table = MountTable(std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?);
+    // SAFETY: the file is owned by the AsyncFd and stays open until it is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(table, tokio::io::Interest::PRIORITY) }.context("watching the mount table for new namespaces")
+}
+

@@ -4,23 +4,20 @@ use std::{fs, os::unix::fs::MetadataExt};
 
 pub use crate::model::receiver::BlockedThread;
 use crate::{
-    engine::receivers::TaskSource,
-    model::ids::{NetnsIno, SockInode},
+    model::{
+        ids::{NetnsIno, SockInode},
+        receiver::TaskSource,
+    },
 };
 
 /// Receive syscalls (this architecture's numbers, as in `/proc/PID/task/TID/syscall`).
-pub use super::arch::RECV_SYSCALLS;
+pub use crate::model::sys::RECV_SYSCALLS;
 
 /// `read(2)`'s number on this arch.
-const READ_NR: u64 = super::arch::READ;
+const READ_NR: u64 = crate::model::sys::READ;
 
 /// `PF_KTHREAD` (include/linux/sched.h) in `/proc/PID/stat` flags.
 const PF_KTHREAD: u32 = 0x0020_0000;
-
-/// Name of a receive syscall number.
-pub fn syscall_name(nr: u64) -> &'static str {
-    super::arch::recv_syscall_name(nr)
-}
 
 /// The syscall a thread is in now and its first argument (`/proc/PID/task/TID/syscall`), or
 /// `None` when it is running in user space, gone, or unreadable.
@@ -164,7 +161,5 @@ mod tests {
         assert_eq!(socket_inode("socket:[12345]"), Some(SockInode(12345)));
         assert_eq!(socket_inode("pipe:[12345]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
-        assert_eq!(syscall_name(RECV_SYSCALLS[2].0), "recvmsg");
-        assert_eq!(syscall_name(u64::MAX), "?");
     }
 }

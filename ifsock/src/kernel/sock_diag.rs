@@ -263,7 +263,7 @@ pub fn probe_destroy() -> Result<(), String> {
         Ok(DestroyOutcome::Failed(e)) if e == libc::EOPNOTSUPP => {
             Err("SOCK_DESTROY answered EOPNOTSUPP: the kernel lacks CONFIG_INET_DIAG_DESTROY".into())
         }
-        Ok(DestroyOutcome::Failed(e)) => Err(format!("SOCK_DESTROY answered {}", crate::render::fmt::errno_desc(e))),
+        Ok(DestroyOutcome::Failed(e)) => Err(format!("SOCK_DESTROY answered {}", crate::model::sys::errno_desc(e))),
         Err(e) => Err(e.to_string()),
     }
 }

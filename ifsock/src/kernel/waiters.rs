@@ -52,10 +52,10 @@ pub enum WaitKind {
     IoUring,
 }
 
-/// Classifies a syscall number (of the architecture ifsock is built for, [`super::arch`]) as a
+/// Classifies a syscall number (of the architecture ifsock is built for, [`crate::model::sys`]) as a
 /// wait on file descriptors, with its name.
 pub fn classify(nr: u64) -> Option<(WaitKind, &'static str)> {
-    let name = super::arch::fd_wait_syscall_name(nr)?;
+    let name = crate::model::sys::fd_wait_syscall_name(nr)?;
     let kind = match name {
         "read" | "recvfrom" | "recvmsg" | "recvmmsg" => WaitKind::Recv,
         "epoll_wait" | "epoll_pwait" | "epoll_pwait2" => WaitKind::Epoll,

@@ -5,7 +5,7 @@ use ifsock_common::{device_reason, probe_via, recv_func, DeviceEvent, InFlightRe
 use serde::Serialize;
 
 use super::ids::{comm_str, IfIndex, NetnsIno, SockInode};
-pub use crate::kernel::arch::recv_syscall_name as syscall_name;
+use super::sys::recv_syscall_name as syscall_name;
 
 /// The kind of probe that recorded an entry ([`ifsock_common::probe_via`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn in_flight_records_decode_sentinels_to_none_and_name_their_probe() {
-        let nr = crate::kernel::arch::RECVMSG as u32;
+        let nr = crate::model::sys::RECVMSG as u32;
         let sc = InFlight::from_record(&raw(3, probe_via::TRACEPOINT, recv_func::SYSCALL, nr));
         assert_eq!((sc.fd, sc.syscall_name(), sc.wait_since_ns), (Some(3), Some("recvmsg"), None));
         assert_eq!(sc.probe_name(), "tracepoint:syscalls:sys_enter_recvmsg");
@@ -323,7 +323,7 @@ mod tests {
 
     /// A `recvfrom` entry as `recv_enter` records it: no netns, no comm.
     fn entry(ino: u64, tid: u32) -> InFlight {
-        let nr = crate::kernel::arch::RECVMSG as u32;
+        let nr = crate::model::sys::RECVMSG as u32;
         InFlight::from_record(&InFlightRecv { sk: 0, ino, netns: 0, comm: [0; 16], tid, ..raw(3, probe_via::TRACEPOINT, recv_func::SYSCALL, nr) })
     }
 

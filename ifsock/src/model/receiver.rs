@@ -193,6 +193,15 @@ pub fn stranded(socket: &Socket, ties: &[IfaceTie]) -> bool {
     ties.iter().any(|t| tie_strands(socket.pktinfo, t))
 }
 
+/// Task facts read on demand (procfs in production, a fake in tests).
+pub trait TaskSource {
+    /// Whether thread `tid` of process `pid` still exists (`/proc/PID/task/TID`).
+    fn thread_alive(&self, pid: u32, tid: u32) -> bool;
+    /// The socket fd `fd` of `pid` refers to now (`/proc/PID/fd/FD` → `socket:[INO]`); None
+    /// when the fd is closed or is not a socket.
+    fn fd_socket(&self, pid: u32, fd: u32) -> Option<SockInode>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

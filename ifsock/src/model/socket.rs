@@ -16,6 +16,35 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    /// `tcp` or `udp`: the JSON spelling, which every table, line and metric label uses too.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `device`, `address`, `wildcard`, or `none` for an untied socket: the JSON spelling, which
+/// tables and metric labels use too.
+pub fn binding_name(b: Option<Binding>) -> &'static str {
+    match b {
+        Some(Binding::Device) => "device",
+        Some(Binding::Address) => "address",
+        Some(Binding::Wildcard) => "wildcard",
+        None => "none",
+    }
+}
+
+/// `a.b.c.d:port` or `[v6]:port`: an endpoint as JSON fields (`abort`'s `local`/`remote`) spell it.
+pub fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+    }
+}
+
 /// How a socket is tied to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -220,7 +220,7 @@ fn refusal_of(errno: Option<i32>, lockdown: Option<&str>, kprobe_pmu: bool) -> O
         ENOTSUPP | libc::EOPNOTSUPP => "ENOTSUPP".to_string(),
         n => match nix::errno::Errno::from_raw(n) {
             nix::errno::Errno::UnknownErrno => format!("errno {n}"),
-            _ => crate::render::fmt::errno_name(n),
+            _ => crate::model::sys::errno_name(n),
         },
     };
     Some(match (name.as_str(), lockdown) {

@@ -4,7 +4,6 @@
 //! [`Probes`] is the one handle on the loaded object; its methods live by concern: `load.rs`
 //! (object and iterator programs), `read.rs` (iterator snapshots), `attach.rs` (kernel-function
 //! and tracepoint probes, [`plan`] applied), `sock_errors.rs` (the socket-error program pair).
-#![deny(missing_docs)]
 pub mod attach;
 pub mod destroy;
 pub mod events;

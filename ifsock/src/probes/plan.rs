@@ -95,8 +95,50 @@ pub const TEARDOWN: Plan = Plan {
 /// `hung`: receive tracking is the command.
 pub const HUNG: Plan = Plan { command: "hung", steps: &[step(Group::Recv, Need::Required, "no receivers")] };
 
-/// `sockets`: the iterators are the command.
-pub const SOCKETS: Plan = Plan { command: "sockets", steps: &[step(Group::Iterators, Need::Required, "no sockets")] };
+/// `agent`: socket snapshots and socket errors. No device or link-request probes: the device
+/// ones need fentry/kprobe, and the link-request tracepoints fire on every sendmsg/ioctl of the
+/// host, a cost the agent does not pay while idle; changes come from rtnetlink, causes are left
+/// to `watch`. Socket errors fire only when the kernel reports one (`sk_error_report`).
+pub const AGENT: Plan = Plan {
+    command: "agent",
+    steps: &[
+        step(Group::Iterators, Need::Required, "no socket gauges"),
+        step(Group::SockErrors, Need::Optional, "no socket_error records are journaled"),
+    ],
+};
+
+/// `agent --receivers`: [`AGENT`] with the receive-path probes, which the user asked for.
+pub const AGENT_RECEIVERS: Plan = Plan {
+    command: "agent --receivers",
+    steps: &[
+        step(Group::Iterators, Need::Required, "no socket gauges"),
+        step(Group::Recv, Need::Required, "no receiver_stranded records"),
+        step(Group::SockErrors, Need::Optional, "no socket_error records are journaled"),
+    ],
+};
+
+/// `doctor`, first: the two paths with a probe-set choice, each only reported (a refusal is
+/// doctor's answer, not a failure); doctor lists the programs they attached before
+/// [`DOCTOR_EVIDENCE`].
+pub const DOCTOR_PATHS: Plan = Plan {
+    command: "doctor",
+    steps: &[step(Group::Device, Need::Optional, "doctor lists the refusal"), step(Group::Recv, Need::Optional, "doctor lists the refusal")],
+};
+
+/// `doctor`, last, forced to the fallback program (`--sock-error-probe tracepoint`): whether
+/// the socket-error fallback loads too, before a kernel refuses the first choice.
+pub const DOCTOR_SOCK_ERROR_FALLBACK: Plan = Plan { command: "doctor", steps: &[step(Group::SockErrors, Need::Optional, "doctor lists the refusal")] };
+
+/// `doctor`, then: every other group, each only reported.
+pub const DOCTOR_EVIDENCE: Plan = Plan {
+    command: "doctor",
+    steps: &[
+        step(Group::Iterators, Need::Optional, "doctor lists the refusal"),
+        step(Group::LinkRequests, Need::Optional, "doctor lists the refusal"),
+        step(Group::SendErrors, Need::Optional, "doctor lists the refusal"),
+        step(Group::SockErrors, Need::Optional, "doctor lists the refusal"),
+    ],
+};
 
 /// What the user forced on the command line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -234,8 +276,21 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("receive probes it needs: probe set Fentry was forced"));
         assert_eq!(tried, vec![Group::Device, Group::LinkRequests, Group::Recv], "stops at the first failure");
-        // Teardown never fails on a refused probe.
+        // Teardown and doctor never fail on a refused probe.
         let applied = apply(&TEARDOWN, Forced::default(), |_| Err(anyhow!("EPERM"))).unwrap();
         assert_eq!(applied.skipped.len(), 3);
+        for (plan, groups) in [(&DOCTOR_PATHS, 2), (&DOCTOR_EVIDENCE, 4)] {
+            assert_eq!(apply(plan, Forced::default(), |_| Err(anyhow!("EPERM"))).unwrap().skipped.len(), groups);
+        }
+    }
+
+    #[test]
+    fn the_agent_needs_its_iterators_and_the_receive_probes_only_when_asked() {
+        let refuse = |bad: Group| move |g: Group| if g == bad { Err(anyhow!("EPERM")) } else { Ok(Outcome::Done) };
+        assert!(apply(&AGENT, Forced::default(), refuse(Group::Iterators)).is_err());
+        assert_eq!(apply(&AGENT, Forced::default(), refuse(Group::SockErrors)).unwrap().skipped.len(), 1);
+        assert!(!AGENT.steps.iter().any(|s| s.group == Group::Recv || s.group == Group::Device || s.group == Group::LinkRequests));
+        let err = apply(&AGENT_RECEIVERS, Forced::default(), refuse(Group::Recv)).unwrap_err();
+        assert_eq!(format!("{err:#}"), "agent --receivers: attaching the receive probes it needs: EPERM");
     }
 }

@@ -4,6 +4,16 @@ use anyhow::Result;
 use super::{fmt, json_line, line};
 use crate::engine::abort::{AbortReport, SocketReport, WaiterReport};
 
+/// The confirmation prompt's text (without the question): the sockets that will be destroyed.
+pub fn confirm_prompt(targets: &[crate::engine::abort::Target]) -> Vec<String> {
+    let mut lines = vec![format!("about to destroy {} socket(s); each gets ECONNABORTED (TCP peers get a RST):", targets.len())];
+    for t in targets {
+        let s = &t.socket;
+        lines.push(format!("  {} {} inode {} netns {} owners {}", fmt::protocol(s.protocol), fmt::local(s), s.inode, s.netns, fmt::owners(&s.owners, "-")));
+    }
+    lines
+}
+
 /// What destroy does, for `abort --help` (README says the same at length).
 pub const ABOUT_DESTROY: &str = "\
 What destroy does: the kernel calls the protocol's diag_destroy with ECONNABORTED.
@@ -51,10 +61,7 @@ pub fn socket_line(s: &SocketReport) -> String {
     format!(
         "{:<13} {} {} {} -> {} inode {} cookie {cookie}{via} owners {}{stranded} [by {}]{error}",
         s.result,
-        match s.protocol {
-            crate::model::socket::Protocol::Tcp => "tcp",
-            crate::model::socket::Protocol::Udp => "udp",
-        },
+        fmt::protocol(s.protocol),
         s.state,
         s.local,
         s.remote,
@@ -80,7 +87,7 @@ pub fn waiter_line(w: &WaiterReport, dry_run: bool, observe_ms: u64) -> String {
     let what = match (w.woke, w.woke_ms, w.ret) {
         _ if dry_run => "still blocked (dry run)".to_string(),
         (true, Some(ms), Some(ret)) => {
-            let errno = w.errno.map(|e| format!(" ({})", fmt::errno_name(e))).unwrap_or_default();
+            let errno = w.errno.map(|e| format!(" ({})", crate::model::sys::errno_name(e))).unwrap_or_default();
             format!("woke after {ms:.1} ms, ret {ret}{errno}")
         }
         _ if w.observed_by == "none" => "not observed".to_string(),

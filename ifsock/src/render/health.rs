@@ -30,11 +30,8 @@ pub fn health_line(e: &SocketHealthEvent, recovered: bool) -> String {
         (Some(i), None) => format!(" ifindex {i}"),
         _ => String::new(),
     };
-    let local = match s.local_addr {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", s.local_port),
-        v4 => format!("{v4}:{}", s.local_port),
-    };
-    let proto = format!("{:?}", s.protocol).to_lowercase();
+    let local = crate::render::fmt::local(s);
+    let proto = crate::render::fmt::protocol(s.protocol);
     let cause = e.cause.as_ref().map(|c| format!(" after {c}")).unwrap_or_default();
     format!(
         "{kind} {} {proto} {local}{iface}{cause} {} waiters: {}",

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{fmt, human_ns, json_line, table, unix_ns};
+use super::{fmt, human_ns, json_line, table};
+use crate::kernel::clock::unix_ns;
 use crate::{
     engine::health::EventLoopWaiter,
     model::{ids::NetnsIno, receiver::HungReceiver},
@@ -75,7 +76,7 @@ pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[Strin
     if json {
         return json_line(&Ready { ty: "ready", netns, probe_set: selection, probes });
     }
-    eprintln!("recording receives (receive path: {selection}); Ctrl-C to stop");
+    super::err_line(&format!("recording receives (receive path: {selection}); Ctrl-C to stop"));
     Ok(())
 }
 
@@ -120,11 +121,8 @@ pub fn loop_cells(rows: &[EventLoopWaiter], netns_names: Option<&HashMap<NetnsIn
             let w = &r.waiter;
             let fd = format!("fd {}{}", w.fd.map_or("?".into(), |f| f.to_string()), w.epfd.map(|e| format!(" @epfd {e}")).unwrap_or_default());
             let why = w.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
-            let proto = format!("{:?}", r.protocol).to_lowercase();
-            let local = match r.local_addr {
-                std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", r.local_port),
-                v4 => format!("{v4}:{}", r.local_port),
-            };
+            let proto = fmt::protocol(r.protocol);
+            let local = fmt::endpoint(&r.local_addr, false, r.local_port);
             let iface = match (&r.stranded.ifname, r.stranded.ifindex) {
                 (Some(n), _) => format!(" {n}"),
                 (None, Some(i)) => format!(" ifindex {i}"),
@@ -157,9 +155,8 @@ pub fn cells(rows: &[HungReceiver], netns_names: Option<&HashMap<NetnsIno, Strin
         .iter()
         .map(|r| {
             let sock = r.socket.as_ref().map_or("?".into(), |s| {
-                let proto = format!("{:?}", s.protocol).to_lowercase();
                 let pktinfo = if s.pktinfo { " pktinfo" } else { "" };
-                format!("{proto} {}:{} inode {}{pktinfo}", fmt::addr(&s.local_addr, s.v4_mapped), s.local_port, s.inode)
+                format!("{} {} inode {}{pktinfo}", fmt::protocol(s.protocol), fmt::local(s), s.inode)
             });
             let ifaces: Vec<String> = r
                 .interfaces

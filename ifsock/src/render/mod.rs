@@ -1,10 +1,16 @@
 //! What users read: one renderer per record (human lines/tables and typed JSON), plus the
 //! shared formatters (owners, errno names, timestamps) written once here.
 pub mod abort;
+pub mod escape;
 pub mod fmt;
 pub mod health;
 pub mod hung;
+pub mod journal;
 pub mod metrics;
+pub mod doctor;
+pub mod prompt;
+pub mod sockets;
+pub mod tun;
 pub mod teardown;
 pub mod watch;
 
@@ -133,25 +139,51 @@ fn emit(fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
     result
 }
 
-/// Writes text to stdout: at once and flushed (line-oriented consumers read each record as it
-/// comes), or into the buffer while a [`Buffered`] guard is active.
+/// Writes human text (lines ending in `\n`) to stdout: at once and flushed (line-oriented
+/// consumers read each record as it comes), or into the buffer while a [`Buffered`] guard is
+/// active. Control characters other than the line ends are escaped ([`escape::escape_lines`]).
 ///
 /// # Errors
 /// [`StdoutClosed`] when the reader went away; other write errors with context.
 pub fn out(text: &str) -> Result<()> {
+    raw(&escape::escape_lines(text))
+}
+
+/// Writes text as it is (already escaped, or JSON), as [`out`].
+fn raw(text: &str) -> Result<()> {
     emit(|b| {
         b.extend_from_slice(text.as_bytes());
         Ok(())
     })
 }
 
-/// Writes one line (a `\n` is added) to stdout, as [`out`].
+/// Writes one line of human text (a `\n` is added) to stdout, as [`out`]; every control
+/// character in `text`, a newline included, is escaped ([`escape::escape`]).
 ///
 /// # Errors
 /// As [`out`].
 pub fn line(text: &str) -> Result<()> {
     emit(|b| {
-        b.extend_from_slice(text.as_bytes());
+        b.extend_from_slice(escape::escape(text).as_bytes());
+        b.push(b'\n');
+        Ok(())
+    })
+}
+
+/// Writes one line of human text on stderr (what describes the run, not its records), escaped
+/// as [`line`](fn@line); a failed write to stderr is ignored (there is nowhere left to report it).
+pub fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", escape::escape(text));
+}
+
+/// Writes one line that is JSON already (a record as the journal stored it, serialised by
+/// serde: its strings carry control characters as `\uXXXX`), unchanged, as [`out`].
+///
+/// # Errors
+/// As [`out`].
+pub fn json_text_line(json: &str) -> Result<()> {
+    emit(|b| {
+        b.extend_from_slice(json.as_bytes());
         b.push(b'\n');
         Ok(())
     })
@@ -174,7 +206,8 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<()> {
     })
 }
 
-/// Prints rows as a table with left-aligned columns sized to their content.
+/// Prints rows as a table with left-aligned columns sized to their content; each cell is
+/// escaped ([`escape::escape`]) before it is measured.
 ///
 /// # Errors
 /// As [`out`].
@@ -182,15 +215,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(escape::escape(cell).len());
         }
     }
     let mut text = String::new();
     let mut push = |cells: Vec<&str>| {
         let start = text.len();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = escape::escape(cell);
             if i + 1 == cells.len() {
-                text.push_str(cell);
+                text.push_str(&cell);
             } else {
                 text.push_str(&format!("{cell:<w$}  "));
             }
@@ -203,27 +237,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     for row in rows {
         push(row.iter().map(String::as_str).collect());
     }
-    out(&text)
-}
-
-/// CLOCK_MONOTONIC now, ns (the clock of `bpf_ktime_get_ns`).
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
-/// Wall-clock now, ns since the Unix epoch.
-pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Wall-clock ns since the Unix epoch of a CLOCK_MONOTONIC timestamp from the eBPF side.
-pub fn unix_ns_of(monotonic: u64) -> u64 {
-    unix_ns().saturating_sub(monotonic_ns().saturating_sub(monotonic))
+    raw(&text)
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix-epoch ns timestamp.
@@ -231,6 +245,33 @@ pub fn clock(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;
     let ms = (unix_ns / 1_000_000) % 1000;
     format!("{:02}:{:02}:{:02}.{ms:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) of a Unix-epoch ns timestamp.
+pub fn date_time(unix_ns: u64) -> String {
+    let secs = (unix_ns / 1_000_000_000) as i64;
+    let days = secs.div_euclid(86_400);
+    // civil_from_days, the inverse of the above.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {}", clock(unix_ns))
 }
 
 /// Human duration from ns: `850ms`, `12.3s`, `4m05s`, `2h03m`.
@@ -247,7 +288,6 @@ pub fn human_ns(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::parse_duration;
 
     #[test]
     fn buffered_output_is_held_and_serialised_like_per_record_output() {
@@ -266,16 +306,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_and_print() {
-        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
-        assert_eq!(parse_duration("5").unwrap().as_secs(), 5);
-        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("1.1.1s").is_err());
-        assert!(parse_duration(&format!("{}h", "9".repeat(400))).is_err(), "out of range, not a panic");
+    fn durations_print() {
         assert_eq!(human_ns(1_500_000_000), "1.5s");
         assert_eq!(human_ns(245_000_000_000), "4m05s");
         assert_eq!(clock(3_723_004_000_000), "01:02:03.004");
+        assert_eq!(date_time(1_764_615_600_123_000_000), "2025-12-01 19:00:00.123");
+        assert_eq!(date_time(0), "1970-01-01 00:00:00.000");
+        assert_eq!(days_from_civil(2025, 12, 1), 20_423);
     }
 }

@@ -9,8 +9,8 @@ use crate::{
     engine::teardown::{Companion, LeftState, Plan, Relation, SocketSeen, TeardownReport},
     model::{socket::Binding, tie::TiedSocket, tun::QueueState},
     render::{
-        fmt::{binding, owners},
-        out,
+        fmt::{self, binding, owners},
+        line,
     },
 };
 
@@ -18,12 +18,10 @@ use crate::{
 pub fn socket_line(t: &TiedSocket) -> String {
     let s = &t.socket;
     format!(
-        "{}{} {} {}:{} inode {}{} {}",
-        format!("{:?}", s.protocol).to_lowercase(),
-        s.family,
+        "{} {} {} inode {}{} {}",
+        fmt::proto_family(s),
         binding(t.binding),
-        s.local_addr,
-        s.local_port,
+        fmt::local(s),
         s.inode,
         if s.pktinfo { " pktinfo" } else { "" },
         owners(&s.owners, "no owner")
@@ -68,21 +66,17 @@ pub fn state_line(r: &TeardownReport) -> Option<String> {
     Some(format!("{lead}: {}", left(r)))
 }
 
-fn push_socket(text: &mut String, s: &SocketSeen, r: &TeardownReport, indent: &str) {
-    let _ = writeln!(text, "{indent}{}{}", socket_line(&s.tied), if s.closed { " — closed by its owner(s) during grace" } else { "" });
+fn push_socket(text: &mut Vec<String>, s: &SocketSeen, r: &TeardownReport, indent: &str) {
+    text.push(format!("{indent}{}{}", socket_line(&s.tied), if s.closed { " — closed by its owner(s) during grace" } else { "" }));
     for e in &s.send_errors {
-        let _ = writeln!(
-            text,
-            "{indent}  {}[{}] tid {} fd {}: send failed {} ×{}, first {}, last {}",
+        text.push(format!("{indent}  {}[{}] tid {} fd {}: send failed {} ×{}, first {}, last {}",
             e.comm, e.pid, e.tid, e.fd, e.error, e.count, fmt_ms(e.first_ms), fmt_ms(e.last_ms)
-        );
+        ));
     }
     for e in &s.socket_errors {
-        let _ = writeln!(
-            text,
-            "{indent}  kernel reported {} ×{} (sk_err, remote {}), first {}, last {}",
+        text.push(format!("{indent}  kernel reported {} ×{} (sk_err, remote {}), first {}, last {}",
             e.error, e.count, e.remote, fmt_ms(e.first_ms), fmt_ms(e.last_ms)
-        );
+        ));
     }
     for rc in &s.receivers {
         let fate = match (rc.woke_ms, rc.blocked_at_end) {
@@ -104,14 +98,14 @@ fn push_socket(text: &mut String, s: &SocketSeen, r: &TeardownReport, indent: &s
             " entered after down"
         };
         let fd = rc.fd.map_or("?".into(), |f| f.to_string());
-        let _ = writeln!(text, "{indent}  {}[{}] tid {} fd {fd}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.syscall);
+        text.push(format!("{indent}  {}[{}] tid {} fd {fd}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.syscall));
     }
     if !r.dry_run && s.send_errors.is_empty() && s.socket_errors.is_empty() && s.receivers.is_empty() && !s.closed {
-        let _ = writeln!(text, "{indent}  nothing observed: no failed send, no receiver, not closed");
+        text.push(format!("{indent}  nothing observed: no failed send, no receiver, not closed"));
     }
 }
 
-fn push_companion(text: &mut String, c: &Companion, r: &TeardownReport) {
+fn push_companion(text: &mut Vec<String>, c: &Companion, r: &TeardownReport) {
     let done = r.state_left == LeftState::Deleted;
     let what = match (c.relation, done) {
         (Relation::VethPeer, false) => "veth peer, would be deleted with it",
@@ -130,46 +124,48 @@ fn push_companion(text: &mut String, c: &Companion, r: &TeardownReport) {
         Some(false) => "; still exists",
         None => "",
     };
-    let _ = writeln!(
-        text,
-        "  also {} (ifindex {}, kind {}, {netns}): {what}{gone}; {} socket(s) tied to it",
+    text.push(format!("  also {} (ifindex {}, kind {}, {netns}): {what}{gone}; {} socket(s) tied to it",
         c.ifname,
         c.ifindex,
         c.kind.as_deref().unwrap_or("-"),
         c.sockets.len()
-    );
+    ));
     for s in &c.sockets {
         push_socket(text, s, r, "    ");
     }
 }
 
 /// The confirmation prompt's text (without the question): what will be done and to what.
-pub fn confirm_prompt(p: &Plan) -> String {
+pub fn confirm_prompt(p: &Plan) -> Vec<String> {
     let listed: Vec<_> = p.sockets.iter().filter(|t| t.binding != Some(Binding::Wildcard)).collect();
-    let mut text = format!(
-        "about to set {} (ifindex {}, netns {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:\n",
+    let mut text = vec![format!(
+        "about to set {} (ifindex {}, netns {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:",
         p.ifname, p.ifindex, p.netns, p.grace_ms, listed.len()
-    );
+    )];
     for t in listed {
-        let _ = writeln!(text, "  {}", socket_line(t));
+        text.push(format!("  {}", socket_line(t)));
     }
     for c in &p.companions {
         let netns = c.netns_name.clone().unwrap_or_else(|| c.netns.to_string());
-        let _ = writeln!(text, "  also {}: {} (netns {netns}), {} socket(s)", c.relation.fate(), c.ifname, c.sockets.len());
+        text.push(format!("  also {}: {} (netns {netns}), {} socket(s)", c.relation.fate(), c.ifname, c.sockets.len()));
     }
     if !p.tun_holders.is_empty() {
-        let _ = writeln!(text, "  {} fd(s) hold it", p.tun_holders.len());
+        text.push(format!("  {} fd(s) hold it", p.tun_holders.len()));
     }
     text
 }
 
-/// The human report, every line ending in `\n`.
+/// The human report, every line ending in `\n` (for tests; [`emit`] writes [`human_lines`]).
 pub fn human(r: &TeardownReport) -> String {
-    let mut text = String::new();
+    human_lines(r).into_iter().map(|l| l + "\n").collect()
+}
+
+/// The human report, one line each: a field's control characters (a newline in a comm too)
+/// are escaped by [`super::line`], never taken for a line end.
+pub fn human_lines(r: &TeardownReport) -> Vec<String> {
+    let mut text = Vec::new();
     let addrs: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
-    let _ = writeln!(
-        text,
-        "{}{} (ifindex {}, kind {}, netns {}): was {}, addresses {}",
+    text.push(format!("{}{} (ifindex {}, kind {}, netns {}): was {}, addresses {}",
         if r.dry_run { "dry run: would tear down " } else { "teardown " },
         r.ifname,
         r.ifindex,
@@ -177,32 +173,32 @@ pub fn human(r: &TeardownReport) -> String {
         r.netns,
         if r.was_up { "up" } else { "down" },
         if addrs.is_empty() { "none".into() } else { addrs.join(", ") }
-    );
+    ));
     if let Some(d) = &r.down {
         match &d.error {
             None => {
-                let _ = writeln!(text, "  {:<11} set down (acknowledged {})", "+0.0ms", fmt_ms(d.ack_ms));
+                text.push(format!("  {:<11} set down (acknowledged {})", "+0.0ms", fmt_ms(d.ack_ms)));
             }
             Some(e) => {
-                let _ = writeln!(text, "  {:<11} set down FAILED: {e}", "+0.0ms");
+                text.push(format!("  {:<11} set down FAILED: {e}", "+0.0ms"));
             }
         }
     }
     if let Some(v) = r.vanished_ms {
-        let _ = writeln!(text, "  {:<11} interface vanished (not deleted by ifsock)", fmt_ms(v));
+        text.push(format!("  {:<11} interface vanished (not deleted by ifsock)", fmt_ms(v)));
     }
     if let Some(d) = &r.delete {
         match &d.error {
             None => {
-                let _ = writeln!(text, "  {:<11} deleted after {}ms grace", fmt_ms(d.at_ms), r.grace_ms);
+                text.push(format!("  {:<11} deleted after {}ms grace", fmt_ms(d.at_ms), r.grace_ms));
             }
             Some(e) => {
-                let _ = writeln!(text, "  {:<11} delete FAILED: {e}", fmt_ms(d.at_ms));
+                text.push(format!("  {:<11} delete FAILED: {e}", fmt_ms(d.at_ms)));
             }
         }
     }
     let verb = if r.dry_run { "would be affected" } else { "tied to it" };
-    let _ = writeln!(text, "{} socket(s) {verb}; {} wildcard socket(s) not listed", r.sockets.len(), r.wildcard_sockets);
+    text.push(format!("{} socket(s) {verb}; {} wildcard socket(s) not listed", r.sockets.len(), r.wildcard_sockets));
     for s in &r.sockets {
         push_socket(&mut text, s, r, "  ");
     }
@@ -211,41 +207,41 @@ pub fn human(r: &TeardownReport) -> String {
     }
     if !r.tun_holders.is_empty() {
         let verb = if r.state_left == LeftState::Deleted { "lost it" } else { "would lose it" };
-        let _ = writeln!(text, "  {} fd(s) hold it ({verb}: their reads and writes then fail):", r.tun_holders.len());
+        text.push(format!("  {} fd(s) hold it ({verb}: their reads and writes then fail):", r.tun_holders.len()));
         for f in &r.tun_holders {
             let queue = match (f.queue, f.state) {
                 (Some(q), _) => format!("queue {q}"),
                 (None, QueueState::Detached) => "detached queue".to_string(),
                 (None, QueueState::Attached) => "queue ?".to_string(),
             };
-            let _ = writeln!(text, "    {}[{}]/fd{}: {queue}", f.comm, f.pid, f.fd);
+            text.push(format!("    {}[{}]/fd{}: {queue}", f.comm, f.pid, f.fd));
         }
     }
     if let Some(a) = &r.abort {
         let via = a.via.map_or("none", |v| v.name());
-        let _ = if a.dry_run {
-            writeln!(text, "--abort-stranded: would destroy {} socket(s) after the delete, via {via}", a.sockets.len())
+        if a.dry_run {
+            text.push(format!("--abort-stranded: would destroy {} socket(s) after the delete, via {via}", a.sockets.len()))
         } else {
-            writeln!(text, "--abort-stranded via {via}: {} destroyed, {} gone, {} failed", a.destroyed, a.gone, a.failed)
+            text.push(format!("--abort-stranded via {via}: {} destroyed, {} gone, {} failed", a.destroyed, a.gone, a.failed))
         };
         for s in &a.sockets {
-            let _ = writeln!(text, "  {}", super::abort::socket_line(s));
+            text.push(format!("  {}", super::abort::socket_line(s)));
             for w in &s.waiters {
-                let _ = writeln!(text, "  {}", super::abort::waiter_line(w, a.dry_run, a.observe_ms));
+                text.push(format!("  {}", super::abort::waiter_line(w, a.dry_run, a.observe_ms)));
             }
         }
         for k in &a.skipped {
-            let _ = writeln!(text, "  kept          inode {}: {}", k.inode, k.why);
+            text.push(format!("  kept          inode {}: {}", k.inode, k.why));
         }
         if let Some(stop) = a.interrupted {
-            let _ = writeln!(text, "  interrupted by {} during the observation window: the waiters above are partial; the sockets marked destroyed were destroyed", stop.name());
+            text.push(format!("  interrupted by {} during the observation window: the waiters above are partial; the sockets marked destroyed were destroyed", stop.name()));
         }
     }
     for u in &r.unobserved {
-        let _ = writeln!(text, "not observed: {u}");
+        text.push(format!("not observed: {u}"));
     }
     if let Some(l) = state_line(r) {
-        let _ = writeln!(text, "{l}");
+        text.push(l);
     }
     text
 }
@@ -278,7 +274,7 @@ pub fn emit(r: &TeardownReport, json: bool) -> Result<()> {
     if json {
         json_line(r)
     } else {
-        out(&human(r))
+        human_lines(r).iter().try_for_each(|l| line(l))
     }
 }
 

@@ -1,7 +1,6 @@
 //! `watch` output: one JSON object per [`WatchRecord`] (`--json`), or one human line per record
 //! on stdout, with the `ready` and `counters` lines on stderr (they describe the run, not the
 //! interfaces).
-use std::io::Write as _;
 
 use anyhow::Result;
 
@@ -50,7 +49,7 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
 
 /// Diagnostics on stderr: a closed stderr is not worth failing the run for.
 fn stderr(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
+    super::err_line(text);
 }
 
 fn paren(name: Option<&str>) -> String {

@@ -5,86 +5,23 @@
 //! (`model::stranded::health`) and waiters (procfs receivers, `kernel::waiters`) →
 //! `engine::abort::select` → confirm → [`destroy::execute`] (kfunc iterator, else sock_diag;
 //! then the observation window) → `render::abort`.
-use std::{io::IsTerminal as _, time::Duration};
+use std::io::IsTerminal as _;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
-    cli::parse_duration,
-    engine::abort::{self, Outcome, Selector, Target, Waiter},
+    args::AbortArgs,
+    engine::abort::{self, Outcome, Selector, Target},
     kernel::{
         netlink,
         netns::{self, NetnsHandle},
-        procfs,
         signals::{Interrupted, Signals},
-        waiters::WaiterIndex,
     },
-    model::{ids::SockInode, link::Dump, socket::Socket, stranded},
+    model::{link::Dump, socket::Socket, stranded},
     probes::{snapshot, Probes},
-    render::{self, abort::ABOUT_DESTROY},
+    sources::destroy::{self, waiters},
+    render,
 };
-
-pub mod destroy;
-
-pub use destroy::ViaChoice;
-
-/// Options of `abort`.
-#[derive(Debug, Clone, clap::Args)]
-#[command(after_long_help = ABOUT_DESTROY)]
-pub struct AbortArgs {
-    /// Destroy the socket with this inode (`socket:[N]`); repeatable.
-    #[arg(long = "inode", value_name = "N", value_parser = parse_inode)]
-    pub inodes: Vec<SockInode>,
-    /// Destroy stranded sockets: bound to a deleted or down device, or to an address no
-    /// interface holds (the `stranded` of `sockets --json`).
-    #[arg(long)]
-    pub stranded: bool,
-    /// With --stranded: only those tied to this interface.
-    #[arg(long, requires = "stranded", value_name = "NAME")]
-    pub iface: Option<String>,
-    /// Only sockets owned by (or waited on by a thread of) this process.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Select among the sockets of every network namespace; each is destroyed inside its own.
-    /// Without it (or --netns) other namespaces are never touched.
-    #[arg(long)]
-    pub all_netns: bool,
-    /// List what would be destroyed and why; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Do not ask for confirmation (required when stdin is not a terminal).
-    #[arg(long)]
-    pub yes: bool,
-    /// One JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// How long to watch the waiters after the destroy.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    pub observe: Duration,
-    /// Destroy mechanism.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub via: ViaChoice,
-}
-
-fn parse_inode(s: &str) -> Result<SockInode, String> {
-    match s.trim().parse::<u64>() {
-        Ok(0) => Err("inode 0 names no socket (socket inodes start at 1; see `ifsock sockets`)".into()),
-        Ok(n) => Ok(SockInode(n)),
-        Err(_) => Err(format!("{s:?} is not a socket inode: give the number N of socket:[N] (see `ifsock sockets`)")),
-    }
-}
-
-/// Threads waiting on `targets`: receivers blocked on them (a closed fd is tied to the only
-/// ownerless socket of its netns among `all`), then the epoll/poll/select waiters and the
-/// receivers `kernel::waiters` finds through open fds.
-pub fn waiters(targets: &[Socket], all: &[Socket]) -> Vec<Waiter> {
-    let mut out = abort::waiters_of(targets, all, &procfs::blocked_receivers(None));
-    let index = WaiterIndex::discover();
-    for t in targets {
-        abort::add_indexed(&mut out, t.inode, &index.for_socket(t));
-    }
-    out
-}
 
 /// Runs `abort`.
 ///
@@ -165,25 +102,8 @@ async fn confirm(targets: &[Target]) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("refusing to destroy {} socket(s) without confirmation: stdin is not a terminal; pass --yes to confirm, or --dry-run to see what would be destroyed", targets.len());
     }
-    eprintln!("about to destroy {} socket(s); each gets ECONNABORTED (TCP peers get a RST):", targets.len());
-    for t in targets {
-        let s = &t.socket;
-        eprintln!("  {:?} {}:{} inode {} netns {} owners {}", s.protocol, s.local_addr, s.local_port, s.inode, s.netns, render::fmt::owners(&s.owners, "-"));
-    }
-    if !crate::cli::ask_proceed("").await? {
+    if !render::prompt::ask_proceed(&render::abort::confirm_prompt(targets)).await? {
         return Err(anyhow!("not confirmed: no socket destroyed"));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inode_arguments_are_parsed_at_the_edge() {
-        assert_eq!(parse_inode("42"), Ok(SockInode(42)));
-        assert!(parse_inode("0").unwrap_err().contains("inode 0"));
-        assert!(parse_inode("abc").unwrap_err().contains("not a socket inode"));
-    }
 }

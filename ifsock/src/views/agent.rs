@@ -9,49 +9,32 @@
 //! Cost: nothing runs between events. Namespaces appear through the mount table (`ip netns
 //! add` bind-mounts under /run/netns; `/proc/self/mountinfo` signals `POLLPRI` on every mount
 //! change), links through rtnetlink, and the only timer is `--reconcile-every`.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::sync::mpsc;
 
 use crate::{
-    cli::parse_duration,
+    args::AgentArgs,
     engine::{
         metrics::{Input, LostSource, Metrics, MetricsEngine},
         watch::{Config, ReceiverScan, WatchEngine, WatchRecord},
     },
     journal::{self, Journal},
-    kernel::signals::{Interrupted, Signals},
-    probes::Probes,
+    kernel::{
+        netns,
+        signals::{Interrupted, Signals},
+    },
+    model::receiver::HungReceiver,
+    probes::{plan, Probes},
+    sources::{
+        agent::{Out, Pipeline},
+        follow::{self, NetlinkMsg},
+        receivers::ReceiverScanner,
+    },
     render::metrics as exposition,
 };
 
-// The follower code of `watch --all-netns`: one per-netns subscription, dump and snapshot path.
-use super::watch::follow;
-mod source;
-use follow::NetlinkMsg;
-use source::{Out, Pipeline};
-
-/// Options of `agent`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AgentArgs {
-    /// Serve /metrics and /healthz here (loopback by default; 0.0.0.0:9469 only if asked).
-    #[arg(long, default_value = "127.0.0.1:9469")]
-    pub listen: SocketAddr,
-    /// Journal directory (JSON lines, rotated).
-    #[arg(long, default_value = journal::DEFAULT_DIR)]
-    pub journal: PathBuf,
-    /// Bound on the journal's total size, bytes (8 segments of a eighth each; at least 32768).
-    #[arg(long, default_value_t = journal::DEFAULT_MAX_BYTES)]
-    pub journal_max_bytes: u64,
-    /// Re-dump every netns's links and re-take its socket snapshot this often (0 = never).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub reconcile_every: Duration,
-    /// Also attach the receive-path probes (costs a probe hit per receive on the host; off by
-    /// default: blocked receivers are found from /proc at each snapshot).
-    #[arg(long)]
-    pub receivers: bool,
-}
 
 /// Least time between two socket snapshots (gauges lag a change by at most this).
 const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
@@ -59,14 +42,6 @@ const SNAPSHOT_GAP: Duration = Duration::from_millis(250);
 /// `receiver_stranded` is raised again for a receiver still blocked this long after the change
 /// (`--receivers` only; the default of `watch --stranded-after`).
 const STRANDED_AFTER: Duration = Duration::from_secs(5);
-
-/// A file that signals `POLLPRI` whenever the mount table changes (`mounts_poll`, since 2.6.15).
-struct MountTable(std::fs::File);
-impl std::os::fd::AsRawFd for MountTable {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
 
 /// Where records go: the journal, and the metrics aggregator.
 struct Sink {
@@ -158,34 +133,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(args.listen).map_err(|e| listen_error(args.listen, e))?;
     listener.set_nonblocking(true)?;
     let mut probes = Probes::load(u64::MAX)?;
-    probes.load_iterators()?;
+    let applied = probes.apply(if args.receivers { &plan::AGENT_RECEIVERS } else { &plan::AGENT }, plan::Forced::default())?;
     let mut metrics = MetricsEngine::new();
     metrics.apply(Input::ProbeSet { path: "sockets".into(), set: "iter".into() });
     metrics.apply(Input::ProbeSet { path: "links".into(), set: "rtnetlink".into() });
-    // No device or link-request probes: the device ones need fentry/kprobe, and the link-request
-    // tracepoints fire on every sendmsg/ioctl of the host, a cost the agent does not pay while
-    // idle; changes come from rtnetlink, causes are left to `watch`.
-    let recv = if args.receivers {
-        let sel = probes.attach_recv(None).context("--receivers: attaching the receive-path probes")?;
-        format!("{:?}", sel.chosen).to_lowercase()
-    } else {
-        "none".into()
-    };
+    let recv = applied.recv.map_or_else(|| "none".into(), |sel| format!("{:?}", sel.chosen).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "recv".into(), set: recv });
-    // Socket errors fire only when the kernel reports one (`sk_error_report`): free while idle.
-    let sock_errors = match probes.attach_sock_errors_with(None) {
-        Ok(a) => format!("{:?}", a.probe).to_lowercase(),
-        Err(e) => {
-            tracing::warn!("socket errors unavailable, none will be journaled: {e:#}");
-            "none".into()
-        }
-    };
+    let sock_errors = applied.sock_errors.map_or_else(|| "none".into(), |a| format!("{:?}", a.probe).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "sock_errors".into(), set: sock_errors });
     let mut events = probes.events()?;
-    let table = MountTable(std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?);
-    // SAFETY: the file is owned by the AsyncFd and stays open until it is dropped.
-    let mounts = unsafe { AsyncFd::register_with_interest(table, tokio::io::Interest::PRIORITY) }
-        .context("watching the mount table for new namespaces")?;
+    let mounts = netns::watch_mounts()?;
     let (publish, published) = tokio::sync::watch::channel(Arc::new(metrics.values()));
     let mut sink = Sink { journal, metrics, publish };
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
@@ -198,13 +155,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     pipeline.snapshot(&mut probes, &mut out).await;
     sink.take(&mut out);
     serve(listener, published)?;
-    eprintln!(
+    crate::render::err_line(&format!(
         "agent: serving http://{}/metrics, journal {} (max {} bytes), following {} netns (SIGTERM to stop)",
         args.listen,
         args.journal.display(),
         args.journal_max_bytes,
         pipeline.followed()
-    );
+    ));
     let mut reconcile = (!args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + args.reconcile_every, args.reconcile_every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,8 +170,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // Only while a down/delete awaits its receiver scan or a stranded receiver is followed; the
     // scan runs on a blocking thread (netlink changes are taken meanwhile).
     let mut stranded_tick = tokio::time::interval(SNAPSHOT_GAP);
-    let scanner = super::hung::ReceiverScanner::new(&probes)?;
-    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<super::hung::HungReceiver>>>)> = None;
+    let scanner = ReceiverScanner::new(&probes)?;
+    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<HungReceiver>>>)> = None;
     // Snapshots walk every socket and task of the host: under a steady stream of changes they
     // are taken at most once per SNAPSHOT_GAP, the changes in between are one batch.
     let mut last_snapshot = tokio::time::Instant::now();
@@ -281,8 +238,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     drop(events);
     drop(probes);
     match flushed {
-        Ok(()) => eprintln!("agent: {}: journal flushed to {}, probes detached", stop.name(), args.journal.display()),
-        Err(e) => eprintln!("agent: {}: probes detached; journal flush failed: {e}", stop.name()),
+        Ok(()) => crate::render::err_line(&format!("agent: {}: journal flushed to {}, probes detached", stop.name(), args.journal.display())),
+        Err(e) => crate::render::err_line(&format!("agent: {}: probes detached; journal flush failed: {e}", stop.name())),
     }
     Err(Interrupted(stop).into())
 }

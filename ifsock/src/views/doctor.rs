@@ -1,44 +1,18 @@
 //! `ifsock doctor`: what this kernel allows and which probes ifsock can use.
 use anyhow::Result;
-use serde::Serialize;
 
-use crate::render::{json_line, line};
 use crate::{
+    args::DoctorArgs,
+    render::{
+        self,
+        doctor::{ProbeStatus, Report},
+    },
     kernel::system,
-    probes::{select, Probes, SockErrorProbe},
+    probes::{
+        plan::{self, Group},
+        Probes, SockErrorProbe,
+    },
 };
-
-/// Options of `doctor`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DoctorArgs {
-    /// One JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Serialize)]
-struct ProbeStatus {
-    probe: String,
-    loaded: bool,
-    reason: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Report {
-    kernel_release: String,
-    btf: bool,
-    lockdown: Option<String>,
-    tracefs_mounted: bool,
-    bpffs_mounted: bool,
-    mounted_now: system::MountReport,
-    /// Device path (close/unregister) set.
-    probe_set: Option<select::Selection>,
-    /// Receive path (`__skb_recv_udp`, `__skb_recv_datagram`, `__skb_wait_for_more_packets`) set.
-    recv_probe_set: Option<select::Selection>,
-    probes: Vec<ProbeStatus>,
-    /// Socket destroy mechanisms (`abort`), in the order they are tried.
-    socket_destroy: Vec<ProbeStatus>,
-}
 
 /// Runs `doctor`: checks, mounts what is missing, and tries every probe.
 ///
@@ -50,28 +24,29 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     let mut probes_status = Vec::new();
     let mut selection = None;
     let mut recv_selection = None;
-    match Probes::load(u64::MAX) {
+    // Every group through the one policy, all optional: a refusal is doctor's answer.
+    let loaded = Probes::load(u64::MAX).and_then(|mut p| p.apply(&plan::DOCTOR_PATHS, plan::Forced::default()).map(|a| (p, a)));
+    match loaded {
         Err(e) => probes_status.push(ProbeStatus { probe: "object".into(), loaded: false, reason: Some(format!("{e:#}")) }),
-        Ok(mut probes) => {
-            match probes.attach_device(None) {
-                Ok(sel) => selection = Some(sel),
-                Err(e) => probes_status.push(ProbeStatus { probe: "device probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
-            }
-            match probes.attach_recv(None) {
-                Ok(sel) => recv_selection = Some(sel),
-                Err(e) => probes_status.push(ProbeStatus { probe: "receive probes".into(), loaded: false, reason: Some(format!("{e:#}")) }),
+        Ok((mut probes, paths)) => {
+            selection = paths.device.clone();
+            recv_selection = paths.recv.clone();
+            for s in &paths.skipped {
+                probes_status.push(ProbeStatus { probe: s.group.to_string(), loaded: false, reason: Some(s.reason.clone()) });
             }
             for a in probes.attached.iter() {
                 probes_status.push(ProbeStatus { probe: a.to_string(), loaded: true, reason: None });
             }
-            for (name, res) in [
-                ("iter/udp, iter/tcp, iter/task_file", probes.load_iterators()),
-                ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", probes.attach_link_requests()),
-                ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", probes.attach_send_errors()),
+            let applied = probes.apply(&plan::DOCTOR_EVIDENCE, plan::Forced::default())?;
+            let refusal = |g: Group| applied.skipped.iter().find(|s| s.group == g).map(|s| s.reason.clone());
+            for (name, g) in [
+                ("iter/udp, iter/tcp, iter/task_file", Group::Iterators),
+                ("tracepoint syscalls:sys_enter_{sendmsg,sendto,ioctl} (link requests)", Group::LinkRequests),
+                ("tracepoint syscalls:sys_{enter,exit}_{sendto,sendmsg} (send errors)", Group::SendErrors),
             ] {
-                probes_status.push(ProbeStatus { probe: name.into(), loaded: res.is_ok(), reason: res.err().map(|e| format!("{e:#}")) });
+                probes_status.push(ProbeStatus { probe: name.into(), loaded: applied.has(g), reason: refusal(g) });
             }
-            match probes.attach_sock_errors_with(None) {
+            match applied.sock_errors.clone().ok_or_else(|| refusal(Group::SockErrors).unwrap_or_default()) {
                 Ok(a) => {
                     if let Some(why) = a.tp_btf_refused {
                         probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", SockErrorProbe::TpBtf), loaded: false, reason: Some(why) });
@@ -79,7 +54,8 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                     probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", a.probe), loaded: true, reason: None });
                     // The fallback, tried too so that its state is known before it is needed.
                     if a.probe == SockErrorProbe::TpBtf {
-                        let res = probes.attach_sock_errors_with(Some(SockErrorProbe::Tracepoint));
+                        let forced = plan::Forced { probe_set: None, sock_error_probe: Some(SockErrorProbe::Tracepoint) };
+                        let res = probes.apply(&plan::DOCTOR_SOCK_ERROR_FALLBACK, forced);
                         probes_status.push(ProbeStatus {
                             probe: format!("{} (socket errors fallback)", SockErrorProbe::Tracepoint),
                             loaded: res.is_ok(),
@@ -90,10 +66,12 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                 Err(e) => probes_status.push(ProbeStatus {
                     probe: format!("{} or {} (socket errors)", SockErrorProbe::TpBtf, SockErrorProbe::Tracepoint),
                     loaded: false,
-                    reason: Some(format!("{e:#}")),
+                    reason: Some(e),
                 }),
             }
-            for (name, why) in &probes.unavailable {
+            // The groups left out are listed above with their own names.
+            let groups: Vec<String> = paths.skipped.iter().chain(&applied.skipped).map(|s| s.group.to_string()).collect();
+            for (name, why) in probes.unavailable.iter().filter(|(n, _)| !groups.contains(n)) {
                 probes_status.push(ProbeStatus { probe: name.clone(), loaded: false, reason: Some(why.clone()) });
             }
             for (path, sel) in [("device path", &selection), ("receive path", &recv_selection)] {
@@ -115,29 +93,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         probes: probes_status,
         socket_destroy: destroy_mechanisms(),
     };
-    if args.json {
-        return json_line(&report);
-    }
-    line(&format!("kernel:    {}", report.kernel_release))?;
-    line(&format!("BTF:       {}", if report.btf { "yes (/sys/kernel/btf/vmlinux)" } else { "MISSING: ifsock needs CONFIG_DEBUG_INFO_BTF=y" }))?;
-    line(&format!("lockdown:  {}", report.lockdown.as_deref().unwrap_or("not available")))?;
-    line(&format!("tracefs:   {}{}", if report.tracefs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_tracefs { " (mounted now by ifsock)" } else { "" }))?;
-    line(&format!("bpffs:     {}{}", if report.bpffs_mounted { "mounted" } else { "NOT mounted" }, if report.mounted_now.mounted_bpffs { " (mounted now by ifsock)" } else { "" }))?;
-    match &report.probe_set {
-        Some(sel) => line(&format!("device path:  {sel}"))?,
-        None => line("device path:  no probe set (the object did not load)")?,
-    }
-    match &report.recv_probe_set {
-        Some(sel) => line(&format!("receive path: {sel}"))?,
-        None => line("receive path: no probe set")?,
-    }
-    for p in &report.probes {
-        match &p.reason {
-            None => line(&format!("  ok      {}", p.probe))?,
-            Some(r) => line(&format!("  refused {}: {r}", p.probe))?,
-        }
-    }
-    print_destroy_mechanisms(&report.socket_destroy)
+    render::doctor::print(&report, args.json)
 }
 
 // ---- socket destroy mechanisms (`abort`) ----
@@ -159,15 +115,4 @@ fn destroy_mechanisms() -> Vec<ProbeStatus> {
             reason: diag.err(),
         },
     ]
-}
-
-fn print_destroy_mechanisms(list: &[ProbeStatus]) -> Result<()> {
-    crate::render::line("socket destroy (abort), in order of use:")?;
-    for p in list {
-        match &p.reason {
-            None => crate::render::line(&format!("  ok      {}", p.probe))?,
-            Some(r) => crate::render::line(&format!("  refused {}: {r}", p.probe))?,
-        }
-    }
-    Ok(())
 }

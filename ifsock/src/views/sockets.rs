@@ -1,45 +1,23 @@
 //! `ifsock sockets`: which sockets are tied to which interface, with owners.
+//!
+//! Args → per netns a socket snapshot (BPF iterators) and a link dump → [`crate::engine::sockets`]
+//! (join, order, health) and the waiter pass → [`crate::render::sockets`] or JSON lines.
 use std::net::IpAddr;
 
 use anyhow::{bail, Result};
 
 use crate::{
-    kernel::{netlink, waiters::WaiterIndex},
-    model::{
-        link::{AddrTable, Link},
-        stranded::{health, SocketReport},
-        ids::{NetnsIno, SockInode},
-        socket::Socket,
-        tie::{Ties, TiedSocket},
+    args::SocketsArgs,
+    engine::sockets::{target, Join},
+    kernel::{
+        netlink,
+        netns::{self, NetnsHandle},
+        waiters::WaiterIndex,
     },
-    probes::snapshot,
-    render::{json_line, table},
+    model::{stranded::SocketReport, tie::Ties},
+    probes::{snapshot, Probes},
+    render::{self, json_line},
 };
-use crate::{
-    kernel::netns::{self, NetnsHandle},
-    model::ids::IfIndex,
-    probes::Probes,
-};
-
-/// Options of `sockets`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SocketsArgs {
-    /// Only sockets tied to this interface (exact name).
-    #[arg(long, conflicts_with = "ifindex")]
-    pub iface: Option<String>,
-    /// Only sockets tied to this ifindex.
-    #[arg(long)]
-    pub ifindex: Option<u32>,
-    /// Every network namespace on the host (named ones and those of running processes).
-    #[arg(long)]
-    pub all_netns: bool,
-    /// One JSON object per line (fields documented in README.md).
-    #[arg(long)]
-    pub json: bool,
-    /// Only stranded sockets (address gone, bound device down or deleted); none is not an error.
-    #[arg(long)]
-    pub stranded: bool,
-}
 
 /// Runs `sockets`.
 ///
@@ -50,24 +28,20 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let spaces: Vec<Option<NetnsHandle>> =
         if args.all_netns { netns::all().into_iter().map(Some).collect() } else { vec![None] };
     let own = netns::current_ino()?;
-    // Each netns's sockets, held once: the rows are sorted by key alone, and a socket is moved
-    // into its row only when that row is written (at 100k sockets, holding every row as well
-    // as every socket was ~20 MB more, and the sort moved 192-byte rows).
-    let mut held: Vec<(Ties, Vec<Option<Socket>>)> = Vec::new();
-    let mut keys: Vec<(RowKey, u32, u32)> = Vec::new();
+    let mut join = Join::default();
     let mut found_iface = false;
-    let mut addr_tables: Vec<(crate::model::ids::NetnsIno, Vec<Link>, AddrTable)> = Vec::new();
+    let (iface, ifindex) = (args.iface.as_deref(), args.ifindex);
+    let filtered = iface.is_some() || ifindex.is_some();
     for ns in &spaces {
         let ino = ns.as_ref().map_or(own, |h| h.ino);
         let conn = netlink::connect_in(ns.as_ref())?;
-        let filtered = args.iface.is_some() || args.ifindex.is_some();
         let sockets = if filtered {
             // The interface and its addresses are needed before the snapshot, for the filter
             // in the kernel; the links are dumped again after it (below). A socket bound to an
             // address added between the two dumps is missed: the same as if it had been bound
             // after the snapshot.
             let first = netlink::dump_links(&conn).await?;
-            let Some(link) = target(&first, &args) else { continue };
+            let Some(link) = target(&first, iface, ifindex) else { continue };
             let addrs: Vec<IpAddr> = link.addrs.iter().copied().collect();
             snapshot::sockets_maybe_tied(&mut probes, ns.as_ref(), link.ifindex, &addrs)?
         } else {
@@ -77,7 +51,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         // hold lost it after the bind (stranded). The other order misjudges a socket bound
         // between the two reads to an address that just finished DAD.
         let (links, addrs) = netlink::dump_links_and_addrs(&conn).await?;
-        let ties = match target(&links, &args) {
+        let ties = match target(&links, iface, ifindex) {
             Some(link) => {
                 found_iface = true;
                 let link_addrs: Vec<_> = link.addrs.iter().copied().collect();
@@ -86,48 +60,21 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             None if !filtered => Some(Ties::each_once(ino, links.clone())),
             None => None,
         };
-        if let Some(ties) = ties {
-            let space = held.len() as u32;
-            for (i, s) in sockets.iter().enumerate() {
-                if let Some(ifindex) = ties.ifindex_of(s) {
-                    keys.push((row_key(s, ifindex), space, i as u32));
-                }
-            }
-            held.push((ties, sockets.into_iter().map(Some).collect()));
-        }
-        addr_tables.push((ino, links, addrs));
+        join.add(ino, ties, sockets, links, addrs);
     }
-    if (args.iface.is_some() || args.ifindex.is_some()) && !found_iface {
+    if filtered && !found_iface {
         let what = args.iface.clone().map_or_else(|| format!("ifindex {}", args.ifindex.unwrap_or(0)), |n| format!("interface {n:?}"));
         let scope = if args.all_netns { "any network namespace" } else { "this network namespace (try --all-netns or --netns NAME)" };
         bail!("unknown {what}: no such interface in {scope}");
     }
-    // Unstable (no merge buffer) on a key that is unique per socket, so the order is still the
-    // same from run to run.
-    keys.sort_unstable_by_key(|k| k.0);
     // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
     // is missed, never attributed to a socket that no longer exists.
     // No rows, no waiter to name: skip the pass (it reads the fd table of every waiting
     // process: 100k `readlink`s, ~0.7 s, for 100k sockets held by waiting processes).
-    let waiters = if keys.is_empty() { WaiterIndex::default() } else { WaiterIndex::discover() };
-    let empty = AddrTable::default();
-    let reports = keys
-        .into_iter()
-        .filter_map(|(_, space, i)| {
-            let (ties, sockets) = held.get_mut(space as usize)?;
-            ties.tie(sockets.get_mut(i as usize)?.take()?)
-        })
-        .map(|tied| {
-            let (links, addrs) = addr_tables
-                .iter()
-                .find(|(ino, _, _)| *ino == tied.socket.netns)
-                .map_or((&[][..], &empty), |(_, l, a)| (&l[..], a));
-            let stranded = health(&tied.socket, links, addrs, &[]);
-            waiters.report(tied, stranded)
-        })
-        .filter(|r| !args.stranded || r.stranded.is_some());
+    let waiters = if join.is_empty() { WaiterIndex::default() } else { WaiterIndex::discover() };
+    let reports = join.into_reports(&waiters, args.stranded);
     // One write per ~64 KiB instead of one per socket (stays per line on a terminal).
-    let out = crate::render::buffered();
+    let out = render::buffered();
     if args.json {
         // Streamed: each report is written and dropped, so no second copy of every row is held.
         for row in reports {
@@ -135,73 +82,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         }
     } else {
         // The table needs every row for its column widths.
-        print_reports(&reports.collect::<Vec<SocketReport>>())?;
+        render::sockets::table(&reports.collect::<Vec<SocketReport>>())?;
     }
     out.finish()
-}
-
-/// The order of `sockets` rows: netns, ifindex (untied first), protocol, local port and
-/// address, inode, cookie (unique per socket).
-type RowKey = (NetnsIno, Option<IfIndex>, u8, u16, IpAddr, SockInode, u64);
-
-fn row_key(s: &Socket, ifindex: Option<IfIndex>) -> RowKey {
-    (s.netns, ifindex, s.protocol as u8, s.local_port, s.local_addr, s.inode, s.cookie)
-}
-
-/// The interface `--iface`/`--ifindex` names among `links`, if any.
-fn target<'a>(links: &'a [Link], args: &SocketsArgs) -> Option<&'a Link> {
-    match (&args.iface, args.ifindex) {
-        (Some(name), _) => links.iter().find(|l| &l.name == name),
-        (None, Some(i)) => links.iter().find(|l| l.ifindex == IfIndex(i)),
-        (None, None) => None,
-    }
-}
-
-/// Prints socket reports as a table: [`print_table`]'s columns, then STATUS (`ok` or the strand
-/// reason) and WAITERS (`comm[pid]/tid via fd`, `-` when none).
-///
-/// # Errors
-/// Writing to stdout failed (see [`crate::render::out`]).
-pub fn print_reports(rows: &[SocketReport]) -> anyhow::Result<()> {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut c = cells(&r.tied);
-            c.push(r.status().to_string());
-            c.push(crate::render::health::waiters(&r.waiters));
-            c
-        })
-        .collect();
-    let mut header = HEADER.to_vec();
-    header.extend(["STATUS", "WAITERS"]);
-    table(&header, &cells)
-}
-
-/// Prints tied sockets as a table (shared with `watch` and `teardown`).
-///
-/// # Errors
-/// Writing to stdout failed (see [`crate::render::out`]).
-pub fn print_table(rows: &[TiedSocket]) -> anyhow::Result<()> {
-    let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
-    table(&HEADER, &cells)
-}
-
-const HEADER: [&str; 11] = ["NETNS", "IFINDEX", "IFACE", "BINDING", "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PKTINFO", "OWNERS"];
-
-fn cells(r: &TiedSocket) -> Vec<String> {
-    let s = &r.socket;
-    let owners = crate::render::fmt::owners(&s.owners, "-");
-    vec![
-        s.netns.to_string(),
-        r.ifindex.map_or("-".into(), |i| i.to_string()),
-        r.ifname.clone().unwrap_or_else(|| "-".into()),
-        crate::render::fmt::binding(r.binding).to_string(),
-        format!("{:?}{}", s.protocol, s.family).to_lowercase(),
-        format!("{}:{}", crate::render::fmt::addr(&s.local_addr, s.v4_mapped), s.local_port),
-        format!("{}:{}", crate::render::fmt::addr(&s.remote_addr, s.v4_mapped), s.remote_port),
-        s.state.to_string(),
-        s.inode.to_string(),
-        if s.pktinfo { "yes".into() } else { "no".into() },
-        owners,
-    ]
 }

@@ -15,55 +15,23 @@ use anyhow::{anyhow, bail, Result};
 use futures::FutureExt as _;
 
 use crate::{
-    cli::parse_duration,
-    engine::{
-        abort::{self, AbortReport, Outcome},
-        teardown::{BlockedRecv, Next, Teardown},
-    },
+    args::TeardownArgs,
+    engine::teardown::{Next, Teardown},
     kernel::{
+        clock::monotonic_ns,
         netlink::{self, Received, Subscription},
-        netns::NetnsHandle,
         signals::{Interrupted, Signals},
     },
-    model::{link::Update, socket::Socket},
+    model::link::Update,
     probes::{events::EventStream, plan, Probes},
-    render::{monotonic_ns, teardown as out},
-    views::abort::{self as abort_view, ViaChoice},
+    render::teardown as out,
+    sources::teardown::{self as gather, abort_stranded, would_abort},
 };
-
-mod gather;
 
 /// Receives in flight at least this long (ns) emit a `RecvDone` event when they return.
 pub const RECV_REPORT_MIN_NS: u64 = 1_000_000;
 /// Longest accepted grace period.
 pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
-
-/// Options of `teardown`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TeardownArgs {
-    /// Interface to tear down: its exact name (no patterns; `lo` is refused).
-    pub iface: String,
-    /// How long to observe between setting it down and deleting it (500ms, 2s, 1m).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub grace: Duration,
-    /// Only report what would be affected; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Do not ask for confirmation (required when stdin is not a terminal).
-    #[arg(long, short = 'y')]
-    pub yes: bool,
-    /// One JSON object: the report (fields documented in README.md), also on error and interrupt.
-    #[arg(long)]
-    pub json: bool,
-    /// After the delete, destroy the sockets it left stranded (bound to the interface or the veth
-    /// peer by device or address), and those with receivers still blocked, as `ifsock abort`
-    /// does; the report's `abort` field lists them (the dry run: what would be destroyed).
-    #[arg(long)]
-    pub abort_stranded: bool,
-    /// With --abort-stranded: how long to watch the waiters after the destroy.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration, requires = "abort_stranded")]
-    pub observe: Duration,
-}
 
 /// Runs `teardown`.
 ///
@@ -132,16 +100,7 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
     let mut signals = Signals::new()?;
     // Every group is optional: a refused probe is reported as unobserved, never an error.
     for skipped in probes.apply(&plan::TEARDOWN, plan::Forced::default())?.skipped {
-        let what = match skipped.group {
-            plan::Group::SendErrors => "send errors (syscalls:sys_{enter,exit}_{sendto,sendmsg})",
-            plan::Group::Recv => "receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{enter,exit}_{recv*,read})",
-            plan::Group::SockErrors => "kernel-reported socket errors (sock:inet_sk_error_report)",
-            other => {
-                td.unobserved(format!("{other}: {}", skipped.reason));
-                continue;
-            }
-        };
-        td.unobserved(format!("{what}: {}", skipped.reason));
+        td.unobserved(gather::unobserved(&skipped));
     }
     let mut events = probes.events()?;
     let mut sub = Subscription::open(None)?;
@@ -202,30 +161,6 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
     Ok(())
 }
 
-/// The dry run of `--abort-stranded`: the listed sockets the delete would strand (predicted by
-/// the engine) or with receivers blocked now, and the mechanism that would run.
-fn would_abort(td: &Teardown, blocked: &[BlockedRecv], observe: Duration) -> Result<AbortReport> {
-    let p = td.plan();
-    let now: Vec<Socket> = p.netns_sockets.iter().chain(p.companions.iter().flat_map(|c| c.netns_sockets.iter())).cloned().collect();
-    let (targets, skipped) = td.abort_candidates(&now, blocked, |s| td.predicted_stranded(s));
-    let waiters = abort_view::waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now);
-    let mech = abort_view::destroy::choose(ViaChoice::Auto, &targets)?;
-    let outcomes = vec![Outcome::WouldDestroy; targets.len()];
-    Ok(abort::report(p.netns, true, Some(mech.via), mech.refused.clone(), observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped))
-}
-
-/// `--abort-stranded` after the delete: destroys what the engine picks from a fresh snapshot,
-/// each socket inside its own netns, and watches its waiters (a signal cuts the window short).
-async fn abort_stranded(probes: &mut Probes, td: &Teardown, peers: &[Option<NetnsHandle>], signals: &mut Signals, observe: Duration) -> Result<AbortReport> {
-    let now = gather::after_delete(probes, td, peers).await?;
-    let (targets, skipped) = td.abort_candidates(&now.sockets, &now.blocked, |s| now.health(s));
-    let waiters = abort_view::waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
-    let mech = abort_view::destroy::choose(ViaChoice::Auto, &targets)?;
-    let handles: Vec<&NetnsHandle> = peers.iter().flatten().collect();
-    let run = abort_view::destroy::Run { here: td.plan().netns, handles: &handles, waiters: &waiters, observe };
-    abort_view::destroy::execute(probes, &mech, &run, &targets, skipped, Some(signals)).await
-}
-
 /// Waits out the grace period: ends early when the interface vanishes or a signal arrives.
 async fn observe(
     td: &mut Teardown,
@@ -278,8 +213,8 @@ fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
     // The report is printed after the last step, so a closed stdout never stops a teardown
     // halfway; stderr then says what was done.
     match (out::state_line(&report), &printed) {
-        (Some(l), _) if json || printed.is_err() => eprintln!("ifsock: {l}"),
-        (None, Err(_)) if !report.dry_run => eprintln!("ifsock: stdout closed; {}", out::left(&report)),
+        (Some(l), _) if json || printed.is_err() => crate::render::err_line(&format!("ifsock: {l}")),
+        (None, Err(_)) if !report.dry_run => crate::render::err_line(&format!("ifsock: stdout closed; {}", out::left(&report))),
         _ => {}
     }
     printed?;
@@ -301,7 +236,7 @@ async fn confirm(td: &Teardown) -> Result<()> {
             p.ifname
         );
     }
-    if !crate::cli::ask_proceed(&out::confirm_prompt(p)).await? {
+    if !crate::render::prompt::ask_proceed(&out::confirm_prompt(p)).await? {
         bail!("not confirmed: {} left untouched", p.ifname);
     }
     Ok(())

@@ -2,43 +2,18 @@
 //! with its queue's index, state and backlog, and a warning for an attached queue that fills up
 //! with nobody reading it (seed 001: a queue left attached by a process that never reads, so the
 //! kernel steers part of the traffic into it).
-use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    cli::parse_bounded_duration,
-    render::{json_line, line, table},
+    args::TunArgs,
+    render,
 };
 use crate::{
     kernel::{netlink, netns},
-    model::tun::{self, QueueState, TunDevice, TunFlags},
+    model::tun::{self, TunFlags},
     probes::Probes,
 };
-
-/// Options of `tun`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TunArgs {
-    /// Only this device (exact name).
-    pub iface: Option<String>,
-    /// Time between the two queue snapshots that show whether backlogs drain (0: one snapshot,
-    /// no warnings; at most 24h).
-    #[arg(long, default_value = "500ms", value_parser = parse_bounded_duration)]
-    pub interval: Duration,
-    /// One JSON object per device (fields documented in README.md).
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// One `--json` line: a device with the interval its backlogs were compared over.
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    interval_ms: u64,
-    #[serde(flatten)]
-    device: &'a TunDevice,
-}
 
 /// Runs `tun`.
 ///
@@ -79,70 +54,5 @@ pub async fn run(args: TunArgs) -> Result<()> {
             }
         }
     }
-    if args.json {
-        for device in &devices {
-            json_line(&JsonLine { ty: "tun", interval_ms: args.interval.as_millis() as u64, device })?;
-        }
-        return Ok(());
-    }
-    if devices.is_empty() {
-        line(&format!("no tun/tap devices in netns {netns}"))?;
-    }
-    for d in &devices {
-        print_device(d)?;
-    }
-    Ok(())
-}
-
-fn print_device(d: &TunDevice) -> Result<()> {
-    let f = &d.flags;
-    let mut flags = vec![f.mode.map_or("?".to_string(), |m| format!("{m:?}").to_lowercase())];
-    for (on, name) in [(f.multi_queue, "multi_queue"), (f.persist, "persist"), (f.vnet_hdr, "vnet_hdr"), (f.no_pi, "no_pi")] {
-        if on {
-            flags.push(name.to_string());
-        }
-    }
-    let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-    line(&format!(
-        "{} ifindex {} netns {}: {} {}{}; owner {} group {}; queues {} attached, {} detached; {} fd(s)",
-        d.name,
-        d.ifindex,
-        d.netns,
-        flags.join(","),
-        if d.up { "up" } else { "down" },
-        if d.carrier { ",carrier" } else { ",no-carrier" },
-        id(d.owner),
-        id(d.group),
-        d.numqueues,
-        d.numdisabled,
-        d.fds.len()
-    ))?;
-    if !d.fds.is_empty() {
-        let rows: Vec<Vec<String>> = d
-            .fds
-            .iter()
-            .map(|fd| {
-                vec![
-                    format!("  {}", fd.pid),
-                    fd.comm.clone(),
-                    fd.fd.to_string(),
-                    fd.queue.map_or("-".into(), |q| q.to_string()),
-                    match fd.state {
-                        QueueState::Attached => "attached".into(),
-                        QueueState::Detached => "detached".into(),
-                    },
-                    match fd.backlog_before {
-                        Some(b) => format!("{b}→{}", fd.backlog),
-                        None => fd.backlog.to_string(),
-                    },
-                    fd.ring_size.to_string(),
-                ]
-            })
-            .collect();
-        table(&["  PID", "COMM", "FD", "QUEUE", "STATE", "BACKLOG", "RING"], &rows)?;
-    }
-    for w in &d.warnings {
-        line(&format!("warning: {}", w.message))?;
-    }
-    Ok(())
+    render::tun::devices(&devices, netns, args.interval.as_millis() as u64, args.json)
 }

@@ -6,94 +6,28 @@
 //! that happens during the dump is queued on the subscription and applied on top of the dump.
 //! Loss (seed 002): `ENOBUFS` triggers an immediate re-dump and diff (`source: resync`); a
 //! periodic re-dump (`--reconcile-every`) catches silent loss (`source: reconcile`).
-pub(crate) mod follow;
-
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use follow::{kernel_input, now, open_ns, NetlinkMsg, NsIo, Snapshots};
 use tokio::sync::mpsc;
 
-use super::hung;
 use crate::{
-    cli::parse_duration,
+    args::WatchArgs,
     engine::watch::{Config, Ready, ReceiverScan, Removal, Source, WatchEngine, WatchRecord},
     kernel::{
-        netlink::{self, Received, RCVBUF_MAX},
+        netlink::{self, Received},
         netns::{self, NetnsHandle},
         signals::Signals,
         waiters::WaiterIndex,
     },
-    model::{ids::NetnsIno, sock_error::SockErrorProbe},
-    probes::{plan, select, Probes},
+    model::ids::NetnsIno,
+    probes::{plan, Probes},
     render,
+    sources::{
+        follow::{kernel_input, now, open_ns, NetlinkMsg, NsIo, Snapshots},
+        receivers::ReceiverScanner,
+    },
 };
-
-/// Options of `watch`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WatchArgs {
-    /// Only events of this interface (by current or previous name).
-    #[arg(long, value_parser = parse_iface)]
-    pub iface: Option<String>,
-    /// One JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Receive buffer of the rtnetlink subscription socket, bytes (1 to 1073741823; kernel
-    /// default if unset). Above net.core.rmem_max it is set with SO_RCVBUFFORCE.
-    #[arg(long, value_parser = parse_rcvbuf)]
-    pub rcvbuf: Option<usize>,
-    /// Re-dump and diff this often to catch silently lost events (0 = off).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub reconcile_every: Duration,
-    /// Do not attach socket snapshots to events (cheaper under bursts).
-    #[arg(long)]
-    pub no_sockets: bool,
-    /// Put each change's sockets in the change record itself, read before it is printed (one
-    /// filtered socket walk later: 4-5 ms at 10k UDP sockets). By default a change is printed
-    /// as soon as it is parsed, with `sockets_follow: true` and no sockets, and its sockets
-    /// follow in a `change_sockets` record (read once no further netlink input is queued).
-    #[arg(long, conflicts_with = "no_sockets")]
-    pub sockets_inline: bool,
-    /// The default (each change first, its sockets in a `change_sockets` record); accepted so
-    /// that scripts written when it was an option keep working.
-    #[arg(long, hide = true, conflicts_with_all = ["no_sockets", "sockets_inline"])]
-    pub sockets_after: bool,
-    /// Stop after this many change events (for scripts and tests).
-    #[arg(long)]
-    pub count: Option<u64>,
-    /// Use this probe set for the device and receive paths instead of the best one allowed
-    /// (fentry, kprobe, tracepoint); refused with the kernel's reason if it cannot load.
-    #[arg(long, value_enum)]
-    pub probe_set: Option<select::ProbeSet>,
-    /// Follow every network namespace (named ones under /run/netns and those of running
-    /// processes), including namespaces created and destroyed while running.
-    #[arg(long)]
-    pub all_netns: bool,
-    /// Raise `receiver_stranded` again when a receiver is still blocked this long after the
-    /// down/delete that stranded it.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub stranded_after: Duration,
-    /// Observe kernel-reported socket errors with this program instead of the best one that
-    /// loads (tp_btf, then tracepoint).
-    #[arg(long, value_enum)]
-    pub sock_error_probe: Option<SockErrorProbe>,
-}
-
-fn parse_iface(s: &str) -> Result<String, String> {
-    match s.len() {
-        0 => Err("an empty name matches no interface: give a name, or omit --iface to watch every interface".into()),
-        16.. => Err(format!("{s:?} is longer than an interface name can be (15 bytes, IFNAMSIZ - 1)")),
-        _ => Ok(s.to_string()),
-    }
-}
-
-fn parse_rcvbuf(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a size in bytes"))?;
-    if n == 0 || n > RCVBUF_MAX {
-        return Err(format!("{n} is outside the kernel's range for a receive buffer: 1 to {RCVBUF_MAX} bytes (omit --rcvbuf for the default)"));
-    }
-    Ok(n)
-}
 
 /// Runs `watch` until SIGINT/SIGTERM (exit status 0), `--count` events, or the loss of the
 /// watched netns (exit status 1, unless `--all-netns`).
@@ -153,8 +87,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     }
     let mut stranded_tick = tokio::time::interval(Duration::from_millis(250));
     // A receiver scan (the /proc pass and its socket snapshots) in flight on a blocking thread.
-    let scanner = hung::ReceiverScanner::new(&probes)?;
-    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<hung::HungReceiver>>>)> = None;
+    let scanner = ReceiverScanner::new(&probes)?;
+    let mut scan: Option<(ReceiverScan, tokio::task::JoinHandle<Result<Vec<crate::model::receiver::HungReceiver>>>)> = None;
     // Namespaces come and go: /run/netns and /proc/*/ns/net are re-read every second.
     let mut discovery = tokio::time::interval(Duration::from_secs(1));
     let mut lost_own = None;

@@ -4,9 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{ms_since, BlockedRecv, ReceiverSeen, SendErrorsSeen, SockErrorsSeen, SockKey};
 use crate::{
-    model::{sock_error::SockError, socket::Socket, tie::TiedSocket},
+    model::{sock_error::SockError, socket::Socket, sys::errno_name, tie::TiedSocket},
     probes::events::Event,
-    render::fmt::errno_name,
 };
 
 /// Collects events of the observation into per-socket findings.

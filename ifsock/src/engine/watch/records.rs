@@ -13,10 +13,10 @@ use crate::{
         sock_error::{protocol_name, CurrentTask, InodeSource, SockError, SockErrorProbe},
         socket::Socket,
         stranded::SocketHealthEvent,
+        sys::errno_name,
         tie::TiedSocket,
     },
     probes::{select::Selection, Counters},
-    render::fmt::errno_name,
 };
 
 /// Where a change was learned.

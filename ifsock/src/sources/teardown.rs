@@ -1,19 +1,27 @@
 //! What the teardown engine asks for, read from the kernel: the plan (the target, the sockets
 //! tied to it, and what the delete takes with it: veth peer, possibly in another netns; bridge
 //! ports; the master; the fds holding a tun/tap), receivers blocked now, sockets alive now,
-//! and the netlink step outcomes.
-use std::collections::{HashMap, HashSet};
+//! and the netlink step outcomes; and `--abort-stranded` through the destroy path.
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
-    engine::teardown::{BlockedRecv, CompanionPlan, Plan, Relation, SockKey, StepOutcome, Teardown},
+    engine::{
+        abort::{self, AbortReport, Outcome},
+        teardown::{BlockedRecv, CompanionPlan, Plan, Relation, SockKey, StepOutcome, Teardown},
+    },
     kernel::{
         netlink::{self, LinkRelations},
         netns::{self, NetnsHandle},
         procfs,
+        signals::Signals,
     },
     model::{
+        sys,
         ids::{IfIndex, NetnsIno},
         link::{Dump, Link},
         stranded::{self, SeenDeletion, Stranded},
@@ -21,7 +29,8 @@ use crate::{
         tie::{self, TiedSocket},
         tun,
     },
-    probes::{snapshot, Probes},
+    probes::{plan, snapshot, Probes},
+    sources::destroy::{self, waiters, ViaChoice},
 };
 
 /// `IFF_LOOPBACK` (include/uapi/linux/if.h).
@@ -213,7 +222,7 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         .filter(|b| owners.contains(&b.pid))
         .filter_map(|b| {
             let sock = *by_ino.get(&b.fd_socket?.0)?;
-            let syscall = procfs::syscall_name(b.syscall);
+            let syscall = sys::recv_syscall_name(b.syscall);
             Some((b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall, sock }))
         })
         .collect();
@@ -227,8 +236,8 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         b.sock = sock;
         // Kernel-function sets record no fd: read it while the thread is still in the syscall.
         if b.fd.is_none() {
-            if let Some((nr, fd)) = procfs::thread_syscall(r.pid, r.tid).filter(|(nr, _)| procfs::syscall_name(*nr) != "?") {
-                b.syscall = procfs::syscall_name(nr);
+            if let Some((nr, fd)) = procfs::thread_syscall(r.pid, r.tid).filter(|(nr, _)| sys::recv_syscall_name(*nr) != "?") {
+                b.syscall = sys::recv_syscall_name(nr);
                 b.fd = u32::try_from(fd).ok();
             }
         }
@@ -278,7 +287,7 @@ pub async fn after_delete(probes: &mut Probes, td: &Teardown, handles: &[Option<
         dumps.push((h.ino, netlink::dump(&netlink::connect_in(Some(h)).with_context(what)?).await.with_context(what)?));
     }
     let p = td.plan();
-    let seen = vec![SeenDeletion { netns: here, ifindex: p.ifindex, name: p.ifname.clone(), at_unix_ns: crate::render::unix_ns() }];
+    let seen = vec![SeenDeletion { netns: here, ifindex: p.ifindex, name: p.ifname.clone(), at_unix_ns: crate::kernel::clock::unix_ns() }];
     Ok(AfterDelete { sockets, dumps, blocked: blocked_now(probes, td), seen })
 }
 
@@ -288,10 +297,45 @@ pub fn outcome(r: Result<()>) -> StepOutcome {
         Ok(()) => StepOutcome::Ok,
         Err(e) => {
             let errno = netlink::errno_of(&e);
-            let error = errno.map_or_else(|| format!("{e:#}"), crate::render::fmt::errno_desc);
+            let error = errno.map_or_else(|| format!("{e:#}"), crate::model::sys::errno_desc);
             StepOutcome::Refused { errno, error }
         }
     }
+}
+
+/// The dry run of `--abort-stranded`: the listed sockets the delete would strand (predicted by
+/// the engine) or with receivers blocked now, and the mechanism that would run.
+pub fn would_abort(td: &Teardown, blocked: &[BlockedRecv], observe: Duration) -> Result<AbortReport> {
+    let p = td.plan();
+    let now: Vec<Socket> = p.netns_sockets.iter().chain(p.companions.iter().flat_map(|c| c.netns_sockets.iter())).cloned().collect();
+    let (targets, skipped) = td.abort_candidates(&now, blocked, |s| td.predicted_stranded(s));
+    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now);
+    let mech = destroy::choose(ViaChoice::Auto, &targets)?;
+    let outcomes = vec![Outcome::WouldDestroy; targets.len()];
+    Ok(abort::report(p.netns, true, Some(mech.via), mech.refused.clone(), observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped))
+}
+
+/// `--abort-stranded` after the delete: destroys what the engine picks from a fresh snapshot,
+/// each socket inside its own netns, and watches its waiters (a signal cuts the window short).
+pub async fn abort_stranded(probes: &mut Probes, td: &Teardown, peers: &[Option<NetnsHandle>], signals: &mut Signals, observe: Duration) -> Result<AbortReport> {
+    let now = after_delete(probes, td, peers).await?;
+    let (targets, skipped) = td.abort_candidates(&now.sockets, &now.blocked, |s| now.health(s));
+    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
+    let mech = destroy::choose(ViaChoice::Auto, &targets)?;
+    let handles: Vec<&NetnsHandle> = peers.iter().flatten().collect();
+    let run = destroy::Run { here: td.plan().netns, handles: &handles, waiters: &waiters, observe };
+    destroy::execute(probes, &mech, &run, &targets, skipped, Some(signals)).await
+}
+
+/// What the report says a refused probe group leaves unobserved, with the kernel's reason.
+pub fn unobserved(skipped: &plan::Skipped) -> String {
+    let what = match skipped.group {
+        plan::Group::SendErrors => "send errors (syscalls:sys_{enter,exit}_{sendto,sendmsg})",
+        plan::Group::Recv => "receive wake-ups (__skb_recv_udp/__skb_wait_for_more_packets or syscalls:sys_{enter,exit}_{recv*,read})",
+        plan::Group::SockErrors => "kernel-reported socket errors (sock:inet_sk_error_report)",
+        other => return format!("{other}: {}", skipped.reason),
+    };
+    format!("{what}: {}", skipped.reason)
 }
 
 #[cfg(test)]
@@ -311,5 +355,13 @@ mod tests {
         assert!(find_target(&links, "veth*").is_err());
         assert!(find_target(&links, "lo").unwrap_err().to_string().contains("loopback"));
         assert!(find_target(&links, "lo2").unwrap_err().to_string().contains("loopback"), "IFF_LOOPBACK under another name");
+    }
+
+    #[test]
+    fn a_refused_group_is_reported_as_what_goes_unobserved() {
+        let s = |group| plan::Skipped { group, reason: "EPERM (lockdown=integrity)".into() };
+        assert_eq!(unobserved(&s(plan::Group::Recv)).split(" (").next(), Some("receive wake-ups"));
+        assert!(unobserved(&s(plan::Group::SendErrors)).ends_with(": EPERM (lockdown=integrity)"));
+        assert_eq!(unobserved(&s(plan::Group::Iterators)), "socket iterators: EPERM (lockdown=integrity)");
     }
 }

@@ -1,5 +1,5 @@
-//! The agent's event source: the `watch --all-netns` pipeline (`engine::watch::WatchEngine` fed
-//! by `views/watch/follow.rs`, the same follower code as `watch`), with what only a recorder
+//! The agent's event source (for `views/agent.rs`): the `watch --all-netns` pipeline (`engine::watch::WatchEngine` fed
+//! by `sources/follow.rs`, the same follower code as `watch`), with what only a recorder
 //! needs on top: every [`WatchRecord`] is journaled, records become metric inputs, and socket
 //! snapshots (taken by the caller at most once per `SNAPSHOT_GAP` per changed netns, and at
 //! reconcile) set the gauges and journal socket health changes judged by `model::stranded`
@@ -11,18 +11,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::follow::{self, NetlinkMsg, NsIo, Snapshots};
 use crate::{
     engine::{
-        health::{HealthChange, HealthTracker},
-        metrics::{Input, LostSource, NetnsSnapshot, SocketRow},
+        health::HealthTracker,
+        metrics::{Input, LostSource},
+        snapshot::{self, Attributed, SocketHealthLine},
         watch::{Removal, Source, WatchEngine, WatchRecord},
     },
     kernel::{
-        cgroup::{self, Attribution},
+        cgroup,
         netlink::{self, Received},
         netns::{self, NetnsHandle},
         procfs,
@@ -31,12 +30,10 @@ use crate::{
     model::{
         ids::NetnsIno,
         link::ChangeKind,
-        socket::Protocol,
         stranded::{SeenDeletion, SocketHealthEvent},
-        tie,
     },
     probes::Probes,
-    render::fmt,
+    sources::follow::{self, NetlinkMsg, NsIo, Snapshots},
 };
 
 /// Receive buffer of each netns's rtnetlink subscription, bytes. A recorder must keep up with
@@ -44,32 +41,6 @@ use crate::{
 /// (`net.core.rmem_default`, ~208 KiB) overflows under one. Set with SO_RCVBUFFORCE when above
 /// `net.core.rmem_max`; memory is only used while messages are queued.
 const RCVBUF: usize = 8 << 20;
-
-/// A task's pid with its container attribution (`kernel::cgroup::of_pid`, `/proc/PID/cgroup`).
-#[derive(Clone, Debug, Serialize)]
-pub struct Attributed {
-    /// Thread-group id.
-    pub pid: u32,
-    /// cgroup, container and pod.
-    #[serde(flatten)]
-    pub attribution: Attribution,
-}
-
-/// The journal line of a socket health change: watch's `socket_stranded` / `socket_recovered`
-/// payload ([`SocketHealthEvent`]) plus the cgroups of the socket's owners and waiters.
-#[derive(Clone, Debug, Serialize)]
-pub struct SocketHealthLine {
-    /// `socket_stranded` or `socket_recovered`.
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-    /// The record as `watch` spells it.
-    #[serde(flatten)]
-    pub event: SocketHealthEvent,
-    /// The owners' cgroups, one per pid.
-    pub owner_cgroups: Vec<Attributed>,
-    /// The waiters' cgroups, one per pid.
-    pub waiter_cgroups: Vec<Attributed>,
-}
 
 /// What the pipeline hands the agent: journal lines and metric inputs, in order.
 #[derive(Debug)]
@@ -291,33 +262,13 @@ impl Pipeline {
                 }
             };
             let label = self.labels.get(&ino).cloned().flatten();
-            let mut snap = NetnsSnapshot { netns: label.clone().unwrap_or_else(|| ino.to_string()), ..NetnsSnapshot::default() };
-            let tied = tie::each_once(&sockets, ino, &dump.links);
-            for t in &tied {
-                let h = self.health.assess(&t.socket, &dump.links, &dump.addrs);
-                snap.sockets.push(SocketRow {
-                    ifname: t.ifname.clone().unwrap_or_default(),
-                    binding: fmt::binding(t.binding),
-                    protocol: match t.socket.protocol {
-                        Protocol::Tcp => "tcp",
-                        Protocol::Udp => "udp",
-                    },
-                    stranded: h.as_ref().map(|s| (s.ifname.clone().unwrap_or_default(), s.reason.name())),
-                });
-                let receiving = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).count();
-                snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), receiving));
-            }
-            for change in self.health.update(ino, &sockets, &dump.links, &dump.addrs, now.unix_ns) {
-                let (ty, socket, by) = match change {
-                    HealthChange::Stranded { socket, stranded } => ("socket_stranded", socket, stranded),
-                    HealthChange::Recovered { socket, was } => ("socket_recovered", socket, was),
-                };
-                let Some(t) = tied.iter().find(|t| t.socket.inode == socket.inode && t.socket.sk == socket.sk) else { continue };
-                let report = waiters.get_or_insert_with(WaiterIndex::discover).report(t.clone(), self.health.assess(&socket, &dump.links, &dump.addrs));
-                let owner_cgroups = attributed(socket.owners.iter().map(|o| o.pid).collect());
+            let (snap, changed) = snapshot::judge(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns);
+            for c in changed {
+                let report = waiters.get_or_insert_with(WaiterIndex::discover).report(c.tied, c.now);
+                let owner_cgroups = attributed(report.tied.socket.owners.iter().map(|o| o.pid).collect());
                 let waiter_cgroups = attributed(report.waiters.iter().map(|w| w.pid).collect());
-                let event = SocketHealthEvent::new(&by, report, now.unix_ns, label.clone(), None);
-                out.push(Out::Health(Box::new(SocketHealthLine { ty, event, owner_cgroups, waiter_cgroups })));
+                let event = SocketHealthEvent::new(&c.by, report, now.unix_ns, label.clone(), None);
+                out.push(Out::Health(Box::new(SocketHealthLine { ty: c.ty, event, owner_cgroups, waiter_cgroups })));
             }
             out.push(Out::Metric(Input::Snapshot(ino, snap)));
         }

@@ -1,6 +1,6 @@
-//! The kernel work of `abort` (also run by `teardown --abort-stranded`): pick the mechanism,
-//! destroy each target inside its own netns, and watch the waiters' syscall returns for the
-//! observation window. Selection and the report are in [`crate::engine::abort`].
+//! The kernel work of `abort` (also run by `teardown --abort-stranded`): find the threads
+//! waiting on the targets, pick the mechanism, destroy each target inside its own netns, and
+//! watch the waiters' syscall returns for the observation window. Selection and the report are in [`crate::engine::abort`].
 use std::time::Duration;
 
 use anyhow::Result;
@@ -8,17 +8,35 @@ use anyhow::Result;
 use crate::{
     engine::abort::{self, AbortReport, Observation, Outcome, Return, Skipped, Target, Via, Waiter},
     kernel::{
+        clock::monotonic_ns,
         netns::NetnsHandle,
+        procfs,
         signals::Signals,
         sock_diag::{self, DestroyOutcome, DiagSocket},
+        waiters::WaiterIndex,
     },
-    model::{ids::NetnsIno, socket::Protocol},
+    model::{
+        ids::NetnsIno,
+        socket::{Protocol, Socket},
+        sys::errno_desc,
+    },
     probes::{
         destroy::{DestroyIter, KfuncOutcome},
         Probes,
     },
-    render::{fmt::errno_desc, monotonic_ns},
 };
+
+/// Threads waiting on `targets`: receivers blocked on them (a closed fd is tied to the only
+/// ownerless socket of its netns among `all`), then the epoll/poll/select waiters and the
+/// receivers `kernel::waiters` finds through open fds.
+pub fn waiters(targets: &[Socket], all: &[Socket]) -> Vec<Waiter> {
+    let mut out = abort::waiters_of(targets, all, &procfs::blocked_receivers(None));
+    let index = WaiterIndex::discover();
+    for t in targets {
+        abort::add_indexed(&mut out, t.inode, &index.for_socket(t));
+    }
+    out
+}
 
 /// Which destroy mechanism to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,4 +1,7 @@
-//! Syscall numbers of the architecture ifsock is built for.
+//! Tables every layer names things by: the receive and wait syscall numbers of the
+//! architecture ifsock is built for, and errno names.
+//!
+//! Syscall numbers:
 //!
 //! The numbers are what `/proc/PID/task/TID/syscall` prints and what the `syscalls:sys_enter_*`
 //! tracepoints record in `__syscall_nr` (kept in `InFlightRecv.syscall`): the native numbers of
@@ -61,7 +64,7 @@ mod numbers {
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("ifsock knows the receive and wait syscall numbers of x86_64 and aarch64 only: add this architecture's to kernel/arch.rs");
+compile_error!("ifsock knows the receive and wait syscall numbers of x86_64 and aarch64 only: add this architecture's to model/sys.rs");
 
 pub use numbers::{EPOLL_PWAIT, EPOLL_PWAIT2, IO_URING_ENTER, PPOLL, PSELECT6, READ, RECVFROM, RECVMMSG, RECVMSG};
 
@@ -81,6 +84,17 @@ pub const RECV_SYSCALLS: [(u64, &str); 4] = [(READ, "read"), (RECVFROM, "recvfro
 /// Name of a receive syscall number (`recvmsg`), `?` for any other number.
 pub fn recv_syscall_name(nr: u64) -> &'static str {
     RECV_SYSCALLS.iter().find(|(n, _)| *n == nr).map_or("?", |(_, s)| s)
+}
+
+/// errno name (`ECONNREFUSED`), `UnknownErrno` for numbers the platform does not define
+/// (include/uapi/asm-generic/errno*.h through libc).
+pub fn errno_name(errno: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(errno))
+}
+
+/// `ENODEV: No such device`: the errno name and the C library's description.
+pub fn errno_desc(errno: i32) -> String {
+    format!("{}: {}", errno_name(errno), nix::errno::Errno::from_raw(errno).desc())
 }
 
 #[cfg(test)]
@@ -109,5 +123,13 @@ mod tests {
         assert_eq!(fd_wait_syscall_name(PPOLL), Some("ppoll"));
         assert_eq!(fd_wait_syscall_name(RECVMSG), Some("recvmsg"));
         assert_eq!(fd_wait_syscall_name(u64::MAX), None);
+    }
+
+    #[test]
+    fn errnos_are_named_and_described() {
+        assert_eq!(errno_name(111), "ECONNREFUSED");
+        assert_eq!(errno_desc(19), "ENODEV: No such device");
+        assert_eq!(recv_syscall_name(RECVMSG), "recvmsg");
+        assert_eq!(recv_syscall_name(u64::MAX), "?");
     }
 }

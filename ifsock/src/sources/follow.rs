@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use crate::{
     engine::watch::{KernelEvidence, KernelInput, Now, SocketSource},
     kernel::{
+        clock::{monotonic_ns, unix_ns},
         netlink::{self, Received, Subscription},
         netns::{self, NetnsHandle},
     },
@@ -18,7 +19,6 @@ use crate::{
         socket::Socket,
     },
     probes::{events::Event, snapshot, Probes},
-    render::{monotonic_ns, unix_ns},
 };
 
 /// The I/O side of one followed netns; dropping it releases the namespace (file, sockets).

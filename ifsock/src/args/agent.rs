@@ -1,0 +1,26 @@
+//! Options of `ifsock agent`.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use super::parse_duration;
+use crate::journal;
+
+/// Options of `agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Serve /metrics and /healthz here (loopback by default; 0.0.0.0:9469 only if asked).
+    #[arg(long, default_value = "127.0.0.1:9469")]
+    pub listen: SocketAddr,
+    /// Journal directory (JSON lines, rotated).
+    #[arg(long, default_value = journal::DEFAULT_DIR)]
+    pub journal: PathBuf,
+    /// Bound on the journal's total size, bytes (8 segments of a eighth each; at least 32768).
+    #[arg(long, default_value_t = journal::DEFAULT_MAX_BYTES)]
+    pub journal_max_bytes: u64,
+    /// Re-dump every netns's links and re-take its socket snapshot this often (0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_every: Duration,
+    /// Also attach the receive-path probes (costs a probe hit per receive on the host; off by
+    /// default: blocked receivers are found from /proc at each snapshot).
+    #[arg(long)]
+    pub receivers: bool,
+}

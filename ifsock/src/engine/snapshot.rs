@@ -1,0 +1,160 @@
+//! The agent's socket snapshot of one netns, judged: a gauge row per socket and per blocked
+//! receiver for the metrics, and the sockets whose health changed since the last snapshot
+//! (for `socket_stranded` / `socket_recovered` journal lines). No I/O: the agent reads the
+//! sockets, the links and the blocked receivers and hands them in.
+use serde::Serialize;
+
+use crate::{
+    engine::{
+        health::{HealthChange, HealthTracker},
+        metrics::{NetnsSnapshot, SocketRow},
+    },
+    kernel::cgroup::Attribution,
+    model::{
+        ids::NetnsIno,
+        link::Dump,
+        receiver::BlockedThread,
+        socket::{binding_name, Socket},
+        stranded::{SocketHealthEvent, Stranded},
+        tie::{self, TiedSocket},
+    },
+};
+
+/// A task's pid with its container attribution (`kernel::cgroup::of_pid`, `/proc/PID/cgroup`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Attributed {
+    /// Thread-group id.
+    pub pid: u32,
+    /// cgroup, container and pod.
+    #[serde(flatten)]
+    pub attribution: Attribution,
+}
+
+/// The journal line of a socket health change: watch's `socket_stranded` / `socket_recovered`
+/// payload ([`SocketHealthEvent`]) plus the cgroups of the socket's owners and waiters.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketHealthLine {
+    /// `socket_stranded` or `socket_recovered`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// The record as `watch` spells it.
+    #[serde(flatten)]
+    pub event: SocketHealthEvent,
+    /// The owners' cgroups, one per pid.
+    pub owner_cgroups: Vec<Attributed>,
+    /// The waiters' cgroups, one per pid.
+    pub waiter_cgroups: Vec<Attributed>,
+}
+
+/// A socket whose health changed at this snapshot.
+#[derive(Clone, Debug)]
+pub struct Changed {
+    /// `socket_stranded` or `socket_recovered`.
+    pub ty: &'static str,
+    /// The socket, tied as in the gauges.
+    pub tied: TiedSocket,
+    /// What it is stranded by now, or was stranded by before it recovered.
+    pub by: Stranded,
+    /// Its health now (`None`: healthy).
+    pub now: Option<Stranded>,
+}
+
+/// Judges one netns's snapshot: `sockets` (read before `dump`), `blocked` receivers of every
+/// netns (matched by socket inode), at `now_unix_ns`. Updates `health`'s memory of each
+/// socket's state. `label` names the netns in the gauges (its inode when `None`).
+pub fn judge(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, blocked: &[BlockedThread], now_unix_ns: u64) -> (NetnsSnapshot, Vec<Changed>) {
+    let mut snap = NetnsSnapshot { netns: label.map_or_else(|| ino.to_string(), str::to_string), ..NetnsSnapshot::default() };
+    let tied = tie::each_once(sockets, ino, &dump.links);
+    for t in &tied {
+        let h = health.assess(&t.socket, &dump.links, &dump.addrs);
+        snap.sockets.push(SocketRow {
+            ifname: t.ifname.clone().unwrap_or_default(),
+            binding: binding_name(t.binding),
+            protocol: t.socket.protocol.name(),
+            stranded: h.as_ref().map(|s| (s.ifname.clone().unwrap_or_default(), s.reason.name())),
+        });
+        let receiving = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).count();
+        snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), receiving));
+    }
+    let mut changed = Vec::new();
+    for change in health.update(ino, sockets, &dump.links, &dump.addrs, now_unix_ns) {
+        let (ty, socket, by) = match change {
+            HealthChange::Stranded { socket, stranded } => ("socket_stranded", socket, stranded),
+            HealthChange::Recovered { socket, was } => ("socket_recovered", socket, was),
+        };
+        let Some(t) = tied.iter().find(|t| t.socket.inode == socket.inode && t.socket.sk == socket.sk) else { continue };
+        let now = health.assess(&socket, &dump.links, &dump.addrs);
+        changed.push(Changed { ty, tied: t.clone(), by, now });
+    }
+    (snap, changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use ifsock_common::SockRecord;
+
+    use super::*;
+    use crate::model::{
+        ids::{IfIndex, SockInode},
+        link::{Link, IFF_UP},
+    };
+
+    const NS: NetnsIno = NetnsIno(7);
+
+    fn sock(ino: u64, laddr: [u8; 4], bound: u32) -> Socket {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&laddr);
+        Socket::from_record(&SockRecord {
+            sk: ino, cookie: ino, ino, netns: NS.0, uid: 0, bound_dev_if: bound, family: 2, protocol: 17, state: 7,
+            lport: 53, rport: 0, flags: 0, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
+        })
+    }
+
+    fn dump(up: bool) -> Dump {
+        let addrs: BTreeSet<std::net::IpAddr> = ["10.78.0.1".parse().unwrap()].into();
+        Dump { links: vec![Link { ifindex: IfIndex(5), name: "veth0".into(), flags: if up { IFF_UP } else { 0 }, addrs }], ..Dump::default() }
+    }
+
+    fn blocked(tid: u32, ino: u64) -> BlockedThread {
+        BlockedThread { pid: 100, tid, comm: "rx".into(), syscall: 47, fd: 3, fd_socket: Some(SockInode(ino)), fd_open: true, netns: NS, blocked_ns: None }
+    }
+
+    #[test]
+    fn gauges_have_one_row_per_socket_and_count_receivers_blocked_on_stranded_ones() {
+        let sockets = vec![sock(1, [0; 4], 5), sock(2, [10, 78, 0, 1], 0), sock(3, [0; 4], 0)];
+        let mut health = HealthTracker::new();
+        let (snap, _) = judge(&mut health, NS, Some("blue"), &sockets, &dump(false), &[blocked(10, 1), blocked(11, 1), blocked(12, 2), blocked(13, 99)], 0);
+        assert_eq!(snap.netns, "blue");
+        let rows: Vec<_> = snap.sockets.iter().map(|r| (r.ifname.as_str(), r.binding, r.protocol, r.stranded.clone())).collect();
+        assert_eq!(
+            rows,
+            vec![("veth0", "device", "udp", Some(("veth0".to_string(), "device_down"))), ("veth0", "address", "udp", None), ("", "wildcard", "udp", None)]
+        );
+        // Two receivers on the stranded socket, one on the healthy one; the fourth's socket is
+        // not in this netns.
+        assert_eq!(snap.blocked_receivers, vec![true, true, false]);
+        let (snap, _) = judge(&mut health, NS, None, &sockets, &dump(false), &[], 0);
+        assert_eq!(snap.netns, "7", "unnamed: the inode");
+    }
+
+    #[test]
+    fn health_changes_are_reported_once_with_what_stranded_the_socket() {
+        let sockets = vec![sock(1, [0; 4], 5)];
+        let mut health = HealthTracker::new();
+        let (_, c) = judge(&mut health, NS, None, &sockets, &dump(true), &[], 100);
+        assert!(c.is_empty(), "healthy: {c:?}");
+        let (_, c) = judge(&mut health, NS, None, &sockets, &dump(false), &[], 200);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].ty, c[0].by.reason.name(), c[0].by.since_unix_ns), ("socket_stranded", "device_down", Some(200)));
+        assert!(c[0].now.is_some());
+        assert_eq!(c[0].tied.ifname.as_deref(), Some("veth0"));
+        let (_, c) = judge(&mut health, NS, None, &sockets, &dump(false), &[], 300);
+        assert!(c.is_empty(), "still stranded, nothing new: {c:?}");
+        let (_, c) = judge(&mut health, NS, None, &sockets, &dump(true), &[], 400);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].ty, c[0].by.reason.name()), ("socket_recovered", "device_down"));
+        assert!(c[0].now.is_none());
+    }
+}
