@@ -185,8 +185,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 let (ctx, covers) = engine.begin_receiver_scan();
                 scan = Some((covers, scanner.start(ctx, engine.following_stranded())));
             }
-            receivers = async { (&mut scan.as_mut().expect("guarded by is_some").1).await }, if scan.is_some() => {
-                let covers = scan.take().expect("guarded by is_some").0;
+            receivers = async { match scan.as_mut() { Some(s) => (&mut s.1).await, None => std::future::pending().await } }, if scan.is_some() => {
+                let Some((covers, _)) = scan.take() else { continue };
                 let receivers = receivers.context("receiver scan")??;
                 let records = pipeline.engine().on_scanned_receivers(covers, &receivers, &follow::now());
                 out.extend(records.into_iter().map(Out::Record));

@@ -27,7 +27,10 @@ fn best(args: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> 
 /// machine other load only ever adds time, so the fastest run is the closest to the cost
 /// being measured; a median of runs taken one command after the other compared the two under
 /// different load (the 100k pipe ratio ranged 1.16–1.78 over three runs of one binary).
-fn fastest_in_turn(base: &[&str], ours: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> Result<((f64, u64, u64), (f64, u64, u64))> {
+/// (fastest ms, peak RSS KiB, stdout lines) of one command.
+type Fastest = (f64, u64, u64);
+
+fn fastest_in_turn(base: &[&str], ours: &[&str], ns: &str, sink: Sink, reps: usize, timeout: Duration) -> Result<(Fastest, Fastest)> {
     let (mut b, mut o) = ((f64::INFINITY, 0, 0), (f64::INFINITY, 0, 0));
     let one = |args: &[&str], acc: &mut (f64, u64, u64)| -> Result<()> {
         let r = timed(args, Some(ns), sink, timeout)?;
