@@ -1,5 +1,6 @@
 //! Project tasks: toolchain setup, build, run, tests, benchmarks and the VM test. The only place
 //! that knows about toolchains and QEMU.
+mod dist;
 mod docs;
 mod expect;
 mod report;
@@ -78,6 +79,10 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Build the Debian package target/dist/ifsock_<version>-1_<arch>.deb with cargo-deb
+    /// (installed, version pinned, when missing): binary, agent unit (not enabled), man pages,
+    /// completions, deploy/.
+    Dist,
 }
 
 fn workspace_root() -> PathBuf {
@@ -136,6 +141,12 @@ fn main() -> Result<()> {
         Task::Docs { check } => {
             toolchain::ensure(may_install())?;
             docs::run(&root, check)
+        }
+        Task::Dist => {
+            toolchain::ensure(may_install())?;
+            let deb = dist::run(&root, may_install())?;
+            eprintln!("xtask dist: built {}", deb.display());
+            Ok(())
         }
     }
 }
@@ -229,6 +240,7 @@ fn run_echoing(cmd: &mut Command, mut line: impl FnMut(&str)) -> Result<ExitStat
 const HOST_ONLY_TESTS: &[(&str, &str)] = &[
     ("stranded", "needs the real daemons from Debian's packages (unbound, dnsmasq), python3 and the tokio test server, which the busybox initramfs does not carry"),
     ("agent", "needs a Prometheus server and python3 with prometheus-client (a venv made by .ci/run), which the busybox initramfs does not carry"),
+    ("deploy", "needs promtool and a Prometheus server (Debian's prometheus package), which the busybox initramfs does not carry"),
 ];
 
 /// Which integration tests `vm-test` runs, and how often.
