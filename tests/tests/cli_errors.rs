@@ -34,7 +34,9 @@ fn unknown_netns_is_an_error() {
 #[test]
 fn netns_paths_that_are_not_network_namespaces_are_refused() {
     require_root();
-    let file = std::env::temp_dir().join(unique("notns"));
+    // Removed in Drop, also when an assertion fails.
+    let temp = TempPath::new("notns", "file");
+    let file = temp.path.clone();
     std::fs::write(&file, b"x").unwrap();
     let dir = std::env::temp_dir();
     let (file_s, dir_s) = (file.to_str().unwrap(), dir.to_str().unwrap());
@@ -46,7 +48,6 @@ fn netns_paths_that_are_not_network_namespaces_are_refused() {
         let out = ifsock(&args).unwrap();
         assert!(!String::from_utf8_lossy(&out.stderr).contains("EINVAL"), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let _ = std::fs::remove_file(&file);
     // A real one still works.
     let ns = Netns::new().unwrap();
     let out = ifsock(&["--netns", &format!("/run/netns/{}", ns.name), "sockets", "--json"]).unwrap();

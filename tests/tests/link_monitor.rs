@@ -1,6 +1,6 @@
 //! Link monitoring that never silently misses a change: ENOBUFS resync under a burst, netns
 //! moves, and namespaces that appear while `watch --all-netns` runs.
-use std::{collections::BTreeSet, io::Write, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use ifsock_tests::*;
 use serde_json::Value;
@@ -8,19 +8,10 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(60);
 
 fn batch(ns: &Netns, lines: &[String]) {
-    let mut f = tempfile_in_tmp();
-    for l in lines {
-        writeln!(f.1, "{l}").unwrap();
-    }
-    f.1.flush().unwrap();
-    sh(&["ip", "-n", &ns.name, "-batch", f.0.to_str().unwrap()]).unwrap();
-    let _ = std::fs::remove_file(&f.0);
-}
-
-fn tempfile_in_tmp() -> (std::path::PathBuf, std::fs::File) {
-    let path = std::env::temp_dir().join(format!("{}.batch", unique("ifsk")));
-    let f = std::fs::File::create(&path).unwrap();
-    (path, f)
+    // Removed in Drop, also when `ip -batch` fails.
+    let path = TempPath::new("ifsk", "batch");
+    std::fs::write(&path.path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    sh(&["ip", "-n", &ns.name, "-batch", path.as_str()]).unwrap();
 }
 
 fn kernel_links(ns: &Netns) -> BTreeSet<(u64, String)> {
