@@ -25,7 +25,10 @@ fn hung_follow_records_orphaned_receiver_exactly() {
 
     let t0 = Instant::now();
     let r = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None).unwrap();
-    let healthy = h.wait_for("receiver listed", T, |v| mine(v, r.tid).is_some()).unwrap();
+    // hung reads /proc before the in-flight map, so a thread that entered recvmsg between the
+    // two is first listed with syscall "?" and no fd (under fentry/kprobe, whose record has no
+    // fd): await the row with both views, as the next interval gives it.
+    let healthy = h.wait_for("receiver listed", T, |v| mine(v, r.tid).is_some_and(|row| row["syscall"] != "?")).unwrap();
     // The receive was in flight by now.
     let listed = Instant::now();
     let row = mine(&healthy, r.tid).unwrap();
