@@ -418,10 +418,10 @@ pub struct Deletion {
 /// Interfaces deleted in `netns` at or after `since_unix_ns`, oldest first, from the `change`
 /// records with `event: "deleted"` (or `moved_out`) that a running agent or `watch` journaled.
 ///
-/// For `hung`, `sockets --stranded` and `abort --stranded`: a wildcard IP_PKTINFO socket whose
-/// receiver has been blocked since before one of these is marked `interface_deleted` with the
-/// interface's name and time, labelled as coming from the journal (the kernel keeps no record
-/// of which interface a wildcard socket last received on). A missing journal directory gives
+/// For `hung`: a wildcard IP_PKTINFO socket whose receiver has been blocked since before one of
+/// these gets a `deleted` tie to that interface, as information (it is not stranded: it still
+/// receives on the others), labelled as coming from the journal (the kernel keeps no record of
+/// which interface a wildcard socket last received on). A missing journal directory gives
 /// an empty list: the journal is optional evidence.
 ///
 /// # Errors

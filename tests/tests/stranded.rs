@@ -7,6 +7,10 @@ use std::time::Duration;
 use ifsock_tests::*;
 use serde_json::Value;
 
+#[path = "support/agent.rs"]
+mod support;
+use support::{poll, Agent};
+
 const READY: Duration = Duration::from_secs(30);
 const PORT: u16 = 10053;
 
@@ -454,33 +458,66 @@ fn watch_and_hung_name_unbounds_stranded_sockets_and_epoll_loop_but_not_a_health
     drop(healthy);
 }
 
+/// The false alarm of issue 27: an unrelated veth created and deleted beside dnsmasq in its
+/// default mode (wildcard + IP_PKTINFO) and in its `-i` mode strands none of dnsmasq's sockets
+/// in `sockets`, `watch`, `hung`, the agent's journal or its `ifsock_stranded_sockets` gauge. A
+/// test-owned socket bound (SO_BINDTODEVICE) to the deleted veth is the control: every view
+/// must report it, and only it, which also tells when each view has judged the deletion.
 #[test]
-fn watch_reports_dnsmasq_wildcard_pktinfo_sockets_interface_deleted() {
+fn an_unrelated_veth_deleted_beside_dnsmasq_strands_nothing_anywhere() {
     require_root();
+    let agent = Agent::start(&[]).unwrap();
     let ns = Netns::new().unwrap();
-    let (a, b) = (unique("wa"), unique("wb"));
-    ns.veth(&a, &b, Some("10.88.0.1/24")).unwrap();
-    let mut d = start_dnsmasq(&ns, None, PORT).unwrap();
-    let pid = d.pid();
-    ready(&ns, &mut d, PORT, &POLL_WAITS, 2);
+    agent.wait_record("netns_added", |r| r["type"] == "netns_added" && r["netns_name"] == ns.name.as_str()).unwrap();
+    let (a, b) = (unique("fa"), unique("fb"));
+    ns.veth(&a, &b, Some("10.93.0.1/24")).unwrap();
+    let mut wild = start_dnsmasq(&ns, None, PORT).unwrap();
+    let mut bound = start_dnsmasq(&ns, Some(&a), PORT + 1).unwrap();
+    ready(&ns, &mut wild, PORT, &POLL_WAITS, 2);
+    ready(&ns, &mut bound, PORT + 1, &POLL_WAITS, 2);
+    let pids = [wild.pid(), bound.pid()];
+    assert!(rows_of(&socket_rows(&ns, false).unwrap(), pids[0]).iter().any(|r| r["pktinfo"] == true), "dnsmasq's default mode uses IP_PKTINFO");
     let mut w = watch(&ns);
 
-    ns.ip(&["link", "del", &a]).unwrap();
-    let events = health_events(&mut w, "socket_stranded", pid, PORT, &["udp"]);
-    let e = &events[0];
-    assert_eq!(e["reason"], "interface_deleted", "{e}");
-    assert_eq!(e["socket"]["pktinfo"], true, "{e}");
-    assert_eq!(e["socket"]["binding"], "wildcard", "{e}");
-    assert_eq!(e["cause"], "deleted", "{e}");
-    // One RTM_DELLINK per end of the pair: either deleted end is named.
-    assert!([a.as_str(), b.as_str()].contains(&e["ifname"].as_str().unwrap_or("")), "{e}");
-    assert!(has_waiter(&e["socket"], pid, "poll"), "dnsmasq polls: {e}");
+    let (x, y) = (unique("fx"), unique("fy"));
+    ns.veth(&x, &y, None).unwrap();
+    agent.wait_record("the unrelated veth's creation", |r| r["type"] == "change" && r["event"] == "created" && r["name"] == x.as_str()).unwrap();
+    let control = ns.run(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    bind_to_device(&control, &x).unwrap();
+    let control_port = control.local_addr().unwrap().port();
+    ns.ip(&["link", "del", &x]).unwrap();
+
+    // The control is `device_down` while the veth is down, then `device_deleted`.
+    let is_control = |v: &Value| v["type"] == "socket_stranded" && v["socket"]["local_port"] == control_port && v["reason"] == "device_deleted";
+    let e = w.wait_for("the control's socket_stranded", EVENT, is_control).unwrap();
+    assert_eq!(e["ifname"], x.as_str(), "the deleted device is named: {e}");
+    let rec = agent.wait_record("the control's socket_stranded", is_control).unwrap();
+    assert_eq!(rec["ifname"], x.as_str(), "{rec}");
+    let gauge = format!("ifsock_stranded_sockets{{netns=\"{}\",", ns.name);
+    poll("the control in the gauge", Duration::from_secs(30), || {
+        agent.metrics().is_ok_and(|m| m.lines().any(|l| l.starts_with(&gauge) && l.contains("reason=\"device_deleted\"")))
+    })
+    .unwrap();
+
+    let ours = |v: &Value| {
+        let owners = v["socket"]["owners"].as_array().or(v["owners"].as_array());
+        owners.is_some_and(|o| o.iter().any(|o| pids.contains(&o["pid"].as_u64().unwrap_or(0).try_into().unwrap_or(0))))
+            || pids.iter().any(|&p| v["pid"] == p)
+    };
+    let m = agent.metrics().unwrap();
+    let total: f64 = m.lines().filter(|l| l.starts_with(&gauge)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert_eq!(total, 1.0, "the gauge counts the control only: {m}");
+    let journal = agent.journal_records();
+    assert!(!journal.iter().any(|r| r["type"] == "socket_stranded" && ours(r)), "the agent marked dnsmasq stranded: {journal:#?}");
+    let stranded = socket_rows(&ns, true).unwrap();
+    assert_eq!(stranded.iter().map(|r| r["local_port"].clone()).collect::<Vec<_>>(), vec![Value::from(control_port)], "sockets --stranded: {stranded:#?}");
+    let hung = ifsock_json(&["--netns", &ns.name, "hung", "--json"]).unwrap();
+    assert!(!hung.iter().any(|v| ours(v) && !v["stranded"].is_null() && v["stranded"] != false), "hung: {hung:#?}");
     assert!(w.interrupt().unwrap().success());
-    for v in w.rest().iter().filter(|v| v["type"] == "socket_stranded") {
-        assert_eq!(v["socket"]["pktinfo"], true, "only IP_PKTINFO wildcards are stranded by a deletion: {v}");
-    }
-    // A snapshot alone still marks nothing.
-    assert!(port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT).is_empty());
+    let all = w.rest();
+    assert!(!all.iter().any(|v| v["type"] == "socket_stranded" && ours(v)), "watch marked dnsmasq stranded: {all:#?}");
+    wild.check_running().unwrap();
+    bound.check_running().unwrap();
 }
 
 #[test]

@@ -44,6 +44,10 @@ pub enum HealthChange {
     },
 }
 
+/// How many deleted ifindexes a tracker remembers the names of (oldest forgotten first); a
+/// socket bound to a deletion older than that shows its ifindex without a name.
+pub const MAX_DELETIONS: usize = 4096;
+
 /// Last known health per socket and the deletions seen per netns.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTracker {
@@ -59,17 +63,21 @@ impl HealthTracker {
         Self::default()
     }
 
-    /// Records a deletion a watcher saw (`RTM_DELLINK`, not a move); wildcard IP_PKTINFO sockets
-    /// of `netns` are judged against it from the next [`update`](Self::update).
+    /// Records a deletion a watcher saw (`RTM_DELLINK`, not a move): it names the deleted
+    /// ifindex for sockets still bound to it (`device_deleted`), from the next
+    /// [`update`](Self::update). It strands nothing by itself. The newest
+    /// [`MAX_DELETIONS`] are kept (a container host deletes veths all day).
     pub fn saw_deletion(&mut self, deletion: SeenDeletion) {
-        self.deletions.retain(|d| !(d.netns == deletion.netns && d.name == deletion.name));
+        self.deletions.retain(|d| !(d.netns == deletion.netns && d.ifindex == deletion.ifindex));
+        if self.deletions.len() >= MAX_DELETIONS {
+            self.deletions.remove(0);
+        }
         self.deletions.push(deletion);
     }
 
-    /// Forgets the deletion of `name` in `netns` (the interface came back, possibly with a new
-    /// ifindex): IP_PKTINFO daemons that rescan interfaces receive on it again.
-    pub fn saw_creation(&mut self, netns: NetnsIno, name: &str) {
-        self.deletions.retain(|d| !(d.netns == netns && d.name == name));
+    /// Forgets the deletions of `netns` (the namespace is gone).
+    pub fn forget_netns(&mut self, netns: NetnsIno) {
+        self.deletions.retain(|d| d.netns != netns);
     }
 
     /// Deletions currently remembered (for the caller's own display).
@@ -254,15 +262,25 @@ mod tests {
     }
 
     #[test]
-    fn seen_deletion_strands_pktinfo_wildcards_until_recreated() {
+    fn seen_deletion_strands_no_wildcard_and_names_the_deleted_device_after_recreate() {
         let t = AddrTable::default();
-        let socks = vec![sock(4, [0, 0, 0, 0], 0, true), sock(5, [0, 0, 0, 0], 0, false)];
+        let socks = vec![sock(4, [0, 0, 0, 0], 0, true), sock(5, [0, 0, 0, 0], 0, false), sock(6, [0, 0, 0, 0], 5, false)];
         let mut h = HealthTracker::new();
         h.prime(NS, &socks, &veth(true, true), &t);
         h.saw_deletion(SeenDeletion { netns: NS, ifindex: IfIndex(5), name: "veth0".into(), at_unix_ns: 5 });
-        assert_eq!(kinds(&h.update(NS, &socks, &[], &t, 5)), vec![("stranded", 4, Some(StrandReason::InterfaceDeleted))]);
-        h.saw_creation(NS, "veth0");
-        assert_eq!(kinds(&h.update(NS, &socks, &veth(true, true), &t, 6)), vec![("recovered", 4, None)]);
+        let c = h.update(NS, &socks, &[], &t, 5);
+        assert_eq!(kinds(&c), vec![("stranded", 6, Some(StrandReason::DeviceDeleted))], "wildcards stay healthy");
+        let again = vec![Link { ifindex: IfIndex(6), ..veth(true, true).remove(0) }];
+        assert!(h.update(NS, &socks, &again, &t, 6).is_empty(), "recreated with a new ifindex: nothing recovers");
+        let st = h.assess(&socks[2], &again, &t).unwrap();
+        assert_eq!((st.ifindex, st.ifname.as_deref(), st.now_ifindex), (Some(IfIndex(5)), Some("veth0"), Some(IfIndex(6))));
+        for i in 0..MAX_DELETIONS as u32 {
+            h.saw_deletion(SeenDeletion { netns: NS, ifindex: IfIndex(100 + i), name: format!("v{i}"), at_unix_ns: 7 });
+        }
+        assert_eq!(h.deletions().len(), MAX_DELETIONS, "bounded");
+        assert!(h.assess(&socks[2], &again, &t).unwrap().ifname.is_none(), "the oldest name is forgotten first");
+        h.forget_netns(NS);
+        assert!(h.deletions().is_empty());
     }
 
     #[test]

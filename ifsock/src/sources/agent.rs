@@ -105,21 +105,20 @@ impl Pipeline {
             match &r {
                 WatchRecord::Change(ev) => {
                     out.push(Out::Metric(Input::LinkEvent(ev.change.kind)));
-                    match ev.change.kind {
-                        // The only evidence `interface_deleted` is based on (model::stranded).
-                        ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion {
+                    // Names the deleted ifindex for sockets still bound to it (model::stranded).
+                    if ev.change.kind == ChangeKind::Deleted {
+                        self.health.saw_deletion(SeenDeletion {
                             netns: ev.netns,
                             ifindex: ev.change.ifindex,
                             name: ev.change.name.clone(),
                             at_unix_ns: ev.ts_unix_ns,
-                        }),
-                        ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => self.health.saw_creation(ev.netns, &ev.change.name),
-                        _ => {}
+                        });
                     }
                     self.dirty.insert(ev.netns);
                 }
                 WatchRecord::NetnsRemoved(n) => {
                     out.push(Out::Metric(Input::NetnsGone(n.netns)));
+                    self.health.forget_netns(n.netns);
                     self.dirty.remove(&n.netns);
                 }
                 WatchRecord::NetnsAdded(n) => {
@@ -314,11 +313,11 @@ mod tests {
         assert!(matches!(out[0], Out::Metric(Input::LinkEvent(ChangeKind::Deleted))), "{out:?}");
         assert!(matches!(&out[1], Out::Record(WatchRecord::Change(_))), "{out:?}");
         assert!(p.dirty(), "a change asks for a snapshot");
-        assert_eq!(p.health.deletions().len(), 1, "a deletion is evidence for interface_deleted");
+        assert_eq!(p.health.deletions().len(), 1, "a deletion names the deleted ifindex");
         assert_eq!(p.health.deletions()[0].name, "veth0");
         assert_eq!(p.health.deletions()[0].at_unix_ns, 7);
         p.take(vec![change(ChangeKind::Recreated, "veth0")], &mut out);
-        assert!(p.health.deletions().is_empty(), "the interface is back");
+        assert_eq!(p.health.deletions().len(), 1, "the old ifindex stays named after a recreate");
     }
 
     #[test]

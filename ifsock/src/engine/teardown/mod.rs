@@ -308,11 +308,11 @@ impl Teardown {
         for (netns, ifindex, name) in deleted {
             if s.netns == netns && s.bound_dev_if == ifindex.0 {
                 let address = (!s.local_addr.is_unspecified()).then_some(s.local_addr);
-                return Some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(ifindex), ifname: Some(name.clone()), address, since_unix_ns: None });
+                return Some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(ifindex), ifname: Some(name.clone()), now_ifindex: None, address, since_unix_ns: None });
             }
         }
         (s.netns == p.netns && s.bound_dev_if == 0 && p.addrs.contains(&s.local_addr))
-            .then_some(Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some(s.local_addr), since_unix_ns: None })
+            .then_some(Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, now_ifindex: None, address: Some(s.local_addr), since_unix_ns: None })
     }
 
     /// The `--abort-stranded` step ran (or, in a dry run, was planned): its report goes into the

@@ -317,6 +317,7 @@ impl WatchEngine {
             self.emit(netns, change, Source::NetnsRemoved, Some(l), now, &mut NoSockets, &mut out);
         }
         self.spaces.remove(&netns);
+        self.health.forget_netns(netns);
         out.push(WatchRecord::NetnsRemoved(NetnsRemovedRecord {
             ts_unix_ns: now.unix_ns,
             netns,

@@ -35,7 +35,7 @@ fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered
         }
         match st.reason {
             StrandReason::DeviceDown => c.kind == ChangeKind::Down && same_if,
-            StrandReason::DeviceDeleted | StrandReason::InterfaceDeleted => matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut) && same_if,
+            StrandReason::DeviceDeleted => matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut) && same_if,
             StrandReason::AddressGone => (c.kind == ChangeKind::AddressRemoved && same_addr) || (matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut | ChangeKind::Down) && same_if),
         }
     };
@@ -100,10 +100,8 @@ impl WatchEngine {
         // Deletions the queued changes saw count only after the "before" judgement.
         self.health.prime(netns, sockets, &links_before, &addrs_before);
         for (c, at) in &pending {
-            match c.kind {
-                ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion { netns, ifindex: c.ifindex, name: c.name.clone(), at_unix_ns: *at }),
-                ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => self.health.saw_creation(netns, &c.name),
-                _ => {}
+            if c.kind == ChangeKind::Deleted {
+                self.health.saw_deletion(SeenDeletion { netns, ifindex: c.ifindex, name: c.name.clone(), at_unix_ns: *at });
             }
         }
         let changes = self.health.update(netns, sockets, &links, &addrs_now, now.unix_ns);
