@@ -441,6 +441,31 @@ pub fn deletions_since(dir: &Path, netns: NetnsIno, since_unix_ns: u64) -> Resul
         .collect())
 }
 
+/// Every deletion the journal in `dir` holds for `netns`, as the evidence that names a deleted
+/// ifindex ([`crate::model::stranded::SeenDeletion`]): for one-shot commands (`sockets`,
+/// `abort`), which cannot have seen the deletion themselves. A missing directory gives none.
+///
+/// # Errors
+/// As [`deletions_since`].
+pub fn seen_deletions(dir: &Path, netns: NetnsIno) -> Result<Vec<crate::model::stranded::SeenDeletion>, JournalError> {
+    Ok(deletions_since(dir, netns, 0)?
+        .into_iter()
+        .map(|d| crate::model::stranded::SeenDeletion { netns, ifindex: d.ifindex, name: d.ifname, at_unix_ns: d.ts_unix_ns })
+        .collect())
+}
+
+/// The ifindexes of `netns` that had the name `name` and were deleted, newest last, from
+/// `seen` (each once).
+pub fn deleted_ifindexes_named(seen: &[crate::model::stranded::SeenDeletion], netns: NetnsIno, name: &str) -> Vec<IfIndex> {
+    let mut out: Vec<IfIndex> = Vec::new();
+    for d in seen.iter().filter(|d| d.netns == netns && d.name == name) {
+        if !out.contains(&d.ifindex) {
+            out.push(d.ifindex);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

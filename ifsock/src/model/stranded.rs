@@ -245,7 +245,7 @@ impl SocketReport {
 }
 
 /// The payload of watch's `socket_stranded` and `socket_recovered` records (the `type` tag is
-/// added by the record enum): `{ts_unix_ns, netns, netns_name, reason, ifindex, ifname, address,
+/// added by the record enum): `{ts_unix_ns, netns, netns_name, reason, ifindex, ifname, now_ifindex, address,
 /// cause, socket: {…a sockets --json row…}, waiters: […]}`. For `socket_recovered`, `reason`,
 /// `ifindex`, `ifname` and `address` are those it was stranded by.
 #[derive(Clone, Debug, Serialize)]
@@ -262,6 +262,9 @@ pub struct SocketHealthEvent {
     pub ifindex: Option<IfIndex>,
     /// Its name.
     pub ifname: Option<String>,
+    /// `device_deleted` only: the ifindex an interface named `ifname` has now (see
+    /// [`Stranded::now_ifindex`]).
+    pub now_ifindex: Option<IfIndex>,
     /// The socket's specific local address, if any.
     pub address: Option<IpAddr>,
     /// The change that caused it (the watcher's change kind, e.g. `deleted`, `down`,
@@ -272,6 +275,40 @@ pub struct SocketHealthEvent {
     /// The threads waiting on it (the same list as `socket.waiters`, at top level for
     /// consumers that only read this).
     pub waiters: Vec<Waiter>,
+    /// `socket_still_stranded` only: which socket is still stranded, why, and the next step
+    /// ([`verdict`]); omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+/// The verdict on a socket still stranded after a change that could have cured it (an
+/// interface recreated or up, an address back), with the next step:
+/// `python3[15300]/fd3 is still bound to deleted ifindex 3 (uxv0; uxv0 is now ifindex 4):
+/// restart it, or `ifsock abort --inode 812``. `None` for a healthy socket.
+pub fn verdict(r: &SocketReport) -> Option<String> {
+    let st = r.stranded.as_ref()?;
+    let s = &r.tied.socket;
+    let who = s.owners.first().map_or_else(|| format!("socket inode {} (no owner)", s.inode), |o| format!("{}[{}]/fd{}", o.comm, o.pid, o.fd));
+    let abort = format!("`ifsock abort --inode {}`", s.inode);
+    Some(match st.reason {
+        StrandReason::DeviceDeleted => {
+            let i = st.ifindex.map_or_else(|| s.bound_dev_if.to_string(), |i| i.to_string());
+            let name = match (&st.ifname, st.now_ifindex) {
+                (Some(n), Some(now)) => format!(" ({n}; {n} is now ifindex {now})"),
+                (Some(n), None) => format!(" ({n})"),
+                _ => String::new(),
+            };
+            format!("{who} is still bound to deleted ifindex {i}{name}: restart it, or {abort}")
+        }
+        StrandReason::DeviceDown => {
+            let dev = st.ifname.clone().unwrap_or_else(|| format!("ifindex {}", s.bound_dev_if));
+            format!("{who} is bound to {dev}, which is still down: `ip link set {dev} up`, or restart it, or {abort}")
+        }
+        StrandReason::AddressGone => {
+            let a = st.address.map_or_else(|| s.local_addr.to_string(), |a| a.to_string());
+            format!("{who} is still bound to {a}, which no interface holds: add the address back, or restart it, or {abort}")
+        }
+    })
 }
 
 impl SocketHealthEvent {
@@ -284,10 +321,12 @@ impl SocketHealthEvent {
             reason: by.reason,
             ifindex: by.ifindex,
             ifname: by.ifname.clone(),
+            now_ifindex: by.now_ifindex,
             address: by.address,
             cause,
             waiters: socket.waiters.clone(),
             socket,
+            verdict: None,
         }
     }
 }

@@ -38,6 +38,7 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
         WatchRecord::SocketError(e) => line(&sock_error_line(e))?,
         WatchRecord::SocketStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, false)))?,
         WatchRecord::SocketRecovered(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, true)))?,
+        WatchRecord::SocketStillStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::still_line(e)))?,
         WatchRecord::NetnsAdded(n) => line(&format!("{} netns_added {}{}", clock(n.ts_unix_ns), n.netns, paren(n.netns_name.as_deref())))?,
         WatchRecord::NetnsRemoved(n) => line(&netns_removed_line(n))?,
         // The final table is for scripts (`--json`); people saw every change already.

@@ -199,6 +199,9 @@ type BurstWalk = (Vec<IfIndex>, Vec<IpAddr>, Arc<Vec<Socket>>);
 struct HealthReady {
     netns: NetnsIno,
     change: HealthChange,
+    /// A `Stranded` change that is no change: the socket was stranded before and a change that
+    /// could have cured it did not (`socket_still_stranded`).
+    still: bool,
     cause: Option<String>,
     links: Vec<Link>,
 }

@@ -352,11 +352,14 @@ pub enum WatchRecord {
     ChangeSockets(ChangeSocketsEvent),
     /// A receiver stranded by a change.
     ReceiverStranded(StrandedEvent),
-    /// A socket a change stranded (address gone, device down or deleted, a wildcard IP_PKTINFO
-    /// socket's interface deleted), with its waiters.
+    /// A socket a change stranded (address gone, device down or deleted), with its waiters.
     SocketStranded(SocketHealthEvent),
     /// A socket stranded before is healthy again; `reason` is what it was stranded by.
     SocketRecovered(SocketHealthEvent),
+    /// After a change that could have cured it (its interface recreated or up, an address
+    /// back), a socket of that interface or address is still stranded; `verdict` says why and
+    /// what to do.
+    SocketStillStranded(SocketHealthEvent),
     /// A kernel-reported socket error.
     SocketError(SockErrorLine),
     /// A namespace appeared.

@@ -15,10 +15,10 @@ use crate::model::{
     link::{AddrTable, Change, ChangeKind, Link},
     receiver::{tie_strands, HungReceiver, IfaceState},
     socket::Socket,
-    stranded::{SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded},
+    stranded::{verdict, SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded},
     tie,
 };
-use crate::engine::health::HealthChange;
+use crate::engine::health::{HealthChange, HealthTracker};
 
 /// The queued change that caused a health transition: the latest one naming the interface or
 /// address involved (a deletion over the `RTM_DELADDR` the kernel sends just before it).
@@ -40,6 +40,41 @@ fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered
         }
     };
     pending.iter().rev().map(|(c, _)| c).find(|c| fits(c))
+}
+
+/// Sockets of `netns` that a cure-like change among `pending` (created, recreated, up,
+/// moved in, address added) was about (bound to its ifindex or the one it replaced, its
+/// name, or the address) and that are still stranded after it, with that change's name;
+/// sockets whose health just changed (`changes`) are left out (they have their record).
+#[allow(clippy::too_many_arguments)] // the pieces of one netns's health judgement, borrowed apart
+fn still_stranded(health: &HealthTracker, iface: Option<&str>, netns: NetnsIno, pending: &[(Change, u64)], changes: &[HealthChange], sockets: &[Socket], links: &[Link], addrs: &AddrTable) -> Vec<(Socket, SocketStranded, String)> {
+    let cures: Vec<&Change> = pending
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| matches!(c.kind, ChangeKind::Created | ChangeKind::Recreated | ChangeKind::Up | ChangeKind::MovedIn | ChangeKind::AddressAdded))
+        .filter(|c| iface.is_none_or(|n| n == c.name))
+        .collect();
+    if cures.is_empty() {
+        return Vec::new();
+    }
+    let changed = |s: &Socket| {
+        changes.iter().any(|h| match h {
+            HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. } => socket.sk == s.sk && socket.inode == s.inode,
+        })
+    };
+    let mut out = Vec::new();
+    for s in sockets.iter().filter(|s| s.netns == netns && !changed(s)) {
+        let Some(st) = health.assess(s, links, addrs) else { continue };
+        let by_index = |c: &&&Change| st.ifindex == Some(c.ifindex) || (c.old_ifindex.is_some() && st.ifindex == c.old_ifindex);
+        let by_name = |c: &&&Change| c.address.is_none() && st.ifname.as_deref() == Some(c.name.as_str());
+        let by_addr = |c: &&&Change| st.address.is_some() && st.address == c.address;
+        // The link change (by ifindex, then name) over an address change of the same interface.
+        let about = cures.iter().rev().find(by_index).or_else(|| cures.iter().rev().find(by_name)).or_else(|| cures.iter().rev().find(by_addr));
+        if let Some(c) = about {
+            out.push((s.clone(), st, c.kind.name().to_string()));
+        }
+    }
+    out
 }
 
 /// A receiver scan in progress ([`WatchEngine::begin_receiver_scan`]): how many of the pending
@@ -76,8 +111,12 @@ impl WatchEngine {
         let mut ifindexes: Vec<IfIndex> = Vec::new();
         let mut scope_addrs: Vec<IpAddr> = Vec::new();
         for (c, _) in &pending {
-            if !ifindexes.contains(&c.ifindex) {
-                ifindexes.push(c.ifindex);
+            // A recreated interface's old ifindex: sockets still bound to it are judged (and
+            // reported still stranded) too.
+            for i in std::iter::once(c.ifindex).chain(c.old_ifindex) {
+                if !ifindexes.contains(&i) {
+                    ifindexes.push(i);
+                }
             }
             scope_addrs.extend(c.address);
         }
@@ -106,6 +145,7 @@ impl WatchEngine {
         }
         let changes = self.health.update(netns, sockets, &links, &addrs_now, now.unix_ns);
         let before_ready = self.health_ready.len();
+        let still = still_stranded(&self.health, self.config.iface.as_deref(), netns, &pending, &changes, sockets, &links, &addrs_now);
         for mut change in changes {
             let (st, recovered) = match &mut change {
                 HealthChange::Stranded { stranded, .. } => (stranded, false),
@@ -125,10 +165,14 @@ impl WatchEngine {
                 st.ifname.get_or_insert_with(|| c.name.clone());
             }
             let cause = cause.map(|c| c.kind.name().to_string());
-            self.health_ready.push(HealthReady { netns, change, cause, links: links.clone() });
+            self.health_ready.push(HealthReady { netns, change, still: false, cause, links: links.clone() });
+        }
+        for (socket, stranded, cause) in still {
+            self.health_ready.push(HealthReady { netns, change: HealthChange::Stranded { socket, stranded }, still: true, cause: Some(cause), links: links.clone() });
         }
         self.health_ready.len() - before_ready
     }
+
 
     /// Some socket changed health: one waiter pass is due before [`flush_health`](Self::flush_health).
     pub fn wants_waiters(&self) -> bool {
@@ -148,8 +192,15 @@ impl WatchEngine {
             let w = waiters.waiters_of(&socket);
             let Some(tied) = tie::each_once(std::slice::from_ref(&socket), r.netns, &r.links).pop() else { continue };
             let report = SocketReport { tied, stranded: now_stranded, waiters: w };
-            let event = SocketHealthEvent::new(&by, report, now.unix_ns, name, r.cause);
-            out.push(if recovered { WatchRecord::SocketRecovered(event) } else { WatchRecord::SocketStranded(event) });
+            let mut event = SocketHealthEvent::new(&by, report, now.unix_ns, name, r.cause);
+            out.push(if recovered {
+                WatchRecord::SocketRecovered(event)
+            } else if r.still {
+                event.verdict = verdict(&event.socket);
+                WatchRecord::SocketStillStranded(event)
+            } else {
+                WatchRecord::SocketStranded(event)
+            });
         }
         out
     }

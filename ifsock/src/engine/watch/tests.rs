@@ -667,3 +667,34 @@ fn with_iface_only_its_changes_strand_sockets() {
     let (_, records) = judge(&mut e, &mut fake, &FakeWaiters::default(), &clock.at(2));
     assert_eq!(health(&records), vec![("stranded", 104, "address_gone", Some("address_removed".into()))]);
 }
+
+#[test]
+fn after_a_recreate_the_socket_still_bound_to_the_old_ifindex_gets_a_verdict() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = health_world(&mut fake, &clock);
+    let w = FakeWaiters::default();
+    e.on_updates(NS, vec![deladdr(5, "10.78.0.1"), dellink(5, "veth0")], &clock.at(1), &mut fake);
+    let (_, gone) = judge(&mut e, &mut fake, &w, &clock.at(1));
+    let mut got = health(&gone);
+    got.sort();
+    assert_eq!(got.iter().map(|h| (h.0, h.1)).collect::<Vec<_>>(), vec![("stranded", 101), ("stranded", 102)]);
+    // The same name again, with its address, as a new ifindex.
+    e.on_updates(NS, vec![newlink(21, "veth0", IFF_UP | IFF_LOWER_UP, None), newaddr(21, "10.78.0.1")], &clock.at(2), &mut fake);
+    let (_, back) = judge(&mut e, &mut fake, &w, &clock.at(2));
+    assert_eq!(health(&back).iter().map(|h| (h.0, h.1)).collect::<Vec<_>>(), vec![("recovered", 101)], "the address-bound socket recovers: {back:?}");
+    let still: Vec<_> = back.iter().filter_map(|r| if let WatchRecord::SocketStillStranded(e) = r { Some(e) } else { None }).collect();
+    assert_eq!(still.len(), 1, "{back:?}");
+    let s = still[0];
+    assert_eq!((s.socket.tied.socket.inode.0, s.reason.name(), s.ifindex, s.ifname.as_deref(), s.now_ifindex), (102, "device_deleted", Some(IfIndex(5)), Some("veth0"), Some(IfIndex(21))));
+    assert_eq!(
+        s.verdict.as_deref(),
+        Some("socket inode 102 (no owner) is still bound to deleted ifindex 5 (veth0; veth0 is now ifindex 21): restart it, or `ifsock abort --inode 102`")
+    );
+    assert!(["recreated", "created"].contains(&s.cause.as_deref().unwrap_or("")), "{s:?}");
+    let v = serde_json::to_value(WatchRecord::SocketStillStranded(s.clone())).unwrap();
+    assert_eq!((v["type"].as_str(), v["now_ifindex"].as_u64()), (Some("socket_still_stranded"), Some(21)), "{v}");
+    // Nothing changed for it since: a later unrelated change says nothing about it.
+    e.on_updates(NS, vec![newlink(9, "veth9", 0, None)], &clock.at(3), &mut fake);
+    let (_, later) = judge(&mut e, &mut fake, &w, &clock.at(3));
+    assert!(!later.iter().any(|r| matches!(r, WatchRecord::SocketStillStranded(_))), "{later:?}");
+}
