@@ -121,7 +121,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l receivers -d 'Al
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l since -d 'Only records since then: a duration back from now (`10m`, `2h`), a UTC time (`2026-12-01T19:00:00Z`), or `@UNIX_SECONDS`' -r
-complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l iface -d 'Only records about this interface (current or previous name)' -r
+complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l iface -d 'Only records about this interface: any record under this name, and every record of an interface that had it before or after a rename (same netns and ifindex)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l journal -d 'The journal directory an agent writes' -r -F
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l json -d 'The records as stored, one JSON object per line'
