@@ -520,6 +520,98 @@ fn an_unrelated_veth_deleted_beside_dnsmasq_strands_nothing_anywhere() {
     bound.check_running().unwrap();
 }
 
+/// Seed 004's incident: unbound (bound to the address), dnsmasq `-i` and a server bound with
+/// SO_BINDTODEVICE (a socket of this test) share a netns; the veth is deleted and recreated with
+/// the same name and address. `watch` says unbound and dnsmasq recovered and the device-bound
+/// socket is still stranded, with the hint; `sockets --iface NAME`, `sockets --ifindex OLD` and
+/// `abort --stranded --iface NAME --dry-run` each select that socket; after a rename,
+/// `journal --iface OLDNAME` shows the later events.
+#[test]
+fn recreate_with_the_same_name_names_the_one_socket_still_stranded_and_every_selector_finds_it() {
+    require_root();
+    let agent = Agent::start(&[]).unwrap();
+    let journal = agent.journal.0.to_string_lossy().into_owned();
+    let ns = Netns::new().unwrap();
+    agent.wait_record("netns_added", |r| r["type"] == "netns_added" && r["netns_name"] == ns.name.as_str()).unwrap();
+    let (a, b) = (unique("ra"), unique("rb"));
+    ns.veth(&a, &b, Some("10.94.0.1/24")).unwrap();
+    let old = ns.ifindex(&a).unwrap();
+    let (mut unbound, _conf) = start_unbound(&ns, "10.94.0.1", PORT).unwrap();
+    let mut dnsmasq = start_dnsmasq(&ns, Some(&a), PORT + 1).unwrap();
+    ready(&ns, &mut unbound, PORT, &EPOLL_WAITS, 2);
+    ready(&ns, &mut dnsmasq, PORT + 1, &POLL_WAITS, 2);
+    let (upid, dpid) = (unbound.pid(), dnsmasq.pid());
+    let dead = ns.run(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    bind_to_device(&dead, &a).unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    let dead_inode = socket_inode(&dead).unwrap();
+    let mut w = watch(&ns);
+
+    ns.ip(&["link", "del", &a]).unwrap();
+    w.wait_for("the device-bound socket stranded", EVENT, |v| v["type"] == "socket_stranded" && v["socket"]["local_port"] == dead_port).unwrap();
+    agent.wait_record("the deletion", |r| r["type"] == "change" && r["event"] == "deleted" && r["name"] == a.as_str()).unwrap();
+    ns.veth(&a, &b, Some("10.94.0.1/24")).unwrap();
+    let new = ns.ifindex(&a).unwrap();
+    assert_ne!(old, new, "the kernel gives a recreated interface a new ifindex");
+
+    // Two recovered (unbound, dnsmasq: their address is back), one still stranded.
+    let owned_by = |v: &Value, pid: u32| v["socket"]["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"] == pid));
+    let (mut recovered, mut still): (Vec<u32>, Option<Value>) = (Vec::new(), None);
+    w.wait_for("two recovered and one still stranded", EVENT, |v| {
+        if v["type"] == "socket_recovered" {
+            for pid in [upid, dpid] {
+                if owned_by(v, pid) && !recovered.contains(&pid) {
+                    recovered.push(pid);
+                }
+            }
+        }
+        if v["type"] == "socket_still_stranded" && v["socket"]["local_port"] == dead_port {
+            still = Some(v.clone());
+        }
+        recovered.len() == 2 && still.is_some()
+    })
+    .unwrap();
+    let still = still.unwrap();
+    assert_eq!((still["reason"].as_str(), still["ifindex"].as_u64(), still["ifname"].as_str(), still["now_ifindex"].as_u64()), (Some("device_deleted"), Some(u64::from(old)), Some(a.as_str()), Some(u64::from(new))), "{still}");
+    let verdict = still["verdict"].as_str().unwrap_or_default();
+    assert!(verdict.contains(&format!("is still bound to deleted ifindex {old} ({a}; {a} is now ifindex {new})")), "{verdict}");
+    assert!(verdict.ends_with(&format!("restart it, or `ifsock abort --inode {dead_inode}`")), "{verdict}");
+    assert!(w.interrupt().unwrap().success());
+    let all = w.rest();
+    assert!(!all.iter().any(|v| v["type"] == "socket_still_stranded" && (owned_by(v, upid) || owned_by(v, dpid))), "only the dead one: {all:#?}");
+
+    // Every selector finds the dead one, named.
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--json", "--iface", &a, "--journal", &journal]).unwrap();
+    let row = rows.iter().find(|r| r["local_port"] == dead_port).unwrap_or_else(|| panic!("--iface {a} leaves out the dead socket: {rows:#?}"));
+    assert_eq!((row["stranded"]["reason"].as_str(), row["stranded"]["ifname"].as_str(), row["stranded"]["now_ifindex"].as_u64()), (Some("device_deleted"), Some(a.as_str()), Some(u64::from(new))), "{row}");
+    assert!(rows.iter().any(|r| r["local_port"] == PORT && rows_of(std::slice::from_ref(r), upid).len() == 1), "the live interface's sockets stay listed: {rows:#?}");
+    let out = ifsock(&["--netns", &ns.name, "sockets", "--json", "--ifindex", &old.to_string(), "--journal", &journal]).unwrap();
+    assert!(out.status.success(), "--ifindex {old}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("ifindex {old} is not an interface")), "a note: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| r["local_port"].clone()).collect::<Vec<_>>(), vec![Value::from(dead_port)], "{rows:#?}");
+    let table = ifsock(&["--netns", &ns.name, "sockets", "--stranded", "--journal", &journal]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&format!("{a} (deleted ifindex {old}; {a} is now ifindex {new})")), "{text}");
+    let dry = ifsock_json(&["--netns", &ns.name, "abort", "--stranded", "--iface", &a, "--dry-run", "--json", "--journal", &journal]).unwrap();
+    let selected: Vec<u64> = dry[0]["sockets"].as_array().unwrap().iter().filter_map(|s| s["inode"].as_u64()).collect();
+    assert_eq!(selected, vec![dead_inode], "{dry:#?}");
+
+    // A rename: the journal follows the interface under its old name.
+    let renamed = unique("rn");
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
+    ns.ip(&["link", "set", &a, "name", &renamed]).unwrap();
+    ns.ip(&["link", "set", &renamed, "up"]).unwrap();
+    agent.wait_record("the later up", |r| r["type"] == "change" && r["event"] == "up" && r["name"] == renamed.as_str()).unwrap();
+    let lines = ifsock_json(&["journal", "--json", "--journal", &journal, "--iface", &a]).unwrap();
+    assert!(lines.iter().any(|r| r["event"] == "up" && r["name"] == renamed.as_str()), "journal --iface {a} misses the later events: {lines:#?}");
+    assert!(lines.iter().any(|r| r["event"] == "deleted" && r["name"] == a.as_str()), "{lines:#?}");
+    let back = ifsock_json(&["journal", "--json", "--journal", &journal, "--iface", &renamed]).unwrap();
+    assert!(back.iter().any(|r| r["event"] == "recreated" || r["event"] == "created"), "the new name shows the events before the rename: {back:#?}");
+    unbound.check_running().unwrap();
+    dnsmasq.check_running().unwrap();
+}
+
 #[test]
 fn watch_reports_the_tokio_server_stranded_by_down_and_recovered_by_up() {
     require_root();

@@ -146,6 +146,11 @@ impl WatchEngine {
         let changes = self.health.update(netns, sockets, &links, &addrs_now, now.unix_ns);
         let before_ready = self.health_ready.len();
         let still = still_stranded(&self.health, self.config.iface.as_deref(), netns, &pending, &changes, sockets, &links, &addrs_now);
+        for h in &changes {
+            let (HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. }) = h;
+            self.verdicts_given.retain(|(ns, sk, _)| !(*ns == netns && *sk == socket.sk));
+        }
+
         for mut change in changes {
             let (st, recovered) = match &mut change {
                 HealthChange::Stranded { stranded, .. } => (stranded, false),
@@ -167,6 +172,7 @@ impl WatchEngine {
             let cause = cause.map(|c| c.kind.name().to_string());
             self.health_ready.push(HealthReady { netns, change, still: false, cause, links: links.clone() });
         }
+        let still: Vec<_> = still.into_iter().filter(|(s, st, _)| self.verdicts_given.insert((netns, s.sk, st.reason))).collect();
         for (socket, stranded, cause) in still {
             self.health_ready.push(HealthReady { netns, change: HealthChange::Stranded { socket, stranded }, still: true, cause: Some(cause), links: links.clone() });
         }

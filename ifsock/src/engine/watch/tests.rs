@@ -693,7 +693,13 @@ fn after_a_recreate_the_socket_still_bound_to_the_old_ifindex_gets_a_verdict() {
     assert!(["recreated", "created"].contains(&s.cause.as_deref().unwrap_or("")), "{s:?}");
     let v = serde_json::to_value(WatchRecord::SocketStillStranded(s.clone())).unwrap();
     assert_eq!((v["type"].as_str(), v["now_ifindex"].as_u64()), (Some("socket_still_stranded"), Some(21)), "{v}");
-    // Nothing changed for it since: a later unrelated change says nothing about it.
+    // Said once: the interface's next change (down, then up again) does not repeat it, and an
+    // unrelated change says nothing about it.
+    e.on_updates(NS, vec![newlink(21, "veth0", 0, None)], &clock.at(3), &mut fake);
+    judge(&mut e, &mut fake, &w, &clock.at(3));
+    e.on_updates(NS, vec![newlink(21, "veth0", IFF_UP | IFF_LOWER_UP, None)], &clock.at(3), &mut fake);
+    let (_, up) = judge(&mut e, &mut fake, &w, &clock.at(3));
+    assert!(!up.iter().any(|r| matches!(r, WatchRecord::SocketStillStranded(_))), "{up:?}");
     e.on_updates(NS, vec![newlink(9, "veth9", 0, None)], &clock.at(3), &mut fake);
     let (_, later) = judge(&mut e, &mut fake, &w, &clock.at(3));
     assert!(!later.iter().any(|r| matches!(r, WatchRecord::SocketStillStranded(_))), "{later:?}");
