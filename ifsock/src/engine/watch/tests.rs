@@ -704,3 +704,21 @@ fn after_a_recreate_the_socket_still_bound_to_the_old_ifindex_gets_a_verdict() {
     let (_, later) = judge(&mut e, &mut fake, &w, &clock.at(3));
     assert!(!later.iter().any(|r| matches!(r, WatchRecord::SocketStillStranded(_))), "{later:?}");
 }
+
+#[test]
+fn one_socket_list_per_burst_for_the_changes_of_one_interface() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    fake.sockets.insert(NS, vec![udp(301, NS, [0, 0, 0, 0], 53, 5, false), udp(302, NS, [0, 0, 0, 0], 54, 6, false)]);
+    let mut e = WatchEngine::new(Config { sockets_after: true, ..config() });
+    e.add_netns(NS, None, dump(vec![link(5, "a", IFF_UP | IFF_LOWER_UP, &[]), link(6, "b", IFF_UP, &[])], &[]), false, &clock.at(0), &mut fake);
+    let out = e.on_updates(NS, vec![newlink(5, "a", 0, None), dellink(5, "a"), newlink(6, "b", 0, None)], &clock.at(1), &mut fake);
+    assert!(changes(&out).len() >= 3, "{out:?}");
+    let follow = e.flush_change_sockets(&clock.at(2), &mut fake);
+    let lists: Vec<_> = follow.iter().filter_map(|r| if let WatchRecord::ChangeSockets(c) = r { Some(c) } else { None }).collect();
+    assert_eq!(lists.iter().map(|c| (c.ifindex.0, c.sockets.len())).collect::<Vec<_>>(), vec![(5, 1), (6, 1)], "{lists:?}");
+    let also: Vec<_> = lists[0].also.iter().map(|a| a.event).collect();
+    assert!(also.contains(&"deleted") && !also.contains(&"down"), "{also:?}");
+    let v = serde_json::to_value(WatchRecord::ChangeSockets(lists[0].clone())).unwrap();
+    assert!(v["also"].is_array() && serde_json::to_value(WatchRecord::ChangeSockets(lists[1].clone())).unwrap().get("also").is_none(), "{v}");
+    assert!(crate::render::watch::change_sockets_lines(lists[0])[0].contains(", also "), "{:?}", crate::render::watch::change_sockets_lines(lists[0]));
+}
