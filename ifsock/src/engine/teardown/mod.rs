@@ -109,6 +109,8 @@ pub struct Teardown {
     companion_gone: Vec<Option<bool>>,
     unobserved: Vec<String>,
     abort: Option<AbortReport>,
+    /// Event-loop waiters per listed socket at the end of grace.
+    loop_waiters: std::collections::HashMap<SockKey, Vec<crate::model::stranded::Waiter>>,
 }
 
 impl Teardown {
@@ -134,6 +136,7 @@ impl Teardown {
             companion_gone,
             unobserved: Vec::new(),
             abort: None,
+            loop_waiters: std::collections::HashMap::new(),
         }
     }
 
@@ -233,6 +236,21 @@ impl Teardown {
         self.obs.blocked_at_end(blocked);
         self.alive = alive;
         self.phase = Phase::Observed;
+    }
+
+    /// Every listed socket: the target's and the companions' (for the end-of-grace waiter pass).
+    pub fn listed_sockets(&self) -> Vec<Socket> {
+        let p = &self.plan;
+        p.sockets.iter().chain(p.companions.iter().flat_map(|c| c.sockets.iter())).map(|t| t.socket.clone()).collect()
+    }
+
+    /// The threads waiting on `socket` at the end of grace (the `/proc` waiter pass): those
+    /// waiting in an event loop (not in a receive call: those are receivers) are kept.
+    pub fn waiters_at_end(&mut self, socket: &Socket, waiters: Vec<crate::model::stranded::Waiter>) {
+        let looping: Vec<_> = waiters.into_iter().filter(|w| w.via != crate::model::stranded::Via::Recv).collect();
+        if !looping.is_empty() {
+            self.loop_waiters.insert((socket.netns, socket.inode.0), looping);
+        }
     }
 
     /// The delete request was sent at `at` and answered at `ack` (ns).
@@ -441,7 +459,8 @@ impl Teardown {
                     return None;
                 }
                 let closed = key.1 != 0 && self.alive.as_ref().is_some_and(|a| !a.contains(&key));
-                Some(SocketSeen { tied: t.clone(), send_errors, socket_errors, receivers, closed })
+                let waiters = self.loop_waiters.get(&key).cloned().unwrap_or_default();
+                Some(SocketSeen { tied: t.clone(), send_errors, socket_errors, receivers, closed, waiters })
             })
             .collect();
         (seen, unlisted)
