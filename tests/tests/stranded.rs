@@ -550,6 +550,7 @@ fn recreate_with_the_same_name_names_the_one_socket_still_stranded_and_every_sel
     ns.ip(&["link", "del", &a]).unwrap();
     w.wait_for("the device-bound socket stranded", EVENT, |v| v["type"] == "socket_stranded" && v["socket"]["local_port"] == dead_port).unwrap();
     agent.wait_record("the deletion", |r| r["type"] == "change" && r["event"] == "deleted" && r["name"] == a.as_str()).unwrap();
+    agent.wait_record("the agent's socket_stranded", |r| r["type"] == "socket_stranded" && r["socket"]["local_port"] == dead_port).unwrap();
     ns.veth(&a, &b, Some("10.94.0.1/24")).unwrap();
     let new = ns.ifindex(&a).unwrap();
     assert_ne!(old, new, "the kernel gives a recreated interface a new ifindex");
@@ -579,6 +580,13 @@ fn recreate_with_the_same_name_names_the_one_socket_still_stranded_and_every_sel
     assert!(w.interrupt().unwrap().success());
     let all = w.rest();
     assert!(!all.iter().any(|v| v["type"] == "socket_still_stranded" && (owned_by(v, upid) || owned_by(v, dpid))), "only the dead one: {all:#?}");
+
+    // The agent's journal says the same, and `journal` prints the verdict.
+    let rec = agent.wait_record("the agent's socket_still_stranded", |r| r["type"] == "socket_still_stranded" && r["socket"]["local_port"] == dead_port).unwrap();
+    assert!(rec["verdict"].as_str().is_some_and(|v| v.contains(&format!("is still bound to deleted ifindex {old} ({a}; {a} is now ifindex {new})"))), "{rec}");
+    let text = ifsock(&["journal", "--journal", &journal, "--iface", &a]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().any(|l| l.contains("socket_still_stranded") && l.contains(&format!("ifsock abort --inode {dead_inode}"))), "{text}");
 
     // Every selector finds the dead one, named.
     let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--json", "--iface", &a, "--journal", &journal]).unwrap();

@@ -5,13 +5,13 @@
 //! [`HealthChange`] per socket whose health changed, so `watch` can emit `socket_stranded` /
 //! `socket_recovered` in the same tick as the change. Sockets that were already stranded when
 //! tracking began are recorded by [`HealthTracker::prime`] without a change.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::model::{
     ids::{IfIndex, NetnsIno, SockInode},
-    link::{AddrTable, Link},
+    link::{AddrTable, Change, ChangeKind, Link},
     socket::Socket,
     stranded::{health, SeenDeletion, SocketReport, StrandReason, Stranded, Via, Waiter},
 };
@@ -55,6 +55,9 @@ pub struct HealthTracker {
     deletions: Vec<SeenDeletion>,
     /// Last interface seen holding each address, to name it in `address_gone` once it is gone.
     holders: HashMap<(NetnsIno, std::net::IpAddr), (IfIndex, String)>,
+    /// Sockets already given a still-stranded verdict for their current stranding: said once,
+    /// not after each later change of the same interface.
+    verdicts: HashSet<(Key, StrandReason)>,
 }
 
 impl HealthTracker {
@@ -150,6 +153,46 @@ impl HealthTracker {
         self.stranded.retain(|k, _| k.0 != netns);
         self.stranded.extend(fresh);
         self.remember_holders(netns, links);
+        for c in &out {
+            let (HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. }) = c;
+            let k = key(socket);
+            self.verdicts.retain(|(v, _)| *v != k);
+        }
+        out
+    }
+
+    /// After [`update`](Self::update): the sockets of `netns` a cure-like change among
+    /// `changes_seen` (created, recreated, up, moved in, address added) was about (bound to its
+    /// ifindex or the ifindex it replaced, its name, or its address) and that are still stranded
+    /// after it, each with that change's kind; once per socket and stranding. Sockets whose
+    /// health just changed (`changes`, the result of `update`) are left out: they have their
+    /// record.
+    pub fn still_stranded(&mut self, netns: NetnsIno, changes_seen: &[&Change], changes: &[HealthChange], sockets: &[Socket], links: &[Link], addrs: &AddrTable) -> Vec<(Socket, Stranded, &'static str)> {
+        let cures: Vec<&Change> = changes_seen
+            .iter()
+            .copied()
+            .filter(|c| matches!(c.kind, ChangeKind::Created | ChangeKind::Recreated | ChangeKind::Up | ChangeKind::MovedIn | ChangeKind::AddressAdded))
+            .collect();
+        if cures.is_empty() {
+            return Vec::new();
+        }
+        let changed: HashSet<Key> = changes.iter().map(|h| match h {
+            HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. } => key(socket),
+        }).collect();
+        let mut out = Vec::new();
+        for s in sockets.iter().filter(|s| s.netns == netns && !changed.contains(&key(s))) {
+            let Some(st) = self.assess(s, links, addrs) else { continue };
+            let by_index = |c: &&&Change| st.ifindex == Some(c.ifindex) || (c.old_ifindex.is_some() && st.ifindex == c.old_ifindex);
+            let by_name = |c: &&&Change| c.address.is_none() && st.ifname.as_deref() == Some(c.name.as_str());
+            let by_addr = |c: &&&Change| st.address.is_some() && st.address == c.address;
+            // The link change (by ifindex, then name) over an address change of the same interface.
+            let about = cures.iter().rev().find(by_index).or_else(|| cures.iter().rev().find(by_name)).or_else(|| cures.iter().rev().find(by_addr));
+            if let Some(c) = about {
+                if self.verdicts.insert((key(s), st.reason)) {
+                    out.push((s.clone(), st, c.kind.name()));
+                }
+            }
+        }
         out
     }
 }

@@ -222,9 +222,6 @@ pub struct WatchEngine {
     pending_sock_errors: Vec<SockError>,
     health: HealthTracker,
     health_ready: Vec<HealthReady>,
-    /// Sockets (netns, sk, reason) already given a `socket_still_stranded` verdict: said once
-    /// per stranding, not again after each later change of the same interface.
-    verdicts_given: std::collections::HashSet<(NetnsIno, u64, crate::model::stranded::StrandReason)>,
     counters: WatchCounters,
     /// The view said more input was queued after the last datagram: the burst goes on and
     /// its snapshot stays valid.
@@ -248,7 +245,6 @@ impl WatchEngine {
             pending_sock_errors: Vec::new(),
             health: HealthTracker::new(),
             health_ready: Vec::new(),
-            verdicts_given: std::collections::HashSet::new(),
             counters: WatchCounters::default(),
             continuing: false,
             sockets_due: Vec::new(),

@@ -18,7 +18,7 @@ use crate::model::{
     stranded::{verdict, SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded},
     tie,
 };
-use crate::engine::health::{HealthChange, HealthTracker};
+use crate::engine::health::HealthChange;
 
 /// The queued change that caused a health transition: the latest one naming the interface or
 /// address involved (a deletion over the `RTM_DELADDR` the kernel sends just before it).
@@ -40,41 +40,6 @@ fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered
         }
     };
     pending.iter().rev().map(|(c, _)| c).find(|c| fits(c))
-}
-
-/// Sockets of `netns` that a cure-like change among `pending` (created, recreated, up,
-/// moved in, address added) was about (bound to its ifindex or the one it replaced, its
-/// name, or the address) and that are still stranded after it, with that change's name;
-/// sockets whose health just changed (`changes`) are left out (they have their record).
-#[allow(clippy::too_many_arguments)] // the pieces of one netns's health judgement, borrowed apart
-fn still_stranded(health: &HealthTracker, iface: Option<&str>, netns: NetnsIno, pending: &[(Change, u64)], changes: &[HealthChange], sockets: &[Socket], links: &[Link], addrs: &AddrTable) -> Vec<(Socket, SocketStranded, String)> {
-    let cures: Vec<&Change> = pending
-        .iter()
-        .map(|(c, _)| c)
-        .filter(|c| matches!(c.kind, ChangeKind::Created | ChangeKind::Recreated | ChangeKind::Up | ChangeKind::MovedIn | ChangeKind::AddressAdded))
-        .filter(|c| iface.is_none_or(|n| n == c.name))
-        .collect();
-    if cures.is_empty() {
-        return Vec::new();
-    }
-    let changed = |s: &Socket| {
-        changes.iter().any(|h| match h {
-            HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. } => socket.sk == s.sk && socket.inode == s.inode,
-        })
-    };
-    let mut out = Vec::new();
-    for s in sockets.iter().filter(|s| s.netns == netns && !changed(s)) {
-        let Some(st) = health.assess(s, links, addrs) else { continue };
-        let by_index = |c: &&&Change| st.ifindex == Some(c.ifindex) || (c.old_ifindex.is_some() && st.ifindex == c.old_ifindex);
-        let by_name = |c: &&&Change| c.address.is_none() && st.ifname.as_deref() == Some(c.name.as_str());
-        let by_addr = |c: &&&Change| st.address.is_some() && st.address == c.address;
-        // The link change (by ifindex, then name) over an address change of the same interface.
-        let about = cures.iter().rev().find(by_index).or_else(|| cures.iter().rev().find(by_name)).or_else(|| cures.iter().rev().find(by_addr));
-        if let Some(c) = about {
-            out.push((s.clone(), st, c.kind.name().to_string()));
-        }
-    }
-    out
 }
 
 /// A receiver scan in progress ([`WatchEngine::begin_receiver_scan`]): how many of the pending
@@ -145,11 +110,8 @@ impl WatchEngine {
         }
         let changes = self.health.update(netns, sockets, &links, &addrs_now, now.unix_ns);
         let before_ready = self.health_ready.len();
-        let still = still_stranded(&self.health, self.config.iface.as_deref(), netns, &pending, &changes, sockets, &links, &addrs_now);
-        for h in &changes {
-            let (HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. }) = h;
-            self.verdicts_given.retain(|(ns, sk, _)| !(*ns == netns && *sk == socket.sk));
-        }
+        let cures: Vec<&Change> = pending.iter().map(|(c, _)| c).filter(|c| self.config.iface.as_ref().is_none_or(|n| *n == c.name)).collect();
+        let still = self.health.still_stranded(netns, &cures, &changes, sockets, &links, &addrs_now);
 
         for mut change in changes {
             let (st, recovered) = match &mut change {
@@ -172,9 +134,8 @@ impl WatchEngine {
             let cause = cause.map(|c| c.kind.name().to_string());
             self.health_ready.push(HealthReady { netns, change, still: false, cause, links: links.clone() });
         }
-        let still: Vec<_> = still.into_iter().filter(|(s, st, _)| self.verdicts_given.insert((netns, s.sk, st.reason))).collect();
         for (socket, stranded, cause) in still {
-            self.health_ready.push(HealthReady { netns, change: HealthChange::Stranded { socket, stranded }, still: true, cause: Some(cause), links: links.clone() });
+            self.health_ready.push(HealthReady { netns, change: HealthChange::Stranded { socket, stranded }, still: true, cause: Some(cause.to_string()), links: links.clone() });
         }
         self.health_ready.len() - before_ready
     }
