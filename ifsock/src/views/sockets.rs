@@ -84,7 +84,9 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
                 Some(Ties::to_interface(ino, link.ifindex, &link.name, &link_addrs, links.clone()).and_deleted(deleted))
             }
             None if !filtered => Some(Ties::each_once(ino, links.clone())),
-            None if !deleted.is_empty() => {
+            // A deleted ifindex is known by a socket still bound to it (the kernel's own
+            // evidence) or by the journal's name for it; else it is unknown, as a typo is.
+            None if !deleted.is_empty() && (iface.is_some() || deleted.iter().any(|(i, name)| name.is_some() || sockets.iter().any(|s| s.bound_dev_if == i.0))) => {
                 found_iface = true;
                 if let Some((i, name)) = deleted.first().filter(|_| ifindex.is_some()) {
                     render::err_line(&render::health::deleted_ifindex_note(*i, ino, name.as_deref()));
