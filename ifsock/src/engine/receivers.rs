@@ -269,7 +269,8 @@ pub struct RecordedDeletion {
 /// How far before an estimated receive start a recorded deletion still counts, ns.
 pub const ESTIMATED_START_SLACK_NS: u64 = 1_000_000_000;
 
-/// Notes recorded deletions on receivers, as information: a wildcard (no device, unspecified
+/// Names deleted bound devices (a `deleted` tie without a name) from recorded deletions, and
+/// notes recorded deletions on receivers, as information: a wildcard (no device, unspecified
 /// address) IP_PKTINFO socket whose receiver has been blocked since before an interface of its
 /// netns was deleted gets a `deleted` tie to that interface, and its evidence names `source`
 /// (the journal directory). It is not `stranded`: it still receives on every other interface. Other receivers are left as they are: a device- or
@@ -278,6 +279,15 @@ pub const ESTIMATED_START_SLACK_NS: u64 = 1_000_000_000;
 /// start is an estimate from the scheduler clock (`blocked_source: sched_exec_start`, measured
 /// here to lag by up to ~0.2 s), a deletion up to [`ESTIMATED_START_SLACK_NS`] before it counts.
 pub fn mark_recorded_deletions(rows: &mut [HungReceiver], deletions: &[RecordedDeletion], now_unix_ns: u64, source: &str) {
+    // A device binding to a deleted ifindex: the kernel forgot its name, the journal did not.
+    for r in rows.iter_mut() {
+        let Some(netns) = r.socket.as_ref().map(|s| s.netns) else { continue };
+        for t in r.interfaces.iter_mut().filter(|t| t.name.is_none() && t.state == IfaceState::Deleted) {
+            if let Some(d) = deletions.iter().filter(|d| d.netns == netns && d.ifindex == t.ifindex).max_by_key(|d| d.ts_unix_ns) {
+                t.name = Some(d.ifname.clone());
+            }
+        }
+    }
     for r in rows.iter_mut() {
         let (Some(s), Some(blocked)) = (r.socket.as_ref(), r.blocked_ns) else { continue };
         if !(s.pktinfo && s.bound_dev_if == 0 && s.local_addr.is_unspecified()) {
@@ -437,6 +447,12 @@ mod tests {
         assert_eq!(seed.interfaces.iter().filter(|t| t.ifindex == IfIndex(7) && t.state == IfaceState::Deleted).count(), 1, "one tie per interface");
         assert!(seed.evidence.contains("foo0 (ifindex 7) deleted 5000 ms after this receive began: from the journal /j"), "{}", seed.evidence);
         assert!(!rows.iter().find(|r| r.tid == 12).unwrap().stranded, "a wildcard socket without IP_PKTINFO still receives on the others");
+        // A device tie to a deleted ifindex gets its last name.
+        let mut bound = rows.iter().find(|r| r.tid == 11).unwrap().clone();
+        bound.interfaces = vec![IfaceTie { ifindex: IfIndex(7), name: None, binding: Binding::Device, state: IfaceState::Deleted }];
+        let mut one = vec![bound];
+        mark_recorded_deletions(&mut one, &[gone(995 * S, NS)], 1000 * S, "/j");
+        assert_eq!(one[0].interfaces[0].name.as_deref(), Some("foo0"));
     }
 
     #[test]
