@@ -387,6 +387,11 @@ fn seed_003_deletion_under_a_blocked_pktinfo_receiver_is_in_the_journal() -> Res
     })?;
     let receiver = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None)?;
     let on_device = BlockedReceiver::start(&ns, "0.0.0.0:0", false, Some(&a))?;
+    // A snapshot of the agent saw the device-bound socket on `a` (so its name is known even if
+    // the next snapshot sees the link gone before the deletion record). A change makes the
+    // agent take one: the peer going down.
+    ns.ip(&["link", "set", &b, "down"])?;
+    agent.wait_sample(&format!("ifsock_sockets{{netns=\"{}\",ifname=\"{a}\",binding=\"device\"", ns.name))?;
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     let deleted_index = ns.ifindex(&a)?;
     ns.ip(&["link", "del", &a])?;

@@ -485,9 +485,15 @@ fn an_unrelated_veth_deleted_beside_dnsmasq_strands_nothing_anywhere() {
     let control = ns.run(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
     bind_to_device(&control, &x).unwrap();
     let control_port = control.local_addr().unwrap().port();
+    // A snapshot of the agent saw the control on the veth, so the name the kernel forgets on
+    // deletion is known even if the next snapshot sees the link gone before the deletion
+    // record. (A change makes the agent take a snapshot: the peer going down.)
+    ns.ip(&["link", "set", &y, "down"]).unwrap();
+    let seen = format!("ifsock_sockets{{netns=\"{}\",ifname=\"{x}\",binding=\"device\",protocol=\"udp\"}}", ns.name);
+    assert_eq!(agent.wait_sample(&seen).unwrap(), 1.0);
     ns.ip(&["link", "del", &x]).unwrap();
 
-    // The control is `device_down` while the veth is down, then `device_deleted`.
+    // The control is `device_down` once the deletion takes the veth down, then `device_deleted`.
     let is_control = |v: &Value| v["type"] == "socket_stranded" && v["socket"]["local_port"] == control_port && v["reason"] == "device_deleted";
     let e = w.wait_for("the control's socket_stranded", EVENT, is_control).unwrap();
     assert_eq!(e["ifname"], x.as_str(), "the deleted device is named: {e}");

@@ -55,6 +55,8 @@ pub struct HealthTracker {
     deletions: Vec<SeenDeletion>,
     /// Last interface seen holding each address, to name it in `address_gone` once it is gone.
     holders: HashMap<(NetnsIno, std::net::IpAddr), (IfIndex, String)>,
+    /// The name of each interface in the links last seen per netns (bounded by them).
+    names: HashMap<(NetnsIno, IfIndex), String>,
     /// Sockets already given a still-stranded verdict for their current stranding: said once,
     /// not after each later change of the same interface.
     verdicts: HashSet<(Key, StrandReason)>,
@@ -92,8 +94,19 @@ impl HealthTracker {
     /// deletions this tracker saw (what `sockets` would show while a watcher runs).
     pub fn assess(&self, socket: &Socket, links: &[Link], addrs: &AddrTable) -> Option<Stranded> {
         let mut h = health(socket, links, addrs, &self.deletions)?;
-        if let Some(prev) = self.stranded.get(&key(socket)).filter(|p| p.reason == h.reason) {
+        let prev = self.stranded.get(&key(socket)).filter(|p| p.reason == h.reason);
+        if let Some(prev) = prev {
             h.since_unix_ns = prev.since_unix_ns;
+        }
+        // A deleted device whose deletion record has not reached us yet (the dump that shows
+        // it gone can be newer than the events processed): its name from the last links seen,
+        // or from the judgement before.
+        if h.reason == StrandReason::DeviceDeleted && h.ifname.is_none() {
+            let name = prev.and_then(|p| p.ifname.clone()).or_else(|| h.ifindex.and_then(|i| self.names.get(&(socket.netns, i)).cloned()));
+            if let Some(n) = name {
+                h.now_ifindex = links.iter().find(|l| l.name == n).map(|l| l.ifindex);
+                h.ifname = Some(n);
+            }
         }
         if h.reason == StrandReason::AddressGone && h.ifindex.is_none() {
             if let Some((i, n)) = h.address.and_then(|a| self.holders.get(&(socket.netns, a))) {
@@ -105,6 +118,10 @@ impl HealthTracker {
     }
 
     fn remember_holders(&mut self, netns: NetnsIno, links: &[Link]) {
+        self.names.retain(|k, _| k.0 != netns || links.iter().any(|l| l.ifindex == k.1));
+        for l in links {
+            self.names.insert((netns, l.ifindex), l.name.clone());
+        }
         for l in links {
             for a in &l.addrs {
                 self.holders.insert((netns, *a), (l.ifindex, l.name.clone()));
@@ -321,9 +338,23 @@ mod tests {
             h.saw_deletion(SeenDeletion { netns: NS, ifindex: IfIndex(100 + i), name: format!("v{i}"), at_unix_ns: 7 });
         }
         assert_eq!(h.deletions().len(), MAX_DELETIONS, "bounded");
-        assert!(h.assess(&socks[2], &again, &t).unwrap().ifname.is_none(), "the oldest name is forgotten first");
+        assert!(!h.deletions().iter().any(|d| d.ifindex == IfIndex(5)), "the oldest deletion is forgotten first");
+        assert_eq!(h.assess(&socks[2], &again, &t).unwrap().ifname.as_deref(), Some("veth0"), "a socket still stranded keeps the name it was judged with");
         h.forget_netns(NS);
         assert!(h.deletions().is_empty());
+    }
+
+    #[test]
+    fn a_device_seen_gone_before_its_deletion_record_keeps_its_last_name() {
+        let t = AddrTable::default();
+        let socks = vec![sock(3, [0, 0, 0, 0], 5, false)];
+        let mut h = HealthTracker::new();
+        h.prime(NS, &socks, &veth(true, true), &t);
+        let c = h.update(NS, &socks, &[], &t, 1);
+        let HealthChange::Stranded { stranded, .. } = &c[0] else { panic!("{c:?}") };
+        assert_eq!((stranded.reason, stranded.ifname.as_deref()), (StrandReason::DeviceDeleted, Some("veth0")), "named from the links seen before");
+        assert!(h.update(NS, &socks, &[], &t, 2).is_empty());
+        assert_eq!(h.assess(&socks[0], &[], &t).and_then(|s| s.ifname).as_deref(), Some("veth0"), "and keeps it");
     }
 
     #[test]
