@@ -105,7 +105,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__abort)
-            opts="-n -v -h --inode --stranded --iface --pid --all-netns --dry-run --yes --json --observe --via --netns --verbose --help"
+            opts="-n -v -h --inode --stranded --iface --pid --all-netns --dry-run --yes --json --observe --via --journal --netns --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -129,6 +129,10 @@ _ifsock() {
                     ;;
                 --via)
                     COMPREPLY=($(compgen -W "auto bpf sock-diag" -- "${cur}"))
+                    return 0
+                    ;;
+                --journal)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --netns)
@@ -437,7 +441,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__sockets)
-            opts="-n -v -h --iface --ifindex --all-netns --json --stranded --netns --verbose --help"
+            opts="-n -v -h --iface --ifindex --all-netns --json --stranded --journal --netns --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -448,6 +452,10 @@ _ifsock() {
                     return 0
                     ;;
                 --ifindex)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --journal)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

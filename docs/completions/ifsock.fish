@@ -38,8 +38,9 @@ complete -c ifsock -n "__fish_ifsock_needs_command" -f -a "doctor" -d 'Check the
 complete -c ifsock -n "__fish_ifsock_needs_command" -f -a "agent" -d 'Long-running recorder: follows every netns, journals changes and stranded sockets, and serves OpenMetrics at http://127.0.0.1:9469/metrics'
 complete -c ifsock -n "__fish_ifsock_needs_command" -f -a "journal" -d 'The history an agent journaled (`--netns NAME|INODE` filters instead of entering)'
 complete -c ifsock -n "__fish_ifsock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l iface -d 'Only sockets tied to this interface (exact name)' -r
-complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l ifindex -d 'Only sockets tied to this ifindex' -r
+complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l iface -d 'Only sockets tied to this interface (exact name), and those still bound to any ifindex an interface of that name had before it was deleted (from the journal, see --journal)' -r
+complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l ifindex -d 'Only sockets tied to this ifindex. A deleted ifindex is accepted, with a note: the sockets still bound to it are listed' -r
+complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l journal -d 'Journal of a recorder that was running before (`ifsock agent`): the names of deleted interfaces, for sockets still bound to them and for --iface. Default: the agent\'s directory, when it exists' -r -F
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l all-netns -d 'Every network namespace on the host (named ones and those of running processes)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l json -d 'One JSON object per line (fields documented in README.md)'
@@ -92,12 +93,13 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l json -d 'One JSON 
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l inode -d 'Destroy the socket with this inode (`socket:[N]`); repeatable' -r
-complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l iface -d 'With --stranded: only those tied to this interface' -r
+complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l iface -d 'With --stranded: only those tied to this interface, or still bound to any ifindex an interface of that name had before it was deleted (from the journal, see --journal)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l pid -d 'Only sockets owned by (or waited on by a thread of) this process' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l observe -d 'How long to watch the waiters after the destroy' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l via -d 'Destroy mechanism' -r -f -a "auto\t'bpf_sock_destroy() when it loads, else sock_diag'
 bpf\t'Only bpf_sock_destroy() (fails when it does not load)'
 sock-diag\t'Only SOCK_DESTROY over NETLINK_SOCK_DIAG'"
+complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l journal -d 'Journal of a recorder that was running before (`ifsock agent`): the names of deleted interfaces, for --iface and for sockets still bound to them. Default: the agent\'s directory, when it exists' -r -F
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l stranded -d 'Destroy stranded sockets: bound to a deleted or down device, or to an address no interface holds (the `stranded` of `sockets --json`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l all-netns -d 'Select among the sockets of every network namespace; each is destroyed inside its own. Without it (or --netns) other namespaces are never touched'
@@ -119,7 +121,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l receivers -d 'Al
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l since -d 'Only records since then: a duration back from now (`10m`, `2h`), a UTC time (`2026-12-01T19:00:00Z`), or `@UNIX_SECONDS`' -r
-complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l iface -d 'Only records about this interface (current or previous name)' -r
+complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l iface -d 'Only records about this interface: any record under this name, and every record of an interface that had it before or after a rename (same netns and ifindex)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l journal -d 'The journal directory an agent writes' -r -F
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l json -d 'The records as stored, one JSON object per line'

@@ -104,6 +104,58 @@ pub struct Header {
     /// The change that caused it (`receiver_stranded`).
     #[serde(default)]
     pub change: Option<Box<Header>>,
+    /// The ifindex a `recreated` interface had before.
+    #[serde(default)]
+    pub old_ifindex: Option<u32>,
+    /// The socket of `socket_*` records (what the human line names).
+    #[serde(default)]
+    pub socket: Option<SocketHeader>,
+    /// `socket_still_stranded`: why, and the next step.
+    #[serde(default)]
+    pub verdict: Option<String>,
+}
+
+/// The fields of a journaled socket the human line names: `{protocol, local_addr, local_port,
+/// owners: [{pid, comm, fd}]}`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct SocketHeader {
+    /// `tcp`, `udp`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Local address.
+    #[serde(default)]
+    pub local_addr: Option<IpAddr>,
+    /// Local port.
+    #[serde(default)]
+    pub local_port: Option<u16>,
+    /// Processes holding an fd to it.
+    #[serde(default)]
+    pub owners: Vec<OwnerHeader>,
+}
+
+/// One owner of a journaled socket.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct OwnerHeader {
+    /// Process id.
+    pub pid: u32,
+    /// Command.
+    #[serde(default)]
+    pub comm: String,
+    /// The fd.
+    pub fd: u32,
+}
+
+/// Every interface identity `(netns, ifindex)` the name `name` went by in `entries`: any record
+/// naming it (as its name, previous name or ifname) with an ifindex. A rename record (`name`
+/// new, `old_name` old, same ifindex) ties both names to the one interface, so `journal --iface`
+/// follows a rename both ways, and a deleted-then-recreated name covers both ifindexes.
+pub fn identities_of(entries: &[Entry], name: &str) -> std::collections::HashSet<(Option<u32>, u32)> {
+    entries
+        .iter()
+        .map(|e| &e.header)
+        .filter(|h| [&h.name, &h.old_name, &h.ifname].iter().any(|n| n.as_deref() == Some(name)))
+        .filter_map(|h| Some((h.netns, h.ifindex?)))
+        .collect()
 }
 
 impl Header {
@@ -111,6 +163,14 @@ impl Header {
     pub fn mentions_iface(&self, name: &str) -> bool {
         [&self.name, &self.old_name, &self.ifname].iter().any(|n| n.as_deref() == Some(name))
             || self.change.as_ref().is_some_and(|c| c.mentions_iface(name))
+    }
+
+    /// Whether the record concerns `name` or one of the interfaces `ids` that name went by
+    /// ([`identities_of`]): a record under a later or earlier name of the same interface.
+    pub fn about_iface(&self, name: &str, ids: &std::collections::HashSet<(Option<u32>, u32)>) -> bool {
+        self.mentions_iface(name)
+            || self.ifindex.is_some_and(|i| ids.contains(&(self.netns, i)))
+            || self.change.as_ref().is_some_and(|c| c.ifindex.is_some_and(|i| ids.contains(&(c.netns.or(self.netns), i))))
     }
 }
 
@@ -418,10 +478,10 @@ pub struct Deletion {
 /// Interfaces deleted in `netns` at or after `since_unix_ns`, oldest first, from the `change`
 /// records with `event: "deleted"` (or `moved_out`) that a running agent or `watch` journaled.
 ///
-/// For `hung`, `sockets --stranded` and `abort --stranded`: a wildcard IP_PKTINFO socket whose
-/// receiver has been blocked since before one of these is marked `interface_deleted` with the
-/// interface's name and time, labelled as coming from the journal (the kernel keeps no record
-/// of which interface a wildcard socket last received on). A missing journal directory gives
+/// For `hung`: a wildcard IP_PKTINFO socket whose receiver has been blocked since before one of
+/// these gets a `deleted` tie to that interface, as information (it is not stranded: it still
+/// receives on the others), labelled as coming from the journal (the kernel keeps no record of
+/// which interface a wildcard socket last received on). A missing journal directory gives
 /// an empty list: the journal is optional evidence.
 ///
 /// # Errors
@@ -439,6 +499,31 @@ pub fn deletions_since(dir: &Path, netns: NetnsIno, since_unix_ns: u64) -> Resul
             Some(Deletion { ifindex: IfIndex(e.header.ifindex?), ifname: e.header.name?, ts_unix_ns: e.header.ts_unix_ns })
         })
         .collect())
+}
+
+/// Every deletion the journal in `dir` holds for `netns`, as the evidence that names a deleted
+/// ifindex ([`crate::model::stranded::SeenDeletion`]): for one-shot commands (`sockets`,
+/// `abort`), which cannot have seen the deletion themselves. A missing directory gives none.
+///
+/// # Errors
+/// As [`deletions_since`].
+pub fn seen_deletions(dir: &Path, netns: NetnsIno) -> Result<Vec<crate::model::stranded::SeenDeletion>, JournalError> {
+    Ok(deletions_since(dir, netns, 0)?
+        .into_iter()
+        .map(|d| crate::model::stranded::SeenDeletion { netns, ifindex: d.ifindex, name: d.ifname, at_unix_ns: d.ts_unix_ns })
+        .collect())
+}
+
+/// The ifindexes of `netns` that had the name `name` and were deleted, newest last, from
+/// `seen` (each once).
+pub fn deleted_ifindexes_named(seen: &[crate::model::stranded::SeenDeletion], netns: NetnsIno, name: &str) -> Vec<IfIndex> {
+    let mut out: Vec<IfIndex> = Vec::new();
+    for d in seen.iter().filter(|d| d.netns == netns && d.name == name) {
+        if !out.contains(&d.ifindex) {
+            out.push(d.ifindex);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -469,6 +554,28 @@ mod tests {
 
     fn total(dir: &Path) -> u64 {
         segments(dir).unwrap().iter().map(|(_, _, b)| b).sum()
+    }
+
+    #[test]
+    fn iface_follows_a_rename_both_ways_and_a_recreate() {
+        let line = |v: serde_json::Value| Entry { header: serde_json::from_value(v.clone()).unwrap(), line: v.to_string() };
+        let entries = vec![
+            line(serde_json::json!({"type": "change", "ts_unix_ns": 1, "netns": 7, "event": "up", "ifindex": 3, "name": "old0"})),
+            line(serde_json::json!({"type": "change", "ts_unix_ns": 2, "netns": 7, "event": "renamed", "ifindex": 3, "name": "new0", "old_name": "old0"})),
+            line(serde_json::json!({"type": "change", "ts_unix_ns": 3, "netns": 7, "event": "down", "ifindex": 3, "name": "new0"})),
+            line(serde_json::json!({"type": "socket_stranded", "ts_unix_ns": 4, "netns": 7, "reason": "device_down", "ifindex": 3, "ifname": "new0",
+                "socket": {"protocol": "udp", "local_addr": "0.0.0.0", "local_port": 53, "owners": [{"pid": 9, "comm": "dnsmasq", "fd": 4}]}})),
+            line(serde_json::json!({"type": "change", "ts_unix_ns": 5, "netns": 8, "event": "down", "ifindex": 3, "name": "other"})),
+        ];
+        let keep = |name: &str| {
+            let ids = identities_of(&entries, name);
+            entries.iter().filter(|e| e.header.about_iface(name, &ids)).map(|e| e.header.ts_unix_ns).collect::<Vec<_>>()
+        };
+        assert_eq!(keep("old0"), vec![1, 2, 3, 4], "the old name shows the later events");
+        assert_eq!(keep("new0"), vec![1, 2, 3, 4], "the new name shows the earlier events");
+        assert_eq!(keep("other"), vec![5], "ifindex 3 of another netns is another interface");
+        let s = entries[3].header.socket.as_ref().unwrap();
+        assert_eq!((s.local_port, s.owners[0].comm.as_str()), (Some(53), "dnsmasq"));
     }
 
     #[test]

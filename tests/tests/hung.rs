@@ -46,13 +46,16 @@ fn hung_follow_records_orphaned_receiver_exactly() {
     // The snapshot awaited below shows the fd closed, so it was taken after this.
     let closed = Instant::now();
     let snap = h
-        .wait_for("orphaned + deleted", T, |v| mine(v, r.tid).is_some_and(|r| r["fd_open"] == false && r["stranded"] == true))
+        .wait_for("orphaned + deleted", T, |v| {
+            mine(v, r.tid).is_some_and(|r| r["fd_open"] == false && r["interfaces"].as_array().is_some_and(|i| i.iter().any(|i| i["state"] == "deleted")))
+        })
         .unwrap();
     let elapsed = t0.elapsed().as_nanos() as u64;
     let row = mine(&snap, r.tid).unwrap();
     assert_eq!(row["certainty"], "exact", "{row}");
     assert_eq!(row["syscall"], "recvmsg");
     assert_eq!(row["orphaned"], true, "no fd references the socket: {row}");
+    assert_eq!(row["stranded"], false, "a wildcard IP_PKTINFO socket is never stranded by a deletion: {row}");
     assert_eq!(row["socket"]["pktinfo"], true);
     assert_eq!(row["socket"]["local_port"], r.port);
     let blocked = row["blocked_ns"].as_u64().unwrap();
@@ -340,7 +343,7 @@ fn hung_started_after_the_deletion_names_the_interface_from_the_journal() {
     let without = row_with(&empty.0);
     assert_eq!(without["stranded"], false, "no recorder saw the deletion: a snapshot alone never guesses: {without}");
     let row = row_with(&dir.0);
-    assert_eq!(row["stranded"], true, "{row}");
+    assert_eq!(row["stranded"], false, "information only: a wildcard socket still receives on the others: {row}");
     assert!(
         row["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == a.as_str() && i["ifindex"] == ifindex && i["state"] == "deleted"),
         "the deleted interface is named: {row}"

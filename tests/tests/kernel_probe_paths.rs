@@ -188,8 +188,9 @@ fn kprobe_hung_finds_a_tcp_reader_through_procfs() {
 
 /// The agent with `--receivers` on a kernel with BPF trampolines serves the receive path from
 /// fentry (it has no `--probe-set`: it takes the best set), follows a netns created after it
-/// started, and journals a seed-003 receiver stranded by a deletion, with the blocked thread as
-/// its waiter; the blocked-receivers gauge counts it as stranded.
+/// started, and journals a receiver bound (SO_BINDTODEVICE) to a deleted veth as stranded, with
+/// the blocked thread as its waiter; the blocked-receivers gauge counts it as stranded. (A
+/// wildcard IP_PKTINFO receiver, seed 003, is never stranded by a deletion.)
 #[test]
 fn agent_with_receivers_on_fentry_journals_a_stranded_receiver() {
     require_root();
@@ -204,18 +205,18 @@ fn agent_with_receivers_on_fentry_journals_a_stranded_receiver() {
     let (a, b) = (unique("qa"), unique("qb"));
     ns.veth(&a, &b, Some("10.213.0.1/24")).unwrap();
     agent.wait_record("the veth's creation", |r| r["type"] == "change" && r["event"] == "created" && r["name"] == a.as_str()).unwrap();
-    let r = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None).unwrap();
+    let r = BlockedReceiver::start(&ns, "0.0.0.0:0", false, Some(&a)).unwrap();
     ns.ip(&["link", "del", &a]).unwrap();
     let rec = agent
-        .wait_record("socket_stranded interface_deleted", |v| {
+        .wait_record("socket_stranded device_deleted", |v| {
             v["type"] == "socket_stranded" && v["netns_name"] == ns.name.as_str() && v["socket"]["local_port"] == r.port
         })
         .unwrap();
-    assert_eq!(rec["reason"], "interface_deleted", "{rec}");
+    assert_eq!(rec["reason"], "device_deleted", "{rec}");
     assert!(rec["waiters"].as_array().is_some_and(|w| w.iter().any(|w| w["tid"] == r.tid && w["via"] == "recv")), "{rec}");
     let gauge = format!("ifsock_blocked_receivers{{netns=\"{}\",stranded=\"true\"}}", ns.name);
     assert!(agent.wait_sample(&gauge).unwrap() >= 1.0);
-    assert_eq!(r.wake(&ns, "127.0.0.1").unwrap(), 4);
-    r.close_fd();
+    // A device-bound socket gets no datagram from loopback: Drop wakes it with a shutdown.
+    drop(r);
     assert_eq!(agent.terminate().unwrap().code(), Some(143));
 }

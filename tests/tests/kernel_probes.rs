@@ -34,6 +34,8 @@ fn doctor_names_the_probe_set_and_every_refusal() {
         return;
     }
     let d = doctor();
+    let summary = d["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("summary: works: sockets, watch (") && summary.contains("; loses: "), "one line: what works and what is lost: {d}");
     for path in ["probe_set", "recv_probe_set"] {
         let sel = &d[path];
         let chosen = sel["chosen"].as_str().unwrap_or_else(|| panic!("{path}: no chosen set: {d}"));

@@ -7,6 +7,10 @@ use std::time::Duration;
 use ifsock_tests::*;
 use serde_json::Value;
 
+#[path = "support/agent.rs"]
+mod support;
+use support::{poll, Agent};
+
 const READY: Duration = Duration::from_secs(30);
 const PORT: u16 = 10053;
 
@@ -454,33 +458,172 @@ fn watch_and_hung_name_unbounds_stranded_sockets_and_epoll_loop_but_not_a_health
     drop(healthy);
 }
 
+/// The false alarm of issue 27: an unrelated veth created and deleted beside dnsmasq in its
+/// default mode (wildcard + IP_PKTINFO) and in its `-i` mode strands none of dnsmasq's sockets
+/// in `sockets`, `watch`, `hung`, the agent's journal or its `ifsock_stranded_sockets` gauge. A
+/// test-owned socket bound (SO_BINDTODEVICE) to the deleted veth is the control: every view
+/// must report it, and only it, which also tells when each view has judged the deletion.
 #[test]
-fn watch_reports_dnsmasq_wildcard_pktinfo_sockets_interface_deleted() {
+fn an_unrelated_veth_deleted_beside_dnsmasq_strands_nothing_anywhere() {
     require_root();
+    let agent = Agent::start(&[]).unwrap();
     let ns = Netns::new().unwrap();
-    let (a, b) = (unique("wa"), unique("wb"));
-    ns.veth(&a, &b, Some("10.88.0.1/24")).unwrap();
-    let mut d = start_dnsmasq(&ns, None, PORT).unwrap();
-    let pid = d.pid();
-    ready(&ns, &mut d, PORT, &POLL_WAITS, 2);
+    agent.wait_record("netns_added", |r| r["type"] == "netns_added" && r["netns_name"] == ns.name.as_str()).unwrap();
+    let (a, b) = (unique("fa"), unique("fb"));
+    ns.veth(&a, &b, Some("10.93.0.1/24")).unwrap();
+    let mut wild = start_dnsmasq(&ns, None, PORT).unwrap();
+    let mut bound = start_dnsmasq(&ns, Some(&a), PORT + 1).unwrap();
+    ready(&ns, &mut wild, PORT, &POLL_WAITS, 2);
+    ready(&ns, &mut bound, PORT + 1, &POLL_WAITS, 2);
+    let pids = [wild.pid(), bound.pid()];
+    assert!(rows_of(&socket_rows(&ns, false).unwrap(), pids[0]).iter().any(|r| r["pktinfo"] == true), "dnsmasq's default mode uses IP_PKTINFO");
+    let mut w = watch(&ns);
+
+    let (x, y) = (unique("fx"), unique("fy"));
+    ns.veth(&x, &y, None).unwrap();
+    agent.wait_record("the unrelated veth's creation", |r| r["type"] == "change" && r["event"] == "created" && r["name"] == x.as_str()).unwrap();
+    let control = ns.run(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    bind_to_device(&control, &x).unwrap();
+    let control_port = control.local_addr().unwrap().port();
+    // A snapshot of the agent saw the control on the veth, so the name the kernel forgets on
+    // deletion is known even if the next snapshot sees the link gone before the deletion
+    // record. (A change makes the agent take a snapshot: the peer going down.)
+    ns.ip(&["link", "set", &y, "down"]).unwrap();
+    let seen = format!("ifsock_sockets{{netns=\"{}\",ifname=\"{x}\",binding=\"device\",protocol=\"udp\"}}", ns.name);
+    assert_eq!(agent.wait_sample(&seen).unwrap(), 1.0);
+    ns.ip(&["link", "del", &x]).unwrap();
+
+    // The control is `device_down` once the deletion takes the veth down, then `device_deleted`.
+    let is_control = |v: &Value| v["type"] == "socket_stranded" && v["socket"]["local_port"] == control_port && v["reason"] == "device_deleted";
+    let e = w.wait_for("the control's socket_stranded", EVENT, is_control).unwrap();
+    assert_eq!(e["ifname"], x.as_str(), "the deleted device is named: {e}");
+    let rec = agent.wait_record("the control's socket_stranded", is_control).unwrap();
+    assert_eq!(rec["ifname"], x.as_str(), "{rec}");
+    let gauge = format!("ifsock_stranded_sockets{{netns=\"{}\",", ns.name);
+    poll("the control in the gauge", Duration::from_secs(30), || {
+        agent.metrics().is_ok_and(|m| m.lines().any(|l| l.starts_with(&gauge) && l.contains("reason=\"device_deleted\"")))
+    })
+    .unwrap();
+
+    let ours = |v: &Value| {
+        let owners = v["socket"]["owners"].as_array().or(v["owners"].as_array());
+        owners.is_some_and(|o| o.iter().any(|o| pids.contains(&o["pid"].as_u64().unwrap_or(0).try_into().unwrap_or(0))))
+            || pids.iter().any(|&p| v["pid"] == p)
+    };
+    let m = agent.metrics().unwrap();
+    let total: f64 = m.lines().filter(|l| l.starts_with(&gauge)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert_eq!(total, 1.0, "the gauge counts the control only: {m}");
+    let journal = agent.journal_records();
+    assert!(!journal.iter().any(|r| r["type"] == "socket_stranded" && ours(r)), "the agent marked dnsmasq stranded: {journal:#?}");
+    let stranded = socket_rows(&ns, true).unwrap();
+    assert_eq!(stranded.iter().map(|r| r["local_port"].clone()).collect::<Vec<_>>(), vec![Value::from(control_port)], "sockets --stranded: {stranded:#?}");
+    let hung = ifsock_json(&["--netns", &ns.name, "hung", "--json"]).unwrap();
+    assert!(!hung.iter().any(|v| ours(v) && !v["stranded"].is_null() && v["stranded"] != false), "hung: {hung:#?}");
+    assert!(w.interrupt().unwrap().success());
+    let all = w.rest();
+    assert!(!all.iter().any(|v| v["type"] == "socket_stranded" && ours(v)), "watch marked dnsmasq stranded: {all:#?}");
+    wild.check_running().unwrap();
+    bound.check_running().unwrap();
+}
+
+/// Seed 004's incident: unbound (bound to the address), dnsmasq `-i` and a server bound with
+/// SO_BINDTODEVICE (a socket of this test) share a netns; the veth is deleted and recreated with
+/// the same name and address. `watch` says unbound and dnsmasq recovered and the device-bound
+/// socket is still stranded, with the hint; `sockets --iface NAME`, `sockets --ifindex OLD` and
+/// `abort --stranded --iface NAME --dry-run` each select that socket; after a rename,
+/// `journal --iface OLDNAME` shows the later events.
+#[test]
+fn recreate_with_the_same_name_names_the_one_socket_still_stranded_and_every_selector_finds_it() {
+    require_root();
+    let agent = Agent::start(&[]).unwrap();
+    let journal = agent.journal.0.to_string_lossy().into_owned();
+    let ns = Netns::new().unwrap();
+    agent.wait_record("netns_added", |r| r["type"] == "netns_added" && r["netns_name"] == ns.name.as_str()).unwrap();
+    let (a, b) = (unique("ra"), unique("rb"));
+    ns.veth(&a, &b, Some("10.94.0.1/24")).unwrap();
+    let old = ns.ifindex(&a).unwrap();
+    let (mut unbound, _conf) = start_unbound(&ns, "10.94.0.1", PORT).unwrap();
+    let mut dnsmasq = start_dnsmasq(&ns, Some(&a), PORT + 1).unwrap();
+    ready(&ns, &mut unbound, PORT, &EPOLL_WAITS, 2);
+    ready(&ns, &mut dnsmasq, PORT + 1, &POLL_WAITS, 2);
+    let (upid, dpid) = (unbound.pid(), dnsmasq.pid());
+    let dead = ns.run(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    bind_to_device(&dead, &a).unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    let dead_inode = socket_inode(&dead).unwrap();
     let mut w = watch(&ns);
 
     ns.ip(&["link", "del", &a]).unwrap();
-    let events = health_events(&mut w, "socket_stranded", pid, PORT, &["udp"]);
-    let e = &events[0];
-    assert_eq!(e["reason"], "interface_deleted", "{e}");
-    assert_eq!(e["socket"]["pktinfo"], true, "{e}");
-    assert_eq!(e["socket"]["binding"], "wildcard", "{e}");
-    assert_eq!(e["cause"], "deleted", "{e}");
-    // One RTM_DELLINK per end of the pair: either deleted end is named.
-    assert!([a.as_str(), b.as_str()].contains(&e["ifname"].as_str().unwrap_or("")), "{e}");
-    assert!(has_waiter(&e["socket"], pid, "poll"), "dnsmasq polls: {e}");
+    w.wait_for("the device-bound socket stranded", EVENT, |v| v["type"] == "socket_stranded" && v["socket"]["local_port"] == dead_port).unwrap();
+    agent.wait_record("the deletion", |r| r["type"] == "change" && r["event"] == "deleted" && r["name"] == a.as_str()).unwrap();
+    agent.wait_record("the agent's socket_stranded", |r| r["type"] == "socket_stranded" && r["socket"]["local_port"] == dead_port).unwrap();
+    ns.veth(&a, &b, Some("10.94.0.1/24")).unwrap();
+    let new = ns.ifindex(&a).unwrap();
+    assert_ne!(old, new, "the kernel gives a recreated interface a new ifindex");
+
+    // Two recovered (unbound, dnsmasq: their address is back), one still stranded.
+    let owned_by = |v: &Value, pid: u32| v["socket"]["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"] == pid));
+    let (mut recovered, mut still): (Vec<u32>, Option<Value>) = (Vec::new(), None);
+    w.wait_for("two recovered and one still stranded", EVENT, |v| {
+        if v["type"] == "socket_recovered" {
+            for pid in [upid, dpid] {
+                if owned_by(v, pid) && !recovered.contains(&pid) {
+                    recovered.push(pid);
+                }
+            }
+        }
+        if v["type"] == "socket_still_stranded" && v["socket"]["local_port"] == dead_port {
+            still = Some(v.clone());
+        }
+        recovered.len() == 2 && still.is_some()
+    })
+    .unwrap();
+    let still = still.unwrap();
+    assert_eq!((still["reason"].as_str(), still["ifindex"].as_u64(), still["ifname"].as_str(), still["now_ifindex"].as_u64()), (Some("device_deleted"), Some(u64::from(old)), Some(a.as_str()), Some(u64::from(new))), "{still}");
+    let verdict = still["verdict"].as_str().unwrap_or_default();
+    assert!(verdict.contains(&format!("is still bound to deleted ifindex {old} ({a}; {a} is now ifindex {new})")), "{verdict}");
+    assert!(verdict.ends_with(&format!("restart it, or `ifsock abort --inode {dead_inode}`")), "{verdict}");
     assert!(w.interrupt().unwrap().success());
-    for v in w.rest().iter().filter(|v| v["type"] == "socket_stranded") {
-        assert_eq!(v["socket"]["pktinfo"], true, "only IP_PKTINFO wildcards are stranded by a deletion: {v}");
-    }
-    // A snapshot alone still marks nothing.
-    assert!(port_rows(&socket_rows(&ns, true).unwrap(), pid, PORT).is_empty());
+    let all = w.rest();
+    assert!(!all.iter().any(|v| v["type"] == "socket_still_stranded" && (owned_by(v, upid) || owned_by(v, dpid))), "only the dead one: {all:#?}");
+
+    // The agent's journal says the same, and `journal` prints the verdict.
+    let rec = agent.wait_record("the agent's socket_still_stranded", |r| r["type"] == "socket_still_stranded" && r["socket"]["local_port"] == dead_port).unwrap();
+    assert!(rec["verdict"].as_str().is_some_and(|v| v.contains(&format!("is still bound to deleted ifindex {old} ({a}; {a} is now ifindex {new})"))), "{rec}");
+    let text = ifsock(&["journal", "--journal", &journal, "--iface", &a]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().any(|l| l.contains("socket_still_stranded") && l.contains(&format!("ifsock abort --inode {dead_inode}"))), "{text}");
+
+    // Every selector finds the dead one, named.
+    let rows = ifsock_json(&["--netns", &ns.name, "sockets", "--json", "--iface", &a, "--journal", &journal]).unwrap();
+    let row = rows.iter().find(|r| r["local_port"] == dead_port).unwrap_or_else(|| panic!("--iface {a} leaves out the dead socket: {rows:#?}"));
+    assert_eq!((row["stranded"]["reason"].as_str(), row["stranded"]["ifname"].as_str(), row["stranded"]["now_ifindex"].as_u64()), (Some("device_deleted"), Some(a.as_str()), Some(u64::from(new))), "{row}");
+    assert!(rows.iter().any(|r| r["local_port"] == PORT && rows_of(std::slice::from_ref(r), upid).len() == 1), "the live interface's sockets stay listed: {rows:#?}");
+    let out = ifsock(&["--netns", &ns.name, "sockets", "--json", "--ifindex", &old.to_string(), "--journal", &journal]).unwrap();
+    assert!(out.status.success(), "--ifindex {old}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("ifindex {old} is not an interface")), "a note: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| r["local_port"].clone()).collect::<Vec<_>>(), vec![Value::from(dead_port)], "{rows:#?}");
+    let table = ifsock(&["--netns", &ns.name, "sockets", "--stranded", "--journal", &journal]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&format!("{a} (deleted ifindex {old}; {a} is now ifindex {new})")), "{text}");
+    let dry = ifsock_json(&["--netns", &ns.name, "abort", "--stranded", "--iface", &a, "--dry-run", "--json", "--journal", &journal]).unwrap();
+    let selected: Vec<u64> = dry[0]["sockets"].as_array().unwrap().iter().filter_map(|s| s["inode"].as_u64()).collect();
+    assert_eq!(selected, vec![dead_inode], "{dry:#?}");
+
+    // A rename: the journal follows the interface under its old name.
+    let renamed = unique("rn");
+    ns.ip(&["link", "set", &a, "down"]).unwrap();
+    ns.ip(&["link", "set", &a, "name", &renamed]).unwrap();
+    ns.ip(&["link", "set", &renamed, "up"]).unwrap();
+    agent.wait_record("the later up", |r| r["type"] == "change" && r["event"] == "up" && r["name"] == renamed.as_str()).unwrap();
+    let lines = ifsock_json(&["journal", "--json", "--journal", &journal, "--iface", &a]).unwrap();
+    assert!(lines.iter().any(|r| r["event"] == "up" && r["name"] == renamed.as_str()), "journal --iface {a} misses the later events: {lines:#?}");
+    assert!(lines.iter().any(|r| r["event"] == "deleted" && r["name"] == a.as_str()), "{lines:#?}");
+    let back = ifsock_json(&["journal", "--json", "--journal", &journal, "--iface", &renamed]).unwrap();
+    assert!(back.iter().any(|r| r["event"] == "recreated" || r["event"] == "created"), "the new name shows the events before the rename: {back:#?}");
+    unbound.check_running().unwrap();
+    dnsmasq.check_running().unwrap();
 }
 
 #[test]

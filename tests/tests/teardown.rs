@@ -765,3 +765,35 @@ fn teardown_lists_a_tcp_reset_during_grace_on_a_connection_bound_to_the_interfac
     assert!(first >= 0.0 && r["vanished_ms"].as_f64().is_some_and(|v| first <= v), "during grace: {r:#}");
     drop(client);
 }
+
+/// A server waiting in `select` (an event loop, as socat waits in `pselect6`) on a socket bound
+/// to the interface's address: teardown shows it waiting, not "no receiver", and ends with a
+/// verdict naming the socket left behind and the command that wakes its owner.
+#[test]
+fn an_event_loop_waiter_is_shown_waiting_and_the_report_ends_with_a_verdict_and_the_next_command() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("te"), unique("tf"));
+    pair(&ns, &a, &b, 224);
+    let code = r#"
+import select, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.224.0.1", 6431))
+print("ready", s.fileno(), flush=True)
+select.select([s], [], [], 600)
+"#;
+    let mut d = Daemon::start(&ns, &["python3", "-c", code]).unwrap();
+    let pid = d.pid();
+    d.wait_line("ready", T).unwrap();
+    wait_until("python in select", T, || in_syscall(pid, &SELECT_WAITS)).unwrap();
+    let out = ifsock(&["--netns", &ns.name, "teardown", &a, "--yes", "--grace", "300ms"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let waiting = format!("python3[{pid}] tid {pid} fd ");
+    assert!(text.lines().any(|l| l.contains(&waiting) && l.contains("(select) at the end of grace — nothing woke it")), "{text}");
+    assert!(!text.contains("no receiver"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("verdict: 1 socket(s) left bound to {a} (gone), 1 thread(s) still waiting")), "{text}");
+    assert!(last.contains("next: `ifsock abort --inode "), "{text}");
+    d.check_running().unwrap();
+}

@@ -15,7 +15,8 @@ pub struct AbortArgs {
     /// interface holds (the `stranded` of `sockets --json`).
     #[arg(long)]
     pub stranded: bool,
-    /// With --stranded: only those tied to this interface.
+    /// With --stranded: only those tied to this interface, or still bound to any ifindex an
+    /// interface of that name had before it was deleted (from the journal, see --journal).
     #[arg(long, requires = "stranded", value_name = "NAME")]
     pub iface: Option<String>,
     /// Only sockets owned by (or waited on by a thread of) this process.
@@ -40,6 +41,11 @@ pub struct AbortArgs {
     /// Destroy mechanism.
     #[arg(long, value_enum, default_value = "auto")]
     pub via: ViaChoice,
+    /// Journal of a recorder that was running before (`ifsock agent`): the names of deleted
+    /// interfaces, for --iface and for sockets still bound to them. Default: the agent's
+    /// directory, when it exists.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// `--inode N`: a socket inode as `ls -l /proc/PID/fd` shows it (`socket:[N]`), a positive

@@ -11,7 +11,8 @@ pub struct JournalArgs {
     /// (`2026-12-01T19:00:00Z`), or `@UNIX_SECONDS`.
     #[arg(long, value_parser = parse_since)]
     pub since: Option<u64>,
-    /// Only records about this interface (current or previous name).
+    /// Only records about this interface: any record under this name, and every record of an
+    /// interface that had it before or after a rename (same netns and ifindex).
     #[arg(long)]
     pub iface: Option<String>,
     /// The journal directory an agent writes.

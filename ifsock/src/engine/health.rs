@@ -5,13 +5,13 @@
 //! [`HealthChange`] per socket whose health changed, so `watch` can emit `socket_stranded` /
 //! `socket_recovered` in the same tick as the change. Sockets that were already stranded when
 //! tracking began are recorded by [`HealthTracker::prime`] without a change.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::model::{
     ids::{IfIndex, NetnsIno, SockInode},
-    link::{AddrTable, Link},
+    link::{AddrTable, Change, ChangeKind, Link},
     socket::Socket,
     stranded::{health, SeenDeletion, SocketReport, StrandReason, Stranded, Via, Waiter},
 };
@@ -44,6 +44,10 @@ pub enum HealthChange {
     },
 }
 
+/// How many deleted ifindexes a tracker remembers the names of (oldest forgotten first); a
+/// socket bound to a deletion older than that shows its ifindex without a name.
+pub const MAX_DELETIONS: usize = 4096;
+
 /// Last known health per socket and the deletions seen per netns.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTracker {
@@ -51,6 +55,11 @@ pub struct HealthTracker {
     deletions: Vec<SeenDeletion>,
     /// Last interface seen holding each address, to name it in `address_gone` once it is gone.
     holders: HashMap<(NetnsIno, std::net::IpAddr), (IfIndex, String)>,
+    /// The name of each interface in the links last seen per netns (bounded by them).
+    names: HashMap<(NetnsIno, IfIndex), String>,
+    /// Sockets already given a still-stranded verdict for their current stranding: said once,
+    /// not after each later change of the same interface.
+    verdicts: HashSet<(Key, StrandReason)>,
 }
 
 impl HealthTracker {
@@ -59,17 +68,21 @@ impl HealthTracker {
         Self::default()
     }
 
-    /// Records a deletion a watcher saw (`RTM_DELLINK`, not a move); wildcard IP_PKTINFO sockets
-    /// of `netns` are judged against it from the next [`update`](Self::update).
+    /// Records a deletion a watcher saw (`RTM_DELLINK`, not a move): it names the deleted
+    /// ifindex for sockets still bound to it (`device_deleted`), from the next
+    /// [`update`](Self::update). It strands nothing by itself. The newest
+    /// [`MAX_DELETIONS`] are kept (a container host deletes veths all day).
     pub fn saw_deletion(&mut self, deletion: SeenDeletion) {
-        self.deletions.retain(|d| !(d.netns == deletion.netns && d.name == deletion.name));
+        self.deletions.retain(|d| !(d.netns == deletion.netns && d.ifindex == deletion.ifindex));
+        if self.deletions.len() >= MAX_DELETIONS {
+            self.deletions.remove(0);
+        }
         self.deletions.push(deletion);
     }
 
-    /// Forgets the deletion of `name` in `netns` (the interface came back, possibly with a new
-    /// ifindex): IP_PKTINFO daemons that rescan interfaces receive on it again.
-    pub fn saw_creation(&mut self, netns: NetnsIno, name: &str) {
-        self.deletions.retain(|d| !(d.netns == netns && d.name == name));
+    /// Forgets the deletions of `netns` (the namespace is gone).
+    pub fn forget_netns(&mut self, netns: NetnsIno) {
+        self.deletions.retain(|d| d.netns != netns);
     }
 
     /// Deletions currently remembered (for the caller's own display).
@@ -81,8 +94,19 @@ impl HealthTracker {
     /// deletions this tracker saw (what `sockets` would show while a watcher runs).
     pub fn assess(&self, socket: &Socket, links: &[Link], addrs: &AddrTable) -> Option<Stranded> {
         let mut h = health(socket, links, addrs, &self.deletions)?;
-        if let Some(prev) = self.stranded.get(&key(socket)).filter(|p| p.reason == h.reason) {
+        let prev = self.stranded.get(&key(socket)).filter(|p| p.reason == h.reason);
+        if let Some(prev) = prev {
             h.since_unix_ns = prev.since_unix_ns;
+        }
+        // A deleted device whose deletion record has not reached us yet (the dump that shows
+        // it gone can be newer than the events processed): its name from the last links seen,
+        // or from the judgement before.
+        if h.reason == StrandReason::DeviceDeleted && h.ifname.is_none() {
+            let name = prev.and_then(|p| p.ifname.clone()).or_else(|| h.ifindex.and_then(|i| self.names.get(&(socket.netns, i)).cloned()));
+            if let Some(n) = name {
+                h.now_ifindex = links.iter().find(|l| l.name == n).map(|l| l.ifindex);
+                h.ifname = Some(n);
+            }
         }
         if h.reason == StrandReason::AddressGone && h.ifindex.is_none() {
             if let Some((i, n)) = h.address.and_then(|a| self.holders.get(&(socket.netns, a))) {
@@ -94,6 +118,10 @@ impl HealthTracker {
     }
 
     fn remember_holders(&mut self, netns: NetnsIno, links: &[Link]) {
+        self.names.retain(|k, _| k.0 != netns || links.iter().any(|l| l.ifindex == k.1));
+        for l in links {
+            self.names.insert((netns, l.ifindex), l.name.clone());
+        }
         for l in links {
             for a in &l.addrs {
                 self.holders.insert((netns, *a), (l.ifindex, l.name.clone()));
@@ -142,6 +170,46 @@ impl HealthTracker {
         self.stranded.retain(|k, _| k.0 != netns);
         self.stranded.extend(fresh);
         self.remember_holders(netns, links);
+        for c in &out {
+            let (HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. }) = c;
+            let k = key(socket);
+            self.verdicts.retain(|(v, _)| *v != k);
+        }
+        out
+    }
+
+    /// After [`update`](Self::update): the sockets of `netns` a cure-like change among
+    /// `changes_seen` (created, recreated, up, moved in, address added) was about (bound to its
+    /// ifindex or the ifindex it replaced, its name, or its address) and that are still stranded
+    /// after it, each with that change's kind; once per socket and stranding. Sockets whose
+    /// health just changed (`changes`, the result of `update`) are left out: they have their
+    /// record.
+    pub fn still_stranded(&mut self, netns: NetnsIno, changes_seen: &[&Change], changes: &[HealthChange], sockets: &[Socket], links: &[Link], addrs: &AddrTable) -> Vec<(Socket, Stranded, &'static str)> {
+        let cures: Vec<&Change> = changes_seen
+            .iter()
+            .copied()
+            .filter(|c| matches!(c.kind, ChangeKind::Created | ChangeKind::Recreated | ChangeKind::Up | ChangeKind::MovedIn | ChangeKind::AddressAdded))
+            .collect();
+        if cures.is_empty() {
+            return Vec::new();
+        }
+        let changed: HashSet<Key> = changes.iter().map(|h| match h {
+            HealthChange::Stranded { socket, .. } | HealthChange::Recovered { socket, .. } => key(socket),
+        }).collect();
+        let mut out = Vec::new();
+        for s in sockets.iter().filter(|s| s.netns == netns && !changed.contains(&key(s))) {
+            let Some(st) = self.assess(s, links, addrs) else { continue };
+            let by_index = |c: &&&Change| st.ifindex == Some(c.ifindex) || (c.old_ifindex.is_some() && st.ifindex == c.old_ifindex);
+            let by_name = |c: &&&Change| c.address.is_none() && st.ifname.as_deref() == Some(c.name.as_str());
+            let by_addr = |c: &&&Change| st.address.is_some() && st.address == c.address;
+            // The link change (by ifindex, then name) over an address change of the same interface.
+            let about = cures.iter().rev().find(by_index).or_else(|| cures.iter().rev().find(by_name)).or_else(|| cures.iter().rev().find(by_addr));
+            if let Some(c) = about {
+                if self.verdicts.insert((key(s), st.reason)) {
+                    out.push((s.clone(), st, c.kind.name()));
+                }
+            }
+        }
         out
     }
 }
@@ -254,15 +322,39 @@ mod tests {
     }
 
     #[test]
-    fn seen_deletion_strands_pktinfo_wildcards_until_recreated() {
+    fn seen_deletion_strands_no_wildcard_and_names_the_deleted_device_after_recreate() {
         let t = AddrTable::default();
-        let socks = vec![sock(4, [0, 0, 0, 0], 0, true), sock(5, [0, 0, 0, 0], 0, false)];
+        let socks = vec![sock(4, [0, 0, 0, 0], 0, true), sock(5, [0, 0, 0, 0], 0, false), sock(6, [0, 0, 0, 0], 5, false)];
         let mut h = HealthTracker::new();
         h.prime(NS, &socks, &veth(true, true), &t);
         h.saw_deletion(SeenDeletion { netns: NS, ifindex: IfIndex(5), name: "veth0".into(), at_unix_ns: 5 });
-        assert_eq!(kinds(&h.update(NS, &socks, &[], &t, 5)), vec![("stranded", 4, Some(StrandReason::InterfaceDeleted))]);
-        h.saw_creation(NS, "veth0");
-        assert_eq!(kinds(&h.update(NS, &socks, &veth(true, true), &t, 6)), vec![("recovered", 4, None)]);
+        let c = h.update(NS, &socks, &[], &t, 5);
+        assert_eq!(kinds(&c), vec![("stranded", 6, Some(StrandReason::DeviceDeleted))], "wildcards stay healthy");
+        let again = vec![Link { ifindex: IfIndex(6), ..veth(true, true).remove(0) }];
+        assert!(h.update(NS, &socks, &again, &t, 6).is_empty(), "recreated with a new ifindex: nothing recovers");
+        let st = h.assess(&socks[2], &again, &t).unwrap();
+        assert_eq!((st.ifindex, st.ifname.as_deref(), st.now_ifindex), (Some(IfIndex(5)), Some("veth0"), Some(IfIndex(6))));
+        for i in 0..MAX_DELETIONS as u32 {
+            h.saw_deletion(SeenDeletion { netns: NS, ifindex: IfIndex(100 + i), name: format!("v{i}"), at_unix_ns: 7 });
+        }
+        assert_eq!(h.deletions().len(), MAX_DELETIONS, "bounded");
+        assert!(!h.deletions().iter().any(|d| d.ifindex == IfIndex(5)), "the oldest deletion is forgotten first");
+        assert_eq!(h.assess(&socks[2], &again, &t).unwrap().ifname.as_deref(), Some("veth0"), "a socket still stranded keeps the name it was judged with");
+        h.forget_netns(NS);
+        assert!(h.deletions().is_empty());
+    }
+
+    #[test]
+    fn a_device_seen_gone_before_its_deletion_record_keeps_its_last_name() {
+        let t = AddrTable::default();
+        let socks = vec![sock(3, [0, 0, 0, 0], 5, false)];
+        let mut h = HealthTracker::new();
+        h.prime(NS, &socks, &veth(true, true), &t);
+        let c = h.update(NS, &socks, &[], &t, 1);
+        let HealthChange::Stranded { stranded, .. } = &c[0] else { panic!("{c:?}") };
+        assert_eq!((stranded.reason, stranded.ifname.as_deref()), (StrandReason::DeviceDeleted, Some("veth0")), "named from the links seen before");
+        assert!(h.update(NS, &socks, &[], &t, 2).is_empty());
+        assert_eq!(h.assess(&socks[0], &[], &t).and_then(|s| s.ifname).as_deref(), Some("veth0"), "and keeps it");
     }
 
     #[test]

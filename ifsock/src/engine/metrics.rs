@@ -19,7 +19,7 @@ pub struct SocketRow {
     /// `tcp` or `udp`.
     pub protocol: &'static str,
     /// Why it is stranded, if it is: `(ifname, reason)` with reason `address_gone`,
-    /// `device_down`, `device_deleted` or `interface_deleted`.
+    /// `device_down` or `device_deleted`.
     pub stranded: Option<(String, &'static str)>,
 }
 

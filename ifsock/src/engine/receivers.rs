@@ -269,15 +269,25 @@ pub struct RecordedDeletion {
 /// How far before an estimated receive start a recorded deletion still counts, ns.
 pub const ESTIMATED_START_SLACK_NS: u64 = 1_000_000_000;
 
-/// Marks receivers stranded by recorded deletions: a wildcard (no device, unspecified address)
-/// IP_PKTINFO socket whose receiver has been blocked since before an interface of its netns was
-/// deleted gets a `deleted` tie to that interface and `stranded`, and its evidence names
-/// `source` (the journal directory). Other receivers are left as they are: a device- or
+/// Names deleted bound devices (a `deleted` tie without a name) from recorded deletions, and
+/// notes recorded deletions on receivers, as information: a wildcard (no device, unspecified
+/// address) IP_PKTINFO socket whose receiver has been blocked since before an interface of its
+/// netns was deleted gets a `deleted` tie to that interface, and its evidence names `source`
+/// (the journal directory). It is not `stranded`: it still receives on every other interface. Other receivers are left as they are: a device- or
 /// address-bound socket already shows its tie, and a receive that began after the deletion was
 /// not stranded by it. `now_unix_ns` and `blocked_ns` place the receive's start; when that
 /// start is an estimate from the scheduler clock (`blocked_source: sched_exec_start`, measured
 /// here to lag by up to ~0.2 s), a deletion up to [`ESTIMATED_START_SLACK_NS`] before it counts.
 pub fn mark_recorded_deletions(rows: &mut [HungReceiver], deletions: &[RecordedDeletion], now_unix_ns: u64, source: &str) {
+    // A device binding to a deleted ifindex: the kernel forgot its name, the journal did not.
+    for r in rows.iter_mut() {
+        let Some(netns) = r.socket.as_ref().map(|s| s.netns) else { continue };
+        for t in r.interfaces.iter_mut().filter(|t| t.name.is_none() && t.state == IfaceState::Deleted) {
+            if let Some(d) = deletions.iter().filter(|d| d.netns == netns && d.ifindex == t.ifindex).max_by_key(|d| d.ts_unix_ns) {
+                t.name = Some(d.ifname.clone());
+            }
+        }
+    }
     for r in rows.iter_mut() {
         let (Some(s), Some(blocked)) = (r.socket.as_ref(), r.blocked_ns) else { continue };
         if !(s.pktinfo && s.bound_dev_if == 0 && s.local_addr.is_unspecified()) {
@@ -290,7 +300,6 @@ pub fn mark_recorded_deletions(rows: &mut [HungReceiver], deletions: &[RecordedD
                 continue;
             }
             r.interfaces.push(IfaceTie { ifindex: d.ifindex, name: Some(d.ifname.clone()), binding: Binding::Wildcard, state: IfaceState::Deleted });
-            r.stranded = true;
             let after_ms = (i128::from(d.ts_unix_ns) - i128::from(started + slack)) / 1_000_000;
             r.evidence.push_str(&format!(
                 "; {} (ifindex {}) deleted {after_ms} ms after this receive began{}: from the journal {source}",
@@ -434,10 +443,16 @@ mod tests {
         assert!(rows.iter().all(|r| !r.stranded), "before the receive began, or another netns: not this receiver's");
         mark_recorded_deletions(&mut rows, &[gone(995 * S, NS), gone(996 * S, NS)], 1000 * S, "/j");
         let seed = rows.iter().find(|r| r.tid == 11).unwrap();
-        assert!(seed.stranded);
+        assert!(!seed.stranded, "information only: a wildcard socket still receives on the others");
         assert_eq!(seed.interfaces.iter().filter(|t| t.ifindex == IfIndex(7) && t.state == IfaceState::Deleted).count(), 1, "one tie per interface");
         assert!(seed.evidence.contains("foo0 (ifindex 7) deleted 5000 ms after this receive began: from the journal /j"), "{}", seed.evidence);
         assert!(!rows.iter().find(|r| r.tid == 12).unwrap().stranded, "a wildcard socket without IP_PKTINFO still receives on the others");
+        // A device tie to a deleted ifindex gets its last name.
+        let mut bound = rows.iter().find(|r| r.tid == 11).unwrap().clone();
+        bound.interfaces = vec![IfaceTie { ifindex: IfIndex(7), name: None, binding: Binding::Device, state: IfaceState::Deleted }];
+        let mut one = vec![bound];
+        mark_recorded_deletions(&mut one, &[gone(995 * S, NS)], 1000 * S, "/j");
+        assert_eq!(one[0].interfaces[0].name.as_deref(), Some("foo0"));
     }
 
     #[test]
@@ -543,19 +558,19 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_pktinfo_is_stranded_by_the_deleted_interface_not_by_a_peer_down() {
+    fn wildcard_pktinfo_is_never_stranded_and_a_deleted_interface_is_only_noted() {
         let tasks = alive(&[]);
         let wild = sock(42, NS, [0, 0, 0, 0], 0, true, true);
         // The veth peer in this netns is down; nothing was deleted: not stranded.
         let c = ctx(vec![link(2, "vpeer", [10, 0, 0, 2], false), link(1, "lo", [127, 0, 0, 1], true)], vec![]);
         let rows = run(&[], &[blocked(11, NS, Some(42), None)], std::slice::from_ref(&wild), &c, Filter::ALL, &tasks);
         assert!(!rows[0].stranded, "a wildcard socket still receives on the other interfaces: {:?}", rows[0].interfaces);
-        // Its interface was deleted while we watched: stranded, by that interface only.
+        // Its interface was deleted while we watched: noted as a deleted tie, not stranded.
         let c = ctx(vec![link(2, "vpeer", [10, 0, 0, 2], false)], vec![link(3, "veth0", [10, 0, 0, 1], true)]);
         let rows = run(&[], &[blocked(11, NS, Some(42), None)], std::slice::from_ref(&wild), &c, Filter::ALL, &tasks);
-        assert!(rows[0].stranded);
-        let stranding: Vec<_> = rows[0].interfaces.iter().filter(|t| crate::model::receiver::tie_strands(true, t)).map(|t| t.ifindex).collect();
-        assert_eq!(stranding, vec![IfIndex(3)]);
+        assert!(!rows[0].stranded);
+        let deleted: Vec<_> = rows[0].interfaces.iter().filter(|t| t.state == IfaceState::Deleted).map(|t| t.ifindex).collect();
+        assert_eq!(deleted, vec![IfIndex(3)]);
         // Without IP_PKTINFO the same deletion strands nothing.
         let plain = sock(42, NS, [0, 0, 0, 0], 0, false, true);
         let rows = run(&[], &[blocked(11, NS, Some(42), None)], &[plain], &c, Filter::ALL, &tasks);

@@ -12,7 +12,7 @@ use crate::{
     kernel::cgroup::Attribution,
     model::{
         ids::NetnsIno,
-        link::Dump,
+        link::{Change, Dump},
         receiver::BlockedThread,
         socket::{binding_name, Socket},
         stranded::{SocketHealthEvent, Stranded},
@@ -49,7 +49,7 @@ pub struct SocketHealthLine {
 /// A socket whose health changed at this snapshot.
 #[derive(Clone, Debug)]
 pub struct Changed {
-    /// `socket_stranded` or `socket_recovered`.
+    /// `socket_stranded`, `socket_recovered` or `socket_still_stranded`.
     pub ty: &'static str,
     /// The socket, tied as in the gauges.
     pub tied: TiedSocket,
@@ -57,12 +57,23 @@ pub struct Changed {
     pub by: Stranded,
     /// Its health now (`None`: healthy).
     pub now: Option<Stranded>,
+    /// `socket_still_stranded`: the kind of the change that did not cure it.
+    pub cause: Option<&'static str>,
 }
 
 /// Judges one netns's snapshot: `sockets` (read before `dump`), `blocked` receivers of every
 /// netns (matched by socket inode), at `now_unix_ns`. Updates `health`'s memory of each
 /// socket's state. `label` names the netns in the gauges (its inode when `None`).
 pub fn judge(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, blocked: &[BlockedThread], now_unix_ns: u64) -> (NetnsSnapshot, Vec<Changed>) {
+    judge_after(health, ino, label, sockets, dump, blocked, now_unix_ns, &[])
+}
+
+/// As [`judge`], after the interface changes `seen` of this netns since the last snapshot: a
+/// socket still stranded after a change that could have cured it (its interface recreated or
+/// up, its address back) is reported once as `socket_still_stranded`
+/// ([`HealthTracker::still_stranded`]), with that change's kind in `cause`.
+#[allow(clippy::too_many_arguments)] // judge's inputs plus the changes seen
+pub fn judge_after(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, blocked: &[BlockedThread], now_unix_ns: u64, seen: &[Change]) -> (NetnsSnapshot, Vec<Changed>) {
     let mut snap = NetnsSnapshot { netns: label.map_or_else(|| ino.to_string(), str::to_string), ..NetnsSnapshot::default() };
     let tied = tie::each_once(sockets, ino, &dump.links);
     for t in &tied {
@@ -77,14 +88,21 @@ pub fn judge(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, soc
         snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), receiving));
     }
     let mut changed = Vec::new();
-    for change in health.update(ino, sockets, &dump.links, &dump.addrs, now_unix_ns) {
+    let updates = health.update(ino, sockets, &dump.links, &dump.addrs, now_unix_ns);
+    let seen: Vec<&Change> = seen.iter().collect();
+    let still = health.still_stranded(ino, &seen, &updates, sockets, &dump.links, &dump.addrs);
+    for change in updates {
         let (ty, socket, by) = match change {
             HealthChange::Stranded { socket, stranded } => ("socket_stranded", socket, stranded),
             HealthChange::Recovered { socket, was } => ("socket_recovered", socket, was),
         };
         let Some(t) = tied.iter().find(|t| t.socket.inode == socket.inode && t.socket.sk == socket.sk) else { continue };
         let now = health.assess(&socket, &dump.links, &dump.addrs);
-        changed.push(Changed { ty, tied: t.clone(), by, now });
+        changed.push(Changed { ty, tied: t.clone(), by, now, cause: None });
+    }
+    for (socket, st, cause) in still {
+        let Some(t) = tied.iter().find(|t| t.socket.inode == socket.inode && t.socket.sk == socket.sk) else { continue };
+        changed.push(Changed { ty: "socket_still_stranded", tied: t.clone(), by: st.clone(), now: Some(st), cause: Some(cause) });
     }
     (snap, changed)
 }
@@ -156,5 +174,27 @@ mod tests {
         assert_eq!(c.len(), 1, "{c:?}");
         assert_eq!((c[0].ty, c[0].by.reason.name()), ("socket_recovered", "device_down"));
         assert!(c[0].now.is_none());
+    }
+
+    #[test]
+    fn a_recreate_that_does_not_cure_a_socket_is_reported_once_as_still_stranded() {
+        use crate::model::{link::ChangeKind, stranded::SeenDeletion};
+        let sockets = vec![sock(1, [0; 4], 5), sock(2, [10, 78, 0, 1], 0)];
+        let mut health = HealthTracker::new();
+        judge(&mut health, NS, None, &sockets, &dump(true), &[], 100);
+        health.saw_deletion(SeenDeletion { netns: NS, ifindex: IfIndex(5), name: "veth0".into(), at_unix_ns: 150 });
+        let (_, c) = judge(&mut health, NS, None, &sockets, &Dump::default(), &[], 200);
+        assert_eq!(c.iter().map(|c| (c.ty, c.by.reason.name())).collect::<Vec<_>>(), vec![("socket_stranded", "device_deleted"), ("socket_stranded", "address_gone")]);
+        // veth0 again, as ifindex 9, with its address: the address-bound socket recovers, the
+        // device-bound one still names ifindex 5.
+        let mut again = dump(true);
+        again.links[0].ifindex = IfIndex(9);
+        let recreated = Change { kind: ChangeKind::Recreated, ifindex: IfIndex(9), name: "veth0".into(), old_name: None, old_ifindex: Some(IfIndex(5)), address: None };
+        let (_, c) = judge_after(&mut health, NS, None, &sockets, &again, &[], 300, std::slice::from_ref(&recreated));
+        let got: Vec<_> = c.iter().map(|c| (c.ty, c.tied.socket.inode.0, c.cause)).collect();
+        assert_eq!(got, vec![("socket_recovered", 2, None), ("socket_still_stranded", 1, Some("recreated"))]);
+        assert_eq!((c[1].by.ifname.as_deref(), c[1].by.now_ifindex), (Some("veth0"), Some(IfIndex(9))));
+        let (_, c) = judge_after(&mut health, NS, None, &sockets, &again, &[], 400, &[Change { kind: ChangeKind::Up, ..recreated }]);
+        assert!(c.is_empty(), "said once: {c:?}");
     }
 }

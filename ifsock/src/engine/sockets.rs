@@ -13,7 +13,7 @@ use crate::{
         ids::{IfIndex, NetnsIno, SockInode},
         link::{AddrTable, Link},
         socket::Socket,
-        stranded::{health, SocketReport},
+        stranded::{health, SeenDeletion, SocketReport},
         tie::Ties,
     },
 };
@@ -41,6 +41,8 @@ pub struct Join {
     held: Vec<(Ties, Vec<Option<Socket>>)>,
     keys: Vec<(RowKey, u32, u32)>,
     tables: Vec<(NetnsIno, Vec<Link>, AddrTable)>,
+    /// Deletions read from the journal: they name the ifindex of a `device_deleted` socket.
+    seen: Vec<SeenDeletion>,
 }
 
 impl Join {
@@ -60,6 +62,11 @@ impl Join {
         self.tables.push((netns, links, addrs));
     }
 
+    /// Adds deletions the journal recorded (any netns), to name deleted bound devices.
+    pub fn add_deletions(&mut self, seen: Vec<SeenDeletion>) {
+        self.seen.extend(seen);
+    }
+
     /// No row at all (then no waiter pass is worth taking).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -71,7 +78,7 @@ impl Join {
         // Unstable (no merge buffer) on a key that is unique per socket, so the order is still
         // the same from run to run.
         self.keys.sort_unstable_by_key(|k| k.0);
-        let Join { mut held, keys, tables } = self;
+        let Join { mut held, keys, tables, seen } = self;
         let empty = AddrTable::default();
         keys.into_iter()
             .filter_map(move |(_, space, i)| {
@@ -80,7 +87,7 @@ impl Join {
             })
             .map(move |tied| {
                 let (links, addrs) = tables.iter().find(|(ino, _, _)| *ino == tied.socket.netns).map_or((&[][..], &empty), |(_, l, a)| (&l[..], a));
-                let stranded = health(&tied.socket, links, addrs, &[]);
+                let stranded = health(&tied.socket, links, addrs, &seen);
                 waiters.report(tied, stranded)
             })
             .filter(move |r| !stranded_only || r.stranded.is_some())
@@ -158,6 +165,31 @@ mod tests {
         j.add(NetnsIno(7), Some(Ties::each_once(NetnsIno(7), l.clone())), all, l, AddrTable::default());
         let stranded: Vec<_> = j.into_reports(&WaiterIndex::default(), true).map(|r| (r.tied.socket.inode.0, r.stranded.map(|s| s.reason.name()))).collect();
         assert_eq!(stranded, vec![(4, Some("address_gone")), (3, Some("device_down"))], "the address no interface holds is untied, so first");
+    }
+
+    #[test]
+    fn a_deleted_ifindex_lists_only_its_bound_sockets_named_from_the_journal() {
+        let l = vec![link(1, "lo", true, Some("127.0.0.1")), link(9, "veth0", true, Some("10.78.0.1"))];
+        // veth0 was ifindex 5, deleted and recreated as 9.
+        let sockets = vec![sock(7, 1, [0, 0, 0, 0], 53, 5, 17), sock(7, 2, [0, 0, 0, 0], 54, 0, 17), sock(7, 3, [10, 78, 0, 1], 55, 0, 17), sock(7, 4, [0, 0, 0, 0], 56, 6, 17)];
+        let seen = vec![SeenDeletion { netns: NetnsIno(7), ifindex: IfIndex(5), name: "veth0".into(), at_unix_ns: 1 }];
+        let mut j = Join::default();
+        j.add(NetnsIno(7), Some(Ties::to_deleted(NetnsIno(7), vec![(IfIndex(5), Some("veth0".into()))], l.clone())), sockets.clone(), l.clone(), AddrTable::default());
+        j.add_deletions(seen.clone());
+        let rows: Vec<_> = j.into_reports(&WaiterIndex::default(), false).collect();
+        assert_eq!(rows.iter().map(|r| r.tied.socket.inode.0).collect::<Vec<_>>(), vec![1], "only the socket bound to the deleted ifindex");
+        let st = rows[0].stranded.as_ref().unwrap();
+        assert_eq!((st.reason.name(), st.ifindex, st.ifname.as_deref(), st.now_ifindex), ("device_deleted", Some(IfIndex(5)), Some("veth0"), Some(IfIndex(9))));
+        assert_eq!((rows[0].tied.ifindex, rows[0].tied.ifname.as_deref()), (Some(IfIndex(5)), Some("veth0")));
+        // --iface veth0: the live interface's sockets and the one bound to its old ifindex.
+        let veth = target(&l, Some("veth0"), None).unwrap();
+        let ties = Ties::to_interface(NetnsIno(7), veth.ifindex, &veth.name, &veth.addrs.iter().copied().collect::<Vec<_>>(), l.clone()).and_deleted(vec![(IfIndex(5), Some("veth0".into()))]);
+        let mut j = Join::default();
+        j.add(NetnsIno(7), Some(ties), sockets, l.clone(), AddrTable::default());
+        j.add_deletions(seen);
+        let mut got: Vec<_> = j.into_reports(&WaiterIndex::default(), true).map(|r| r.tied.socket.inode.0).collect();
+        got.sort();
+        assert_eq!(got, vec![1], "--stranded --iface veth0 selects the dead one");
     }
 
     #[test]

@@ -120,8 +120,8 @@ pub struct HungReceiver {
     pub candidates: Vec<SockInode>,
     /// Interfaces the socket is tied to (wildcard sockets: every interface of the netns).
     pub interfaces: Vec<IfaceTie>,
-    /// An interface it is tied to by device or address is down or deleted, or (wildcard with
-    /// IP_PKTINFO) one of its netns's interfaces was deleted while it waited.
+    /// An interface it is tied to by device or address is down or deleted. A wildcard socket is
+    /// never stranded: a deleted interface among its ties is information only.
     pub stranded: bool,
 }
 
@@ -179,12 +179,12 @@ pub fn ties(socket: &Socket, current: &[Link], deleted: &[Link]) -> Vec<IfaceTie
 }
 
 /// Whether this one tie strands a socket: a device or address binding to an interface that is
-/// not up, or a wildcard IP_PKTINFO socket whose netns lost the interface (a wildcard socket
-/// is not stranded by a down interface: it still receives on the others).
-pub fn tie_strands(pktinfo: bool, t: &IfaceTie) -> bool {
+/// not up. A wildcard tie never does, with or without IP_PKTINFO: the socket still receives on
+/// every other interface and on a recreated one (`pktinfo` is kept for callers that say so).
+pub fn tie_strands(_pktinfo: bool, t: &IfaceTie) -> bool {
     match t.binding {
         Binding::Device | Binding::Address => t.state != IfaceState::Up,
-        Binding::Wildcard => pktinfo && t.state == IfaceState::Deleted,
+        Binding::Wildcard => false,
     }
 }
 
@@ -215,9 +215,9 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_pktinfo_is_stranded_only_by_a_deletion() {
+    fn a_wildcard_tie_never_strands_even_with_pktinfo_after_a_deletion() {
         let tie = |binding, state| IfaceTie { ifindex: IfIndex(3), name: None, binding, state };
-        assert!(tie_strands(true, &tie(Binding::Wildcard, IfaceState::Deleted)));
+        assert!(!tie_strands(true, &tie(Binding::Wildcard, IfaceState::Deleted)));
         assert!(!tie_strands(true, &tie(Binding::Wildcard, IfaceState::Down)));
         assert!(!tie_strands(false, &tie(Binding::Wildcard, IfaceState::Deleted)));
         assert!(tie_strands(false, &tie(Binding::Device, IfaceState::Down)));

@@ -26,9 +26,6 @@ pub enum StrandReason {
     DeviceDown,
     /// `sk_bound_dev_if` names no existing interface.
     DeviceDeleted,
-    /// A wildcard socket with `IP_PKTINFO`/`IPV6_RECVPKTINFO` whose owner tracks interfaces
-    /// itself, after a running watcher saw one deleted. Never inferred from a snapshot alone.
-    InterfaceDeleted,
 }
 
 impl StrandReason {
@@ -38,14 +35,15 @@ impl StrandReason {
             StrandReason::AddressGone => "address_gone",
             StrandReason::DeviceDown => "device_down",
             StrandReason::DeviceDeleted => "device_deleted",
-            StrandReason::InterfaceDeleted => "interface_deleted",
         }
     }
 }
 
-/// The `stranded` object of a socket row: `{reason, ifindex, ifname, address, since_unix_ns}`,
-/// fields `null` where unknown (a snapshot does not know since when, nor which interface held a
-/// vanished address).
+/// The `stranded` object of a socket row: `{reason, ifindex, ifname, now_ifindex, address,
+/// since_unix_ns}`, fields `null` where unknown (a snapshot does not know since when, nor which
+/// interface held a vanished address). For `device_deleted`, `ifname` is the deleted ifindex's
+/// last name when a watcher or the journal saw it go, and `now_ifindex` the ifindex that name has
+/// now (the interface was recreated; the socket still names the old one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Stranded {
     /// Why.
@@ -55,6 +53,9 @@ pub struct Stranded {
     pub ifindex: Option<IfIndex>,
     /// Its name, when known.
     pub ifname: Option<String>,
+    /// `device_deleted` only: the ifindex an interface named `ifname` has now in the socket's
+    /// netns (recreated under the same name), else `None`.
+    pub now_ifindex: Option<IfIndex>,
     /// The socket's local address when it is specific (None for wildcard sockets).
     pub address: Option<IpAddr>,
     /// When the change that stranded it was seen, in ns since the Unix epoch (None from a
@@ -62,8 +63,10 @@ pub struct Stranded {
     pub since_unix_ns: Option<u64>,
 }
 
-/// An interface deletion a running watcher saw (`RTM_DELLINK` without `IFLA_NEW_NETNSID`), the
-/// only evidence [`StrandReason::InterfaceDeleted`] is ever based on.
+/// An interface deletion a running watcher (or the journal) saw (`RTM_DELLINK` without
+/// `IFLA_NEW_NETNSID`): it names a deleted ifindex that a `device_deleted` socket still holds
+/// (the kernel forgets the name with the device). It never strands a socket by itself: a wildcard
+/// socket, with or without IP_PKTINFO, still receives on every other interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeenDeletion {
     /// The netns it was deleted from.
@@ -111,12 +114,13 @@ fn is_link_local(addr: IpAddr) -> bool {
 }
 
 /// The health of `socket` in a netns whose links (with addresses) are `links` and whose address
-/// details are `addrs`; `seen_deleted` are deletions a running watcher saw in that netns (empty
-/// for a plain snapshot). Returns `None` for a healthy socket.
+/// details are `addrs`; `seen_deleted` are deletions seen in that netns (empty for a plain
+/// snapshot), used only to name a deleted bound device. Returns `None` for a healthy socket.
 ///
 /// Order: the bound device first (`device_deleted`, `device_down`; a link-local address must be
 /// held by that device), then the specific local address (`address_gone`: no interface of the
-/// netns holds it), then wildcard IP_PKTINFO sockets against `seen_deleted` (the latest one).
+/// netns holds it). A wildcard socket without a bound device is never stranded: deleting one
+/// interface leaves it receiving on the others (IP_PKTINFO only tells the owner which one).
 /// Local addresses arrive v4-mapped-as-IPv4 ([`Socket::from_record`]), so a `::ffff:10.0.0.1`
 /// bind is matched against IPv4 addresses. `since_unix_ns` is left `None`: the caller knows when.
 pub fn health(socket: &Socket, links: &[Link], addrs: &AddrTable, seen_deleted: &[SeenDeletion]) -> Option<Stranded> {
@@ -124,12 +128,17 @@ pub fn health(socket: &Socket, links: &[Link], addrs: &AddrTable, seen_deleted: 
     let specific = (!local.is_unspecified()).then_some(local);
     let stranded = |reason, link: Option<(IfIndex, Option<String>)>| {
         let (ifindex, ifname) = link.map_or((None, None), |(i, n)| (Some(i), n));
-        Some(Stranded { reason, ifindex, ifname, address: specific, since_unix_ns: None })
+        Some(Stranded { reason, ifindex, ifname, now_ifindex: None, address: specific, since_unix_ns: None })
     };
     if socket.bound_dev_if != 0 {
         let ifindex = IfIndex(socket.bound_dev_if);
         let Some(dev) = links.iter().find(|l| l.ifindex == ifindex) else {
-            return stranded(StrandReason::DeviceDeleted, Some((ifindex, None)));
+            let name = last_name(seen_deleted, socket.netns, ifindex);
+            let mut st = stranded(StrandReason::DeviceDeleted, Some((ifindex, name.map(str::to_string))));
+            if let (Some(st), Some(n)) = (st.as_mut(), name) {
+                st.now_ifindex = links.iter().find(|l| l.name == n).map(|l| l.ifindex);
+            }
+            return st;
         };
         if !dev.is_up() {
             return stranded(StrandReason::DeviceDown, Some((ifindex, Some(dev.name.clone()))));
@@ -147,11 +156,12 @@ pub fn health(socket: &Socket, links: &[Link], addrs: &AddrTable, seen_deleted: 
         }
         return None;
     }
-    if socket.bound_dev_if == 0 && socket.pktinfo {
-        let gone = seen_deleted.iter().filter(|d| d.netns == socket.netns).max_by_key(|d| d.at_unix_ns)?;
-        return stranded(StrandReason::InterfaceDeleted, Some((gone.ifindex, Some(gone.name.clone()))));
-    }
     None
+}
+
+/// The last name `ifindex` had in `netns` among `seen` deletions (the latest one wins).
+pub fn last_name(seen: &[SeenDeletion], netns: NetnsIno, ifindex: IfIndex) -> Option<&str> {
+    seen.iter().filter(|d| d.netns == netns && d.ifindex == ifindex).max_by_key(|d| d.at_unix_ns).map(|d| d.name.as_str())
 }
 
 /// How a waiting thread is tied to a socket.
@@ -235,7 +245,7 @@ impl SocketReport {
 }
 
 /// The payload of watch's `socket_stranded` and `socket_recovered` records (the `type` tag is
-/// added by the record enum): `{ts_unix_ns, netns, netns_name, reason, ifindex, ifname, address,
+/// added by the record enum): `{ts_unix_ns, netns, netns_name, reason, ifindex, ifname, now_ifindex, address,
 /// cause, socket: {…a sockets --json row…}, waiters: […]}`. For `socket_recovered`, `reason`,
 /// `ifindex`, `ifname` and `address` are those it was stranded by.
 #[derive(Clone, Debug, Serialize)]
@@ -252,6 +262,9 @@ pub struct SocketHealthEvent {
     pub ifindex: Option<IfIndex>,
     /// Its name.
     pub ifname: Option<String>,
+    /// `device_deleted` only: the ifindex an interface named `ifname` has now (see
+    /// [`Stranded::now_ifindex`]).
+    pub now_ifindex: Option<IfIndex>,
     /// The socket's specific local address, if any.
     pub address: Option<IpAddr>,
     /// The change that caused it (the watcher's change kind, e.g. `deleted`, `down`,
@@ -262,6 +275,40 @@ pub struct SocketHealthEvent {
     /// The threads waiting on it (the same list as `socket.waiters`, at top level for
     /// consumers that only read this).
     pub waiters: Vec<Waiter>,
+    /// `socket_still_stranded` only: which socket is still stranded, why, and the next step
+    /// ([`verdict`]); omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+/// The verdict on a socket still stranded after a change that could have cured it (an
+/// interface recreated or up, an address back), with the next step:
+/// `python3[15300]/fd3 is still bound to deleted ifindex 3 (uxv0; uxv0 is now ifindex 4):
+/// restart it, or `ifsock abort --inode 812``. `None` for a healthy socket.
+pub fn verdict(r: &SocketReport) -> Option<String> {
+    let st = r.stranded.as_ref()?;
+    let s = &r.tied.socket;
+    let who = s.owners.first().map_or_else(|| format!("socket inode {} (no owner)", s.inode), |o| format!("{}[{}]/fd{}", o.comm, o.pid, o.fd));
+    let abort = format!("`ifsock abort --inode {}`", s.inode);
+    Some(match st.reason {
+        StrandReason::DeviceDeleted => {
+            let i = st.ifindex.map_or_else(|| s.bound_dev_if.to_string(), |i| i.to_string());
+            let name = match (&st.ifname, st.now_ifindex) {
+                (Some(n), Some(now)) => format!(" ({n}; {n} is now ifindex {now})"),
+                (Some(n), None) => format!(" ({n})"),
+                _ => String::new(),
+            };
+            format!("{who} is still bound to deleted ifindex {i}{name}: restart it, or {abort}")
+        }
+        StrandReason::DeviceDown => {
+            let dev = st.ifname.clone().unwrap_or_else(|| format!("ifindex {}", s.bound_dev_if));
+            format!("{who} is bound to {dev}, which is still down: `ip link set {dev} up`, or restart it, or {abort}")
+        }
+        StrandReason::AddressGone => {
+            let a = st.address.map_or_else(|| s.local_addr.to_string(), |a| a.to_string());
+            format!("{who} is still bound to {a}, which no interface holds: add the address back, or restart it, or {abort}")
+        }
+    })
 }
 
 impl SocketHealthEvent {
@@ -274,10 +321,12 @@ impl SocketHealthEvent {
             reason: by.reason,
             ifindex: by.ifindex,
             ifname: by.ifname.clone(),
+            now_ifindex: by.now_ifindex,
             address: by.address,
             cause,
             waiters: socket.waiters.clone(),
             socket,
+            verdict: None,
         }
     }
 }
@@ -367,7 +416,7 @@ mod tests {
     fn address_gone_for_ipv4_ipv6_and_v4_mapped() {
         let (links, t) = world();
         let h = health(&v4([10, 78, 0, 2], 0), &links, &t, &[]).unwrap();
-        assert_eq!(h, Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some(ip("10.78.0.2")), since_unix_ns: None });
+        assert_eq!(h, Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, now_ifindex: None, address: Some(ip("10.78.0.2")), since_unix_ns: None });
         assert_eq!(reason(&v6(ip6("fd00::2"), 0), &links, &t), Some(StrandReason::AddressGone));
         let mapped = health(&v6(ip6("::ffff:10.78.0.2"), 0), &links, &t, &[]).unwrap();
         assert_eq!(mapped.address, Some(ip("10.78.0.2")), "v4-mapped is matched and shown as IPv4");
@@ -413,22 +462,31 @@ mod tests {
     }
 
     #[test]
-    fn interface_deleted_needs_a_seen_deletion_and_pktinfo_wildcard() {
-        let (links, t) = world();
+    fn a_deletion_never_strands_a_wildcard_socket_and_names_a_deleted_bound_device() {
+        let (mut links, t) = world();
         let seen = [
             SeenDeletion { netns: NS, ifindex: IfIndex(8), name: "old".into(), at_unix_ns: 1 },
             SeenDeletion { netns: NS, ifindex: IfIndex(9), name: "eth9".into(), at_unix_ns: 2 },
             SeenDeletion { netns: NetnsIno(99), ifindex: IfIndex(10), name: "elsewhere".into(), at_unix_ns: 3 },
         ];
-        let mut wild = v4([0, 0, 0, 0], 0);
-        assert_eq!(health(&wild, &links, &t, &seen), None, "without IP_PKTINFO the kernel picks the interface");
-        wild.pktinfo = true;
-        let h = health(&wild, &links, &t, &seen).unwrap();
-        assert_eq!((h.reason, h.ifindex, h.ifname.as_deref()), (StrandReason::InterfaceDeleted, Some(IfIndex(9)), Some("eth9")));
-        let mut six = v6(ip6("::"), 0);
-        six.pktinfo = true;
-        assert_eq!(health(&six, &links, &t, &seen).map(|h| h.reason), Some(StrandReason::InterfaceDeleted));
+        for pktinfo in [false, true] {
+            let mut wild = v4([0, 0, 0, 0], 0);
+            wild.pktinfo = pktinfo;
+            assert_eq!(health(&wild, &links, &t, &seen), None, "pktinfo {pktinfo}: still receives on the other interfaces");
+            let mut six = v6(ip6("::"), 0);
+            six.pktinfo = pktinfo;
+            assert_eq!(health(&six, &links, &t, &seen), None);
+        }
         assert_eq!(health(&v4([10, 78, 0, 1], 0), &links, &t, &seen), None, "address-bound sockets on live addresses stay healthy");
+        let h = health(&v4([0, 0, 0, 0], 9), &links, &t, &seen).unwrap();
+        assert_eq!((h.reason, h.ifindex, h.ifname.as_deref(), h.now_ifindex), (StrandReason::DeviceDeleted, Some(IfIndex(9)), Some("eth9"), None));
+        links.push(link(11, "eth9", IFF_UP, &[]));
+        let h = health(&v4([0, 0, 0, 0], 9), &links, &t, &seen).unwrap();
+        assert_eq!((h.ifname.as_deref(), h.now_ifindex), (Some("eth9"), Some(IfIndex(11))), "recreated under the same name");
+        let h = health(&v4([0, 0, 0, 0], 10), &links, &t, &seen).unwrap();
+        assert_eq!(h.ifname, None, "a deletion in another netns names nothing here");
+        let v = serde_json::to_value(&h).unwrap();
+        assert!(v["now_ifindex"].is_null() && v["ifname"].is_null(), "{v}");
     }
 
     #[test]

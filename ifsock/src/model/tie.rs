@@ -85,22 +85,51 @@ pub struct Ties {
     addrs: Vec<Vec<IpAddr>>,
     /// `Some`: only sockets tied to this interface (ifindex, name, its addresses).
     only: Option<(IfIndex, String, Vec<IpAddr>)>,
+    /// Deleted ifindexes (with their last name, when the journal knows it) whose
+    /// device-bound sockets are listed too, under that ifindex: `--iface NAME` for every
+    /// ifindex NAME had, `--ifindex N` for a deleted N.
+    deleted: Vec<(IfIndex, Option<String>)>,
+    /// List only the sockets bound to a `deleted` ifindex (`--ifindex N`, N deleted).
+    deleted_only: bool,
 }
 
 impl Ties {
     /// Every socket of `netns` once, as [`each_once`].
     pub fn each_once(netns: NetnsIno, links: Vec<Link>) -> Self {
-        Self { netns, addrs: addr_lists(&links), links, only: None }
+        Self { netns, addrs: addr_lists(&links), links, only: None, deleted: Vec::new(), deleted_only: false }
     }
 
     /// Only the sockets tied to `ifindex` (named `name`, holding `addrs`), as [`tied_to`].
     pub fn to_interface(netns: NetnsIno, ifindex: IfIndex, name: &str, addrs: &[IpAddr], links: Vec<Link>) -> Self {
-        Self { netns, addrs: addr_lists(&links), links, only: Some((ifindex, name.to_string(), addrs.to_vec())) }
+        Self { netns, addrs: addr_lists(&links), links, only: Some((ifindex, name.to_string(), addrs.to_vec())), deleted: Vec::new(), deleted_only: false }
+    }
+
+    /// Only the sockets still bound (`sk_bound_dev_if`) to one of the `deleted` ifindexes, each
+    /// named by its last name when known (`--ifindex N` for a deleted N).
+    pub fn to_deleted(netns: NetnsIno, deleted: Vec<(IfIndex, Option<String>)>, links: Vec<Link>) -> Self {
+        Self { netns, addrs: addr_lists(&links), links, only: None, deleted, deleted_only: true }
+    }
+
+    /// Also lists the sockets still bound to one of the `deleted` ifindexes (an interface
+    /// that had the name `--iface` asks for before it was deleted and recreated).
+    pub fn and_deleted(mut self, deleted: Vec<(IfIndex, Option<String>)>) -> Self {
+        self.deleted = deleted;
+        self
+    }
+
+    fn deleted_of(&self, s: &Socket) -> Option<&(IfIndex, Option<String>)> {
+        (s.netns == self.netns && s.bound_dev_if != 0).then(|| self.deleted.iter().find(|(i, _)| i.0 == s.bound_dev_if)).flatten()
     }
 
     /// `None` when `s` is not listed; otherwise the ifindex its row will carry (`None`: tied to
     /// no single interface). Equal to the `ifindex` of [`Ties::tie`]'s result.
     pub fn ifindex_of(&self, s: &Socket) -> Option<Option<IfIndex>> {
+        if let Some((i, _)) = self.deleted_of(s) {
+            return Some(Some(*i));
+        }
+        if self.deleted_only {
+            return None;
+        }
         match &self.only {
             Some((ifindex, _, addrs)) => s.binding_to(self.netns, *ifindex, addrs).map(|_| Some(*ifindex)),
             None if s.netns != self.netns => None,
@@ -113,6 +142,13 @@ impl Ties {
 
     /// The row of a listed socket ([`Ties::ifindex_of`] is `Some`), moving it.
     pub fn tie(&self, s: Socket) -> Option<TiedSocket> {
+        if let Some((i, name)) = self.deleted_of(&s) {
+            let (ifindex, ifname) = (*i, name.clone());
+            return Some(TiedSocket { ifindex: Some(ifindex), bound_dev_name: ifname.clone(), ifname, binding: Some(Binding::Device), socket: s });
+        }
+        if self.deleted_only {
+            return None;
+        }
         match &self.only {
             Some((ifindex, name, addrs)) => tie_to(s, self.netns, *ifindex, name, addrs, &self.links),
             None if s.netns != self.netns => None,

@@ -48,6 +48,9 @@ pub fn socket_line(s: &SocketReport) -> String {
         None => String::new(),
         Some(st) => {
             let at = match (&st.ifname, st.ifindex, st.address) {
+                (n, Some(i), _) if st.reason == crate::model::stranded::StrandReason::DeviceDeleted => {
+                    format!("({})", super::health::deleted_iface(i, n.as_deref(), st.now_ifindex))
+                }
                 (Some(n), Some(i), _) => format!("({n}, ifindex {i})"),
                 (None, Some(i), _) => format!("(ifindex {i}, deleted)"),
                 (_, _, Some(a)) => format!("({a} on no interface)"),

@@ -39,6 +39,53 @@ pub struct Report {
     pub probes: Vec<ProbeStatus>,
     /// Socket destroy mechanisms (`abort`), in the order they are tried.
     pub socket_destroy: Vec<ProbeStatus>,
+    /// One line: what works on this kernel and what the user loses ([`summary`]; the last
+    /// human line).
+    pub summary: String,
+}
+
+/// One line from the checks: `summary: works: …; loses: …` (or `loses: nothing`), naming the
+/// commands a missing piece affects and, for a probe set used in place of a refused better one,
+/// the refused set with its short reason.
+pub fn summary(r: &Report) -> String {
+    if r.probes.iter().any(|p| p.probe == "object" && !p.loaded) {
+        return "summary: nothing works: the eBPF object did not load (see the reason above); ifsock needs BTF and CAP_BPF/CAP_SYS_ADMIN".into();
+    }
+    // `EPERM (lockdown=integrity)` → `lockdown=integrity`.
+    let short = |why: &str| why.split_once('(').and_then(|(_, r)| r.split_once(')')).map_or_else(|| why.to_string(), |(inner, _)| inner.to_string());
+    let mut works = vec!["sockets".to_string()];
+    let mut loses: Vec<String> = Vec::new();
+    let mut refused_sets: Vec<String> = Vec::new();
+    for (cmd, sel, lost) in [
+        ("watch", &r.probe_set, "watch names no process behind a change (no device-path probes)"),
+        ("hung", &r.recv_probe_set, "hung sees receivers from /proc only, start times estimated (no receive-path probes)"),
+    ] {
+        match sel {
+            Some(sel) => {
+                works.push(format!("{cmd} ({:?} set)", sel.chosen));
+                for (set, why) in &sel.refused {
+                    let t = format!("{set:?} ({})", short(why));
+                    if !refused_sets.contains(&t) {
+                        refused_sets.push(t);
+                    }
+                }
+            }
+            None => loses.push(lost.into()),
+        }
+    }
+    match r.socket_destroy.iter().find(|p| p.loaded) {
+        Some(p) => works.push(format!("abort ({})", p.probe.split(" (").next().unwrap_or(&p.probe))),
+        None => loses.push("abort and teardown --abort-stranded (no socket destroy mechanism)".into()),
+    }
+    if !refused_sets.is_empty() {
+        loses.push(format!("the better probe sets {} (the chosen set is used instead)", refused_sets.join(", ")));
+    }
+    let refused: Vec<&str> = r.probes.iter().filter(|p| !p.loaded && !p.probe.contains(" set (")).map(|p| p.probe.as_str()).collect();
+    if !refused.is_empty() {
+        loses.push(format!("what these give: {}", refused.join(", ")));
+    }
+    let loses = if loses.is_empty() { "nothing".to_string() } else { loses.join("; ") };
+    format!("summary: works: {}; loses: {loses}", works.join(", "))
 }
 
 /// Prints the report: one JSON object with `json`, else one line per check and probe.
@@ -68,7 +115,8 @@ pub fn print(report: &Report, json: bool) -> Result<()> {
             Some(r) => line(&format!("  refused {}: {r}", p.probe))?,
         }
     }
-    print_destroy_mechanisms(&report.socket_destroy)
+    print_destroy_mechanisms(&report.socket_destroy)?;
+    line(&report.summary)
 }
 
 
@@ -81,4 +129,31 @@ fn print_destroy_mechanisms(list: &[ProbeStatus]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(probe: &str, loaded: bool) -> ProbeStatus {
+        ProbeStatus { probe: probe.into(), loaded, reason: (!loaded).then(|| "EPERM".into()) }
+    }
+
+    fn report(probes: Vec<ProbeStatus>, destroy: Vec<ProbeStatus>) -> Report {
+        Report {
+            kernel_release: "6.18".into(), btf: true, lockdown: None, tracefs_mounted: true, bpffs_mounted: true,
+            mounted_now: system::MountReport::default(), probe_set: None, recv_probe_set: None, probes, socket_destroy: destroy,
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_what_works_and_what_is_lost() {
+        let r = report(vec![status("fentry dev_close", false), status("tracepoint net:netif_receive_skb", true)], vec![status("SOCK_DESTROY over NETLINK_SOCK_DIAG (x)", true)]);
+        let s = summary(&r);
+        assert!(s.starts_with("summary: works: sockets, abort (SOCK_DESTROY over NETLINK_SOCK_DIAG); loses: "), "{s}");
+        assert!(s.contains("watch names no process behind a change") && s.ends_with("what these give: fentry dev_close"), "{s}");
+        let r = report(vec![status("object", false)], vec![]);
+        assert!(summary(&r).starts_with("summary: nothing works"), "{}", summary(&r));
+    }
 }

@@ -239,7 +239,7 @@ mod tests {
             protocol: Protocol::Udp,
             local_addr: "10.78.0.1".parse().unwrap(),
             local_port: 53,
-            stranded: Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some("10.78.0.1".parse().unwrap()), since_unix_ns: None },
+            stranded: Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, now_ifindex: None, address: Some("10.78.0.1".parse().unwrap()), since_unix_ns: None },
         };
         let (header, cells) = loop_cells(std::slice::from_ref(&row), None);
         assert_eq!(header, vec!["PID/TID", "COMM", "VIA", "FD/EPFD", "SOCKET", "STATUS"]);

@@ -75,7 +75,7 @@ impl Collector for Snapshot {
         gauge_family(
             &mut enc,
             "ifsock_stranded_sockets",
-            "Sockets that can no longer receive what they were bound for (address_gone, device_down, device_deleted, interface_deleted).",
+            "Sockets that can no longer receive what they were bound for (address_gone, device_down, device_deleted; a wildcard socket never counts).",
             m.stranded.iter().map(|(k, &v)| (vec![("netns", k.netns.clone()), ("ifname", k.ifname.clone()), ("reason", k.reason.into())], v)),
         )?;
         gauge_family(

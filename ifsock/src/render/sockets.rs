@@ -14,7 +14,7 @@ pub fn table(rows: &[SocketReport]) -> Result<()> {
         .iter()
         .map(|r| {
             let mut c = cells(&r.tied);
-            c.push(r.status().to_string());
+            c.push(super::health::status(r));
             c.push(super::health::waiters(&r.waiters));
             c
         })

@@ -100,8 +100,12 @@ fn push_socket(text: &mut Vec<String>, s: &SocketSeen, r: &TeardownReport, inden
         let fd = rc.fd.map_or("?".into(), |f| f.to_string());
         text.push(format!("{indent}  {}[{}] tid {} fd {fd}: {}{when} — {fate}", rc.comm, rc.pid, rc.tid, rc.syscall));
     }
-    if !r.dry_run && s.send_errors.is_empty() && s.socket_errors.is_empty() && s.receivers.is_empty() && !s.closed {
-        text.push(format!("{indent}  nothing observed: no failed send, no receiver, not closed"));
+    for w in &s.waiters {
+        let fd = w.fd.map_or("?".into(), |f| f.to_string());
+        text.push(format!("{indent}  {}[{}] tid {} fd {fd}: waiting in {} ({}) at the end of grace — nothing woke it", w.comm, w.pid, w.tid, w.syscall, w.via.name()));
+    }
+    if !r.dry_run && s.send_errors.is_empty() && s.socket_errors.is_empty() && s.receivers.is_empty() && s.waiters.is_empty() && !s.closed {
+        text.push(format!("{indent}  nothing observed: no failed send, no receiver or waiter, not closed"));
     }
 }
 
@@ -240,10 +244,57 @@ pub fn human_lines(r: &TeardownReport) -> Vec<String> {
     for u in &r.unobserved {
         text.push(format!("not observed: {u}"));
     }
-    if let Some(l) = state_line(r) {
-        text.push(l);
+    // The last line: the state left and its commands when the teardown did not finish, else
+    // the verdict and the next command.
+    match state_line(r) {
+        Some(l) => text.push(l),
+        None => text.push(verdict(r)),
     }
     text
+}
+
+/// The last line: what the teardown left behind and the next command.
+/// `verdict: 1 socket(s) left bound to veth0 (gone), 2 thread(s) still waiting on them and
+/// nothing will wake them; next: `ifsock abort --inode 95720``.
+pub fn verdict(r: &TeardownReport) -> String {
+    let all: Vec<&SocketSeen> = r.sockets.iter().chain(r.companions.iter().flat_map(|c| c.sockets.iter())).collect();
+    let remaining: Vec<&SocketSeen> = all.iter().copied().filter(|s| !s.closed && s.tied.binding != Some(Binding::Wildcard)).collect();
+    let waiting: usize = remaining.iter().map(|s| s.receivers.iter().filter(|rc| rc.blocked_at_end || r.dry_run).count() + s.waiters.len()).sum();
+    let inodes: Vec<String> = remaining.iter().map(|s| format!("--inode {}", s.tied.socket.inode)).collect();
+    let abort_cmd = format!("`ifsock abort {}`", inodes.join(" "));
+    if r.interrupted || r.error.is_some() {
+        let next = r.restore.as_ref().or(r.finish.as_ref()).map_or_else(|| "see above".to_string(), |c| format!("`{c}`"));
+        return format!("verdict: {} did not finish; next: {next}", r.ifname);
+    }
+    if let Some(a) = &r.abort {
+        if !a.dry_run {
+            return format!("verdict: {} destroyed, {} gone, {} failed of the stranded sockets; their waiters are listed above; next: {}", a.destroyed, a.gone, a.failed, if a.failed > 0 { "restart the owners of the failed ones" } else { "nothing" });
+        }
+    }
+    if r.dry_run {
+        if remaining.is_empty() {
+            return format!("verdict: deleting {} would strand no listed socket; next: `ifsock teardown {}`", r.ifname, r.ifname);
+        }
+        return format!(
+            "verdict: deleting {} would strand {} socket(s), {waiting} thread(s) waiting on them; next: `ifsock teardown {} --abort-stranded` (wakes them after the delete), or restart their owners",
+            r.ifname,
+            remaining.len(),
+            r.ifname
+        );
+    }
+    match r.state_left {
+        LeftState::Deleted | LeftState::Gone if remaining.is_empty() => format!("verdict: {} is gone and no listed socket was left on it; next: nothing", r.ifname),
+        LeftState::Deleted | LeftState::Gone => format!(
+            "verdict: {} socket(s) left bound to {} (gone), {waiting} thread(s) still waiting on them and nothing will wake them; next: {abort_cmd}, or restart their owners",
+            remaining.len(),
+            r.ifname
+        ),
+        LeftState::Down | LeftState::Untouched => {
+            let next = r.finish.as_ref().or(r.restore.as_ref()).map_or_else(|| "nothing".to_string(), |c| format!("`{c}`"));
+            let state = if r.state_left == LeftState::Down { "left down, not deleted" } else { "left untouched" };
+            format!("verdict: {} {state}; next: {next}", r.ifname)
+        }
+    }
 }
 
 /// The `--json` object of a teardown refused before its target was known (unknown name,
@@ -344,6 +395,37 @@ mod tests {
     }
 
     #[test]
+    fn an_event_loop_waiter_counts_as_waiting_and_the_verdict_names_the_next_command() {
+        use crate::model::{link::{Link, IFF_UP}, socket::Socket, stranded::{Via, Waiter}, tie};
+        let mut rec = ifsock_common::SockRecord {
+            sk: 1, cookie: 1, ino: 95720, netns: 7, uid: 0, bound_dev_if: 5, family: 2, protocol: 17, state: 7, lport: 5000,
+            rport: 0, flags: 0, laddr: [0; 16], raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let links = vec![Link { ifindex: IfIndex(5), name: "veth0".into(), flags: IFF_UP, addrs: Default::default() }];
+        let sock = Socket::from_record(&rec);
+        rec.ino = 95721;
+        let tied = tie::each_once(&[sock.clone(), Socket::from_record(&rec)], NetnsIno(7), &links);
+        let mut td = Teardown::new(Plan { sockets: tied, ..teardown(None).plan().clone() });
+        td.down_sent(0);
+        td.down_done(1, StepOutcome::Ok, &[]);
+        td.grace_over(&[], None);
+        let w = |via, syscall| Waiter { pid: 4242, tid: 4242, comm: "socat".into(), syscall, via, fd: Some(5), epfd: None, fds: None, reason: None };
+        td.waiters_at_end(&sock, vec![w(Via::Select, "pselect6"), w(Via::Recv, "recvfrom")]);
+        td.delete_done(2, 3, StepOutcome::Ok);
+        td.after_delete_done();
+        let r = td.report(None);
+        let text = human(&r);
+        assert!(text.contains("  socat[4242] tid 4242 fd 5: waiting in pselect6 (select) at the end of grace — nothing woke it\n"), "{text}");
+        assert_eq!(text.matches("nothing observed").count(), 1, "only the socket nobody waits on: {text}");
+        assert!(!text.contains("recvfrom"), "receive calls are receivers, not event-loop waiters: {text}");
+        assert!(
+            text.ends_with("verdict: 2 socket(s) left bound to veth0 (gone), 1 thread(s) still waiting on them and nothing will wake them; next: `ifsock abort --inode 95720 --inode 95721`, or restart their owners\n"),
+            "{text}"
+        );
+        assert_eq!(serde_json::to_value(&r).unwrap()["sockets"][0]["waiters"][0]["via"], "select");
+    }
+
+    #[test]
     fn completed_teardown_has_no_state_line_and_refusals_are_one_small_object() {
         let mut td = teardown(None);
         td.down_sent(0);
@@ -354,6 +436,7 @@ mod tests {
         let r = td.report(None);
         assert_eq!(state_line(&r), None);
         assert_eq!(left(&r), "veth0 deleted");
+        assert!(human(&r).ends_with("verdict: veth0 is gone and no listed socket was left on it; next: nothing\n"), "{}", human(&r));
         let refusal = serde_json::to_string(&Refusal::new("nosuch0", false, "unknown interface".into())).unwrap();
         assert_eq!(refusal, r#"{"type":"teardown","ifname":"nosuch0","dry_run":false,"interrupted":false,"error":"unknown interface","state_left":"untouched"}"#);
     }

@@ -38,6 +38,7 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
         WatchRecord::SocketError(e) => line(&sock_error_line(e))?,
         WatchRecord::SocketStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, false)))?,
         WatchRecord::SocketRecovered(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, true)))?,
+        WatchRecord::SocketStillStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::still_line(e)))?,
         WatchRecord::NetnsAdded(n) => line(&format!("{} netns_added {}{}", clock(n.ts_unix_ns), n.netns, paren(n.netns_name.as_deref())))?,
         WatchRecord::NetnsRemoved(n) => line(&netns_removed_line(n))?,
         // The final table is for scripts (`--json`); people saw every change already.
@@ -106,10 +107,11 @@ pub fn change_lines(ev: &ChangeEvent) -> Vec<String> {
     out
 }
 
-/// `HH:MM:SS.mmm change_sockets  deleted ifindex 4 vb (change at HH:MM:SS.mmm); sockets: 1
+/// `HH:MM:SS.mmm change_sockets  down ifindex 4 vb (change at HH:MM:SS.mmm, also deleted); sockets: 1
 /// bound, 2 wildcard`, then one indented line per bound socket (the default; not `--sockets-inline`).
 pub fn change_sockets_lines(ev: &ChangeSocketsEvent) -> Vec<String> {
-    let mut out = vec![format!("{} {:<15} {} ifindex {} {} (change at {})", clock(ev.ts_unix_ns), "change_sockets", ev.event, ev.ifindex, ev.name, clock(ev.change_ts_unix_ns))];
+    let also = if ev.also.is_empty() { String::new() } else { format!(", also {}", ev.also.iter().map(|a| a.event).collect::<Vec<_>>().join(", ")) };
+    let mut out = vec![format!("{} {:<15} {} ifindex {} {} (change at {}{also})", clock(ev.ts_unix_ns), "change_sockets", ev.event, ev.ifindex, ev.name, clock(ev.change_ts_unix_ns))];
     if ev.sockets.is_empty() {
         out[0].push_str("; no sockets");
     }

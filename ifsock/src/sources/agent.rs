@@ -29,7 +29,7 @@ use crate::{
     },
     model::{
         ids::NetnsIno,
-        link::ChangeKind,
+        link::{Change, ChangeKind},
         stranded::{SeenDeletion, SocketHealthEvent},
     },
     probes::Probes,
@@ -63,6 +63,9 @@ pub struct Pipeline {
     health: HealthTracker,
     /// Namespaces changed since their last snapshot.
     dirty: BTreeSet<NetnsIno>,
+    /// Changes that could cure a stranded socket (created, recreated, up, moved in, address
+    /// added) per netns since its last snapshot: the snapshot says which sockets they did not.
+    cures: BTreeMap<NetnsIno, Vec<Change>>,
     /// The label each netns was added with (the engine keeps its own copy for its records).
     labels: BTreeMap<NetnsIno, Option<String>>,
     tx: mpsc::UnboundedSender<NetlinkMsg>,
@@ -86,7 +89,7 @@ fn attributed(mut pids: Vec<u32>) -> Vec<Attributed> {
 impl Pipeline {
     /// A pipeline over `engine` whose subscription readers send to `tx`.
     pub fn new(engine: WatchEngine, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Self {
-        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), labels: BTreeMap::new(), tx }
+        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), cures: BTreeMap::new(), labels: BTreeMap::new(), tx }
     }
 
     /// How many namespaces are followed.
@@ -105,21 +108,24 @@ impl Pipeline {
             match &r {
                 WatchRecord::Change(ev) => {
                     out.push(Out::Metric(Input::LinkEvent(ev.change.kind)));
-                    match ev.change.kind {
-                        // The only evidence `interface_deleted` is based on (model::stranded).
-                        ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion {
+                    if matches!(ev.change.kind, ChangeKind::Created | ChangeKind::Recreated | ChangeKind::Up | ChangeKind::MovedIn | ChangeKind::AddressAdded) {
+                        self.cures.entry(ev.netns).or_default().push(ev.change.clone());
+                    }
+                    // Names the deleted ifindex for sockets still bound to it (model::stranded).
+                    if ev.change.kind == ChangeKind::Deleted {
+                        self.health.saw_deletion(SeenDeletion {
                             netns: ev.netns,
                             ifindex: ev.change.ifindex,
                             name: ev.change.name.clone(),
                             at_unix_ns: ev.ts_unix_ns,
-                        }),
-                        ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => self.health.saw_creation(ev.netns, &ev.change.name),
-                        _ => {}
+                        });
                     }
                     self.dirty.insert(ev.netns);
                 }
                 WatchRecord::NetnsRemoved(n) => {
                     out.push(Out::Metric(Input::NetnsGone(n.netns)));
+                    self.health.forget_netns(n.netns);
+                    self.cures.remove(&n.netns);
                     self.dirty.remove(&n.netns);
                 }
                 WatchRecord::NetnsAdded(n) => {
@@ -265,12 +271,16 @@ impl Pipeline {
                 }
             };
             let label = self.labels.get(&ino).cloned().flatten();
-            let (snap, changed) = snapshot::judge(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns);
+            let cures = self.cures.remove(&ino).unwrap_or_default();
+            let (snap, changed) = snapshot::judge_after(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns, &cures);
             for c in changed {
                 let report = waiters.get_or_insert_with(WaiterIndex::discover).report(c.tied, c.now);
                 let owner_cgroups = attributed(report.tied.socket.owners.iter().map(|o| o.pid).collect());
                 let waiter_cgroups = attributed(report.waiters.iter().map(|w| w.pid).collect());
-                let event = SocketHealthEvent::new(&c.by, report, now.unix_ns, label.clone(), None);
+                let mut event = SocketHealthEvent::new(&c.by, report, now.unix_ns, label.clone(), c.cause.map(str::to_string));
+                if c.ty == "socket_still_stranded" {
+                    event.verdict = crate::model::stranded::verdict(&event.socket);
+                }
                 out.push(Out::Health(Box::new(SocketHealthLine { ty: c.ty, event, owner_cgroups, waiter_cgroups })));
             }
             out.push(Out::Metric(Input::Snapshot(ino, snap)));
@@ -283,7 +293,7 @@ mod tests {
     use super::*;
     use crate::{
         engine::watch::{ChangeEvent, Config, NetnsRemovedRecord},
-        model::{ids::IfIndex, link::Change},
+        model::ids::IfIndex,
     };
 
     fn pipeline() -> Pipeline {
@@ -314,11 +324,11 @@ mod tests {
         assert!(matches!(out[0], Out::Metric(Input::LinkEvent(ChangeKind::Deleted))), "{out:?}");
         assert!(matches!(&out[1], Out::Record(WatchRecord::Change(_))), "{out:?}");
         assert!(p.dirty(), "a change asks for a snapshot");
-        assert_eq!(p.health.deletions().len(), 1, "a deletion is evidence for interface_deleted");
+        assert_eq!(p.health.deletions().len(), 1, "a deletion names the deleted ifindex");
         assert_eq!(p.health.deletions()[0].name, "veth0");
         assert_eq!(p.health.deletions()[0].at_unix_ns, 7);
         p.take(vec![change(ChangeKind::Recreated, "veth0")], &mut out);
-        assert!(p.health.deletions().is_empty(), "the interface is back");
+        assert_eq!(p.health.deletions().len(), 1, "the old ifindex stays named after a recreate");
     }
 
     #[test]

@@ -17,9 +17,13 @@ use crate::{
         netns::{self, NetnsHandle},
         signals::{Interrupted, Signals},
     },
+    journal,
     model::{link::Dump, socket::Socket, stranded},
     probes::{snapshot, Probes},
-    sources::destroy::{self, waiters},
+    sources::{
+        destroy::{self, waiters},
+        receivers::journal_dir,
+    },
     render,
 };
 
@@ -47,19 +51,34 @@ pub async fn run(args: AbortArgs) -> Result<()> {
         }
     }
     let scope: Vec<_> = dumps.iter().map(|(ino, _)| *ino).collect();
+    // The journal names deleted ifindexes: `--iface NAME` selects the sockets still bound to
+    // any ifindex NAME had, and `device_deleted` reports carry the last name.
+    let mut seen = Vec::new();
+    if let Some(dir) = journal_dir(args.journal.as_deref())? {
+        for ino in &scope {
+            seen.extend(journal::seen_deletions(&dir, *ino).map_err(|e| anyhow!("reading the journal {}: {e}", dir.display()))?);
+        }
+    }
     let iface = match &args.iface {
         None => None,
         Some(name) => {
-            let found: Vec<_> = dumps.iter().filter_map(|(ino, d)| d.links.iter().find(|l| &l.name == name).map(|l| (*ino, l.ifindex))).collect();
+            let mut found: Vec<_> = dumps.iter().filter_map(|(ino, d)| d.links.iter().find(|l| &l.name == name).map(|l| (*ino, l.ifindex))).collect();
+            for (ino, d) in &dumps {
+                let dead = journal::deleted_ifindexes_named(&seen, *ino, name);
+                found.extend(dead.into_iter().filter(|i| !d.links.iter().any(|l| l.ifindex == *i)).map(|i| (*ino, i)));
+            }
             if found.is_empty() {
-                bail!("no interface named {name:?} in netns {here}{} (a deleted interface's sockets are selected by --inode; see `ifsock sockets`)", if args.all_netns { " or any other netns" } else { "" });
+                bail!(
+                    "no interface named {name:?} in netns {here}{}, now or (by the journal) before (a deleted interface's sockets are selected by --inode; see `ifsock sockets`)",
+                    if args.all_netns { " or any other netns" } else { "" }
+                );
             }
             Some((name.clone(), found))
         }
     };
     let health = |s: &Socket| -> Option<stranded::Stranded> {
         let (_, d): &(_, Dump) = dumps.iter().find(|(ino, _)| *ino == s.netns)?;
-        stranded::health(s, &d.links, &d.addrs, &[])
+        stranded::health(s, &d.links, &d.addrs, &seen)
     };
     let all_waiters = waiters(&sockets, &sockets);
     let sel = Selector { inodes: args.inodes.clone(), stranded: args.stranded, iface, pid: args.pid };

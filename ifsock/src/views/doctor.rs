@@ -92,7 +92,9 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         recv_probe_set: recv_selection,
         probes: probes_status,
         socket_destroy: destroy_mechanisms(),
+        summary: String::new(),
     };
+    let report = render::doctor::Report { summary: render::doctor::summary(&report), ..report };
     render::doctor::print(&report, args.json)
 }
 

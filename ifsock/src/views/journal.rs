@@ -21,8 +21,10 @@ pub fn run(args: JournalArgs, netns: Option<String>) -> Result<()> {
     if read.skipped > 0 {
         tracing::warn!("{} journal line(s) did not parse and were skipped (a torn last line after a crash)", read.skipped);
     }
+    // Every interface the name went by (renamed either way, or deleted and recreated).
+    let ids = args.iface.as_deref().map(|i| journal::identities_of(&read.entries, i)).unwrap_or_default();
     let keep = |e: &Entry| {
-        args.iface.as_ref().is_none_or(|i| e.header.mentions_iface(i))
+        args.iface.as_ref().is_none_or(|i| e.header.about_iface(i, &ids))
             && netns.as_ref().is_none_or(|n| {
                 e.header.netns_name.as_deref() == Some(n.as_str()) || e.header.netns.is_some_and(|i| i.to_string() == *n)
             })

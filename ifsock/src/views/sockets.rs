@@ -4,7 +4,7 @@
 //! (join, order, health) and the waiter pass → [`crate::render::sockets`] or JSON lines.
 use std::net::IpAddr;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::{
     args::SocketsArgs,
@@ -14,9 +14,15 @@ use crate::{
         netns::{self, NetnsHandle},
         waiters::WaiterIndex,
     },
-    model::{stranded::SocketReport, tie::Ties},
+    journal,
+    model::{
+        ids::IfIndex,
+        stranded::{self, SocketReport},
+        tie::Ties,
+    },
     probes::{snapshot, Probes},
     render::{self, json_line},
+    sources::receivers::journal_dir,
 };
 
 /// Runs `sockets`.
@@ -32,18 +38,38 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let mut found_iface = false;
     let (iface, ifindex) = (args.iface.as_deref(), args.ifindex);
     let filtered = iface.is_some() || ifindex.is_some();
+    let journal = journal_dir(args.journal.as_deref())?;
     for ns in &spaces {
         let ino = ns.as_ref().map_or(own, |h| h.ino);
         let conn = netlink::connect_in(ns.as_ref())?;
+        // The names the journal saw deleted ifindexes go by: for `device_deleted` rows, and
+        // for --iface (every ifindex the name had) and --ifindex (a deleted one).
+        let seen = match &journal {
+            Some(dir) => journal::seen_deletions(dir, ino).map_err(|e| anyhow!("reading the journal {}: {e}", dir.display()))?,
+            None => Vec::new(),
+        };
+        let first = if filtered { netlink::dump_links(&conn).await? } else { Vec::new() };
+        let deleted: Vec<(IfIndex, Option<String>)> = match (iface, ifindex) {
+            (Some(name), _) => journal::deleted_ifindexes_named(&seen, ino, name).into_iter().map(|i| (i, Some(name.to_string()))).collect(),
+            (None, Some(i)) if !first.iter().any(|l| l.ifindex == IfIndex(i)) => {
+                vec![(IfIndex(i), stranded::last_name(&seen, ino, IfIndex(i)).map(str::to_string))]
+            }
+            _ => Vec::new(),
+        };
+        let deleted: Vec<_> = deleted.into_iter().filter(|(i, _)| !first.iter().any(|l| l.ifindex == *i)).collect();
         let sockets = if filtered {
             // The interface and its addresses are needed before the snapshot, for the filter
             // in the kernel; the links are dumped again after it (below). A socket bound to an
             // address added between the two dumps is missed: the same as if it had been bound
             // after the snapshot.
-            let first = netlink::dump_links(&conn).await?;
-            let Some(link) = target(&first, iface, ifindex) else { continue };
-            let addrs: Vec<IpAddr> = link.addrs.iter().copied().collect();
-            snapshot::sockets_maybe_tied(&mut probes, ns.as_ref(), link.ifindex, &addrs)?
+            let live = target(&first, iface, ifindex);
+            if live.is_none() && deleted.is_empty() {
+                continue;
+            }
+            let mut ifindexes: Vec<IfIndex> = deleted.iter().map(|(i, _)| *i).collect();
+            let addrs: Vec<IpAddr> = live.map(|l| l.addrs.iter().copied().collect()).unwrap_or_default();
+            ifindexes.extend(live.map(|l| l.ifindex));
+            snapshot::sockets_maybe_tied_any(&mut probes, ns.as_ref(), &ifindexes, &addrs)?
         } else {
             snapshot::sockets(&mut probes, ns.as_ref())?
         };
@@ -55,12 +81,22 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             Some(link) => {
                 found_iface = true;
                 let link_addrs: Vec<_> = link.addrs.iter().copied().collect();
-                Some(Ties::to_interface(ino, link.ifindex, &link.name, &link_addrs, links.clone()))
+                Some(Ties::to_interface(ino, link.ifindex, &link.name, &link_addrs, links.clone()).and_deleted(deleted))
             }
             None if !filtered => Some(Ties::each_once(ino, links.clone())),
+            // A deleted ifindex is known by a socket still bound to it (the kernel's own
+            // evidence) or by the journal's name for it; else it is unknown, as a typo is.
+            None if !deleted.is_empty() && (iface.is_some() || deleted.iter().any(|(i, name)| name.is_some() || sockets.iter().any(|s| s.bound_dev_if == i.0))) => {
+                found_iface = true;
+                if let Some((i, name)) = deleted.first().filter(|_| ifindex.is_some()) {
+                    render::err_line(&render::health::deleted_ifindex_note(*i, ino, name.as_deref()));
+                }
+                Some(Ties::to_deleted(ino, deleted, links.clone()))
+            }
             None => None,
         };
         join.add(ino, ties, sockets, links, addrs);
+        join.add_deletions(seen);
     }
     if filtered && !found_iface {
         let what = args.iface.clone().map_or_else(|| format!("ifindex {}", args.ifindex.unwrap_or(0)), |n| format!("interface {n:?}"));

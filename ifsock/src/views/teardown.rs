@@ -134,6 +134,13 @@ async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Han
                 let blocked = gather::blocked_now(probes, td);
                 let alive = gather::alive(probes, &peers).map_err(|e| td.unobserved(format!("closes (end-of-grace socket snapshot): {e:#}")));
                 td.grace_over(&blocked, alive.ok());
+                // Event loops (poll, select, epoll) waiting on a listed socket: they wait too,
+                // though no receive call is blocked (one /proc pass, after the end snapshot).
+                let index = crate::kernel::waiters::WaiterIndex::discover();
+                for s in td.listed_sockets() {
+                    let w = index.for_socket(&s);
+                    td.waiters_at_end(&s, w);
+                }
             }
             Next::Delete => {
                 let now = netlink::dump_links(handle).await?;

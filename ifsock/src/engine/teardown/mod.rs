@@ -109,6 +109,8 @@ pub struct Teardown {
     companion_gone: Vec<Option<bool>>,
     unobserved: Vec<String>,
     abort: Option<AbortReport>,
+    /// Event-loop waiters per listed socket at the end of grace.
+    loop_waiters: std::collections::HashMap<SockKey, Vec<crate::model::stranded::Waiter>>,
 }
 
 impl Teardown {
@@ -134,6 +136,7 @@ impl Teardown {
             companion_gone,
             unobserved: Vec::new(),
             abort: None,
+            loop_waiters: std::collections::HashMap::new(),
         }
     }
 
@@ -235,6 +238,21 @@ impl Teardown {
         self.phase = Phase::Observed;
     }
 
+    /// Every listed socket: the target's and the companions' (for the end-of-grace waiter pass).
+    pub fn listed_sockets(&self) -> Vec<Socket> {
+        let p = &self.plan;
+        p.sockets.iter().chain(p.companions.iter().flat_map(|c| c.sockets.iter())).map(|t| t.socket.clone()).collect()
+    }
+
+    /// The threads waiting on `socket` at the end of grace (the `/proc` waiter pass): those
+    /// waiting in an event loop (not in a receive call: those are receivers) are kept.
+    pub fn waiters_at_end(&mut self, socket: &Socket, waiters: Vec<crate::model::stranded::Waiter>) {
+        let looping: Vec<_> = waiters.into_iter().filter(|w| w.via != crate::model::stranded::Via::Recv).collect();
+        if !looping.is_empty() {
+            self.loop_waiters.insert((socket.netns, socket.inode.0), looping);
+        }
+    }
+
     /// The delete request was sent at `at` and answered at `ack` (ns).
     pub fn delete_done(&mut self, at: u64, ack: u64, outcome: StepOutcome) {
         self.delete = Some(step(ms_since(at, self.obs.t0), ms_since(ack, self.obs.t0), &outcome));
@@ -308,11 +326,11 @@ impl Teardown {
         for (netns, ifindex, name) in deleted {
             if s.netns == netns && s.bound_dev_if == ifindex.0 {
                 let address = (!s.local_addr.is_unspecified()).then_some(s.local_addr);
-                return Some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(ifindex), ifname: Some(name.clone()), address, since_unix_ns: None });
+                return Some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(ifindex), ifname: Some(name.clone()), now_ifindex: None, address, since_unix_ns: None });
             }
         }
         (s.netns == p.netns && s.bound_dev_if == 0 && p.addrs.contains(&s.local_addr))
-            .then_some(Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, address: Some(s.local_addr), since_unix_ns: None })
+            .then_some(Stranded { reason: StrandReason::AddressGone, ifindex: None, ifname: None, now_ifindex: None, address: Some(s.local_addr), since_unix_ns: None })
     }
 
     /// The `--abort-stranded` step ran (or, in a dry run, was planned): its report goes into the
@@ -441,7 +459,8 @@ impl Teardown {
                     return None;
                 }
                 let closed = key.1 != 0 && self.alive.as_ref().is_some_and(|a| !a.contains(&key));
-                Some(SocketSeen { tied: t.clone(), send_errors, socket_errors, receivers, closed })
+                let waiters = self.loop_waiters.get(&key).cloned().unwrap_or_default();
+                Some(SocketSeen { tied: t.clone(), send_errors, socket_errors, receivers, closed, waiters })
             })
             .collect();
         (seen, unlisted)

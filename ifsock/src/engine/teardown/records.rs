@@ -187,6 +187,10 @@ pub struct SocketSeen {
     pub receivers: Vec<ReceiverSeen>,
     /// Its inode was gone from the socket snapshot at the end of grace (every owner closed it).
     pub closed: bool,
+    /// Threads waiting on it in an event loop at the end of grace (`poll`, `select`, `epoll`,
+    /// or an unresolved wait; `/proc` waiter pass, `kernel::waiters`): waiting, not "no
+    /// receiver". Receivers blocked in a receive call are in `receivers`.
+    pub waiters: Vec<crate::model::stranded::Waiter>,
 }
 
 /// How another interface is bound up with the target.

@@ -286,7 +286,7 @@ fn abort_candidates_are_stranded_bound_or_blocked_sockets_still_there() {
     };
     p.sockets.push(tied(listen.clone(), Binding::Device));
     let td = Teardown::new(p);
-    let dead = |s: &Socket| (s.bound_dev_if != 0).then_some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, address: None, since_unix_ns: None });
+    let dead = |s: &Socket| (s.bound_dev_if != 0).then_some(Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(IfIndex(s.bound_dev_if)), ifname: None, now_ifindex: None, address: None, since_unix_ns: None });
     let now = vec![sock(NS, 42, 5000, 5, [0; 4]), sock(NS, 44, 5002, 0, [0; 4]), sock(PEER_NS, 50, 6000, 9, [0; 4]), listen];
     // The wildcard socket 44 is chosen only because a receiver is still blocked on it.
     let (t, skipped) = td.abort_candidates(&now, &[blocked(9, (NS, 44))], dead);

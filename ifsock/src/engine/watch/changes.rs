@@ -7,7 +7,7 @@ use std::{net::IpAddr, sync::Arc};
 use anyhow::Result;
 
 use super::{
-    remember_gone, update_ifindex, ChangeEvent, ChangeSocketsEvent, KernelEvidence, Now, SocketSource, Source, Space,
+    remember_gone, update_ifindex, AlsoChange, ChangeEvent, ChangeSocketsEvent, KernelEvidence, Now, SocketSource, Source, Space,
     WatchEngine, WatchRecord, FILTERED_PER_BURST, MAX_BURST, MOVE_PAIRING, REMOVED_ADDR_MEMORY,
 };
 use crate::model::{
@@ -284,6 +284,17 @@ impl WatchEngine {
                 continue;
             }
             let sockets = self.sockets_for(ino, &change, prior.as_ref(), now, src);
+            // The same interface's earlier change of this burst listed the same sockets: name
+            // this change there instead of repeating the list.
+            let same = |a: &[crate::model::tie::TiedSocket], b: &[crate::model::tie::TiedSocket]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.socket.sk == y.socket.sk && x.socket.inode == y.socket.inode && x.binding == y.binding)
+            };
+            if let Some(WatchRecord::ChangeSockets(prev)) = out.last_mut() {
+                if prev.netns == ino && prev.ifindex == change.ifindex && same(&prev.sockets, &sockets) {
+                    prev.also.push(AlsoChange { event: change.kind.name(), change_ts_unix_ns: change_ts });
+                    continue;
+                }
+            }
             let netns_name = self.spaces.get(&ino).and_then(|s| s.name.clone());
             out.push(WatchRecord::ChangeSockets(ChangeSocketsEvent {
                 ts_unix_ns: now.unix_ns,
@@ -294,6 +305,7 @@ impl WatchEngine {
                 ifindex: change.ifindex,
                 name: change.name,
                 sockets,
+                also: Vec::new(),
             }));
         }
         out

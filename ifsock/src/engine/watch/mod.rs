@@ -199,6 +199,9 @@ type BurstWalk = (Vec<IfIndex>, Vec<IpAddr>, Arc<Vec<Socket>>);
 struct HealthReady {
     netns: NetnsIno,
     change: HealthChange,
+    /// A `Stranded` change that is no change: the socket was stranded before and a change that
+    /// could have cured it did not (`socket_still_stranded`).
+    still: bool,
     cause: Option<String>,
     links: Vec<Link>,
 }
@@ -317,6 +320,7 @@ impl WatchEngine {
             self.emit(netns, change, Source::NetnsRemoved, Some(l), now, &mut NoSockets, &mut out);
         }
         self.spaces.remove(&netns);
+        self.health.forget_netns(netns);
         out.push(WatchRecord::NetnsRemoved(NetnsRemovedRecord {
             ts_unix_ns: now.unix_ns,
             netns,

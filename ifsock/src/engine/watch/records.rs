@@ -161,6 +161,21 @@ pub struct ChangeSocketsEvent {
     pub name: String,
     /// Sockets tied to the interface when they were read (same rules as a change's `sockets`).
     pub sockets: Vec<TiedSocket>,
+    /// Later changes of the same interface in the same burst whose socket list was the same
+    /// (e.g. `carrier_down` and `deleted` after `down`): one list per burst, not one per change.
+    /// Omitted when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<AlsoChange>,
+}
+
+/// A change whose sockets a [`ChangeSocketsEvent`] of an earlier change of the same burst
+/// already lists: `{event, change_ts_unix_ns}`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AlsoChange {
+    /// The change's kind.
+    pub event: &'static str,
+    /// `ts_unix_ns` of its change record.
+    pub change_ts_unix_ns: u64,
 }
 
 /// `receiver_stranded`: a task blocked receiving on a socket tied to an interface that went
@@ -352,11 +367,14 @@ pub enum WatchRecord {
     ChangeSockets(ChangeSocketsEvent),
     /// A receiver stranded by a change.
     ReceiverStranded(StrandedEvent),
-    /// A socket a change stranded (address gone, device down or deleted, a wildcard IP_PKTINFO
-    /// socket's interface deleted), with its waiters.
+    /// A socket a change stranded (address gone, device down or deleted), with its waiters.
     SocketStranded(SocketHealthEvent),
     /// A socket stranded before is healthy again; `reason` is what it was stranded by.
     SocketRecovered(SocketHealthEvent),
+    /// After a change that could have cured it (its interface recreated or up, an address
+    /// back), a socket of that interface or address is still stranded; `verdict` says why and
+    /// what to do.
+    SocketStillStranded(SocketHealthEvent),
     /// A kernel-reported socket error.
     SocketError(SockErrorLine),
     /// A namespace appeared.

@@ -15,7 +15,7 @@ use crate::model::{
     link::{AddrTable, Change, ChangeKind, Link},
     receiver::{tie_strands, HungReceiver, IfaceState},
     socket::Socket,
-    stranded::{SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded},
+    stranded::{verdict, SeenDeletion, SocketHealthEvent, SocketReport, StrandReason, Stranded as SocketStranded},
     tie,
 };
 use crate::engine::health::HealthChange;
@@ -35,7 +35,7 @@ fn health_cause<'a>(pending: &'a [(Change, u64)], st: &SocketStranded, recovered
         }
         match st.reason {
             StrandReason::DeviceDown => c.kind == ChangeKind::Down && same_if,
-            StrandReason::DeviceDeleted | StrandReason::InterfaceDeleted => matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut) && same_if,
+            StrandReason::DeviceDeleted => matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut) && same_if,
             StrandReason::AddressGone => (c.kind == ChangeKind::AddressRemoved && same_addr) || (matches!(c.kind, ChangeKind::Deleted | ChangeKind::MovedOut | ChangeKind::Down) && same_if),
         }
     };
@@ -76,8 +76,12 @@ impl WatchEngine {
         let mut ifindexes: Vec<IfIndex> = Vec::new();
         let mut scope_addrs: Vec<IpAddr> = Vec::new();
         for (c, _) in &pending {
-            if !ifindexes.contains(&c.ifindex) {
-                ifindexes.push(c.ifindex);
+            // A recreated interface's old ifindex: sockets still bound to it are judged (and
+            // reported still stranded) too.
+            for i in std::iter::once(c.ifindex).chain(c.old_ifindex) {
+                if !ifindexes.contains(&i) {
+                    ifindexes.push(i);
+                }
             }
             scope_addrs.extend(c.address);
         }
@@ -100,14 +104,15 @@ impl WatchEngine {
         // Deletions the queued changes saw count only after the "before" judgement.
         self.health.prime(netns, sockets, &links_before, &addrs_before);
         for (c, at) in &pending {
-            match c.kind {
-                ChangeKind::Deleted => self.health.saw_deletion(SeenDeletion { netns, ifindex: c.ifindex, name: c.name.clone(), at_unix_ns: *at }),
-                ChangeKind::Created | ChangeKind::Recreated | ChangeKind::MovedIn => self.health.saw_creation(netns, &c.name),
-                _ => {}
+            if c.kind == ChangeKind::Deleted {
+                self.health.saw_deletion(SeenDeletion { netns, ifindex: c.ifindex, name: c.name.clone(), at_unix_ns: *at });
             }
         }
         let changes = self.health.update(netns, sockets, &links, &addrs_now, now.unix_ns);
         let before_ready = self.health_ready.len();
+        let cures: Vec<&Change> = pending.iter().map(|(c, _)| c).filter(|c| self.config.iface.as_ref().is_none_or(|n| *n == c.name)).collect();
+        let still = self.health.still_stranded(netns, &cures, &changes, sockets, &links, &addrs_now);
+
         for mut change in changes {
             let (st, recovered) = match &mut change {
                 HealthChange::Stranded { stranded, .. } => (stranded, false),
@@ -127,10 +132,14 @@ impl WatchEngine {
                 st.ifname.get_or_insert_with(|| c.name.clone());
             }
             let cause = cause.map(|c| c.kind.name().to_string());
-            self.health_ready.push(HealthReady { netns, change, cause, links: links.clone() });
+            self.health_ready.push(HealthReady { netns, change, still: false, cause, links: links.clone() });
+        }
+        for (socket, stranded, cause) in still {
+            self.health_ready.push(HealthReady { netns, change: HealthChange::Stranded { socket, stranded }, still: true, cause: Some(cause.to_string()), links: links.clone() });
         }
         self.health_ready.len() - before_ready
     }
+
 
     /// Some socket changed health: one waiter pass is due before [`flush_health`](Self::flush_health).
     pub fn wants_waiters(&self) -> bool {
@@ -150,8 +159,15 @@ impl WatchEngine {
             let w = waiters.waiters_of(&socket);
             let Some(tied) = tie::each_once(std::slice::from_ref(&socket), r.netns, &r.links).pop() else { continue };
             let report = SocketReport { tied, stranded: now_stranded, waiters: w };
-            let event = SocketHealthEvent::new(&by, report, now.unix_ns, name, r.cause);
-            out.push(if recovered { WatchRecord::SocketRecovered(event) } else { WatchRecord::SocketStranded(event) });
+            let mut event = SocketHealthEvent::new(&by, report, now.unix_ns, name, r.cause);
+            out.push(if recovered {
+                WatchRecord::SocketRecovered(event)
+            } else if r.still {
+                event.verdict = verdict(&event.socket);
+                WatchRecord::SocketStillStranded(event)
+            } else {
+                WatchRecord::SocketStranded(event)
+            });
         }
         out
     }
