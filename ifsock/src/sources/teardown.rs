@@ -255,7 +255,7 @@ pub struct AfterDelete {
     pub dumps: Vec<(NetnsIno, Dump)>,
     /// Receivers blocked now on the listed sockets.
     pub blocked: Vec<BlockedRecv>,
-    /// The deletion ifsock just did, the evidence for `interface_deleted` of wildcard sockets.
+    /// The deletion ifsock just did: names a `device_deleted` socket's old ifindex.
     pub seen: Vec<SeenDeletion>,
 }
 
