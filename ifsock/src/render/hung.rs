@@ -15,14 +15,15 @@ use crate::{
     probes::select::Selection,
 };
 
-/// `{"type":"ready","netns","probe_set","probes"}`: `--follow` records receives from now on.
+/// `{"type":"ready","netns":[…],"probe_set","probes"}`: `--follow` records receives from now
+/// on. `netns` is a list, as in `watch`'s `ready` record (one shape across commands).
 #[derive(Debug, Serialize)]
 pub struct Ready<'a> {
     /// Always `ready`.
     #[serde(rename = "type")]
     pub ty: &'static str,
-    /// The netns ifsock runs in.
-    pub netns: NetnsIno,
+    /// The netns ifsock runs in (one element; a list, as `watch` writes it).
+    pub netns: [NetnsIno; 1],
     /// The receive-path probe set and why better ones were refused.
     pub probe_set: &'a Selection,
     /// Attached programs.
@@ -74,10 +75,17 @@ pub struct Style {
 /// Stdout closed ([`super::StdoutClosed`]).
 pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[String]) -> Result<()> {
     if json {
-        return json_line(&Ready { ty: "ready", netns, probe_set: selection, probes });
+        return json_line(&Ready { ty: "ready", netns: [netns], probe_set: selection, probes });
     }
-    super::err_line(&format!("recording receives (receive path: {selection}); Ctrl-C to stop"));
+    super::err_line(&ready_line(selection));
+    tracing::info!("receive path: {selection}; programs: {}", probes.join(", "));
     Ok(())
+}
+
+/// The short start-up line of `hung --follow`: `recording receives, tracepoint probes; Ctrl-C
+/// to stop, -v for details`; the refusals and programs are logged at `-v`.
+pub fn ready_line(selection: &Selection) -> String {
+    format!("recording receives, {} probes; Ctrl-C to stop, -v for details", selection.chosen.name())
 }
 
 /// Prints one scan: the receivers, then the event loops waiting on stranded sockets (the

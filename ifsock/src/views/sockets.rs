@@ -30,6 +30,8 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let own = netns::current_ino()?;
     let mut join = Join::default();
     let mut found_iface = false;
+    // Every interface name seen, for the "did you mean" of an unknown --iface.
+    let mut names: Vec<String> = Vec::new();
     let (iface, ifindex) = (args.iface.as_deref(), args.ifindex);
     let filtered = iface.is_some() || ifindex.is_some();
     for ns in &spaces {
@@ -41,6 +43,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             // address added between the two dumps is missed: the same as if it had been bound
             // after the snapshot.
             let first = netlink::dump_links(&conn).await?;
+            names.extend(first.iter().map(|l| l.name.clone()));
             let Some(link) = target(&first, iface, ifindex) else { continue };
             let addrs: Vec<IpAddr> = link.addrs.iter().copied().collect();
             snapshot::sockets_maybe_tied(&mut probes, ns.as_ref(), link.ifindex, &addrs)?
@@ -65,7 +68,8 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     if filtered && !found_iface {
         let what = args.iface.clone().map_or_else(|| format!("ifindex {}", args.ifindex.unwrap_or(0)), |n| format!("interface {n:?}"));
         let scope = if args.all_netns { "any network namespace" } else { "this network namespace (try --all-netns or --netns NAME)" };
-        bail!("unknown {what}: no such interface in {scope}");
+        let help = crate::model::names::unknown_help(iface.unwrap_or(""), names.iter().map(String::as_str));
+        bail!("unknown {what}: no such interface in {scope}; {help}");
     }
     // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
     // is missed, never attributed to a socket that no longer exists.

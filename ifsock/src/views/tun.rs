@@ -33,7 +33,10 @@ pub async fn run(args: TunArgs) -> Result<()> {
                     let kind = netlink::link_kind(&handle, l.ifindex).await?.unwrap_or_else(|| "none".into());
                     bail!("{name:?} (ifindex {}) is not a tun/tap device (rtnetlink kind: {kind})", l.ifindex);
                 }
-                None => bail!("unknown interface {name:?}: no such interface in this network namespace (try --netns NAME)"),
+                None => {
+                    let help = crate::model::names::unknown_help(name, all.iter().map(|l| l.name.as_str()));
+                    bail!("unknown interface {name:?}: no such interface in this network namespace (try --netns NAME); {help}")
+                }
             }
         }
     }
