@@ -14,7 +14,7 @@ use crate::{
         netns::{self, NetnsHandle},
         waiters::WaiterIndex,
     },
-    model::{stranded::SocketReport, tie::Ties},
+    model::{ids::NetnsIno, stranded::SocketReport, tie::Ties},
     probes::{snapshot, Probes},
     render::{self, json_line},
 };
@@ -86,7 +86,21 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         }
     } else {
         // The table needs every row for its column widths.
-        render::sockets::table(&reports.collect::<Vec<SocketReport>>())?;
+        let names = netns::named();
+        let name_of = |ino: NetnsIno| names.iter().find(|(_, i)| *i == ino).map(|(n, _)| n.clone());
+        let netns = if args.all_netns { spaces.iter().flatten().map(|h| (h.ino, h.name.clone().or_else(|| name_of(h.ino)))).collect() } else { vec![(own, name_of(own))] };
+        let mut filters = Vec::new();
+        if let Some(n) = &args.iface {
+            filters.push(format!("--iface {n}"));
+        }
+        if let Some(i) = args.ifindex {
+            filters.push(format!("--ifindex {i}"));
+        }
+        if args.stranded {
+            filters.push("--stranded".to_string());
+        }
+        let searched = render::sockets::Searched { netns, filters };
+        render::sockets::table(&reports.collect::<Vec<SocketReport>>(), &searched)?;
     }
     out.finish()
 }
