@@ -497,7 +497,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__tun)
-            opts="-n -v -h --interval --json --netns --verbose --wide --help"
+            opts="-n -v -h --interval --json --all-netns --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

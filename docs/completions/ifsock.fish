@@ -94,6 +94,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -s h -l help -d 
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l interval -d 'Time between the two queue snapshots that show whether backlogs drain (0: one snapshot, no warnings; at most 24h)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l json -d 'One JSON object per device (fields documented in README.md)'
+complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l all-netns -d 'Every network namespace (named ones under /run/netns and those of running processes), not only the current one'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s h -l help -d 'Print help'

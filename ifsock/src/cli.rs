@@ -33,6 +33,7 @@ impl Cli {
             Command::Sockets(a) => ("sockets", a.all_netns),
             Command::Hung(a) => ("hung", a.all_netns),
             Command::Abort(a) => ("abort", a.all_netns),
+            Command::Tun(a) => ("tun", a.all_netns),
             _ => return Ok(()),
         };
         if let (Some(ns), true) = (&self.netns, all_netns) {
