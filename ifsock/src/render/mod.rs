@@ -170,6 +170,26 @@ pub fn line(text: &str) -> Result<()> {
     })
 }
 
+/// Writes one line of human text that reports something stranded or dead, as [`line`](fn@line):
+/// in red on a terminal (see [`set_style`]: never in a pipe, a file or JSON, not with `NO_COLOR`).
+///
+/// # Errors
+/// As [`out`].
+pub fn alert_line(text: &str) -> Result<()> {
+    let red = COLOUR.load(Ordering::Relaxed);
+    emit(|b| {
+        if red {
+            b.extend_from_slice(b"\x1b[31m");
+        }
+        b.extend_from_slice(escape::escape(text).as_bytes());
+        if red {
+            b.extend_from_slice(b"\x1b[0m");
+        }
+        b.push(b'\n');
+        Ok(())
+    })
+}
+
 /// Writes one line of human text on stderr (what describes the run, not its records), escaped
 /// as [`line`](fn@line); a failed write to stderr is ignored (there is nowhere left to report it).
 pub fn err_line(text: &str) {

@@ -37,9 +37,9 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
                 line(&l)?;
             }
         }
-        WatchRecord::ReceiverStranded(s) => line(&stranded_line(s))?,
+        WatchRecord::ReceiverStranded(s) => super::alert_line(&stranded_line(s))?,
         WatchRecord::SocketError(e) => line(&sock_error_line(e))?,
-        WatchRecord::SocketStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, false)))?,
+        WatchRecord::SocketStranded(e) => super::alert_line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, false)))?,
         WatchRecord::SocketRecovered(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, true)))?,
         WatchRecord::NetnsAdded(n) => line(&format!("{} netns_added {}{}", clock(n.ts_unix_ns), n.netns, paren(n.netns_name.as_deref())))?,
         WatchRecord::NetnsRemoved(n) => line(&netns_removed_line(n))?,
