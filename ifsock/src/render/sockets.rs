@@ -149,3 +149,50 @@ pub fn cells(r: &TiedSocket) -> Vec<String> {
         owners,
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        ids::IfIndex,
+        socket::{Binding, Owner, Socket},
+        stranded::{StrandReason, Stranded},
+    };
+    use ifsock_common::SockRecord;
+
+    fn report(ino: u64, port: u16, owners: usize, stranded: bool) -> SocketReport {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&[10, 1, 0, 1]);
+        let rec = SockRecord {
+            sk: 1, cookie: ino, ino, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17,
+            state: 7, lport: port, rport: 0, flags: 0, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut socket = Socket::from_record(&rec);
+        socket.owners = (0..owners).map(|fd| Owner { pid: 10, comm: "unbound".into(), fd: 3 + fd as u32 }).collect();
+        let tied = TiedSocket { ifindex: Some(IfIndex(2)), ifname: Some("veth0".into()), binding: Some(Binding::Address), bound_dev_name: None, socket };
+        let stranded = stranded.then(|| Stranded { reason: StrandReason::AddressGone, ifindex: Some(IfIndex(2)), ifname: Some("veth0".into()), address: None, since_unix_ns: None });
+        SocketReport { tied, stranded, waiters: Vec::new() }
+    }
+
+    #[test]
+    fn one_netns_is_named_in_the_summary_owners_show_the_first_and_a_count() {
+        let searched = Searched { netns: vec![(NetnsIno(7), Some("blue".into()))], filters: vec![] };
+        let rows = [report(100, 53, 3, false), report(101, 54, 1, true)];
+        assert_eq!(summary(&rows, &searched), "2 sockets, 1 stranded in netns blue (7)");
+        let cells = narrow_cells(&rows[0], &searched);
+        assert_eq!(cells.len(), HEADER.len());
+        assert_eq!(cells, ["blue", "veth0", "address", "udp4", "10.1.0.1:53", "0.0.0.0:0", "UNCONN", "100", "ok", "unbound[10]/fd3,…+2", "-"]);
+        assert_eq!(narrow_cells(&rows[1], &searched)[8], "address_gone");
+        assert_eq!(first_and_count(&[]), "-");
+        let none = Searched { netns: vec![(NetnsIno(7), None)], filters: vec!["--iface eth0".into(), "--stranded".into()] };
+        assert_eq!(none_found(&none), "no sockets found in netns 7 (filters: --iface eth0, --stranded)");
+        let many = Searched { netns: vec![(NetnsIno(7), None), (NetnsIno(8), None)], filters: vec![] };
+        assert_eq!(none_found(&many), "no sockets found in 2 netns");
+        // The wide cells are today's columns, one per WIDE_HEADER entry.
+        assert_eq!(cells_len(&rows[0]), WIDE_HEADER.len());
+    }
+
+    fn cells_len(r: &SocketReport) -> usize {
+        cells(&r.tied).len()
+    }
+}
