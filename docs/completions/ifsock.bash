@@ -83,7 +83,7 @@ _ifsock() {
 
     case "${cmd}" in
         ifsock)
-            opts="-n -v -h -V --netns --verbose --help --version sockets watch hung teardown tun abort doctor agent journal help"
+            opts="-n -v -h -V --netns --verbose --wide --help --version sockets watch hung teardown tun abort doctor agent journal help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,7 +105,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__abort)
-            opts="-n -v -h --inode --stranded --iface --pid --all-netns --dry-run --yes --json --observe --via --journal --netns --verbose --help"
+            opts="-n -v -h --inode --stranded --iface --pid --all-netns --dry-run --yes --json --observe --via --journal --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,7 +151,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__agent)
-            opts="-n -v -h --listen --journal --journal-max-bytes --reconcile-every --receivers --netns --verbose --help"
+            opts="-n -v -h --listen --journal --journal-max-bytes --reconcile-every --receivers --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -189,7 +189,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__doctor)
-            opts="-n -v -h --json --netns --verbose --help"
+            opts="-n -v -h --json --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -365,7 +365,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__hung)
-            opts="-n -v -h --min-blocked --pid --all-netns --json --follow --interval --probe-set --journal --netns --verbose --help"
+            opts="-n -v -h --min-blocked --pid --all-netns --json --follow --interval --probe-set --journal --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -407,7 +407,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__journal)
-            opts="-n -v -h --since --iface --journal --json --netns --verbose --help"
+            opts="-n -v -h --since --iface --journal --json --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -441,7 +441,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__sockets)
-            opts="-n -v -h --iface --ifindex --all-netns --json --stranded --journal --netns --verbose --help"
+            opts="-n -v -h --iface --ifindex --all-netns --json --stranded --journal --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -475,7 +475,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__teardown)
-            opts="-y -n -v -h --grace --dry-run --yes --json --abort-stranded --observe --netns --verbose --help"
+            opts="-y -n -v -h --grace --dry-run --yes --json --abort-stranded --observe --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -505,7 +505,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__tun)
-            opts="-n -v -h --interval --json --netns --verbose --help"
+            opts="-n -v -h --interval --json --all-netns --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -531,7 +531,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__watch)
-            opts="-n -v -h --iface --json --rcvbuf --reconcile-every --no-sockets --sockets-inline --sockets-after --count --probe-set --all-netns --stranded-after --sock-error-probe --netns --verbose --help"
+            opts="-n -v -h --iface --json --rcvbuf --reconcile-every --no-sockets --sockets-inline --sockets-after --count --probe-set --all-netns --stranded-after --sock-error-probe --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_ifsock_global_optspecs
-    string join \n n/netns= v/verbose h/help V/version
+    string join \n n/netns= v/verbose wide h/help V/version
 end
 
 function __fish_ifsock_needs_command
@@ -26,6 +26,7 @@ end
 
 complete -c ifsock -n "__fish_ifsock_needs_command" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_needs_command" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_needs_command" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_needs_command" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_needs_command" -s V -l version -d 'Print version'
 complete -c ifsock -n "__fish_ifsock_needs_command" -f -a "sockets" -d 'List TCP/UDP sockets and the interface each is tied to (device, address, wildcard), with owners'
@@ -46,6 +47,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l all-netns -d '
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l json -d 'One JSON object per line (fields documented in README.md)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l stranded -d 'Only stranded sockets (address gone, bound device down or deleted); none is not an error'
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand sockets" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -l iface -d 'Only events of this interface (by current or previous name)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -l rcvbuf -d 'Receive buffer of the rtnetlink subscription socket, bytes (1 to 1073741823; kernel default if unset). Above net.core.rmem_max it is set with SO_RCVBUFFORCE' -r
@@ -64,6 +66,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -l sockets-inline -
 complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -l sockets-after -d 'The default (each change first, its sockets in a `change_sockets` record); accepted so that scripts written when it was an option keep working'
 complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -l all-netns -d 'Follow every network namespace (named ones under /run/netns and those of running processes), including namespaces created and destroyed while running'
 complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -l min-blocked -d 'Only receivers blocked at least this long (0 to 24h)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -l pid -d 'Only this process (a pid that exists)' -r
@@ -77,6 +80,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -l all-netns -d 'Eve
 complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -l json -d 'JSON: one object per receiver (one-shot), or one `snapshot` object per interval (`--follow`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -l follow -d 'Keep running: record receives as they start (exact sockets) and interface deletions, and print the list every `--interval`'
 complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand hung" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -l grace -d 'How long to observe between setting it down and deleting it (500ms, 2s, 1m)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -l observe -d 'With --abort-stranded: how long to watch the waiters after the destroy' -r
@@ -86,11 +90,14 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -s y -l yes -d '
 complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -l json -d 'One JSON object: the report (fields documented in README.md), also on error and interrupt'
 complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -l abort-stranded -d 'After the delete, destroy the sockets it left stranded (bound to the interface or the veth peer by device or address), and those with receivers still blocked, as `ifsock abort` does; the report\'s `abort` field lists them (the dry run: what would be destroyed)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand teardown" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l interval -d 'Time between the two queue snapshots that show whether backlogs drain (0: one snapshot, no warnings; at most 24h)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l json -d 'One JSON object per device (fields documented in README.md)'
+complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l all-netns -d 'Every network namespace (named ones under /run/netns and those of running processes), not only the current one'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand tun" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l inode -d 'Destroy the socket with this inode (`socket:[N]`); repeatable' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l iface -d 'With --stranded: only those tied to this interface, or still bound to any ifindex an interface of that name had before it was deleted (from the journal, see --journal)' -r
@@ -107,10 +114,12 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l dry-run -d 'List
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l yes -d 'Do not ask for confirmation (required when stdin is not a terminal)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l json -d 'One JSON object'
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand abort" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c ifsock -n "__fish_ifsock_using_subcommand doctor" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand doctor" -l json -d 'One JSON object'
 complete -c ifsock -n "__fish_ifsock_using_subcommand doctor" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand doctor" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l listen -d 'Serve /metrics and /healthz here (loopback by default; 0.0.0.0:9469 only if asked)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l journal -d 'Journal directory (JSON lines, rotated)' -r -F
@@ -119,6 +128,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l reconcile-every 
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l receivers -d 'Also attach the receive-path probes (costs a probe hit per receive on the host; off by default: blocked receivers are found from /proc at each snapshot)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l since -d 'Only records since then: a duration back from now (`10m`, `2h`), a UTC time (`2026-12-01T19:00:00Z`), or `@UNIX_SECONDS`' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l iface -d 'Only records about this interface: any record under this name, and every record of an interface that had it before or after a rename (same netns and ifindex)' -r
@@ -126,6 +136,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l journal -d 'Th
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l json -d 'The records as stored, one JSON object per line'
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
+complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand journal" -s h -l help -d 'Print help'
 complete -c ifsock -n "__fish_ifsock_using_subcommand help; and not __fish_seen_subcommand_from sockets watch hung teardown tun abort doctor agent journal help" -f -a "sockets" -d 'List TCP/UDP sockets and the interface each is tied to (device, address, wildcard), with owners'
 complete -c ifsock -n "__fish_ifsock_using_subcommand help; and not __fish_seen_subcommand_from sockets watch hung teardown tun abort doctor agent journal help" -f -a "watch" -d 'Stream interface changes (created, up/down, renamed, deleted, recreated, moved) with the sockets tied to the interface and the task that caused the change'

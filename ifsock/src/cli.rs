@@ -14,6 +14,9 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(long, short, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`).
+    #[arg(long, global = true)]
+    pub wide: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -30,6 +33,7 @@ impl Cli {
             Command::Sockets(a) => ("sockets", a.all_netns),
             Command::Hung(a) => ("hung", a.all_netns),
             Command::Abort(a) => ("abort", a.all_netns),
+            Command::Tun(a) => ("tun", a.all_netns),
             _ => return Ok(()),
         };
         if let (Some(ns), true) = (&self.netns, all_netns) {

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     map_large_allocations_apart();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    render::set_style(cli.wide);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout went away (`ifsock sockets | head -1`): stop quietly with the

@@ -53,3 +53,35 @@ fn netns_paths_that_are_not_network_namespaces_are_refused() {
     let out = ifsock(&["--netns", &format!("/run/netns/{}", ns.name), "sockets", "--json"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn durations_need_a_unit_and_the_error_names_the_fix() {
+    fails_with(&["hung", "--min-blocked", "5"], "write 5s");
+    fails_with(&["watch", "--reconcile-every", "30"], "no unit");
+}
+
+#[test]
+fn netns_of_a_missing_pid_is_refused_in_words() {
+    require_root();
+    // pid_max is at most 2^22: this pid cannot exist.
+    let out = ifsock(&["--netns", "pid:99999999", "sockets"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no process 99999999"), "{stderr}");
+    assert!(!stderr.contains("os error"), "a raw errno is not an explanation: {stderr}");
+}
+
+#[test]
+fn a_mistyped_interface_gets_the_closest_name_and_the_list() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("dy"), unique("dz"));
+    ns.veth(&a, &b, None).unwrap();
+    // Two neighbours swapped: one edit away.
+    let mut typo: Vec<char> = a.chars().collect();
+    typo.swap(0, 1);
+    let typo: String = typo.into_iter().collect();
+    fails_with(&["--netns", &ns.name, "sockets", "--iface", &typo], &format!("did you mean {a:?}?"));
+    fails_with(&["--netns", &ns.name, "sockets", "--iface", &typo], "interfaces here: ");
+    fails_with(&["--netns", &ns.name, "teardown", &typo, "--dry-run"], &format!("did you mean {a:?}?"));
+}

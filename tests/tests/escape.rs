@@ -124,15 +124,16 @@ fn sockets_and_hung_escape_names_and_comms_and_json_keeps_them_exact() {
     let pid = child.pid.as_raw().to_string();
 
     for (what, args) in [
-        ("sockets", vec!["--netns", &ns.name, "sockets"]),
-        ("sockets --iface", vec!["--netns", &ns.name, "sockets", "--iface", &evil]),
-        ("sockets --all-netns", vec!["sockets", "--all-netns"]),
+        // --wide: the escaped name (four characters per control character) stays whole.
+        ("sockets", vec!["--wide", "--netns", &ns.name, "sockets"]),
+        ("sockets --iface", vec!["--wide", "--netns", &ns.name, "sockets", "--iface", &evil]),
+        ("sockets --all-netns", vec!["--wide", "sockets", "--all-netns"]),
     ] {
         let text = human(what, &args);
         assert!(text.contains("\\x1b[2J\\x07e"), "{what}: the interface name is not shown escaped:\n{text}");
         assert!(text.contains("c\\n\\x1b[31mX["), "{what}: the owner's comm is not shown escaped:\n{text}");
     }
-    let text = human("hung", &["--netns", &ns.name, "hung", "--min-blocked", "0", "--pid", &pid]);
+    let text = human("hung", &["--wide", "--netns", &ns.name, "hung", "--min-blocked", "0", "--pid", &pid]);
     assert!(text.contains("c\\n\\x1b[31mX"), "hung: the comm is not shown escaped:\n{text}");
     assert!(text.contains("\\x1b[2J\\x07e"), "hung: the interface name is not shown escaped:\n{text}");
 

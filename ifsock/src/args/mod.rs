@@ -21,17 +21,20 @@ pub use teardown::TeardownArgs;
 pub use tun::TunArgs;
 pub use watch::WatchArgs;
 
-/// Parses a duration such as `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+/// Parses a duration such as `500ms`, `5s`, `2m`, `1h`. A unit is required (is `5` five
+/// seconds or five milliseconds?), except for `0`, which is the same in every unit.
 ///
 /// # Errors
-/// Unknown unit or not a number.
+/// Missing or unknown unit (the message names the fix, `5s`), or not a number.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 5s, 2m)"))?;
     let secs = match unit {
-        "" | "s" => n,
+        "" if n == 0.0 => 0.0,
+        "" => return Err(format!("{s:?} has no unit: write {s}s (or {s}ms, {s}m, {s}h)")),
+        "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
@@ -79,7 +82,10 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
-        assert_eq!(parse_duration("5").unwrap().as_secs(), 5);
+        assert_eq!(parse_duration("5s").unwrap().as_secs(), 5);
+        assert_eq!(parse_duration("0"), Ok(std::time::Duration::ZERO), "zero needs no unit");
+        let e = parse_duration("5").err().unwrap_or_default();
+        assert!(e.contains("no unit") && e.contains("5s"), "{e}");
         assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("abc").is_err());

@@ -15,4 +15,8 @@ pub struct TunArgs {
     /// One JSON object per device (fields documented in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Every network namespace (named ones under /run/netns and those of running processes),
+    /// not only the current one.
+    #[arg(long)]
+    pub all_netns: bool,
 }

@@ -50,7 +50,16 @@ impl NetnsHandle {
         }
         if let Some(pid) = spec.strip_prefix("pid:") {
             let pid: u32 = pid.parse().map_err(|_| anyhow!("--netns pid:{pid}: not a pid"))?;
-            return Self::open(Path::new(&format!("/proc/{pid}/ns/net")), None);
+            let path = format!("/proc/{pid}/ns/net");
+            return match File::open(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bail!("no process {pid}: --netns pid:{pid} needs a running process (list them with `ps -e`, or give --netns NAME from {NETNS_RUN_DIR})")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    bail!("process {pid}'s network namespace ({path}) is not readable: run as root or with CAP_SYS_PTRACE")
+                }
+                _ => Self::open(Path::new(&path), None),
+            };
         }
         if spec.contains('/') {
             return Self::open(Path::new(spec), None);

@@ -3,6 +3,7 @@ pub mod event;
 pub mod ids;
 pub mod kernel_event;
 pub mod link;
+pub mod names;
 pub mod receiver;
 pub mod sock_error;
 pub mod stranded;

@@ -393,7 +393,7 @@ impl Probes {
         if let Some(set @ (ProbeSet::Fentry | ProbeSet::Kprobe)) = forced {
             if uncovered {
                 let why = if set == ProbeSet::Fentry { fentry_err } else { kprobe_err };
-                return Err(anyhow!("probe set {set:?} was forced but this kernel refuses it: {}", why.unwrap_or_default()));
+                return Err(anyhow!("probe set {} was forced but this kernel refuses it: {}", set.name(), why.unwrap_or_default()));
             }
         }
         let caps = select::combine(&outcomes, fentry_err, kprobe_err);

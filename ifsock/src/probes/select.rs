@@ -14,6 +14,17 @@ pub enum ProbeSet {
     Tracepoint,
 }
 
+impl ProbeSet {
+    /// `fentry`, `kprobe` or `tracepoint`: the spelling of `--probe-set` and of the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeSet::Fentry => "fentry",
+            ProbeSet::Kprobe => "kprobe",
+            ProbeSet::Tracepoint => "tracepoint",
+        }
+    }
+}
+
 /// What the running kernel allowed when the device probes were attached
 /// ([`super::Probes::attach_device`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,9 +46,9 @@ pub struct Selection {
 
 impl std::fmt::Display for Selection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "probe set: {:?}", self.chosen)?;
+        write!(f, "probe set: {}", self.chosen.name())?;
         for (set, why) in &self.refused {
-            write!(f, "; {set:?} refused: {why}")?;
+            write!(f, "; {} refused: {why}", set.name())?;
         }
         Ok(())
     }
@@ -57,7 +68,7 @@ pub fn select(caps: &Capabilities, forced: Option<ProbeSet>) -> Result<Selection
     if let Some(set) = forced {
         return status(set)
             .map(|()| Selection { chosen: set, refused: Vec::new() })
-            .map_err(|why| format!("probe set {set:?} was forced but this kernel refuses it: {why}"));
+            .map_err(|why| format!("probe set {} was forced but this kernel refuses it: {why}", set.name()));
     }
     let mut refused = Vec::new();
     for set in order {
@@ -104,7 +115,7 @@ mod tests {
         assert_eq!(sel.refused.len(), 2);
         assert!(sel.refused[1].1.contains("__skb_recv_datagram"));
         let sel = select(&combine(&[None, None], Some("EPERM (lockdown=integrity)".into()), Some("ENOENT".into())), None).unwrap();
-        assert_eq!(sel.to_string(), "probe set: Tracepoint; Fentry refused: EPERM (lockdown=integrity); Kprobe refused: ENOENT");
+        assert_eq!(sel.to_string(), "probe set: tracepoint; fentry refused: EPERM (lockdown=integrity); kprobe refused: ENOENT");
     }
 
     #[test]
@@ -114,7 +125,7 @@ mod tests {
         assert_eq!(sel.chosen, ProbeSet::Tracepoint);
         assert_eq!(sel.refused.len(), 2);
         assert_eq!(sel.refused[0], (ProbeSet::Fentry, "EPERM (lockdown=integrity)".to_string()));
-        assert!(sel.to_string().contains("Fentry refused: EPERM"));
+        assert!(sel.to_string().contains("fentry refused: EPERM"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{fmt, human_ns, json_line, table};
+use super::{fmt, human_ns, json_line, table_fit, Fit};
 use crate::kernel::clock::unix_ns;
 use crate::{
     engine::health::EventLoopWaiter,
@@ -15,14 +15,15 @@ use crate::{
     probes::select::Selection,
 };
 
-/// `{"type":"ready","netns","probe_set","probes"}`: `--follow` records receives from now on.
+/// `{"type":"ready","netns":[…],"probe_set","probes"}`: `--follow` records receives from now
+/// on. `netns` is a list, as in `watch`'s `ready` record (one shape across commands).
 #[derive(Debug, Serialize)]
 pub struct Ready<'a> {
     /// Always `ready`.
     #[serde(rename = "type")]
     pub ty: &'static str,
-    /// The netns ifsock runs in.
-    pub netns: NetnsIno,
+    /// The netns ifsock runs in (one element; a list, as `watch` writes it).
+    pub netns: [NetnsIno; 1],
     /// The receive-path probe set and why better ones were refused.
     pub probe_set: &'a Selection,
     /// Attached programs.
@@ -66,6 +67,27 @@ pub struct Style {
     /// Add a NETNS column (`--all-netns`): the name under /run/netns when it has one, else
     /// the inode.
     pub netns_names: Option<HashMap<NetnsIno, String>>,
+    /// What was searched, for the summary and the none-found line: `netns blue (4026532000)`
+    /// or `every netns`.
+    pub scope: String,
+    /// The filters given, as typed (`--pid 41`, `--min-blocked 1s`).
+    pub filters: Vec<String>,
+}
+
+/// `3 receivers, 1 stranded in netns blue (4026532000); 2 event loops on stranded sockets`.
+pub fn summary(rows: &[HungReceiver], loops: &[EventLoopWaiter], style: &Style) -> String {
+    let stranded = rows.iter().filter(|r| r.stranded).count();
+    let mut s = format!("{}, {stranded} stranded in {}", super::count(rows.len(), "blocked receiver", "blocked receivers"), style.scope);
+    if !loops.is_empty() {
+        s.push_str(&format!("; {} on stranded sockets", super::count(loops.len(), "event loop", "event loops")));
+    }
+    s
+}
+
+/// `no blocked receivers found in netns 4026531833 (filters: --min-blocked 1s)`.
+pub fn none_found(style: &Style) -> String {
+    let filters = if style.filters.is_empty() { String::new() } else { format!(" (filters: {})", style.filters.join(", ")) };
+    format!("no blocked receivers found in {}{filters}", style.scope)
 }
 
 /// Prints the `ready` record (JSON) or a line on stderr saying what is recorded.
@@ -74,10 +96,17 @@ pub struct Style {
 /// Stdout closed ([`super::StdoutClosed`]).
 pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[String]) -> Result<()> {
     if json {
-        return json_line(&Ready { ty: "ready", netns, probe_set: selection, probes });
+        return json_line(&Ready { ty: "ready", netns: [netns], probe_set: selection, probes });
     }
-    super::err_line(&format!("recording receives (receive path: {selection}); Ctrl-C to stop"));
+    super::err_line(&ready_line(selection));
+    tracing::info!("receive path: {selection}; programs: {}", probes.join(", "));
     Ok(())
+}
+
+/// The short start-up line of `hung --follow`: `recording receives, tracepoint probes; Ctrl-C
+/// to stop, -v for details`; the refusals and programs are logged at `-v`.
+pub fn ready_line(selection: &Selection) -> String {
+    format!("recording receives, {} probes; Ctrl-C to stop, -v for details", selection.chosen.name())
 }
 
 /// Prints one scan: the receivers, then the event loops waiting on stranded sockets (the
@@ -98,14 +127,23 @@ pub fn receivers(rows: &[HungReceiver], loops: &[EventLoopWaiter], style: &Style
         }
         return Ok(());
     }
-    let (header, cells) = cells(rows, style.netns_names.as_ref());
-    table(&header, &cells)?;
-    if loops.is_empty() {
-        return Ok(());
+    if rows.is_empty() && loops.is_empty() {
+        return super::line(&none_found(style));
     }
-    super::out("\nevent loops waiting on stranded sockets\n")?;
-    let (header, cells) = loop_cells(loops, style.netns_names.as_ref());
-    table(&header, &cells)
+    // NETNS (with --all-netns) shifts every column by one.
+    let at = |i: usize| i + usize::from(style.netns_names.is_some());
+    if !rows.is_empty() {
+        let (header, cells) = cells(rows, style.netns_names.as_ref());
+        let shrink = [(at(1), 8), (at(7), 20)];
+        table_fit(&header, &cells, &Fit { shrink: &shrink, middle: &[], alert: Some(at(6)) })?;
+    }
+    if !loops.is_empty() {
+        super::out(if rows.is_empty() { "event loops waiting on stranded sockets\n" } else { "\nevent loops waiting on stranded sockets\n" })?;
+        let (header, cells) = loop_cells(loops, style.netns_names.as_ref());
+        let shrink = [(at(1), 8), (at(4), 30)];
+        table_fit(&header, &cells, &Fit { shrink: &shrink, middle: &[], alert: Some(at(5)) })?;
+    }
+    super::line(&summary(rows, loops, style))
 }
 
 /// The event-loop table: PID/TID, COMM, VIA (`epoll:epoll_wait`), FD/EPFD (`fd 3 @epfd 5`),

@@ -170,6 +170,26 @@ pub fn line(text: &str) -> Result<()> {
     })
 }
 
+/// Writes one line of human text that reports something stranded or dead, as [`line`](fn@line):
+/// in red on a terminal (see [`set_style`]: never in a pipe, a file or JSON, not with `NO_COLOR`).
+///
+/// # Errors
+/// As [`out`].
+pub fn alert_line(text: &str) -> Result<()> {
+    let red = COLOUR.load(Ordering::Relaxed);
+    emit(|b| {
+        if red {
+            b.extend_from_slice(b"\x1b[31m");
+        }
+        b.extend_from_slice(escape::escape(text).as_bytes());
+        if red {
+            b.extend_from_slice(b"\x1b[0m");
+        }
+        b.push(b'\n');
+        Ok(())
+    })
+}
+
 /// Writes one line of human text on stderr (what describes the run, not its records), escaped
 /// as [`line`](fn@line); a failed write to stderr is ignored (there is nowhere left to report it).
 pub fn err_line(text: &str) {
@@ -207,37 +227,137 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<()> {
 }
 
 /// Prints rows as a table with left-aligned columns sized to their content; each cell is
-/// escaped ([`escape::escape`]) before it is measured.
+/// escaped ([`escape::escape`]) before it is measured. Nothing is cut (see [`table_fit`]).
 ///
 /// # Errors
 /// As [`out`].
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    raw(&layout(header, rows, &Fit::default(), None, false).0)
+}
+
+/// Width, in characters, that tables are fitted to unless `--wide` ([`set_wide`]).
+pub const WIDTH: usize = 120;
+
+/// `--wide`: tables keep every column whole, however wide.
+static WIDE: AtomicBool = AtomicBool::new(false);
+
+/// Colour on stdout: decided once ([`set_wide`]'s caller, `main`) from the terminal and `NO_COLOR`.
+static COLOUR: AtomicBool = AtomicBool::new(false);
+
+/// Sets how tables are printed for this run: `wide` (every column whole, `--wide`), and colour
+/// when stdout is a terminal, `NO_COLOR` is unset or empty (<https://no-color.org>) and `TERM`
+/// is not `dumb`. Never colour in a pipe, a file or JSON.
+pub fn set_style(wide: bool) {
+    WIDE.store(wide, Ordering::Relaxed);
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    COLOUR.store(std::io::stdout().is_terminal() && !no_color && !dumb, Ordering::Relaxed);
+}
+
+/// Whether `--wide` was given.
+pub fn wide() -> bool {
+    WIDE.load(Ordering::Relaxed)
+}
+
+/// How a table is fitted to [`WIDTH`] and coloured.
+#[derive(Clone, Debug, Default)]
+pub struct Fit<'a> {
+    /// Columns that may be cut (with `…`) to fit: (index, width kept as long as possible). The
+    /// widest is cut first, down to its kept width; only if that is not enough are they cut
+    /// further, widest first, each down to its header or [`MIN_CUT`].
+    pub shrink: &'a [(usize, usize)],
+    /// Of the `shrink` columns, those cut in the middle (`[fd00:aa…ff:1]:5353`: the port stays).
+    pub middle: &'a [usize],
+    /// A column whose cells other than `ok`, `-` and empty are shown in red on a terminal
+    /// (STATUS: stranded, dead).
+    pub alert: Option<usize>,
+}
+
+/// The shortest a cut column gets: its header, and at least 6 characters.
+const MIN_CUT: usize = 6;
+
+/// Lays out a table: columns left-aligned and sized to their content (cells escaped with
+/// [`escape::escape`] and measured in characters), then, when `width` is given and the table is
+/// wider, the [`Fit::shrink`] columns cut, widest first, down to [`MIN_CUT`]; a cut cell ends in
+/// `…` (or has it in the middle, [`Fit::middle`]). With `colour`, [`Fit::alert`] cells are red. Returns the text and whether a cell was cut.
+pub fn layout(header: &[&str], rows: &[Vec<String>], fit: &Fit<'_>, width: Option<usize>, colour: bool) -> (String, bool) {
+    let len = |s: &str| s.chars().count();
+    let esc: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| escape::escape(c).into_owned()).collect()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| len(h)).collect();
+    for row in &esc {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(escape::escape(cell).len());
+            *w = (*w).max(len(cell));
         }
     }
+    if let Some(max) = width {
+        let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+        let floor = |i: usize| header.get(i).map_or(MIN_CUT, |h| len(h).max(MIN_CUT));
+        // The widest first, down to the width each keeps; then, if that is not enough, further.
+        for soft in [true, false] {
+            while total(&widths) > max {
+                let keeps = |i: usize, keep: usize| floor(i).max(if soft { keep } else { 0 });
+                let Some(&(i, _)) = fit.shrink.iter().filter(|&&(i, keep)| i < widths.len() && widths[i] > keeps(i, keep)).max_by_key(|&&(i, _)| widths[i]) else { break };
+                widths[i] -= 1;
+            }
+        }
+    }
+    let mut cut = false;
     let mut text = String::new();
-    let mut push = |cells: Vec<&str>| {
+    let mut push = |cells: &[String], is_header: bool| {
         let start = text.len();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            let cell = escape::escape(cell);
-            if i + 1 == cells.len() {
-                text.push_str(&cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  "));
+            let mut cell = cell.clone();
+            if len(&cell) > *w {
+                let keep = w.saturating_sub(1);
+                cell = if fit.middle.contains(&i) {
+                    let tail = keep - keep / 2;
+                    let chars: Vec<char> = cell.chars().collect();
+                    chars[..keep / 2].iter().chain(['…'].iter()).chain(chars[chars.len() - tail..].iter()).collect()
+                } else {
+                    cell.chars().take(keep).collect::<String>() + "…"
+                };
+                cut = true;
+            }
+            let pad = w - len(&cell);
+            let red = colour && !is_header && fit.alert == Some(i) && !matches!(cell.as_str(), "ok" | "-" | "");
+            if red {
+                text.push_str("\x1b[31m");
+            }
+            text.push_str(&cell);
+            if red {
+                text.push_str("\x1b[0m");
+            }
+            if i + 1 < cells.len() {
+                text.push_str(&" ".repeat(pad + 2));
             }
         }
         let end = text[start..].trim_end().len() + start;
         text.truncate(end);
         text.push('\n');
     };
-    push(header.to_vec());
-    for row in rows {
-        push(row.iter().map(String::as_str).collect());
+    push(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>(), true);
+    for row in &esc {
+        push(row, false);
+    }
+    (text, cut)
+}
+
+/// Prints a table fitted to [`WIDTH`] (unless `--wide`), coloured on a terminal ([`layout`]);
+/// when a cell was cut, a line says so and how to see it whole.
+///
+/// # Errors
+/// As [`out`].
+pub fn table_fit(header: &[&str], rows: &[Vec<String>], fit: &Fit<'_>) -> Result<()> {
+    let (mut text, cut) = layout(header, rows, fit, (!wide()).then_some(WIDTH), COLOUR.load(Ordering::Relaxed));
+    if cut {
+        text.push_str(&format!("(cells ending in … were cut to fit {WIDTH} columns; --wide shows them whole)\n"));
     }
     raw(&text)
+}
+
+/// `N things` with the plural: `1 socket`, `7 sockets`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix-epoch ns timestamp.
@@ -303,6 +423,38 @@ mod tests {
         BUFFERED.store(false, Ordering::Relaxed);
         assert_eq!(String::from_utf8(held).unwrap(), "{\"a\":1,\"b\":\"x\\\"y\"}\nplain\n");
         assert!(pending().is_empty());
+    }
+
+    #[test]
+    fn tables_fit_the_width_by_cutting_the_named_columns_and_say_so() {
+        let header = ["A", "OWNERS", "STATUS"];
+        let rows = vec![vec!["x".to_string(), "unbound[12]/fd3,unbound[12]/fd4".to_string(), "device_deleted".to_string()], vec!["y".into(), "-".into(), "ok".into()]];
+        let fit = Fit { shrink: &[(1, 0)], middle: &[], alert: Some(2) };
+        let (whole, cut) = layout(&header, &rows, &fit, None, false);
+        assert!(!cut);
+        assert_eq!(whole, "A  OWNERS                           STATUS\nx  unbound[12]/fd3,unbound[12]/fd4  device_deleted\ny  -                                ok\n");
+        let (fitted, cut) = layout(&header, &rows, &fit, Some(30), false);
+        assert!(cut);
+        assert_eq!(fitted, "A  OWNERS       STATUS\nx  unbound[12…  device_deleted\ny  -            ok\n");
+        assert!(fitted.lines().all(|l| l.chars().count() <= 30), "{fitted}");
+        // Red only for what is not ok, and only when asked (a terminal without NO_COLOR).
+        let (red, _) = layout(&header, &rows, &fit, None, true);
+        assert!(red.contains("\x1b[31mdevice_deleted\x1b[0m") && !red.contains("\x1b[31mok"), "{red:?}");
+        // A table that cannot shrink enough stops at the floor instead of looping.
+        let (floor, _) = layout(&header, &rows, &fit, Some(5), false);
+        assert!(floor.lines().nth(1).is_some_and(|l| l.contains("unbou…")), "{floor}");
+        let addr = vec![vec!["[fd00:aaaa:bbbb:cccc:dddd:eeee:ffff:1]:5353".to_string()]];
+        let (mid, _) = layout(&["LOCAL"], &addr, &Fit { shrink: &[(0, 0)], middle: &[0], alert: None }, Some(20), false);
+        assert_eq!(mid, "LOCAL\n[fd00:aaa…ff:1]:5353\n");
+        // A kept width is cut into only when the others are at theirs.
+        let two = vec![vec!["a".repeat(20), "b".repeat(20)]];
+        let (kept, _) = layout(&["X", "Y"], &two, &Fit { shrink: &[(1, 8), (0, 18)], middle: &[], alert: None }, Some(32), false);
+        assert_eq!(kept.lines().nth(1), Some(format!("{}…  {}…", "a".repeat(17), "b".repeat(11)).as_str()), "{kept}");
+        // Below the kept widths, the widest goes first.
+        let (under, _) = layout(&["X", "Y"], &two, &Fit { shrink: &[(1, 8), (0, 18)], middle: &[], alert: None }, Some(22), false);
+        assert_eq!(under.lines().nth(1), Some(format!("{}…  {}…", "a".repeat(11), "b".repeat(7)).as_str()), "{under}");
+        assert_eq!(count(1, "socket", "sockets"), "1 socket");
+        assert_eq!(count(7, "socket", "sockets"), "7 sockets");
     }
 
     #[test]

@@ -139,12 +139,17 @@ fn push_companion(text: &mut Vec<String>, c: &Companion, r: &TeardownReport) {
     }
 }
 
+/// `netns blue (4026532000)`, or `netns 4026532000` without a name.
+fn netns_label(ino: crate::model::ids::NetnsIno, name: Option<&str>) -> String {
+    name.map_or_else(|| format!("netns {ino}"), |n| format!("netns {n} ({ino})"))
+}
+
 /// The confirmation prompt's text (without the question): what will be done and to what.
 pub fn confirm_prompt(p: &Plan) -> Vec<String> {
     let listed: Vec<_> = p.sockets.iter().filter(|t| t.binding != Some(Binding::Wildcard)).collect();
     let mut text = vec![format!(
-        "about to set {} (ifindex {}, netns {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:",
-        p.ifname, p.ifindex, p.netns, p.grace_ms, listed.len()
+        "about to set {} (ifindex {}, {}) down, observe for {}ms, then delete it; {} socket(s) tied to it:",
+        p.ifname, p.ifindex, netns_label(p.netns, p.netns_name.as_deref()), p.grace_ms, listed.len()
     )];
     for t in listed {
         text.push(format!("  {}", socket_line(t)));
@@ -169,12 +174,12 @@ pub fn human(r: &TeardownReport) -> String {
 pub fn human_lines(r: &TeardownReport) -> Vec<String> {
     let mut text = Vec::new();
     let addrs: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
-    text.push(format!("{}{} (ifindex {}, kind {}, netns {}): was {}, addresses {}",
+    text.push(format!("{}{} (ifindex {}, kind {}, {}): was {}, addresses {}",
         if r.dry_run { "dry run: would tear down " } else { "teardown " },
         r.ifname,
         r.ifindex,
         r.kind.as_deref().unwrap_or("-"),
-        r.netns,
+        netns_label(r.netns, r.netns_name.as_deref()),
         if r.was_up { "up" } else { "down" },
         if addrs.is_empty() { "none".into() } else { addrs.join(", ") }
     ));

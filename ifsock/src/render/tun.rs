@@ -2,6 +2,8 @@
 use anyhow::Result;
 
 use super::{json_line, line, table};
+use std::collections::HashMap;
+
 use crate::model::{
     ids::NetnsIno,
     tun::{QueueState, TunDevice},
@@ -17,12 +19,13 @@ struct JsonLine<'a> {
     device: &'a TunDevice,
 }
 
-/// Prints the devices: one `--json` object each (`type: tun`, `interval_ms`, the device's fields), or [`device`] each (a line
-/// saying there are none when there are none).
+/// Prints the devices: one `--json` object each (`type: tun`, `interval_ms`, the device's
+/// fields), or [`device`] each (a line saying there are none in `scope`, `netns 4026531833` or
+/// `3 netns`, when there are none).
 ///
 /// # Errors
 /// Stdout closed ([`super::StdoutClosed`]).
-pub fn devices(devices: &[TunDevice], netns: NetnsIno, interval_ms: u64, json: bool) -> Result<()> {
+pub fn devices(devices: &[TunDevice], scope: &str, names: &HashMap<NetnsIno, String>, interval_ms: u64, json: bool) -> Result<()> {
     if json {
         for device in devices {
             json_line(&JsonLine { ty: "tun", interval_ms, device })?;
@@ -30,19 +33,20 @@ pub fn devices(devices: &[TunDevice], netns: NetnsIno, interval_ms: u64, json: b
         return Ok(());
     }
     if devices.is_empty() {
-        line(&format!("no tun/tap devices in netns {netns}"))?;
+        line(&format!("no tun/tap devices in {scope}"))?;
     }
     for d in devices {
-        device(d)?;
+        device(d, names.get(&d.netns).map(String::as_str))?;
     }
     Ok(())
 }
 
-/// Prints one device: its line, its fds as a table, its warnings.
+/// Prints one device: its line (with its netns's name when it has one), its fds as a table,
+/// its warnings.
 ///
 /// # Errors
 /// Stdout closed ([`super::StdoutClosed`]).
-pub fn device(d: &TunDevice) -> Result<()> {
+pub fn device(d: &TunDevice, netns_name: Option<&str>) -> Result<()> {
     let f = &d.flags;
     let mut flags = vec![f.mode.map_or("?".to_string(), |m| format!("{m:?}").to_lowercase())];
     for (on, name) in [(f.multi_queue, "multi_queue"), (f.persist, "persist"), (f.vnet_hdr, "vnet_hdr"), (f.no_pi, "no_pi")] {
@@ -55,7 +59,7 @@ pub fn device(d: &TunDevice) -> Result<()> {
         "{} ifindex {} netns {}: {} {}{}; owner {} group {}; queues {} attached, {} detached; {} fd(s)",
         d.name,
         d.ifindex,
-        d.netns,
+        netns_name.map_or_else(|| d.netns.to_string(), |n| format!("{n} ({})", d.netns)),
         flags.join(","),
         if d.up { "up" } else { "down" },
         if d.carrier { ",carrier" } else { ",no-carrier" },

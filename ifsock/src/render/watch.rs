@@ -23,7 +23,10 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
         return Ok(());
     }
     match r {
-        WatchRecord::Ready(r) => stderr(&ready_line(r)),
+        WatchRecord::Ready(r) => {
+            stderr(&ready_line(r));
+            tracing::info!("{}", ready_details(r));
+        }
         WatchRecord::Change(c) => {
             for l in change_lines(c) {
                 line(&l)?;
@@ -34,9 +37,9 @@ pub fn record(r: &WatchRecord, json: bool) -> Result<()> {
                 line(&l)?;
             }
         }
-        WatchRecord::ReceiverStranded(s) => line(&stranded_line(s))?,
+        WatchRecord::ReceiverStranded(s) => super::alert_line(&stranded_line(s))?,
         WatchRecord::SocketError(e) => line(&sock_error_line(e))?,
-        WatchRecord::SocketStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, false)))?,
+        WatchRecord::SocketStranded(e) => super::alert_line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, false)))?,
         WatchRecord::SocketRecovered(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::health_line(e, true)))?,
         WatchRecord::SocketStillStranded(e) => line(&format!("{} {}", clock(e.ts_unix_ns), super::health::still_line(e)))?,
         WatchRecord::NetnsAdded(n) => line(&format!("{} netns_added {}{}", clock(n.ts_unix_ns), n.netns, paren(n.netns_name.as_deref())))?,
@@ -57,9 +60,37 @@ fn paren(name: Option<&str>) -> String {
     name.map(|n| format!(" ({n})")).unwrap_or_default()
 }
 
-/// `watching 1 netns (3 links): device path: probe set: …; receive path: …; socket errors: …;
-/// rtnetlink rcvbuf 212992 bytes (Ctrl-C or SIGTERM to stop)`.
+/// The start-up line on stderr, short: `watching 1 netns (3 links), tracepoint probes; Ctrl-C
+/// to stop, -v for details`. A path that is not traced, or a weaker probe set than
+/// the best, is named (`no receive tracking`); the rest is [`ready_details`].
 pub fn ready_line(r: &Ready) -> String {
+    let mut missing = Vec::new();
+    if r.recv_probe_set.is_none() {
+        missing.push("no receive tracking");
+    }
+    if r.sock_errors.is_none() {
+        missing.push("no socket errors");
+    }
+    let missing = if missing.is_empty() { String::new() } else { format!(" ({})", missing.join(", ")) };
+    format!(
+        "watching {} netns ({} links), {} probes{missing}; Ctrl-C to stop, -v for details",
+        r.netns.len(),
+        r.links,
+        r.probe_set.chosen.name(),
+    )
+}
+
+/// Said on stderr when `watch --iface NAME` names no interface that exists at start: `no
+/// interface "wg1" in this netns yet: waiting for it (did you mean "wg0"? interfaces here: lo, wg0)`.
+pub fn waiting_for_line(name: &str, all_netns: bool, present: &[String]) -> String {
+    let scope = if all_netns { "any followed netns" } else { "this netns" };
+    let help = crate::model::names::unknown_help(name, present.iter().map(String::as_str));
+    format!("no interface {name:?} in {scope} yet: waiting for it ({help})")
+}
+
+/// What [`ready_line`] leaves out, logged at `-v`: `device path: probe set: tracepoint; fentry
+/// refused: …; receive path: …; socket errors: …; rtnetlink rcvbuf 212992 bytes`.
+pub fn ready_details(r: &Ready) -> String {
     let recv = r.recv_probe_set.as_ref().map_or("receive path: untraced".to_string(), |s| format!("receive path: {s}"));
     let sock_errors = match (r.sock_errors, &r.sock_errors_refused) {
         (Some(p), None) => format!("socket errors: {p}"),
@@ -68,12 +99,7 @@ pub fn ready_line(r: &Ready) -> String {
         (None, None) => "socket errors unavailable".to_string(),
     };
     let rcvbuf = r.rcvbuf.map_or(String::new(), |b| format!("; rtnetlink rcvbuf {b} bytes"));
-    format!(
-        "watching {} netns ({} links): device path: {}; {recv}; {sock_errors}{rcvbuf} (Ctrl-C or SIGTERM to stop)",
-        r.netns.len(),
-        r.links,
-        r.probe_set
-    )
+    format!("device path: {}; {recv}; {sock_errors}{rcvbuf}", r.probe_set)
 }
 
 /// The change line, then one indented line per socket bound to the interface (wildcard
@@ -129,8 +155,8 @@ fn socket_lines(sockets: &[TiedSocket], out: &mut Vec<String>) {
     }
     for s in bound {
         out.push(format!(
-            "    {:?} {:<8} {}:{} inode {} {}",
-            s.socket.protocol,
+            "    {} {:<8} {}:{} inode {} {}",
+            fmt::protocol(s.socket.protocol),
             fmt::binding(s.binding),
             s.socket.local_addr,
             s.socket.local_port,
@@ -140,11 +166,11 @@ fn socket_lines(sockets: &[TiedSocket], out: &mut Vec<String>) {
     }
 }
 
-/// `receiver_stranded (interface_change) server[41]/tid 42 recvmsg fd 3 blocked 1.2s on veth-a (deleted, Exact)`.
+/// `receiver_stranded (interface_change) server[41]/tid 42 recvmsg fd 3 blocked 1.2s on veth-a (deleted, exact)`.
 pub fn stranded_line(s: &StrandedEvent) -> String {
     let r = &s.receiver;
     format!(
-        "{} receiver_stranded ({}) {}[{}] tid {} {} fd {}{} blocked {} on {} ({}, {:?})",
+        "{} receiver_stranded ({}) {}[{}] tid {} {} fd {}{} blocked {} on {} ({}, {})",
         clock(s.ts_unix_ns),
         s.phase,
         r.comm,
@@ -156,7 +182,7 @@ pub fn stranded_line(s: &StrandedEvent) -> String {
         r.blocked_ns.map_or("?".into(), human_ns),
         s.change.name,
         s.change.kind.name(),
-        r.certainty,
+        r.certainty.name(),
     )
 }
 
@@ -329,7 +355,12 @@ mod tests {
             BTreeSet::from(["type", "netns", "probe_set", "recv_probe_set", "links", "recv_tracking", "sock_errors", "sock_errors_refused", "rcvbuf"])
         );
         assert_eq!((v["type"].as_str(), v["rcvbuf"].as_u64()), (Some("ready"), Some(8192)));
-        assert!(ready_line(&ready).contains("rtnetlink rcvbuf 8192 bytes"), "{}", ready_line(&ready));
+        assert!(ready_details(&ready).contains("rtnetlink rcvbuf 8192 bytes"), "{}", ready_details(&ready));
+        assert_eq!(
+            ready_line(&ready),
+            "watching 1 netns (3 links), tracepoint probes (no receive tracking, no socket errors); Ctrl-C to stop, -v for details"
+        );
+        assert!(ready_line(&ready).len() <= 120);
         let state = WatchRecord::State(StateRecord { netns: NetnsIno(7), netns_name: None, links: vec![StateLink { ifindex: IfIndex(1), name: "lo".into(), flags: 9 }] });
         let v = serde_json::to_value(state).unwrap();
         assert_eq!((v["type"].as_str(), v["links"][0]["name"].as_str(), v["links"][0]["flags"].as_u64()), (Some("state"), Some("lo"), Some(9)));

@@ -39,7 +39,8 @@ const IFF_LOOPBACK: u32 = 0x8;
 /// Finds the target by exact name and refuses what must not be torn down.
 fn find_target<'a>(links: &'a [Link], name: &str) -> Result<&'a Link> {
     let link = links.iter().find(|l| l.name == name).ok_or_else(|| {
-        anyhow!("unknown interface {name:?}: no such interface in this network namespace (names are exact; for another namespace use `ifsock --netns NAME teardown {name}`)")
+        let help = crate::model::names::unknown_help(name, links.iter().map(|l| l.name.as_str()));
+        anyhow!("unknown interface {name:?}: no such interface in this network namespace (names are exact; for another namespace use `ifsock --netns NAME teardown {name}`); {help}")
     })?;
     if name == "lo" || link.flags & IFF_LOOPBACK != 0 {
         bail!("refusing to tear down the loopback interface {name:?}: every local socket of the namespace depends on it");

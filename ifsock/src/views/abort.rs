@@ -90,8 +90,10 @@ pub async fn run(args: AbortArgs) -> Result<()> {
         let r = abort::report(here, true, Some(mech.via), mech.refused.clone(), args.observe.as_millis() as u64, &targets, &outcomes, &waiters, &Default::default(), 0, skipped);
         return render::abort::print(&r, args.json);
     }
-    if !args.yes {
-        confirm(&targets).await?;
+    // Declining is an answer, not a failure: exit 0, and say that nothing changed.
+    if !args.yes && !confirm(&targets).await? {
+        render::err_line("declined at the prompt: nothing changed, no socket destroyed");
+        return Ok(());
     }
     let mut signals = Signals::new()?;
     let handles: Vec<&NetnsHandle> = others.iter().collect();
@@ -116,13 +118,10 @@ async fn read_netns(probes: &mut Probes, h: Option<&NetnsHandle>, ino: crate::mo
     Ok((s, d))
 }
 
-/// Asks on the terminal; refuses without one.
-async fn confirm(targets: &[Target]) -> Result<()> {
+/// Asks on the terminal (`Ok(false)`: declined); refuses without one.
+async fn confirm(targets: &[Target]) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!("refusing to destroy {} socket(s) without confirmation: stdin is not a terminal; pass --yes to confirm, or --dry-run to see what would be destroyed", targets.len());
     }
-    if !render::prompt::ask_proceed(&render::abort::confirm_prompt(targets)).await? {
-        return Err(anyhow!("not confirmed: no socket destroyed"));
-    }
-    Ok(())
+    render::prompt::ask_proceed(&render::abort::confirm_prompt(targets)).await
 }

@@ -137,7 +137,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut metrics = MetricsEngine::new();
     metrics.apply(Input::ProbeSet { path: "sockets".into(), set: "iter".into() });
     metrics.apply(Input::ProbeSet { path: "links".into(), set: "rtnetlink".into() });
-    let recv = applied.recv.map_or_else(|| "none".into(), |sel| format!("{:?}", sel.chosen).to_lowercase());
+    let recv = applied.recv.map_or_else(|| "none".into(), |sel| sel.chosen.name().to_string());
     metrics.apply(Input::ProbeSet { path: "recv".into(), set: recv });
     let sock_errors = applied.sock_errors.map_or_else(|| "none".into(), |a| format!("{:?}", a.probe).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "sock_errors".into(), set: sock_errors });

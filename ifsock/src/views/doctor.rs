@@ -76,7 +76,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
             }
             for (path, sel) in [("device path", &selection), ("receive path", &recv_selection)] {
                 for (set, why) in sel.iter().flat_map(|s| s.refused.iter()) {
-                    probes_status.push(ProbeStatus { probe: format!("{set:?} set ({path})"), loaded: false, reason: Some(why.clone()) });
+                    probes_status.push(ProbeStatus { probe: format!("{} set ({path})", set.name()), loaded: false, reason: Some(why.clone()) });
                 }
             }
         }

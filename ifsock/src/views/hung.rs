@@ -55,6 +55,21 @@ pub async fn run(args: HungArgs) -> Result<()> {
         json: args.json,
         follow: args.follow,
         netns_names: args.all_netns.then(|| netns::named().into_iter().map(|(name, ino)| (ino, name)).collect()),
+        scope: if args.all_netns {
+            "every netns".to_string()
+        } else {
+            match netns::named().into_iter().find(|(_, i)| *i == own) {
+                Some((name, _)) => format!("netns {name} ({own})"),
+                None => format!("netns {own}"),
+            }
+        },
+        filters: {
+            let mut f = vec![format!("blocked at least {}", render::human_ns(args.min_blocked.as_nanos() as u64))];
+            if let Some(pid) = args.pid {
+                f.push(format!("--pid {pid}"));
+            }
+            f
+        },
     };
     let mut ctx = Context::default();
     if !args.follow {

@@ -16,7 +16,7 @@ use crate::{
     },
     journal,
     model::{
-        ids::IfIndex,
+        ids::{IfIndex, NetnsIno},
         stranded::{self, SocketReport},
         tie::Ties,
     },
@@ -36,6 +36,8 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     let own = netns::current_ino()?;
     let mut join = Join::default();
     let mut found_iface = false;
+    // Every interface name seen, for the "did you mean" of an unknown --iface.
+    let mut names: Vec<String> = Vec::new();
     let (iface, ifindex) = (args.iface.as_deref(), args.ifindex);
     let filtered = iface.is_some() || ifindex.is_some();
     let journal = journal_dir(args.journal.as_deref())?;
@@ -49,6 +51,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
             None => Vec::new(),
         };
         let first = if filtered { netlink::dump_links(&conn).await? } else { Vec::new() };
+        names.extend(first.iter().map(|l| l.name.clone()));
         let deleted: Vec<(IfIndex, Option<String>)> = match (iface, ifindex) {
             (Some(name), _) => journal::deleted_ifindexes_named(&seen, ino, name).into_iter().map(|i| (i, Some(name.to_string()))).collect(),
             (None, Some(i)) if !first.iter().any(|l| l.ifindex == IfIndex(i)) => {
@@ -101,7 +104,8 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     if filtered && !found_iface {
         let what = args.iface.clone().map_or_else(|| format!("ifindex {}", args.ifindex.unwrap_or(0)), |n| format!("interface {n:?}"));
         let scope = if args.all_netns { "any network namespace" } else { "this network namespace (try --all-netns or --netns NAME)" };
-        bail!("unknown {what}: no such interface in {scope}");
+        let help = crate::model::names::unknown_help(iface.unwrap_or(""), names.iter().map(String::as_str));
+        bail!("unknown {what}: no such interface in {scope}; {help}");
     }
     // One pass over /proc for every row, after the socket snapshot: a waiter that appears later
     // is missed, never attributed to a socket that no longer exists.
@@ -118,7 +122,21 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
         }
     } else {
         // The table needs every row for its column widths.
-        render::sockets::table(&reports.collect::<Vec<SocketReport>>())?;
+        let names = netns::named();
+        let name_of = |ino: NetnsIno| names.iter().find(|(_, i)| *i == ino).map(|(n, _)| n.clone());
+        let netns = if args.all_netns { spaces.iter().flatten().map(|h| (h.ino, h.name.clone().or_else(|| name_of(h.ino)))).collect() } else { vec![(own, name_of(own))] };
+        let mut filters = Vec::new();
+        if let Some(n) = &args.iface {
+            filters.push(format!("--iface {n}"));
+        }
+        if let Some(i) = args.ifindex {
+            filters.push(format!("--ifindex {i}"));
+        }
+        if args.stranded {
+            filters.push("--stranded".to_string());
+        }
+        let searched = render::sockets::Searched { netns, filters };
+        render::sockets::table(&reports.collect::<Vec<SocketReport>>(), &searched)?;
     }
     out.finish()
 }

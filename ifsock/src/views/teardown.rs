@@ -57,8 +57,16 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
         return finish(td, &probes, args.json);
     }
     if !args.yes {
-        if let Err(e) = confirm(&td).await {
-            return refused(&args, Some(td), e);
+        match confirm(&td).await {
+            Ok(true) => {}
+            // Declining is an answer, not a failure: exit 0, and say that nothing changed.
+            Ok(false) => {
+                let ifname = td.plan().ifname.clone();
+                let declined = anyhow!("declined at the prompt: nothing changed, {ifname} left untouched");
+                crate::render::err_line(&format!("{declined}"));
+                return refused(&args, Some(td), declined).or(Ok(()));
+            }
+            Err(e) => return refused(&args, Some(td), e),
         }
     }
     if let Err(e) = start(&args, &mut probes, &handle, &mut td).await {
@@ -234,8 +242,8 @@ fn finish(mut td: Teardown, probes: &Probes, json: bool) -> Result<()> {
     }
 }
 
-/// Asks on the terminal; refuses without one.
-async fn confirm(td: &Teardown) -> Result<()> {
+/// Asks on the terminal (`Ok(false)`: declined); refuses without one.
+async fn confirm(td: &Teardown) -> Result<bool> {
     let p = td.plan();
     if !std::io::stdin().is_terminal() {
         bail!(
@@ -243,8 +251,5 @@ async fn confirm(td: &Teardown) -> Result<()> {
             p.ifname
         );
     }
-    if !crate::render::prompt::ask_proceed(&out::confirm_prompt(p)).await? {
-        bail!("not confirmed: {} left untouched", p.ifname);
-    }
-    Ok(())
+    crate::render::prompt::ask_proceed(&out::confirm_prompt(p)).await
 }

@@ -57,6 +57,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     // Without --all-netns: the netns we run in, and its name, whose removal ends the watch.
     let mut own: Option<(NetnsIno, String)> = None;
     let handles: Vec<Option<NetnsHandle>> = if args.all_netns { netns::all().into_iter().map(Some).collect() } else { vec![None] };
+    // Names present at start, for `--iface NAME` that does not exist (yet).
+    let mut names: Vec<String> = Vec::new();
     for h in handles {
         let (ino, name, io, dump, effective) = match open_ns(h, args.rcvbuf, tx.clone()).await {
             Ok(opened) => opened,
@@ -68,6 +70,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             Err(e) => return Err(e),
         };
         rcvbuf = rcvbuf.or(effective);
+        names.extend(dump.links.iter().map(|l| l.name.clone()));
         if !args.all_netns {
             own = name.clone().map(|n| (ino, n));
         }
@@ -77,6 +80,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let recv_tracking = recv_selection.is_some();
     let ready = Ready { netns: engine.netns(), probe_set: selection, recv_probe_set: recv_selection, links: engine.link_count(), recv_tracking, sock_errors, sock_errors_refused, rcvbuf: rcvbuf.map(|b| b as u64) };
     emit(vec![WatchRecord::Ready(ready)])?;
+    if let Some(name) = args.iface.as_deref().filter(|n| !names.iter().any(|x| x == n)) {
+        render::err_line(&render::watch::waiting_for_line(name, args.all_netns, &names));
+    }
     let mut reconcile = (!args.reconcile_every.is_zero()).then(|| {
         let mut t = tokio::time::interval(args.reconcile_every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -417,6 +417,7 @@ impl Teardown {
         TeardownReport {
             ty: "teardown",
             netns: p.netns,
+            netns_name: p.netns_name.clone(),
             ifindex: p.ifindex,
             ifname: p.ifname.clone(),
             kind: p.kind.clone(),

@@ -284,6 +284,8 @@ pub struct TeardownReport {
     pub ty: &'static str,
     /// Netns inode.
     pub netns: NetnsIno,
+    /// Netns name under /run/netns, when it has one (as in `watch`'s records).
+    pub netns_name: Option<String>,
     /// ifindex.
     pub ifindex: IfIndex,
     /// Name.
