@@ -661,7 +661,7 @@ mod tests {
     #[test]
     fn indexed_epoll_and_poll_waiters_join_receivers_once() {
         let sw = |tid, via, fd: Option<u32>, epfd| stranded::Waiter {
-            pid: 100, tid, comm: "loop".into(), syscall: "epoll_wait", via, fd, epfd, fds: None, reason: None,
+            pid: 100, tid, comm: "loop".into(), syscall: "epoll_wait", via, fd, epfd, fds: None, reason: None, source: stranded::WaiterSource::Proc,
         };
         let recv = Waiter { socket: SockInode(10), pid: 100, tid: 200, comm: "rx".into(), syscall: "recvmsg", via: "recv", fd: 3, epfd: None, certainty: "fd" };
         let mut out = vec![recv];

@@ -24,7 +24,7 @@ use std::{
 use crate::model::{
     ids::SockInode,
     socket::Socket,
-    stranded::{SocketReport, Stranded, Via, Waiter},
+    stranded::{SocketReport, Stranded, Via, Waiter, WaiterSource},
     tie::TiedSocket,
 };
 
@@ -207,6 +207,26 @@ impl FdTable {
 pub struct WaiterIndex {
     by_inode: HashMap<SockInode, Vec<Waiter>>,
     by_pid: HashMap<u32, Vec<Waiter>>,
+    /// Which source filled it, and why the other one was not used.
+    pub source: Option<SourceNote>,
+    /// (socket inode, tid) → the fd a wait-queue receiver passed to its syscall (registers):
+    /// picks among the process's fds of the socket when it holds several.
+    passed_fd: HashMap<(u64, u32), i32>,
+}
+
+/// Which source a [`WaiterIndex`] came from, with the reason when it is the `/proc` fallback,
+/// and what the waiter walk discarded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceNote {
+    /// `wait_queue` or `proc`.
+    pub used: Option<WaiterSource>,
+    /// Why the wait queues were not read (`/proc` fallback only).
+    pub fallback_reason: Option<String>,
+    /// Wait-queue entries whose task led to no live thread (exiting, or torn down under the
+    /// walk): counted, never shown.
+    pub gone: u64,
+    /// Sockets (or epoll instances) whose queue was longer than the walk's bound.
+    pub truncated: u64,
 }
 
 /// Per-process state of one pass.
@@ -245,7 +265,7 @@ impl WaiterIndex {
                 if !matches!(stat.state, 'S' | 'D') || stat.flags & PF_KTHREAD != 0 {
                     continue;
                 }
-                let waiter = |via, fd, epfd| Waiter { pid, tid, comm: stat.comm.clone(), syscall: name, via, fd, epfd, fds: None, reason: None };
+                let waiter = |via, fd, epfd| Waiter { pid, tid, comm: stat.comm.clone(), syscall: name, via, fd, epfd, fds: None, reason: None, source: WaiterSource::Proc };
                 index.resolve(&mut state, kind, args, &line, &path, waiter);
             }
         }
@@ -355,8 +375,85 @@ impl WaiterIndex {
         }
     }
 
+    /// The waiters from the waiter walk's records (`WaitRecord`s of every netns walked): one
+    /// per thread and socket, keyed by the socket's inode (sockfs inodes are unique on the
+    /// host). `names`: the kallsyms table, naming wake functions the walk did not classify.
+    /// A record of a thread that no longer exists (`/proc/PID/task/TID` absent) is discarded
+    /// and counted, as the walk's own `GONE` records are.
+    pub fn from_wait_queue(records: &[ifsock_common::WaitRecord], names: &crate::kernel::kallsyms::Symbols) -> Self {
+        use ifsock_common::wait_kind;
+        let mut index = WaiterIndex::default();
+        let mut note = SourceNote { used: Some(WaiterSource::WaitQueue), ..SourceNote::default() };
+        let mut seen: HashSet<(u64, u32, u32, u64)> = HashSet::new();
+        for r in records {
+            if r.ino == 0 || !seen.insert((r.ino, r.tid, r.kind, r.ep)) {
+                continue;
+            }
+            let syscall = if r.syscall < 0 { "?" } else { wait_syscall_name(r.syscall as u64) };
+            let comm = String::from_utf8_lossy(&r.comm[..r.comm.iter().position(|b| *b == 0).unwrap_or(r.comm.len())]).into_owned();
+            let tfd = u32::try_from(r.tfd).ok();
+            // The epoll fd the thread passed (`epoll_wait`'s first argument, read from its
+            // registers): the outermost instance for nested epoll, as the thread sees it.
+            let epfd = u32::try_from(r.arg0).ok().filter(|_| syscall.starts_with("epoll_"));
+            let base = Waiter { pid: r.pid, tid: r.tid, comm, syscall, via: Via::Unknown, fd: None, epfd: None, fds: None, reason: None, source: WaiterSource::WaitQueue };
+            let w = match r.kind {
+                wait_kind::GONE => {
+                    note.gone += 1;
+                    continue;
+                }
+                wait_kind::TASK => Waiter { via: Via::Recv, ..base },
+                wait_kind::POLL => Waiter { via: if matches!(syscall, "select" | "pselect6") { Via::Select } else { Via::Poll }, ..base },
+                // The epoll fd is not read: only the registered socket fd (`epitem.ffd.fd`).
+                wait_kind::EPOLL => Waiter { via: Via::Epoll, fd: tfd, epfd, ..base },
+                wait_kind::EPOLL_IDLE => Waiter {
+                    via: Via::Epoll,
+                    fd: tfd,
+                    syscall: "-",
+                    reason: Some("an epoll instance holds the socket; no thread waits in it now".into()),
+                    ..base
+                },
+                wait_kind::TRUNCATED => {
+                    note.truncated += 1;
+                    Waiter {
+                        syscall: "-",
+                        reason: Some(format!(
+                            "the wait queue is longer than the walk's bound ({} entries, {} per epoll instance): the rest is not listed",
+                            ifsock_common::WAIT_QUEUE_MAX,
+                            ifsock_common::EPOLL_WAITERS_MAX
+                        )),
+                        ..base
+                    }
+                }
+                _ => Waiter {
+                    syscall: "-",
+                    reason: Some(format!("wake function {}: its waiter is not followed", names.name(r.func).unwrap_or("?"))),
+                    ..base
+                },
+            };
+            if w.tid != 0 && thread_gone(w.pid, w.tid) {
+                note.gone += 1;
+                continue;
+            }
+            if w.via == Via::Recv {
+                index.passed_fd.insert((r.ino, w.tid), r.arg0);
+            }
+            index.by_inode.entry(SockInode(r.ino)).or_default().push(w);
+        }
+        index.source = Some(note);
+        index
+    }
+
+    /// The `/proc` pass, labelled as the fallback with `reason` (why the wait queues were not read).
+    pub fn discover_fallback(reason: String) -> Self {
+        let mut index = Self::discover();
+        index.source = Some(SourceNote { used: Some(WaiterSource::Proc), fallback_reason: Some(reason), ..SourceNote::default() });
+        index
+    }
+
     /// The waiters of `socket`: threads tied to its inode, then the unresolved waits of each
-    /// process holding it (sorted by pid, tid).
+    /// process holding it (sorted by pid, tid). A wait-queue waiter of a receive or poll gets
+    /// the fd its process holds the socket by (the owner walk, `iter/task_file`), if it still
+    /// holds one.
     pub fn for_socket(&self, socket: &Socket) -> Vec<Waiter> {
         // No thread of the host waits: every row's answer, without two hash lookups and a pid
         // list per socket (100k rows: ~5 ms).
@@ -369,6 +466,13 @@ impl WaiterIndex {
         for pid in pids {
             out.extend(self.by_pid.get(&pid).into_iter().flatten().cloned());
         }
+        for w in &mut out {
+            if w.source == WaiterSource::WaitQueue && w.fd.is_none() && matches!(w.via, Via::Recv | Via::Poll | Via::Select) && w.tid != 0 {
+                let passed = self.passed_fd.get(&(socket.inode.0, w.tid)).and_then(|a| u32::try_from(*a).ok());
+                let fds = || socket.owners.iter().filter(|o| o.pid == w.pid).map(|o| o.fd);
+                w.fd = fds().find(|fd| Some(*fd) == passed).or_else(|| fds().min());
+            }
+        }
         out.sort_by_key(|w| (w.pid, w.tid, w.fd));
         out.dedup();
         out
@@ -379,6 +483,24 @@ impl WaiterIndex {
         let waiters = self.for_socket(&tied.socket);
         SocketReport { tied, stranded, waiters }
     }
+}
+
+/// Name of a syscall a wait-queue waiter sleeps in (the fd waits of [`crate::model::sys`], then
+/// accept, connect and the sends, which sleep on a socket's queue too), `?` for any other.
+pub fn wait_syscall_name(nr: u64) -> &'static str {
+    if let Some(name) = crate::model::sys::fd_wait_syscall_name(nr) {
+        return name;
+    }
+    let others: [(libc::c_long, &'static str); 7] = [
+        (libc::SYS_accept, "accept"),
+        (libc::SYS_accept4, "accept4"),
+        (libc::SYS_connect, "connect"),
+        (libc::SYS_sendto, "sendto"),
+        (libc::SYS_sendmsg, "sendmsg"),
+        (libc::SYS_sendmmsg, "sendmmsg"),
+        (libc::SYS_write, "write"),
+    ];
+    others.iter().find(|(n, _)| *n as u64 == nr).map_or("?", |(_, s)| s)
 }
 
 /// Sockets in the interest list of `epfd` of `pid`, following nested epoll fds up to
@@ -467,7 +589,7 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
     #[test]
     fn unresolved_waits_show_on_every_socket_of_their_process_and_resolved_ones_on_theirs() {
         use crate::model::socket::Owner;
-        let w = |pid, tid, via, fd: Option<u32>| Waiter { pid, tid, comm: "srv".into(), syscall: "ppoll", via, fd, epfd: None, fds: None, reason: None };
+        let w = |pid, tid, via, fd: Option<u32>| Waiter { pid, tid, comm: "srv".into(), syscall: "ppoll", via, fd, epfd: None, fds: None, reason: None, source: WaiterSource::Proc };
         let mut index = WaiterIndex::default();
         index.by_inode.insert(SockInode(42), vec![w(10, 12, Via::Poll, Some(3)), w(10, 11, Via::Poll, Some(3))]);
         index.by_pid.insert(10, vec![Waiter { fds: Some(None), reason: Some("EPERM".into()), ..w(10, 13, Via::Poll, None) }]);
