@@ -207,7 +207,15 @@ fn io_uring_waiter_is_unknown_on_every_socket_of_its_process_and_in_hungs_event_
     // Stranded (its address removed), the socket shows in hung's event loops with the same
     // uncertain waiter.
     ns.ip(&["addr", "del", "10.91.0.1/24", "dev", &a]).unwrap();
-    let hung = ifsock_json(&["--netns", &ns.name, "hung", "--json", "--pid", &pid.to_string()]).unwrap();
+    // (hung's event loops come from the wait queues too, where the ring's entry names no
+    // thread: the /proc fallback is asked.)
+    let out = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "hung", "--json", "--pid", &pid.to_string()])
+        .env("IFSOCK_WAITER_SOURCE", "proc")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hung: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let l = hung
         .iter()
         .find(|r| r["type"] == "event_loop" && r["tid"] == tid && r["local_port"] == port)

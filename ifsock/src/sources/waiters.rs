@@ -32,6 +32,16 @@ pub fn index(probes: &mut Probes, spaces: &[Option<NetnsHandle>]) -> WaiterIndex
     index
 }
 
+/// Whether the waiter walk runs here (kallsyms addresses readable, the programs verified, one
+/// walk of ifsock's own netns read), or why not: `doctor`'s answer to which source `waiters`
+/// come from.
+///
+/// # Errors
+/// The reason the `/proc` fallback would be used.
+pub fn usable(probes: &mut Probes) -> Result<(), String> {
+    walk(probes, &[None]).map(|_| ())
+}
+
 /// Environment variable that picks the `/proc` pass even where the walk works (`proc`): for
 /// comparing the two sources on one workload, as the tests do.
 pub const SOURCE_ENV: &str = "IFSOCK_WAITER_SOURCE";
