@@ -310,3 +310,40 @@ fn pollers_entering_and_leaving_are_never_named_wrongly() -> Result<()> {
     }
     result
 }
+
+/// Seed 003 twice in one namespace (a wildcard IP_PKTINFO UDP socket, its interface deleted,
+/// its fd closed while a thread stays blocked in recvmsg), with ifsock started after: no fd
+/// and no ownerless-socket inference can tell the two apart, the wait queues can.
+#[test]
+fn two_seed_003_receivers_with_closed_fds_are_each_on_their_own_socket() -> Result<()> {
+    require_root();
+    if !skip::needs(Feature::Iterators) {
+        return Ok(());
+    }
+    let ns = Netns::new()?;
+    let (a, b) = (unique("wa"), unique("wb"));
+    ns.veth(&a, &b, Some("10.208.0.1/24"))?;
+    let r1 = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None)?;
+    let r2 = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None)?;
+    let ino = |fd: i32| {
+        // SAFETY: the fd is open (owned by its BlockedReceiver) for the duration of the call.
+        socket_inode(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+    };
+    let (i1, i2) = (ino(r1.fd)?, ino(r2.fd)?);
+    ns.ip(&["link", "del", &a])?;
+    r1.close_fd();
+    r2.close_fd();
+    for r in [&r1, &r2] {
+        ensure!(asleep_in(r.tid, libc::SYS_recvmsg), "seed 003: receiver {} survives the delete and the close", r.tid);
+    }
+    for (inode, r, other) in [(i1, &r1, &r2), (i2, &r2, &r1)] {
+        let row = row_of(&ns, inode, &[])?;
+        let w = row["waiters"].as_array().context("waiters")?;
+        ensure!(w.len() == 1, "exactly its own receiver on socket {inode}: {row}");
+        ensure!(w[0]["tid"] == r.tid && w[0]["tid"] != other.tid, "{row}");
+        ensure!(w[0]["source"] == "wait_queue" && w[0]["via"] == "recv" && w[0]["syscall"] == "recvmsg", "{row}");
+        ensure!(w[0]["fd"].is_null(), "the fd is closed: none is named: {row}");
+        ensure!(row["owners"].as_array().is_some_and(Vec::is_empty), "{row}");
+    }
+    Ok(())
+}
