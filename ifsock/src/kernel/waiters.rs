@@ -443,6 +443,17 @@ impl WaiterIndex {
         index
     }
 
+    /// True when the waiters came from the sockets' wait queues ([`WaiterIndex::from_wait_queue`]).
+    pub fn is_wait_queue(&self) -> bool {
+        self.source.as_ref().is_some_and(|n| n.used == Some(WaiterSource::WaitQueue))
+    }
+
+    /// The fd wait-queue receiver `tid` passed to its syscall on socket `ino` (its registers),
+    /// whether or not the fd is still open.
+    pub fn passed_fd(&self, ino: SockInode, tid: u32) -> Option<u32> {
+        self.passed_fd.get(&(ino.0, tid)).and_then(|a| u32::try_from(*a).ok())
+    }
+
     /// The `/proc` pass, labelled as the fallback with `reason` (why the wait queues were not read).
     pub fn discover_fallback(reason: String) -> Self {
         let mut index = Self::discover();
@@ -468,7 +479,7 @@ impl WaiterIndex {
         }
         for w in &mut out {
             if w.source == WaiterSource::WaitQueue && w.fd.is_none() && matches!(w.via, Via::Recv | Via::Poll | Via::Select) && w.tid != 0 {
-                let passed = self.passed_fd.get(&(socket.inode.0, w.tid)).and_then(|a| u32::try_from(*a).ok());
+                let passed = if w.via == Via::Recv { self.passed_fd(socket.inode, w.tid) } else { None };
                 let fds = || socket.owners.iter().filter(|o| o.pid == w.pid).map(|o| o.fd);
                 w.fd = fds().find(|fd| Some(*fd) == passed).or_else(|| fds().min());
             }
@@ -606,6 +617,55 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
         assert_eq!(index.for_socket(&s).len(), 1, "another socket of pid 10 still shows the unreadable poll");
         s.owners.clear();
         assert!(index.for_socket(&s).is_empty());
+    }
+
+    #[test]
+    fn wait_queue_records_become_exact_waiters_and_dead_tasks_are_counted_not_shown() {
+        use crate::model::socket::Owner;
+        use ifsock_common::{wait_kind, WaitRecord};
+        let names = crate::kernel::kallsyms::Symbols::parse(
+            "ffffffff81000000 t pollwake\nffffffff81000100 t ep_poll_callback\nffffffff81000200 t receiver_wake_function\nffffffff81000300 t io_poll_wake\n".into(),
+        )
+        .unwrap();
+        let (pid, tid) = (std::process::id(), nix::unistd::gettid().as_raw() as u32);
+        let rec = |kind, tid, syscall: libc::c_long, arg0, tfd, func| WaitRecord {
+            cookie: 1, ino: 42, ep: 0, func, kind, pid, tid, syscall: syscall as i32, arg0, tfd, depth: 1, _pad: 0, comm: *b"srv\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let records = [
+            rec(wait_kind::TASK, tid, libc::SYS_recvmsg, 9, -1, 0),
+            rec(wait_kind::TASK, tid, libc::SYS_recvmsg, 9, -1, 0), // the socket shown twice: once
+            rec(wait_kind::POLL, tid, libc::SYS_pselect6, 4, -1, 0),
+            rec(wait_kind::EPOLL, tid, libc::SYS_epoll_wait, 7, 3, 0),
+            rec(wait_kind::GONE, 0, -1, -1, -1, 0),
+            rec(wait_kind::TASK, u32::MAX - 1, libc::SYS_recvmsg, 3, -1, 0), // no such thread
+            rec(wait_kind::UNKNOWN, 0, -1, -1, -1, 0xffffffff81000308),
+        ];
+        let index = WaiterIndex::from_wait_queue(&records, &names);
+        assert!(index.is_wait_queue());
+        assert_eq!(index.source.as_ref().map(|n| n.gone), Some(2), "the GONE record and the thread that does not exist");
+        let rec = ifsock_common::SockRecord {
+            sk: 1, cookie: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 7, lport: 53, rport: 0,
+            flags: 0, laddr: [0; 16], raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut s = Socket::from_record(&rec);
+        s.owners = vec![Owner { pid, comm: "srv".into(), fd: 3 }, Owner { pid, comm: "srv".into(), fd: 9 }];
+        type Row<'a> = (Via, &'a str, Option<u32>, Option<u32>, WaiterSource);
+        let got: Vec<Row> = index.for_socket(&s).iter().map(|w| (w.via, w.syscall, w.fd, w.epfd, w.source)).collect();
+        let wq = WaiterSource::WaitQueue;
+        assert_eq!(
+            got,
+            vec![
+                (Via::Unknown, "-", None, None, wq),
+                (Via::Select, "pselect6", Some(3), None, wq),
+                (Via::Epoll, "epoll_wait", Some(3), Some(7), wq),
+                (Via::Recv, "recvmsg", Some(9), None, wq),
+            ],
+            "the receiver's fd is the one it passed (9, not the lowest), the epoll fd is epoll_wait's argument"
+        );
+        assert!(index.for_socket(&s)[0].reason.as_deref().is_some_and(|r| r.contains("io_poll_wake")));
+        s.owners.clear();
+        assert_eq!(index.for_socket(&s).iter().find(|w| w.via == Via::Recv).map(|w| w.fd), Some(None), "a closed fd is named by no owner");
+        assert_eq!(index.passed_fd(SockInode(42), tid), Some(9));
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub async fn event_loops(probes: &mut Probes, filter: &Filter, own: NetnsIno) ->
     // The sockets' wait queues (the `/proc` pass where they cannot be read, see
     // `sources::waiters`). Entries with no thread (an idle epoll instance, an io_uring poll
     // entry) name no event loop.
-    let index = super::waiters::index(probes, &spaces);
+    let index = super::waiters::index(probes, spaces.iter().map(Option::as_ref));
     let reports: Vec<_> = stranded.into_iter().map(|(tied, h)| index.report(tied, Some(h))).collect();
     let mut rows = event_loop_waiters(&reports);
     rows.retain(|r| r.waiter.tid != 0);

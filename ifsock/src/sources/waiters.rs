@@ -10,7 +10,7 @@ use crate::{
 /// no addresses (`kernel.kptr_restrict`) or a walk fails (the verifier refused the programs on
 /// this kernel), one `/proc` pass for all of them, with the reason in
 /// [`WaiterIndex::source`]. Never both: a thread is listed once, by one source.
-pub fn index(probes: &mut Probes, spaces: &[Option<NetnsHandle>]) -> WaiterIndex {
+pub fn index<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'a NetnsHandle>>) -> WaiterIndex {
     let started = std::time::Instant::now();
     let forced = std::env::var(SOURCE_ENV).ok().filter(|v| v == "proc");
     let walked = match forced {
@@ -39,7 +39,7 @@ pub fn index(probes: &mut Probes, spaces: &[Option<NetnsHandle>]) -> WaiterIndex
 /// # Errors
 /// The reason the `/proc` fallback would be used.
 pub fn usable(probes: &mut Probes) -> Result<(), String> {
-    walk(probes, &[None]).map(|_| ())
+    walk(probes, [None]).map(|_| ())
 }
 
 /// Environment variable that picks the `/proc` pass even where the walk works (`proc`): for
@@ -47,11 +47,11 @@ pub fn usable(probes: &mut Probes) -> Result<(), String> {
 pub const SOURCE_ENV: &str = "IFSOCK_WAITER_SOURCE";
 
 /// The waiter walk in each of `spaces`, or why it could not run.
-fn walk(probes: &mut Probes, spaces: &[Option<NetnsHandle>]) -> Result<WaiterIndex, String> {
+fn walk<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'a NetnsHandle>>) -> Result<WaiterIndex, String> {
     let names = Symbols::read().map_err(|e| e.to_string())?;
     let mut records = Vec::new();
     for ns in spaces {
-        let found = probes.wait_queue(ns.as_ref(), &names.wake).map_err(|e| {
+        let found = probes.wait_queue(ns, &names.wake).map_err(|e| {
             tracing::debug!("waiter walk: {e:#}");
             format!("the waiter walk failed: {}", first_line(&format!("{e:#}")))
         })?;

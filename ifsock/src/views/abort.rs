@@ -19,7 +19,7 @@ use crate::{
     },
     model::{link::Dump, socket::Socket, stranded},
     probes::{snapshot, Probes},
-    sources::destroy::{self, waiters},
+    sources::destroy,
     render,
 };
 
@@ -61,7 +61,10 @@ pub async fn run(args: AbortArgs) -> Result<()> {
         let (_, d): &(_, Dump) = dumps.iter().find(|(ino, _)| *ino == s.netns)?;
         stranded::health(s, &d.links, &d.addrs, &[])
     };
-    let all_waiters = waiters(&sockets, &sockets);
+    // The wait queues of our netns and of each other one read (the /proc pass where they
+    // cannot be read).
+    let spaces = std::iter::once(None).chain(others.iter().map(Some));
+    let all_waiters = destroy::waiters_exact(&mut probes, spaces, &sockets, &sockets);
     let sel = Selector { inodes: args.inodes.clone(), stranded: args.stranded, iface, pid: args.pid };
     let (targets, skipped) = abort::select(&sockets, &scope, &sel, &all_waiters, health)?;
     let waiters: Vec<_> = all_waiters.into_iter().filter(|w| targets.iter().any(|t| t.socket.inode == w.socket)).collect();

@@ -73,7 +73,7 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     // process: 100k `readlink`s, ~0.7 s, for 100k sockets held by waiting processes).
     // The waiter walk reads every socket's wait queue (kallsyms and BTF); `/proc` only as the
     // fallback it names.
-    let waiters = if join.is_empty() { WaiterIndex::default() } else { crate::sources::waiters::index(&mut probes, &spaces) };
+    let waiters = if join.is_empty() { WaiterIndex::default() } else { crate::sources::waiters::index(&mut probes, spaces.iter().map(Option::as_ref)) };
     let reports = join.into_reports(&waiters, args.stranded);
     // One write per ~64 KiB instead of one per socket (stays per line on a terminal).
     let out = render::buffered();
