@@ -23,6 +23,8 @@ use ifsock_tests::{skip::Feature, *};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
+/// `CAP_SYS_PTRACE` (include/uapi/linux/capability.h).
+const CAP_SYS_PTRACE: libc::c_ulong = 19;
 
 /// `gettid()`.
 fn gettid() -> u32 {
@@ -346,4 +348,80 @@ fn two_seed_003_receivers_with_closed_fds_are_each_on_their_own_socket() -> Resu
         ensure!(row["owners"].as_array().is_some_and(Vec::is_empty), "{row}");
     }
     Ok(())
+}
+
+/// Least privilege: the waiter of another user's process (`nobody`) is found by an ifsock
+/// without `CAP_SYS_PTRACE` (dropped from its bounding set before exec, so root's exec does
+/// not regain it): the wait queue and the owner walk are read in the kernel, not through
+/// `/proc/PID/fd` or the process's memory.
+#[test]
+fn a_nobody_receiver_is_found_without_cap_sys_ptrace() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    if !skip::needs(Feature::Iterators) {
+        return Ok(());
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let port = sock.local_addr()?.port();
+    let ino = socket_inode(&sock)?;
+    let fd = sock.as_raw_fd();
+    // SAFETY: the child makes only async-signal-safe syscalls (setgid, setuid, recvfrom,
+    // _exit) before it exits; the parent keeps no lock the child needs.
+    let child = unsafe { libc::fork() };
+    ensure!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: as above; the child never returns into the test harness.
+        unsafe {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(2);
+            }
+            let mut buf = [0u8; 16];
+            libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, std::ptr::null_mut(), std::ptr::null_mut());
+            libc::_exit(0);
+        }
+    }
+    let pid = child as u32;
+    drop(sock);
+    let result = (|| -> Result<()> {
+        wait_until("the nobody child asleep in recvfrom", T, || {
+            std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_recvfrom)))
+        })?;
+        let run = |env: &[(&str, &str)]| -> Result<Value> {
+            let mut cmd = std::process::Command::new(ifsock_bin());
+            cmd.args(["sockets", "--json"]).envs(env.iter().copied());
+            // SAFETY: prctl in the forked child before exec; no allocation.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let out = cmd.output()?;
+            ensure!(out.status.success(), "ifsock sockets without CAP_SYS_PTRACE failed: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| r["inode"] == ino)
+                .with_context(|| format!("no row for udp :{port} (inode {ino})"))
+        };
+        let row = run(&[])?;
+        let w = row["waiters"].as_array().and_then(|w| w.iter().find(|w| w["pid"] == pid)).with_context(|| format!("the nobody receiver: {row}"))?;
+        ensure!(w["tid"] == pid && w["via"] == "recv" && w["syscall"] == "recvfrom" && w["source"] == "wait_queue", "{w}");
+        ensure!(w["fd"] == fd, "its fd, from the in-kernel owner walk: {w}");
+        // The /proc fallback, without the right to read another user's fd table, cannot.
+        let by_proc = run(&[("IFSOCK_WAITER_SOURCE", "proc")])?;
+        ensure!(
+            !by_proc["waiters"].as_array().is_some_and(|w| w.iter().any(|w| w["pid"] == pid && w["via"] == "recv")),
+            "the /proc pass needs CAP_SYS_PTRACE for this: {by_proc}"
+        );
+        Ok(())
+    })();
+    // SAFETY: our child; reaped below.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    result
 }
