@@ -227,6 +227,14 @@ pub struct KernelOffsets {
     /// From `task->stack` to the syscall's first argument (`pt_regs.di` on x86-64: the fd of a
     /// receive, the epoll fd of `epoll_wait`), as [`KernelOffsets::stack_syscall_nr`].
     pub stack_syscall_arg0: u32,
+    /// `wait_queue_head.head` (from a queue's `struct list_head` back to its head).
+    pub wqh_head: u32,
+    /// `poll_table_entry.wait` (fs/select.c: the entry `pollwake` is called with).
+    pub pte_wait: u32,
+    /// `poll_table_entry.wait_address` (`wait_queue_head_t *` the entry is queued on).
+    pub pte_wait_address: u32,
+    /// `eppoll_entry.whead` (`wait_queue_head_t *` the entry is queued on).
+    pub epe_whead: u32,
 }
 
 impl KernelOffsets {
@@ -305,6 +313,10 @@ impl KernelOffsets {
         task_stack: OFFSET_NONE,
         stack_syscall_nr: OFFSET_NONE,
         stack_syscall_arg0: OFFSET_NONE,
+        wqh_head: OFFSET_NONE,
+        pte_wait: OFFSET_NONE,
+        pte_wait_address: OFFSET_NONE,
+        epe_whead: OFFSET_NONE,
     };
 }
 
@@ -368,10 +380,10 @@ pub struct SockRecord {
 /// Name of the one-entry array of [`WakeFuncs`] the wait-queue walk classifies entries by.
 pub const MAP_WAKE_FUNCS: &str = "WAKE_FUNCS";
 /// Entries of one socket's wait queue walked at most (a longer queue gets a
-/// [`wait_kind::TRUNCATED`] record).
-pub const WAIT_QUEUE_MAX: u32 = 64;
+/// [`wait_kind::TRUNCATED`] record). A `bpf_loop` bound: verification does not grow with it.
+pub const WAIT_QUEUE_MAX: u32 = 4096;
 /// Threads listed at most per epoll instance's own wait queue (`eventpoll.wq`).
-pub const EPOLL_WAITERS_MAX: u32 = 16;
+pub const EPOLL_WAITERS_MAX: u32 = 1024;
 
 /// Kernel addresses of the wake functions (`/proc/kallsyms`, read by userspace before a walk;
 /// 0 = unknown). The wait-queue walk compares `wait_queue_entry.func` with them.
@@ -978,6 +990,7 @@ unsafe impl Record for SendErrorEvent {}
 unsafe impl Record for SockErrorEvent {}
 unsafe impl Record for SockFilter {}
 unsafe impl Record for WaitRecord {}
+unsafe impl Record for WakeFuncs {}
 
 /// Reads a record from the start of `bytes` (unaligned copy); `None` if `bytes` is shorter
 /// than `size_of::<T>()`. Extra bytes are ignored.

@@ -540,6 +540,32 @@ fn ctx_seq(ctx: *mut c_void) -> *mut c_void {
     unsafe { (*ctx.cast::<LoopCtx>()).seq }
 }
 
+/// Whether the entry at `entry` (wake function `func`) is still queued on `w.queue`: a
+/// `poll_table_entry` (`pollwake`) and an `eppoll_entry` (`ep_poll_callback`) name the head
+/// they are on (`wait_address`, `whead`). The walk holds no lock: an entry freed under it and
+/// reused on another socket's queue would otherwise put that queue's waiter on this socket.
+/// Other entries (on a sleeping task's stack) carry no back-pointer and are taken as read.
+#[inline(always)]
+fn still_queued(w: &WalkState, entry: u64, func: u64) -> bool {
+    let (at, off) = if func == w.funcs.pollwake {
+        (entry.wrapping_sub(off!(pte_wait) as u64), off!(pte_wait_address))
+    } else if func == w.funcs.ep_poll_callback {
+        (entry.wrapping_sub(off!(epe_wait) as u64), off!(epe_whead))
+    } else {
+        return true;
+    };
+    off == ifsock_common::OFFSET_NONE || rd::<u64>(at, off).unwrap_or(0) == w.queue
+}
+
+/// Points `w` at the list of the queue head whose `list_head` is at `head`.
+#[inline(always)]
+fn start_list(w: &mut WalkState, head: u64) {
+    w.head = head;
+    w.queue = head.wrapping_sub(off!(wqh_head) as u64);
+    w.pos = rd::<u64>(head, 0).unwrap_or(0);
+    w.seen = 0;
+}
+
 /// One entry of a socket's queue (`bpf_loop` callback).
 #[inline(never)]
 extern "C" fn socket_entry(_index: u32, ctx: *mut c_void) -> i64 {
@@ -549,6 +575,14 @@ extern "C" fn socket_entry(_index: u32, ctx: *mut c_void) -> i64 {
     let func = rd::<u64>(entry, off!(wqe_func)).unwrap_or(0);
     let private = rd::<u64>(entry, off!(wqe_private)).unwrap_or(0);
     let f = w.funcs;
+    if !still_queued(w, entry, func) {
+        // The walk left this socket's queue: what follows is another queue's.
+        w.rec.kind = wait_kind::GONE;
+        w.rec.pid = 0;
+        w.rec.tid = 0;
+        seq_write(seq, &w.rec);
+        return 1;
+    }
     w.rec.func = func;
     w.rec.ep = 0;
     w.rec.tfd = -1;
@@ -601,6 +635,9 @@ extern "C" fn epoll_poller(_index: u32, ctx: *mut c_void) -> i64 {
     let Some(w) = walk_state() else { return 1 };
     let Some(entry) = current_entry(w) else { return 1 };
     let func = rd::<u64>(entry, off!(wqe_func)).unwrap_or(0);
+    if !still_queued(w, entry, func) {
+        return 1;
+    }
     if func != 0 && func == w.funcs.ep_poll_callback {
         let (outer, _) = epitem_of(entry);
         if w.depth < EP_MAX_NESTS && outer != 0 {
@@ -642,9 +679,7 @@ fn walk_waiters(seq: *mut c_void, sk: u64) {
     let Some(w) = walk_state() else { return };
     w.funcs = *funcs;
     w.n = 0;
-    w.head = wq + head_off as u64;
-    w.pos = rd::<u64>(w.head, 0).unwrap_or(0);
-    w.seen = 0;
+    start_list(w, wq + head_off as u64);
     w.depth = 0;
     w.rec.cookie = cookie(sk);
     w.rec.ino = sk_ino(sk);
@@ -695,9 +730,7 @@ extern "C" fn epoll_instance(k: u32, ctx: *mut c_void) -> i64 {
     w.rec.tfd = w.tfd[slot];
     w.rec.depth = w.ep_depth[slot];
     w.depth = w.ep_depth[slot];
-    w.head = ep + wq_off as u64;
-    w.pos = rd::<u64>(w.head, 0).unwrap_or(0);
-    w.seen = 0;
+    start_list(w, ep + wq_off as u64);
     let mut lctx = LoopCtx { seq };
     run_loop(EPOLL_WAITERS_MAX, epoll_thread, &mut lctx);
     let Some(w) = walk_state() else { return 1 };
@@ -707,9 +740,7 @@ extern "C" fn epoll_instance(k: u32, ctx: *mut c_void) -> i64 {
         w.rec.kind = wait_kind::TRUNCATED;
         seq_write(seq, &w.rec);
     }
-    w.head = ep + poll_off as u64;
-    w.pos = rd::<u64>(w.head, 0).unwrap_or(0);
-    w.seen = 0;
+    start_list(w, ep + poll_off as u64);
     run_loop(EP_POLLERS_MAX, epoll_poller, &mut lctx);
     let Some(w) = walk_state() else { return 1 };
     if threads == 0 && w.seen == 0 {

@@ -113,6 +113,8 @@ pub struct WalkState {
     pub head: u64,
     /// The `struct list_head` being visited (an entry's `wait_queue_entry.entry`).
     pub pos: u64,
+    /// The `wait_queue_head_t` of the list (`head` minus `wait_queue_head.head`).
+    pub queue: u64,
     /// Entries visited on this list.
     pub seen: u32,
     /// Nesting depth of the instance whose lists are walked.

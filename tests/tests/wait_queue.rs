@@ -258,8 +258,8 @@ fn pollers_entering_and_leaving_are_never_named_wrongly() -> Result<()> {
     if !skip::needs(Feature::Iterators) {
         return Ok(());
     }
-    const THREADS: usize = 100;
-    const SNAPSHOTS: usize = 15;
+    const THREADS: usize = 200;
+    const SNAPSHOTS: usize = 30;
     let ns = Netns::new()?;
     let a = Arc::new(udp_in(&ns)?);
     let b = Arc::new(udp_in(&ns)?);

@@ -268,6 +268,11 @@ impl KernelBtf {
         k.ep_wq_head = o("eventpoll", "wq.head");
         k.ep_poll_wait_head = o("eventpoll", "poll_wait.head");
         k.task_stack = o("task_struct", "stack");
+        // Back-pointers that prove an entry is still on the queue being walked (see the walk).
+        k.wqh_head = o("wait_queue_head", "head");
+        k.pte_wait = o("poll_table_entry", "wait");
+        k.pte_wait_address = o("poll_table_entry", "wait_address");
+        k.epe_whead = o("eppoll_entry", "whead");
         let in_regs = |field: &str| match (thread_size(), self.struct_size("pt_regs"), self.offset("pt_regs", field)) {
             (Some(stack), Some(regs), at) if at != OFFSET_NONE && regs < stack as usize => stack - regs as u32 + at,
             _ => OFFSET_NONE,

@@ -23,17 +23,17 @@ pub enum KallsymsError {
 }
 
 /// The wake functions of [`WakeFuncs`], and the symbol table's text to name the entries they
-/// do not cover.
+/// do not cover (read on first use).
 #[derive(Clone, Debug, Default)]
 pub struct Symbols {
     /// The addresses the waiter walk classifies by.
     pub wake: WakeFuncs,
-    /// The file's text, searched only when an entry has another wake function (rare).
-    text: String,
+    /// The file's text, read only when an entry has another wake function (rare).
+    text: std::cell::OnceCell<String>,
 }
 
 impl Symbols {
-    /// Reads [`KALLSYMS`] (~120k lines; ~40 ms of kernel time on 6.18, most of the cost).
+    /// Reads [`KALLSYMS`] (~120k lines; ~40–60 ms of kernel time on 6.18, most of the cost).
     ///
     /// # Errors
     /// [`KallsymsError`]: unreadable, addresses hidden, or `pollwake`/`ep_poll_callback`/
@@ -41,6 +41,53 @@ impl Symbols {
     pub fn read() -> Result<Self, KallsymsError> {
         let text = std::fs::read_to_string(KALLSYMS).map_err(KallsymsError::Unreadable)?;
         Self::parse(text)
+    }
+
+    /// [`Symbols::read`], with the addresses cached per boot in
+    /// `/run/ifsock/wake-<boot_id>.bin` (kernel text does not move while the kernel runs, and
+    /// these functions are all built in). The file is root's alone (mode 0600): the addresses
+    /// defeat KASLR. Each run checks that kallsyms still shows addresses to this process
+    /// (`kptr_restrict` may have been raised since), by reading its first line.
+    ///
+    /// # Errors
+    /// As [`Symbols::read`] on a cache miss; [`KallsymsError::Hidden`] when kallsyms hides
+    /// addresses now.
+    pub fn cached() -> Result<Self, KallsymsError> {
+        use std::io::{BufRead as _, Write as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let boot_id = boot_id.trim();
+        let path = std::path::Path::new(super::btf::OFFSETS_CACHE_DIR).join(format!("wake-{boot_id}.bin"));
+        if !boot_id.is_empty() {
+            if let Ok(bytes) = std::fs::read(&path) {
+                let mut first = String::new();
+                let shown = std::fs::File::open(KALLSYMS)
+                    .map(std::io::BufReader::new)
+                    .and_then(|mut r| r.read_line(&mut first))
+                    .is_ok_and(|_| first.split_whitespace().next().is_some_and(|a| a.chars().any(|c| c != '0')));
+                if !shown {
+                    let level = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").map_or_else(|_| "?".into(), |s| s.trim().to_string());
+                    return Err(KallsymsError::Hidden(level));
+                }
+                if let Some(wake) = ifsock_common::read_record::<WakeFuncs>(&bytes).filter(|_| bytes.len() == std::mem::size_of::<WakeFuncs>()) {
+                    return Ok(Symbols { wake, text: Default::default() });
+                }
+            }
+        }
+        let symbols = Self::read()?;
+        if !boot_id.is_empty() && std::fs::create_dir_all(super::btf::OFFSETS_CACHE_DIR).is_ok() {
+            let w = symbols.wake;
+            let words = [w.receiver, w.woken, w.autoremove, w.default, w.pollwake, w.ep_poll_callback, w.io_poll_wake];
+            let bytes: Vec<u8> = words.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let written = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).and_then(|mut f| f.write_all(&bytes));
+            if written.is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            } else {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok(symbols)
     }
 
     /// Parses kallsyms text (`ADDR TYPE NAME [MODULE]` per line).
@@ -75,13 +122,15 @@ impl Symbols {
                 return Err(KallsymsError::Missing(name));
             }
         }
-        Ok(Symbols { wake, text })
+        Ok(Symbols { wake, text: text.into() })
     }
 
-    /// The name of the text symbol at or nearest below `addr` (`io_poll_wake`, a driver's wake
-    /// function…), `None` below every one.
+    /// The name of the text symbol that starts at `addr` (`io_poll_wake`, a driver's wake
+    /// function…): a wake function pointer points at a function's first byte, so `None` means
+    /// `addr` is no function (the entry was torn down under the walk and the word reused).
     pub fn name(&self, addr: u64) -> Option<&str> {
-        text_symbols(&self.text).filter(|(a, _)| *a <= addr).max_by_key(|(a, _)| *a).map(|(_, n)| n)
+        let text = self.text.get_or_init(|| std::fs::read_to_string(KALLSYMS).unwrap_or_default());
+        text_symbols(text).find(|(a, _)| *a == addr).map(|(_, n)| n)
     }
 }
 
@@ -114,8 +163,9 @@ mod tests {
         assert_eq!(s.wake.pollwake, 0xffffffff816fe700);
         assert_eq!(s.wake.io_poll_wake, 0xffffffff81b89290);
         assert_eq!(s.wake.woken, 0, "absent: zero, never matched");
-        assert_eq!(s.name(0xffffffff81757f08), Some("ep_other"));
-        assert_eq!(s.name(0xffffffffc0000010), Some("mod_wake"));
+        assert_eq!(s.name(0xffffffff81757f00), Some("ep_other"));
+        assert_eq!(s.name(0xffffffffc0000000), Some("mod_wake"));
+        assert_eq!(s.name(0xffffffff81757f08), None, "inside a function: no wake function pointer");
         assert_eq!(s.name(1), None);
     }
 

@@ -384,9 +384,9 @@ impl WaiterIndex {
         use ifsock_common::wait_kind;
         let mut index = WaiterIndex::default();
         let mut note = SourceNote { used: Some(WaiterSource::WaitQueue), ..SourceNote::default() };
-        let mut seen: HashSet<(u64, u32, u32, u64)> = HashSet::new();
+        let mut seen: HashSet<(u64, u32, u32, u64, u64)> = HashSet::new();
         for r in records {
-            if r.ino == 0 || !seen.insert((r.ino, r.tid, r.kind, r.ep)) {
+            if r.ino == 0 || !seen.insert((r.ino, r.tid, r.kind, r.ep, r.func)) {
                 continue;
             }
             let syscall = if r.syscall < 0 { "?" } else { wait_syscall_name(r.syscall as u64) };
@@ -424,10 +424,13 @@ impl WaiterIndex {
                         ..base
                     }
                 }
-                _ => Waiter {
-                    syscall: "-",
-                    reason: Some(format!("wake function {}: its waiter is not followed", names.name(r.func).unwrap_or("?"))),
-                    ..base
+                _ => match names.name(r.func) {
+                    Some(name) => Waiter { syscall: "-", reason: Some(format!("wake function {name}: its waiter is not followed")), ..base },
+                    // No function starts there: an entry torn down under the walk.
+                    None => {
+                        note.gone += 1;
+                        continue;
+                    }
                 },
             };
             if w.tid != 0 && thread_gone(w.pid, w.tid) {
@@ -638,11 +641,12 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
             rec(wait_kind::EPOLL, tid, libc::SYS_epoll_wait, 7, 3, 0),
             rec(wait_kind::GONE, 0, -1, -1, -1, 0),
             rec(wait_kind::TASK, u32::MAX - 1, libc::SYS_recvmsg, 3, -1, 0), // no such thread
-            rec(wait_kind::UNKNOWN, 0, -1, -1, -1, 0xffffffff81000308),
+            rec(wait_kind::UNKNOWN, 0, -1, -1, -1, 0xffffffff81000300),
+            rec(wait_kind::UNKNOWN, 0, -1, -1, -1, 0xffff888100000308), // torn: no function there
         ];
         let index = WaiterIndex::from_wait_queue(&records, &names);
         assert!(index.is_wait_queue());
-        assert_eq!(index.source.as_ref().map(|n| n.gone), Some(2), "the GONE record and the thread that does not exist");
+        assert_eq!(index.source.as_ref().map(|n| n.gone), Some(3), "the GONE record, the thread that does not exist, the torn entry");
         let rec = ifsock_common::SockRecord {
             sk: 1, cookie: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 7, lport: 53, rport: 0,
             flags: 0, laddr: [0; 16], raddr: [0; 16], rx_queue: 0, drops: 0,

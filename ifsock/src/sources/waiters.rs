@@ -48,7 +48,7 @@ pub const SOURCE_ENV: &str = "IFSOCK_WAITER_SOURCE";
 
 /// The waiter walk in each of `spaces`, or why it could not run.
 fn walk<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'a NetnsHandle>>) -> Result<WaiterIndex, String> {
-    let names = Symbols::read().map_err(|e| e.to_string())?;
+    let names = Symbols::cached().map_err(|e| e.to_string())?;
     let mut records = Vec::new();
     for ns in spaces {
         let found = probes.wait_queue(ns, &names.wake).map_err(|e| {
