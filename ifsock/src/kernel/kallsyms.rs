@@ -60,11 +60,19 @@ impl Symbols {
         let path = std::path::Path::new(super::btf::OFFSETS_CACHE_DIR).join(format!("wake-{boot_id}.bin"));
         if !boot_id.is_empty() {
             if let Ok(bytes) = std::fs::read(&path) {
-                let mut first = String::new();
-                let shown = std::fs::File::open(KALLSYMS)
-                    .map(std::io::BufReader::new)
-                    .and_then(|mut r| r.read_line(&mut first))
-                    .is_ok_and(|_| first.split_whitespace().next().is_some_and(|a| a.chars().any(|c| c != '0')));
+                // The first text symbol's address: per-CPU symbols before it sit at 0 even when
+                // addresses are shown (`0000000000000000 A fixed_percpu_data` on 6.1).
+                let shown = std::fs::File::open(KALLSYMS).is_ok_and(|f| {
+                    std::io::BufReader::new(f)
+                        .lines()
+                        .map_while(Result::ok)
+                        .find_map(|l| {
+                            let mut w = l.split_whitespace();
+                            let (addr, kind) = (w.next()?.to_string(), w.next()?);
+                            matches!(kind, "t" | "T").then_some(addr)
+                        })
+                        .is_some_and(|a| a.chars().any(|c| c != '0'))
+                });
                 if !shown {
                     let level = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").map_or_else(|_| "?".into(), |s| s.trim().to_string());
                     return Err(KallsymsError::Hidden(level));
