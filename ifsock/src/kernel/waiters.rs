@@ -390,7 +390,9 @@ impl WaiterIndex {
                 continue;
             }
             let syscall = if r.syscall < 0 { "?" } else { wait_syscall_name(r.syscall as u64) };
-            let comm = String::from_utf8_lossy(&r.comm[..r.comm.iter().position(|b| *b == 0).unwrap_or(r.comm.len())]).into_owned();
+            // Records with no task (idle epoll instance, truncation, another wake function)
+            // carry whatever comm the walk read last: none is theirs.
+            let comm = if r.tid == 0 { String::new() } else { String::from_utf8_lossy(&r.comm[..r.comm.iter().position(|b| *b == 0).unwrap_or(r.comm.len())]).into_owned() };
             let tfd = u32::try_from(r.tfd).ok();
             // The epoll fd the thread passed (`epoll_wait`'s first argument, read from its
             // registers): the outermost instance for nested epoll, as the thread sees it.
@@ -667,6 +669,7 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
             "the receiver's fd is the one it passed (9, not the lowest), the epoll fd is epoll_wait's argument"
         );
         assert!(index.for_socket(&s)[0].reason.as_deref().is_some_and(|r| r.contains("io_poll_wake")));
+        assert_eq!(index.for_socket(&s)[0].comm, "", "no task, no comm");
         s.owners.clear();
         assert_eq!(index.for_socket(&s).iter().find(|w| w.via == Via::Recv).map(|w| w.fd), Some(None), "a closed fd is named by no owner");
         assert_eq!(index.passed_fd(SockInode(42), tid), Some(9));
