@@ -267,7 +267,8 @@ impl Pipeline {
             let label = self.labels.get(&ino).cloned().flatten();
             let (snap, changed) = snapshot::judge(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns);
             for c in changed {
-                let report = waiters.get_or_insert_with(WaiterIndex::discover).report(c.tied, c.now);
+                let spaces = &self.spaces;
+                let report = waiters.get_or_insert_with(|| super::waiters::index(&mut *probes, spaces.values().map(|io| io.handle.as_ref()))).report(c.tied, c.now);
                 let owner_cgroups = attributed(report.tied.socket.owners.iter().map(|o| o.pid).collect());
                 let waiter_cgroups = attributed(report.waiters.iter().map(|w| w.pid).collect());
                 let event = SocketHealthEvent::new(&c.by, report, now.unix_ns, label.clone(), None);
