@@ -193,6 +193,48 @@ pub struct KernelOffsets {
     /// `inet_sock.inet_sport` (`__be16`): the local port, kept when `inet_put_port()` clears
     /// `skc_num` (a TCP reset on connect unhashes the socket before reporting the error).
     pub inet_sport: u32,
+    // wait queues (`sockets`' waiters, [`WaitRecord`])
+    /// `sock.sk_wq` (`struct socket_wq __rcu *`; `&socket->wq` while the socket has a file).
+    pub sk_wq: u32,
+    /// `socket_wq.wait.head` (`struct list_head`: the wait queue's entries).
+    pub sk_wq_head: u32,
+    /// `wait_queue_entry.private` (`void *`: the task, or what the wake function expects).
+    pub wqe_private: u32,
+    /// `wait_queue_entry.func` (`wait_queue_func_t`: the wake function).
+    pub wqe_func: u32,
+    /// `wait_queue_entry.entry` (`struct list_head`, linked on the head's list).
+    pub wqe_entry: u32,
+    /// `poll_wqueues.polling_task` (`struct task_struct *`, fs/select.c).
+    pub pwq_polling_task: u32,
+    /// `eppoll_entry.base` (`struct epitem *`, fs/eventpoll.c).
+    pub epe_base: u32,
+    /// `eppoll_entry.wait` (`wait_queue_entry_t` on the target file's queue).
+    pub epe_wait: u32,
+    /// `epitem.ep` (`struct eventpoll *`: the instance the item belongs to).
+    pub epi_ep: u32,
+    /// `epitem.ffd.fd` (`int`: the target's fd at `EPOLL_CTL_ADD`).
+    pub epi_fd: u32,
+    /// `eventpoll.wq.head` (threads in `epoll_wait` on the instance).
+    pub ep_wq_head: u32,
+    /// `eventpoll.poll_wait.head` (pollers of the epoll file itself: nested epoll, poll on an epfd).
+    pub ep_poll_wait_head: u32,
+    /// `task_struct.stack` (`void *`: the base of the task's kernel stack).
+    pub task_stack: u32,
+    /// From `task->stack` to the syscall number the task entered with: `THREAD_SIZE -
+    /// sizeof(struct pt_regs) + offsetof(struct pt_regs, orig_ax)` (x86-64 `task_pt_regs()`,
+    /// `TOP_OF_KERNEL_STACK_PADDING` 0); [`OFFSET_NONE`] on other architectures.
+    pub stack_syscall_nr: u32,
+    /// From `task->stack` to the syscall's first argument (`pt_regs.di` on x86-64: the fd of a
+    /// receive, the epoll fd of `epoll_wait`), as [`KernelOffsets::stack_syscall_nr`].
+    pub stack_syscall_arg0: u32,
+    /// `wait_queue_head.head` (from a queue's `struct list_head` back to its head).
+    pub wqh_head: u32,
+    /// `poll_table_entry.wait` (fs/select.c: the entry `pollwake` is called with).
+    pub pte_wait: u32,
+    /// `poll_table_entry.wait_address` (`wait_queue_head_t *` the entry is queued on).
+    pub pte_wait_address: u32,
+    /// `eppoll_entry.whead` (`wait_queue_head_t *` the entry is queued on).
+    pub epe_whead: u32,
 }
 
 impl KernelOffsets {
@@ -256,6 +298,25 @@ impl KernelOffsets {
         sk_err: OFFSET_NONE,
         sk_protocol: OFFSET_NONE,
         inet_sport: OFFSET_NONE,
+        sk_wq: OFFSET_NONE,
+        sk_wq_head: OFFSET_NONE,
+        wqe_private: OFFSET_NONE,
+        wqe_func: OFFSET_NONE,
+        wqe_entry: OFFSET_NONE,
+        pwq_polling_task: OFFSET_NONE,
+        epe_base: OFFSET_NONE,
+        epe_wait: OFFSET_NONE,
+        epi_ep: OFFSET_NONE,
+        epi_fd: OFFSET_NONE,
+        ep_wq_head: OFFSET_NONE,
+        ep_poll_wait_head: OFFSET_NONE,
+        task_stack: OFFSET_NONE,
+        stack_syscall_nr: OFFSET_NONE,
+        stack_syscall_arg0: OFFSET_NONE,
+        wqh_head: OFFSET_NONE,
+        pte_wait: OFFSET_NONE,
+        pte_wait_address: OFFSET_NONE,
+        epe_whead: OFFSET_NONE,
     };
 }
 
@@ -314,6 +375,92 @@ pub struct SockRecord {
     pub rx_queue: u32,
     /// `sk_drops`: datagrams dropped on this socket.
     pub drops: u32,
+}
+
+/// Name of the one-entry array of [`WakeFuncs`] the wait-queue walk classifies entries by.
+pub const MAP_WAKE_FUNCS: &str = "WAKE_FUNCS";
+/// Entries of one socket's wait queue walked at most (a longer queue gets a
+/// [`wait_kind::TRUNCATED`] record). A `bpf_loop` bound: verification does not grow with it.
+pub const WAIT_QUEUE_MAX: u32 = 4096;
+/// Threads listed at most per epoll instance's own wait queue (`eventpoll.wq`).
+pub const EPOLL_WAITERS_MAX: u32 = 1024;
+
+/// Kernel addresses of the wake functions (`/proc/kallsyms`, read by userspace before a walk;
+/// 0 = unknown). The wait-queue walk compares `wait_queue_entry.func` with them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeFuncs {
+    /// `receiver_wake_function` (net/core/datagram.c: `__skb_wait_for_more_packets`), private = task.
+    pub receiver: u64,
+    /// `woken_wake_function` (kernel/sched/wait.c: `sk_wait_data`, `sk_stream_wait_memory`), private = task.
+    pub woken: u64,
+    /// `autoremove_wake_function` (kernel/sched/wait.c: `DEFINE_WAIT`, `inet_csk_wait_for_connect`), private = task.
+    pub autoremove: u64,
+    /// `default_wake_function` (kernel/sched/core.c: `init_waitqueue_entry`), private = task.
+    pub default: u64,
+    /// `pollwake` (fs/select.c: poll, ppoll, select, pselect6), private = `struct poll_wqueues *`.
+    pub pollwake: u64,
+    /// `ep_poll_callback` (fs/eventpoll.c), the entry is `eppoll_entry.wait`.
+    pub ep_poll_callback: u64,
+    /// `io_poll_wake` (io_uring/poll.c), private not followed.
+    pub io_poll_wake: u64,
+}
+
+/// Kinds of [`WaitRecord`].
+pub mod wait_kind {
+    /// A thread sleeping on the socket itself (receive, accept, send): `private` is the task.
+    pub const TASK: u32 = 1;
+    /// A thread in poll/ppoll/select/pselect6 (`pollwake`; `poll_wqueues.polling_task`).
+    pub const POLL: u32 = 2;
+    /// A thread in `epoll_wait` on an instance whose interest list holds the socket
+    /// (`ep_poll_callback` → `epitem.ep` → `eventpoll.wq`), possibly through nested instances.
+    pub const EPOLL: u32 = 3;
+    /// An epoll instance holding the socket with no thread waiting in it now.
+    pub const EPOLL_IDLE: u32 = 4;
+    /// An entry whose wake function is not one of [`super::WakeFuncs`] (or `io_poll_wake`):
+    /// `func` names it.
+    pub const UNKNOWN: u32 = 5;
+    /// The queue had more than [`super::WAIT_QUEUE_MAX`] entries (or an epoll instance more
+    /// than [`super::EPOLL_WAITERS_MAX`] threads): the walk stopped there.
+    pub const TRUNCATED: u32 = 6;
+    /// An entry whose task pointer did not lead to a thread id (exiting, or the entry changed
+    /// under the walk): counted by userspace, never shown.
+    pub const GONE: u32 = 7;
+}
+
+/// One waiter on one socket's wait queue (`sk->sk_wq->wait`), written by the `iter/udp` and
+/// `iter/tcp` waiter programs with `bpf_seq_write`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WaitRecord {
+    /// Socket cookie (as [`SockRecord::cookie`]).
+    pub cookie: u64,
+    /// Socket inode number (0 without a `struct socket`).
+    pub ino: u64,
+    /// Kernel address of the `struct eventpoll` (`EPOLL`, `EPOLL_IDLE`): identity within one
+    /// walk, never printed.
+    pub ep: u64,
+    /// The entry's wake function (kernel address, resolved to a name with kallsyms; never printed).
+    pub func: u64,
+    /// [`wait_kind`] value.
+    pub kind: u32,
+    /// Thread-group id of the waiting task (`task_struct.tgid`).
+    pub pid: u32,
+    /// Thread id (`task_struct.pid`).
+    pub tid: u32,
+    /// Syscall number the task entered the kernel with (`pt_regs.orig_ax`), -1 when unread.
+    pub syscall: i32,
+    /// The syscall's first argument as passed (`pt_regs.di`; the fd of a receive, the epoll fd
+    /// of an `epoll_wait`), -1 when unread.
+    pub arg0: i32,
+    /// `epitem.ffd.fd` of the innermost instance (the socket's fd when it was added), -1 otherwise.
+    pub tfd: i32,
+    /// Epoll nesting depth: 1 = the thread waits on the instance holding the socket.
+    pub depth: u32,
+    /// Padding (keeps `comm` and the record 8-byte aligned).
+    pub _pad: u32,
+    /// Task command (`task_struct.comm`).
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Kinds of [`TaskFileRecord`].
@@ -842,6 +989,8 @@ unsafe impl Record for RecvDoneEvent {}
 unsafe impl Record for SendErrorEvent {}
 unsafe impl Record for SockErrorEvent {}
 unsafe impl Record for SockFilter {}
+unsafe impl Record for WaitRecord {}
+unsafe impl Record for WakeFuncs {}
 
 /// Reads a record from the start of `bytes` (unaligned copy); `None` if `bytes` is shorter
 /// than `size_of::<T>()`. Extra bytes are ignored.
@@ -861,6 +1010,7 @@ mod pod {
     unsafe impl aya::Pod for super::InFlightRecv {}
     unsafe impl aya::Pod for super::SockErrorEvent {}
     unsafe impl aya::Pod for super::SockFilter {}
+    unsafe impl aya::Pod for super::WakeFuncs {}
 }
 
 // ---- abort: observing what destroyed sockets' waiters see (`ifsock abort`) ----

@@ -1,4 +1,5 @@
-//! BPF iterators: `iter/udp`, `iter/tcp` write one `SockRecord` per socket, `iter/task_file`
+//! BPF iterators: `iter/udp`, `iter/tcp` write one `SockRecord` per socket (and, in the waiter
+//! programs, one `WaitRecord` per entry of its wait queue), `iter/task_file`
 //! one `TaskFileRecord` per socket or tun fd. Userspace reads them from the iterator's seq file.
 //!
 //! aya-ebpf has no `#[iter]` macro: the functions are placed in `iter/<target>` sections by hand.
@@ -12,12 +13,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_seq_write};
 use ifsock_common::{
-    file_kind, sock_flags, Counter, SockRecord, TaskFileRecord, IFNAME_LEN,
+    file_kind, sock_flags, wait_kind, Counter, SockRecord, TaskFileRecord, WaitRecord, EPOLL_WAITERS_MAX, IFNAME_LEN,
+    WAIT_QUEUE_MAX,
 };
 
 use crate::{
-    kernel::{net_inum, off, rd, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
-    maps::{count, TaskIds, OWNER_FILTER, OWNER_INODES, SOCK_FILTER, SOCK_FILTER_ADDRS, TASK_IDS},
+    kernel::{net_inum, off, rd, sk_ino, task_ids, task_netns, S_IFCHR, S_IFMT, S_IFSOCK, TUN_RDEV},
+    maps::{count, TaskIds, WalkState, EP_WORK_MAX, WALK, OWNER_FILTER, OWNER_INODES, SOCK_FILTER, SOCK_FILTER_ADDRS, TASK_IDS, WAKE_FUNCS},
 };
 
 const AF_INET: u16 = 2;
@@ -413,4 +415,369 @@ fn tun_file(tfile: u64, rec: &mut TaskFileRecord) {
     rec.tun_ifindex = rd::<u32>(dev, off!(dev_ifindex)).unwrap_or(0);
     rec.tun_name = rd::<[u8; IFNAME_LEN]>(dev, off!(dev_name)).unwrap_or([0; IFNAME_LEN]);
     rec.tun_netns = net_inum(rd::<u64>(dev, off!(dev_nd_net)).unwrap_or(0));
+}
+
+/// Epoll nesting followed at most (`EP_MAX_NESTS`, fs/eventpoll.c: 4 on every kernel since 2.6.x).
+const EP_MAX_NESTS: u32 = 4;
+/// Pollers of one epoll file (`eventpoll.poll_wait`) visited at most: outer instances and
+/// threads polling the epoll fd.
+const EP_POLLERS_MAX: u32 = 8;
+
+/// `iter/udp` waiter walk: one [`WaitRecord`] per entry of the socket's wait queue (see
+/// [`walk_waiters`]).
+#[unsafe(link_section = "iter/udp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn iter_udp_waiters(ctx: *mut c_void) -> i32 {
+    let seq = entry_seq(ctx);
+    // SAFETY: iterator context layout per net/ipv4/udp.c.
+    let sk = unsafe { (*ctx.cast::<IterCtxHead>()).object };
+    if sk != 0 {
+        walk_waiters(seq, sk);
+    }
+    0
+}
+
+/// `iter/tcp` waiter walk; mini sockets (TIME_WAIT, NEW_SYN_RECV) have no wait queue.
+#[unsafe(link_section = "iter/tcp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn iter_tcp_waiters(ctx: *mut c_void) -> i32 {
+    let seq = entry_seq(ctx);
+    // SAFETY: iterator context layout per net/ipv4/tcp_ipv4.c.
+    let sk = unsafe { (*ctx.cast::<IterCtxHead>()).object };
+    if sk == 0 {
+        return 0;
+    }
+    let state = typed_field::<u8>(sk, off!(skc_state)).unwrap_or(0);
+    if state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
+        walk_waiters(seq, sk);
+    }
+    0
+}
+
+/// The `bpf_loop` (5.17+) context of a waiter walk: the seq file alone (the verifier's trusted
+/// pointer survives the spill to the stack; in a map it would not). The walk's state is in
+/// [`WALK`]. Callbacks are verified once each, however many entries they visit: unrolled
+/// loops over 64 entries with five kinds each went past the verifier's million instructions.
+#[repr(C)]
+struct LoopCtx {
+    seq: *mut c_void,
+}
+
+/// This CPU's walk state.
+#[inline(always)]
+fn walk_state() -> Option<&'static mut WalkState> {
+    // SAFETY: this CPU's entry; an iterator program runs with migration disabled and its
+    // callbacks on the same CPU.
+    WALK.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// The syscall number `task` entered the kernel with: `task_pt_regs(task)->orig_ax` (x86-64:
+/// the `pt_regs` at the top of the kernel stack, see `KernelOffsets::stack_syscall_nr`); -1
+/// when unknown (other architectures, a fault, or the task is not in a syscall); and its first
+/// argument (`pt_regs.di`), -1 when unread.
+#[inline(always)]
+fn task_syscall(task: u64) -> (i32, i32) {
+    let stack = rd::<u64>(task, off!(task_stack)).unwrap_or(0);
+    let nr = rd::<i64>(stack, off!(stack_syscall_nr)).map_or(-1, |nr| nr as i32);
+    (nr, rd::<i64>(stack, off!(stack_syscall_arg0)).map_or(-1, |a| a as i32))
+}
+
+/// Writes `rec` for `task` (kind as set by the caller), as a [`wait_kind::GONE`] record when
+/// the pointer leads to no thread id (the entry is being torn down, or the task exits).
+#[inline(never)]
+fn emit_task(seq: *mut c_void, rec: &mut WaitRecord, task: u64) {
+    rec.pid = rd::<u32>(task, off!(task_tgid)).unwrap_or(0);
+    rec.tid = rd::<u32>(task, off!(task_pid)).unwrap_or(0);
+    let comm_off = off!(task_comm);
+    if task != 0 && comm_off != ifsock_common::OFFSET_NONE {
+        // SAFETY: a fault-safe read into the record's own 16 bytes (zeroed by the helper on a fault).
+        let _ = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                rec.comm.as_mut_ptr().cast(),
+                ifsock_common::COMM_LEN as u32,
+                (task + comm_off as u64) as *const c_void,
+            )
+        };
+    }
+    if rec.pid == 0 || rec.tid == 0 {
+        rec.kind = wait_kind::GONE;
+        rec.syscall = -1;
+        rec.arg0 = -1;
+    } else {
+        (rec.syscall, rec.arg0) = task_syscall(task);
+    }
+    seq_write(seq, rec);
+}
+
+/// `epitem.ep` and `epitem.ffd.fd` of the `eppoll_entry` whose `wait` is `entry`.
+#[inline(always)]
+fn epitem_of(entry: u64) -> (u64, i32) {
+    let epi = rd::<u64>(entry.wrapping_sub(off!(epe_wait) as u64), off!(epe_base)).unwrap_or(0);
+    (rd::<u64>(epi, off!(epi_ep)).unwrap_or(0), rd::<i32>(epi, off!(epi_fd)).unwrap_or(-1))
+}
+
+/// Moves `w` to the next entry.
+#[inline(always)]
+fn advance(w: &mut WalkState) -> i64 {
+    w.pos = rd::<u64>(w.pos, 0).unwrap_or(0);
+    w.seen += 1;
+    0
+}
+
+/// The wait queue entry `w.pos` is in, or `None` (stop) at the end of the list.
+#[inline(always)]
+fn current_entry(w: &WalkState) -> Option<u64> {
+    if w.pos == w.head || w.pos == 0 {
+        return None;
+    }
+    Some(w.pos.wrapping_sub(off!(wqe_entry) as u64))
+}
+
+/// The seq file of a callback's context.
+#[inline(always)]
+fn ctx_seq(ctx: *mut c_void) -> *mut c_void {
+    // SAFETY: `ctx` is the caller's `LoopCtx` on its stack.
+    unsafe { (*ctx.cast::<LoopCtx>()).seq }
+}
+
+/// Whether the entry at `entry` (wake function `func`) is still queued on `w.queue`: a
+/// `poll_table_entry` (`pollwake`) and an `eppoll_entry` (`ep_poll_callback`) name the head
+/// they are on (`wait_address`, `whead`). The walk holds no lock: an entry freed under it and
+/// reused on another socket's queue would otherwise put that queue's waiter on this socket.
+/// Other entries (on a sleeping task's stack) carry no back-pointer and are taken as read.
+#[inline(always)]
+fn still_queued(w: &WalkState, entry: u64, func: u64) -> bool {
+    let (at, off) = if func == w.funcs.pollwake {
+        (entry.wrapping_sub(off!(pte_wait) as u64), off!(pte_wait_address))
+    } else if func == w.funcs.ep_poll_callback {
+        (entry.wrapping_sub(off!(epe_wait) as u64), off!(epe_whead))
+    } else {
+        return true;
+    };
+    off == ifsock_common::OFFSET_NONE || rd::<u64>(at, off).unwrap_or(0) == w.queue
+}
+
+/// Points `w` at the list of the queue head whose `list_head` is at `head`.
+#[inline(always)]
+fn start_list(w: &mut WalkState, head: u64) {
+    w.head = head;
+    w.queue = head.wrapping_sub(off!(wqh_head) as u64);
+    w.pos = rd::<u64>(head, 0).unwrap_or(0);
+    w.seen = 0;
+}
+
+/// One entry of a socket's queue (`bpf_loop` callback).
+#[inline(never)]
+extern "C" fn socket_entry(_index: u32, ctx: *mut c_void) -> i64 {
+    let seq = ctx_seq(ctx);
+    let Some(w) = walk_state() else { return 1 };
+    let Some(entry) = current_entry(w) else { return 1 };
+    let func = rd::<u64>(entry, off!(wqe_func)).unwrap_or(0);
+    let private = rd::<u64>(entry, off!(wqe_private)).unwrap_or(0);
+    let f = w.funcs;
+    if !still_queued(w, entry, func) {
+        // The walk left this socket's queue: what follows is another queue's.
+        w.rec.kind = wait_kind::GONE;
+        w.rec.pid = 0;
+        w.rec.tid = 0;
+        seq_write(seq, &w.rec);
+        return 1;
+    }
+    w.rec.func = func;
+    w.rec.ep = 0;
+    w.rec.tfd = -1;
+    w.rec.depth = 0;
+    w.rec.pid = 0;
+    w.rec.tid = 0;
+    w.rec.syscall = -1;
+    w.rec.arg0 = -1;
+    if func == 0 {
+        // An entry torn down under the walk: nothing to name.
+    } else if func == f.receiver || func == f.woken || func == f.autoremove || func == f.default {
+        w.rec.kind = wait_kind::TASK;
+        emit_task(seq, &mut w.rec, private);
+    } else if func == f.pollwake {
+        w.rec.kind = wait_kind::POLL;
+        emit_task(seq, &mut w.rec, rd::<u64>(private, off!(pwq_polling_task)).unwrap_or(0));
+    } else if func == f.ep_poll_callback {
+        let (ep, tfd) = epitem_of(entry);
+        if !push_ep(w, ep, tfd, 1) {
+            w.rec.kind = wait_kind::TRUNCATED;
+            w.rec.ep = ep;
+            seq_write(seq, &w.rec);
+        }
+    } else {
+        w.rec.kind = wait_kind::UNKNOWN;
+        seq_write(seq, &w.rec);
+    }
+    advance(w)
+}
+
+/// One thread on an epoll instance's own queue (`eventpoll.wq`: `ep_poll()` queues each thread
+/// in `epoll_wait` with `private` = current; `bpf_loop` callback).
+#[inline(never)]
+extern "C" fn epoll_thread(_index: u32, ctx: *mut c_void) -> i64 {
+    let seq = ctx_seq(ctx);
+    let Some(w) = walk_state() else { return 1 };
+    let Some(entry) = current_entry(w) else { return 1 };
+    w.rec.func = rd::<u64>(entry, off!(wqe_func)).unwrap_or(0);
+    w.rec.kind = wait_kind::EPOLL;
+    emit_task(seq, &mut w.rec, rd::<u64>(entry, off!(wqe_private)).unwrap_or(0));
+    advance(w)
+}
+
+/// One poller of an epoll file (`eventpoll.poll_wait`): an outer instance (`ep_poll_callback`)
+/// joins the work list one level deeper, up to [`EP_MAX_NESTS`]; a thread in poll/select on the
+/// epoll fd is a [`wait_kind::POLL`] record (`bpf_loop` callback).
+#[inline(never)]
+extern "C" fn epoll_poller(_index: u32, ctx: *mut c_void) -> i64 {
+    let seq = ctx_seq(ctx);
+    let Some(w) = walk_state() else { return 1 };
+    let Some(entry) = current_entry(w) else { return 1 };
+    let func = rd::<u64>(entry, off!(wqe_func)).unwrap_or(0);
+    if !still_queued(w, entry, func) {
+        return 1;
+    }
+    if func != 0 && func == w.funcs.ep_poll_callback {
+        let (outer, _) = epitem_of(entry);
+        if w.depth < EP_MAX_NESTS && outer != 0 {
+            // The socket's own fd (`tfd` of the innermost item) stays in the record.
+            let (tfd, depth) = (w.rec.tfd, w.depth + 1);
+            let _ = push_ep(w, outer, tfd, depth);
+        }
+    } else if func != 0 && func == w.funcs.pollwake {
+        let private = rd::<u64>(entry, off!(wqe_private)).unwrap_or(0);
+        w.rec.kind = wait_kind::POLL;
+        w.rec.func = func;
+        emit_task(seq, &mut w.rec, rd::<u64>(private, off!(pwq_polling_task)).unwrap_or(0));
+    }
+    advance(w)
+}
+
+/// Walks `sk->sk_wq->wait` (the queue every sleeping receiver, poller and epoll instance of the
+/// socket is on) without its lock: entries come and go under the walk, so every read is
+/// fault-safe, the walk is bounded ([`WAIT_QUEUE_MAX`], then a [`wait_kind::TRUNCATED`] record)
+/// and a task that leads to no tid is a [`wait_kind::GONE`] record. Entries are classified by
+/// `wait_queue_entry.func` against [`WAKE_FUNCS`] ([`socket_entry`]):
+/// - `receiver_wake_function`, `woken_wake_function`, `autoremove_wake_function`,
+///   `default_wake_function`: `private` is the task ([`wait_kind::TASK`]);
+/// - `pollwake`: `private` is the `struct poll_wqueues` of a poll/select, `polling_task` the thread;
+/// - `ep_poll_callback`: the entry is `eppoll_entry.wait`; its `base` (`struct epitem`) names the
+///   instance (`ep`), whose own queues are walked after this one ([`epoll_instance`]);
+/// - anything else (`io_poll_wake` included): [`wait_kind::UNKNOWN`] with the function.
+#[inline(always)]
+fn walk_waiters(seq: *mut c_void, sk: u64) {
+    let Some(funcs) = WAKE_FUNCS.get(0) else { return };
+    if funcs.pollwake == 0 || funcs.receiver == 0 {
+        return;
+    }
+    let wq = rd::<u64>(sk, off!(sk_wq)).unwrap_or(0);
+    let head_off = off!(sk_wq_head);
+    if wq == 0 || head_off == ifsock_common::OFFSET_NONE || off!(wqe_entry) == ifsock_common::OFFSET_NONE {
+        return;
+    }
+    let Some(w) = walk_state() else { return };
+    w.funcs = *funcs;
+    w.n = 0;
+    start_list(w, wq + head_off as u64);
+    w.depth = 0;
+    w.rec.cookie = cookie(sk);
+    w.rec.ino = sk_ino(sk);
+    let mut lctx = LoopCtx { seq };
+    run_loop(WAIT_QUEUE_MAX, socket_entry, &mut lctx);
+    let Some(w) = walk_state() else { return };
+    if truncated(w, WAIT_QUEUE_MAX) {
+        w.rec.kind = wait_kind::TRUNCATED;
+        w.rec.func = 0;
+        w.rec.ep = 0;
+        w.rec.pid = 0;
+        w.rec.tid = 0;
+        seq_write(seq, &w.rec);
+    }
+    run_loop(EP_WORK_MAX, epoll_instance, &mut lctx);
+}
+
+/// `bpf_loop(n, f, ctx)`.
+#[inline(always)]
+fn run_loop(n: u32, f: extern "C" fn(u32, *mut c_void) -> i64, ctx: &mut LoopCtx) {
+    // SAFETY: `f` is one of this file's callbacks, taking the `LoopCtx` it is handed.
+    let _ = unsafe { aya_ebpf::helpers::generated::bpf_loop(n, f as *mut c_void, (ctx as *mut LoopCtx).cast(), 0) };
+}
+
+/// Whether the walk stopped at its bound with entries left.
+#[inline(always)]
+fn truncated(w: &WalkState, bound: u32) -> bool {
+    w.seen >= bound && w.pos != w.head && w.pos != 0
+}
+
+/// Epoll instance `k` of the work list (`bpf_loop` callback): its threads (`eventpoll.wq`,
+/// [`epoll_thread`]), then its pollers (`eventpoll.poll_wait`, [`epoll_poller`]); one
+/// [`wait_kind::EPOLL_IDLE`] record when it has neither.
+#[inline(never)]
+extern "C" fn epoll_instance(k: u32, ctx: *mut c_void) -> i64 {
+    let seq = ctx_seq(ctx);
+    let (wq_off, poll_off) = (off!(ep_wq_head), off!(ep_poll_wait_head));
+    let Some(w) = walk_state() else { return 1 };
+    if k >= w.n || k >= EP_WORK_MAX || wq_off == ifsock_common::OFFSET_NONE || poll_off == ifsock_common::OFFSET_NONE {
+        return 1;
+    }
+    // Masked after a volatile reload: with `k` known below EP_WORK_MAX the compiler drops the
+    // mask and indexes with a register the verifier saw unbounded.
+    // SAFETY: a read of a local.
+    let slot = (unsafe { core::ptr::read_volatile(&k) } & (EP_WORK_MAX - 1)) as usize;
+    let ep = w.ep[slot];
+    w.rec.ep = ep;
+    w.rec.tfd = w.tfd[slot];
+    w.rec.depth = w.ep_depth[slot];
+    w.depth = w.ep_depth[slot];
+    start_list(w, ep + wq_off as u64);
+    let mut lctx = LoopCtx { seq };
+    run_loop(EPOLL_WAITERS_MAX, epoll_thread, &mut lctx);
+    let Some(w) = walk_state() else { return 1 };
+    let threads = w.seen;
+    w.rec.func = 0;
+    if truncated(w, EPOLL_WAITERS_MAX) {
+        w.rec.kind = wait_kind::TRUNCATED;
+        seq_write(seq, &w.rec);
+    }
+    start_list(w, ep + poll_off as u64);
+    run_loop(EP_POLLERS_MAX, epoll_poller, &mut lctx);
+    let Some(w) = walk_state() else { return 1 };
+    if threads == 0 && w.seen == 0 {
+        w.rec.kind = wait_kind::EPOLL_IDLE;
+        w.rec.func = 0;
+        w.rec.pid = 0;
+        w.rec.tid = 0;
+        w.rec.syscall = -1;
+        w.rec.arg0 = -1;
+        seq_write(seq, &w.rec);
+    }
+    0
+}
+
+/// Appends an epoll instance to the work list; false when it is full. An instance listed
+/// already (the socket added under two fds, or reached twice through nesting) is not added
+/// again.
+#[inline(always)]
+fn push_ep(w: &mut WalkState, ep: u64, tfd: i32, depth: u32) -> bool {
+    if ep == 0 {
+        return true;
+    }
+    let n = w.n;
+    let mut j = 0;
+    while j < EP_WORK_MAX {
+        if j < n && w.ep[j as usize] == ep {
+            return true;
+        }
+        j += 1;
+    }
+    if n >= EP_WORK_MAX {
+        return false;
+    }
+    let slot = (n & (EP_WORK_MAX - 1)) as usize;
+    w.ep[slot] = ep;
+    w.tfd[slot] = tfd;
+    w.ep_depth[slot] = depth;
+    w.n = n + 1;
+    true
 }

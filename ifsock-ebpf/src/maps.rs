@@ -93,3 +93,45 @@ pub struct TaskIds {
 /// One [`TaskIds`] per CPU (an iterator's program runs on one CPU at a time).
 #[map]
 pub static TASK_IDS: PerCpuArray<TaskIds> = PerCpuArray::with_max_entries(1, 0);
+
+/// Wake-function addresses the waiter walk classifies by (index 0; all zero, i.e. no walk,
+/// until userspace writes them from `/proc/kallsyms`).
+#[map]
+pub static WAKE_FUNCS: Array<ifsock_common::WakeFuncs> = Array::with_max_entries(1, 0);
+
+/// Epoll instances visited at most per socket (its own, then nested ones).
+pub const EP_WORK_MAX: u32 = 8;
+
+/// The state of one socket's waiter walk, in a map rather than on the stack: the `bpf_loop`
+/// callbacks that walk the lists then hold no counter or address the verifier tracks by value,
+/// so each is verified in one pass (on the stack, the per-entry counter kept the verifier
+/// unrolling every callback past its million instructions).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WalkState {
+    /// The list's head (`struct list_head *`): the walk ends when `pos` comes back to it.
+    pub head: u64,
+    /// The `struct list_head` being visited (an entry's `wait_queue_entry.entry`).
+    pub pos: u64,
+    /// The `wait_queue_head_t` of the list (`head` minus `wait_queue_head.head`).
+    pub queue: u64,
+    /// Entries visited on this list.
+    pub seen: u32,
+    /// Nesting depth of the instance whose lists are walked.
+    pub depth: u32,
+    /// Wake functions (a copy of [`WAKE_FUNCS`]).
+    pub funcs: ifsock_common::WakeFuncs,
+    /// The record being filled.
+    pub rec: ifsock_common::WaitRecord,
+    /// Epoll instances listed so far: those found on the socket's queue (depth 1), then those
+    /// that poll an instance already listed (nested epoll, depth + 1).
+    pub n: u32,
+    pub _pad: u32,
+    pub ep: [u64; EP_WORK_MAX as usize],
+    pub tfd: [i32; EP_WORK_MAX as usize],
+    pub ep_depth: [u32; EP_WORK_MAX as usize],
+}
+
+/// One [`WalkState`] per CPU (an iterator's program runs on one CPU at a time).
+#[map]
+pub static WALK: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);

@@ -711,6 +711,20 @@ pub fn socket_rows(ns: &Netns, stranded: bool) -> Result<Vec<Value>> {
     ifsock_json(&args)
 }
 
+/// The `sockets --json` rows of `ns` with waiters from the `/proc` fallback
+/// (`IFSOCK_WAITER_SOURCE=proc`) instead of the sockets' wait queues.
+pub fn socket_rows_from_proc(ns: &Netns) -> Result<Vec<Value>> {
+    let out = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "sockets", "--json"])
+        .env("IFSOCK_WAITER_SOURCE", "proc")
+        .output()
+        .context("running ifsock sockets")?;
+    if !out.status.success() {
+        bail!("ifsock sockets failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
 /// Rows owned by `pid`.
 pub fn rows_of(rows: &[Value], pid: u32) -> Vec<Value> {
     rows.iter().filter(|r| r["owners"].as_array().is_some_and(|o| o.iter().any(|o| o["pid"] == pid))).cloned().collect()

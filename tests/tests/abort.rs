@@ -63,7 +63,7 @@ fn assert_cured(report: &Value, ino: u64, tid: u32, via: &str) {
     let w = s["waiters"].as_array().unwrap();
     assert_eq!(w.len(), 1, "the blocked receiver is found although its fd is closed: {s}");
     assert_eq!(w[0]["tid"], tid);
-    assert_eq!(w[0]["certainty"], "inferred");
+    assert_eq!(w[0]["certainty"], "exact", "on the socket's own wait queue, although its fd is closed");
     assert_eq!(w[0]["woke"], true, "woke within the observation window: {s}");
     assert_eq!(w[0]["errno"], 103, "ECONNABORTED: {s}");
     assert_eq!(w[0]["errno_name"], "ECONNABORTED");
@@ -174,7 +174,7 @@ fn stranded_iface_destroys_exactly_that_interfaces_dead_sockets() {
     assert_eq!(s["stranded"]["ifname"], x.as_str());
     assert_eq!(s["selected_by"], serde_json::json!(["stranded", "iface"]));
     assert_eq!(s["waiters"][0]["tid"], dead.tid);
-    assert_eq!(s["waiters"][0]["certainty"], "fd");
+    assert_eq!(s["waiters"][0]["certainty"], "exact");
     assert_eq!(s["waiters"][0]["errno"], 103, "{s}");
     wait_until("dead receiver woke", T, || thread_gone(dead.tid)).unwrap();
 
@@ -226,30 +226,38 @@ fn sigint_during_observation_prints_partial_report_and_exits_130() {
     if !skip::needs_any(&EITHER) {
         return;
     }
-    let (ns, r, ino) = seed_003();
-    // A second thread of the same netns blocked in recvfrom on an AF_UNIX socket whose fd it
-    // closed: procfs shows only a closed fd, so abort infers it waits on the same orphaned UDP
-    // socket (an inference, and here a wrong one), and it never wakes. The observation window
-    // then runs until SIGINT.
-    let (a, b) = ns.run(std::os::unix::net::UnixDatagram::pair).unwrap().unwrap();
-    let a_raw = std::os::fd::IntoRawFd::into_raw_fd(a);
+    // Seed 003, with a second thread waiting on the same socket that the destroy does not
+    // release: select(2) with the socket only in its exceptfds (on a dup of the fd). The
+    // destroy's error report wakes it (`pollwake`), select finds no exceptional condition
+    // (POLLERR counts for the read and write sets only) and sleeps again, so the observation
+    // window runs until SIGINT.
+    let ns = Netns::new().unwrap();
+    let (a, _b) = (unique("aa"), unique("ab"));
+    ns.veth(&a, &_b, Some("10.207.0.1/24")).unwrap();
+    let r = BlockedReceiver::start(&ns, "0.0.0.0:0", true, None).unwrap();
+    let ino = inode_of(r.fd);
+    // SAFETY: dup of an fd the receiver owns; the copy stays open for the select below.
+    let keep = unsafe { libc::dup(r.fd) };
+    assert!(keep >= 0);
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    ns.run(move || {
-        std::thread::spawn(move || {
-            let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
-            let mut buf = [0u8; 8];
-            // SAFETY: a_raw is a valid socket until the close below; the call keeps its file.
-            unsafe { libc::recv(a_raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        });
-    })
-    .unwrap();
+    std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+        // SAFETY: a select on an fd this test keeps open; the set and timeout are on this stack.
+        unsafe {
+            let mut except: libc::fd_set = std::mem::zeroed();
+            libc::FD_SET(keep, &mut except);
+            let mut timeout = libc::timeval { tv_sec: 300, tv_usec: 0 };
+            libc::syscall(libc::SYS_select, keep + 1, 0usize, 0usize, &mut except, &mut timeout);
+        }
+    });
     let reader = tid_rx.recv().unwrap();
-    wait_until("unix receiver blocked in recvfrom", T, || {
-        std::fs::read_to_string(format!("/proc/self/task/{reader}/syscall")).is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_recvfrom)))
+    wait_until("select waiter asleep in select", T, || {
+        std::fs::read_to_string(format!("/proc/self/task/{reader}/syscall")).is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_select)))
     })
     .unwrap();
-    // SAFETY: closing the fd this test owns; the blocked recv keeps its file reference.
-    unsafe { libc::close(a_raw) };
+    ns.ip(&["link", "del", &a]).unwrap();
+    r.close_fd();
+    assert!(thread_in_recvmsg(r.tid), "seed 003: the receiver survives the delete and the close");
 
     let mut run = Running::start(&["--netns", &ns.name, "abort", "--inode", &ino.to_string(), "--yes", "--json", "--observe", "60s"]).unwrap();
     // A failure bound: loading the probes takes seconds on a loaded CI host.
@@ -262,9 +270,10 @@ fn sigint_during_observation_prints_partial_report_and_exits_130() {
     assert_eq!(report["destroyed"], 1, "what was destroyed is reported: {report}");
     let waiters = report["sockets"][0]["waiters"].as_array().unwrap();
     assert!(waiters.iter().any(|w| w["tid"] == r.tid && w["errno"] == 103), "{report}");
-    assert!(waiters.iter().any(|w| w["tid"] == reader && w["woke"] == false), "{report}");
-    b.send(b"x").unwrap();
-    wait_until("unix receiver released", T, || thread_gone(reader)).unwrap();
+    assert!(waiters.iter().any(|w| w["tid"] == reader && w["via"] == "select" && w["certainty"] == "exact" && w["woke"] == false), "{report}");
+    // The select thread ends at its timeout (the test process may exit first).
+    // SAFETY: closing the dup this test made; the select holds its own file reference.
+    unsafe { libc::close(keep) };
 }
 
 /// A UDP socket bound in `ns` and a thread in `epoll_wait` on an epoll instance holding it.

@@ -327,8 +327,9 @@ fn nested_epoll_shared_by_threads_names_every_waiting_thread() {
 }
 
 /// A poll whose `pollfd` array was made unreadable (PROT_NONE) while the thread waits: the kernel has its own copy
-/// and keeps waiting, but `process_vm_readv` fails (EFAULT). The waiter must still be reported,
-/// as `poll` with `fds: null` and the reason, on the sockets its process holds.
+/// and keeps waiting. The socket's wait queue still names it exactly; the `/proc` fallback's
+/// `process_vm_readv` fails (EFAULT), and it must still report the waiter, as `poll` with
+/// `fds: null` and the reason, on the sockets its process holds.
 #[test]
 fn unreadable_poll_set_is_reported_with_a_reason_not_dropped() {
     require_root();
@@ -358,10 +359,22 @@ fn unreadable_poll_set_is_reported_with_a_reason_not_dropped() {
     // than munmap keeps the address reserved, so no later mapping makes it readable again.
     assert_eq!(unsafe { libc::mprotect(page, 4096, libc::PROT_NONE) }, 0);
 
+    // The socket's wait queue names the poller whatever its memory holds.
     let rows = rows_of(&socket_rows(&ns, false).unwrap(), std::process::id());
     let row = rows.iter().find(|r| r["local_port"] == port).unwrap_or_else(|| panic!("{rows:#?}"));
     let w = row["waiters"].as_array().unwrap().iter().find(|w| w["tid"] == tid).unwrap_or_else(|| panic!("poller dropped: {row}"));
+    assert_eq!((w["via"].as_str(), w["source"].as_str(), w["fd"].as_i64()), (Some("poll"), Some("wait_queue"), Some(fd as i64)), "{w}");
+    // The /proc fallback reads the set from the task's memory and cannot.
+    let out = std::process::Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "sockets", "--json"])
+        .env("IFSOCK_WAITER_SOURCE", "proc")
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let row = rows.iter().find(|r| r["local_port"] == port).unwrap_or_else(|| panic!("{rows:#?}"));
+    let w = row["waiters"].as_array().unwrap().iter().find(|w| w["tid"] == tid).unwrap_or_else(|| panic!("poller dropped: {row}"));
     assert_eq!(w["via"], "poll", "{w}");
+    assert_eq!(w["source"], "proc", "{w}");
     assert!(w.get("fds").is_some_and(Value::is_null), "fds: null for an unreadable set: {w}");
     assert!(w["reason"].as_str().is_some_and(|r| r.contains("EFAULT")), "{w}");
     assert!(w["fd"].is_null(), "{w}");

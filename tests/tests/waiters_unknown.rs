@@ -1,4 +1,4 @@
-//! The two waits README says ifsock cannot tie to one socket, and how it says so (`via:
+//! The two waits README says ifsock's `/proc` fallback (`IFSOCK_WAITER_SOURCE=proc`) cannot tie to one socket, and how it says so (`via:
 //! "unknown"` with a `reason`, on every socket the process holds):
 //! - a thread in `io_uring_enter` waiting for an `IORING_OP_RECV` on a UDP socket (raw io_uring
 //!   syscalls: the ring, one SQE, `IORING_ENTER_GETEVENTS`);
@@ -184,7 +184,16 @@ fn io_uring_waiter_is_unknown_on_every_socket_of_its_process_and_in_hungs_event_
     .unwrap();
 
     let pid = std::process::id();
+    // The socket's own wait queue holds the ring's poll entry (`io_poll_wake`), not the thread:
+    // named by its wake function, with no thread.
     let rows = rows_of(&socket_rows(&ns, false).unwrap(), pid);
+    let row = rows.iter().find(|r| r["local_port"] == port).unwrap_or_else(|| panic!("udp :{port} missing: {rows:#?}"));
+    assert!(
+        row["waiters"].as_array().unwrap().iter().any(|w| w["source"] == "wait_queue" && w["via"] == "unknown" && w["reason"].as_str().is_some_and(|r| r.contains("io_poll_wake"))),
+        "the ring's entry on the socket's wait queue: {row}"
+    );
+    // The /proc fallback ties the thread in io_uring_enter to every socket of its process.
+    let rows = rows_of(&socket_rows_from_proc(&ns).unwrap(), pid);
     for p in [port, other.0.local_addr().unwrap().port()] {
         let row = rows.iter().find(|r| r["local_port"] == p).unwrap_or_else(|| panic!("udp :{p} missing: {rows:#?}"));
         let w = waiters_of(row, tid);
@@ -198,7 +207,15 @@ fn io_uring_waiter_is_unknown_on_every_socket_of_its_process_and_in_hungs_event_
     // Stranded (its address removed), the socket shows in hung's event loops with the same
     // uncertain waiter.
     ns.ip(&["addr", "del", "10.91.0.1/24", "dev", &a]).unwrap();
-    let hung = ifsock_json(&["--netns", &ns.name, "hung", "--json", "--pid", &pid.to_string()]).unwrap();
+    // (hung's event loops come from the wait queues too, where the ring's entry names no
+    // thread: the /proc fallback is asked.)
+    let out = Command::new(ifsock_bin())
+        .args(["--netns", &ns.name, "hung", "--json", "--pid", &pid.to_string()])
+        .env("IFSOCK_WAITER_SOURCE", "proc")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hung: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let l = hung
         .iter()
         .find(|r| r["type"] == "event_loop" && r["tid"] == tid && r["local_port"] == port)
@@ -330,8 +347,10 @@ fn poll_set_changed_while_it_was_read_is_unknown_not_the_old_set() {
     assert_eq!(unsafe { libc::madvise(old.0.cast(), PAGE, libc::MADV_DONTNEED) }, 0);
 
     let pid = std::process::id();
+    // The /proc fallback reads the set from memory (the wait queue needs no read, no race).
     let sockets = Command::new(ifsock_bin())
         .args(["--netns", &ns.name, "sockets", "--json"])
+        .env("IFSOCK_WAITER_SOURCE", "proc")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -184,8 +184,10 @@ pub struct Waiter {
     pub fd: u32,
     /// The epoll fd waited on (`via: epoll`), else null.
     pub epfd: Option<u32>,
-    /// `fd`: the fd still points at the socket; `inferred`: the fd is closed and the socket is
-    /// the only one without an fd in the thread's netns (an inference, not a record).
+    /// `exact`: the thread is on the socket's own wait queue (the waiter walk); `fd`: the fd
+    /// still points at the socket; `inferred`: the fd is closed and the socket is the only one
+    /// without an fd in the thread's netns (an inference, not a record). The last two come from
+    /// the `/proc` fallback.
     pub certainty: &'static str,
 }
 
@@ -202,6 +204,24 @@ pub fn add_indexed(out: &mut Vec<Waiter>, socket: SockInode, found: &[stranded::
             continue;
         }
         out.push(Waiter { socket, pid: w.pid, tid: w.tid, comm: w.comm.clone(), syscall: w.syscall, via: w.via.name(), fd, epfd: w.epfd, certainty: "fd" });
+    }
+    out.sort_by_key(|w| (w.socket, w.tid));
+}
+
+/// Adds the threads the sockets' wait queues hold for `socket` (waiters with `source:
+/// wait_queue`, `WaiterIndex::for_socket`), receivers included, as `certainty: "exact"`: the
+/// thread sleeps on this socket's own queue whatever its fd points at now. A receiver whose
+/// process no longer holds the socket gets the fd it passed (`passed`, from its registers); a
+/// waiter with no fd to name and entries with no thread (an idle epoll instance, an io_uring
+/// entry) are not threads to watch and are left out.
+pub fn add_wait_queue(out: &mut Vec<Waiter>, socket: SockInode, found: &[stranded::Waiter], passed: impl Fn(u32) -> Option<u32>) {
+    for w in found {
+        if w.tid == 0 || w.source != stranded::WaiterSource::WaitQueue || out.iter().any(|o| o.socket == socket && o.tid == w.tid) {
+            continue;
+        }
+        let fd = w.fd.or_else(|| if w.via == stranded::Via::Recv { passed(w.tid) } else { None });
+        let Some(fd) = fd else { continue };
+        out.push(Waiter { socket, pid: w.pid, tid: w.tid, comm: w.comm.clone(), syscall: w.syscall, via: w.via.name(), fd, epfd: w.epfd, certainty: "exact" });
     }
     out.sort_by_key(|w| (w.socket, w.tid));
 }
@@ -661,7 +681,7 @@ mod tests {
     #[test]
     fn indexed_epoll_and_poll_waiters_join_receivers_once() {
         let sw = |tid, via, fd: Option<u32>, epfd| stranded::Waiter {
-            pid: 100, tid, comm: "loop".into(), syscall: "epoll_wait", via, fd, epfd, fds: None, reason: None,
+            pid: 100, tid, comm: "loop".into(), syscall: "epoll_wait", via, fd, epfd, fds: None, reason: None, source: stranded::WaiterSource::Proc,
         };
         let recv = Waiter { socket: SockInode(10), pid: 100, tid: 200, comm: "rx".into(), syscall: "recvmsg", via: "recv", fd: 3, epfd: None, certainty: "fd" };
         let mut out = vec![recv];

@@ -361,7 +361,7 @@ mod tests {
     fn event_loop_waiters_are_those_of_stranded_sockets_except_receivers() {
         let t = AddrTable::default();
         let socks = [sock(7, [10, 78, 0, 1], 0, false), sock(8, [10, 78, 0, 1], 0, false), sock(9, [127, 0, 0, 1], 0, false)];
-        let w = |tid, via| Waiter { pid: 1, tid, comm: "srv".into(), syscall: "epoll_wait", via, fd: Some(3), epfd: Some(4), fds: None, reason: None };
+        let w = |tid, via| Waiter { pid: 1, tid, comm: "srv".into(), syscall: "epoll_wait", via, fd: Some(3), epfd: Some(4), fds: None, reason: None, source: crate::model::stranded::WaiterSource::Proc };
         let reports: Vec<SocketReport> = socks
             .iter()
             .map(|s| {

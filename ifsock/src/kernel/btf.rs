@@ -152,6 +152,11 @@ impl KernelBtf {
         })
     }
 
+    /// Size in bytes of a struct, if the BTF has it.
+    pub fn struct_size(&self, name: &str) -> Option<usize> {
+        self.sources().find_map(|btf| find_struct(btf, name).map(|s| s.size()))
+    }
+
     /// Every offset ifsock's programs use.
     ///
     /// # Errors
@@ -244,6 +249,37 @@ impl KernelBtf {
             _ => OFFSET_NONE,
         };
         k.inet_sport = o("inet_sock", "inet_sport");
+        // Wait queues (the waiter walk). `sock.sk_wq` (`struct socket_wq __rcu *`, read on 6.1
+        // and 6.18; NULL once `sock_orphan()` ran), `socket_wq.wait` a
+        // `wait_queue_head_t {lock, head}`, `wait_queue_entry {flags, private, func, entry}`
+        // (include/linux/wait.h, since 4.13). fs/select.c `poll_wqueues.polling_task`,
+        // fs/eventpoll.c `eppoll_entry {next, base, wait, whead}`, `epitem.{ep, ffd.fd}`,
+        // `eventpoll.{wq, poll_wait}`: private structs, present in vmlinux BTF on 6.1 and 6.18.
+        k.sk_wq = o("sock", "sk_wq");
+        k.sk_wq_head = o("socket_wq", "wait.head");
+        k.wqe_private = o("wait_queue_entry", "private");
+        k.wqe_func = o("wait_queue_entry", "func");
+        k.wqe_entry = o("wait_queue_entry", "entry");
+        k.pwq_polling_task = o("poll_wqueues", "polling_task");
+        k.epe_base = o("eppoll_entry", "base");
+        k.epe_wait = o("eppoll_entry", "wait");
+        k.epi_ep = o("epitem", "ep");
+        k.epi_fd = o("epitem", "ffd.fd");
+        k.ep_wq_head = o("eventpoll", "wq.head");
+        k.ep_poll_wait_head = o("eventpoll", "poll_wait.head");
+        k.task_stack = o("task_struct", "stack");
+        // Back-pointers that prove an entry is still on the queue being walked (see the walk).
+        k.wqh_head = o("wait_queue_head", "head");
+        k.pte_wait = o("poll_table_entry", "wait");
+        k.pte_wait_address = o("poll_table_entry", "wait_address");
+        k.epe_whead = o("eppoll_entry", "whead");
+        let in_regs = |field: &str| match (thread_size(), self.struct_size("pt_regs"), self.offset("pt_regs", field)) {
+            (Some(stack), Some(regs), at) if at != OFFSET_NONE && regs < stack as usize => stack - regs as u32 + at,
+            _ => OFFSET_NONE,
+        };
+        // x86-64 `struct pt_regs`: `orig_ax` holds the syscall number, `di` the first argument.
+        k.stack_syscall_nr = in_regs("orig_ax");
+        k.stack_syscall_arg0 = in_regs("di");
 
         let required = [
             (k.skc_family, "sock_common.skc_family"),
@@ -266,6 +302,20 @@ impl KernelBtf {
         }
         Ok(k)
     }
+}
+
+/// The kernel stack size of x86-64 (`THREAD_SIZE`, arch/x86/include/asm/page_64_types.h:
+/// `PAGE_SIZE << (2 + KASAN_STACK_ORDER)`: 16 KiB, 32 KiB with `CONFIG_KASAN` or `CONFIG_KMSAN`),
+/// from the kernel's config in `/boot` when it is readable (16 KiB, the distributions' build,
+/// otherwise). `None` on other architectures: the waiter walk then reads no syscall number.
+fn thread_size() -> Option<u32> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let config = std::fs::read_to_string(format!("/boot/config-{release}")).unwrap_or_default();
+    let sanitized = config.lines().any(|l| l == "CONFIG_KASAN=y" || l == "CONFIG_KMSAN=y");
+    Some(if sanitized { 32768 } else { 16384 })
 }
 
 /// Follows typedefs and qualifiers to the underlying type.
@@ -478,6 +528,12 @@ mod tests {
         let ids = cached_iter_func_ids().expect("iterator target ids");
         assert!(ids[0] != 0 && ids[0] != ids[1] && ids[1] != ids[2], "three distinct BTF ids: {ids:?}");
         assert_eq!(cached_iter_func_ids().expect("cached"), ids, "the cache returns what was computed");
+        for (v, name) in [(k.sk_wq, "sk_wq"), (k.sk_wq_head, "socket_wq.wait.head"), (k.wqe_func, "func"), (k.wqe_entry, "entry"),
+            (k.pwq_polling_task, "polling_task"), (k.epe_base, "base"), (k.epe_wait, "wait"), (k.epi_ep, "ep"), (k.epi_fd, "ffd.fd"),
+            (k.ep_wq_head, "wq.head"), (k.ep_poll_wait_head, "poll_wait.head")] {
+            assert_ne!(v, OFFSET_NONE, "{name} is in vmlinux BTF");
+        }
+        assert_eq!(k.wqe_private, 8, "wait_queue_entry {{ unsigned int flags; void *private; ... }}");
         assert_ne!(k.sk_protocol, OFFSET_NONE, "sock.sk_protocol is a u16 wherever inet_sk_error_report exists (>= 5.14)");
     }
 }

@@ -3,6 +3,7 @@
 //! lockdown).
 pub mod btf;
 pub mod clock;
+pub mod kallsyms;
 pub mod cgroup;
 pub mod netlink;
 pub mod netns;

@@ -24,7 +24,7 @@ use std::{
 use crate::model::{
     ids::SockInode,
     socket::Socket,
-    stranded::{SocketReport, Stranded, Via, Waiter},
+    stranded::{SocketReport, Stranded, Via, Waiter, WaiterSource},
     tie::TiedSocket,
 };
 
@@ -207,6 +207,26 @@ impl FdTable {
 pub struct WaiterIndex {
     by_inode: HashMap<SockInode, Vec<Waiter>>,
     by_pid: HashMap<u32, Vec<Waiter>>,
+    /// Which source filled it, and why the other one was not used.
+    pub source: Option<SourceNote>,
+    /// (socket inode, tid) → the fd a wait-queue receiver passed to its syscall (registers):
+    /// picks among the process's fds of the socket when it holds several.
+    passed_fd: HashMap<(u64, u32), i32>,
+}
+
+/// Which source a [`WaiterIndex`] came from, with the reason when it is the `/proc` fallback,
+/// and what the waiter walk discarded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceNote {
+    /// `wait_queue` or `proc`.
+    pub used: Option<WaiterSource>,
+    /// Why the wait queues were not read (`/proc` fallback only).
+    pub fallback_reason: Option<String>,
+    /// Wait-queue entries whose task led to no live thread (exiting, or torn down under the
+    /// walk): counted, never shown.
+    pub gone: u64,
+    /// Sockets (or epoll instances) whose queue was longer than the walk's bound.
+    pub truncated: u64,
 }
 
 /// Per-process state of one pass.
@@ -245,7 +265,7 @@ impl WaiterIndex {
                 if !matches!(stat.state, 'S' | 'D') || stat.flags & PF_KTHREAD != 0 {
                     continue;
                 }
-                let waiter = |via, fd, epfd| Waiter { pid, tid, comm: stat.comm.clone(), syscall: name, via, fd, epfd, fds: None, reason: None };
+                let waiter = |via, fd, epfd| Waiter { pid, tid, comm: stat.comm.clone(), syscall: name, via, fd, epfd, fds: None, reason: None, source: WaiterSource::Proc };
                 index.resolve(&mut state, kind, args, &line, &path, waiter);
             }
         }
@@ -355,8 +375,101 @@ impl WaiterIndex {
         }
     }
 
+    /// The waiters from the waiter walk's records (`WaitRecord`s of every netns walked): one
+    /// per thread and socket, keyed by the socket's inode (sockfs inodes are unique on the
+    /// host). `names`: the kallsyms table, naming wake functions the walk did not classify.
+    /// A record of a thread that no longer exists (`/proc/PID/task/TID` absent) is discarded
+    /// and counted, as the walk's own `GONE` records are.
+    pub fn from_wait_queue(records: &[ifsock_common::WaitRecord], names: &crate::kernel::kallsyms::Symbols) -> Self {
+        use ifsock_common::wait_kind;
+        let mut index = WaiterIndex::default();
+        let mut note = SourceNote { used: Some(WaiterSource::WaitQueue), ..SourceNote::default() };
+        let mut seen: HashSet<(u64, u32, u32, u64, u64)> = HashSet::new();
+        for r in records {
+            if r.ino == 0 || !seen.insert((r.ino, r.tid, r.kind, r.ep, r.func)) {
+                continue;
+            }
+            let syscall = if r.syscall < 0 { "?" } else { wait_syscall_name(r.syscall as u64) };
+            // Records with no task (idle epoll instance, truncation, another wake function)
+            // carry whatever comm the walk read last: none is theirs.
+            let comm = if r.tid == 0 { String::new() } else { String::from_utf8_lossy(&r.comm[..r.comm.iter().position(|b| *b == 0).unwrap_or(r.comm.len())]).into_owned() };
+            let tfd = u32::try_from(r.tfd).ok();
+            // The epoll fd the thread passed (`epoll_wait`'s first argument, read from its
+            // registers): the outermost instance for nested epoll, as the thread sees it.
+            let epfd = u32::try_from(r.arg0).ok().filter(|_| syscall.starts_with("epoll_"));
+            let base = Waiter { pid: r.pid, tid: r.tid, comm, syscall, via: Via::Unknown, fd: None, epfd: None, fds: None, reason: None, source: WaiterSource::WaitQueue };
+            let w = match r.kind {
+                wait_kind::GONE => {
+                    note.gone += 1;
+                    continue;
+                }
+                wait_kind::TASK => Waiter { via: Via::Recv, ..base },
+                wait_kind::POLL => Waiter { via: if matches!(syscall, "select" | "pselect6") { Via::Select } else { Via::Poll }, ..base },
+                // The epoll fd is not read: only the registered socket fd (`epitem.ffd.fd`).
+                wait_kind::EPOLL => Waiter { via: Via::Epoll, fd: tfd, epfd, ..base },
+                wait_kind::EPOLL_IDLE => Waiter {
+                    via: Via::Epoll,
+                    fd: tfd,
+                    syscall: "-",
+                    reason: Some("an epoll instance holds the socket; no thread waits in it now".into()),
+                    ..base
+                },
+                wait_kind::TRUNCATED => {
+                    note.truncated += 1;
+                    Waiter {
+                        syscall: "-",
+                        reason: Some(format!(
+                            "the wait queue is longer than the walk's bound ({} entries, {} per epoll instance): the rest is not listed",
+                            ifsock_common::WAIT_QUEUE_MAX,
+                            ifsock_common::EPOLL_WAITERS_MAX
+                        )),
+                        ..base
+                    }
+                }
+                _ => match names.name(r.func) {
+                    Some(name) => Waiter { syscall: "-", reason: Some(format!("wake function {name}: its waiter is not followed")), ..base },
+                    // No function starts there: an entry torn down under the walk.
+                    None => {
+                        note.gone += 1;
+                        continue;
+                    }
+                },
+            };
+            if w.tid != 0 && thread_gone(w.pid, w.tid) {
+                note.gone += 1;
+                continue;
+            }
+            if w.via == Via::Recv {
+                index.passed_fd.insert((r.ino, w.tid), r.arg0);
+            }
+            index.by_inode.entry(SockInode(r.ino)).or_default().push(w);
+        }
+        index.source = Some(note);
+        index
+    }
+
+    /// True when the waiters came from the sockets' wait queues ([`WaiterIndex::from_wait_queue`]).
+    pub fn is_wait_queue(&self) -> bool {
+        self.source.as_ref().is_some_and(|n| n.used == Some(WaiterSource::WaitQueue))
+    }
+
+    /// The fd wait-queue receiver `tid` passed to its syscall on socket `ino` (its registers),
+    /// whether or not the fd is still open.
+    pub fn passed_fd(&self, ino: SockInode, tid: u32) -> Option<u32> {
+        self.passed_fd.get(&(ino.0, tid)).and_then(|a| u32::try_from(*a).ok())
+    }
+
+    /// The `/proc` pass, labelled as the fallback with `reason` (why the wait queues were not read).
+    pub fn discover_fallback(reason: String) -> Self {
+        let mut index = Self::discover();
+        index.source = Some(SourceNote { used: Some(WaiterSource::Proc), fallback_reason: Some(reason), ..SourceNote::default() });
+        index
+    }
+
     /// The waiters of `socket`: threads tied to its inode, then the unresolved waits of each
-    /// process holding it (sorted by pid, tid).
+    /// process holding it (sorted by pid, tid). A wait-queue waiter of a receive or poll gets
+    /// the fd its process holds the socket by (the owner walk, `iter/task_file`), if it still
+    /// holds one.
     pub fn for_socket(&self, socket: &Socket) -> Vec<Waiter> {
         // No thread of the host waits: every row's answer, without two hash lookups and a pid
         // list per socket (100k rows: ~5 ms).
@@ -369,6 +482,13 @@ impl WaiterIndex {
         for pid in pids {
             out.extend(self.by_pid.get(&pid).into_iter().flatten().cloned());
         }
+        for w in &mut out {
+            if w.source == WaiterSource::WaitQueue && w.fd.is_none() && matches!(w.via, Via::Recv | Via::Poll | Via::Select) && w.tid != 0 {
+                let passed = if w.via == Via::Recv { self.passed_fd(socket.inode, w.tid) } else { None };
+                let fds = || socket.owners.iter().filter(|o| o.pid == w.pid).map(|o| o.fd);
+                w.fd = fds().find(|fd| Some(*fd) == passed).or_else(|| fds().min());
+            }
+        }
         out.sort_by_key(|w| (w.pid, w.tid, w.fd));
         out.dedup();
         out
@@ -379,6 +499,24 @@ impl WaiterIndex {
         let waiters = self.for_socket(&tied.socket);
         SocketReport { tied, stranded, waiters }
     }
+}
+
+/// Name of a syscall a wait-queue waiter sleeps in (the fd waits of [`crate::model::sys`], then
+/// accept, connect and the sends, which sleep on a socket's queue too), `?` for any other.
+pub fn wait_syscall_name(nr: u64) -> &'static str {
+    if let Some(name) = crate::model::sys::fd_wait_syscall_name(nr) {
+        return name;
+    }
+    let others: [(libc::c_long, &'static str); 7] = [
+        (libc::SYS_accept, "accept"),
+        (libc::SYS_accept4, "accept4"),
+        (libc::SYS_connect, "connect"),
+        (libc::SYS_sendto, "sendto"),
+        (libc::SYS_sendmsg, "sendmsg"),
+        (libc::SYS_sendmmsg, "sendmmsg"),
+        (libc::SYS_write, "write"),
+    ];
+    others.iter().find(|(n, _)| *n as u64 == nr).map_or("?", |(_, s)| s)
 }
 
 /// Sockets in the interest list of `epfd` of `pid`, following nested epoll fds up to
@@ -467,7 +605,7 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
     #[test]
     fn unresolved_waits_show_on_every_socket_of_their_process_and_resolved_ones_on_theirs() {
         use crate::model::socket::Owner;
-        let w = |pid, tid, via, fd: Option<u32>| Waiter { pid, tid, comm: "srv".into(), syscall: "ppoll", via, fd, epfd: None, fds: None, reason: None };
+        let w = |pid, tid, via, fd: Option<u32>| Waiter { pid, tid, comm: "srv".into(), syscall: "ppoll", via, fd, epfd: None, fds: None, reason: None, source: WaiterSource::Proc };
         let mut index = WaiterIndex::default();
         index.by_inode.insert(SockInode(42), vec![w(10, 12, Via::Poll, Some(3)), w(10, 11, Via::Poll, Some(3))]);
         index.by_pid.insert(10, vec![Waiter { fds: Some(None), reason: Some("EPERM".into()), ..w(10, 13, Via::Poll, None) }]);
@@ -484,6 +622,57 @@ tfd:       12 events:       19 data:       7f0000000c  pos:0 ino:2c3b sdev:8\n";
         assert_eq!(index.for_socket(&s).len(), 1, "another socket of pid 10 still shows the unreadable poll");
         s.owners.clear();
         assert!(index.for_socket(&s).is_empty());
+    }
+
+    #[test]
+    fn wait_queue_records_become_exact_waiters_and_dead_tasks_are_counted_not_shown() {
+        use crate::model::socket::Owner;
+        use ifsock_common::{wait_kind, WaitRecord};
+        let names = crate::kernel::kallsyms::Symbols::parse(
+            "ffffffff81000000 t pollwake\nffffffff81000100 t ep_poll_callback\nffffffff81000200 t receiver_wake_function\nffffffff81000300 t io_poll_wake\n".into(),
+        )
+        .unwrap();
+        let (pid, tid) = (std::process::id(), nix::unistd::gettid().as_raw() as u32);
+        let rec = |kind, tid, syscall: libc::c_long, arg0, tfd, func| WaitRecord {
+            cookie: 1, ino: 42, ep: 0, func, kind, pid, tid, syscall: syscall as i32, arg0, tfd, depth: 1, _pad: 0, comm: *b"srv\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let records = [
+            rec(wait_kind::TASK, tid, libc::SYS_recvmsg, 9, -1, 0),
+            rec(wait_kind::TASK, tid, libc::SYS_recvmsg, 9, -1, 0), // the socket shown twice: once
+            rec(wait_kind::POLL, tid, libc::SYS_pselect6, 4, -1, 0),
+            rec(wait_kind::EPOLL, tid, libc::SYS_epoll_wait, 7, 3, 0),
+            rec(wait_kind::GONE, 0, -1, -1, -1, 0),
+            rec(wait_kind::TASK, u32::MAX - 1, libc::SYS_recvmsg, 3, -1, 0), // no such thread
+            rec(wait_kind::UNKNOWN, 0, -1, -1, -1, 0xffffffff81000300),
+            rec(wait_kind::UNKNOWN, 0, -1, -1, -1, 0xffff888100000308), // torn: no function there
+        ];
+        let index = WaiterIndex::from_wait_queue(&records, &names);
+        assert!(index.is_wait_queue());
+        assert_eq!(index.source.as_ref().map(|n| n.gone), Some(3), "the GONE record, the thread that does not exist, the torn entry");
+        let rec = ifsock_common::SockRecord {
+            sk: 1, cookie: 1, ino: 42, netns: 7, uid: 0, bound_dev_if: 0, family: 2, protocol: 17, state: 7, lport: 53, rport: 0,
+            flags: 0, laddr: [0; 16], raddr: [0; 16], rx_queue: 0, drops: 0,
+        };
+        let mut s = Socket::from_record(&rec);
+        s.owners = vec![Owner { pid, comm: "srv".into(), fd: 3 }, Owner { pid, comm: "srv".into(), fd: 9 }];
+        type Row<'a> = (Via, &'a str, Option<u32>, Option<u32>, WaiterSource);
+        let got: Vec<Row> = index.for_socket(&s).iter().map(|w| (w.via, w.syscall, w.fd, w.epfd, w.source)).collect();
+        let wq = WaiterSource::WaitQueue;
+        assert_eq!(
+            got,
+            vec![
+                (Via::Unknown, "-", None, None, wq),
+                (Via::Select, "pselect6", Some(3), None, wq),
+                (Via::Epoll, "epoll_wait", Some(3), Some(7), wq),
+                (Via::Recv, "recvmsg", Some(9), None, wq),
+            ],
+            "the receiver's fd is the one it passed (9, not the lowest), the epoll fd is epoll_wait's argument"
+        );
+        assert!(index.for_socket(&s)[0].reason.as_deref().is_some_and(|r| r.contains("io_poll_wake")));
+        assert_eq!(index.for_socket(&s)[0].comm, "", "no task, no comm");
+        s.owners.clear();
+        assert_eq!(index.for_socket(&s).iter().find(|w| w.via == Via::Recv).map(|w| w.fd), Some(None), "a closed fd is named by no owner");
+        assert_eq!(index.passed_fd(SockInode(42), tid), Some(9));
     }
 
     #[test]

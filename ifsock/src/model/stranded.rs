@@ -195,6 +195,18 @@ impl Via {
     }
 }
 
+/// Where a waiter was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaiterSource {
+    /// On the socket's own wait queue (`sk->sk_wq->wait`), read by the waiter walk: exact,
+    /// whatever ifsock was doing before and whether the fd is still open.
+    WaitQueue,
+    /// From the `/proc` pass (`/proc/TID/syscall`, fdinfo, the poll/select sets in the task's
+    /// memory): the fallback where kallsyms addresses are hidden or the walk was refused.
+    Proc,
+}
+
 /// One thread waiting on a socket now (`waiters[]` of a socket row):
 /// `{pid, tid, comm, syscall, via, fd, epfd}`, plus `fds` (only for a `poll`/`select` whose set
 /// could not be read: `null`) and `reason` (only when the tie is uncertain).
@@ -222,6 +234,8 @@ pub struct Waiter {
     /// Why the tie is uncertain (unreadable memory, io_uring, set changed between reads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where it was found.
+    pub source: WaiterSource,
 }
 
 /// One row of `sockets --json` (and the `socket` object of watch's `socket_stranded`): the tied
@@ -501,7 +515,7 @@ mod tests {
         assert!(v["stranded"]["since_unix_ns"].is_null());
         assert_eq!(v["local_port"], 53);
         assert_eq!(v["waiters"], serde_json::json!([]));
-        let w = Waiter { pid: 1, tid: 2, comm: "x".into(), syscall: "ppoll", via: Via::Poll, fd: None, epfd: None, fds: Some(None), reason: Some("EPERM".into()) };
+        let w = Waiter { pid: 1, tid: 2, comm: "x".into(), syscall: "ppoll", via: Via::Poll, fd: None, epfd: None, fds: Some(None), reason: Some("EPERM".into()), source: WaiterSource::Proc };
         let v = serde_json::to_value(&w).unwrap();
         assert!(v.get("fds").is_some_and(|f| f.is_null()), "{v}");
         let w = Waiter { fds: None, reason: None, ..w };

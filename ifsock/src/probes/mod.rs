@@ -14,6 +14,7 @@ pub mod snapshot;
 mod load;
 mod read;
 mod sock_errors;
+mod wait_queue;
 
 use std::path::Path;
 
@@ -39,6 +40,11 @@ pub const ITER_TCP: &str = "iter_tcp_sockets";
 pub const ITER_TASK_FILE: &str = "iter_task_files";
 /// `iter/task_file` program writing socket fds only (every socket snapshot's owners).
 pub const ITER_TASK_SOCKETS: &str = "iter_task_sockets";
+
+/// `iter/udp` waiter walk (one `WaitRecord` per wait-queue entry; [`Probes::wait_queue`]).
+pub const ITER_UDP_WAITERS: &str = "iter_udp_waiters";
+/// `iter/tcp` waiter walk.
+pub const ITER_TCP_WAITERS: &str = "iter_tcp_waiters";
 
 /// Counters from the per-CPU counter map ([`ifsock_common::Counter`]), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use crate::model::socket::SocketFds;
 pub const OWNER_FILTER_WORTH: usize = 1024;
 
 impl Probes {
-    fn iter_link(&mut self, name: &str) -> Result<aya::programs::iter::IterLink> {
+    pub(super) fn iter_link(&mut self, name: &str) -> Result<aya::programs::iter::IterLink> {
         let prog = self.iter_mut(name)?;
         let id = prog.attach().with_context(|| format!("attaching {name}"))?;
         Ok(prog.take_link(id)?)
@@ -275,7 +275,7 @@ const ITER_READ_BYTES: usize = 64 << 10;
 /// `EAGAIN` is a pause, not an end: `bpf_seq_read()` returns it when one `read()` visited
 /// `MAX_ITER_OBJECTS` (1,000,000) objects without writing a byte (a filter that admits none of
 /// a million sockets), after saving its position; the next `read()` resumes there.
-fn read_records<T: Record>(file: impl Read) -> Result<Vec<T>> {
+pub(super) fn read_records<T: Record>(file: impl Read) -> Result<Vec<T>> {
     let mut out = Vec::new();
     read_records_each(file, |r| out.push(r))?;
     Ok(out)

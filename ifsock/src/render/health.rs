@@ -103,7 +103,7 @@ mod tests {
         });
         s.owners = vec![Owner { pid: 812, comm: "unbound".into(), fd: 3 }];
         let tied = tie::each_once(&[s], NetnsIno(7), &[]).remove(0);
-        let w = Waiter { pid: 812, tid: 812, comm: "unbound".into(), syscall: "epoll_wait", via: Via::Epoll, fd: Some(3), epfd: Some(5), fds: None, reason: None };
+        let w = Waiter { pid: 812, tid: 812, comm: "unbound".into(), syscall: "epoll_wait", via: Via::Epoll, fd: Some(3), epfd: Some(5), fds: None, reason: None, source: crate::model::stranded::WaiterSource::Proc };
         let by = Stranded { reason: StrandReason::AddressGone, ifindex: Some(IfIndex(5)), ifname: Some("veth0".into()), now_ifindex: None, address: None, since_unix_ns: Some(1) };
         let report = SocketReport { tied, stranded: Some(by.clone()), waiters: vec![w] };
         let e = SocketHealthEvent::new(&by, report, 1, None, Some("deleted".into()));

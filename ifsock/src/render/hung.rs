@@ -271,7 +271,7 @@ mod tests {
             stranded::{StrandReason, Stranded, Via, Waiter},
         };
         let row = EventLoopWaiter {
-            waiter: Waiter { pid: 812, tid: 813, comm: "unbound".into(), syscall: "epoll_wait", via: Via::Epoll, fd: Some(3), epfd: Some(5), fds: None, reason: None },
+            waiter: Waiter { pid: 812, tid: 813, comm: "unbound".into(), syscall: "epoll_wait", via: Via::Epoll, fd: Some(3), epfd: Some(5), fds: None, reason: None, source: crate::model::stranded::WaiterSource::Proc },
             inode: SockInode(99),
             netns: NetnsIno(7),
             protocol: Protocol::Udp,

@@ -414,7 +414,7 @@ mod tests {
         td.down_sent(0);
         td.down_done(1, StepOutcome::Ok, &[]);
         td.grace_over(&[], None);
-        let w = |via, syscall| Waiter { pid: 4242, tid: 4242, comm: "socat".into(), syscall, via, fd: Some(5), epfd: None, fds: None, reason: None };
+        let w = |via, syscall| Waiter { pid: 4242, tid: 4242, comm: "socat".into(), syscall, via, fd: Some(5), epfd: None, fds: None, reason: None, source: crate::model::stranded::WaiterSource::WaitQueue };
         td.waiters_at_end(&sock, vec![w(Via::Select, "pselect6"), w(Via::Recv, "recvfrom")]);
         td.delete_done(2, 3, StepOutcome::Ok);
         td.after_delete_done();

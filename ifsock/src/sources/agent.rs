@@ -274,7 +274,8 @@ impl Pipeline {
             let cures = self.cures.remove(&ino).unwrap_or_default();
             let (snap, changed) = snapshot::judge_after(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns, &cures);
             for c in changed {
-                let report = waiters.get_or_insert_with(WaiterIndex::discover).report(c.tied, c.now);
+                let spaces = &self.spaces;
+                let report = waiters.get_or_insert_with(|| super::waiters::index(&mut *probes, spaces.values().map(|io| io.handle.as_ref()))).report(c.tied, c.now);
                 let owner_cgroups = attributed(report.tied.socket.owners.iter().map(|o| o.pid).collect());
                 let waiter_cgroups = attributed(report.waiters.iter().map(|w| w.pid).collect());
                 let mut event = SocketHealthEvent::new(&c.by, report, now.unix_ns, label.clone(), c.cause.map(str::to_string));

@@ -30,8 +30,28 @@ use crate::{
 /// ownerless socket of its netns among `all`), then the epoll/poll/select waiters and the
 /// receivers `kernel::waiters` finds through open fds.
 pub fn waiters(targets: &[Socket], all: &[Socket]) -> Vec<Waiter> {
+    from_proc(targets, all, &WaiterIndex::discover())
+}
+
+/// Threads waiting on `targets`, from the sockets' own wait queues in `spaces`
+/// ([`super::waiters::index`]): every one `certainty: "exact"`, closed fds included. Where the
+/// walk cannot run, the `/proc` fallback of [`waiters`] (with the index it already read).
+pub fn waiters_exact<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'a NetnsHandle>>, targets: &[Socket], all: &[Socket]) -> Vec<Waiter> {
+    let index = super::waiters::index(probes, spaces);
+    if !index.is_wait_queue() {
+        return from_proc(targets, all, &index);
+    }
+    let mut out = Vec::new();
+    for t in targets {
+        abort::add_wait_queue(&mut out, t.inode, &index.for_socket(t), |tid| index.passed_fd(t.inode, tid));
+    }
+    out
+}
+
+/// The `/proc` answer: blocked receivers (a closed fd tied by inference), then `index`'s
+/// epoll/poll/select waiters through open fds.
+fn from_proc(targets: &[Socket], all: &[Socket], index: &WaiterIndex) -> Vec<Waiter> {
     let mut out = abort::waiters_of(targets, all, &procfs::blocked_receivers(None));
-    let index = WaiterIndex::discover();
     for t in targets {
         abort::add_indexed(&mut out, t.inode, &index.for_socket(t));
     }

@@ -12,3 +12,4 @@ pub mod destroy;
 pub mod follow;
 pub mod receivers;
 pub mod teardown;
+pub mod waiters;

@@ -16,7 +16,6 @@ use crate::{
         netlink,
         netns::{self, NetnsHandle},
         procfs::{self, BlockedThread, Procfs},
-        waiters::WaiterIndex,
     },
     model::{
         ids::NetnsIno,
@@ -179,9 +178,13 @@ pub async fn event_loops(probes: &mut Probes, filter: &Filter, own: NetnsIno) ->
     if stranded.is_empty() {
         return Ok(Vec::new());
     }
-    let index = WaiterIndex::discover();
+    // The sockets' wait queues (the `/proc` pass where they cannot be read, see
+    // `sources::waiters`). Entries with no thread (an idle epoll instance, an io_uring poll
+    // entry) name no event loop.
+    let index = super::waiters::index(probes, spaces.iter().map(Option::as_ref));
     let reports: Vec<_> = stranded.into_iter().map(|(tied, h)| index.report(tied, Some(h))).collect();
     let mut rows = event_loop_waiters(&reports);
+    rows.retain(|r| r.waiter.tid != 0);
     if let Some(pid) = filter.pid {
         rows.retain(|r| r.waiter.pid == pid);
     }

@@ -321,7 +321,7 @@ pub fn would_abort(td: &Teardown, blocked: &[BlockedRecv], observe: Duration) ->
 pub async fn abort_stranded(probes: &mut Probes, td: &Teardown, peers: &[Option<NetnsHandle>], signals: &mut Signals, observe: Duration) -> Result<AbortReport> {
     let now = after_delete(probes, td, peers).await?;
     let (targets, skipped) = td.abort_candidates(&now.sockets, &now.blocked, |s| now.health(s));
-    let waiters = waiters(&targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
+    let waiters = destroy::waiters_exact(probes, std::iter::once(None).chain(peers.iter().flatten().map(Some)), &targets.iter().map(|t| t.socket.clone()).collect::<Vec<_>>(), &now.sockets);
     let mech = destroy::choose(ViaChoice::Auto, &targets)?;
     let handles: Vec<&NetnsHandle> = peers.iter().flatten().collect();
     let run = destroy::Run { here: td.plan().netns, handles: &handles, waiters: &waiters, observe };

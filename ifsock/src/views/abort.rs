@@ -20,10 +20,7 @@ use crate::{
     journal,
     model::{link::Dump, socket::Socket, stranded},
     probes::{snapshot, Probes},
-    sources::{
-        destroy::{self, waiters},
-        receivers::journal_dir,
-    },
+    sources::{destroy, receivers::journal_dir},
     render,
 };
 
@@ -80,7 +77,10 @@ pub async fn run(args: AbortArgs) -> Result<()> {
         let (_, d): &(_, Dump) = dumps.iter().find(|(ino, _)| *ino == s.netns)?;
         stranded::health(s, &d.links, &d.addrs, &seen)
     };
-    let all_waiters = waiters(&sockets, &sockets);
+    // The wait queues of our netns and of each other one read (the /proc pass where they
+    // cannot be read).
+    let spaces = std::iter::once(None).chain(others.iter().map(Some));
+    let all_waiters = destroy::waiters_exact(&mut probes, spaces, &sockets, &sockets);
     let sel = Selector { inodes: args.inodes.clone(), stranded: args.stranded, iface, pid: args.pid };
     let (targets, skipped) = abort::select(&sockets, &scope, &sel, &all_waiters, health)?;
     let waiters: Vec<_> = all_waiters.into_iter().filter(|w| targets.iter().any(|t| t.socket.inode == w.socket)).collect();

@@ -46,6 +46,14 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
             ] {
                 probes_status.push(ProbeStatus { probe: name.into(), loaded: applied.has(g), reason: refusal(g) });
             }
+            // Where `waiters` come from: the sockets' wait queues, or the /proc pass (which
+            // needs CAP_SYS_PTRACE to read other users' poll/select sets and fdinfo).
+            let walk = crate::sources::waiters::usable(&mut probes);
+            probes_status.push(ProbeStatus {
+                probe: "waiter walk: iter/udp, iter/tcp over sk->sk_wq (waiters' source: wait_queue; else the /proc pass, which needs CAP_SYS_PTRACE)".into(),
+                loaded: walk.is_ok(),
+                reason: walk.err(),
+            });
             match applied.sock_errors.clone().ok_or_else(|| refusal(Group::SockErrors).unwrap_or_default()) {
                 Ok(a) => {
                     if let Some(why) = a.tp_btf_refused {

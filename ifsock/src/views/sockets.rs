@@ -111,7 +111,9 @@ pub async fn run(args: SocketsArgs) -> Result<()> {
     // is missed, never attributed to a socket that no longer exists.
     // No rows, no waiter to name: skip the pass (it reads the fd table of every waiting
     // process: 100k `readlink`s, ~0.7 s, for 100k sockets held by waiting processes).
-    let waiters = if join.is_empty() { WaiterIndex::default() } else { WaiterIndex::discover() };
+    // The waiter walk reads every socket's wait queue (kallsyms and BTF); `/proc` only as the
+    // fallback it names.
+    let waiters = if join.is_empty() { WaiterIndex::default() } else { crate::sources::waiters::index(&mut probes, spaces.iter().map(Option::as_ref)) };
     let reports = join.into_reports(&waiters, args.stranded);
     // One write per ~64 KiB instead of one per socket (stays per line on a terminal).
     let out = render::buffered();

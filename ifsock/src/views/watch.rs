@@ -225,7 +225,9 @@ async fn health(engine: &mut WatchEngine, probes: &mut Probes, spaces: &BTreeMap
     if !engine.wants_waiters() {
         return Ok(Vec::new());
     }
-    let index = tokio::task::spawn_blocking(WaiterIndex::discover).await.context("waiter pass over /proc")?;
+    // The followed namespaces' wait queues (a few ms); the /proc fallback, where the walk
+    // cannot run, is run here too (it used to run on a blocking thread).
+    let index: WaiterIndex = crate::sources::waiters::index(probes, spaces.values().map(|io| io.handle.as_ref()));
     Ok(engine.flush_health(&index, &now()))
 }
 

@@ -442,7 +442,7 @@ impl WaiterLookup for FakeWaiters {
 }
 
 fn epoll_waiter(fd: u32) -> Waiter {
-    Waiter { pid: 812, tid: 812, comm: "unbound".into(), syscall: "epoll_wait", via: crate::model::stranded::Via::Epoll, fd: Some(fd), epfd: Some(9), fds: None, reason: None }
+    Waiter { pid: 812, tid: 812, comm: "unbound".into(), syscall: "epoll_wait", via: crate::model::stranded::Via::Epoll, fd: Some(fd), epfd: Some(9), fds: None, reason: None, source: crate::model::stranded::WaiterSource::Proc }
 }
 
 /// Runs the health steps the view runs after a batch; returns (judged count, records).
