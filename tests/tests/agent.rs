@@ -17,7 +17,7 @@ use serde_json::Value;
 
 #[path = "support/agent.rs"]
 mod support;
-use support::{free_port, get, journal_files, poll, sample, Agent, TempDir};
+use support::{get, journal_files, poll, sample, Agent, Prometheus, TempDir};
 
 /// The Python venv with `prometheus-client` (`.ci/run` makes it; `$IFSOCK_PY_VENV` or
 /// /tmp/ifsock-venv).
@@ -45,49 +45,6 @@ fn openmetrics_families(text: &str) -> Result<Vec<String>> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
 }
 
-/// A Prometheus server scraping one target every second, killed by pid on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Result<Self> {
-        let bin = Path::new("/usr/bin/prometheus");
-        assert!(bin.exists(), "no {} (fix: apt-get install prometheus, as .ci/run does)", bin.display());
-        let dir = TempDir::new("prom");
-        std::fs::create_dir_all(&dir.0)?;
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: ifsock\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"),
-        )?;
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting prometheus")?;
-        Ok(Prometheus { child, port, _dir: dir })
-    }
-
-    fn api(&self, path: &str) -> Option<Value> {
-        let (status, body) = get(self.port, path).ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn stranded_socket_in_a_later_netns_is_exposed_parsed_and_scraped() -> Result<()> {
     require_root();
@@ -110,7 +67,7 @@ fn stranded_socket_in_a_later_netns_is_exposed_parsed_and_scraped() -> Result<()
         assert!(families.iter().any(|n| n == f), "family {f} missing from {families:?}");
     }
 
-    let prom = Prometheus::start(agent.port)?;
+    let prom = Prometheus::start(agent.port, None)?;
     poll("prometheus to report the agent up", Duration::from_secs(60), || {
         prom.api("/api/v1/targets").is_some_and(|v| {
             v["data"]["activeTargets"].as_array().is_some_and(|t| t.iter().any(|t| t["health"] == "up" && t["scrapeUrl"].as_str().is_some_and(|u| u.contains(&agent.port.to_string()))))

@@ -5,17 +5,16 @@
 use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
 use ifsock_tests::{ifsock_bin, require_root, unique, BlockedReceiver, Netns};
-use serde_json::Value;
 
 #[path = "support/agent.rs"]
 mod support;
-use support::{free_port, get, journal_files, poll, sample, Agent, TempDir};
+use support::{free_port, get, journal_files, poll, sample, Agent, Prometheus, TempDir};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -93,61 +92,6 @@ fn the_rules_parser_finds_each_metric_and_matcher() {
     );
 }
 
-/// A Prometheus server that scrapes one target every second as job `ifsock` and evaluates
-/// deploy/prometheus/ifsock-rules.yml every second; killed by pid on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Result<Self> {
-        let bin = Path::new("/usr/bin/prometheus");
-        assert!(bin.exists(), "no {} (fix: apt-get install prometheus, as .ci/run does)", bin.display());
-        let dir = TempDir::new("promrules");
-        std::fs::create_dir_all(&dir.0)?;
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: ifsock\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n",
-                rules_file().canonicalize()?.display()
-            ),
-        )?;
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting prometheus")?;
-        Ok(Prometheus { child, port, _dir: dir })
-    }
-
-    fn query(&self, promql: &str) -> Vec<Value> {
-        let enc: String = promql
-            .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"_:.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
-        get(self.port, &format!("/api/v1/query?query={enc}"))
-            .ok()
-            .filter(|(s, _)| *s == 200)
-            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
-            .and_then(|v| v["data"]["result"].as_array().cloned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
 /// A receiver blocked on a UDP socket whose address went with its veth: every metric and label
 /// the rules name is in the agent's /metrics, and in a real Prometheus loading the rules the
 /// recording rules carry the netns and interface and both stranded alerts go pending.
@@ -184,7 +128,7 @@ fn rules_name_only_what_a_live_agent_exposes_and_its_alerts_go_pending() -> Resu
         }
     }
 
-    let prom = Prometheus::start(agent.port)?;
+    let prom = Prometheus::start(agent.port, Some(&rules_file()))?;
     let netns = ns.name.as_str();
     let wanted = [
         format!("netns_ifname:ifsock_stranded_sockets:sum{{netns=\"{netns}\",ifname=\"{a}\"}}"),

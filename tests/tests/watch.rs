@@ -610,3 +610,36 @@ fn netns_pid_follows_the_namespace_of_that_process() {
     assert!(w.interrupt().unwrap().success());
     drop(resident);
 }
+
+/// Seed 004's recreate done in one `ip -batch` (delete, then add the same name back): a
+/// device-bound socket stays on the dead ifindex. Whether ifsock judges the deletion before or
+/// after it reads the re-creation, the user gets the verdict with the next step: on the
+/// `socket_stranded` record itself (the name already has a new ifindex), or on the
+/// `socket_still_stranded` that follows the recreate.
+#[test]
+fn a_device_bound_socket_left_by_a_recreate_in_one_batch_gets_its_verdict() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("rv"), unique("rw"));
+    ns.veth(&a, &b, None).unwrap();
+    let old = ns.ifindex(&a).unwrap();
+    let dead = ns.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    bind_to_device(&dead, &a).unwrap();
+    let (port, inode) = (dead.local_addr().unwrap().port(), socket_inode(&dead).unwrap());
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0"]).unwrap();
+    w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
+    let batch = TempPath::new("rvb", "batch");
+    std::fs::write(&batch.path, format!("link del {a}\nlink add {a} type veth peer name {b}\nlink set {a} up\n")).unwrap();
+    ns.ip(&["-batch", batch.as_str()]).unwrap();
+    let new = ns.ifindex(&a).unwrap();
+    assert_ne!(old, new, "the kernel gives a recreated interface a new ifindex");
+    let with_verdict = |v: &Value| {
+        (v["type"] == "socket_stranded" || v["type"] == "socket_still_stranded") && v["socket"]["local_port"] == port && v["verdict"].is_string()
+    };
+    let rec = w.wait_for("the verdict on the socket left on the dead ifindex", T, with_verdict).unwrap();
+    let verdict = rec["verdict"].as_str().unwrap_or_default();
+    assert!(verdict.contains(&format!("is still bound to deleted ifindex {old} ({a}; {a} is now ifindex {new})")), "{rec}");
+    assert!(verdict.ends_with(&format!("restart it, or `ifsock abort --inode {inode}`")), "{rec}");
+    assert!(w.interrupt().unwrap().success());
+    drop(dead);
+}

@@ -289,8 +289,10 @@ pub struct SocketHealthEvent {
     /// The threads waiting on it (the same list as `socket.waiters`, at top level for
     /// consumers that only read this).
     pub waiters: Vec<Waiter>,
-    /// `socket_still_stranded` only: which socket is still stranded, why, and the next step
-    /// ([`verdict`]); omitted otherwise.
+    /// Which socket is still stranded, why, and the next step ([`verdict`]): on every
+    /// `socket_still_stranded`, and on a `socket_stranded` whose interface name already has a
+    /// new ifindex (deleted and recreated in one burst: no later change will cure it); omitted
+    /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
 }
@@ -339,8 +341,9 @@ impl SocketHealthEvent {
             address: by.address,
             cause,
             waiters: socket.waiters.clone(),
+            // Recreated already (the name has a new ifindex): the stranding is the verdict.
+            verdict: if by.reason == StrandReason::DeviceDeleted && by.now_ifindex.is_some() { verdict(&socket) } else { None },
             socket,
-            verdict: None,
         }
     }
 }
@@ -521,5 +524,22 @@ mod tests {
         let w = Waiter { fds: None, reason: None, ..w };
         let v = serde_json::to_value(&w).unwrap();
         assert!(v.get("fds").is_none() && v.get("reason").is_none(), "{v}");
+    }
+
+    #[test]
+    fn a_device_deleted_socket_whose_name_is_back_carries_its_verdict_at_once() {
+        let (links, _) = world();
+        let s = v4([0, 0, 0, 0], 3);
+        let tied = crate::model::tie::each_once(std::slice::from_ref(&s), NS, &links).remove(0);
+        let by = |now_ifindex| Stranded { reason: StrandReason::DeviceDeleted, ifindex: Some(IfIndex(3)), ifname: Some("uxv0".into()), now_ifindex, address: None, since_unix_ns: None };
+        let report = |b: &Stranded| SocketReport { stranded: Some(b.clone()), tied: tied.clone(), waiters: vec![] };
+        // Deleted and recreated in one burst: no later change can cure it, so the stranding says so.
+        let b = by(Some(IfIndex(5)));
+        let e = SocketHealthEvent::new(&b, report(&b), 1, None, Some("deleted".into()));
+        let v = e.verdict.unwrap_or_default();
+        assert!(v.contains("is still bound to deleted ifindex 3 (uxv0; uxv0 is now ifindex 5)") && v.contains("`ifsock abort --inode"), "{v}");
+        // Only deleted: a recreate may still come (and gets its socket_still_stranded verdict).
+        let b = by(None);
+        assert_eq!(SocketHealthEvent::new(&b, report(&b), 1, None, None).verdict, None);
     }
 }

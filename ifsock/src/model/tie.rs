@@ -133,10 +133,17 @@ impl Ties {
         match &self.only {
             Some((ifindex, _, addrs)) => s.binding_to(self.netns, *ifindex, addrs).map(|_| Some(*ifindex)),
             None if s.netns != self.netns => None,
-            None => Some(self.links.iter().zip(&self.addrs).find_map(|(l, a)| match s.binding_to(self.netns, l.ifindex, a)? {
-                Binding::Wildcard => None,
-                _ => Some(l.ifindex),
-            })),
+            None => Some(
+                self.links
+                    .iter()
+                    .zip(&self.addrs)
+                    .find_map(|(l, a)| match s.binding_to(self.netns, l.ifindex, a)? {
+                        Binding::Wildcard => None,
+                        _ => Some(l.ifindex),
+                    })
+                    // Bound to a device no link has now (deleted): its row carries that ifindex.
+                    .or((s.bound_dev_if != 0).then_some(IfIndex(s.bound_dev_if))),
+            ),
         }
     }
 
@@ -170,6 +177,9 @@ fn tie_once(s: Socket, netns: NetnsIno, links: &[Link], addrs: &[Vec<IpAddr>]) -
     let (ifindex, ifname, binding) = match tie {
         Some((l, b)) => (Some(l.ifindex), Some(l.name.clone()), Some(b)),
         None if s.bound_dev_if == 0 && s.local_addr.is_unspecified() => (None, None, s.binding_to(netns, IfIndex(0), &[])),
+        // `SO_BINDTODEVICE` to an ifindex no link has now (deleted): still tied to it by device,
+        // under that ifindex (its name is gone with it: `sk_bound_dev_if` is all the kernel keeps).
+        None if s.bound_dev_if != 0 => (Some(IfIndex(s.bound_dev_if)), None, Some(Binding::Device)),
         None => (None, None, None),
     };
     TiedSocket { ifindex, ifname, binding, bound_dev_name: bound_name(&s, links, None), socket: s }
@@ -209,7 +219,7 @@ mod tests {
     #[test]
     fn deciding_one_socket_at_a_time_ties_exactly_like_borrowing_the_snapshot() {
         let links = [link(2, "a", [10, 1, 0, 1]), link(3, "b", [10, 2, 0, 1])];
-        let sockets = vec![udp([10, 1, 0, 1], 0, 1), udp([10, 2, 0, 1], 0, 2), udp([0, 0, 0, 0], 3, 3), udp([0, 0, 0, 0], 0, 4), udp([10, 9, 0, 1], 0, 5)];
+        let sockets = vec![udp([10, 1, 0, 1], 0, 1), udp([10, 2, 0, 1], 0, 2), udp([0, 0, 0, 0], 3, 3), udp([0, 0, 0, 0], 0, 4), udp([10, 9, 0, 1], 0, 5), udp([0, 0, 0, 0], 9, 7)];
         let borrowed = each_once(&sockets, NS, &links);
         let ties: Vec<_> = borrowed.iter().map(|t| (t.socket.local_port, t.ifname.clone(), t.binding)).collect();
         assert_eq!(
@@ -220,6 +230,8 @@ mod tests {
                 (3, Some("b".into()), Some(Binding::Device)),
                 (4, None, Some(Binding::Wildcard)),
                 (5, None, None),
+                // SO_BINDTODEVICE to ifindex 9, which no link has (deleted): tied by device to it.
+                (7, None, Some(Binding::Device)),
             ]
         );
         let lazy = |ties: &Ties, sockets: &[Socket]| -> Vec<TiedSocket> {

@@ -66,8 +66,9 @@ pub fn health_line(e: &SocketHealthEvent, recovered: bool) -> String {
     let local = crate::render::fmt::local(s);
     let proto = crate::render::fmt::protocol(s.protocol);
     let cause = e.cause.as_ref().map(|c| format!(" after {c}")).unwrap_or_default();
+    let verdict = e.verdict.as_ref().filter(|_| !recovered).map(|v| format!("; {v}")).unwrap_or_default();
     format!(
-        "{kind} {} {proto} {local}{iface}{cause} {} waiters: {}",
+        "{kind} {} {proto} {local}{iface}{cause} {} waiters: {}{verdict}",
         e.reason.name(),
         crate::render::fmt::owners(&s.owners, "no owner"),
         waiters(&e.waiters)

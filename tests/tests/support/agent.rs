@@ -181,3 +181,63 @@ pub fn journal_files(dir: &Path) -> Vec<PathBuf> {
 pub fn sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// A Prometheus server (Debian's `prometheus` package) scraping one target every second as job
+/// `ifsock`, evaluating `rules` every second when given; killed by pid on drop.
+pub struct Prometheus {
+    child: Child,
+    /// Its HTTP port on loopback.
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts it against the agent on `target_port`, with an optional rules file.
+    pub fn start(target_port: u16, rules: Option<&Path>) -> Result<Self> {
+        let bin = Path::new("/usr/bin/prometheus");
+        assert!(bin.exists(), "no {} (fix: apt-get install prometheus, as .ci/run does)", bin.display());
+        let dir = TempDir::new("prom");
+        std::fs::create_dir_all(&dir.0)?;
+        let config = dir.0.join("prometheus.yml");
+        let rule_files = match rules {
+            Some(r) => format!("  evaluation_interval: 1s\nrule_files: ['{}']\n", r.canonicalize()?.display()),
+            None => String::new(),
+        };
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n{rule_files}scrape_configs:\n  - job_name: ifsock\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"),
+        )?;
+        let port = free_port();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting prometheus")?;
+        Ok(Prometheus { child, port, _dir: dir })
+    }
+
+    /// `GET path` on its HTTP API: the JSON body of a 200 answer.
+    pub fn api(&self, path: &str) -> Option<Value> {
+        let (status, body) = get(self.port, path).ok()?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// The result vector of an instant PromQL query (empty when none, or on error).
+    pub fn query(&self, promql: &str) -> Vec<Value> {
+        let enc: String = promql
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"_:.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        self.api(&format!("/api/v1/query?query={enc}")).and_then(|v| v["data"]["result"].as_array().cloned()).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
