@@ -162,7 +162,7 @@ impl WatchEngine {
         }
         let strands = !gone && matches!(change.kind, ChangeKind::Down | ChangeKind::Deleted | ChangeKind::MovedOut);
         if strands && self.config.recv_tracking {
-            self.pending_strands.push(change.clone());
+            self.pending_strands.push((ino, change.clone()));
         }
         let netns_name = self.spaces.get(&ino).and_then(|n| n.name.clone());
         out.push(WatchRecord::Change(ChangeEvent { ts_unix_ns: now.unix_ns, source, netns: ino, netns_name, from_netns, change, cause, kernel, sockets, sockets_follow }));

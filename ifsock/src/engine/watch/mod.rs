@@ -218,7 +218,9 @@ pub struct WatchEngine {
     stranded: Vec<Stranded>,
     /// Downs/deletes whose stranded receivers are yet to be looked up: one receiver scan
     /// serves them all, so a burst of 1,000 deletions costs one scan, not 1,000.
-    pending_strands: Vec<Change>,
+    /// Each with the netns its interface is in: a receiver is stranded only by a change of
+    /// its own socket's netns (ifindexes repeat across namespaces).
+    pending_strands: Vec<(NetnsIno, Change)>,
     pending_sock_errors: Vec<SockError>,
     health: HealthTracker,
     health_ready: Vec<HealthReady>,

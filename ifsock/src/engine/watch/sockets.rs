@@ -264,9 +264,11 @@ impl WatchEngine {
     /// stranding; forgets those that woke (absent from the scan).
     pub fn on_scanned_receivers(&mut self, scan: ReceiverScan, receivers: &[HungReceiver], now: &Now) -> Vec<WatchRecord> {
         let mut out = Vec::new();
-        let covered: Vec<Change> = self.pending_strands.drain(..scan.covers.min(self.pending_strands.len())).collect();
-        for change in covered {
-            for r in receivers {
+        let covered: Vec<(NetnsIno, Change)> = self.pending_strands.drain(..scan.covers.min(self.pending_strands.len())).collect();
+        for (ino, change) in covered {
+            // ifindexes repeat across namespaces: only a receiver on a socket of the change's
+            // netns can be stranded by it.
+            for r in receivers.iter().filter(|r| r.netns == ino) {
                 // The change must agree with what the scan sees now (a down followed by a delete
                 // in the same tick strands by the delete).
                 let agrees = |state: IfaceState| match change.kind {

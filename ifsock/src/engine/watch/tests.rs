@@ -338,6 +338,21 @@ fn a_wildcard_pktinfo_receiver_is_not_stranded_by_a_deleted_veth_nor_by_its_peer
 }
 
 #[test]
+fn a_receiver_of_another_netns_on_the_same_ifindex_is_not_stranded_by_this_netns_deletion() {
+    let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
+    let mut e = engine_with(vec![link(3, "va", IFF_UP, &[])], &[], &mut fake, &clock);
+    e.on_updates(NS, vec![dellink(3, "va")], &clock.at(1), &mut fake);
+    // ifindex 3 of another namespace, deleted there long ago: its receiver is not this change's.
+    let mut elsewhere = receiver(20, false, vec![tie(3, Binding::Device, IfaceState::Deleted)]);
+    elsewhere.netns = NetnsIno(NS.0 + 1);
+    let here = receiver(21, false, vec![tie(3, Binding::Device, IfaceState::Deleted)]);
+    let r = e.on_receivers(&[elsewhere.clone(), here.clone()], &clock.at(2));
+    assert_eq!(stranded(&r), vec![(21, "interface_change", ChangeKind::Deleted)]);
+    let r = e.on_receivers(&[elsewhere, here], &clock.at(2 + 1000));
+    assert_eq!(stranded(&r), vec![(21, "threshold", ChangeKind::Deleted)]);
+}
+
+#[test]
 fn a_change_that_arrives_during_a_receiver_scan_waits_for_the_next_scan() {
     let (clock, mut fake) = (Clock(Instant::now()), Fake::default());
     let mut e = engine_with(vec![link(5, "va", IFF_UP, &[]), link(8, "vc", IFF_UP, &[])], &[], &mut fake, &clock);
