@@ -4,11 +4,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::fmt;
-use crate::model::{
-    ids::NetnsIno,
-    stranded::{SocketReport, StrandReason},
-    tie::TiedSocket,
-};
+use crate::model::{ids::NetnsIno, stranded::SocketReport, tie::TiedSocket};
 
 /// What a `sockets` run searched: said in the summary and when nothing matched.
 #[derive(Clone, Debug, Default)]
@@ -102,18 +98,10 @@ const SHRINK: [(usize, usize); 6] = [(10, 16), (9, 16), (0, 12), (1, 15), (5, 22
 fn narrow_cells(r: &SocketReport, searched: &Searched) -> Vec<String> {
     let t = &r.tied;
     let s = &t.socket;
-    // A device deleted under the socket: the interface cell says so (its last name when known);
-    // STATUS keeps to the reason so the row fits (`--wide` and JSON give the whole story).
-    let deleted = r.stranded.as_ref().filter(|st| st.reason == StrandReason::DeviceDeleted);
-    let iface = match (deleted, &t.ifname, t.ifindex) {
-        (Some(st), _, _) => match (&st.ifname, st.ifindex.or(t.ifindex)) {
-            (Some(n), Some(i)) => format!("{n} (deleted {i})"),
-            (None, Some(i)) => format!("ifindex {i} (deleted)"),
-            _ => "(deleted)".into(),
-        },
-        (None, Some(n), _) => n.clone(),
-        (None, None, Some(i)) => format!("ifindex {i}"),
-        (None, None, None) => "-".into(),
+    let iface = match (&t.ifname, t.ifindex) {
+        (Some(n), _) => n.clone(),
+        (None, Some(i)) => format!("ifindex {i}"),
+        (None, None) => "-".into(),
     };
     let waiters: Vec<String> = r.waiters.iter().map(|w| super::health::waiters(std::slice::from_ref(w))).collect();
     vec![
@@ -125,7 +113,7 @@ fn narrow_cells(r: &SocketReport, searched: &Searched) -> Vec<String> {
         fmt::endpoint(&s.remote_addr, s.v4_mapped, s.remote_port),
         s.state.to_string(),
         s.inode.to_string(),
-        r.status().to_string(),
+        super::health::status(r),
         first_and_count(&s.owners.iter().map(fmt::owner).collect::<Vec<_>>()),
         first_and_count(&waiters),
     ]
