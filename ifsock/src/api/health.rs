@@ -91,8 +91,11 @@ pub struct HealthTransition {
     pub ifname: Option<String>,
     /// The socket's local address when it is specific (not `0.0.0.0` / `::`).
     pub address: Option<IpAddr>,
-    /// The interface change after which the judgement was made: the last one of the burst that
-    /// concerned `ifindex`, else the last one of the burst; `None` from [`SocketHealth::refresh`].
+    /// The interface change that made it: the last change of the burst judged that can
+    /// (`down` for `device_down`; `deleted`/`moved_out` for `device_deleted`; the address's
+    /// removal, or its interface's deletion, for `address_gone`; `up`, `created`, `recreated`,
+    /// `moved_in` or the address's return for `healthy`), else the burst's last change;
+    /// `None` from [`SocketHealth::refresh`] and [`SocketHealth::add`].
     pub cause: Option<LinkChange>,
     /// When it was judged: wall clock, ns since the Unix epoch.
     pub ts_unix_ns: u64,
@@ -126,6 +129,23 @@ pub struct SocketHealth {
     unjudged: Vec<LinkChange>,
     /// A watcher error met while draining a burst: returned after the burst is judged.
     failed: Option<Error>,
+}
+
+/// The change of `burst` that explains a transition to `to` of a socket tied to `ifindex`
+/// (and bound to `address`): the last one that can, else the last one.
+fn cause_of(burst: &[LinkChange], to: Health, ifindex: Option<u32>, address: Option<IpAddr>) -> Option<&LinkChange> {
+    use LinkChangeKind as K;
+    let fits = |c: &LinkChange| {
+        let addr = c.address.is_some() && c.address == address;
+        let here = Some(c.ifindex) == ifindex;
+        match to {
+            Health::DeviceDown => here && c.kind == K::Down,
+            Health::DeviceDeleted => here && matches!(c.kind, K::Deleted | K::MovedOut),
+            Health::AddressGone => (addr && c.kind == K::AddressRemoved) || (here && matches!(c.kind, K::Deleted | K::MovedOut | K::Down)),
+            Health::Healthy => (addr && c.kind == K::AddressAdded) || (here && matches!(c.kind, K::Up | K::Created | K::Recreated | K::MovedIn)),
+        }
+    };
+    burst.iter().rev().find(|c| fits(c)).or(burst.last())
 }
 
 impl SocketHealth {
@@ -271,14 +291,15 @@ impl SocketHealth {
             };
             let about = stranded.or(was);
             let ifindex = about.and_then(|s| s.ifindex).map(|i| i.0);
-            let cause = burst.and_then(|b| b.iter().rev().find(|c| Some(c.ifindex) == ifindex).or(b.last())).cloned();
+            let address = about.and_then(|s| s.address);
+            let cause = burst.and_then(|b| cause_of(b, to, ifindex, address)).cloned();
             out.push(HealthTransition {
                 socket: id,
                 from,
                 to,
                 ifindex,
                 ifname: about.and_then(|s| s.ifname.clone()),
-                address: about.and_then(|s| s.address),
+                address,
                 cause,
                 ts_unix_ns: now,
             });
