@@ -182,23 +182,25 @@ fn link_watcher_as_nobody_resyncs_after_enobufs_to_the_kernels_links() {
     std::fs::write(&batch.path, dels.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     let (m1, m2) = (unique("mk"), unique("ml"));
     let mut lines = Vec::new();
-    let mut until = |d: &mut Daemon, event: &str, name: &str| loop {
-        let v = next_json(d);
-        let done = v["event"] == event && v["name"] == name;
-        fold(&mut links, &v);
-        lines.push(v);
-        if done {
-            break;
+    // Reads changes until the state they describe has both markers (`present`) or neither:
+    // one request makes or deletes both ends of a veth pair, reported live in the kernel's
+    // order and by a resync in ifindex order.
+    let mut until = |d: &mut Daemon, present: bool| {
+        let has = |links: &BTreeMap<u64, String>, n: &str| links.values().any(|l| l == n);
+        while !(has(&links, &m1) == present && has(&links, &m2) == present) {
+            let v = next_json(d);
+            fold(&mut links, &v);
+            lines.push(v);
         }
     };
     ns.veth(&m1, &m2, None).unwrap();
-    until(&mut d, "created", &m1);
+    until(&mut d, true);
     with_stopped(d.pid(), || {
         sh(&["ip", "-n", &ns.name, "-batch", batch.as_str()]).unwrap();
     });
     ns.ip(&["link", "del", &m1]).unwrap();
-    // Everything before the marker's deletion is accounted for once it is (live or by resync).
-    until(&mut d, "deleted", &m1);
+    // Everything before the markers' deletion is accounted for once it is (live or by resync).
+    until(&mut d, false);
     assert_eq!(links, kernel_links(&ns), "the state the changes describe equals the kernel's");
     let resync = lines.iter().filter(|v| v["source"] == "resync").count();
     assert!(resync > 0, "what the overflow dropped came back as resync changes");
