@@ -179,6 +179,10 @@ fn host_test(root: &Path, args: &[String]) -> Result<()> {
     // public items) hold only if something runs them. ifsock-ebpf is checked by its own build.
     status(toolchain::cargo().current_dir(root).args(["clippy", "--workspace", "--exclude", "ifsock-ebpf", "--all-targets", "--", "-D", "warnings"]))
         .context("clippy found a lint (fix it, or allow it where it stands with the reason)")?;
+    // The library's documentation (ifsock's public API, its crate-level example compiled by the
+    // doc tests below) builds without a warning: broken links and missing docs fail here.
+    status(toolchain::cargo().current_dir(root).args(["doc", "--no-deps", "-p", "ifsock"]).env("RUSTDOCFLAGS", "-D warnings"))
+        .context("cargo doc warned on ifsock's library documentation (RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps -p ifsock)")?;
     let (release, lockdown) = (expect::host_release(), expect::host_lockdown());
     let must_run = must_run_for(&release, &lockdown);
     let skip_log = root.join("target").join("test-skips.log");
@@ -241,6 +245,7 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
     ("stranded", "needs the real daemons from Debian's packages (unbound, dnsmasq), python3 and the tokio test server, which the busybox initramfs does not carry"),
     ("agent", "needs a Prometheus server and python3 with prometheus-client (a venv made by .ci/run), which the busybox initramfs does not carry"),
     ("deploy", "needs promtool and a Prometheus server (Debian's prometheus package), which the busybox initramfs does not carry"),
+    ("library", "runs ifsock's examples (target/*/examples, which the guest does not carry) as nobody through util-linux's setpriv"),
 ];
 
 /// Which integration tests `vm-test` runs, and how often.
