@@ -7,6 +7,11 @@ use aya_build::{Package, Toolchain};
 const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 
 fn main() -> anyhow::Result<()> {
+    // Without the `probes` feature (a daemon using only LinkWatcher/SocketHealth) there is no
+    // object to embed, and no need for the eBPF toolchain.
+    if std::env::var_os("CARGO_FEATURE_PROBES").is_none() {
+        return Ok(());
+    }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

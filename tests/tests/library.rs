@@ -28,7 +28,7 @@ fn example(name: &str) -> PathBuf {
 
 /// `setpriv` argv running `program args` as nobody (uid/gid 65534) with every capability
 /// dropped, also from the inheritable and ambient sets.
-fn as_nobody(program: &PathBuf, args: &[&str]) -> Vec<String> {
+fn as_nobody(program: &std::path::Path, args: &[&str]) -> Vec<String> {
     let mut argv: Vec<String> = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs"]
         .iter()
         .map(|s| s.to_string())

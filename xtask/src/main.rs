@@ -183,6 +183,9 @@ fn host_test(root: &Path, args: &[String]) -> Result<()> {
     // doc tests below) builds without a warning: broken links and missing docs fail here.
     status(toolchain::cargo().current_dir(root).args(["doc", "--no-deps", "-p", "ifsock"]).env("RUSTDOCFLAGS", "-D warnings"))
         .context("cargo doc warned on ifsock's library documentation (RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps -p ifsock)")?;
+    // A daemon may use the library without the eBPF object (`default-features = false`).
+    status(toolchain::cargo().current_dir(root).args(["check", "-p", "ifsock", "--no-default-features", "--lib", "--examples"]))
+        .context("ifsock's library or examples no longer build without the `probes` feature")?;
     let (release, lockdown) = (expect::host_release(), expect::host_lockdown());
     let must_run = must_run_for(&release, &lockdown);
     let skip_log = root.join("target").join("test-skips.log");

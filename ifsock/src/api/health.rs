@@ -401,3 +401,36 @@ fn bound_ifindex(fd: BorrowedFd<'_>) -> Result<u32, Error> {
         Err(e) => Err(Error::Socket(format!("getsockopt(SO_BINDTOIFINDEX): {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: LinkChangeKind, ifindex: u32, address: Option<&str>) -> LinkChange {
+        LinkChange { kind, source: super::super::ChangeSource::Netlink, ifindex, name: format!("if{ifindex}"), old_ifindex: None, old_name: None, address: address.map(|a| a.parse().unwrap()), netns: 1, ts_unix_ns: 0 }
+    }
+
+    #[test]
+    fn the_cause_is_the_change_that_can_make_the_transition() {
+        use LinkChangeKind as K;
+        // A down also drops the IPv6 link-local address, reported after it.
+        let burst = [change(K::Down, 3, None), change(K::CarrierDown, 3, None), change(K::AddressRemoved, 3, Some("fe80::1"))];
+        assert_eq!(cause_of(&burst, Health::DeviceDown, Some(3), None).map(|c| c.kind), Some(K::Down));
+        let burst = [change(K::AddressRemoved, 3, Some("10.0.0.1")), change(K::AddressRemoved, 3, Some("fe80::1"))];
+        let addr = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(cause_of(&burst, Health::AddressGone, None, addr).and_then(|c| c.address), addr);
+        let burst = [change(K::AddressRemoved, 4, Some("10.0.0.2")), change(K::Deleted, 4, None), change(K::Created, 9, None)];
+        assert_eq!(cause_of(&burst, Health::DeviceDeleted, Some(4), None).map(|c| c.kind), Some(K::Deleted));
+        // Nothing fits (a reconcile found it): the last change of the burst.
+        assert_eq!(cause_of(&burst, Health::Healthy, Some(7), None).map(|c| c.ifindex), Some(9));
+    }
+
+    #[test]
+    fn health_names_are_the_stranded_reasons() {
+        for r in [StrandReason::AddressGone, StrandReason::DeviceDown, StrandReason::DeviceDeleted] {
+            let s = Stranded { reason: r, ifindex: None, ifname: None, now_ifindex: None, address: None, since_unix_ns: None };
+            assert_eq!(health_of(Some(&s)).as_str(), r.name());
+        }
+        assert_eq!(health_of(None), Health::Healthy);
+    }
+}

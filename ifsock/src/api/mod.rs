@@ -220,3 +220,34 @@ impl LinkInfo {
         LinkInfo { ifindex: l.ifindex.0, name: l.name.clone(), up: l.is_up(), carrier: l.has_carrier(), addresses: l.addrs.iter().copied().collect() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_keep_the_names_of_watch_json() {
+        for k in [
+            ChangeKind::Created,
+            ChangeKind::Deleted,
+            ChangeKind::Recreated,
+            ChangeKind::Renamed,
+            ChangeKind::MovedOut,
+            ChangeKind::MovedIn,
+            ChangeKind::Up,
+            ChangeKind::Down,
+            ChangeKind::CarrierUp,
+            ChangeKind::CarrierDown,
+            ChangeKind::AddressAdded,
+            ChangeKind::AddressRemoved,
+        ] {
+            let api = LinkChangeKind::from_model(k);
+            assert_eq!(api.as_str(), k.name());
+            assert_eq!(serde_json::to_value(api).unwrap(), k.name());
+        }
+        for (s, name) in [(Source::Netlink, "netlink"), (Source::Resync, "resync"), (Source::Reconcile, "reconcile")] {
+            assert_eq!(ChangeSource::from_engine(s).as_str(), name);
+            assert_eq!(s.name(), name);
+        }
+    }
+}

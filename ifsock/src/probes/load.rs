@@ -11,7 +11,11 @@ use super::{inflight, Probes, ITER_TASK_SOCKETS, ITER_TCP, ITER_UDP};
 use crate::kernel::system;
 
 /// The compiled eBPF object, built by `aya-build` from `ifsock-ebpf`.
+#[cfg(feature = "probes")]
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ifsock"));
+/// Built without the `probes` feature: no object ([`Probes::load`] says so).
+#[cfg(not(feature = "probes"))]
+static EBPF_OBJECT: &[u8] = &[];
 
 impl Probes {
     /// Checks privileges and BTF, mounts tracefs/bpffs when missing, reads offsets from BTF,
@@ -38,6 +42,9 @@ impl Probes {
     }
 
     fn load_with(recv_report_min_ns: u64, snapshots_only: bool) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            anyhow::bail!("this ifsock was built without the `probes` cargo feature, so it carries no eBPF object: build it with default features");
+        }
         system::require_root()?;
         system::ensure_mounts()?;
         let t = std::time::Instant::now();
