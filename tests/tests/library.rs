@@ -333,3 +333,26 @@ fn crate_doc_example_restarts_the_tunnel_when_wg0_is_deleted_and_recreated() {
         supervisor.abort();
     });
 }
+
+#[test]
+fn probes_snapshot_judges_sockets_as_socket_health_does() {
+    require_root();
+    if !ifsock_tests::skip::needs(ifsock_tests::skip::Feature::Iterators) {
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    let (a, p) = (unique("pa"), unique("pp"));
+    ns.veth(&a, &p, Some("10.6.0.1/24")).unwrap();
+    in_ns(&ns, async || {
+        let s = udp("10.6.0.1:0", None);
+        let inode = socket_inode(&s).unwrap();
+        ns.ip(&["addr", "del", "10.6.0.1/24", "dev", &a]).unwrap();
+        let mut probes = ifsock::Probes::load().unwrap();
+        let all = probes.sockets().await.unwrap();
+        let row = all.iter().find(|r| r.inode == inode).unwrap_or_else(|| panic!("socket {inode} in the snapshot: {all:?}"));
+        assert_eq!(row.health, Health::AddressGone, "{row:?}");
+        assert!(row.owners.iter().any(|(pid, _, _)| *pid == std::process::id()), "owned by this test: {row:?}");
+        let mut health = SocketHealth::new().await.unwrap();
+        assert_eq!(health.add(&s).await.unwrap().1, Health::AddressGone, "the unprivileged judgement agrees");
+    });
+}
