@@ -356,3 +356,19 @@ fn probes_snapshot_judges_sockets_as_socket_health_does() {
         assert_eq!(health.add(&s).await.unwrap().1, Health::AddressGone, "the unprivileged judgement agrees");
     });
 }
+
+#[test]
+fn link_watcher_follows_a_named_netns_from_outside_it() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("na"), unique("nb"));
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let mut w = ifsock::LinkWatcher::builder().netns(ifsock::Netns::Named(ns.name.clone())).interface(a.clone()).start().await.unwrap();
+        assert_eq!(u64::from(w.netns()), ns.ino().unwrap(), "the named netns, not the test's");
+        ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
+        let c = tokio::time::timeout(T, w.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!((c.kind, c.name.as_str(), c.ifindex), (ifsock::LinkChangeKind::Created, a.as_str(), ns.ifindex(&a).unwrap()), "{c:?}");
+        let missing = ifsock::LinkWatcher::builder().netns(ifsock::Netns::Named(unique("none"))).start().await.unwrap_err();
+        assert!(matches!(missing, ifsock::Error::Netns(_)), "{missing}");
+    });
+}
