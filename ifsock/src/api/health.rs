@@ -271,6 +271,10 @@ impl SocketHealth {
 
     /// One dump, then the tracker's verdict on every registered socket.
     async fn judge(&mut self, burst: Option<&[LinkChange]>) -> Result<Vec<HealthTransition>, Error> {
+        if self.sockets.is_empty() {
+            // Nothing to judge; `add` dumps for itself.
+            return Ok(Vec::new());
+        }
         let dump = netlink::dump(&self.rtnl).await.map_err(Error::netlink)?;
         let sockets: Vec<Socket> = self.sockets.values().map(|(s, _)| s.clone()).collect();
         let now = unix_ns();
