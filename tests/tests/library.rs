@@ -372,3 +372,21 @@ fn link_watcher_follows_a_named_netns_from_outside_it() {
         assert!(matches!(missing, ifsock::Error::Netns(_)), "{missing}");
     });
 }
+
+#[test]
+fn probes_load_names_the_missing_capabilities() {
+    require_root();
+    let bin = env!("CARGO_BIN_EXE_ifsock-probes-load");
+    let run = |argv: &[&str]| {
+        let out = std::process::Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let nobody = as_nobody(std::path::Path::new(bin), &[]);
+    let (ok, line) = run(&nobody.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "{line}");
+    assert!(line.starts_with("error: missing capabilities: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN"), "{line}");
+    // Root without two of them (dropped from the bounding set, so not regained at exec).
+    let (ok, line) = run(&["setpriv", "--bounding-set=-bpf,-perfmon", "--inh-caps=-all", bin]);
+    assert!(!ok, "{line}");
+    assert!(line.starts_with("error: missing capabilities: CAP_BPF, CAP_PERFMON ("), "only the two dropped ones are named: {line}");
+}
