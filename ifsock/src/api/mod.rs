@@ -117,8 +117,9 @@ pub enum LinkChangeKind {
     Renamed,
     /// Moved to another netns (`RTM_DELLINK` with `IFLA_NEW_NETNSID`): gone from this one.
     MovedOut,
-    /// Arrived from another netns. Reported only when the watcher saw it leave; an interface
-    /// moved in from a netns nobody watched is [`Created`](Self::Created).
+    /// Arrived from another followed netns. A [`LinkWatcher`] follows one netns, so it reports
+    /// an arrival as [`Created`](Self::Created) (or [`Recreated`](Self::Recreated) under a
+    /// name deleted before); match this too, for watchers of several namespaces to come.
     MovedIn,
     /// `IFF_UP` set (administratively up).
     Up,

@@ -117,7 +117,9 @@ fn open_netns(path: &Path, name: Option<String>) -> Result<NetnsHandle, Error> {
 /// Items are `Result<`[`LinkChange`]`, `[`Error`]`>`. An `Err` is final: the watcher stopped
 /// (its subscription failed, or a re-dump did) and the stream ends after it; start a new
 /// watcher, whose [`initial`](Self::initial) dump tells the state you may have missed.
-/// Dropping the watcher stops its task and closes its sockets.
+/// Dropping the watcher stops its task and closes its sockets. Changes wait in memory until
+/// read: a caller that stops reading for long should drop the watcher rather than let them pile
+/// up. A watcher of a named netns holds it open: after `ip netns del` it reports nothing more.
 ///
 /// Needs no privilege for the current netns: only `NETLINK_ROUTE` sockets (a subscription to
 /// `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`, and a request socket for
