@@ -144,7 +144,10 @@ def validate(schemas, registry, log_path, require_coverage):
                 print(f"schema: line {n}: no schema for command {command!r} (add it to SCHEMA_OF in {__file__} and docs/schema/README.md): {json.dumps(record)[:500]}")
             continue
         v = validators.setdefault(name, validator_for(schemas, registry, name))
-        error = jsonschema.exceptions.best_match(v.iter_errors(record))
+        errors = list(v.iter_errors(record))
+        # A failed subschema keeps none of its properties as evaluated, so unevaluatedProperties
+        # then lists every field: the other error (a missing field) is the one to show.
+        error = jsonschema.exceptions.best_match([e for e in errors if e.validator != "unevaluatedProperties"] or errors)
         branch, target = branch_of(schemas[name][1], record)
         if error is not None:
             failed += 1
