@@ -234,11 +234,14 @@ impl Running {
             .context("starting ifsock")?;
         let stdout: ChildStdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
-        let command = command_of(args);
+        // Only `--json` output is a record (a human line may happen to parse as JSON).
+        let command = args.contains(&"--json").then(|| command_of(args));
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    record_json(&command, &v);
+                    if let Some(command) = &command {
+                        record_json(command, &v);
+                    }
                     if tx.send(v).is_err() {
                         break;
                     }
