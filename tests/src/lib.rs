@@ -152,9 +152,59 @@ pub fn set_pktinfo(fd: &impl AsRawFd) -> Result<()> {
     setsockopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, &1i32.to_ne_bytes())
 }
 
-/// Runs ifsock to completion.
+/// Runs ifsock to completion; with `--json`, each JSON line of its stdout goes to
+/// [`record_json`].
 pub fn ifsock(args: &[&str]) -> Result<Output> {
-    Command::new(ifsock_bin()).args(args).output().with_context(|| format!("running ifsock {args:?}"))
+    let out = Command::new(ifsock_bin()).args(args).output().with_context(|| format!("running ifsock {args:?}"))?;
+    if args.contains(&"--json") {
+        record_json_lines(&command_of(args), &String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(out)
+}
+
+/// ifsock's subcommands, as the record log tags them.
+const SUBCOMMANDS: &[&str] = &["abort", "agent", "doctor", "hung", "journal", "sockets", "teardown", "tun", "watch"];
+
+/// The subcommand in ifsock's `args` (`--netns blue sockets --json` → `sockets`); `ifsock`
+/// when none is there.
+pub fn command_of<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter().map(AsRef::as_ref).find(|a| SUBCOMMANDS.contains(a)).unwrap_or("ifsock").to_string()
+}
+
+/// Appends `record`, tagged with the `command` that produced it, to the file named by
+/// `$IFSOCK_RECORD_LOG` (nothing when unset): one line `{"command":"sockets","record":{…}}`.
+/// `cargo xtask test` sets it and validates the log against docs/schema/ at the end
+/// (xtask/scripts/validate_records.py). The file is opened `O_APPEND` and each line is one
+/// `write(2)`, so tests in parallel processes never interleave within a line. A record already
+/// logged by this process (an agent's journal polled again) is not logged twice.
+pub fn record_json(command: &str, record: &Value) {
+    use std::io::Write as _;
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    let Some(path) = std::env::var_os("IFSOCK_RECORD_LOG") else { return };
+    let mut line = serde_json::json!({ "command": command, "record": record }).to_string();
+    {
+        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.get_or_insert_with(Default::default).insert(line.clone()) {
+            return;
+        }
+    }
+    line.push('\n');
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    let written = file.and_then(|mut f| f.write(line.as_bytes()).map(|n| (n, line.len())));
+    match written {
+        Ok((n, len)) if n == len => {}
+        other => panic!("appending a record to $IFSOCK_RECORD_LOG {}: {other:?}", PathBuf::from(path).display()),
+    }
+}
+
+/// [`record_json`] for each line of `text` that is a JSON value (ifsock's `--json` stdout,
+/// or a journal file).
+pub fn record_json_lines(command: &str, text: &str) {
+    for line in text.lines() {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            record_json(command, &v);
+        }
+    }
 }
 
 /// Parses JSON lines of a finished ifsock run, failing with stderr when it failed.
@@ -184,9 +234,14 @@ impl Running {
             .context("starting ifsock")?;
         let stdout: ChildStdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
+        // Only `--json` output is a record (a human line may happen to parse as JSON).
+        let command = args.contains(&"--json").then(|| command_of(args));
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(command) = &command {
+                        record_json(command, &v);
+                    }
                     if tx.send(v).is_err() {
                         break;
                     }
@@ -722,6 +777,7 @@ pub fn socket_rows_from_proc(ns: &Netns) -> Result<Vec<Value>> {
     if !out.status.success() {
         bail!("ifsock sockets failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    record_json_lines("sockets", &String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stdout).lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
 

@@ -208,7 +208,8 @@ fn journal_prints_recorded_evil_names_escaped_and_json_as_stored() {
     }
     let _cleanup = Cleanup(dir.clone());
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let record = serde_json::json!({"type": "change", "ts_unix_ns": now, "netns": 7, "netns_name": "ns\u{1b}]0;t\u{7}", "event": "deleted", "ifindex": 5, "name": evil});
+    // A whole change record as the agent journals it (docs/schema/journal.json validates it).
+    let record = serde_json::json!({"type": "change", "ts_unix_ns": now, "source": "netlink", "netns": 7, "netns_name": "ns\u{1b}]0;t\u{7}", "event": "deleted", "ifindex": 5, "name": evil, "cause": null, "sockets": []});
     {
         let mut j = ifsock::journal::Journal::open(&dir, ifsock::journal::DEFAULT_MAX_BYTES).unwrap();
         j.append(&record).unwrap();

@@ -4,6 +4,7 @@ mod dist;
 mod docs;
 mod expect;
 mod report;
+mod schema;
 mod toolchain;
 mod vm;
 
@@ -190,6 +191,8 @@ fn host_test(root: &Path, args: &[String]) -> Result<()> {
     let must_run = must_run_for(&release, &lockdown);
     let skip_log = root.join("target").join("test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
+    let record_log = schema::record_log(root);
+    let _ = std::fs::remove_file(&record_log);
     let mut cmd = toolchain::cargo();
     cmd.current_dir(root)
         // Every binary runs, so that the counts cover the whole suite; any failure still fails.
@@ -197,6 +200,7 @@ fn host_test(root: &Path, args: &[String]) -> Result<()> {
         .env("IFSOCK_BIN", &bin)
         .env("IFSOCK_SKIP_LOG", &skip_log)
         .env("IFSOCK_MUST_RUN", must_run.join(","))
+        .env("IFSOCK_RECORD_LOG", &record_log)
         .arg("--")
         .arg("--test-threads=1")
         .args(args);
@@ -206,11 +210,15 @@ fn host_test(root: &Path, args: &[String]) -> Result<()> {
         std::fs::read_to_string(&skip_log).unwrap_or_default().lines().filter_map(report::Skip::parse).collect();
     let must: Vec<&str> = must_run.iter().map(String::as_str).collect();
     let counted = report::finish(&totals, &skips, &must);
+    // Validated even when a test failed: a schema mismatch is worth seeing in the same run.
+    // Coverage of every schema file is required only when the whole suite ran (no filter).
+    let schema = schema::validate(root, &record_log, args.is_empty());
     if !st.success() {
         let why = counted.err().unwrap_or_else(|| anyhow!("no test result line counted a failure: a build error or a crashed test binary (see above)"));
         return Err(why.context(format!("cargo test failed ({st})")));
     }
-    counted
+    counted?;
+    schema
 }
 
 /// Runs `cmd` with its stdout passed through as it arrives (libtest's `test x ... ` shows before

@@ -134,6 +134,7 @@ impl Agent {
         for f in journal_files(&self.journal.0) {
             for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
                 if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    ifsock_tests::record_json("agent-journal", &v);
                     out.push(v);
                 }
             }
