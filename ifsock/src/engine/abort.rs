@@ -176,7 +176,7 @@ pub struct Waiter {
     pub comm: String,
     /// The syscall it sleeps in (`recvmsg`, …, from `/proc/PID/task/TID/syscall`).
     pub syscall: &'static str,
-    /// `recv` (blocked in a receive syscall on it), `epoll` (in epoll_wait/epoll_pwait[2] on an
+    /// `recv` (blocked in a receive syscall on it), `epoll` (in epoll_wait/epoll_pwait/epoll_pwait2 on an
     /// instance whose interest list holds it), `poll` or `select` (its fd is in the set the
     /// thread waits on): `model::stranded::Via`.
     pub via: &'static str,

@@ -1,7 +1,7 @@
 //! Interface state of one netns and the classification of its changes.
 //!
 //! Live rtnetlink messages are applied with [`LinkTable::apply`]; a full re-dump (after
-//! `ENOBUFS`, or the periodic reconcile) is compared with [`LinkTable::diff`]. Both produce the
+//! `ENOBUFS`, or the periodic reconcile) is compared with [`LinkTable::diff_and_replace`]. Both produce the
 //! same [`Change`] kinds, so a change found late is reported exactly as if it had been seen live.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},

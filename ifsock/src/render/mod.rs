@@ -235,13 +235,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     raw(&layout(header, rows, &Fit::default(), None, false).0)
 }
 
-/// Width, in characters, that tables are fitted to unless `--wide` ([`set_wide`]).
+/// Width, in characters, that tables are fitted to unless `--wide` ([`set_style`]).
 pub const WIDTH: usize = 120;
 
 /// `--wide`: tables keep every column whole, however wide.
 static WIDE: AtomicBool = AtomicBool::new(false);
 
-/// Colour on stdout: decided once ([`set_wide`]'s caller, `main`) from the terminal and `NO_COLOR`.
+/// Colour on stdout: decided once ([`set_style`]'s caller, `main`) from the terminal and `NO_COLOR`.
 static COLOUR: AtomicBool = AtomicBool::new(false);
 
 /// Sets how tables are printed for this run: `wide` (every column whole, `--wide`), and colour
