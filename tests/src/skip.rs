@@ -44,12 +44,23 @@ pub enum Feature {
     /// `SOCK_DESTROY` over NETLINK_SOCK_DIAG (`CONFIG_INET_DIAG_DESTROY`): the harness destroys a
     /// UDP socket of its own on 127.0.0.1 and reads the kernel's answer.
     SockDiagDestroy,
+    /// io_uring: `kernel.io_uring_disabled` (`/proc/sys/kernel/io_uring_disabled`, >= 6.6; absent
+    /// before, where io_uring is always allowed) is not 2, and `io_uring_setup(2)` of a ring of
+    /// the harness's own succeeds (ENOSYS: the kernel lacks `CONFIG_IO_URING`).
+    IoUring,
 }
 
 impl Feature {
     /// Every feature, in the order of [`Feature::name`]'s table.
-    pub const ALL: [Feature; 6] =
-        [Feature::Fentry, Feature::Kprobe, Feature::Tracepoint, Feature::Iterators, Feature::BpfSockDestroy, Feature::SockDiagDestroy];
+    pub const ALL: [Feature; 7] = [
+        Feature::Fentry,
+        Feature::Kprobe,
+        Feature::Tracepoint,
+        Feature::Iterators,
+        Feature::BpfSockDestroy,
+        Feature::SockDiagDestroy,
+        Feature::IoUring,
+    ];
 
     /// The name used in `SKIP` lines and in `$IFSOCK_MUST_RUN`.
     pub fn name(self) -> &'static str {
@@ -60,6 +71,7 @@ impl Feature {
             Feature::Iterators => "iterators",
             Feature::BpfSockDestroy => "bpf_sock_destroy",
             Feature::SockDiagDestroy => "sock_diag_destroy",
+            Feature::IoUring => "io_uring",
         }
     }
 
@@ -106,6 +118,7 @@ impl Feature {
                 btf_func("bpf_sock_destroy")
             }
             Feature::SockDiagDestroy => sock_diag_destroy_works(),
+            Feature::IoUring => io_uring_works(),
         }
     }
 }
@@ -206,6 +219,29 @@ pub fn btf_func(name: &str) -> Result<(), String> {
     } else {
         Err(format!("vmlinux BTF has no function {name}"))
     }
+}
+
+/// Reads `kernel.io_uring_disabled` (io_uring/io_uring.c, >= 6.6: 0 allowed, 1 only for
+/// `kernel.io_uring_group` and CAP_SYS_ADMIN, 2 refused to all), then sets up a one-entry ring
+/// of the harness's own and closes it: the kernel's answer covers `CONFIG_IO_URING` and any
+/// LSM that refuses it.
+fn io_uring_works() -> Result<(), String> {
+    const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
+    if let Ok(v) = std::fs::read_to_string(SYSCTL) {
+        if v.trim() == "2" {
+            return Err(format!("{SYSCTL} is 2: io_uring is disabled for every process"));
+        }
+    }
+    // struct io_uring_params (include/uapi/linux/io_uring.h): 120 bytes, zeroed.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(entries, params) with a valid, writable params buffer.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(format!("io_uring_setup of a one-entry ring: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the ring fd just returned, ours to close.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
 }
 
 /// Destroys a UDP socket of the harness's own on 127.0.0.1 with `SOCK_DESTROY`

@@ -80,7 +80,16 @@ impl Probes {
         }
         let ebpf = loader.load(EBPF_OBJECT).context("loading ifsock's eBPF object into the kernel")?;
         tracing::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Probes { ebpf, btf: None, iter_btf, iter_funcs, iters_loaded: Vec::new(), attached: Vec::new(), unavailable: Vec::new() })
+        Ok(Probes {
+            ebpf,
+            btf: None,
+            iter_btf,
+            iter_funcs,
+            kept_iter_btf: snapshots_only.then_some(None),
+            iters_loaded: Vec::new(),
+            attached: Vec::new(),
+            unavailable: Vec::new(),
+        })
     }
 
     pub(super) fn iter_mut(&mut self, name: &str) -> Result<&mut Iter> {
@@ -106,9 +115,11 @@ impl Probes {
         }
         // The ids alone, cached per boot, spare the full vmlinux parse; a program refused with
         // them is retried below with the fully parsed BTF.
-        let small_btf: Option<Btf> = match self.iter_btf.take() {
-            Some(h) => h.join().ok(),
-            None => (!self.iter_funcs.is_empty()).then(|| btf_with_func_ids(&self.iter_funcs)),
+        let kept = self.kept_iter_btf.as_mut().and_then(Option::take);
+        let small_btf: Option<Btf> = match (kept, self.iter_btf.take()) {
+            (Some(b), _) => Some(b),
+            (None, Some(h)) => h.join().ok(),
+            (None, None) => (!self.iter_funcs.is_empty()).then(|| btf_with_func_ids(&self.iter_funcs)),
         };
         let loaded: Vec<&'static str> = pending.iter().map(|(n, _)| *n).collect();
         if let Some(small) = &small_btf {
@@ -154,6 +165,9 @@ impl Probes {
                 .with_context(|| format!("loading iterator iter/{target} ({name})"))?;
         }
         self.iters_loaded.extend(loaded);
+        if let Some(slot) = self.kept_iter_btf.as_mut() {
+            *slot = small_btf;
+        }
         tracing::debug!("iterators verified and loaded");
         Ok(())
     }

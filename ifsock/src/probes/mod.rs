@@ -94,6 +94,11 @@ pub struct Probes {
     /// it is not kept, since placing three functions at their ids takes ~100k placeholder
     /// types (~4 MB held for the command's life otherwise).
     iter_funcs: Vec<(&'static str, u32)>,
+    /// One-shot commands ([`Probes::load_for_snapshots`]: `sockets`, `tun`) keep the ids-only
+    /// BTF here between loads: the waiter programs are loaded right after the snapshot's, and
+    /// building it again cost ~2 ms (more on a busy host) of the waiter walk. Long-running
+    /// commands do not keep it (the ~4 MB above).
+    kept_iter_btf: Option<Option<Btf>>,
     /// Iterator programs loaded so far.
     iters_loaded: Vec<&'static str>,
     /// Programs attached, in order (their `Display` is `category:name`, `fentry:function`…, as

@@ -39,6 +39,10 @@ pub fn index<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'
 /// # Errors
 /// The reason the `/proc` fallback would be used.
 pub fn usable(probes: &mut Probes) -> Result<(), String> {
+    // Both programs, also where ifsock's netns has no socket of one protocol (the walk would
+    // skip it); kallsyms first, as the walk checks it.
+    Symbols::cached().map_err(|e| e.to_string())?;
+    probes.load_waiter_iterators().map_err(|e| format!("the waiter walk failed: {}", first_line(&format!("{e:#}"))))?;
     walk(probes, [None]).map(|_| ())
 }
 
