@@ -26,22 +26,35 @@ pub(super) struct Console {
 /// The guest kernel's command line.
 ///
 /// `watchdog_thresh=60`: the soft-lockup detector fires when a CPU has not scheduled for
-/// 2 × watchdog_thresh s (default 10, so 20 s). Attaching fentry or kprobes patches kernel text
-/// through `text_poke_bp_batch`, which IPIs every other CPU and waits for each to run
-/// `do_sync_core` (`text_poke_sync` → `on_each_cpu(…, wait=1)`, three times per batch) with
-/// preemption disabled; under TCG each vCPU is a host thread, and sending an IPI is an APIC write
-/// that QEMU emulates under its global lock. The two earlier lockups were reported there (RIP in
-/// `text_poke_bp_batch` while probes attached, 2 of 9 full runs, never on the host kernel, never
-/// repeated by a rerun). Measured (function_graph on `text_poke_bp_batch`, max_graph_depth 1, in
-/// the 6.1 guest, kernel_probes + abort twice, host load average 5-9 on 2 cores, Dec 2026): 577
-/// batches, median 0.3 ms, p90 16 ms, p99 25 ms, max 33 ms; with the full call graph one
-/// `flat_send_IPI_mask` alone took 4.5 ms. Ordinary emulation speed is thus ~600× below 20 s:
-/// a lockup there needs a vCPU thread the host did not run for tens of seconds (an overloaded
-/// host), or an IPI never delivered (a real hang, which this setting does not hide). 60, the
-/// maximum (120 s), tolerates the first; `softlockup_panic` (set by /init) still ends the second
-/// loudly with every CPU's stack, and the tests' own bounds (60 s per awaited line) and the
-/// 40-minute VM timeout catch any hang regardless. There is no second boot: a lockup fails the run.
+/// 2 × watchdog_thresh s (default 10, so 20 s). The lockups seen in CI were not emulation speed
+/// but multi-threaded TCG (see [`TCG_ACCEL`]); with that fixed, the higher threshold is only a
+/// margin for a host so loaded that the one emulation thread is not run for tens of seconds
+/// (text patching measured in the guest under host load 5-9: median 0.3 ms, max 33 ms per
+/// `text_poke_bp_batch`). `softlockup_panic` (set by /init) still ends any lockup loudly with
+/// every CPU's stack, and the tests' own bounds (60 s per awaited line) and the 40-minute VM
+/// timeout catch any hang regardless. There is no second boot: a lockup fails the run.
 pub(super) const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init mitigations=off watchdog_thresh=60";
+
+/// TCG with one emulation thread for both vCPUs (`thread=single`), not QEMU's default
+/// multi-threaded TCG (one host thread per vCPU).
+///
+/// Why (Dec 2026, QEMU 7.2 from Debian 12, guest Debian 6.1.0-57-cloud): under multi-threaded
+/// TCG a vCPU can keep executing a stale translation of kernel text that another vCPU has just
+/// patched. Flipping a static key patches with the int3 protocol (`text_poke_bp_batch`: write
+/// `int3`, sync, write the tail, sync, write the first byte). A vCPU that still runs the old
+/// translation traps on an `int3` that memory no longer holds; 6.1's `kprobe_int3_handler`
+/// ("the breakpoint instruction was removed right after we hit it") backs `ip` up over it and
+/// returns, and the stale `int3` traps again, forever: the soft lockup CI saw twice, both
+/// vCPUs at `syscall_trace_enter+0xe9` (the `sys_enter` tracepoint's jump label, memory
+/// already holding the new `eb 63`) or in `asm_exc_int3`. (Kernels from 6.8 dropped that
+/// rewind; there the same stale `int3` would oops instead.)
+/// Reproduced without ifsock: busybox in the guest toggling
+/// `events/syscalls/sys_enter_openat/enable` while `dd bs=1` runs on each vCPU locked up
+/// within the first 200 toggles in 4 of 5 boots with the default accelerator (the fifth went
+/// silent), and never with `thread=single` (see docs/testing.md for the runs). The cost is
+/// emulation parallelism (the two vCPUs share one host thread); the suite took 521 s of guest
+/// time, no slower than before.
+pub(super) const TCG_ACCEL: &str = "tcg,thread=single";
 
 /// KVM only on request (`IFSOCK_VM_KVM=1`): /dev/kvm may exist in a nested VM whose KVM cannot
 /// run this kernel (seen: "KVM internal error ... emulation failure", QEMU then hangs paused).
@@ -64,7 +77,7 @@ pub(super) fn boot(
     if kvm_requested() {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
-        cmd.args(["-accel", "tcg", "-cpu", "max"]);
+        cmd.args(["-accel", TCG_ACCEL, "-cpu", "max"]);
     }
     cmd.args([
         "-m",

@@ -14,7 +14,7 @@
 //! - `result.txt`: what `/init` reported on the second serial port (exit code, kernel release).
 //! - `.lock`: serialises runs in one workspace.
 //!
-//! QEMU uses TCG (software emulation, `-cpu max`); set `IFSOCK_VM_KVM=1` to use KVM where it works
+//! QEMU uses single-threaded TCG (software emulation, `-cpu max`; why single: `boot::TCG_ACCEL`); set `IFSOCK_VM_KVM=1` to use KVM where it works
 //! (on this project's nested build VM /dev/kvm exists but fails to run the guest).
 
 mod boot;
