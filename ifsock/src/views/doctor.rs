@@ -100,6 +100,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         recv_probe_set: recv_selection,
         probes: probes_status,
         socket_destroy: destroy_mechanisms(),
+        capabilities: crate::kernel::caps::current(),
         summary: String::new(),
     };
     let report = render::doctor::Report { summary: render::doctor::summary(&report), ..report };
