@@ -274,13 +274,6 @@ impl Pipeline {
                     continue;
                 }
             };
-            let sockets = match crate::probes::snapshot::sockets(probes, io.handle.as_ref()).with_context(|| format!("socket snapshot of netns {ino}")) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("{e:#}; gauges keep their last values");
-                    continue;
-                }
-            };
             // Judged only once the journal holds the changes that explain this dump (see
             // `snapshot::caught_up`); their notifications are queued already and arrive with
             // the next batch, which retakes the snapshot. Bounded: a difference no notification
@@ -295,6 +288,13 @@ impl Pipeline {
                 tracing::debug!("netns {ino}: the link dump still differs from the changes taken after {CATCH_UP_BOUND:?}; judging it");
             }
             self.lagging.remove(&ino);
+            let sockets = match crate::probes::snapshot::sockets(probes, io.handle.as_ref()).with_context(|| format!("socket snapshot of netns {ino}")) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("{e:#}; gauges keep their last values");
+                    continue;
+                }
+            };
             let label = self.labels.get(&ino).cloned().flatten();
             let cures = self.cures.remove(&ino).unwrap_or_default();
             let (snap, changed) = snapshot::judge_after(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns, &cures);
