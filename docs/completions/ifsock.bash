@@ -151,7 +151,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__agent)
-            opts="-n -v -h --listen --journal --journal-max-bytes --reconcile-every --receivers --netns --verbose --wide --help"
+            opts="-n -v -h --listen --journal --journal-max-bytes --reconcile-every --receivers --causes --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

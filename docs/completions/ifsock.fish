@@ -127,6 +127,7 @@ complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l journal-max-byte
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l reconcile-every -d 'Re-dump every netns\'s links and re-take its socket snapshot this often (0 = never)' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s n -l netns -d 'Run inside this network namespace: a name under /run/netns, `pid:PID`, or a path' -r
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l receivers -d 'Also attach the receive-path probes (costs a probe hit per receive on the host; off by default: blocked receivers are found from /proc at each snapshot)'
+complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l causes -d 'Name the task behind each change (`cause`) on kernels that refuse fentry and kprobes, from the syscall tracepoints sys_enter_{sendmsg,sendto,ioctl}, which run on every such call of the host (measured: about 0.4 µs per call: +404 and +490 ns per sendto in two runs, 1.08-1.10x a loopback UDP round trip, on the 6.18 host; `ifsock-bench causes`). Where fentry or kprobes work, causes come from the rtnetlink and ioctl handlers at no idle cost, without this flag'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s v -l verbose -d 'More logging (-v info, -vv debug); RUST_LOG overrides'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -l wide -d 'Tables keep every column whole instead of fitting 120 columns (cut cells end in `…`)'
 complete -c ifsock -n "__fish_ifsock_using_subcommand agent" -s h -l help -d 'Print help'

@@ -607,6 +607,15 @@ pub mod link_request_via {
     pub const SENDTO: u32 = 2;
     /// `syscalls:sys_enter_ioctl` with `SIOCSIFFLAGS`.
     pub const IOCTL_SIOCSIFFLAGS: u32 = 3;
+    /// fentry on an rtnetlink link handler (`rtnl_newlink`, `rtnl_dellink`, `rtnl_setlink`):
+    /// `data` is the kernel's copy of the netlink message.
+    pub const FENTRY_RTNL: u32 = 4;
+    /// kprobe on an rtnetlink link handler.
+    pub const KPROBE_RTNL: u32 = 5;
+    /// fentry on `dev_ioctl` with `SIOCSIFFLAGS`: `data` is the kernel's copy of `struct ifreq`.
+    pub const FENTRY_DEV_IOCTL: u32 = 6;
+    /// kprobe on `dev_ioctl` with `SIOCSIFFLAGS`.
+    pub const KPROBE_DEV_IOCTL: u32 = 7;
 }
 
 /// A task's request to change a link, captured at syscall entry (before the kernel acts on it).

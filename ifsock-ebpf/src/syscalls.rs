@@ -3,11 +3,18 @@
 //! `ioctl(SIOCSIFFLAGS)`. They fire at syscall entry, before the kernel acts, so the evidence is
 //! already in the ring buffer when the rtnetlink notification reaches userspace.
 //!
+//! Where fentry or kprobes are allowed, the same requests are also taken inside the kernel, on
+//! the rtnetlink link handlers (`rtnl_newlink`, `rtnl_dellink`, `rtnl_setlink`) and on
+//! `dev_ioctl`: these run only on link requests, not on every `sendmsg`/`ioctl` of the host, so
+//! the agent can afford them. rtnetlink runs a request in the sender's context
+//! (`netlink_unicast_kernel()` calls `rtnetlink_rcv()` synchronously), so the current task is
+//! the requester; the handler runs before the change, as the syscall tracepoints do.
+//!
 //! Also the send-error pair (`send_enter`/`send_exit`) used by `teardown` to see what senders get.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use ifsock_common::{
     link_request_via, Counter, EventKind, LinkRequestEvent, SendErrorEvent, NL_CAPTURE_LEN,
@@ -92,8 +99,90 @@ unsafe fn capture_netlink(fd: u32, base: u64, len: u64, via: u32) {
     unsafe { emit_request(base, len, via) };
 }
 
+/// An rtnetlink link handler's `struct nlmsghdr *nlh` (its second argument, kernel memory):
+/// the type was chosen by the attach (`rtnl_{new,del,set}link`), so only the request flag and
+/// the length are checked.
+#[inline(always)]
+unsafe fn rtnl_request(nlh: u64, via: u32) {
+    if nlh == 0 {
+        return;
+    }
+    let Ok(hdr) = (unsafe { bpf_probe_read_kernel(nlh as *const [u32; 2]) }) else { return };
+    let flags = (hdr[1] >> 16) as u16;
+    if hdr[0] < NL_LINK_MIN || flags & NLM_F_REQUEST == 0 {
+        return;
+    }
+    unsafe { emit(nlh, hdr[0] as u64, via, true) };
+}
+
+/// `dev_ioctl(struct net *, unsigned int cmd, struct ifreq *ifr, ...)`: only `SIOCSIFFLAGS`;
+/// `ifr` is the kernel's copy (`sock_do_ioctl()` copied it in).
+#[inline(always)]
+unsafe fn dev_ioctl_request(cmd: u64, ifr: u64, via: u32) {
+    if cmd as u32 != SIOCSIFFLAGS || ifr == 0 {
+        return;
+    }
+    unsafe { emit(ifr, 32, via, true) };
+}
+
+/// fentry on `rtnl_newlink(struct sk_buff *, struct nlmsghdr *, struct netlink_ext_ack *)`
+/// (one fentry program per function: each is loaded against its function's BTF).
+#[fentry(function = "rtnl_newlink")]
+pub fn link_fentry_newlink(ctx: FEntryContext) -> u32 {
+    // SAFETY: kernel reads fault safely.
+    unsafe { rtnl_request(ctx.arg::<u64>(1), link_request_via::FENTRY_RTNL) };
+    0
+}
+
+/// fentry on `rtnl_dellink` (arguments as `rtnl_newlink`).
+#[fentry(function = "rtnl_dellink")]
+pub fn link_fentry_dellink(ctx: FEntryContext) -> u32 {
+    // SAFETY: kernel reads fault safely.
+    unsafe { rtnl_request(ctx.arg::<u64>(1), link_request_via::FENTRY_RTNL) };
+    0
+}
+
+/// fentry on `rtnl_setlink` (arguments as `rtnl_newlink`).
+#[fentry(function = "rtnl_setlink")]
+pub fn link_fentry_setlink(ctx: FEntryContext) -> u32 {
+    // SAFETY: kernel reads fault safely.
+    unsafe { rtnl_request(ctx.arg::<u64>(1), link_request_via::FENTRY_RTNL) };
+    0
+}
+
+/// kprobe on the rtnetlink link handlers.
+#[kprobe]
+pub fn link_kprobe_rtnl(ctx: ProbeContext) -> u32 {
+    // SAFETY: kernel reads fault safely.
+    unsafe { rtnl_request(ctx.arg::<u64>(1).unwrap_or(0), link_request_via::KPROBE_RTNL) };
+    0
+}
+
+/// fentry on `dev_ioctl`.
+#[fentry(function = "dev_ioctl")]
+pub fn link_fentry_dev_ioctl(ctx: FEntryContext) -> u32 {
+    // SAFETY: kernel reads fault safely.
+    unsafe { dev_ioctl_request(ctx.arg::<u64>(1), ctx.arg::<u64>(2), link_request_via::FENTRY_DEV_IOCTL) };
+    0
+}
+
+/// kprobe on `dev_ioctl`.
+#[kprobe]
+pub fn link_kprobe_dev_ioctl(ctx: ProbeContext) -> u32 {
+    // SAFETY: kernel reads fault safely.
+    unsafe { dev_ioctl_request(ctx.arg::<u64>(1).unwrap_or(0), ctx.arg::<u64>(2).unwrap_or(0), link_request_via::KPROBE_DEV_IOCTL) };
+    0
+}
+
 #[inline(always)]
 unsafe fn emit_request(src: u64, len: u64, via: u32) {
+    unsafe { emit(src, len, via, false) };
+}
+
+/// Emits one [`LinkRequestEvent`] with up to [`NL_CAPTURE_LEN`] bytes of `src` (`kernel`:
+/// kernel memory, else the task's).
+#[inline(always)]
+unsafe fn emit(src: u64, len: u64, via: u32, kernel: bool) {
     count(Counter::LinkRequests);
     let Some(mut entry) = EVENTS.reserve::<LinkRequestEvent>(0) else {
         count(Counter::RingbufDrops);
@@ -113,9 +202,10 @@ unsafe fn emit_request(src: u64, len: u64, via: u32) {
         (*ev).comm = comm;
         let data = &mut (*ev).data;
         // Read the whole window when possible; a short message at the end of a mapping needs the fallback.
-        if bpf_probe_read_user_buf(src as *const u8, &mut data[..]).is_ok() {
+        let read = |d: &mut [u8]| if kernel { bpf_probe_read_kernel_buf(src as *const u8, d).is_ok() } else { bpf_probe_read_user_buf(src as *const u8, d).is_ok() };
+        if read(&mut data[..]) {
             (*ev).len = if len < NL_CAPTURE_LEN as u64 { len as u32 } else { NL_CAPTURE_LEN as u32 };
-        } else if bpf_probe_read_user_buf(src as *const u8, &mut data[..NL_LINK_MIN as usize]).is_ok() {
+        } else if read(&mut data[..NL_LINK_MIN as usize]) {
             (*ev).len = NL_LINK_MIN;
         } else {
             entry.discard(0);

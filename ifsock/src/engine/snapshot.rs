@@ -2,6 +2,8 @@
 //! receiver for the metrics, and the sockets whose health changed since the last snapshot
 //! (for `socket_stranded` / `socket_recovered` journal lines). No I/O: the agent reads the
 //! sockets, the links and the blocked receivers and hands them in.
+use std::{collections::BTreeSet, net::IpAddr};
+
 use serde::Serialize;
 
 use crate::{
@@ -12,7 +14,7 @@ use crate::{
     kernel::cgroup::Attribution,
     model::{
         ids::NetnsIno,
-        link::{Change, Dump},
+        link::{Change, Dump, Link, IFA_F_TENTATIVE, IFF_UP},
         receiver::BlockedThread,
         socket::{binding_name, Socket},
         stranded::{SocketHealthEvent, Stranded},
@@ -59,6 +61,28 @@ pub struct Changed {
     pub now: Option<Stranded>,
     /// `socket_still_stranded`: the kind of the change that did not cure it.
     pub cause: Option<&'static str>,
+}
+
+/// Whether the records taken so far (`taken`: the engine's links after the changes it has
+/// emitted) describe the interfaces a judgement would read from `dump`: the same ifindexes,
+/// names, `IFF_UP` and addresses. When they differ, the kernel has changed and its rtnetlink
+/// notifications (queued on the subscription at the same moment, `rtnl_notify()`) are still on
+/// their way: a health line judged now would be journaled before the `change` lines that
+/// explain it (a `socket_stranded address_gone` ahead of its `address_removed` and `deleted`).
+/// Left out, because the kernel notifies them later than a dump shows them: carrier
+/// (`IFF_LOWER_UP`, `IFF_RUNNING`; linkwatch notifies up to a second later,
+/// `linkwatch_fire_event()`) and IPv6 addresses still in DAD (`IFA_F_TENTATIVE`; their
+/// `RTM_NEWADDR` comes when DAD ends, `addrconf_dad_completed()`, 1–2 s after the link is up).
+pub fn caught_up<'a>(taken: impl IntoIterator<Item = &'a Link>, dump: &Dump) -> bool {
+    let settled = |l: &Link| -> BTreeSet<IpAddr> {
+        l.addrs.iter().copied().filter(|a| dump.addrs.get(l.ifindex, *a).is_none_or(|i| i.flags & IFA_F_TENTATIVE == 0)).collect()
+    };
+    let key = |l: &Link| (l.ifindex, l.name.clone(), l.flags & IFF_UP, settled(l));
+    let mut taken: Vec<_> = taken.into_iter().map(key).collect();
+    let mut fresh: Vec<_> = dump.links.iter().map(key).collect();
+    taken.sort();
+    fresh.sort();
+    taken == fresh
 }
 
 /// Judges one netns's snapshot: `sockets` (read before `dump`), `blocked` receivers of every
@@ -128,6 +152,25 @@ mod tests {
             sk: ino, cookie: ino, ino, netns: NS.0, uid: 0, bound_dev_if: bound, family: 2, protocol: 17, state: 7,
             lport: 53, rport: 0, flags: 0, laddr: raw, raddr: [0; 16], rx_queue: 0, drops: 0,
         })
+    }
+
+    #[test]
+    fn a_dump_ahead_of_the_taken_changes_is_not_caught_up() {
+        let fresh = dump(true);
+        assert!(caught_up(&fresh.links, &fresh), "the same links");
+        let mut carrier = fresh.links.clone();
+        carrier[0].flags |= 0x10000;
+        assert!(caught_up(&carrier, &fresh), "carrier is notified late by linkwatch: not compared");
+        let mut with_addr = fresh.links.clone();
+        with_addr[0].addrs.insert("10.78.0.2".parse().unwrap());
+        assert!(!caught_up(&with_addr, &fresh), "an address removal not yet taken");
+        assert!(!caught_up(&dump(false).links, &fresh), "an up not yet taken");
+        assert!(!caught_up(&fresh.links, &Dump::default()), "a deletion not yet taken");
+        let mut dad = dump(true);
+        let link_local: std::net::IpAddr = "fe80::1".parse().unwrap();
+        dad.links[0].addrs.insert(link_local);
+        dad.addrs.insert(IfIndex(5), link_local, crate::model::link::AddrInfo { flags: crate::model::link::IFA_F_TENTATIVE, prefix_len: 64, scope: 253 });
+        assert!(caught_up(&fresh.links, &dad), "an address in DAD is notified when DAD ends: not compared");
     }
 
     fn dump(up: bool) -> Dump {

@@ -2,6 +2,7 @@
 //! network namespaces, procfs, per-netns socket counts, and system state (privileges, mounts,
 //! lockdown).
 pub mod btf;
+pub mod caps;
 pub mod clock;
 pub mod kallsyms;
 pub mod cgroup;

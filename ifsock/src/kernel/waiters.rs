@@ -253,12 +253,28 @@ impl WaiterIndex {
             let pid = proc.pid as u32;
             let Ok(tasks) = proc.tasks() else { continue };
             let mut state = ProcState::default();
+            let mut refused = false;
             for task in tasks.flatten() {
                 let tid = task.tid as u32;
                 // `syscall` first: most threads sleep in futex or run, and are done after one read;
                 // `stat` (state, kthread flag, comm) only for those in a wait on fds.
                 let path = format!("/proc/{pid}/task/{tid}/syscall");
-                let Ok(line) = fs::read_to_string(&path) else { continue };
+                let line = match fs::read_to_string(&path) {
+                    Ok(line) => line,
+                    // Another user's task without CAP_SYS_PTRACE (`proc_pid_syscall()` checks
+                    // `ptrace_may_access()`): its waits cannot be seen, which is not "none".
+                    // Said once per process, on every socket it holds.
+                    Err(e) if !refused && matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+                        refused = true;
+                        let comm = task.stat().map(|s| s.comm).unwrap_or_default();
+                        let errno = crate::model::sys::errno_name(e.raw_os_error().unwrap_or(libc::EACCES));
+                        let reason = format!("waits not readable: {path}: {errno} (another user's task: needs CAP_SYS_PTRACE; the wait-queue source does not)");
+                        let w = Waiter { pid, tid, comm, syscall: "unknown", via: Via::Unknown, fd: None, epfd: None, fds: None, reason: Some(reason), source: WaiterSource::Proc };
+                        index.by_pid.entry(pid).or_default().push(w);
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
                 let Some((nr, args)) = parse_syscall(&line) else { continue };
                 let Some((kind, name)) = classify(nr) else { continue };
                 let Ok(stat) = task.stat() else { continue };

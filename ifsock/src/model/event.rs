@@ -98,14 +98,20 @@ pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
         peer_name,
         evidence,
     };
-    if ev.via == link_request_via::IOCTL_SIOCSIFFLAGS {
+    let ioctl = match ev.via {
+        link_request_via::IOCTL_SIOCSIFFLAGS => Some("tracepoint:syscalls:sys_enter_ioctl"),
+        link_request_via::FENTRY_DEV_IOCTL => Some("fentry:dev_ioctl"),
+        link_request_via::KPROBE_DEV_IOCTL => Some("kprobe:dev_ioctl"),
+        _ => None,
+    };
+    if let Some(evidence) = ioctl {
         // struct ifreq { char ifr_name[16]; short ifr_flags; }
         if data.len() < 18 {
             return None;
         }
         let flags = u16::from_ne_bytes([data[16], data[17]]) as u32;
         let name = comm_str(&data[..16]);
-        return Some(base(RequestOp::Set { flags, change: 0, create: false }, None, Some(name), None, "tracepoint:syscalls:sys_enter_ioctl"));
+        return Some(base(RequestOp::Set { flags, change: 0, create: false }, None, Some(name), None, evidence));
     }
     if data.len() < 32 {
         return None;
@@ -132,10 +138,15 @@ pub fn parse_request(ev: &LinkRequestEvent) -> Option<LinkRequest> {
         RTM_NEWLINK | RTM_SETLINK => RequestOp::Set { flags, change, create: nl_flags & 0x400 != 0 },
         _ => return None,
     };
-    let evidence = if ev.via == link_request_via::SENDTO {
-        "tracepoint:syscalls:sys_enter_sendto"
-    } else {
-        "tracepoint:syscalls:sys_enter_sendmsg"
+    let evidence = match (ev.via, ty) {
+        (link_request_via::SENDTO, _) => "tracepoint:syscalls:sys_enter_sendto",
+        (link_request_via::FENTRY_RTNL, RTM_DELLINK) => "fentry:rtnl_dellink",
+        (link_request_via::FENTRY_RTNL, RTM_SETLINK) => "fentry:rtnl_setlink",
+        (link_request_via::FENTRY_RTNL, _) => "fentry:rtnl_newlink",
+        (link_request_via::KPROBE_RTNL, RTM_DELLINK) => "kprobe:rtnl_dellink",
+        (link_request_via::KPROBE_RTNL, RTM_SETLINK) => "kprobe:rtnl_setlink",
+        (link_request_via::KPROBE_RTNL, _) => "kprobe:rtnl_newlink",
+        _ => "tracepoint:syscalls:sys_enter_sendmsg",
     };
     Some(base(op, (index != 0).then_some(IfIndex(index)), name, peer_name, evidence))
 }
@@ -275,6 +286,22 @@ mod tests {
             kind: EventKind::LinkRequest as u32, via: link_request_via::SENDMSG, ts_ns: 1_000, pid: 77, tid: 77,
             netns: 9, len: NL_CAPTURE_LEN as u32, comm, data,
         }
+    }
+
+    #[test]
+    fn handler_probes_name_the_handler_as_evidence() {
+        let mut ev = nl_request(RTM_DELLINK, 1, 5, 0, 0, None);
+        ev.via = link_request_via::FENTRY_RTNL;
+        let req = parse_request(&ev).unwrap();
+        assert_eq!((req.op, req.ifindex, req.evidence), (RequestOp::Delete, Some(IfIndex(5)), "fentry:rtnl_dellink"));
+        ev.via = link_request_via::KPROBE_RTNL;
+        assert_eq!(parse_request(&ev).unwrap().evidence, "kprobe:rtnl_dellink");
+        let mut ioctl = nl_request(RTM_NEWLINK, 1, 0, 0, 0, None);
+        ioctl.data[..4].copy_from_slice(b"eth0");
+        ioctl.data[4..16].fill(0);
+        ioctl.via = link_request_via::FENTRY_DEV_IOCTL;
+        let req = parse_request(&ioctl).unwrap();
+        assert_eq!((req.name.as_deref(), req.evidence), (Some("eth0"), "fentry:dev_ioctl"));
     }
 
     /// Just after the requests of [`nl_request`] (made at 1,000 ns).

@@ -428,6 +428,30 @@ impl Probes {
         self.attach_tracepoint("link_enter_ioctl", "syscalls", "sys_enter_ioctl")
     }
 
+    /// Attaches the link-request probes inside the kernel: the rtnetlink link handlers
+    /// (`rtnl_newlink`, `rtnl_dellink`, `rtnl_setlink`) and `dev_ioctl`, each fentry, else
+    /// kprobe. They run only on link requests, unlike the syscall tracepoints of
+    /// [`Probes::attach_link_requests`], which run on every `sendmsg`/`sendto`/`ioctl`.
+    ///
+    /// # Errors
+    /// Some handler could be probed by neither set (lockdown, no kprobes, not in BTF); the
+    /// handlers already attached stay (they cost nothing between requests).
+    pub fn attach_link_request_handlers(&mut self) -> Result<Selection> {
+        let targets = [
+            FnTarget { what: "rtnetlink newlink", candidates: &["rtnl_newlink"], fentry: fentry("link_fentry_newlink", None), kprobe: kprobe("link_kprobe_rtnl", None) },
+            FnTarget { what: "rtnetlink dellink", candidates: &["rtnl_dellink"], fentry: fentry("link_fentry_dellink", None), kprobe: kprobe("link_kprobe_rtnl", None) },
+            FnTarget { what: "rtnetlink setlink", candidates: &["rtnl_setlink"], fentry: fentry("link_fentry_setlink", None), kprobe: kprobe("link_kprobe_rtnl", None) },
+            FnTarget { what: "device ioctl", candidates: &["dev_ioctl"], fentry: fentry("link_fentry_dev_ioctl", None), kprobe: kprobe("link_kprobe_dev_ioctl", None) },
+        ];
+        let (selection, all_covered) = self.attach_functions(&targets, None)?;
+        if !all_covered {
+            let why: Vec<String> = selection.refused.iter().map(|(set, why)| format!("{}: {why}", set.name())).collect();
+            return Err(anyhow!("the link-request handlers cannot be probed with fentry or kprobe ({})", why.join("; ")));
+        }
+        tracing::info!("link-request handlers: {selection}");
+        Ok(selection)
+    }
+
     /// Attaches send-error tracking (`sys_enter/exit_{sendto,sendmsg}`).
     pub fn attach_send_errors(&mut self) -> Result<()> {
         for sc in ["sendto", "sendmsg"] {
@@ -449,6 +473,7 @@ impl Probes {
             Group::Device => self.attach_device(forced.probe_set).map(Outcome::Selection),
             Group::Recv => self.attach_recv(forced.probe_set).map(Outcome::Selection),
             Group::LinkRequests => self.attach_link_requests().map(|()| Outcome::Done),
+            Group::LinkRequestHandlers => self.attach_link_request_handlers().map(|_| Outcome::Done),
             Group::SendErrors => self.attach_send_errors().map(|()| Outcome::Done),
             Group::SockErrors => self.attach_sock_errors_with(forced.sock_error_probe).map(Outcome::SockErrors),
             Group::Iterators => self.load_iterators().map(|()| Outcome::Done),

@@ -16,6 +16,9 @@ pub enum Group {
     Recv,
     /// Link-change requests ([`super::Probes::attach_link_requests`]).
     LinkRequests,
+    /// Link-change requests taken in the rtnetlink and ioctl handlers, fentry or kprobe only
+    /// ([`super::Probes::attach_link_request_handlers`]).
+    LinkRequestHandlers,
     /// Failed sends ([`super::Probes::attach_send_errors`]).
     SendErrors,
     /// Kernel-reported socket errors ([`super::Probes::attach_sock_errors_with`]).
@@ -30,6 +33,7 @@ impl std::fmt::Display for Group {
             Group::Device => "device probes",
             Group::Recv => "receive probes",
             Group::LinkRequests => "link-request tracepoints",
+            Group::LinkRequestHandlers => "link-request handler probes",
             Group::SendErrors => "send-error tracepoints",
             Group::SockErrors => "socket-error probes",
             Group::Iterators => "socket iterators",
@@ -95,14 +99,20 @@ pub const TEARDOWN: Plan = Plan {
 /// `hung`: receive tracking is the command.
 pub const HUNG: Plan = Plan { command: "hung", steps: &[step(Group::Recv, Need::Required, "no receivers")] };
 
-/// `agent`: socket snapshots and socket errors. No device or link-request probes: the device
-/// ones need fentry/kprobe, and the link-request tracepoints fire on every sendmsg/ioctl of the
-/// host, a cost the agent does not pay while idle; changes come from rtnetlink, causes are left
-/// to `watch`. Socket errors fire only when the kernel reports one (`sk_error_report`).
+/// What the agent's change lines lose without the link-request handler probes.
+const AGENT_NO_CAUSE: &str = "journal change lines carry no cause (--causes takes it from the syscall tracepoints)";
+
+/// `agent`: socket snapshots, causes where they are cheap, and socket errors. The link-request
+/// handler probes (fentry/kprobe on `rtnl_{new,del,set}link`, `dev_ioctl`) run only on link
+/// requests; where the kernel refuses them, the link-request tracepoints would fire on every
+/// sendmsg/ioctl of the host, a cost the agent pays only when asked ([`AGENT_CAUSES`]). No
+/// device probes: changes come from rtnetlink. Socket errors fire only when the kernel reports
+/// one (`sk_error_report`).
 pub const AGENT: Plan = Plan {
     command: "agent",
     steps: &[
         step(Group::Iterators, Need::Required, "no socket gauges"),
+        step(Group::LinkRequestHandlers, Need::Optional, AGENT_NO_CAUSE),
         step(Group::SockErrors, Need::Optional, "no socket_error records are journaled"),
     ],
 };
@@ -112,10 +122,15 @@ pub const AGENT_RECEIVERS: Plan = Plan {
     command: "agent --receivers",
     steps: &[
         step(Group::Iterators, Need::Required, "no socket gauges"),
+        step(Group::LinkRequestHandlers, Need::Optional, AGENT_NO_CAUSE),
         step(Group::Recv, Need::Required, "no receiver_stranded records"),
         step(Group::SockErrors, Need::Optional, "no socket_error records are journaled"),
     ],
 };
+
+/// `agent --causes` on a kernel that refused the link-request handler probes: the syscall
+/// tracepoints, which the user asked for.
+pub const AGENT_CAUSES: Plan = Plan { command: "agent --causes", steps: &[step(Group::LinkRequests, Need::Required, "no causes")] };
 
 /// `doctor`, first: the two paths with a probe-set choice, each only reported (a refusal is
 /// doctor's answer, not a failure); doctor lists the programs they attached before
@@ -290,6 +305,10 @@ mod tests {
         assert!(apply(&AGENT, Forced::default(), refuse(Group::Iterators)).is_err());
         assert_eq!(apply(&AGENT, Forced::default(), refuse(Group::SockErrors)).unwrap().skipped.len(), 1);
         assert!(!AGENT.steps.iter().any(|s| s.group == Group::Recv || s.group == Group::Device || s.group == Group::LinkRequests));
+        // Causes where they are cheap: the handler probes are optional, the tracepoints asked for.
+        let no_handlers = apply(&AGENT, Forced::default(), refuse(Group::LinkRequestHandlers)).unwrap();
+        assert!(!no_handlers.has(Group::LinkRequestHandlers) && no_handlers.has(Group::Iterators));
+        assert!(apply(&AGENT_CAUSES, Forced::default(), refuse(Group::LinkRequests)).is_err());
         let err = apply(&AGENT_RECEIVERS, Forced::default(), refuse(Group::Recv)).unwrap_err();
         assert_eq!(format!("{err:#}"), "agent --receivers: attaching the receive probes it needs: EPERM");
     }

@@ -3,7 +3,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{json_line, line};
-use crate::{kernel::system, probes::select};
+use crate::{
+    kernel::{caps::CapStatus, system},
+    probes::select,
+};
 
 /// One probe (or mechanism) tried: whether it loaded, and the kernel's reason when not.
 #[derive(Serialize)]
@@ -39,6 +42,9 @@ pub struct Report {
     pub probes: Vec<ProbeStatus>,
     /// Socket destroy mechanisms (`abort`), in the order they are tried.
     pub socket_destroy: Vec<ProbeStatus>,
+    /// Each capability ifsock uses, held or not (the effective set, `/proc/self/status`
+    /// `CapEff`), with what a missing one costs; `None` when the set could not be read.
+    pub capabilities: Option<Vec<CapStatus>>,
     /// One line: what works on this kernel and what the user loses ([`summary`]; the last
     /// human line).
     pub summary: String,
@@ -80,6 +86,10 @@ pub fn summary(r: &Report) -> String {
     if !refused_sets.is_empty() {
         loses.push(format!("the better probe sets {} (the chosen set is used instead)", refused_sets.join(", ")));
     }
+    let missing: Vec<&str> = r.capabilities.iter().flatten().filter(|c| !c.held).map(|c| c.name).collect();
+    if !missing.is_empty() {
+        loses.push(format!("what {} give (see capabilities above)", missing.join(", ")));
+    }
     let refused: Vec<&str> = r.probes.iter().filter(|p| !p.loaded && !p.probe.contains(" set (")).map(|p| p.probe.as_str()).collect();
     if !refused.is_empty() {
         loses.push(format!("what these give: {}", refused.join(", ")));
@@ -116,9 +126,22 @@ pub fn print(report: &Report, json: bool) -> Result<()> {
         }
     }
     print_destroy_mechanisms(&report.socket_destroy)?;
+    print_capabilities(report.capabilities.as_deref())?;
     line(&report.summary)
 }
 
+
+fn print_capabilities(caps: Option<&[CapStatus]>) -> Result<()> {
+    let Some(caps) = caps else { return line("capabilities: unknown (no CapEff in /proc/self/status)") };
+    line("capabilities (effective set):")?;
+    for c in caps {
+        match c.without {
+            None => line(&format!("  have    {}: {}", c.name, c.used_for))?,
+            Some(cost) => line(&format!("  MISSING {}: {cost}", c.name))?,
+        }
+    }
+    Ok(())
+}
 
 fn print_destroy_mechanisms(list: &[ProbeStatus]) -> Result<()> {
     line("socket destroy (abort), in order of use:")?;
@@ -143,7 +166,7 @@ mod tests {
         Report {
             kernel_release: "6.18".into(), btf: true, lockdown: None, tracefs_mounted: true, bpffs_mounted: true,
             mounted_now: system::MountReport::default(), probe_set: None, recv_probe_set: None, probes, socket_destroy: destroy,
-            summary: String::new(),
+            capabilities: None, summary: String::new(),
         }
     }
 
@@ -153,6 +176,9 @@ mod tests {
         let s = summary(&r);
         assert!(s.starts_with("summary: works: sockets, abort (SOCK_DESTROY over NETLINK_SOCK_DIAG); loses: "), "{s}");
         assert!(s.contains("watch names no process behind a change") && s.ends_with("what these give: fentry dev_close"), "{s}");
+        let mut r = report(vec![], vec![status("SOCK_DESTROY over NETLINK_SOCK_DIAG (x)", true)]);
+        r.capabilities = Some(crate::kernel::caps::statuses(!(1u64 << 19)));
+        assert!(summary(&r).ends_with("; what CAP_SYS_PTRACE give (see capabilities above)"), "{}", summary(&r));
         let r = report(vec![status("object", false)], vec![]);
         assert!(summary(&r).starts_with("summary: nothing works"), "{}", summary(&r));
     }

@@ -42,6 +42,11 @@ use crate::{
 /// `net.core.rmem_max`; memory is only used while messages are queued.
 const RCVBUF: usize = 8 << 20;
 
+/// Longest wait of a snapshot for the changes that explain its dump (see [`Pipeline::snapshot`]):
+/// notifications queued with the change arrive within milliseconds; this bound only keeps a
+/// difference no notification resolves from stopping the gauges.
+const CATCH_UP_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the pipeline hands the agent: journal lines and metric inputs, in order.
 // A record is moved once from the engine into the journal writer; boxing it would add an
 // allocation per record for no saving (the values live only until the batch is written).
@@ -69,6 +74,8 @@ pub struct Pipeline {
     /// The label each netns was added with (the engine keeps its own copy for its records).
     labels: BTreeMap<NetnsIno, Option<String>>,
     tx: mpsc::UnboundedSender<NetlinkMsg>,
+    /// Namespaces whose snapshot waits for the journal to catch up with their dump, since when.
+    lagging: BTreeMap<NetnsIno, std::time::Instant>,
 }
 
 /// The netns label: its name under /run/netns, else `container:<id12>` of a task in it.
@@ -89,7 +96,7 @@ fn attributed(mut pids: Vec<u32>) -> Vec<Attributed> {
 impl Pipeline {
     /// A pipeline over `engine` whose subscription readers send to `tx`.
     pub fn new(engine: WatchEngine, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Self {
-        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), cures: BTreeMap::new(), labels: BTreeMap::new(), tx }
+        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), cures: BTreeMap::new(), labels: BTreeMap::new(), tx, lagging: BTreeMap::new() }
     }
 
     /// How many namespaces are followed.
@@ -127,6 +134,7 @@ impl Pipeline {
                     self.health.forget_netns(n.netns);
                     self.cures.remove(&n.netns);
                     self.dirty.remove(&n.netns);
+                    self.lagging.remove(&n.netns);
                 }
                 WatchRecord::NetnsAdded(n) => {
                     self.dirty.insert(n.netns);
@@ -173,6 +181,7 @@ impl Pipeline {
         self.spaces.remove(&ino);
         self.labels.remove(&ino);
         self.dirty.remove(&ino);
+        self.lagging.remove(&ino);
         self.take(records, out);
         // remove_netns reports nothing for a netns it did not follow; the gauges go anyway.
         out.push(Out::Metric(Input::NetnsGone(ino)));
@@ -243,7 +252,9 @@ impl Pipeline {
 
     /// One socket snapshot per netns changed since the last call (BPF socket iterator, a link
     /// and address dump, and one `/proc` pass for waiters): gauges for the metrics, and
-    /// `socket_stranded` / `socket_recovered` lines for sockets whose health changed.
+    /// `socket_stranded` / `socket_recovered` lines for sockets whose health changed. A netns
+    /// whose dump is ahead of the changes taken stays dirty and is judged at a later call, so
+    /// that a health line is never journaled before the `change` lines that explain it.
     pub async fn snapshot(&mut self, probes: &mut Probes, out: &mut Vec<Out>) {
         if self.dirty.is_empty() {
             return;
@@ -263,6 +274,20 @@ impl Pipeline {
                     continue;
                 }
             };
+            // Judged only once the journal holds the changes that explain this dump (see
+            // `snapshot::caught_up`); their notifications are queued already and arrive with
+            // the next batch, which retakes the snapshot. Bounded: a difference no notification
+            // resolves (one this engine does not follow) is judged after `CATCH_UP_BOUND`.
+            let taken = self.engine.links_of(ino).map(|l| snapshot::caught_up(l, &dump)).unwrap_or(true);
+            if !taken {
+                let since = *self.lagging.entry(ino).or_insert_with(std::time::Instant::now);
+                if since.elapsed() < CATCH_UP_BOUND {
+                    self.dirty.insert(ino);
+                    continue;
+                }
+                tracing::debug!("netns {ino}: the link dump still differs from the changes taken after {CATCH_UP_BOUND:?}; judging it");
+            }
+            self.lagging.remove(&ino);
             let sockets = match crate::probes::snapshot::sockets(probes, io.handle.as_ref()).with_context(|| format!("socket snapshot of netns {ino}")) {
                 Ok(s) => s,
                 Err(e) => {

@@ -134,6 +134,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     listener.set_nonblocking(true)?;
     let mut probes = Probes::load(u64::MAX)?;
     let applied = probes.apply(if args.receivers { &plan::AGENT_RECEIVERS } else { &plan::AGENT }, plan::Forced::default())?;
+    let causes = if applied.has(plan::Group::LinkRequestHandlers) {
+        "handlers"
+    } else if args.causes {
+        probes.apply(&plan::AGENT_CAUSES, plan::Forced::default())?;
+        "tracepoint"
+    } else {
+        "none"
+    };
     let mut metrics = MetricsEngine::new();
     metrics.apply(Input::ProbeSet { path: "sockets".into(), set: "iter".into() });
     metrics.apply(Input::ProbeSet { path: "links".into(), set: "rtnetlink".into() });
@@ -141,6 +149,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     metrics.apply(Input::ProbeSet { path: "recv".into(), set: recv });
     let sock_errors = applied.sock_errors.map_or_else(|| "none".into(), |a| format!("{:?}", a.probe).to_lowercase());
     metrics.apply(Input::ProbeSet { path: "sock_errors".into(), set: sock_errors });
+    metrics.apply(Input::ProbeSet { path: "causes".into(), set: causes.into() });
     let mut events = probes.events()?;
     let mounts = netns::watch_mounts()?;
     let (publish, published) = tokio::sync::watch::channel(Arc::new(metrics.values()));

@@ -46,6 +46,17 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
             ] {
                 probes_status.push(ProbeStatus { probe: name.into(), loaded: applied.has(g), reason: refusal(g) });
             }
+            // Where the agent's causes come from: these handlers, fentry or kprobe, cost nothing
+            // between link requests; without them `agent --causes` needs the tracepoints above.
+            let handlers = probes.attach_link_request_handlers();
+            probes_status.push(ProbeStatus {
+                probe: match &handlers {
+                    Ok(sel) => format!("{} rtnl_{{new,del,set}}link, dev_ioctl (the agent's causes)", sel.chosen.name()),
+                    Err(_) => "fentry/kprobe rtnl_{new,del,set}link, dev_ioctl (the agent's causes without --causes)".into(),
+                },
+                loaded: handlers.is_ok(),
+                reason: handlers.err().map(|e| format!("{e:#}")),
+            });
             // Where `waiters` come from: the sockets' wait queues, or the /proc pass (which
             // needs CAP_SYS_PTRACE to read other users' poll/select sets and fdinfo).
             let walk = crate::sources::waiters::usable(&mut probes);
@@ -100,6 +111,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         recv_probe_set: recv_selection,
         probes: probes_status,
         socket_destroy: destroy_mechanisms(),
+        capabilities: crate::kernel::caps::current(),
         summary: String::new(),
     };
     let report = render::doctor::Report { summary: render::doctor::summary(&report), ..report };

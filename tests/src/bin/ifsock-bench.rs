@@ -8,10 +8,13 @@
 //!   `iter/udp` and sock_diag's);
 //! - `burst`: 10 rounds of 1,000 links created and deleted;
 //! - `recv`: the receive path per probe set, its floor (empty programs), per-program cost;
-//! - `waiters`: waiter discovery (epoll/poll) per 1,000 waiting threads.
+//! - `waiters`: waiter discovery (epoll/poll) per 1,000 waiting threads;
+//! - `causes`: the send path under `agent` and `agent --causes` (syscall tracepoints).
 //!
 //! `IFSOCK_BENCH_SOCKETS=10000,100000` picks the socket counts (default 10k, 100k, 1M). Each group works in
 //! its own netns; helper processes hold the sockets and are killed on drop.
+#[path = "bench/causes.rs"]
+mod causes;
 #[path = "bench/hung.rs"]
 mod hung;
 #[path = "bench/recv.rs"]
@@ -79,6 +82,9 @@ fn main() -> Result<()> {
     }
     if want("recv") {
         group("recv", recv::run(&mut rows));
+    }
+    if want("causes") {
+        group("causes", causes::run(&mut rows));
     }
     if want("waiters") {
         group("waiters", waiters::discovery(&mut rows));

@@ -283,6 +283,12 @@ impl WatchEngine {
         self.spaces.contains_key(&netns)
     }
 
+    /// The links of `netns` as the changes taken so far left them (`None` when not followed):
+    /// the state every record already emitted describes, which a fresh dump may be ahead of.
+    pub fn links_of(&self, netns: NetnsIno) -> Option<impl Iterator<Item = &Link>> {
+        self.spaces.get(&netns).map(|s| s.table.links())
+    }
+
     /// Links known in every followed netns.
     pub fn link_count(&self) -> usize {
         self.spaces.values().map(|s| s.table.links().count()).sum()

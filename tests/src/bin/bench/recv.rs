@@ -33,7 +33,7 @@ fn thread_cpu_ns() -> Result<f64> {
 /// together. Both threads share one CPU, so every round trip is two direct context switches
 /// instead of cross-CPU wake-ups. CPU time, not wall time: on a machine shared with other
 /// builds, time spent waiting for the CPU would swamp the cost being measured.
-fn rtt_loop(n: u32) -> Result<f64> {
+pub fn rtt_loop(n: u32) -> Result<f64> {
     let cpu = 0;
     let server = UdpSocket::bind("127.0.0.1:0")?;
     // A lost datagram ends the run with an error instead of hanging it.
