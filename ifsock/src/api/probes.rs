@@ -6,16 +6,16 @@ use serde::Serialize;
 
 use super::Health;
 use crate::{
-    kernel::{netlink, system},
+    kernel::{caps, netlink, system},
     model::stranded::health,
     probes::snapshot,
 };
 
-/// Capabilities the eBPF object needs, with their bit in `CapEff` (include/uapi/linux/capability.h):
+/// Capabilities the eBPF object needs (bits and costs in [`crate::kernel::caps::USED`]):
 /// loading programs and iterators (`CAP_BPF`, >= 5.8), reading kernel memory from them
 /// (`CAP_PERFMON`), the socket iterators' netns (`CAP_NET_ADMIN`), and `setns`/mounting
 /// bpffs and tracefs (`CAP_SYS_ADMIN`).
-const NEEDED: [(&str, u32); 4] = [("CAP_BPF", 39), ("CAP_PERFMON", 38), ("CAP_NET_ADMIN", 12), ("CAP_SYS_ADMIN", 21)];
+const NEEDED: [&str; 4] = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"];
 
 /// Why [`Probes::load`] failed; each names what is missing and how to get it.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +86,10 @@ impl Probes {
     /// [`ProbesError::Lockdown`] under `lockdown=confidentiality`, [`ProbesError::Load`] when
     /// the kernel refuses the object.
     pub fn load() -> Result<Self, ProbesError> {
-        let eff = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
-            .and_then(|v| u64::from_str_radix(&v, 16).ok())
-            .unwrap_or(0);
-        let mut missing: Vec<&'static str> = NEEDED.iter().filter(|(_, bit)| eff & (1 << bit) == 0).map(|(n, _)| *n).collect();
+        let eff = std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(caps::effective_of).unwrap_or(0);
+        let held = caps::statuses(eff);
+        let mut missing: Vec<&'static str> =
+            NEEDED.into_iter().filter(|n| held.iter().any(|c| c.name == *n && !c.held)).collect();
         if missing.is_empty() && !nix::unistd::geteuid().is_root() {
             missing.push("uid 0");
         }
