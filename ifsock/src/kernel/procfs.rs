@@ -105,6 +105,16 @@ pub fn blocked_receivers(pid: Option<u32>) -> Vec<BlockedThread> {
     out
 }
 
+/// Blocked time estimate of one sleeping thread, ns: as [`BlockedThread::blocked_ns`] (our
+/// `se.exec_start` on the CPU it last ran on, minus its own); None when unreadable.
+pub fn sched_blocked_ns(pid: u32, tid: u32) -> Option<u64> {
+    let base = format!("/proc/{pid}/task/{tid}");
+    let stat = procfs::process::Process::new(pid as i32).ok()?.task_from_tid(tid as i32).ok()?.stat().ok()?;
+    let then = exec_start_ns(&format!("{base}/sched"))?;
+    let now = now_on_cpu(stat.processor.unwrap_or(0).max(0) as usize)?;
+    Some(now.saturating_sub(then))
+}
+
 /// True when thread `tid` of `pid` still exists.
 pub fn thread_alive(pid: u32, tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
