@@ -80,6 +80,9 @@ fn main() -> Result<()> {
     if want("recv") {
         group("recv", recv::run(&mut rows));
     }
+    if want("recv") || want("daemons") {
+        group("daemons", recv::with_daemons(&mut rows));
+    }
     if want("waiters") {
         group("waiters", waiters::discovery(&mut rows));
     }
