@@ -196,3 +196,46 @@ fn hung_follow_traces_no_receive_unless_asked_and_record_receives_gives_the_prob
     h.wait_for("receiver gone after wake-up", T, |v| v["type"] == "snapshot" && mine(v, r.tid).is_none()).unwrap();
     assert!(h.interrupt().unwrap().success());
 }
+
+/// A UDP reader in `read(2)` whose fd was closed: procfs alone does not list it (a `read` of a
+/// closed fd is too common to infer from), its socket's wait queue does, `exact`.
+#[test]
+fn a_read_of_a_closed_fd_is_found_on_its_sockets_wait_queue() {
+    require_root();
+    if !skip::needs(Feature::Iterators) {
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    let (fd, port) = ns
+        .run(|| -> Result<(i32, u16)> {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let port = s.local_addr()?.port();
+            Ok((std::os::fd::IntoRawFd::into_raw_fd(s), port))
+        })
+        .unwrap()
+        .unwrap();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+        let mut buf = [0u8; 16];
+        // SAFETY: fd and buf are valid for the call; the fd is closed by another thread while
+        // the call holds the socket.
+        unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    });
+    let tid = tid_rx.recv().unwrap();
+    wait_until("the reader asleep in read", T, || {
+        let sc = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        sc.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_read) && stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('S'))
+    })
+    .unwrap();
+    // SAFETY: the fd was taken from the socket above and is closed once, here.
+    unsafe { libc::close(fd) };
+    let rows = hung_rows(&ns, None).unwrap();
+    let row = rows.iter().find(|v| v["tid"] == tid).unwrap_or_else(|| panic!("reader {tid} missing: {rows:#?}"));
+    assert_eq!((row["certainty"].as_str(), row["source"].as_str(), row["syscall"].as_str()), (Some("exact"), Some("wait_queue"), Some("read")), "{row}");
+    assert_eq!((row["fd"].as_i64(), row["fd_open"].as_bool()), (Some(i64::from(fd)), Some(false)), "{row}");
+    assert_eq!(row["socket"]["local_port"], port, "{row}");
+    ns.run(move || std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"wake", ("127.0.0.1", port)))).unwrap().unwrap();
+    assert_eq!(reader.join().unwrap(), 4, "the reader gets the datagram");
+}
