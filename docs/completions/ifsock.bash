@@ -151,7 +151,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__agent)
-            opts="-n -v -h --listen --journal --journal-max-bytes --reconcile-every --receivers --causes --netns --verbose --wide --help"
+            opts="-n -v -h --listen --journal --journal-max-bytes --reconcile-every --receivers --causes --record-receives --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -365,7 +365,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__hung)
-            opts="-n -v -h --min-blocked --pid --all-netns --json --follow --interval --probe-set --journal --netns --verbose --wide --help"
+            opts="-n -v -h --min-blocked --pid --all-netns --json --follow --record-receives --interval --probe-set --journal --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -475,7 +475,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__teardown)
-            opts="-y -n -v -h --grace --dry-run --yes --json --abort-stranded --observe --netns --verbose --wide --help"
+            opts="-y -n -v -h --grace --dry-run --yes --json --record-receives --abort-stranded --observe --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -531,7 +531,7 @@ _ifsock() {
             return 0
             ;;
         ifsock__subcmd__watch)
-            opts="-n -v -h --iface --json --rcvbuf --reconcile-every --no-sockets --sockets-inline --sockets-after --count --probe-set --all-netns --stranded-after --sock-error-probe --netns --verbose --wide --help"
+            opts="-n -v -h --iface --json --rcvbuf --reconcile-every --no-sockets --sockets-inline --sockets-after --count --probe-set --all-netns --record-receives --stranded-after --sock-error-probe --netns --verbose --wide --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

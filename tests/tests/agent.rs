@@ -124,9 +124,9 @@ fn bpf_link_ids(pid: Option<u32>) -> HashSet<u64> {
 /// agent outlives it, and the exit status is 128 + the signal.
 fn signal_flushes_the_journal_and_leaves_no_bpf_links(signal: nix::sys::signal::Signal, code: i32) -> Result<()> {
     require_root();
-    let mut agent = Agent::start(&["--receivers"])?;
+    let mut agent = Agent::start(&["--receivers", "--record-receives"])?;
     let held = bpf_link_ids(Some(agent.child.id()));
-    assert!(!held.is_empty(), "--receivers attaches the receive-path probes: the agent must hold BPF links");
+    assert!(!held.is_empty(), "--record-receives attaches the receive-path probes: the agent must hold BPF links");
     let ns = Netns::new()?;
     let a = unique("ag");
     ns.veth(&a, &unique("ah"), Some("10.242.0.1/24"))?;

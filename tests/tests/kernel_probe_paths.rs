@@ -25,7 +25,7 @@ fn feature(set: &str) -> Feature {
     }
 }
 
-/// `watch --probe-set SET` while a veth goes away under three sockets of one netns: bound to its
+/// `watch --probe-set SET --record-receives` while a veth goes away under three sockets of one netns: bound to its
 /// address, bound to it as a device, and a wildcard IP_PKTINFO receiver blocked in recvmsg. The
 /// deletion is confirmed at the kernel function (`kernel.via` SET), the address-bound socket is
 /// `address_gone`, the device-bound one `device_deleted`, the receiver stranded with the SET probe
@@ -49,7 +49,7 @@ fn stranded_sockets_are_seen_with(set: &str) {
         })
         .unwrap()
         .unwrap();
-    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--probe-set", set]).unwrap();
+    let mut w = Running::start(&["--netns", &ns.name, "watch", "--json", "--reconcile-every", "0", "--probe-set", set, "--record-receives"]).unwrap();
     let ready = w.wait_for("ready", T, |v| v["type"] == "ready").unwrap();
     assert_eq!(ready["probe_set"]["chosen"], set, "{ready}");
     // Bound to the device that goes: a wildcard receiver is never stranded by a deletion (it
@@ -112,8 +112,9 @@ fn kprobe_watch_and_sockets_report_stranded_sockets_and_a_stranded_receiver() {
 }
 
 /// `hung --follow --probe-set SET` and a TCP reader blocked in `read`: TCP receives do not go
-/// through the probed functions, so README says the reader is found through procfs
-/// (`current_fd`) with its fd and syscall; a UDP receiver beside it is the probe's (`exact`).
+/// through the probed functions, so the reader is found on its socket's wait queue (`exact`,
+/// `source: wait_queue`; procfs's `current_fd` where the walk cannot run) with its fd and
+/// syscall; a UDP receiver beside it is the probe's (`exact`, `probe` named).
 fn tcp_reader_is_found_with(set: &str) {
     require_root();
     if !needs(feature(set)) {
@@ -156,7 +157,11 @@ fn tcp_reader_is_found_with(set: &str) {
     let mine = |v: &Value, tid: u32| v["receivers"].as_array().and_then(|r| r.iter().find(|r| r["tid"] == tid).cloned());
     let snap = h.wait_for("both receivers listed", T, |v| mine(v, tid).is_some() && mine(v, udp.tid).is_some_and(|r| r["syscall"] != "?")).unwrap();
     let row = mine(&snap, tid).unwrap();
-    assert_eq!(row["certainty"], "current_fd", "a TCP reader is found through procfs: {row}");
+    if Feature::Iterators.available().is_ok() {
+        assert_eq!((row["certainty"].as_str(), row["source"].as_str()), (Some("exact"), Some("wait_queue")), "a TCP reader is on its socket's wait queue: {row}");
+    } else {
+        assert_eq!(row["certainty"], "current_fd", "a TCP reader is found through procfs: {row}");
+    }
     assert_eq!(row["syscall"], "read", "{row}");
     assert_eq!(row["fd"], fd, "{row}");
     assert_eq!(row["socket"]["protocol"], "tcp", "{row}");
@@ -187,7 +192,7 @@ fn kprobe_hung_finds_a_tcp_reader_through_procfs() {
     tcp_reader_is_found_with("kprobe");
 }
 
-/// The agent with `--receivers` on a kernel with BPF trampolines serves the receive path from
+/// The agent with `--receivers --record-receives` on a kernel with BPF trampolines serves the receive path from
 /// fentry (it has no `--probe-set`: it takes the best set), follows a netns created after it
 /// started, and journals a receiver bound (SO_BINDTODEVICE) to a deleted veth as stranded, with
 /// the blocked thread as its waiter; the blocked-receivers gauge counts it as stranded. (A
@@ -198,7 +203,7 @@ fn agent_with_receivers_on_fentry_journals_a_stranded_receiver() {
     if !needs(Feature::Fentry) {
         return;
     }
-    let mut agent = Agent::start(&["--receivers"]).unwrap();
+    let mut agent = Agent::start(&["--receivers", "--record-receives"]).unwrap();
     let m = agent.metrics().unwrap();
     assert!(m.lines().any(|l| l == "ifsock_probe_set_info{path=\"recv\",set=\"fentry\"} 1"), "the receive path on fentry: {m}");
     let ns = Netns::new().unwrap();

@@ -68,7 +68,8 @@ enum Task {
     /// Run the benchmarks and print one table: each row gives ifsock, a baseline measured in
     /// the same run, the ratio, the target and whether it is met (peak RSS too).
     Bench {
-        /// Groups to run (`sockets`, `hung`, `watch`, `burst`, `recv`; all when none are given).
+        /// Groups to run (`sockets`, `hung`, `watch`, `burst`, `recv`, `daemons`, `waiters`; all
+        /// when none are given).
         /// `IFSOCK_BENCH_SOCKETS=10000,100000` picks the socket counts.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

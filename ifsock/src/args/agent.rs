@@ -19,8 +19,9 @@ pub struct AgentArgs {
     /// Re-dump every netns's links and re-take its socket snapshot this often (0 = never).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub reconcile_every: Duration,
-    /// Also attach the receive-path probes (costs a probe hit per receive on the host; off by
-    /// default: blocked receivers are found from /proc at each snapshot).
+    /// Journal `receiver_stranded` records: after each down/delete, the receivers blocked on
+    /// the sockets it strands (from the sockets' wait queues; no receive tracing unless
+    /// `--record-receives`).
     #[arg(long)]
     pub receivers: bool,
     /// Name the task behind each change (`cause`) on kernels that refuse fentry and kprobes,
@@ -29,4 +30,10 @@ pub struct AgentArgs {
     /// rtnetlink and ioctl handlers at no idle cost, without this flag.
     #[arg(long)]
     pub causes: bool,
+    /// Record receives: attach the receive-path probes for each blocked receiver's exact
+    /// blocked-since time, at the cost of tracing every receive syscall of the host. Without
+    /// it receivers come from the sockets' wait queues and their blocked time is estimated from
+    /// the scheduler (`blocked_since_source: scheduler`).
+    #[arg(long, requires = "receivers")]
+    pub record_receives: bool,
 }

@@ -21,17 +21,24 @@ pub struct HungArgs {
     /// JSON: one object per receiver (one-shot), or one `snapshot` object per interval (`--follow`).
     #[arg(long)]
     pub json: bool,
-    /// Keep running: record receives as they start (exact sockets) and interface deletions,
-    /// and print the list every `--interval`.
+    /// Keep running: follow interface deletions and print the list every `--interval`
+    /// (receivers from the sockets' wait queues, re-read at each interval).
     #[arg(long)]
     pub follow: bool,
+    /// With `--follow`: record receives, attaching the receive-path probes, for the exact
+    /// blocked-since time of receives that start while ifsock runs, at the cost of tracing
+    /// every receive syscall of the host. Without it receivers come from the sockets' wait
+    /// queues and blocked time is estimated from the scheduler (`blocked_since_source`).
+    #[arg(long, requires = "follow")]
+    pub record_receives: bool,
+
     /// Interval between snapshots with `--follow` (1ms to 24h; default 1s).
     #[arg(long, requires = "follow", value_parser = parse_positive_duration)]
     pub interval: Option<Duration>,
     /// Receive-path probe set instead of the best one allowed (fentry: `__skb_recv_udp`,
     /// `__skb_recv_datagram`, `__skb_wait_for_more_packets` trampolines; kprobe: the same with
     /// kprobes; tracepoint: the receive syscalls). Refused with the kernel's reason if unavailable.
-    /// Only with `--follow`: a one-shot scan reads procfs and records nothing.
+    /// Only with `--follow`; implies `--record-receives`.
     #[arg(long, value_enum, requires = "follow")]
     pub probe_set: Option<ProbeSet>,
     /// Journal of a recorder that was running before (`ifsock agent`): interfaces it saw

@@ -20,6 +20,11 @@ pub struct TeardownArgs {
     /// One JSON object: the report (fields documented in README.md), also on error and interrupt.
     #[arg(long)]
     pub json: bool,
+    /// Record receives: attach the receive-path probes to time each receiver's wake-up during
+    /// grace (`woke_ms`), at the cost of tracing every receive syscall of the host. Without it
+    /// `woke_ms` is null; `blocked_at_down` and `blocked_at_end` still say who stayed blocked.
+    #[arg(long)]
+    pub record_receives: bool,
     /// After the delete, destroy the sockets it left stranded (bound to the interface or the veth
     /// peer by device or address), and those with receivers still blocked, as `ifsock abort`
     /// does; the report's `abort` field lists them (the dry run: what would be destroyed).

@@ -40,14 +40,21 @@ pub struct WatchArgs {
     /// Stop after this many change events (for scripts and tests).
     #[arg(long)]
     pub count: Option<u64>,
-    /// Use this probe set for the device and receive paths instead of the best one allowed
-    /// (fentry, kprobe, tracepoint); refused with the kernel's reason if it cannot load.
+    /// Use this probe set for the device path (and the receive path, with `--record-receives`)
+    /// instead of the best one allowed (fentry, kprobe, tracepoint); refused with the kernel's
+    /// reason if it cannot load.
     #[arg(long, value_enum)]
     pub probe_set: Option<select::ProbeSet>,
     /// Follow every network namespace (named ones under /run/netns and those of running
     /// processes), including namespaces created and destroyed while running.
     #[arg(long)]
     pub all_netns: bool,
+    /// Record receives: attach the receive-path probes for each blocked receiver's exact
+    /// blocked-since time, at the cost of tracing every receive syscall of the host. Without
+    /// it receivers come from the sockets' wait queues and their blocked time is estimated from
+    /// the scheduler (`blocked_since_source: scheduler`).
+    #[arg(long)]
+    pub record_receives: bool,
     /// Raise `receiver_stranded` again when a receiver is still blocked this long after the
     /// down/delete that stranded it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

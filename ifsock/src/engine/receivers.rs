@@ -1,18 +1,21 @@
-//! The receivers correlator behind `hung` and watch's `receiver_stranded`: joins in-flight
-//! receive records (probes), threads procfs shows blocked in a receive syscall, the sockets of
-//! the snapshots and the link tables into [`HungReceiver`] rows, each with how surely its
-//! socket is known and whether an interface change strands it.
+//! The receivers correlator behind `hung` and watch's `receiver_stranded`: joins threads asleep
+//! on a socket's wait queue (the waiter walk), in-flight receive records (probes, only with
+//! `--record-receives`), threads procfs shows blocked in a receive syscall, the sockets of the
+//! snapshots and the link tables into [`HungReceiver`] rows, each with how surely its socket is
+//! known and whether an interface change strands it.
 //!
 //! No I/O: the two task facts it needs on demand (is a thread alive, what does an fd point at)
 //! come through [`TaskSource`]; everything else is a value in [`Inputs`], the clock included.
 //!
-//! Evidence, strongest first: a probe recorded the socket when the receive started (`exact`);
-//! the syscall's fd still points at a socket (`current_fd`); the only ownerless socket in the
-//! task's netns (`inferred`). An inference is never shown as a fact.
+//! Evidence, strongest first: the thread is on the socket's wait queue, or a probe recorded the
+//! socket when the receive started (`exact`); the syscall's fd still points at a socket
+//! (`current_fd`); the only ownerless socket in the task's netns (`inferred`, only when the
+//! wait queues could not be read). An inference is never shown as a fact. A thread is one row:
+//! a probe record and a wait-queue entry of the same thread make one row (the probe's start
+//! time, the queue's `source`), and procfs adds only threads neither saw.
 //!
-//! Threads that wait for a socket elsewhere (epoll, poll, select: `kernel::waiters`) are a
-//! further input beside `inflight` and `blocked`, turned into rows by their own function next
-//! to [`from_inflight`] and [`from_blocked`]; the merge and filters in [`receivers`] stay.
+//! Threads that wait for a socket elsewhere (epoll, poll, select: `kernel::waiters`) are listed
+//! apart, by `engine::health::event_loop_waiters`.
 use std::collections::{HashMap, HashSet};
 
 use crate::{
@@ -20,7 +23,7 @@ use crate::{
         ids::{IfIndex, NetnsIno, SockInode},
         link::Link,
         kernel_event::{ProbeVia, RecvEntry},
-        receiver::{stranded, ties, BlockedThread, TaskSource, Certainty, HungReceiver, IfaceState, IfaceTie, InFlight},
+        receiver::{stranded, ties, BlockedSince, BlockedThread, Certainty, HungReceiver, IfaceState, IfaceTie, InFlight, QueuedReceiver, ReceiverSource, TaskSource},
         socket::{Binding, Socket},
         sys::recv_syscall_name as syscall_name,
     },
@@ -73,7 +76,12 @@ impl Filter {
 /// One scan's inputs.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
-    /// In-flight receives recorded by the probes.
+    /// Threads asleep in a receive on a socket's wait queue (the waiter walk).
+    pub queued: &'a [QueuedReceiver],
+    /// Whether the wait queues of the scanned namespaces were read (`queued` is the whole
+    /// answer for their UDP and TCP sockets); false: the `/proc` fallback, inference allowed.
+    pub walked: bool,
+    /// In-flight receives recorded by the probes (empty without `--record-receives`).
     pub inflight: &'a [InFlight],
     /// Threads procfs shows blocked in a receive syscall.
     pub blocked: &'a [BlockedThread],
@@ -112,7 +120,8 @@ pub fn needs_foreign_sockets(filter: &Filter, own: NetnsIno, inflight: &[InFligh
 /// Every receiver that passes `filter`, longest blocked first.
 pub fn receivers(input: &Inputs<'_>, filter: &Filter, tasks: &impl TaskSource) -> Vec<HungReceiver> {
     let by_ino: HashMap<SockInode, &Socket> = input.sockets.iter().filter(|s| s.inode.0 != 0).map(|s| (s.inode, s)).collect();
-    let (mut out, seen) = from_inflight(input, &by_ino, filter, tasks);
+    let (mut out, mut seen) = from_inflight(input, &by_ino, filter, tasks);
+    out.extend(from_queued(input, &by_ino, filter, tasks, &mut seen));
     out.extend(from_blocked(input, &by_ino, filter, &seen));
     out.retain(|r| match filter.netns {
         NetnsFilter::All => true,
@@ -131,6 +140,7 @@ pub fn from_inflight(
     tasks: &impl TaskSource,
 ) -> (Vec<HungReceiver>, HashSet<u32>) {
     let by_tid: HashMap<u32, &BlockedThread> = input.blocked.iter().map(|b| (b.tid, b)).collect();
+    let on_queue: HashSet<(u32, SockInode)> = input.queued.iter().map(|q| (q.tid, q.ino)).collect();
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for e in input.inflight {
@@ -138,9 +148,11 @@ pub fn from_inflight(
             continue;
         }
         let proc_view = by_tid.get(&e.tid).copied();
+        let queued = on_queue.contains(&(e.tid, e.ino));
         // A kretprobe can miss a return (its instance pool is bounded), leaving a record behind
-        // a thread that is no longer receiving: trust a kprobe record only while procfs agrees.
-        if e.via == ProbeVia::Kprobe && proc_view.is_none() {
+        // a thread that is no longer receiving: trust a kprobe record only while procfs or the
+        // socket's wait queue agrees.
+        if e.via == ProbeVia::Kprobe && proc_view.is_none() && !queued {
             continue;
         }
         seen.insert(e.tid);
@@ -162,6 +174,7 @@ pub fn from_inflight(
             }
             _ => format!("socket inode {} from the struct sock argument of {probe}", e.ino),
         };
+        let evidence = if queued { format!("{evidence}; on its wait queue now") } else { evidence };
         out.push(HungReceiver {
             pid: e.pid,
             tid: e.tid,
@@ -171,6 +184,8 @@ pub fn from_inflight(
             fd_open: fd.is_some_and(|fd| tasks.fd_socket(e.pid, fd) == Some(e.ino)),
             blocked_ns: Some(blocked_ns),
             blocked_source: if e.entry == RecvEntry::Syscall { "syscall_entry" } else { "function_entry" },
+            blocked_since_source: BlockedSince::RecvProbe,
+            source: if queued { ReceiverSource::WaitQueue } else { ReceiverSource::RecvProbe },
             probe: Some(probe),
             in_wait: (e.via != ProbeVia::Tracepoint).then_some(e.wait_since_ns.is_some()),
             certainty: Certainty::Exact,
@@ -186,8 +201,63 @@ pub fn from_inflight(
     (out, seen)
 }
 
-/// Rows from procfs-only threads (no in-flight record): `current_fd`, `inferred`, `ambiguous`
-/// or `unknown`.
+/// Rows from threads on a socket's wait queue that no in-flight record covers (`exact`, blocked
+/// time from the scheduler); their tids join `seen`.
+pub fn from_queued(
+    input: &Inputs<'_>,
+    by_ino: &HashMap<SockInode, &Socket>,
+    filter: &Filter,
+    tasks: &impl TaskSource,
+    seen: &mut HashSet<u32>,
+) -> Vec<HungReceiver> {
+    let by_tid: HashMap<u32, &BlockedThread> = input.blocked.iter().map(|b| (b.tid, b)).collect();
+    let mut out = Vec::new();
+    for q in input.queued {
+        if filter.pid.is_some_and(|p| p != q.pid) || !seen.insert(q.tid) {
+            continue;
+        }
+        let proc_view = by_tid.get(&q.tid).copied();
+        let blocked_ns = proc_view.and_then(|b| b.blocked_ns).or(q.blocked_ns);
+        if blocked_ns.is_some_and(|n| n < filter.min_blocked_ns) {
+            continue;
+        }
+        let socket = by_ino.get(&q.ino).map(|s| (*s).clone());
+        let interfaces = socket.as_ref().map(|s| input.ctx.ties(s)).unwrap_or_default();
+        let fd_open = q.fd.is_some_and(|fd| tasks.fd_socket(q.pid, fd) == Some(q.ino));
+        let fd_text = q.fd.map_or("?".into(), |f| f.to_string());
+        out.push(HungReceiver {
+            pid: q.pid,
+            tid: q.tid,
+            comm: q.comm.clone(),
+            syscall: q.syscall,
+            fd: q.fd,
+            fd_open,
+            blocked_ns,
+            blocked_source: "sched_exec_start",
+            blocked_since_source: BlockedSince::Scheduler,
+            source: ReceiverSource::WaitQueue,
+            probe: None,
+            in_wait: None,
+            certainty: Certainty::Exact,
+            evidence: format!(
+                "asleep in {} (fd {fd_text}{}) on the wait queue of socket:[{}] (sk->sk_wq->wait)",
+                q.syscall,
+                if fd_open { "" } else { ", closed" },
+                q.ino
+            ),
+            orphaned: socket.as_ref().is_some_and(|s| s.owners.is_empty()),
+            netns: socket.as_ref().map_or(q.netns, |s| s.netns),
+            stranded: socket.as_ref().is_some_and(|s| stranded(s, &interfaces)),
+            socket,
+            candidates: Vec::new(),
+            interfaces,
+        });
+    }
+    out
+}
+
+/// Rows from procfs-only threads (no in-flight record, on no walked wait queue): `current_fd`,
+/// `inferred` (only without the walk), `ambiguous` or `unknown`.
 pub fn from_blocked(input: &Inputs<'_>, by_ino: &HashMap<SockInode, &Socket>, filter: &Filter, seen: &HashSet<u32>) -> Vec<HungReceiver> {
     let mut out = Vec::new();
     for b in input.blocked {
@@ -200,6 +270,17 @@ pub fn from_blocked(input: &Inputs<'_>, by_ino: &HashMap<SockInode, &Socket>, fi
                 by_ino.get(&ino).map(|s| (*s).clone()),
                 Certainty::CurrentFd,
                 format!("/proc/{}/task/{}/syscall: {name} on fd {}; fd {} → socket:[{}] now", b.pid, b.tid, b.fd, b.fd, ino.0),
+                Vec::new(),
+            ),
+            // The thread would be on its socket's queue if that were a UDP or TCP socket of a
+            // walked netns: an ownerless socket there is someone else's.
+            None if input.walked => (
+                None,
+                Certainty::Unknown,
+                format!(
+                    "fd {} is closed and the thread is on no UDP or TCP socket's wait queue in netns {} (a socket of another kind, or one made in another netns)",
+                    b.fd, b.netns
+                ),
                 Vec::new(),
             ),
             None => {
@@ -236,6 +317,8 @@ pub fn from_blocked(input: &Inputs<'_>, by_ino: &HashMap<SockInode, &Socket>, fi
             fd_open: b.fd_socket.is_some(),
             blocked_ns: b.blocked_ns,
             blocked_source: "sched_exec_start",
+            blocked_since_source: BlockedSince::Scheduler,
+            source: ReceiverSource::Proc,
             probe: None,
             in_wait: None,
             certainty,
@@ -293,7 +376,7 @@ pub fn mark_recorded_deletions(rows: &mut [HungReceiver], deletions: &[RecordedD
         if !(s.pktinfo && s.bound_dev_if == 0 && s.local_addr.is_unspecified()) {
             continue;
         }
-        let slack = if r.blocked_source == "sched_exec_start" { ESTIMATED_START_SLACK_NS } else { 0 };
+        let slack = if r.blocked_since_source == BlockedSince::Scheduler { ESTIMATED_START_SLACK_NS } else { 0 };
         let started = now_unix_ns.saturating_sub(blocked).saturating_sub(slack);
         for d in deletions.iter().filter(|d| d.netns == s.netns && d.ts_unix_ns >= started) {
             if r.interfaces.iter().any(|t| t.ifindex == d.ifindex && t.state == IfaceState::Deleted) {
@@ -416,7 +499,73 @@ mod tests {
     }
 
     fn run(inflight: &[InFlight], blocked: &[BlockedThread], sockets: &[Socket], ctx: &Context, filter: Filter, tasks: &Tasks) -> Vec<HungReceiver> {
-        receivers(&Inputs { inflight, blocked, sockets, ctx, now_ns: 100 * S }, &filter, tasks)
+        receivers(&Inputs { queued: &[], walked: false, inflight, blocked, sockets, ctx, now_ns: 100 * S }, &filter, tasks)
+    }
+
+    fn queued(tid: u32, ino: u64, blocked_ns: Option<u64>) -> QueuedReceiver {
+        QueuedReceiver { pid: 10, tid, comm: "srv".into(), syscall: "recvmsg", fd: Some(3), ino: SockInode(ino), netns: NS, blocked_ns }
+    }
+
+    /// [`run`] with the wait queues read: `queued` is what they held.
+    fn run_walked(queued: &[QueuedReceiver], inflight: &[InFlight], blocked: &[BlockedThread], sockets: &[Socket], filter: Filter, tasks: &Tasks) -> Vec<HungReceiver> {
+        let c = ctx(vec![], vec![]);
+        receivers(&Inputs { queued, walked: true, inflight, blocked, sockets, ctx: &c, now_ns: 100 * S }, &filter, tasks)
+    }
+
+    #[test]
+    fn each_closed_fd_receiver_on_a_wait_queue_is_exact_on_its_own_socket() {
+        // Seed 003 three times in one netns, ifsock started after: three ownerless sockets,
+        // three threads whose fd 3 is closed. procfs alone could only say `ambiguous`.
+        let socks: Vec<Socket> = (42..45).map(|i| sock(i, NS, [0, 0, 0, 0], 0, true, false)).collect();
+        let procs = [blocked(11, NS, None, Some(5 * S)), blocked(12, NS, None, Some(6 * S)), blocked(13, NS, None, Some(7 * S))];
+        let q = [queued(11, 42, None), queued(12, 43, None), queued(13, 44, None)];
+        let rows = run_walked(&q, &[], &procs, &socks, Filter::ALL, &alive(&[11, 12, 13]));
+        type Row = (u32, Option<u64>, Certainty, ReceiverSource, BlockedSince, Option<u64>, bool);
+        let got: Vec<Row> = rows
+            .iter()
+            .map(|r| (r.tid, r.socket.as_ref().map(|s| s.inode.0), r.certainty, r.source, r.blocked_since_source, r.blocked_ns, r.fd_open))
+            .collect();
+        let exact = |tid, ino, b| (tid, Some(ino), Certainty::Exact, ReceiverSource::WaitQueue, BlockedSince::Scheduler, Some(b), false);
+        assert_eq!(got, vec![exact(13, 44, 7 * S), exact(12, 43, 6 * S), exact(11, 42, 5 * S)], "one row per thread, longest first: {rows:#?}");
+        assert!(rows.iter().all(|r| r.orphaned && r.evidence.contains("wait queue") && r.candidates.is_empty()));
+        // Without the walk the same threads are an ambiguity, as before.
+        let rows = run(&[], &procs, &socks, &ctx(vec![], vec![]), Filter::ALL, &alive(&[]));
+        assert!(rows.iter().all(|r| r.certainty == Certainty::Ambiguous && r.source == ReceiverSource::Proc), "{rows:#?}");
+    }
+
+    #[test]
+    fn a_recorded_receive_on_the_queue_is_one_row_with_the_probe_start() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, false, true)];
+        let rows = run_walked(&[queued(11, 42, Some(S))], &[inflight(11, 42, 90 * S, RecvProbe::Syscall)], &[blocked(11, NS, Some(42), Some(S))], &socks, Filter::ALL, &alive(&[11]));
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        let r = &rows[0];
+        assert_eq!((r.certainty, r.source, r.blocked_since_source, r.blocked_ns), (Certainty::Exact, ReceiverSource::WaitQueue, BlockedSince::RecvProbe, Some(10 * S)));
+        // A record the queue does not hold (the thread is between entry and sleep) keeps its source.
+        let rows = run_walked(&[], &[inflight(11, 42, 90 * S, RecvProbe::Syscall)], &[], &socks, Filter::ALL, &alive(&[11]));
+        assert_eq!(rows[0].source, ReceiverSource::RecvProbe);
+    }
+
+    #[test]
+    fn with_the_walk_a_closed_fd_off_every_queue_is_never_inferred() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, true, false)];
+        let rows = run_walked(&[], &[], &[blocked(11, NS, None, Some(S))], &socks, Filter::ALL, &alive(&[]));
+        assert_eq!((rows[0].certainty, rows[0].source), (Certainty::Unknown, ReceiverSource::Proc), "{rows:#?}");
+        assert!(rows[0].socket.is_none() && rows[0].evidence.contains("no UDP or TCP socket's wait queue"));
+        // An open fd to a socket the walk does not cover (a unix socket) stays `current_fd`.
+        let rows = run_walked(&[], &[], &[blocked(11, NS, Some(77), Some(S))], &socks, Filter::ALL, &alive(&[]));
+        assert_eq!(rows[0].certainty, Certainty::CurrentFd);
+    }
+
+    #[test]
+    fn filters_apply_to_queued_receivers() {
+        let socks = [sock(42, NS, [0, 0, 0, 0], 0, false, true)];
+        let mut other = queued(12, 42, Some(9 * S));
+        other.pid = 20;
+        let q = [queued(11, 42, Some(S)), other, queued(13, 42, Some(5 * S)), queued(14, 42, None)];
+        let tids = |f: Filter| -> Vec<u32> { run_walked(&q, &[], &[], &socks, f, &alive(&[])).iter().map(|r| r.tid).collect() };
+        assert_eq!(tids(Filter { min_blocked_ns: 2 * S, ..Filter::ALL }), vec![12, 13, 14]);
+        assert_eq!(tids(Filter { pid: Some(10), ..Filter::ALL }), vec![13, 11, 14]);
+        assert_eq!(tids(Filter { netns: NetnsFilter::Only(OTHER), ..Filter::ALL }), Vec::<u32>::new());
     }
 
     fn alive(tids: &[u32]) -> Tasks {

@@ -1,6 +1,7 @@
 //! Receivers: threads blocked receiving on a socket, how surely the socket is known, and how it
-//! is tied to interfaces (up, down or deleted). Pure types and logic; the facts come from
-//! `probes` (in-flight records), `kernel::procfs` (blocked threads) and the snapshots.
+//! is tied to interfaces (up, down or deleted). Pure types and logic; the facts come from the
+//! sockets' wait queues (the waiter walk, `kernel::waiters`), `probes` (in-flight records, only
+//! with `--record-receives`), `kernel::procfs` (blocked threads) and the snapshots.
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -15,12 +16,15 @@ use super::{
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Certainty {
-    /// Recorded by a probe when the receive started: the `struct sock *` argument of a kernel
-    /// receive function (fentry/kprobe sets), or the fd resolved at syscall entry (tracepoints).
+    /// The thread is on the socket's own wait queue (`sk->sk_wq->wait`, read by the waiter
+    /// walk), whether or not its fd is still open; or a probe recorded the socket when the
+    /// receive started: the `struct sock *` argument of a kernel receive function
+    /// (fentry/kprobe sets), or the fd resolved at syscall entry (tracepoints).
     Exact,
     /// The syscall's fd is still open and points at this socket (procfs).
     CurrentFd,
-    /// The fd is closed; the socket is the only ownerless one in the task's netns.
+    /// The fd is closed; the socket is the only ownerless one in the task's netns (only when
+    /// the wait queues could not be read: the `/proc` fallback).
     Inferred,
     /// The fd is closed and several ownerless sockets could be it (see `candidates`).
     Ambiguous,
@@ -77,6 +81,60 @@ pub struct IfaceTie {
     pub state: IfaceState,
 }
 
+/// Where a receiver's tie to its socket was found (JSON `source`).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiverSource {
+    /// On the socket's wait queue (`sk->sk_wq->wait`, the waiter walk): exact whatever ifsock
+    /// was doing when the thread blocked and whether its fd is still open.
+    WaitQueue,
+    /// An in-flight record of the receive probes (`--record-receives`) and no wait-queue entry
+    /// (the thread is in the receive but not asleep on the queue, or the walk is unavailable).
+    RecvProbe,
+    /// `/proc/PID/task/TID/syscall` and the fd table: the fallback where the walk cannot run
+    /// (or a socket the walk does not cover: not UDP/TCP).
+    Proc,
+}
+
+/// Where [`HungReceiver::blocked_ns`] comes from (JSON `blocked_since_source`).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedSince {
+    /// The receive probes' timestamp of the receive's start (`--record-receives`): exact.
+    RecvProbe,
+    /// The scheduler: since the thread last ran (`se.exec_start`, `/proc/PID/task/TID/sched`),
+    /// an estimate (a receive that woke and slept again without returning restarts it).
+    Scheduler,
+}
+
+/// A thread asleep on a socket's wait queue in a receive (`recvfrom`, `recvmsg`, `recvmmsg`,
+/// `read`) or an `accept`: a waiter of the waiter walk (`receiver_wake_function`,
+/// `woken_wake_function`, `autoremove_wake_function`, whose `wait_queue_entry.private` is the
+/// task), the input [`crate::engine::receivers`] turns into `exact` rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedReceiver {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread command (`task_struct.comm`).
+    pub comm: String,
+    /// The syscall it sleeps in (its syscall number, read from the task's registers).
+    pub syscall: &'static str,
+    /// The fd it passed to that syscall (first argument, from its registers), open or not.
+    pub fd: Option<u32>,
+    /// Inode of the socket whose queue holds it.
+    pub ino: SockInode,
+    /// The netns that socket was walked in.
+    pub netns: NetnsIno,
+    /// Blocked time estimate from the scheduler, ns (see [`BlockedThread::blocked_ns`]).
+    pub blocked_ns: Option<u64>,
+}
+
+/// Syscalls whose waiter on a socket's queue is a receiver (the others, sends and connects,
+/// are not).
+pub const QUEUED_RECEIVE_SYSCALLS: [&str; 6] = ["recvfrom", "recvmsg", "recvmmsg", "read", "accept", "accept4"];
+
 /// One blocked receiver (a row of `hung`, the `receiver` of watch's `receiver_stranded`).
 #[derive(Clone, Debug, Serialize)]
 pub struct HungReceiver {
@@ -86,7 +144,8 @@ pub struct HungReceiver {
     pub tid: u32,
     /// Command.
     pub comm: String,
-    /// `recvmsg`, `recvfrom`, `recvmmsg` or `read`; `?` when unknown.
+    /// `recvmsg`, `recvfrom`, `recvmmsg`, `read`, or (wait-queue source) `accept`/`accept4`;
+    /// `?` when unknown.
     pub syscall: &'static str,
     /// The fd passed to the syscall (None when the probe saw only the `struct sock` and the
     /// thread's `/proc/.../syscall` no longer shows it).
@@ -99,6 +158,10 @@ pub struct HungReceiver {
     /// (entry of `__skb_recv_udp`/`__skb_recv_datagram`/`__skb_wait_for_more_packets`) or
     /// `sched_exec_start` (procfs estimate).
     pub blocked_source: &'static str,
+    /// The same, in two words: `recv_probe` (exact start) or `scheduler` (estimate).
+    pub blocked_since_source: BlockedSince,
+    /// Where the receiver's tie to its socket was found.
+    pub source: ReceiverSource,
     /// The probe that recorded the receive (`fentry:__skb_recv_udp`,
     /// `tracepoint:syscalls:sys_enter_recvmsg`, ...), None for procfs-only receivers.
     pub probe: Option<String>,

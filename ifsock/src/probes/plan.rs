@@ -1,7 +1,10 @@
 //! Which probe groups a command needs, and one policy for a group the kernel refuses: a
 //! required group fails the command with the kernel's reason; an optional one prints one
 //! warning line (what the command will not see) and is recorded in `Probes::unavailable`.
-//! A group the user forced (`--probe-set`, `--sock-error-probe`) is required.
+//! A group the user forced (`--probe-set`, `--sock-error-probe`) is required. Receive tracing
+//! ([`Group::Recv`]) is attached only when the user asks for it (`--record-receives`): its
+//! tracepoints put every receive syscall of the host on the traced path, and the receivers
+//! come from the sockets' wait queues without it.
 use serde::Serialize;
 
 use super::{select::Selection, ProbeSet, SockErrorAttach, SockErrorProbe};
@@ -49,6 +52,8 @@ pub enum Need {
     Required,
     /// The command runs without it and says what it will not see.
     Optional,
+    /// Attached only when the user asked ([`Forced::record_receives`]); then required.
+    Requested,
 }
 
 /// One group of a plan.
@@ -81,7 +86,7 @@ pub const WATCH: Plan = Plan {
     steps: &[
         step(Group::Device, Need::Required, "no device events"),
         step(Group::LinkRequests, Need::Optional, "events will carry no cause"),
-        step(Group::Recv, Need::Optional, "no receiver_stranded events"),
+        step(Group::Recv, Need::Requested, "no receive start times"),
         step(Group::SockErrors, Need::Optional, "no socket_error events"),
     ],
 };
@@ -91,13 +96,14 @@ pub const TEARDOWN: Plan = Plan {
     command: "teardown",
     steps: &[
         step(Group::SendErrors, Need::Optional, "failed sends are not observed"),
-        step(Group::Recv, Need::Optional, "receive wake-ups are not observed"),
+        step(Group::Recv, Need::Requested, "receive wake-ups are not timed"),
         step(Group::SockErrors, Need::Optional, "kernel-reported socket errors are not observed"),
     ],
 };
 
-/// `hung`: receive tracking is the command.
-pub const HUNG: Plan = Plan { command: "hung", steps: &[step(Group::Recv, Need::Required, "no receivers")] };
+/// `hung --record-receives` (and `--probe-set`, which implies it): the receive probes give
+/// each receive's exact start.
+pub const HUNG: Plan = Plan { command: "hung --record-receives", steps: &[step(Group::Recv, Need::Requested, "no receive start times")] };
 
 /// What the agent's change lines lose without the link-request handler probes.
 const AGENT_NO_CAUSE: &str = "journal change lines carry no cause (--causes takes it from the syscall tracepoints)";
@@ -117,13 +123,14 @@ pub const AGENT: Plan = Plan {
     ],
 };
 
-/// `agent --receivers`: [`AGENT`] with the receive-path probes, which the user asked for.
+/// `agent --receivers`: [`AGENT`] with receiver scans (from the wait queues), and the
+/// receive-path probes with `--record-receives`.
 pub const AGENT_RECEIVERS: Plan = Plan {
     command: "agent --receivers",
     steps: &[
         step(Group::Iterators, Need::Required, "no socket gauges"),
         step(Group::LinkRequestHandlers, Need::Optional, AGENT_NO_CAUSE),
-        step(Group::Recv, Need::Required, "no receiver_stranded records"),
+        step(Group::Recv, Need::Requested, "no receive start times"),
         step(Group::SockErrors, Need::Optional, "no socket_error records are journaled"),
     ],
 };
@@ -162,6 +169,8 @@ pub struct Forced {
     pub probe_set: Option<ProbeSet>,
     /// `--sock-error-probe`.
     pub sock_error_probe: Option<SockErrorProbe>,
+    /// `--record-receives`: attach the [`Need::Requested`] groups (the receive probes).
+    pub record_receives: bool,
 }
 
 impl Forced {
@@ -229,12 +238,15 @@ impl Applied {
 pub fn apply(plan: &Plan, forced: Forced, mut attach: impl FnMut(Group) -> anyhow::Result<Outcome>) -> anyhow::Result<Applied> {
     let mut applied = Applied::default();
     for s in plan.steps {
+        if s.need == Need::Requested && !forced.record_receives {
+            continue;
+        }
         match attach(s.group) {
             Ok(Outcome::Selection(sel)) if s.group == Group::Device => applied.device = Some(sel),
             Ok(Outcome::Selection(sel)) => applied.recv = Some(sel),
             Ok(Outcome::SockErrors(a)) => applied.sock_errors = Some(a),
             Ok(Outcome::Done) => applied.done.push(s.group),
-            Err(e) if s.need == Need::Required || forced.forces(s.group) => {
+            Err(e) if s.need != Need::Optional || forced.forces(s.group) => {
                 return Err(e.context(format!("{}: attaching the {} it needs", plan.command, s.group)));
             }
             Err(e) => {
@@ -257,7 +269,7 @@ mod tests {
 
     #[test]
     fn optional_groups_are_skipped_with_their_reason_and_required_ones_fail() {
-        let applied = apply(&WATCH, Forced::default(), |g| match g {
+        let applied = apply(&WATCH, Forced { record_receives: false, ..Forced::default() }, |g| match g {
             Group::Device => Ok(Outcome::Selection(sel())),
             Group::LinkRequests => Ok(Outcome::Done),
             _ => Err(anyhow!("EPERM (lockdown=integrity)")),
@@ -265,20 +277,14 @@ mod tests {
         .unwrap();
         assert!(applied.has(Group::Device) && applied.has(Group::LinkRequests));
         assert!(!applied.has(Group::Recv) && applied.recv.is_none());
-        assert_eq!(
-            applied.skipped,
-            vec![
-                Skipped { group: Group::Recv, reason: "EPERM (lockdown=integrity)".into() },
-                Skipped { group: Group::SockErrors, reason: "EPERM (lockdown=integrity)".into() },
-            ]
-        );
+        assert_eq!(applied.skipped, vec![Skipped { group: Group::SockErrors, reason: "EPERM (lockdown=integrity)".into() }]);
         let err = apply(&WATCH, Forced::default(), |_| Err(anyhow!("ENOENT"))).unwrap_err();
         assert_eq!(format!("{err:#}"), "watch: attaching the device probes it needs: ENOENT");
     }
 
     #[test]
     fn a_forced_group_is_required() {
-        let forced = Forced { probe_set: Some(ProbeSet::Fentry), sock_error_probe: None };
+        let forced = Forced { probe_set: Some(ProbeSet::Fentry), sock_error_probe: None, record_receives: true };
         let mut tried = Vec::new();
         let err = apply(&WATCH, forced, |g| {
             tried.push(g);
@@ -293,7 +299,7 @@ mod tests {
         assert_eq!(tried, vec![Group::Device, Group::LinkRequests, Group::Recv], "stops at the first failure");
         // Teardown and doctor never fail on a refused probe.
         let applied = apply(&TEARDOWN, Forced::default(), |_| Err(anyhow!("EPERM"))).unwrap();
-        assert_eq!(applied.skipped.len(), 3);
+        assert_eq!(applied.skipped.len(), 2, "the receive probes are not tried unless asked");
         for (plan, groups) in [(&DOCTOR_PATHS, 2), (&DOCTOR_EVIDENCE, 4)] {
             assert_eq!(apply(plan, Forced::default(), |_| Err(anyhow!("EPERM"))).unwrap().skipped.len(), groups);
         }
@@ -309,7 +315,36 @@ mod tests {
         let no_handlers = apply(&AGENT, Forced::default(), refuse(Group::LinkRequestHandlers)).unwrap();
         assert!(!no_handlers.has(Group::LinkRequestHandlers) && no_handlers.has(Group::Iterators));
         assert!(apply(&AGENT_CAUSES, Forced::default(), refuse(Group::LinkRequests)).is_err());
-        let err = apply(&AGENT_RECEIVERS, Forced::default(), refuse(Group::Recv)).unwrap_err();
+        assert!(apply(&AGENT_RECEIVERS, Forced::default(), refuse(Group::Recv)).is_ok(), "no receive probes unless asked");
+        let asked = Forced { record_receives: true, ..Forced::default() };
+        let err = apply(&AGENT_RECEIVERS, asked, refuse(Group::Recv)).unwrap_err();
         assert_eq!(format!("{err:#}"), "agent --receivers: attaching the receive probes it needs: EPERM");
+    }
+
+    #[test]
+    fn receive_tracing_is_attached_only_when_asked() {
+        for plan in [&WATCH, &TEARDOWN, &HUNG, &AGENT_RECEIVERS] {
+            let mut tried = Vec::new();
+            apply(plan, Forced::default(), |g| {
+                tried.push(g);
+                Ok(Outcome::Done)
+            })
+            .unwrap();
+            assert!(!tried.contains(&Group::Recv), "{}: {tried:?}", plan.command);
+            let mut tried = Vec::new();
+            let err = apply(plan, Forced { record_receives: true, ..Forced::default() }, |g| {
+                tried.push(g);
+                if g == Group::Recv { Err(anyhow!("EPERM")) } else { Ok(Outcome::Done) }
+            });
+            assert!(tried.contains(&Group::Recv) && err.is_err(), "{}: asked for, a refusal fails the command", plan.command);
+        }
+        // doctor still tries the receive path (and only reports a refusal).
+        let mut tried = Vec::new();
+        apply(&DOCTOR_PATHS, Forced::default(), |g| {
+            tried.push(g);
+            Err(anyhow!("EPERM"))
+        })
+        .unwrap();
+        assert_eq!(tried, vec![Group::Device, Group::Recv]);
     }
 }

@@ -15,8 +15,10 @@ use crate::{
     probes::select::Selection,
 };
 
-/// `{"type":"ready","netns":[…],"probe_set","probes"}`: `--follow` records receives from now
-/// on. `netns` is a list, as in `watch`'s `ready` record (one shape across commands).
+/// `{"type":"ready","netns":[…],"record_receives","probe_set","probes"}`: `--follow` lists
+/// receivers from now on; with `--record-receives` it records receives too (`probe_set` is
+/// `null` without it). `netns` is a list, as in `watch`'s `ready` record (one shape across
+/// commands).
 #[derive(Debug, Serialize)]
 pub struct Ready<'a> {
     /// Always `ready`.
@@ -24,8 +26,10 @@ pub struct Ready<'a> {
     pub ty: &'static str,
     /// The netns ifsock runs in (one element; a list, as `watch` writes it).
     pub netns: [NetnsIno; 1],
-    /// The receive-path probe set and why better ones were refused.
-    pub probe_set: &'a Selection,
+    /// Whether receives are recorded (`--record-receives`): exact blocked-since times.
+    pub record_receives: bool,
+    /// The receive-path probe set and why better ones were refused (`null`: no receive probes).
+    pub probe_set: Option<&'a Selection>,
     /// Attached programs.
     pub probes: &'a [String],
 }
@@ -94,19 +98,34 @@ pub fn none_found(style: &Style) -> String {
 ///
 /// # Errors
 /// Stdout closed ([`super::StdoutClosed`]).
-pub fn ready(json: bool, netns: NetnsIno, selection: &Selection, probes: &[String]) -> Result<()> {
+pub fn ready(json: bool, netns: NetnsIno, selection: Option<&Selection>, probes: &[String]) -> Result<()> {
     if json {
-        return json_line(&Ready { ty: "ready", netns: [netns], probe_set: selection, probes });
+        return json_line(&Ready { ty: "ready", netns: [netns], record_receives: selection.is_some(), probe_set: selection, probes });
     }
     super::err_line(&ready_line(selection));
-    tracing::info!("receive path: {selection}; programs: {}", probes.join(", "));
+    if let Some(selection) = selection {
+        tracing::info!("receive path: {selection}; programs: {}", probes.join(", "));
+    }
     Ok(())
 }
 
 /// The short start-up line of `hung --follow`: `recording receives, tracepoint probes; Ctrl-C
-/// to stop, -v for details`; the refusals and programs are logged at `-v`.
-pub fn ready_line(selection: &Selection) -> String {
-    format!("recording receives, {} probes; Ctrl-C to stop, -v for details", selection.chosen.name())
+/// to stop, -v for details`, or, without `--record-receives`, where receivers come from; the
+/// refusals and programs are logged at `-v`.
+pub fn ready_line(selection: Option<&Selection>) -> String {
+    match selection {
+        Some(s) => format!("recording receives, {} probes; Ctrl-C to stop, -v for details", s.chosen.name()),
+        None => "receivers from the sockets' wait queues, blocked times estimated (~; --record-receives for exact); Ctrl-C to stop".into(),
+    }
+}
+
+/// A BLOCKED cell: `12.0s`, `~12.0s` when estimated from the scheduler, `?` when unknown.
+pub fn blocked_cell(r: &HungReceiver) -> String {
+    match (r.blocked_ns, r.blocked_since_source) {
+        (None, _) => "?".into(),
+        (Some(ns), crate::model::receiver::BlockedSince::RecvProbe) => human_ns(ns),
+        (Some(ns), crate::model::receiver::BlockedSince::Scheduler) => format!("~{}", human_ns(ns)),
+    }
 }
 
 /// Prints one scan: the receivers, then the event loops waiting on stranded sockets (the
@@ -205,7 +224,7 @@ pub fn cells(rows: &[HungReceiver], netns_names: Option<&HashMap<NetnsIno, Strin
                 format!("{}/{}", r.pid, r.tid),
                 r.comm.clone(),
                 format!("{}(fd {}{})", r.syscall, r.fd.map_or("?".into(), |f| f.to_string()), if r.fd_open { "" } else { ", closed" }),
-                r.blocked_ns.map_or("?".into(), human_ns),
+                blocked_cell(r),
                 sock,
                 r.certainty.name().to_string(),
                 if r.stranded { "STRANDED".into() } else { "-".into() },
@@ -239,6 +258,8 @@ mod tests {
             fd_open: true,
             blocked_ns: Some(1_500_000_000),
             blocked_source: "sched_exec_start",
+            blocked_since_source: crate::model::receiver::BlockedSince::Scheduler,
+            source: crate::model::receiver::ReceiverSource::Proc,
             probe: None,
             in_wait: None,
             certainty: Certainty::CurrentFd,
@@ -259,9 +280,15 @@ mod tests {
         assert_eq!(cells[0][5], "current_fd");
         assert_eq!(cells[0][6], "STRANDED");
         assert_eq!(cells[0][7], "veth0(device,down)");
+        assert_eq!(cells[0][3], "~1.5s", "a scheduler estimate is marked");
+        let mut probed = row();
+        probed.blocked_since_source = crate::model::receiver::BlockedSince::RecvProbe;
+        assert_eq!(blocked_cell(&probed), "1.5s");
+        assert!(ready_line(None).len() <= 120);
         let json = serde_json::to_value(row()).unwrap_or_default();
         assert_eq!(json["certainty"], "current_fd");
         assert_eq!(json["netns"], 7);
+        assert_eq!((json["source"].as_str(), json["blocked_since_source"].as_str()), (Some("proc"), Some("scheduler")));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Receiver scans: the /proc pass, the in-flight map and socket snapshots, handed to
+//! Receiver scans: the /proc pass, the sockets' wait queues (the waiter walk), the in-flight map
+//! (only with `--record-receives`) and socket snapshots, handed to
 //! [`engine::receivers`] — for `hung` (one scan per run or per `--follow` interval) and, on a
 //! blocking thread, for `watch` and the agent ([`ReceiverScanner`]); plus the event-loop
 //! waiters of stranded sockets and the agent's journal of deletions, which `hung` consults.
@@ -16,10 +17,12 @@ use crate::{
         netlink,
         netns::{self, NetnsHandle},
         procfs::{self, BlockedThread, Procfs},
+        waiters::WaiterIndex,
     },
     model::{
         ids::NetnsIno,
-        receiver::{HungReceiver, InFlight},
+        receiver::{HungReceiver, InFlight, QueuedReceiver, QUEUED_RECEIVE_SYSCALLS},
+        stranded::{Via, WaiterSource},
         socket::Socket,
         stranded::health,
         tie,
@@ -51,14 +54,19 @@ pub fn consult_journal(rows: &mut [HungReceiver], dir: &std::path::Path) -> Resu
     Ok(())
 }
 
-/// In-flight records (decoded) and the sockets of the caller's netns plus those of every other
-/// netns a receiving thread is in, when `filter` can need them.
-fn gather(
-    probes: &mut Probes,
-    filter: &Filter,
-    blocked: &[BlockedThread],
+/// What one scan read besides procfs: the in-flight records (decoded), the sockets of the
+/// caller's netns plus those of every other netns a receiving thread is in (when `filter` can
+/// need them), those namespaces' handles, and the receivers on their sockets' wait queues.
+struct Gathered {
     inflight: Vec<InFlight>,
-) -> Result<(Vec<InFlight>, Vec<Socket>, Vec<netns::NetnsHandle>)> {
+    sockets: Vec<Socket>,
+    handles: Vec<NetnsHandle>,
+    queued: Vec<QueuedReceiver>,
+    /// The wait queues of every namespace read were walked (false: the `/proc` fallback).
+    walked: bool,
+}
+
+fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread], inflight: Vec<InFlight>) -> Result<Gathered> {
     let own = netns::current_ino()?;
     let mut sockets = snapshot::sockets(probes, None)?;
     let known: HashSet<_> = sockets.iter().map(|s| s.inode).collect();
@@ -73,7 +81,39 @@ fn gather(
             }
         }
     }
-    Ok((inflight, sockets, handles))
+    // After the procfs pass: a thread procfs saw asleep in a receive is on its socket's queue
+    // already (it queues itself before it sleeps), so the walk cannot miss it. With no thread
+    // in a receive, an accept or a read of a closed fd, the walk would list nobody: skipped
+    // (its programs' verification is most of an idle `hung`), and it counts as walked.
+    if blocked.is_empty() && inflight.is_empty() && !procfs::unlisted_socket_wait() {
+        return Ok(Gathered { inflight, sockets, handles, queued: Vec::new(), walked: true });
+    }
+    let (queued, walked) = match super::waiters::walk_only(probes, std::iter::once(None).chain(handles.iter().map(Some))) {
+        Ok(index) => (queued_receivers(&index, &sockets, blocked), true),
+        Err(reason) => {
+            tracing::debug!("receivers from /proc only (no wait-queue walk): {reason}");
+            (Vec::new(), false)
+        }
+    };
+    Ok(Gathered { inflight, sockets, handles, queued, walked })
+}
+
+/// The receivers (and acceptors) on the wait queues of `sockets`, with the fd each passed to
+/// its syscall and a blocked-time estimate: procfs's when it listed the thread, else the
+/// thread's own scheduler clock (an `accept`, which procfs's receive pass does not list).
+fn queued_receivers(index: &WaiterIndex, sockets: &[Socket], blocked: &[BlockedThread]) -> Vec<QueuedReceiver> {
+    let listed: HashSet<u32> = blocked.iter().map(|b| b.tid).collect();
+    let mut out = Vec::new();
+    for s in sockets {
+        for w in index.for_socket(s) {
+            if w.source != WaiterSource::WaitQueue || w.via != Via::Recv || w.tid == 0 || !QUEUED_RECEIVE_SYSCALLS.contains(&w.syscall) {
+                continue;
+            }
+            let blocked_ns = if listed.contains(&w.tid) { None } else { procfs::sched_blocked_ns(w.pid, w.tid) };
+            out.push(QueuedReceiver { pid: w.pid, tid: w.tid, comm: w.comm, syscall: w.syscall, fd: index.passed_fd(s.inode, w.tid), ino: s.inode, netns: s.netns, blocked_ns });
+        }
+    }
+    out
 }
 
 /// Receiver scans for `watch` and the agent, each on a blocking thread so that the event loop
@@ -112,8 +152,8 @@ impl ReceiverScanner {
             }
             let probes = slot.as_mut().ok_or_else(|| anyhow::anyhow!("scanner probes not loaded"))?;
             let filter = Filter { min_blocked_ns: 0, pid: None, netns: NetnsFilter::All };
-            let (records, sockets, _) = gather(probes, &filter, &blocked, records)?;
-            let input = Inputs { inflight: &records, blocked: &blocked, sockets: &sockets, ctx: &ctx, now_ns: monotonic_ns() };
+            let g = gather(probes, &filter, &blocked, records)?;
+            let input = Inputs { queued: &g.queued, walked: g.walked, inflight: &g.inflight, blocked: &blocked, sockets: &g.sockets, ctx: &ctx, now_ns: monotonic_ns() };
             Ok(engine::receivers(&input, &filter, &Procfs))
         })
     }
@@ -124,17 +164,17 @@ impl ReceiverScanner {
 pub async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result<Vec<HungReceiver>> {
     let blocked = procfs::blocked_receivers(filter.pid);
     let inflight = probes.inflight()?;
-    let (inflight, sockets, handles) = gather(probes, filter, &blocked, inflight)?;
+    let g = gather(probes, filter, &blocked, inflight)?;
     let mut ctx = ctx.clone();
     if filter.netns == NetnsFilter::All {
-        for h in &handles {
+        for h in &g.handles {
             // A namespace that vanished since its socket snapshot has no links to tie to.
             if let Ok(links) = snapshot::links(Some(h)).await {
                 ctx.links.entry(h.ino).or_insert(links);
             }
         }
     }
-    let input = Inputs { inflight: &inflight, blocked: &blocked, sockets: &sockets, ctx: &ctx, now_ns: monotonic_ns() };
+    let input = Inputs { queued: &g.queued, walked: g.walked, inflight: &g.inflight, blocked: &blocked, sockets: &g.sockets, ctx: &ctx, now_ns: monotonic_ns() };
     Ok(engine::receivers(&input, filter, &Procfs))
 }
 

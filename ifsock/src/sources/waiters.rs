@@ -16,7 +16,8 @@ pub fn index<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'
     let walked = match forced {
         Some(_) => Err(format!("{SOURCE_ENV}=proc")),
         None => walk(probes, spaces),
-    };    let index = match walked {
+    };
+    let index = match walked {
         Ok(index) => index,
         Err(reason) => {
             tracing::warn!("waiters from /proc (fallback): {reason}");
@@ -44,6 +45,19 @@ pub fn usable(probes: &mut Probes) -> Result<(), String> {
     Symbols::cached().map_err(|e| e.to_string())?;
     probes.load_waiter_iterators().map_err(|e| format!("the waiter walk failed: {}", first_line(&format!("{e:#}"))))?;
     walk(probes, [None]).map(|_| ())
+}
+
+/// The waiter walk alone, without the `/proc` fallback (the receivers of `hung`, `watch` and
+/// the agent have their own procfs pass): the index, or why the walk did not run
+/// ([`SOURCE_ENV`]`=proc`, hidden kallsyms addresses, a refused program).
+///
+/// # Errors
+/// The reason, as [`WaiterIndex::discover_fallback`] would be given it.
+pub fn walk_only<'a>(probes: &mut Probes, spaces: impl IntoIterator<Item = Option<&'a NetnsHandle>>) -> Result<WaiterIndex, String> {
+    if std::env::var(SOURCE_ENV).is_ok_and(|v| v == "proc") {
+        return Err(format!("{SOURCE_ENV}=proc"));
+    }
+    walk(probes, spaces)
 }
 
 /// Environment variable that picks the `/proc` pass even where the walk works (`proc`): for

@@ -133,7 +133,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(args.listen).map_err(|e| listen_error(args.listen, e))?;
     listener.set_nonblocking(true)?;
     let mut probes = Probes::load(u64::MAX)?;
-    let applied = probes.apply(if args.receivers { &plan::AGENT_RECEIVERS } else { &plan::AGENT }, plan::Forced::default())?;
+    let forced = plan::Forced { record_receives: args.record_receives, ..plan::Forced::default() };
+    let applied = probes.apply(if args.receivers { &plan::AGENT_RECEIVERS } else { &plan::AGENT }, forced)?;
     let causes = if applied.has(plan::Group::LinkRequestHandlers) {
         "handlers"
     } else if args.causes {

@@ -73,7 +73,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
                     probes_status.push(ProbeStatus { probe: format!("{} (socket errors)", a.probe), loaded: true, reason: None });
                     // The fallback, tried too so that its state is known before it is needed.
                     if a.probe == SockErrorProbe::TpBtf {
-                        let forced = plan::Forced { probe_set: None, sock_error_probe: Some(SockErrorProbe::Tracepoint) };
+                        let forced = plan::Forced { sock_error_probe: Some(SockErrorProbe::Tracepoint), ..plan::Forced::default() };
                         let res = probes.apply(&plan::DOCTOR_SOCK_ERROR_FALLBACK, forced);
                         probes_status.push(ProbeStatus {
                             probe: format!("{} (socket errors fallback)", SockErrorProbe::Tracepoint),

@@ -1,7 +1,8 @@
 //! `ifsock hung`: tasks blocked receiving on a socket, for how long, on which socket and
 //! interface — even when the socket's fd was already closed (seed 003).
 //!
-//! Args → [`crate::sources::receivers`] (procfs, the probes' in-flight records, snapshots) →
+//! Args → [`crate::sources::receivers`] (the sockets' wait queues, procfs, snapshots, and the
+//! probes' in-flight records with `--record-receives`) →
 //! [`crate::engine::receivers`] → [`crate::render::hung`]. The evidence rules (exact, current_fd, inferred…) are the engine's.
 //! Event loops (epoll, poll, select) waiting on stranded sockets come from socket health and
 //! the waiter pass ([`engine::health::event_loop_waiters`](crate::engine::health::event_loop_waiters)),
@@ -84,15 +85,21 @@ pub async fn run(args: HungArgs) -> Result<()> {
         let loops = event_loops(&mut probes, &filter, own).await?;
         return render::hung::receivers(&receivers, &loops, &style);
     }
-    let forced = plan::Forced { probe_set: args.probe_set, sock_error_probe: None };
-    let selection = probes.apply(&plan::HUNG, forced)?.recv.ok_or_else(|| anyhow::anyhow!("hung: receive probes reported attached without a selection"))?;
+    // Receivers come from the wait queues at each interval; the receive probes (every receive
+    // syscall of the host on the traced path) only when asked, for exact start times.
+    let selection = if args.record_receives || args.probe_set.is_some() {
+        let forced = plan::Forced { probe_set: args.probe_set, sock_error_probe: None, record_receives: true };
+        Some(probes.apply(&plan::HUNG, forced)?.recv.ok_or_else(|| anyhow::anyhow!("hung: receive probes reported attached without a selection"))?)
+    } else {
+        None
+    };
     let mut signals = Signals::new()?;
     // Subscribe before dumping so that no deletion falls between the two.
     let mut sub = Subscription::open(None)?;
     let handle = netlink::connect()?;
     let mut table = LinkTable::from_links(netlink::dump_links(&handle).await?);
     let attached: Vec<String> = probes.attached.iter().map(ToString::to_string).collect();
-    render::hung::ready(args.json, own, &selection, &attached)?;
+    render::hung::ready(args.json, own, selection.as_ref(), &attached)?;
     let mut tick = tokio::time::interval(args.interval.unwrap_or(DEFAULT_INTERVAL));
     loop {
         tokio::select! {

@@ -106,9 +106,14 @@ async fn prepare(args: &TeardownArgs) -> Result<(Probes, rtnetlink::Handle, Tear
 async fn start(args: &TeardownArgs, probes: &mut Probes, handle: &rtnetlink::Handle, td: &mut Teardown) -> Result<()> {
     // From here on SIGINT/SIGTERM end the grace period instead of killing the process.
     let mut signals = Signals::new()?;
-    // Every group is optional: a refused probe is reported as unobserved, never an error.
-    for skipped in probes.apply(&plan::TEARDOWN, plan::Forced::default())?.skipped {
+    // Every group is optional: a refused probe is reported as unobserved, never an error —
+    // except the receive probes when `--record-receives` asked for them.
+    let forced = plan::Forced { record_receives: args.record_receives, ..plan::Forced::default() };
+    for skipped in probes.apply(&plan::TEARDOWN, forced)?.skipped {
         td.unobserved(gather::unobserved(&skipped));
+    }
+    if !args.record_receives {
+        td.unobserved("receive wake-up times (woke_ms): not recorded without --record-receives".into());
     }
     let mut events = probes.events()?;
     let mut sub = Subscription::open(None)?;

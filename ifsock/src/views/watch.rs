@@ -37,9 +37,10 @@ use crate::{
 pub async fn run(args: WatchArgs) -> Result<()> {
     let mut signals = Signals::new()?;
     let mut probes = Probes::load(u64::MAX)?;
-    // Device probes are required; link requests, receive tracking and socket errors are
-    // evidence (warned about and left out when refused, unless forced).
-    let forced = plan::Forced { probe_set: args.probe_set, sock_error_probe: args.sock_error_probe };
+    // Device probes are required; link requests and socket errors are evidence (warned about
+    // and left out when refused, unless forced); the receive probes only with
+    // --record-receives (receivers come from the sockets' wait queues without them).
+    let forced = plan::Forced { probe_set: args.probe_set, sock_error_probe: args.sock_error_probe, record_receives: args.record_receives };
     let applied = probes.apply(&plan::WATCH, forced)?;
     let selection = applied.device.clone().ok_or_else(|| anyhow!("watch: device probes reported attached without a selection"))?;
     let recv_selection = applied.recv.clone();
@@ -49,7 +50,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     };
     let mut events = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel::<NetlinkMsg>();
-    let config = Config { iface: args.iface.clone(), sockets: !args.no_sockets, recv_tracking: recv_selection.is_some(), stranded_after: args.stranded_after, sockets_after: !args.sockets_inline };
+    let config = Config { iface: args.iface.clone(), sockets: !args.no_sockets, recv_tracking: true, stranded_after: args.stranded_after, sockets_after: !args.sockets_inline };
     let mut engine = WatchEngine::new(config);
     let mut spaces: BTreeMap<NetnsIno, NsIo> = BTreeMap::new();
     let emit = |records: Vec<WatchRecord>| -> Result<()> { records.iter().try_for_each(|r| render::watch::record(r, args.json)) };
@@ -77,7 +78,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         engine.add_netns(ino, name, dump, false, &now(), &mut Snapshots { probes: &mut probes, spaces: &spaces });
         spaces.insert(ino, io);
     }
-    let recv_tracking = recv_selection.is_some();
+    // receiver_stranded comes from receiver scans (the wait queues, or /proc where they cannot
+    // be read): possible with or without the receive probes.
+    let recv_tracking = true;
     let ready = Ready { netns: engine.netns(), probe_set: selection, recv_probe_set: recv_selection, links: engine.link_count(), recv_tracking, sock_errors, sock_errors_refused, rcvbuf: rcvbuf.map(|b| b as u64) };
     emit(vec![WatchRecord::Ready(ready)])?;
     if let Some(name) = args.iface.as_deref().filter(|n| !names.iter().any(|x| x == n)) {

@@ -86,6 +86,9 @@ fn main() -> Result<()> {
     if want("causes") {
         group("causes", causes::run(&mut rows));
     }
+    if want("recv") || want("daemons") {
+        group("daemons", recv::with_daemons(&mut rows));
+    }
     if want("waiters") {
         group("waiters", waiters::discovery(&mut rows));
     }

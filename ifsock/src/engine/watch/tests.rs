@@ -297,7 +297,8 @@ fn kernel_device_evidence_marks_the_source_and_stands_in_for_a_cause() {
 fn receiver(tid: u32, pktinfo: bool, ties: Vec<IfaceTie>) -> HungReceiver {
     HungReceiver {
         pid: tid, tid, netns: NS, comm: "server".into(), syscall: "recvmsg", fd: Some(3), fd_open: true, blocked_ns: Some(2_000_000_000),
-        blocked_source: "syscall_entry", probe: None, in_wait: None, certainty: Certainty::Exact, evidence: String::new(), orphaned: false,
+        blocked_source: "syscall_entry", blocked_since_source: crate::model::receiver::BlockedSince::RecvProbe,
+        source: crate::model::receiver::ReceiverSource::WaitQueue, probe: None, in_wait: None, certainty: Certainty::Exact, evidence: String::new(), orphaned: false,
         socket: Some(udp(200 + tid as u64, NS, [0, 0, 0, 0], 6000, 0, pktinfo)), candidates: vec![], interfaces: ties, stranded: true,
     }
 }
