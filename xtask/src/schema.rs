@@ -101,7 +101,7 @@ mod tests {
     fn a_record_with_a_renamed_field_fails_and_the_real_one_passes() {
         let doctor = serde_json::json!({"kernel_release": "6.18.0", "btf": true, "lockdown": "integrity", "tracefs_mounted": true,
             "bpffs_mounted": true, "mounted_now": {"mounted_tracefs": false, "mounted_bpffs": false}, "probe_set": null,
-            "recv_probe_set": null, "probes": [], "socket_destroy": [], "summary": "ok"});
+            "recv_probe_set": null, "probes": [], "socket_destroy": [], "capabilities": null, "summary": "ok"});
         let mut renamed = doctor.clone();
         let btf = renamed.as_object_mut().and_then(|o| o.remove("btf")).unwrap();
         renamed["has_btf"] = btf;
