@@ -1,8 +1,8 @@
 //! The agent's blocked-receiver gauge without `CAP_SYS_PTRACE`: a receiver of another user's
 //! process (`nobody`), blocked on a socket stranded by its address being deleted, is counted from
 //! the socket's wait queue; the `/proc` fallback (`IFSOCK_WAITER_SOURCE=proc`) cannot read that
-//! thread's `syscall` file without the capability and misses it, which is why the deploy files no
-//! longer ask for it.
+//! thread's `syscall` file without the capability and misses it (the deploy files no longer keep
+//! the capability for the gauge; docs/deploy.md says what they still keep it for).
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
