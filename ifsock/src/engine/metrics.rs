@@ -31,7 +31,8 @@ pub struct NetnsSnapshot {
     pub netns: String,
     /// Its sockets.
     pub sockets: Vec<SocketRow>,
-    /// Threads blocked receiving, each with whether its socket is stranded.
+    /// Threads blocked receiving or accepting (on a socket's wait queue; the `/proc` pass where it
+    /// cannot be walked), each with whether its socket is stranded.
     pub blocked_receivers: Vec<bool>,
 }
 

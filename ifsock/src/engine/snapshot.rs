@@ -1,7 +1,7 @@
 //! The agent's socket snapshot of one netns, judged: a gauge row per socket and per blocked
 //! receiver for the metrics, and the sockets whose health changed since the last snapshot
 //! (for `socket_stranded` / `socket_recovered` journal lines). No I/O: the agent reads the
-//! sockets, the links and the blocked receivers and hands them in.
+//! sockets, the links and the sockets its blocked receivers wait on, and hands them in.
 use std::{collections::BTreeSet, net::IpAddr};
 
 use serde::Serialize;
@@ -13,9 +13,8 @@ use crate::{
     },
     kernel::cgroup::Attribution,
     model::{
-        ids::NetnsIno,
+        ids::{NetnsIno, SockInode},
         link::{Change, Dump, Link, IFA_F_TENTATIVE, IFF_UP},
-        receiver::BlockedThread,
         socket::{binding_name, Socket},
         stranded::{SocketHealthEvent, Stranded},
         tie::{self, TiedSocket},
@@ -85,11 +84,12 @@ pub fn caught_up<'a>(taken: impl IntoIterator<Item = &'a Link>, dump: &Dump) -> 
     taken == fresh
 }
 
-/// Judges one netns's snapshot: `sockets` (read before `dump`), `blocked` receivers of every
-/// netns (matched by socket inode), at `now_unix_ns`. Updates `health`'s memory of each
+/// Judges one netns's snapshot: `sockets` (read before `dump`), `receiving` (one entry per
+/// blocked receiver: the inode of the socket it waits on, whatever its source; entries of
+/// other namespaces match no socket here), at `now_unix_ns`. Updates `health`'s memory of each
 /// socket's state. `label` names the netns in the gauges (its inode when `None`).
-pub fn judge(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, blocked: &[BlockedThread], now_unix_ns: u64) -> (NetnsSnapshot, Vec<Changed>) {
-    judge_after(health, ino, label, sockets, dump, blocked, now_unix_ns, &[])
+pub fn judge(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, receiving: &[SockInode], now_unix_ns: u64) -> (NetnsSnapshot, Vec<Changed>) {
+    judge_after(health, ino, label, sockets, dump, receiving, now_unix_ns, &[])
 }
 
 /// As [`judge`], after the interface changes `seen` of this netns since the last snapshot: a
@@ -97,7 +97,7 @@ pub fn judge(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, soc
 /// up, its address back) is reported once as `socket_still_stranded`
 /// ([`HealthTracker::still_stranded`]), with that change's kind in `cause`.
 #[allow(clippy::too_many_arguments)] // judge's inputs plus the changes seen
-pub fn judge_after(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, blocked: &[BlockedThread], now_unix_ns: u64, seen: &[Change]) -> (NetnsSnapshot, Vec<Changed>) {
+pub fn judge_after(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str>, sockets: &[Socket], dump: &Dump, receiving: &[SockInode], now_unix_ns: u64, seen: &[Change]) -> (NetnsSnapshot, Vec<Changed>) {
     let mut snap = NetnsSnapshot { netns: label.map_or_else(|| ino.to_string(), str::to_string), ..NetnsSnapshot::default() };
     let tied = tie::each_once(sockets, ino, &dump.links);
     for t in &tied {
@@ -108,8 +108,8 @@ pub fn judge_after(health: &mut HealthTracker, ino: NetnsIno, label: Option<&str
             protocol: t.socket.protocol.name(),
             stranded: h.as_ref().map(|s| (s.ifname.clone().unwrap_or_default(), s.reason.name())),
         });
-        let receiving = blocked.iter().filter(|b| b.fd_socket == Some(t.socket.inode)).count();
-        snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), receiving));
+        let n = receiving.iter().filter(|&&i| i == t.socket.inode).count();
+        snap.blocked_receivers.extend(std::iter::repeat_n(h.is_some(), n));
     }
     let mut changed = Vec::new();
     let updates = health.update(ino, sockets, &dump.links, &dump.addrs, now_unix_ns);
@@ -178,15 +178,11 @@ mod tests {
         Dump { links: vec![Link { ifindex: IfIndex(5), name: "veth0".into(), flags: if up { IFF_UP } else { 0 }, addrs }], ..Dump::default() }
     }
 
-    fn blocked(tid: u32, ino: u64) -> BlockedThread {
-        BlockedThread { pid: 100, tid, comm: "rx".into(), syscall: 47, fd: 3, fd_socket: Some(SockInode(ino)), fd_open: true, netns: NS, blocked_ns: None }
-    }
-
     #[test]
     fn gauges_have_one_row_per_socket_and_count_receivers_blocked_on_stranded_ones() {
         let sockets = vec![sock(1, [0; 4], 5), sock(2, [10, 78, 0, 1], 0), sock(3, [0; 4], 0)];
         let mut health = HealthTracker::new();
-        let (snap, _) = judge(&mut health, NS, Some("blue"), &sockets, &dump(false), &[blocked(10, 1), blocked(11, 1), blocked(12, 2), blocked(13, 99)], 0);
+        let (snap, _) = judge(&mut health, NS, Some("blue"), &sockets, &dump(false), &[SockInode(1), SockInode(1), SockInode(2), SockInode(99)], 0);
         assert_eq!(snap.netns, "blue");
         let rows: Vec<_> = snap.sockets.iter().map(|r| (r.ifname.as_str(), r.binding, r.protocol, r.stranded.clone())).collect();
         assert_eq!(

@@ -45,8 +45,8 @@ pub const USED: [Cap; 7] = [
     Cap {
         name: "CAP_SYS_PTRACE",
         bit: 19,
-        used_for: "read other users' /proc/PID/task/TID/syscall, fdinfo and poll/select sets (ptrace_may_access())",
-        without: "the /proc waiter fallback reports other users' waiters as unknown (EPERM), and the /proc receiver pass (the agent's blocked-receiver gauge, hung without receive probes) misses other users' blocked threads; the wait-queue waiter source does not need it",
+        used_for: "open other users' /proc/PID/ns/net (namespaces not named in /run/netns) and read their /proc/PID/task/TID/syscall, fdinfo and poll/select sets (ptrace_may_access())",
+        without: "a netns not named in /run/netns whose tasks are all other users' is not found; the /proc waiter fallback reports other users' waiters as unknown (EPERM), and the /proc receiver pass (hung without receive probes, the agent's blocked-receiver gauge where the wait queues cannot be walked) misses other users' blocked threads; the wait-queue waiter source does not need it",
     },
     Cap {
         name: "CAP_DAC_READ_SEARCH",

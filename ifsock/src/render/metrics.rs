@@ -81,7 +81,7 @@ impl Collector for Snapshot {
         gauge_family(
             &mut enc,
             "ifsock_blocked_receivers",
-            "Threads blocked receiving on a socket, by whether the socket is stranded.",
+            "Threads blocked receiving or accepting on a socket (on its wait queue), by whether the socket is stranded.",
             m.blocked_receivers.iter().map(|((ns, s), &v)| (vec![("netns", ns.clone()), ("stranded", s.to_string())], v)),
         )?;
         counter_family(

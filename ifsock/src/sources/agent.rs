@@ -28,7 +28,7 @@ use crate::{
         waiters::WaiterIndex,
     },
     model::{
-        ids::NetnsIno,
+        ids::{NetnsIno, SockInode},
         link::{Change, ChangeKind},
         stranded::{SeenDeletion, SocketHealthEvent},
     },
@@ -76,6 +76,8 @@ pub struct Pipeline {
     tx: mpsc::UnboundedSender<NetlinkMsg>,
     /// Namespaces whose snapshot waits for the journal to catch up with their dump, since when.
     lagging: BTreeMap<NetnsIno, std::time::Instant>,
+    /// Why the blocked-receiver gauge last came from the `/proc` pass (warned once per reason).
+    gauge_fallback: Option<String>,
 }
 
 /// The netns label: its name under /run/netns, else `container:<id12>` of a task in it.
@@ -96,7 +98,7 @@ fn attributed(mut pids: Vec<u32>) -> Vec<Attributed> {
 impl Pipeline {
     /// A pipeline over `engine` whose subscription readers send to `tx`.
     pub fn new(engine: WatchEngine, tx: mpsc::UnboundedSender<NetlinkMsg>) -> Self {
-        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), cures: BTreeMap::new(), labels: BTreeMap::new(), tx, lagging: BTreeMap::new() }
+        Pipeline { engine, spaces: BTreeMap::new(), health: HealthTracker::new(), dirty: BTreeSet::new(), cures: BTreeMap::new(), labels: BTreeMap::new(), tx, lagging: BTreeMap::new(), gauge_fallback: None }
     }
 
     /// How many namespaces are followed.
@@ -251,7 +253,7 @@ impl Pipeline {
     }
 
     /// One socket snapshot per netns changed since the last call (BPF socket iterator, a link
-    /// and address dump, and one `/proc` pass for waiters): gauges for the metrics, and
+    /// and address dump, and the receivers on its sockets' wait queues): gauges for the metrics, and
     /// `socket_stranded` / `socket_recovered` lines for sockets whose health changed. A netns
     /// whose dump is ahead of the changes taken stays dirty and is judged at a later call, so
     /// that a health line is never journaled before the `change` lines that explain it.
@@ -259,10 +261,10 @@ impl Pipeline {
         if self.dirty.is_empty() {
             return;
         }
-        // The gauge needs receive waiters only: one cheap pass over /proc/*/task/*/syscall.
-        // The full waiter index (epoll/poll/select, reading fdinfo and task memory) costs far
-        // more and is built only when a socket's health changed, for its journal line.
-        let blocked = procfs::blocked_receivers(None);
+        // The full waiter index of every followed netns (for the journal line's waiters and
+        // their cgroups) is built only when a socket's health changed; the gauge walks the
+        // wait queues of each netns judged (`receivers_of`).
+        let mut fallback: Option<Vec<SockInode>> = None;
         let mut waiters: Option<WaiterIndex> = None;
         let now = follow::now();
         for ino in std::mem::take(&mut self.dirty) {
@@ -297,7 +299,8 @@ impl Pipeline {
             };
             let label = self.labels.get(&ino).cloned().flatten();
             let cures = self.cures.remove(&ino).unwrap_or_default();
-            let (snap, changed) = snapshot::judge_after(&mut self.health, ino, label.as_deref(), &sockets, &dump, &blocked, now.unix_ns, &cures);
+            let receiving = receivers_of(probes, io.handle.as_ref(), &sockets, &mut fallback, &mut self.gauge_fallback);
+            let (snap, changed) = snapshot::judge_after(&mut self.health, ino, label.as_deref(), &sockets, &dump, &receiving, now.unix_ns, &cures);
             for c in changed {
                 let spaces = &self.spaces;
                 let report = waiters.get_or_insert_with(|| super::waiters::index(&mut *probes, spaces.values().map(|io| io.handle.as_ref()))).report(c.tied, c.now);
@@ -310,6 +313,31 @@ impl Pipeline {
                 out.push(Out::Health(Box::new(SocketHealthLine { ty: c.ty, event, owner_cgroups, waiter_cgroups })));
             }
             out.push(Out::Metric(Input::Snapshot(ino, snap)));
+        }
+    }
+}
+
+/// The blocked-receiver gauge's receivers in `netns` (`None`: the agent's own): one entry per
+/// receiver, the inode of the socket it waits on. They come from the wait queues of `sockets`
+/// (the waiter walk, as `hung`'s: [`super::receivers::receivers_on`]), which finds other
+/// users' threads without `CAP_SYS_PTRACE`. Where the walk cannot run (`kernel.kptr_restrict`
+/// hides kallsyms addresses, the verifier refused its programs,
+/// `IFSOCK_WAITER_SOURCE=proc`), one `/proc` pass per snapshot (`fallback`, shared by its
+/// namespaces) stands in: `/proc/PID/task/TID/syscall` and `fd/N`, which for another user's
+/// thread need `CAP_SYS_PTRACE` (`ptrace_may_access()`); without it those are not counted. The
+/// fallback's reason is warned once per reason (`warned`).
+fn receivers_of(probes: &mut Probes, netns: Option<&NetnsHandle>, sockets: &[crate::model::socket::Socket], fallback: &mut Option<Vec<SockInode>>, warned: &mut Option<String>) -> Vec<SockInode> {
+    match super::waiters::walk_only(probes, [netns]) {
+        Ok(index) => {
+            *warned = None;
+            sockets.iter().flat_map(|s| super::receivers::receivers_on(&index, s).map(|_| s.inode)).collect()
+        }
+        Err(reason) => {
+            if warned.as_deref() != Some(reason.as_str()) {
+                tracing::warn!("blocked-receiver gauge from /proc (fallback; other users' threads need CAP_SYS_PTRACE): {reason}");
+                *warned = Some(reason);
+            }
+            fallback.get_or_insert_with(|| procfs::blocked_receivers(None).into_iter().filter_map(|b| b.fd_socket).collect()).clone()
         }
     }
 }

@@ -105,15 +105,22 @@ fn queued_receivers(index: &WaiterIndex, sockets: &[Socket], blocked: &[BlockedT
     let listed: HashSet<u32> = blocked.iter().map(|b| b.tid).collect();
     let mut out = Vec::new();
     for s in sockets {
-        for w in index.for_socket(s) {
-            if w.source != WaiterSource::WaitQueue || w.via != Via::Recv || w.tid == 0 || !QUEUED_RECEIVE_SYSCALLS.contains(&w.syscall) {
-                continue;
-            }
+        for w in receivers_on(index, s) {
             let blocked_ns = if listed.contains(&w.tid) { None } else { procfs::sched_blocked_ns(w.pid, w.tid) };
             out.push(QueuedReceiver { pid: w.pid, tid: w.tid, comm: w.comm, syscall: w.syscall, fd: index.passed_fd(s.inode, w.tid), ino: s.inode, netns: s.netns, blocked_ns });
         }
     }
     out
+}
+
+/// The receivers (and acceptors) on `socket`'s wait queue in `index`: its wait-queue waiters
+/// with a thread, woken as a receive (`via: recv`), asleep in a receive or accept syscall
+/// ([`QUEUED_RECEIVE_SYSCALLS`]). `hung`'s receivers and the agent's blocked-receiver gauge.
+pub fn receivers_on(index: &WaiterIndex, socket: &Socket) -> impl Iterator<Item = crate::model::stranded::Waiter> {
+    index
+        .for_socket(socket)
+        .into_iter()
+        .filter(|w| w.source == WaiterSource::WaitQueue && w.via == Via::Recv && w.tid != 0 && QUEUED_RECEIVE_SYSCALLS.contains(&w.syscall))
 }
 
 /// Receiver scans for `watch` and the agent, each on a blocking thread so that the event loop

@@ -94,12 +94,25 @@ impl Agent {
 
     /// As [`Agent::start`], journaling to `journal` (removed on drop) with stderr to `stderr`.
     pub fn start_in(extra: &[&str], journal: TempDir, stderr: Stdio) -> Result<Self> {
+        Self::start_as(Command::new(ifsock_bin()), extra, journal, stderr)
+    }
+
+    /// As [`Agent::start`], under `capsh --drop=CAP` (the capability dropped from the bounding
+    /// set before the shell execs the agent, so the agent never holds it) with `env` set.
+    pub fn start_without(cap: &str, env: &[(&str, &str)], extra: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new("capsh");
+        cmd.arg(format!("--drop={cap}")).args(["--", "-c", "exec \"$0\" \"$@\""]).arg(ifsock_bin()).envs(env.iter().copied());
+        Self::start_as(cmd, extra, TempDir::new("j"), Stdio::inherit())
+    }
+
+    /// Starts `cmd` (the agent binary, or a wrapper that execs it) with the agent's arguments.
+    fn start_as(mut cmd: Command, extra: &[&str], journal: TempDir, stderr: Stdio) -> Result<Self> {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let dir = journal.0.to_string_lossy().into_owned();
         let mut args = vec!["agent", "--listen", &listen, "--journal", &dir];
         args.extend_from_slice(extra);
-        let child = Command::new(ifsock_bin()).args(&args).stdout(Stdio::null()).stderr(stderr).spawn()?;
+        let child = cmd.args(&args).stdout(Stdio::null()).stderr(stderr).spawn().context("starting the agent (capsh: apt-get install libcap2-bin)")?;
         let mut agent = Agent { child, port, journal };
         poll("the agent's /healthz", Duration::from_secs(60), || {
             get(port, "/healthz").is_ok_and(|(s, b)| s == 200 && b == "ok\n")
