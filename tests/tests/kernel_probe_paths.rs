@@ -183,12 +183,12 @@ fn tcp_reader_is_found_with(set: &str) {
 }
 
 #[test]
-fn fentry_hung_finds_a_tcp_reader_through_procfs() {
+fn fentry_hung_finds_a_tcp_reader_on_its_wait_queue() {
     tcp_reader_is_found_with("fentry");
 }
 
 #[test]
-fn kprobe_hung_finds_a_tcp_reader_through_procfs() {
+fn kprobe_hung_finds_a_tcp_reader_on_its_wait_queue() {
     tcp_reader_is_found_with("kprobe");
 }
 

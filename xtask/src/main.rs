@@ -259,6 +259,7 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
     ("daemon_waiters", "needs the real daemons from Debian's packages (unbound, dnsmasq), which the busybox initramfs does not carry"),
     ("deploy", "needs promtool and a Prometheus server (Debian's prometheus package), which the busybox initramfs does not carry"),
     ("agent_rights", "runs its nobody receiver in Debian's /usr/bin/python3, which the busybox initramfs does not carry"),
+    ("hung_rights", "runs its nobody receiver in Debian's /usr/bin/python3, which the busybox initramfs does not carry"),
     ("library", "runs ifsock's examples (target/*/examples, which the guest does not carry) as nobody through util-linux's setpriv"),
 ];
 

@@ -119,13 +119,26 @@ pub fn sched_blocked_ns(pid: u32, tid: u32) -> Option<u64> {
 /// [`blocked_receivers`] does not list: `accept`/`accept4`, or `read` on a closed fd (its
 /// socket, if it was one, is held by the call). `hung` walks the wait queues only when this or
 /// `blocked_receivers` finds a thread: on an idle host the walk (two iterator programs to
-/// verify, ~15 ms) would find no receiver.
+/// verify, ~15 ms) would find no receiver. A sleeping thread whose `syscall` this process may
+/// not read (another user's, without CAP_SYS_PTRACE) counts too: only the walk can see it.
 pub fn unlisted_socket_wait() -> bool {
     let Ok(procs) = procfs::process::all_processes() else { return true };
     for proc in procs.flatten() {
         let Ok(tasks) = proc.tasks() else { continue };
         for task in tasks.flatten() {
-            let Ok(sc) = fs::read_to_string(format!("/proc/{}/task/{}/syscall", proc.pid, task.tid)) else { continue };
+            let sc = match fs::read_to_string(format!("/proc/{}/task/{}/syscall", proc.pid, task.tid)) {
+                Ok(sc) => sc,
+                // Another user's task without CAP_SYS_PTRACE (`proc_pid_syscall` needs
+                // `ptrace_may_access(PTRACE_MODE_ATTACH_FSCREDS)`): what it waits in cannot be
+                // read, so a sleeping one may be a receiver only the walk can see.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    if task.stat().is_ok_and(|st| matches!(st.state, 'S' | 'D') && st.flags & PF_KTHREAD == 0) {
+                        return true;
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
             let mut fields = sc.split_whitespace();
             let Some(nr) = fields.next().and_then(|n| n.parse::<i64>().ok()) else { continue };
             let candidate = if nr == libc::SYS_accept || nr == libc::SYS_accept4 {
