@@ -260,6 +260,8 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
     ("deploy", "needs promtool and a Prometheus server (Debian's prometheus package), which the busybox initramfs does not carry"),
     ("agent_rights", "runs its nobody receiver in Debian's /usr/bin/python3, which the busybox initramfs does not carry"),
     ("hung_rights", "runs its nobody receiver in Debian's /usr/bin/python3, which the busybox initramfs does not carry"),
+    ("waiters_rights", "runs its nobody tokio server through util-linux's setpriv and drops CAP_SYS_PTRACE with capsh, neither of which (nor a passwd entry for nobody) the busybox initramfs carries; wait_queue covers a nobody receiver without the capability in the guest"),
+    ("doctor_caps", "drops capabilities with capsh (libcap2-bin), which the busybox initramfs does not carry"),
     ("library", "runs ifsock's examples (target/*/examples, which the guest does not carry) as nobody through util-linux's setpriv"),
 ];
 
