@@ -21,7 +21,7 @@ use crate::{
         signals::Signals,
     },
     model::{
-        receiver::ReceiverSource,
+        receiver::{Certainty, ReceiverSource},
         sys,
         ids::{IfIndex, NetnsIno},
         link::{Dump, Link},
@@ -228,8 +228,11 @@ pub fn blocked_now(probes: &mut Probes, td: &Teardown) -> Vec<BlockedRecv> {
     spaces.sort();
     spaces.dedup();
     match receivers::blocked_on(probes, &wanted, &spaces) {
+        // Only receivers known to be on their socket: the report carries no certainty, so an
+        // `inferred` tie (the netns's only ownerless socket) is not listed as one.
         Ok(rows) => rows
             .into_iter()
+            .filter(|r| matches!(r.certainty, Certainty::Exact | Certainty::CurrentFd))
             .filter_map(|r| {
                 let sock = *by_ino.get(&r.socket.as_ref()?.inode.0)?;
                 Some(BlockedRecv { pid: r.pid, tid: r.tid, comm: r.comm, fd: r.fd, syscall: r.syscall, sock, source: r.source })
