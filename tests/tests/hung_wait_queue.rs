@@ -239,3 +239,41 @@ fn a_read_of_a_closed_fd_is_found_on_its_sockets_wait_queue() {
     ns.run(move || std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"wake", ("127.0.0.1", port)))).unwrap().unwrap();
     assert_eq!(reader.join().unwrap(), 4, "the reader gets the datagram");
 }
+
+/// A thread in `accept4` on a listening TCP socket: it sleeps on the listener's wait queue
+/// (`inet_csk_wait_for_connect`, `autoremove_wake_function`), so `hung` lists it `exact` through
+/// that socket, with the fd it passed.
+#[test]
+fn a_tcp_accept_waiter_is_found_exact_on_its_listening_sockets_wait_queue() {
+    require_root();
+    if !skip::needs(Feature::Iterators) {
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ino = socket_inode(&listener).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let acceptor = std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+        listener.accept().map(|(_, peer)| peer)
+    });
+    let tid = tid_rx.recv().unwrap();
+    wait_until("the acceptor asleep in accept", T, || {
+        let sc = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        let nr = sc.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+        (nr == Some(libc::SYS_accept4) || nr == Some(libc::SYS_accept)) && stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('S'))
+    })
+    .unwrap();
+    let rows = hung_rows(&ns, None).unwrap();
+    let row = rows.iter().find(|v| v["tid"] == tid).unwrap_or_else(|| panic!("acceptor {tid} missing: {rows:#?}"));
+    assert_eq!((row["certainty"].as_str(), row["source"].as_str()), (Some("exact"), Some("wait_queue")), "{row}");
+    assert!(matches!(row["syscall"].as_str(), Some("accept4" | "accept")), "{row}");
+    assert_eq!((row["fd"].as_i64(), row["fd_open"].as_bool()), (Some(i64::from(fd)), Some(true)), "{row}");
+    assert_eq!((row["socket"]["inode"].as_u64(), row["socket"]["local_port"].as_u64()), (Some(ino), Some(u64::from(port))), "via its own socket: {row}");
+    assert_eq!(row["socket"]["state"], "LISTEN", "{row}");
+    let client = ns.run(move || std::net::TcpStream::connect(("127.0.0.1", port))).unwrap().unwrap();
+    assert_eq!(acceptor.join().unwrap().unwrap(), client.local_addr().unwrap(), "the acceptor gets the connection");
+}

@@ -817,3 +817,52 @@ fn an_event_loop_waiter_is_shown_waiting_and_the_report_ends_with_a_verdict_and_
     assert_eq!(selector.join().unwrap(), 1, "select returned the socket readable after the shutdown");
     drop(sock);
 }
+
+/// Seed 003 after the fact: a UDP receiver whose fd was closed is on its socket's wait queue,
+/// so teardown's plan lists it on the socket it sleeps on (`source: wait_queue`), though no fd
+/// of any process names that socket any more.
+#[test]
+fn teardown_lists_a_receiver_whose_fd_was_closed_from_its_sockets_wait_queue() {
+    require_root();
+    if !skip::needs(skip::Feature::Iterators) {
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    let (a, b) = (unique("ta"), unique("tb"));
+    pair(&ns, &a, &b, 236);
+    let (fd, port) = ns
+        .run(|| -> anyhow::Result<(i32, u16)> {
+            let s = UdpSocket::bind("10.236.0.1:0")?;
+            let port = s.local_addr()?.port();
+            Ok((std::os::fd::IntoRawFd::into_raw_fd(s), port))
+        })
+        .unwrap()
+        .unwrap();
+    // SAFETY: fd is the socket's, open until closed once below.
+    let ino = socket_inode(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).unwrap();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+        let mut buf = [0u8; 16];
+        // SAFETY: fd and buf are valid for the call; the fd is closed by another thread while
+        // the call holds the socket.
+        unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, std::ptr::null_mut(), std::ptr::null_mut()) }
+    });
+    let tid = tid_rx.recv().unwrap();
+    wait_until("the receiver asleep in recvfrom", T, || {
+        let sc = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        sc.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_recvfrom) && stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('S'))
+    })
+    .unwrap();
+    // SAFETY: the fd was taken from the socket above and is closed once, here.
+    unsafe { libc::close(fd) };
+    let rows = ifsock_json(&["--netns", &ns.name, "teardown", &a, "--dry-run", "--json"]).unwrap();
+    let s = socket(&rows[0], ino);
+    assert!(s["owners"].as_array().is_none_or(|o| o.is_empty()), "no fd names the socket: {s:#}");
+    let r = s["receivers"].as_array().and_then(|rs| rs.iter().find(|r| r["tid"] == tid)).unwrap_or_else(|| panic!("receiver {tid} missing: {s:#}"));
+    assert_eq!((r["source"].as_str(), r["syscall"].as_str(), r["fd"].as_i64()), (Some("wait_queue"), Some("recvfrom"), Some(i64::from(fd))), "{r}");
+    assert_eq!(r["blocked_at_down"], true, "{r}");
+    ns.run(move || UdpSocket::bind("10.236.0.2:0").and_then(|s| s.send_to(b"wake", ("10.236.0.1", port)))).unwrap().unwrap();
+    assert_eq!(receiver.join().unwrap(), 4, "the receiver gets the datagram");
+}

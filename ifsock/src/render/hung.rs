@@ -240,7 +240,7 @@ pub fn cells(rows: &[HungReceiver], netns_names: Option<&HashMap<NetnsIno, Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::{
         ids::{IfIndex, SockInode},
@@ -248,7 +248,8 @@ mod tests {
         socket::Binding,
     };
 
-    fn row() -> HungReceiver {
+    /// A stranded `current_fd` receiver blocked ~1.5 s (a scheduler estimate); render/watch's tests use it too.
+    pub(crate) fn row() -> HungReceiver {
         HungReceiver {
             pid: 10,
             tid: 11,

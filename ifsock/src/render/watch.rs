@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::{clock, fmt, human_ns, json_line, line};
+use super::{clock, fmt, json_line, line};
 use crate::{
     engine::watch::{ChangeEvent, ChangeSocketsEvent, NetnsRemovedRecord, Ready, SockErrorLine, Source, StrandedEvent, WatchCounters, WatchRecord},
     model::{sock_error::InodeSource, socket::Binding, tie::TiedSocket},
@@ -61,19 +61,14 @@ fn paren(name: Option<&str>) -> String {
 }
 
 /// The start-up line on stderr, short: `watching 1 netns (3 links), tracepoint probes; Ctrl-C
-/// to stop, -v for details`. A path that is not traced, or a weaker probe set than
-/// the best, is named (`no receive tracking`); the rest is [`ready_details`].
+/// to stop, -v for details`. A path that is not traced, or a weaker probe set than the best, is
+/// named (`no socket errors`); without `--record-receives`, where receivers come from and what
+/// the flag adds is said; the rest is [`ready_details`].
 pub fn ready_line(r: &Ready) -> String {
-    let mut missing = Vec::new();
-    if r.recv_probe_set.is_none() {
-        missing.push("no receive tracking");
-    }
-    if r.sock_errors.is_none() {
-        missing.push("no socket errors");
-    }
-    let missing = if missing.is_empty() { String::new() } else { format!(" ({})", missing.join(", ")) };
+    let missing = if r.sock_errors.is_none() { " (no socket errors)" } else { "" };
+    let receivers = if r.recv_probe_set.is_none() { ", receivers from wait queues (~blocked times; --record-receives: exact)" } else { "" };
     format!(
-        "watching {} netns ({} links), {} probes{missing}; Ctrl-C to stop, -v for details",
+        "watching {} netns ({} links), {} probes{missing}{receivers}; Ctrl-C to stop, -v for details",
         r.netns.len(),
         r.links,
         r.probe_set.chosen.name(),
@@ -91,7 +86,10 @@ pub fn waiting_for_line(name: &str, all_netns: bool, present: &[String]) -> Stri
 /// What [`ready_line`] leaves out, logged at `-v`: `device path: probe set: tracepoint; fentry
 /// refused: …; receive path: …; socket errors: …; rtnetlink rcvbuf 212992 bytes`.
 pub fn ready_details(r: &Ready) -> String {
-    let recv = r.recv_probe_set.as_ref().map_or("receive path: untraced".to_string(), |s| format!("receive path: {s}"));
+    let recv = r
+        .recv_probe_set
+        .as_ref()
+        .map_or("receive path: untraced (receivers from the sockets' wait queues, blocked times from the scheduler)".to_string(), |s| format!("receive path: {s}"));
     let sock_errors = match (r.sock_errors, &r.sock_errors_refused) {
         (Some(p), None) => format!("socket errors: {p}"),
         (Some(p), Some(why)) => format!("socket errors: {p} ({why})"),
@@ -166,7 +164,8 @@ fn socket_lines(sockets: &[TiedSocket], out: &mut Vec<String>) {
     }
 }
 
-/// `receiver_stranded (interface_change) server[41]/tid 42 recvmsg fd 3 blocked 1.2s on veth-a (deleted, exact)`.
+/// `receiver_stranded (interface_change) server[41]/tid 42 recvmsg fd 3 blocked 1.2s on veth-a (deleted, exact)`;
+/// the blocked time is hung's BLOCKED cell (`~1.2s` when estimated from the scheduler).
 pub fn stranded_line(s: &StrandedEvent) -> String {
     let r = &s.receiver;
     format!(
@@ -179,7 +178,7 @@ pub fn stranded_line(s: &StrandedEvent) -> String {
         r.syscall,
         r.fd.map_or("?".into(), |f| f.to_string()),
         if r.fd_open { "" } else { " (closed)" },
-        r.blocked_ns.map_or("?".into(), human_ns),
+        super::hung::blocked_cell(r),
         s.change.name,
         s.change.kind.name(),
         r.certainty.name(),
@@ -322,6 +321,18 @@ mod tests {
     }
 
     #[test]
+    fn stranded_line_marks_a_scheduler_estimate_as_hungs_table_does() {
+        let ev = change_event(Source::Netlink, None);
+        let mut s = StrandedEvent { phase: "interface_change", ts_unix_ns: ev.ts_unix_ns, change: ev.change, receiver: crate::render::hung::tests::row() };
+        let line = stranded_line(&s);
+        assert!(line.contains(" blocked ~1.5s on vb (deleted, current_fd)"), "{line}");
+        s.receiver.blocked_since_source = crate::model::receiver::BlockedSince::RecvProbe;
+        assert!(stranded_line(&s).contains(" blocked 1.5s on vb "), "{}", stranded_line(&s));
+        s.receiver.blocked_ns = None;
+        assert!(stranded_line(&s).contains(" blocked ? on vb "), "{}", stranded_line(&s));
+    }
+
+    #[test]
     fn change_json_keeps_its_field_names_and_the_human_line_its_shape() {
         let cause = Cause { pid: 77, tid: 77, comm: "ip".into(), request: "RTM_DELLINK", evidence: "peer of 3".into() };
         let ev = change_event(Source::NetnsRemoved, Some(cause));
@@ -358,9 +369,11 @@ mod tests {
         assert!(ready_details(&ready).contains("rtnetlink rcvbuf 8192 bytes"), "{}", ready_details(&ready));
         assert_eq!(
             ready_line(&ready),
-            "watching 1 netns (3 links), tracepoint probes (no receive tracking, no socket errors); Ctrl-C to stop, -v for details"
+            "watching 1 netns (3 links), tracepoint probes (no socket errors), receivers from wait queues (~blocked times; --record-receives: exact); Ctrl-C to stop, -v for details"
         );
-        assert!(ready_line(&ready).len() <= 120);
+        // One line still with every note: the missing path and where receivers come from.
+        assert!(ready_line(&ready).len() <= 170);
+        assert!(ready_details(&ready).contains("receive path: untraced (receivers from the sockets' wait queues"), "{}", ready_details(&ready));
         let state = WatchRecord::State(StateRecord { netns: NetnsIno(7), netns_name: None, links: vec![StateLink { ifindex: IfIndex(1), name: "lo".into(), flags: 9 }] });
         let v = serde_json::to_value(state).unwrap();
         assert_eq!((v["type"].as_str(), v["links"][0]["name"].as_str(), v["links"][0]["flags"].as_u64()), (Some("state"), Some("lo"), Some(9)));

@@ -66,14 +66,19 @@ struct Gathered {
     walked: bool,
 }
 
-fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread], inflight: Vec<InFlight>) -> Result<Gathered> {
+/// `also`: namespaces whose sockets are read whatever the threads say (teardown's companions:
+/// a socket of another netns can have receivers in this one).
+fn gather(probes: &mut Probes, filter: &Filter, blocked: &[BlockedThread], inflight: Vec<InFlight>, also: &[NetnsIno]) -> Result<Gathered> {
     let own = netns::current_ino()?;
     let mut sockets = snapshot::sockets(probes, None)?;
     let known: HashSet<_> = sockets.iter().map(|s| s.inode).collect();
-    let foreign_needed = engine::needs_foreign_sockets(filter, own, &inflight, blocked, &known);
+    let foreign_needed = engine::needs_foreign_sockets(filter, own, &inflight, blocked, &known) || also.iter().any(|n| *n != own);
     let mut handles = Vec::new();
     if foreign_needed {
-        let others = engine::namespaces_to_scan(&inflight, blocked, own);
+        let mut others = engine::namespaces_to_scan(&inflight, blocked, own);
+        others.extend(also.iter().copied().filter(|n| *n != own));
+        others.sort();
+        others.dedup();
         if !others.is_empty() {
             for h in netns::all().into_iter().filter(|h| others.contains(&h.ino)) {
                 sockets.extend(snapshot::sockets(probes, Some(&h))?);
@@ -159,7 +164,7 @@ impl ReceiverScanner {
             }
             let probes = slot.as_mut().ok_or_else(|| anyhow::anyhow!("scanner probes not loaded"))?;
             let filter = Filter { min_blocked_ns: 0, pid: None, netns: NetnsFilter::All };
-            let g = gather(probes, &filter, &blocked, records)?;
+            let g = gather(probes, &filter, &blocked, records, &[])?;
             let input = Inputs { queued: &g.queued, walked: g.walked, inflight: &g.inflight, blocked: &blocked, sockets: &g.sockets, ctx: &ctx, now_ns: monotonic_ns() };
             Ok(engine::receivers(&input, &filter, &Procfs))
         })
@@ -171,7 +176,7 @@ impl ReceiverScanner {
 pub async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result<Vec<HungReceiver>> {
     let blocked = procfs::blocked_receivers(filter.pid);
     let inflight = probes.inflight()?;
-    let g = gather(probes, filter, &blocked, inflight)?;
+    let g = gather(probes, filter, &blocked, inflight, &[])?;
     let mut ctx = ctx.clone();
     if filter.netns == NetnsFilter::All {
         for h in &g.handles {
@@ -183,6 +188,25 @@ pub async fn scan(probes: &mut Probes, ctx: &Context, filter: &Filter) -> Result
     }
     let input = Inputs { queued: &g.queued, walked: g.walked, inflight: &g.inflight, blocked: &blocked, sockets: &g.sockets, ctx: &ctx, now_ns: monotonic_ns() };
     Ok(engine::receivers(&input, filter, &Procfs))
+}
+
+/// Every receiver blocked now on one of the sockets `wanted` (inodes; those of the namespaces
+/// `spaces` are read whoever holds them), by the
+/// scan of `hung --all-netns` (the wait queues, with the `/proc` pass as the fallback, and the
+/// in-flight map when the receive probes are attached) with no interface ties: `teardown`'s
+/// receivers, which sees one whose fd is closed because the thread is on its socket's queue.
+///
+/// # Errors
+/// The in-flight map or a socket snapshot could not be read.
+pub fn blocked_on(probes: &mut Probes, wanted: &HashSet<u64>, spaces: &[NetnsIno]) -> Result<Vec<HungReceiver>> {
+    let blocked = procfs::blocked_receivers(None);
+    let inflight = probes.inflight()?;
+    let g = gather(probes, &Filter::ALL, &blocked, inflight, spaces)?;
+    let ctx = Context::default();
+    let input = Inputs { queued: &g.queued, walked: g.walked, inflight: &g.inflight, blocked: &blocked, sockets: &g.sockets, ctx: &ctx, now_ns: monotonic_ns() };
+    let mut rows = engine::receivers(&input, &Filter::ALL, &Procfs);
+    rows.retain(|r| r.socket.as_ref().is_some_and(|s| wanted.contains(&s.inode.0)));
+    Ok(rows)
 }
 
 /// Event-loop threads waiting on a stranded socket, by the netns rules of the receivers: the

@@ -21,6 +21,7 @@ use crate::{
         signals::Signals,
     },
     model::{
+        receiver::{Certainty, ReceiverSource},
         sys,
         ids::{IfIndex, NetnsIno},
         link::{Dump, Link},
@@ -30,7 +31,10 @@ use crate::{
         tun,
     },
     probes::{plan, snapshot, Probes},
-    sources::destroy::{self, waiters, ViaChoice},
+    sources::{
+        destroy::{self, waiters, ViaChoice},
+        receivers,
+    },
 };
 
 /// `IFF_LOOPBACK` (include/uapi/linux/if.h).
@@ -213,10 +217,37 @@ pub async fn companions_gone(td: &Teardown, handle: &rtnetlink::Handle, handles:
     out
 }
 
-/// Receivers blocked right now on the watched sockets: procfs for threads that entered before
-/// the probes were attached, the in-flight records (`INFLIGHT_SLOTS`, `INFLIGHT_RECV`) for later ones.
-pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
+/// Receivers blocked right now on the watched sockets, by the receiver scan `hung` uses
+/// ([`receivers::blocked_on`]: the sockets' wait queues, which list a receiver whose fd is
+/// closed, with the `/proc` pass where the walk cannot run, and the in-flight records with
+/// `--record-receives`). When that scan fails, procfs and the in-flight records alone.
+pub fn blocked_now(probes: &mut Probes, td: &Teardown) -> Vec<BlockedRecv> {
     let by_ino: HashMap<u64, SockKey> = td.watched().into_iter().map(|k| (k.1, k)).collect();
+    let wanted: HashSet<u64> = by_ino.keys().copied().collect();
+    let mut spaces: Vec<NetnsIno> = by_ino.values().map(|k| k.0).collect();
+    spaces.sort();
+    spaces.dedup();
+    match receivers::blocked_on(probes, &wanted, &spaces) {
+        // Only receivers known to be on their socket: the report carries no certainty, so an
+        // `inferred` tie (the netns's only ownerless socket) is not listed as one.
+        Ok(rows) => rows
+            .into_iter()
+            .filter(|r| matches!(r.certainty, Certainty::Exact | Certainty::CurrentFd))
+            .filter_map(|r| {
+                let sock = *by_ino.get(&r.socket.as_ref()?.inode.0)?;
+                Some(BlockedRecv { pid: r.pid, tid: r.tid, comm: r.comm, fd: r.fd, syscall: r.syscall, sock, source: r.source })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("receiver scan failed, receivers are found in procfs and in-flight records only: {e:#}");
+            blocked_from_proc(probes, td, &by_ino)
+        }
+    }
+}
+
+/// The fallback of [`blocked_now`]: procfs for threads that entered before the probes were
+/// attached, the in-flight records (`INFLIGHT_SLOTS`, `INFLIGHT_RECV`) for later ones.
+fn blocked_from_proc(probes: &Probes, td: &Teardown, by_ino: &HashMap<u64, SockKey>) -> Vec<BlockedRecv> {
     let owners: HashSet<u32> = td.owner_pids();
     let mut out: HashMap<u32, BlockedRecv> = procfs::blocked_receivers(None)
         .into_iter()
@@ -224,7 +255,7 @@ pub fn blocked_now(probes: &Probes, td: &Teardown) -> Vec<BlockedRecv> {
         .filter_map(|b| {
             let sock = *by_ino.get(&b.fd_socket?.0)?;
             let syscall = sys::recv_syscall_name(b.syscall);
-            Some((b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall, sock }))
+            Some((b.tid, BlockedRecv { pid: b.pid, tid: b.tid, comm: b.comm, fd: Some(b.fd), syscall, sock, source: ReceiverSource::Proc }))
         })
         .collect();
     let inflight = probes.inflight().unwrap_or_else(|e| {

@@ -46,7 +46,7 @@ pub async fn run(args: TeardownArgs) -> Result<()> {
         Err(e) => return refused(&args, None, e),
     };
     if args.dry_run {
-        let blocked = gather::blocked_now(&probes, &td);
+        let blocked = gather::blocked_now(&mut probes, &td);
         td.blocked_now(&blocked);
         if args.abort_stranded {
             match would_abort(&td, &blocked, args.observe) {

@@ -11,6 +11,7 @@ use crate::{
     model::{
         ids::{IfIndex, NetnsIno},
         kernel_event::InFlight,
+        receiver::ReceiverSource,
         socket::Socket,
         tie::TiedSocket,
         tun::TunFd,
@@ -112,6 +113,8 @@ pub struct BlockedRecv {
     pub syscall: &'static str,
     /// The socket.
     pub sock: SockKey,
+    /// Where it was found: the socket's wait queue, an in-flight record, or `/proc`.
+    pub source: ReceiverSource,
 }
 
 impl BlockedRecv {
@@ -125,6 +128,7 @@ impl BlockedRecv {
             fd: r.fd,
             syscall: r.syscall_name().unwrap_or("?"),
             sock: (r.netns, r.ino.0),
+            source: ReceiverSource::RecvProbe,
         }
     }
 }
@@ -153,6 +157,10 @@ pub struct ReceiverSeen {
     pub error: Option<String>,
     /// Still (or again) blocked in a receive on this socket at the end of grace.
     pub blocked_at_end: bool,
+    /// Where it was first found: `wait_queue` (asleep on the socket's `sk->sk_wq->wait`, fd
+    /// open or not), `recv_probe` (an in-flight record or a `RecvDone` event of the receive
+    /// probes, `--record-receives`), `proc` (the `/proc` fallback).
+    pub source: ReceiverSource,
 }
 
 impl ReceiverSeen {
@@ -169,6 +177,7 @@ impl ReceiverSeen {
             ret: None,
             error: None,
             blocked_at_end: false,
+            source: b.source,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The teardown correlator fed fake inputs: no root, no kernel.
 use super::*;
-use crate::model::socket::Owner;
+use crate::model::{receiver::ReceiverSource, socket::Owner};
 
 const NS: NetnsIno = NetnsIno(7);
 const PEER_NS: NetnsIno = NetnsIno(8);
@@ -84,7 +84,7 @@ fn recv_done(tid: u32, ino: u64, since_ns: u64, ts_ns: u64, ret: i64) -> Event {
 }
 
 fn blocked(tid: u32, sock: SockKey) -> BlockedRecv {
-    BlockedRecv { pid: 7, tid, comm: "app".into(), fd: Some(4), syscall: "recvfrom", sock }
+    BlockedRecv { pid: 7, tid, comm: "app".into(), fd: Some(4), syscall: "recvfrom", sock, source: ReceiverSource::WaitQueue }
 }
 
 fn sock_of(r: &TeardownReport, ino: u64) -> &SocketSeen {
