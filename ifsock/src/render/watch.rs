@@ -66,7 +66,7 @@ fn paren(name: Option<&str>) -> String {
 /// the flag adds is said; the rest is [`ready_details`].
 pub fn ready_line(r: &Ready) -> String {
     let missing = if r.sock_errors.is_none() { " (no socket errors)" } else { "" };
-    let receivers = if r.recv_probe_set.is_none() { ", receivers from wait queues (~blocked times; --record-receives: exact)" } else { "" };
+    let receivers = if r.recv_probe_set.is_none() { ", receivers from wait queues" } else { "" };
     format!(
         "watching {} netns ({} links), {} probes{missing}{receivers}; Ctrl-C to stop, -v for details",
         r.netns.len(),
@@ -89,7 +89,7 @@ pub fn ready_details(r: &Ready) -> String {
     let recv = r
         .recv_probe_set
         .as_ref()
-        .map_or("receive path: untraced (receivers from the sockets' wait queues, blocked times from the scheduler)".to_string(), |s| format!("receive path: {s}"));
+        .map_or("receive path: untraced (receivers from the sockets' wait queues, blocked times estimated from the scheduler and shown as ~; --record-receives makes them exact)".to_string(), |s| format!("receive path: {s}"));
     let sock_errors = match (r.sock_errors, &r.sock_errors_refused) {
         (Some(p), None) => format!("socket errors: {p}"),
         (Some(p), Some(why)) => format!("socket errors: {p} ({why})"),
@@ -369,10 +369,10 @@ mod tests {
         assert!(ready_details(&ready).contains("rtnetlink rcvbuf 8192 bytes"), "{}", ready_details(&ready));
         assert_eq!(
             ready_line(&ready),
-            "watching 1 netns (3 links), tracepoint probes (no socket errors), receivers from wait queues (~blocked times; --record-receives: exact); Ctrl-C to stop, -v for details"
+            "watching 1 netns (3 links), tracepoint probes (no socket errors), receivers from wait queues; Ctrl-C to stop, -v for details"
         );
         // One line still with every note: the missing path and where receivers come from.
-        assert!(ready_line(&ready).len() <= 170);
+        assert!(ready_line(&ready).len() <= 120);
         assert!(ready_details(&ready).contains("receive path: untraced (receivers from the sockets' wait queues"), "{}", ready_details(&ready));
         let state = WatchRecord::State(StateRecord { netns: NetnsIno(7), netns_name: None, links: vec![StateLink { ifindex: IfIndex(1), name: "lo".into(), flags: 9 }] });
         let v = serde_json::to_value(state).unwrap();
