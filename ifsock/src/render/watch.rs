@@ -62,13 +62,12 @@ fn paren(name: Option<&str>) -> String {
 
 /// The start-up line on stderr, short: `watching 1 netns (3 links), tracepoint probes; Ctrl-C
 /// to stop, -v for details`. A path that is not traced, or a weaker probe set than the best, is
-/// named (`no socket errors`); without `--record-receives`, where receivers come from and what
-/// the flag adds is said; the rest is [`ready_details`].
+/// named (`no socket errors`); where receivers come from (the sockets' wait queues, or the
+/// receive probes with `--record-receives`) is in [`ready_details`] with the rest.
 pub fn ready_line(r: &Ready) -> String {
     let missing = if r.sock_errors.is_none() { " (no socket errors)" } else { "" };
-    let receivers = if r.recv_probe_set.is_none() { ", receivers from wait queues" } else { "" };
     format!(
-        "watching {} netns ({} links), {} probes{missing}{receivers}; Ctrl-C to stop, -v for details",
+        "watching {} netns ({} links), {} probes{missing}; Ctrl-C to stop, -v for details",
         r.netns.len(),
         r.links,
         r.probe_set.chosen.name(),
@@ -369,9 +368,9 @@ mod tests {
         assert!(ready_details(&ready).contains("rtnetlink rcvbuf 8192 bytes"), "{}", ready_details(&ready));
         assert_eq!(
             ready_line(&ready),
-            "watching 1 netns (3 links), tracepoint probes (no socket errors), receivers from wait queues; Ctrl-C to stop, -v for details"
+            "watching 1 netns (3 links), tracepoint probes (no socket errors); Ctrl-C to stop, -v for details"
         );
-        // One line still with every note: the missing path and where receivers come from.
+        // One line with the missing path; where receivers come from is in the details.
         assert!(ready_line(&ready).len() <= 120);
         assert!(ready_details(&ready).contains("receive path: untraced (receivers from the sockets' wait queues"), "{}", ready_details(&ready));
         let state = WatchRecord::State(StateRecord { netns: NetnsIno(7), netns_name: None, links: vec![StateLink { ifindex: IfIndex(1), name: "lo".into(), flags: 9 }] });
