@@ -664,6 +664,20 @@ impl Drop for Daemon {
     }
 }
 
+/// A `nobody` process in `ns` (Debian's `/usr/bin/python3` under `setpriv`) blocked in
+/// `recvfrom` on a UDP socket bound to `addr`, returned once it sleeps on the socket
+/// (`wchan` `__skb_wait_for_more_packets`; the caller holds CAP_SYS_PTRACE to read it).
+pub fn nobody_udp_receiver(ns: &Netns, addr: &str) -> Result<Daemon> {
+    let script = format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{addr}', 0))\nprint('ready', s.getsockname()[1], flush=True)\ns.recvfrom(1)\n");
+    let mut d = Daemon::start(ns, &["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", &script])?;
+    d.wait_line("ready ", Duration::from_secs(30))?;
+    let pid = d.pid();
+    wait_until("the nobody receiver asleep in recvfrom", Duration::from_secs(30), || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/wchan")).is_ok_and(|w| w.trim() == "__skb_wait_for_more_packets")
+    })?;
+    Ok(d)
+}
+
 /// A file in a fresh per-test directory under the system temp dir, removed in `Drop`.
 pub struct TempFile {
     /// Its path.

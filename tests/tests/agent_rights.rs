@@ -3,10 +3,9 @@
 //! the socket's wait queue; the `/proc` fallback (`IFSOCK_WAITER_SOURCE=proc`) cannot read that
 //! thread's `syscall` file without the capability and misses it (the deploy files no longer keep
 //! the capability for the gauge; docs/deploy.md says what they still keep it for).
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use ifsock_tests::{require_root, unique, wait_until, Daemon, Netns};
+use ifsock_tests::{nobody_udp_receiver, require_root, unique, Netns};
 
 #[path = "support/agent.rs"]
 mod support;
@@ -22,26 +21,13 @@ fn holds(pid: u32, cap: u32) -> Result<bool> {
     Ok(u64::from_str_radix(hex.trim(), 16)? & (1 << cap) != 0)
 }
 
-/// A `nobody` process in `ns` blocked in `recvfrom` on a UDP socket bound to `addr`.
-fn nobody_receiver(ns: &Netns, addr: &str) -> Result<Daemon> {
-    let script = format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{addr}', 0))\nprint('ready', s.getsockname()[1], flush=True)\ns.recvfrom(1)\n");
-    let mut d = Daemon::start(ns, &["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", &script])?;
-    d.wait_line("ready ", Duration::from_secs(30))?;
-    let pid = d.pid();
-    // Asleep on the socket (the test holds CAP_SYS_PTRACE: it can read the wchan).
-    wait_until("the nobody receiver asleep in recvfrom", Duration::from_secs(30), || {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/wchan")).is_ok_and(|w| w.trim() == "__skb_wait_for_more_packets")
-    })?;
-    Ok(d)
-}
-
 #[test]
 fn agent_without_ptrace_counts_a_nobody_receiver_blocked_on_a_stranded_socket() -> Result<()> {
     require_root();
     let ns = Netns::new()?;
     let (a, b) = (unique("gr"), unique("gs"));
     ns.veth(&a, &b, Some("10.246.0.1/24"))?;
-    let receiver = nobody_receiver(&ns, "10.246.0.1")?;
+    let receiver = nobody_udp_receiver(&ns, "10.246.0.1")?;
 
     let agent = Agent::start_without("cap_sys_ptrace", &[], &[])?;
     let fallback = Agent::start_without("cap_sys_ptrace", &[("IFSOCK_WAITER_SOURCE", "proc")], &[])?;

@@ -2,24 +2,11 @@
 //! its socket's wait queue. Without the capability `hung` cannot read that thread's
 //! `/proc/PID/task/TID/syscall`, so its procfs pass sees no receive; the wait-queue walk, which
 //! `hung` skips on an idle host, must still run when a sleeping thread's syscall is unreadable.
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use anyhow::{ensure, Context as _, Result};
-use ifsock_tests::{ifsock_bin, require_root, skip, skip::Feature, unique, wait_until, Daemon, Netns};
+use ifsock_tests::{ifsock_bin, nobody_udp_receiver, require_root, skip, skip::Feature, unique, Netns};
 use serde_json::Value;
-
-/// A `nobody` process in `ns` blocked in `recvfrom` on a UDP socket bound to `addr`.
-fn nobody_receiver(ns: &Netns, addr: &str) -> Result<Daemon> {
-    let script = format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{addr}', 0))\nprint('ready', s.getsockname()[1], flush=True)\ns.recvfrom(1)\n");
-    let mut d = Daemon::start(ns, &["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", &script])?;
-    d.wait_line("ready ", Duration::from_secs(30))?;
-    let pid = d.pid();
-    // Asleep on the socket (the test holds CAP_SYS_PTRACE: it can read the wchan).
-    wait_until("the nobody receiver asleep in recvfrom", Duration::from_secs(30), || {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/wchan")).is_ok_and(|w| w.trim() == "__skb_wait_for_more_packets")
-    })?;
-    Ok(d)
-}
 
 /// `ifsock hung --json --min-blocked 0` inside `ns` under `capsh --drop=cap_sys_ptrace`: its rows.
 fn hung_rows_without_ptrace(ns: &Netns) -> Result<Vec<Value>> {
@@ -41,7 +28,7 @@ fn hung_without_ptrace_finds_a_nobody_receiver_on_its_wait_queue() -> Result<()>
     let ns = Netns::new()?;
     let (a, b) = (unique("hr"), unique("hs"));
     ns.veth(&a, &b, Some("10.247.0.1/24"))?;
-    let receiver = nobody_receiver(&ns, "10.247.0.1")?;
+    let receiver = nobody_udp_receiver(&ns, "10.247.0.1")?;
 
     // The capability really is gone for ifsock: the receiver's syscall file is unreadable.
     let probe = Command::new("capsh")

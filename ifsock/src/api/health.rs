@@ -411,7 +411,7 @@ mod tests {
     use super::*;
 
     fn change(kind: LinkChangeKind, ifindex: u32, address: Option<&str>) -> LinkChange {
-        LinkChange { kind, source: super::super::ChangeSource::Netlink, ifindex, name: format!("if{ifindex}"), old_ifindex: None, old_name: None, address: address.map(|a| a.parse().unwrap()), netns: 1, ts_unix_ns: 0 }
+        LinkChange { kind, source: crate::api::ChangeSource::Netlink, ifindex, name: format!("if{ifindex}"), old_ifindex: None, old_name: None, address: address.map(|a| a.parse().unwrap()), netns: 1, ts_unix_ns: 0 }
     }
 
     #[test]
