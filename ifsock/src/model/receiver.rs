@@ -110,7 +110,7 @@ pub enum BlockedSince {
 /// A thread asleep on a socket's wait queue in a receive (`recvfrom`, `recvmsg`, `recvmmsg`,
 /// `read`) or an `accept`: a waiter of the waiter walk (`receiver_wake_function`,
 /// `woken_wake_function`, `autoremove_wake_function`, whose `wait_queue_entry.private` is the
-/// task), the input [`crate::engine::receivers`] turns into `exact` rows.
+/// task), the input the receivers engine (`engine::receivers`) turns into `exact` rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedReceiver {
     /// Thread-group id.

@@ -392,4 +392,24 @@ mod tests {
         let v = serde_json::to_value(WatchRecord::NetnsRemoved(n)).unwrap();
         assert_eq!((v["type"].as_str(), v["held_by_ifsock"].as_bool(), v["other_holders"][1].as_u64()), (Some("netns_removed"), Some(true), Some(42)));
     }
+
+    #[test]
+    fn a_change_sockets_line_names_the_changes_of_its_burst_it_also_covers() {
+        use crate::engine::watch::AlsoChange;
+        let ev = ChangeSocketsEvent {
+            ts_unix_ns: 2_000_000_000,
+            change_ts_unix_ns: 1_000_000_000,
+            netns: NetnsIno(7),
+            netns_name: None,
+            event: "down",
+            ifindex: IfIndex(5),
+            name: "a".into(),
+            sockets: Vec::new(),
+            also: vec![AlsoChange { event: "deleted", change_ts_unix_ns: 1_000_000_000 }],
+        };
+        let lines = change_sockets_lines(&ev);
+        assert!(lines[0].contains("down ifindex 5 a (change at ") && lines[0].contains(", also deleted)"), "{lines:?}");
+        let none = ChangeSocketsEvent { also: Vec::new(), ..ev };
+        assert!(!change_sockets_lines(&none)[0].contains("also"), "{:?}", change_sockets_lines(&none));
+    }
 }
